@@ -1,0 +1,62 @@
+//! The environment variables sigorest reads, captured once.
+//!
+//! Code reads an [`Env`] instead of `std::env`, so tests give each in-process server its own
+//! keys and base URLs without touching the process environment.
+
+use std::collections::HashMap;
+
+/// A snapshot of environment variables.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    /// The process environment (only valid UTF-8 variables).
+    pub fn from_process() -> Env {
+        Env {
+            vars: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        }
+    }
+
+    /// An environment made of these pairs, for tests.
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Env {
+        Env {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// A variable's value; an empty value counts as unset.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    /// Sets a variable (tests and tools).
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.vars.insert(name.to_string(), value.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let env = Env::from_pairs([("A", "1"), ("B", ""), ("C", "  ")]);
+        assert_eq!(env.get("A"), Some("1"));
+        assert_eq!(env.get("B"), None);
+        assert_eq!(env.get("C"), None);
+        assert_eq!(env.get("D"), None);
+    }
+}

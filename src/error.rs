@@ -1,0 +1,542 @@
+//! The one error type of the gateway and how each error looks on the wire.
+//!
+//! Every error a client can see is a variant here; its HTTP status, OpenAI error `type` and
+//! `code`, and extra headers (`Retry-After`, `x-should-retry`, `Allow`) come from one
+//! exhaustive `match` each, so the table in `design.md` ("Errors") lives in one place.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::http::Response;
+
+/// Everything that can go wrong for a client.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    /// Body not JSON, not UTF-8, a missing or ill-typed field, a bad `session_id`, bad framing.
+    InvalidRequest {
+        message: String,
+        /// The offending field, when there is one (OpenAI's `param`).
+        param: Option<String>,
+    },
+    /// The model is neither listed nor discovered.
+    ModelNotFound { model: String, reason: String },
+    /// No route for this path.
+    NotFound { path: String },
+    /// The path exists, the method does not.
+    MethodNotAllowed { method: String, allow: &'static str },
+    /// The body is larger than the limit.
+    BodyTooLarge { limit: usize },
+    /// The request head is larger than the limit.
+    HeadTooLarge { limit: usize },
+    /// The client's address is not in the listener's allow list.
+    IpNotAllowed { ip: IpAddr },
+    /// A state-changing call from an address outside `-admin-allow`.
+    AdminOnly { ip: IpAddr },
+    /// The provider's API key variable is not set.
+    ProviderNotConfigured { env: &'static str },
+    /// The model's circuit breaker is open.
+    CircuitOpen { model: String, retry_after_s: u64 },
+    /// The queue is full, or the request waited too long for a worker.
+    Overloaded { retry_after_s: u64 },
+    /// The upstream answered 4xx (not 429): its status and message are passed on.
+    UpstreamClient {
+        status: u16,
+        message: String,
+        kind: Option<String>,
+        code: Option<String>,
+        param: Option<String>,
+    },
+    /// The upstream still answered 429 after the retries.
+    RateLimited { message: String, retry_after_s: u64 },
+    /// The upstream failed (5xx, connect error, garbage) after the retries.
+    Upstream { message: String },
+    /// The upstream did not answer in time.
+    UpstreamTimeout { message: String },
+    /// A bug of ours (a handler panicked).
+    Internal { message: String },
+    /// A file could not be read, written or parsed. `line` and `column` are 1-based, 0 when
+    /// they do not apply (an I/O error).
+    File {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A bad command-line flag or value (exit status 2).
+    Usage { message: String },
+}
+
+impl Error {
+    /// An I/O error on a file.
+    pub fn io(path: &std::path::Path, err: &std::io::Error) -> Error {
+        Error::File {
+            path: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: err.to_string(),
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidRequest`] without a `param`.
+    pub fn invalid(message: impl Into<String>) -> Error {
+        Error::InvalidRequest {
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidRequest`] about one field.
+    pub fn invalid_param(param: &str, message: impl Into<String>) -> Error {
+        Error::InvalidRequest {
+            message: message.into(),
+            param: Some(param.to_string()),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::InvalidRequest { .. } => 400,
+            Error::ModelNotFound { .. } | Error::NotFound { .. } => 404,
+            Error::MethodNotAllowed { .. } => 405,
+            Error::BodyTooLarge { .. } => 413,
+            Error::HeadTooLarge { .. } => 431,
+            Error::IpNotAllowed { .. } | Error::AdminOnly { .. } => 403,
+            Error::ProviderNotConfigured { .. }
+            | Error::CircuitOpen { .. }
+            | Error::Overloaded { .. } => 503,
+            Error::UpstreamClient { status, .. } => *status,
+            Error::RateLimited { .. } => 429,
+            Error::Upstream { .. } => 502,
+            Error::UpstreamTimeout { .. } => 504,
+            Error::Internal { .. } | Error::File { .. } | Error::Usage { .. } => 500,
+        }
+    }
+
+    /// OpenAI's error `code`.
+    pub fn code(&self) -> &str {
+        match self {
+            Error::InvalidRequest { .. } => "invalid_request",
+            Error::ModelNotFound { .. } => "model_not_found",
+            Error::NotFound { .. } => "not_found",
+            Error::MethodNotAllowed { .. } => "method_not_allowed",
+            Error::BodyTooLarge { .. } => "body_too_large",
+            Error::HeadTooLarge { .. } => "header_too_large",
+            Error::IpNotAllowed { .. } => "ip_not_allowed",
+            Error::AdminOnly { .. } => "admin_only",
+            Error::ProviderNotConfigured { .. } => "provider_not_configured",
+            Error::CircuitOpen { .. } => "circuit_open",
+            Error::Overloaded { .. } => "overloaded",
+            Error::UpstreamClient { code, .. } => {
+                code.as_deref().unwrap_or("upstream_client_error")
+            }
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Upstream { .. } => "upstream_error",
+            Error::UpstreamTimeout { .. } => "upstream_timeout",
+            Error::Internal { .. } => "internal_error",
+            Error::File { .. } => "storage_error",
+            Error::Usage { .. } => "usage",
+        }
+    }
+
+    /// OpenAI's error `type`.
+    pub fn kind(&self) -> &str {
+        match self {
+            Error::InvalidRequest { .. }
+            | Error::ModelNotFound { .. }
+            | Error::NotFound { .. }
+            | Error::MethodNotAllowed { .. }
+            | Error::BodyTooLarge { .. }
+            | Error::HeadTooLarge { .. } => "invalid_request_error",
+            Error::IpNotAllowed { .. } | Error::AdminOnly { .. } => "permission_error",
+            Error::UpstreamClient { kind, .. } => {
+                kind.as_deref().unwrap_or("invalid_request_error")
+            }
+            Error::RateLimited { .. } => "rate_limit_error",
+            Error::ProviderNotConfigured { .. }
+            | Error::CircuitOpen { .. }
+            | Error::Overloaded { .. }
+            | Error::Upstream { .. }
+            | Error::UpstreamTimeout { .. }
+            | Error::Internal { .. }
+            | Error::File { .. }
+            | Error::Usage { .. } => "server_error",
+        }
+    }
+
+    /// OpenAI's error `param`.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            Error::InvalidRequest { param, .. } | Error::UpstreamClient { param, .. } => {
+                param.as_deref()
+            }
+            _ => None,
+        }
+    }
+
+    /// Headers that go with the error: `Retry-After`, `x-should-retry: false` where the
+    /// gateway has already retried (so the SDKs do not retry again), `Allow` on a 405.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        let h = |n: &str, v: String| (n.to_string(), v);
+        match self {
+            Error::MethodNotAllowed { allow, .. } => vec![h("Allow", allow.to_string())],
+            Error::CircuitOpen { retry_after_s, .. } => {
+                vec![h("Retry-After", retry_after_s.to_string())]
+            }
+            Error::Overloaded { retry_after_s } => {
+                vec![h("Retry-After", retry_after_s.to_string())]
+            }
+            Error::RateLimited { retry_after_s, .. } => vec![
+                h("Retry-After", retry_after_s.to_string()),
+                h("x-should-retry", "false".to_string()),
+            ],
+            Error::ProviderNotConfigured { .. }
+            | Error::Upstream { .. }
+            | Error::UpstreamTimeout { .. } => vec![h("x-should-retry", "false".to_string())],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The body OpenAI's SDKs expect: `{"error": {"message", "type", "param", "code"}}`.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {
+            "message": self.to_string(),
+            "type": self.kind(),
+            "param": self.param(),
+            "code": self.code(),
+        }})
+    }
+
+    /// The whole HTTP response.
+    pub fn to_response(&self) -> Response {
+        let mut resp = Response::json(self.status(), &self.body());
+        resp.headers.extend(self.headers());
+        resp.log.push(("error", self.code().to_string()));
+        resp
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidRequest { message, .. } => f.write_str(message),
+            Error::ModelNotFound { model, reason } => {
+                write!(f, "model '{model}' not found: {reason}")
+            }
+            Error::NotFound { path } => write!(f, "no such endpoint: {path}"),
+            Error::MethodNotAllowed { method, allow } => {
+                write!(f, "method {method} not allowed here; allowed: {allow}")
+            }
+            Error::BodyTooLarge { limit } => {
+                write!(
+                    f,
+                    "request body too large: the limit is {} MiB",
+                    limit / (1024 * 1024)
+                )
+            }
+            Error::HeadTooLarge { limit } => {
+                write!(
+                    f,
+                    "request head too large: the limit is {} KiB",
+                    limit / 1024
+                )
+            }
+            Error::IpNotAllowed { ip } => {
+                write!(f, "client address {ip} is not allowed on this port")
+            }
+            Error::AdminOnly { ip } => write!(
+                f,
+                "client address {ip} may not change the gateway's state (see -admin-allow)"
+            ),
+            Error::ProviderNotConfigured { env } => {
+                write!(
+                    f,
+                    "provider not configured: set {env} in the gateway's environment"
+                )
+            }
+            Error::CircuitOpen {
+                model,
+                retry_after_s,
+            } => write!(
+                f,
+                "model '{model}' is failing and temporarily disabled (circuit open); retry in {retry_after_s} s"
+            ),
+            Error::Overloaded { retry_after_s } => {
+                write!(
+                    f,
+                    "gateway overloaded: too many requests waiting; retry in {retry_after_s} s"
+                )
+            }
+            Error::UpstreamClient { message, .. } => f.write_str(message),
+            Error::RateLimited { message, .. } => {
+                write!(f, "rate limited by the provider: {message}")
+            }
+            Error::Upstream { message } => write!(f, "upstream error: {message}"),
+            Error::UpstreamTimeout { message } => write!(f, "upstream timeout: {message}"),
+            Error::Internal { message } => write!(f, "internal error: {message}"),
+            Error::File {
+                path,
+                line: 0,
+                message,
+                ..
+            } => write!(f, "{}: {message}", path.display()),
+            Error::File {
+                path,
+                line,
+                column,
+                message,
+            } => {
+                write!(f, "{}:{line}:{column}: {message}", path.display())
+            }
+            Error::Usage { message } => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Error> {
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        vec![
+            Error::invalid("body is not JSON"),
+            Error::ModelNotFound {
+                model: "x".into(),
+                reason: "not listed".into(),
+            },
+            Error::NotFound { path: "/x".into() },
+            Error::MethodNotAllowed {
+                method: "DELETE".into(),
+                allow: "GET, PUT",
+            },
+            Error::BodyTooLarge { limit: 32 << 20 },
+            Error::HeadTooLarge { limit: 64 << 10 },
+            Error::IpNotAllowed { ip },
+            Error::AdminOnly { ip },
+            Error::ProviderNotConfigured {
+                env: "MAMMOUTH_API_KEY",
+            },
+            Error::CircuitOpen {
+                model: "gpt41".into(),
+                retry_after_s: 300,
+            },
+            Error::Overloaded { retry_after_s: 1 },
+            Error::UpstreamClient {
+                status: 401,
+                message: "bad key".into(),
+                kind: None,
+                code: None,
+                param: None,
+            },
+            Error::RateLimited {
+                message: "slow down".into(),
+                retry_after_s: 7,
+            },
+            Error::Upstream {
+                message: "500".into(),
+            },
+            Error::UpstreamTimeout {
+                message: "no answer in 180 s".into(),
+            },
+            Error::Internal {
+                message: "panic".into(),
+            },
+            Error::File {
+                path: "x.json".into(),
+                line: 0,
+                column: 0,
+                message: "disk full".into(),
+            },
+            Error::Usage {
+                message: "bad flag".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_error_has_the_openai_shape() {
+        for e in all() {
+            let body = e.body();
+            let err = &body["error"];
+            assert!(
+                err["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{e:?}"
+            );
+            assert!(err["type"].is_string(), "{e:?}");
+            assert!(err["code"].is_string(), "{e:?}");
+            assert!(err.as_object().unwrap().contains_key("param"), "{e:?}");
+            let resp = e.to_response();
+            assert_eq!(resp.status, e.status());
+            assert_eq!(resp.header("content-type"), Some("application/json"));
+        }
+    }
+
+    #[test]
+    fn design_table_statuses_and_codes() {
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        let cases = [
+            (Error::invalid("x"), 400, "invalid_request"),
+            (
+                Error::ModelNotFound {
+                    model: "m".into(),
+                    reason: "r".into(),
+                },
+                404,
+                "model_not_found",
+            ),
+            (Error::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
+            (Error::IpNotAllowed { ip }, 403, "ip_not_allowed"),
+            (
+                Error::ProviderNotConfigured { env: "ZAI_API_KEY" },
+                503,
+                "provider_not_configured",
+            ),
+            (
+                Error::CircuitOpen {
+                    model: "m".into(),
+                    retry_after_s: 3,
+                },
+                503,
+                "circuit_open",
+            ),
+            (Error::Overloaded { retry_after_s: 1 }, 503, "overloaded"),
+            (
+                Error::RateLimited {
+                    message: "m".into(),
+                    retry_after_s: 2,
+                },
+                429,
+                "rate_limited",
+            ),
+            (
+                Error::Upstream {
+                    message: "m".into(),
+                },
+                502,
+                "upstream_error",
+            ),
+            (
+                Error::UpstreamTimeout {
+                    message: "m".into(),
+                },
+                504,
+                "upstream_timeout",
+            ),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!((e.status(), e.code()), (status, code), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn retry_headers() {
+        let has = |e: &Error, n: &str, v: &str| {
+            e.headers()
+                .iter()
+                .any(|(hn, hv)| hn.eq_ignore_ascii_case(n) && hv == v)
+        };
+        assert!(has(
+            &Error::CircuitOpen {
+                model: "m".into(),
+                retry_after_s: 12
+            },
+            "retry-after",
+            "12"
+        ));
+        assert!(has(
+            &Error::Overloaded { retry_after_s: 1 },
+            "retry-after",
+            "1"
+        ));
+        assert!(has(
+            &Error::Upstream {
+                message: "m".into()
+            },
+            "x-should-retry",
+            "false"
+        ));
+        assert!(has(
+            &Error::UpstreamTimeout {
+                message: "m".into()
+            },
+            "x-should-retry",
+            "false"
+        ));
+        assert!(has(
+            &Error::ProviderNotConfigured { env: "X" },
+            "x-should-retry",
+            "false"
+        ));
+        assert!(has(
+            &Error::MethodNotAllowed {
+                method: "GET".into(),
+                allow: "POST"
+            },
+            "allow",
+            "POST"
+        ));
+        // Not retried by the gateway itself: the SDKs may retry these.
+        assert!(!has(
+            &Error::Overloaded { retry_after_s: 1 },
+            "x-should-retry",
+            "false"
+        ));
+    }
+
+    #[test]
+    fn provider_not_configured_names_the_variable() {
+        let e = Error::ProviderNotConfigured {
+            env: "MOONSHOT_API_KEY",
+        };
+        assert!(e.to_string().contains("MOONSHOT_API_KEY"));
+    }
+
+    #[test]
+    fn upstream_client_error_keeps_status_and_message() {
+        let e = Error::UpstreamClient {
+            status: 422,
+            message: "messages: too long".into(),
+            kind: Some("invalid_request_error".into()),
+            code: Some("context_length_exceeded".into()),
+            param: Some("messages".into()),
+        };
+        assert_eq!(e.status(), 422);
+        let b = e.body();
+        assert_eq!(b["error"]["message"], "messages: too long");
+        assert_eq!(b["error"]["code"], "context_length_exceeded");
+        assert_eq!(b["error"]["param"], "messages");
+    }
+
+    #[test]
+    fn file_errors_name_file_line_and_column() {
+        let e = Error::File {
+            path: "memory.json".into(),
+            line: 3,
+            column: 14,
+            message: "expected `,`".into(),
+        };
+        assert_eq!(e.to_string(), "memory.json:3:14: expected `,`");
+        let e = Error::io(
+            std::path::Path::new("/x/y"),
+            &std::io::Error::other("denied"),
+        );
+        assert_eq!(e.to_string(), "/x/y: denied");
+    }
+
+    #[test]
+    fn error_stays_small() {
+        // Errors travel through Result on every request path.
+        assert!(
+            std::mem::size_of::<Error>() <= 128,
+            "{}",
+            std::mem::size_of::<Error>()
+        );
+    }
+}

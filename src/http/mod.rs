@@ -1,0 +1,361 @@
+//! sigorest's own small HTTP/1.1 server, on httparse, std sockets and rustls 0.23.
+//!
+//! Three stages (see `design.md`, "Shape"): an accept thread per listening socket checks the
+//! peer's address against the listener's allow list at once; a capped connection thread per
+//! connection does the TLS handshake and reads one request head and body under a deadline and
+//! hard limits, then pushes the parsed [`Request`] into one bounded channel; a fixed pool of
+//! worker threads calls the [`Handler`], writes its [`Response`] on the connection (flushed per
+//! piece when streaming) and hands the connection back for keep-alive.
+//!
+//! Handlers never see a socket: they get a [`Request`] and return a [`Response`], whose body is
+//! either complete or a closure that writes pieces to a [`Sink`]. A handler panic becomes a 500.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::access::AllowList;
+
+mod server;
+
+pub use server::{Server, start};
+
+/// HTTP version of a request, which decides the framing of its response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// HTTP/1.0: responses without a length are close-delimited; keep-alive only on request.
+    Http10,
+    /// HTTP/1.1: keep-alive by default; streamed responses are chunked.
+    Http11,
+}
+
+/// One parsed request, as a handler sees it.
+#[derive(Debug)]
+pub struct Request {
+    /// Method as sent (`GET`, `POST`, `HEAD`, ...). For `HEAD` the server drops the body of
+    /// whatever the handler returns, keeping its headers.
+    pub method: String,
+    /// Path without the query string, as sent (not percent-decoded).
+    pub path: String,
+    /// The query string without `?`, if any.
+    pub query: Option<String>,
+    pub version: Version,
+    /// Header names in lower case, values as sent (lossy UTF-8), in order.
+    pub headers: Vec<(String, String)>,
+    /// The whole body (after de-chunking).
+    pub body: Vec<u8>,
+    /// The client's address; IPv4-mapped IPv6 addresses are already turned into IPv4.
+    pub peer: IpAddr,
+    /// Whether it came over TLS.
+    pub tls: bool,
+    /// When the request was completely read (before it waited for a worker).
+    pub received: Instant,
+    /// Fires when the server notices that the client has gone away while the handler runs.
+    pub hangup: Hangup,
+}
+
+impl Request {
+    /// The first header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A request for tests and tools: `GET`/`POST` with a body, from 127.0.0.1 over HTTP/1.1.
+    pub fn new(method: &str, path: &str, body: &[u8]) -> Request {
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (path.to_string(), None),
+        };
+        Request {
+            method: method.to_string(),
+            path,
+            query,
+            version: Version::Http11,
+            headers: Vec::new(),
+            body: body.to_vec(),
+            peer: IpAddr::from([127, 0, 0, 1]),
+            tls: false,
+            received: Instant::now(),
+            hangup: Hangup::default(),
+        }
+    }
+}
+
+/// Extra `key=value` fields a handler adds to the request's access log line
+/// (model, attempts, tokens...).
+pub type LogFields = Vec<(&'static str, String)>;
+
+/// A streamed body: called once on the worker with the sink for the pieces and the access-log
+/// fields, which it may extend (for example with the token usage seen at the end of a stream).
+/// Returning an error (usually from the sink, when the client has gone) ends the connection.
+pub type StreamBody = Box<dyn FnOnce(&mut dyn Sink, &mut LogFields) -> io::Result<()> + Send>;
+
+/// Where a streamed body goes: each `send` is written as one piece (a chunk in HTTP/1.1) and
+/// flushed to the client before it returns.
+pub trait Sink {
+    fn send(&mut self, piece: &[u8]) -> io::Result<()>;
+}
+
+/// Collects the pieces, for tests of streaming handlers.
+impl Sink for Vec<Vec<u8>> {
+    fn send(&mut self, piece: &[u8]) -> io::Result<()> {
+        self.push(piece.to_vec());
+        Ok(())
+    }
+}
+
+/// The body of a [`Response`].
+pub enum Body {
+    /// Written with a `Content-Length`, head and body in one write.
+    Full(Vec<u8>),
+    /// Written chunked (HTTP/1.1) or close-delimited (HTTP/1.0), one flush per piece.
+    Stream(StreamBody),
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Full(b) => write!(f, "Full({} bytes)", b.len()),
+            Body::Stream(_) => f.write_str("Stream(..)"),
+        }
+    }
+}
+
+/// What a handler returns. The server adds `Content-Length` or `Transfer-Encoding`, `Date`
+/// is not sent, and `Connection` is decided by the server.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Body,
+    /// Extra fields for the access log line.
+    pub log: LogFields,
+    /// Close the connection after this response (the server may also decide so).
+    pub close: bool,
+}
+
+impl Response {
+    /// A complete response with a `Content-Type`.
+    pub fn full(status: u16, content_type: &str, body: Vec<u8>) -> Response {
+        Response {
+            status,
+            headers: vec![("Content-Type".to_string(), content_type.to_string())],
+            body: Body::Full(body),
+            log: Vec::new(),
+            close: false,
+        }
+    }
+
+    /// A JSON response.
+    pub fn json(status: u16, value: &serde_json::Value) -> Response {
+        // Serialising a `Value` to a Vec cannot fail (no non-string keys, no I/O).
+        let body = serde_json::to_vec(value).unwrap_or_default();
+        Response::full(status, "application/json", body)
+    }
+
+    /// A streamed response with a `Content-Type`.
+    pub fn stream(status: u16, content_type: &str, body: StreamBody) -> Response {
+        Response {
+            status,
+            headers: vec![("Content-Type".to_string(), content_type.to_string())],
+            body: Body::Stream(body),
+            log: Vec::new(),
+            close: false,
+        }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Response {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+
+    /// The first header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The complete body, or `None` for a streamed one.
+    pub fn body_bytes(&self) -> Option<&[u8]> {
+        match &self.body {
+            Body::Full(b) => Some(b),
+            Body::Stream(_) => None,
+        }
+    }
+}
+
+/// The application: one call per request, on a worker thread.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: &Request) -> Response;
+}
+
+impl<F> Handler for F
+where
+    F: Fn(&Request) -> Response + Send + Sync + 'static,
+{
+    fn handle(&self, req: &Request) -> Response {
+        self(req)
+    }
+}
+
+type Callback = Box<dyn FnOnce() + Send>;
+
+/// Tells a running handler that its client has gone away. The server fires it when it sees
+/// the connection closed while a handler still works on it; a handler registers what to
+/// interrupt (an upstream call) with [`Hangup::on_hangup`].
+#[derive(Clone, Default)]
+pub struct Hangup {
+    inner: Arc<HangupInner>,
+}
+
+#[derive(Default)]
+struct HangupInner {
+    fired: AtomicBool,
+    callbacks: Mutex<Vec<Callback>>,
+}
+
+impl std::fmt::Debug for Hangup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hangup(fired: {})", self.is_fired())
+    }
+}
+
+impl Hangup {
+    /// Whether the client has gone away.
+    pub fn is_fired(&self) -> bool {
+        self.inner.fired.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` when the client goes away; at once if it already has.
+    pub fn on_hangup(&self, f: impl FnOnce() + Send + 'static) {
+        let mut callbacks = lock(&self.inner.callbacks);
+        if self.is_fired() {
+            drop(callbacks);
+            f();
+        } else {
+            callbacks.push(Box::new(f));
+        }
+    }
+
+    /// Marks the client as gone and runs the registered callbacks (once).
+    pub fn fire(&self) {
+        let callbacks = {
+            let mut guard = lock(&self.inner.callbacks);
+            if self.inner.fired.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            std::mem::take(&mut *guard)
+        };
+        for f in callbacks {
+            f();
+        }
+    }
+
+    /// Forgets the registered callbacks (the handler is done with what they would interrupt).
+    pub fn clear(&self) {
+        lock(&self.inner.callbacks).clear();
+    }
+}
+
+/// Locks a mutex, recovering the data from a poisoned one: every mutex in sigorest guards
+/// plain bookkeeping that stays consistent when a holder panics.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Live counters, shared with the application for `/api/health`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub workers_total: AtomicUsize,
+    pub workers_busy: AtomicUsize,
+    pub queue_capacity: AtomicUsize,
+    pub queue_depth: AtomicUsize,
+    pub connections_open: AtomicUsize,
+}
+
+/// One listening socket.
+#[derive(Clone)]
+pub struct ListenerConfig {
+    /// Usually `[::]:port` (dual-stack); port 0 picks a free port.
+    pub addr: SocketAddr,
+    /// Who may connect; others get 403 `ip_not_allowed` and are closed.
+    pub allow: AllowList,
+    /// TLS configuration for an HTTPS listener.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Hard limits on what a client may send.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Request line and headers, in bytes.
+    pub head_bytes: usize,
+    /// Header lines.
+    pub header_lines: usize,
+    /// Body, in bytes (declared or chunked).
+    pub body_bytes: usize,
+    /// Open connections; beyond this a new connection is closed at once.
+    pub connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            head_bytes: 64 * 1024,
+            header_lines: 100,
+            body_bytes: 32 * 1024 * 1024,
+            connections: 1024,
+        }
+    }
+}
+
+/// Deadlines and timeouts.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// From a new connection (TLS handshake included), or from the first byte of a request on
+    /// a kept-alive one, to the end of its head. Past it: closed silently.
+    pub head: Duration,
+    /// For reading the body, after the head.
+    pub body: Duration,
+    /// How long a kept-alive connection may sit idle before its next request.
+    pub idle: Duration,
+    /// Each write to the client.
+    pub write: Duration,
+    /// After a 413 on a body still being sent: how long to read (and discard) before closing,
+    /// so the client sees the answer instead of a reset.
+    pub linger: Duration,
+    /// A request that waited longer than this for a worker gets 503 `overloaded`.
+    pub queue_wait: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            head: Duration::from_secs(10),
+            body: Duration::from_secs(60),
+            idle: Duration::from_secs(30),
+            write: Duration::from_secs(30),
+            linger: Duration::from_secs(2),
+            queue_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything [`start`] needs.
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub listeners: Vec<ListenerConfig>,
+    pub workers: usize,
+    /// Capacity of the channel between connection threads and workers.
+    pub queue: usize,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub stats: Arc<Stats>,
+}
