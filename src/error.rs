@@ -68,6 +68,11 @@ pub enum Error {
     },
     /// A bad command-line flag or value (exit status 2).
     Usage { message: String },
+    /// A listening socket could not be opened.
+    Listen {
+        addr: std::net::SocketAddr,
+        message: String,
+    },
 }
 
 impl Error {
@@ -113,7 +118,10 @@ impl Error {
             Error::RateLimited { .. } => 429,
             Error::Upstream { .. } => 502,
             Error::UpstreamTimeout { .. } => 504,
-            Error::Internal { .. } | Error::File { .. } | Error::Usage { .. } => 500,
+            Error::Internal { .. }
+            | Error::File { .. }
+            | Error::Usage { .. }
+            | Error::Listen { .. } => 500,
         }
     }
 
@@ -140,6 +148,7 @@ impl Error {
             Error::Internal { .. } => "internal_error",
             Error::File { .. } => "storage_error",
             Error::Usage { .. } => "usage",
+            Error::Listen { .. } => "listen_failed",
         }
     }
 
@@ -164,7 +173,8 @@ impl Error {
             | Error::UpstreamTimeout { .. }
             | Error::Internal { .. }
             | Error::File { .. }
-            | Error::Usage { .. } => "server_error",
+            | Error::Usage { .. }
+            | Error::Listen { .. } => "server_error",
         }
     }
 
@@ -293,6 +303,7 @@ impl fmt::Display for Error {
                 write!(f, "{}:{line}:{column}: {message}", path.display())
             }
             Error::Usage { message } => f.write_str(message),
+            Error::Listen { addr, message } => write!(f, "cannot listen on {addr}: {message}"),
         }
     }
 }

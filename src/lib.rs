@@ -7,18 +7,26 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod app;
 pub mod breaker;
 pub mod catalog;
 pub mod certs;
+pub mod chat;
 pub mod clock;
 pub mod config;
 pub mod env;
 pub mod error;
 pub mod fsutil;
+pub mod gateway;
 pub mod http;
 pub mod logging;
 pub mod memory;
+pub mod ollama;
+mod relay;
+pub mod retry;
 pub mod session;
+pub mod sse;
+pub mod upstream;
 
 pub use error::Error;
 

@@ -1,0 +1,166 @@
+//! Starting and running the server: configuration → files → TLS → listeners → signals.
+//!
+//! [`start`] brings everything up and returns at once (tests use it in-process on port 0);
+//! [`run`] is what the binary does: start, then wait for signals — SIGTERM/SIGINT stop
+//! accepting and let requests in flight finish for up to `-shutdown-grace`; SIGHUP reloads
+//! `models.csv` and `memory.json` and rediscovers Ollama.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::catalog::Provider;
+use crate::config::Config;
+use crate::env::Env;
+use crate::error::Error;
+use crate::gateway::{App, Settings};
+use crate::http::{self, ListenerConfig, ServerConfig, Stats};
+
+/// A started server.
+pub struct Running {
+    server: http::Server,
+    app: Arc<App>,
+    /// The plain HTTP address, when that listener is on.
+    pub http: Option<SocketAddr>,
+    /// The HTTPS address, when that listener is on.
+    pub https: Option<SocketAddr>,
+}
+
+impl Running {
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Stops accepting, lets requests in flight finish for up to `grace`, stops discovery.
+    /// Returns whether everything finished in time.
+    pub fn stop(self, grace: Duration) -> bool {
+        self.app.ollama().stop();
+        self.server.shutdown(grace)
+    }
+}
+
+/// Starts the gateway with this configuration and environment, and returns at once.
+pub fn start(config: &Config, env: Env) -> Result<Running, Error> {
+    let stats = Arc::new(Stats::default());
+    let settings = Settings {
+        models_path: config.models.clone(),
+        memory_path: config.memory.clone(),
+        sessions_dir: config.sessions.clone(),
+        admin_allow: config.admin_allow.clone(),
+        env,
+    };
+    let app = Arc::new(App::new(settings, stats.clone())?);
+
+    let mut listeners = Vec::new();
+    if config.http_port != 0 {
+        listeners.push(ListenerConfig {
+            addr: SocketAddr::new(config.bind, config.http_port),
+            allow: config.http_allow.clone(),
+            tls: None,
+        });
+    }
+    if config.https_port != 0 {
+        let (tls, _generated) =
+            crate::certs::load_or_generate(&config.cert, &config.key, &config.cert_hosts)?;
+        listeners.push(ListenerConfig {
+            addr: SocketAddr::new(config.bind, config.https_port),
+            allow: config.https_allow.clone(),
+            tls: Some(tls),
+        });
+    }
+    let server_config = ServerConfig {
+        listeners: listeners.clone(),
+        workers: config.workers,
+        queue: config.queue,
+        limits: http::Limits::default(),
+        timeouts: http::Timeouts::default(),
+        stats,
+    };
+    let handler: Arc<dyn http::Handler> = app.clone();
+    let server = http::start(server_config, handler).map_err(|e| Error::Listen {
+        addr: listeners
+            .first()
+            .map_or_else(|| SocketAddr::new(config.bind, 0), |l| l.addr),
+        message: e.to_string(),
+    })?;
+    let addrs = server.local_addrs().to_vec();
+    let mut addrs = addrs.into_iter();
+    let http = (config.http_port != 0).then(|| addrs.next()).flatten();
+    let https = (config.https_port != 0).then(|| addrs.next()).flatten();
+    app.ollama().start();
+
+    let keys: Vec<&str> = [Provider::Mammouth, Provider::Moonshot, Provider::Zai]
+        .into_iter()
+        .filter(|p| p.key(&app.env).is_some())
+        .filter_map(Provider::key_env)
+        .collect();
+    log::info!(
+        version = crate::VERSION,
+        http = http.map_or("off".to_string(), |a| a.to_string()),
+        http_allow = config.http_allow.to_string(),
+        https = https.map_or("off".to_string(), |a| a.to_string()),
+        https_allow = config.https_allow.to_string(),
+        models = app.listed().models.len(),
+        memory = if app.memory().content.is_empty() { "empty" } else { "set" },
+        keys = if keys.is_empty() { "none".to_string() } else { keys.join(",") },
+        workers = config.workers;
+        "sigorest started"
+    );
+    Ok(Running {
+        server,
+        app,
+        http,
+        https,
+    })
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub fn run(config: &Config, env: Env) -> Result<(), Error> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    // Registered before the listeners open, so an early signal is not lost.
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| {
+            Error::Internal {
+                message: format!("cannot install signal handlers: {e}"),
+            }
+        })?;
+    let running = start(config, env)?;
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            reload(running.app());
+            continue;
+        }
+        log::info!(grace_s = config.shutdown_grace.as_secs(); "shutting down: finishing requests in flight");
+        let clean = running.stop(config.shutdown_grace);
+        if clean {
+            log::info!("stopped");
+        } else {
+            log::warn!("stopped with requests still running after the grace period");
+        }
+        return Ok(());
+    }
+    Ok(())
+}
+
+/// SIGHUP: reload the files (keeping the old configuration when one does not parse) and
+/// rediscover Ollama.
+pub fn reload(app: &Arc<App>) {
+    match app.reload() {
+        Ok((added, removed)) => log::info!(
+            added = added.join(","),
+            removed = removed.join(","),
+            models = app.listed().models.len(),
+            memory = if app.memory().content.is_empty() { "empty" } else { "set" };
+            "configuration reloaded"
+        ),
+        Err(e) => {
+            log::error!(error = e.to_string(); "reload failed; keeping the old configuration")
+        }
+    }
+    let ollama = app.ollama().clone();
+    std::thread::spawn(move || {
+        if let Err(e) = ollama.discover() {
+            log::warn!(error = e; "Ollama discovery failed");
+        }
+    });
+}
