@@ -1,8 +1,30 @@
 //! Atomic file writes: a crash or `kill -9` leaves the old file or the new one, never a torn
 //! one.
+//!
+//! The recipe is the classic one: write a temporary file in the *same* directory (a rename
+//! is only atomic within one filesystem), fsync it so its data is on disk before its name
+//! is, rename it over the target, then fsync the directory so the rename itself survives a
+//! power cut.
 
-use std::io;
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Permission bits of a written file when the caller names none.
+const DEFAULT_MODE: u32 = 0o644;
+
+/// How much of the target's name goes into the temporary name: the suffix we add is about
+/// 60 bytes, and most filesystems refuse names over 255 bytes.
+const MAX_NAME_IN_TEMP: usize = 150;
+
+/// Makes temporary names unique between threads of this process; the pid separates
+/// processes (the server and `sigoe` share the session directory).
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory (unique
 /// name, so concurrent writers never share one), written, fsynced, renamed over `path`, then
@@ -10,6 +32,247 @@ use std::path::Path;
 /// the TLS key); `None` gives 0o644. Creates missing parent directories. On error the
 /// temporary file is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
-    let _ = (path, bytes, mode);
-    todo!()
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: not a file name", path.display()),
+        )
+    })?;
+    // `Path::parent` of a bare name is `Some("")`, which no syscall accepts.
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir)?;
+
+    let tmp = dir.join(temp_name(name.as_bytes()));
+    let result = write_and_rename(&tmp, path, bytes, mode.unwrap_or(DEFAULT_MODE));
+    if result.is_err() {
+        // After a successful rename the name is gone; before it, this is our own file.
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+
+    // Some filesystems (and some platforms' directory handles) refuse fsync on a directory;
+    // the file itself is already safe, so that refusal is not worth failing the write.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// `.<name>.<pid>.<counter>.<nanos>.tmp`: hidden, recognisably ours, never shared.
+fn temp_name(target: &[u8]) -> OsString {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut out = Vec::with_capacity(target.len().min(MAX_NAME_IN_TEMP) + 64);
+    out.push(b'.');
+    out.extend_from_slice(&target[..target.len().min(MAX_NAME_IN_TEMP)]);
+    out.extend_from_slice(format!(".{}.{n}.{nanos}.tmp", std::process::id()).as_bytes());
+    OsString::from_vec(out)
+}
+
+fn write_and_rename(tmp: &Path, path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(tmp)?;
+    // The umask may have taken bits away from `mode` at creation; set them as asked.
+    file.set_permissions(Permissions::from_mode(mode))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(tmp, path)
+}
+
+/// Test support for the modules that write files.
+#[cfg(test)]
+pub(crate) mod testdir {
+    use std::fs;
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A directory under the system's temporary directory, removed with everything in it when
+    /// dropped. For tests of the modules that write files.
+    pub(crate) struct TestDir(PathBuf);
+
+    impl TestDir {
+        pub(crate) fn new(label: &str) -> TestDir {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir()
+                .join(format!("sigorest-test-{label}-{}-{n}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).expect("create test dir");
+            TestDir(dir)
+        }
+
+        pub(crate) fn path(&self) -> &Path {
+            &self.0
+        }
+
+        /// The names in the directory, sorted.
+        pub(crate) fn names(&self) -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(&self.0)
+                .expect("read test dir")
+                .map(|e| {
+                    e.expect("dir entry")
+                        .file_name()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect();
+            v.sort();
+            v
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testdir::TestDir;
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    fn mode_of(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn creates_then_replaces_content() {
+        let d = TestDir::new("fs-replace");
+        let p = d.path().join("a.json");
+        write_atomic(&p, b"one", None).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"one");
+        write_atomic(&p, b"two, longer", None).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two, longer");
+        write_atomic(&p, b"", None).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"");
+        assert_eq!(d.names(), ["a.json"]);
+    }
+
+    #[test]
+    fn default_mode_is_0644_and_0600_is_honoured() {
+        let d = TestDir::new("fs-mode");
+        let p = d.path().join("plain");
+        write_atomic(&p, b"x", None).unwrap();
+        assert_eq!(mode_of(&p), 0o644);
+        let k = d.path().join("server.key");
+        write_atomic(&k, b"secret", Some(0o600)).unwrap();
+        assert_eq!(mode_of(&k), 0o600);
+        // Replacing a 0644 file with a 0600 one gives the new mode, not the old one.
+        write_atomic(&p, b"y", Some(0o600)).unwrap();
+        assert_eq!(mode_of(&p), 0o600);
+    }
+
+    #[test]
+    fn creates_missing_parent_directories() {
+        let d = TestDir::new("fs-parents");
+        let p = d.path().join("x/y/z/file.json");
+        write_atomic(&p, b"{}", None).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"{}");
+    }
+
+    #[test]
+    fn failure_leaves_no_temp_file_and_keeps_the_target() {
+        let d = TestDir::new("fs-fail");
+        // The target is a non-empty directory: the rename must fail.
+        let target = d.path().join("target");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("inside"), b"keep").unwrap();
+        let err = write_atomic(&target, b"data", None).unwrap_err();
+        assert_ne!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        assert_eq!(d.names(), ["target"]);
+        assert_eq!(fs::read(target.join("inside")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn a_path_without_a_file_name_is_refused() {
+        let d = TestDir::new("fs-noname");
+        let err = write_atomic(&d.path().join(".."), b"x", None).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn temp_names_are_hidden_unique_and_bounded() {
+        let a = temp_name(b"s.json");
+        let b = temp_name(b"s.json");
+        assert_ne!(a, b);
+        let a = a.to_string_lossy().into_owned();
+        assert!(a.starts_with(".s.json.") && a.ends_with(".tmp"), "{a}");
+        let long = vec![b'x'; 255];
+        assert!(temp_name(&long).len() < 255);
+    }
+
+    /// Payload `t`,`i`: a header naming it, then a body long enough that a torn write
+    /// (half old, half new) could not pass for a whole one.
+    fn payload(t: usize, i: usize) -> Vec<u8> {
+        let mut v = format!("{t} {i}\n").into_bytes();
+        let fill = b'a' + ((t * 50 + i) % 26) as u8;
+        v.resize(v.len() + 8192 + (t * 97 + i * 13) % 4096, fill);
+        v
+    }
+
+    fn is_whole_payload(bytes: &[u8]) -> bool {
+        let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&bytes[..nl]);
+        let mut it = head.split(' ').map(|s| s.parse::<usize>());
+        match (it.next(), it.next()) {
+            (Some(Ok(t)), Some(Ok(i))) => payload(t, i) == bytes,
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn concurrent_writers_never_leave_a_torn_file() {
+        let d = TestDir::new("fs-concurrent");
+        let p = Arc::new(d.path().join("shared.json"));
+        write_atomic(&p, &payload(0, 0), None).unwrap();
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (p, stop) = (p.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let bytes = fs::read(&*p).unwrap();
+                    assert!(is_whole_payload(&bytes), "torn read: {} bytes", bytes.len());
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        let writers: Vec<_> = (0..8)
+            .map(|t| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        write_atomic(&p, &payload(t, i), None).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let reads = reader.join().unwrap();
+        assert!(reads > 0);
+        let last = fs::read(&*p).unwrap();
+        assert!(is_whole_payload(&last));
+        assert_eq!(d.names(), ["shared.json"]);
+    }
 }
