@@ -41,6 +41,18 @@ impl Running {
 
 /// Starts the gateway with this configuration and environment, and returns at once.
 pub fn start(config: &Config, env: Env) -> Result<Running, Error> {
+    let on = |port: u16| (port != 0).then(|| SocketAddr::new(config.bind, port));
+    start_on(config, env, on(config.http_port), on(config.https_port))
+}
+
+/// As [`start`], on these listen addresses (port 0: the kernel picks one; `None`: off)
+/// instead of the configured ports.
+pub fn start_on(
+    config: &Config,
+    env: Env,
+    http_addr: Option<SocketAddr>,
+    https_addr: Option<SocketAddr>,
+) -> Result<Running, Error> {
     let stats = Arc::new(Stats::default());
     let settings = Settings {
         models_path: config.models.clone(),
@@ -52,9 +64,9 @@ pub fn start(config: &Config, env: Env) -> Result<Running, Error> {
     let app = Arc::new(App::new(settings, stats.clone())?);
 
     let mut listeners = Vec::new();
-    if config.http_port != 0 {
+    if let Some(addr) = http_addr {
         listeners.push(ListenerConfig {
-            addr: SocketAddr::new(config.bind, config.http_port),
+            addr,
             allow: config.http_allow.clone(),
             tls: None,
         });
@@ -85,8 +97,8 @@ pub fn start(config: &Config, env: Env) -> Result<Running, Error> {
     })?;
     let addrs = server.local_addrs().to_vec();
     let mut addrs = addrs.into_iter();
-    let http = (config.http_port != 0).then(|| addrs.next()).flatten();
-    let https = (config.https_port != 0).then(|| addrs.next()).flatten();
+    let http = http_addr.and_then(|_| addrs.next());
+    let https = https_addr.and_then(|_| addrs.next());
     app.ollama().start();
 
     let keys: Vec<&str> = [Provider::Mammouth, Provider::Moonshot, Provider::Zai]

@@ -238,18 +238,22 @@ impl Breakers {
         })
     }
 
-    /// Every model that has a breaker, sorted by name.
+    /// Every model that has a breaker, sorted by name. An open breaker whose time is up
+    /// shows as half-open.
     pub fn snapshot(&self) -> Vec<(String, Status)> {
         let now = self.inner.clock.now();
         lock(&self.inner.entries)
             .iter()
             .map(|(model, e)| {
-                let retry_in_s = match e.state {
-                    State::Open => e.retry_in_s(now),
-                    State::Closed | State::HalfOpen => 0,
+                // An open breaker whose time is up lets the next request through as its
+                // trial: to anyone looking, it is half-open already.
+                let (state, retry_in_s) = match e.state {
+                    State::Open if e.retry_in_s(now) == 0 => (State::HalfOpen, 0),
+                    State::Open => (State::Open, e.retry_in_s(now)),
+                    other => (other, 0),
                 };
                 let status = Status {
-                    state: e.state,
+                    state,
                     consecutive_failures: e.consecutive_failures,
                     retry_in_s,
                 };
@@ -459,6 +463,17 @@ mod tests {
         let names: Vec<_> = b.snapshot().into_iter().map(|(m, _)| m).collect();
         assert_eq!(names, ["gpt41", "kimi"]);
         assert_eq!(status(&b, "kimi").state, State::Closed);
+    }
+
+    #[test]
+    fn an_open_breaker_whose_time_is_up_shows_half_open() {
+        let (clock, b) = setup();
+        trip(&b, "m");
+        clock.advance(OPEN_FOR - Duration::from_millis(1500));
+        assert_eq!(status(&b, "m"), Status { state: State::Open, consecutive_failures: 3, retry_in_s: 2 });
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(status(&b, "m").state, State::HalfOpen);
+        assert_eq!(status(&b, "m").retry_in_s, 0);
     }
 
     #[test]

@@ -145,7 +145,7 @@ impl Gateway {
         }
         let config = Config {
             http_port: 0,
-            https_port: if opts.https { 0 } else { 0 },
+            https_port: 0,
             cert: dir.join("certs/server.crt"),
             key: dir.join("certs/server.key"),
             cert_hosts: Vec::new(),
@@ -162,11 +162,9 @@ impl Gateway {
             shutdown_grace: Duration::from_secs(5),
             bind: "127.0.0.1".parse().expect("ip"),
         };
-        let mut config = config;
-        // Port 0 means "off" in the configuration; the test server asks the kernel for a
-        // free port through the listener instead (see `app::start_on`).
-        config.http_port = 0;
-        let running = app::start_ephemeral(&config, opts.https, Env::from_pairs(opts.env.clone()))?;
+        let any_port: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let https = opts.https.then_some(any_port);
+        let running = app::start_on(&config, Env::from_pairs(opts.env.clone()), Some(any_port), https)?;
         let http = running.http.expect("http listener");
         let https = running.https;
         Ok(Gateway { running: Some(running), dir, http, https, config })
