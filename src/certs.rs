@@ -38,8 +38,8 @@ pub fn load_or_generate(
         (false, false) => {
             let names = cert_names(host_name().as_deref(), extra_hosts)?;
             let (cert_pem, key_pem) = generate_for(&names)?;
-            // Key first: a crash in between leaves a key without a certificate, which the
-            // next start reports instead of silently pairing a new key with an old file.
+            // Two files cannot be replaced in one step: a crash between the writes leaves
+            // the key alone, and the next start says so (below) instead of guessing.
             crate::fsutil::write_atomic(key, key_pem.as_bytes(), Some(0o600))
                 .map_err(|e| Error::io(key, &e))?;
             crate::fsutil::write_atomic(cert, cert_pem.as_bytes(), Some(0o644))
