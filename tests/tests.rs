@@ -3,3 +3,5 @@
 //! by the kernel.
 
 mod support;
+
+mod fake_upstream;
