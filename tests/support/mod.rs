@@ -1,0 +1,7 @@
+//! Shared harness for the integration tests (all of them compile into the one `tests` binary).
+//!
+//! - [`upstream`]: a scripted fake upstream — an OpenAI-compatible provider or an Ollama — on
+//!   `127.0.0.1:0`, with its own tiny std-only HTTP/1.1 server (independent of `sigorest::http`,
+//!   so the gateway never tests itself), that records every request and connection it sees.
+
+pub mod upstream;
