@@ -470,7 +470,14 @@ mod tests {
         let (clock, b) = setup();
         trip(&b, "m");
         clock.advance(OPEN_FOR - Duration::from_millis(1500));
-        assert_eq!(status(&b, "m"), Status { state: State::Open, consecutive_failures: 3, retry_in_s: 2 });
+        assert_eq!(
+            status(&b, "m"),
+            Status {
+                state: State::Open,
+                consecutive_failures: 3,
+                retry_in_s: 2
+            }
+        );
         clock.advance(Duration::from_secs(2));
         assert_eq!(status(&b, "m").state, State::HalfOpen);
         assert_eq!(status(&b, "m").retry_in_s, 0);

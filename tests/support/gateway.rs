@@ -90,7 +90,8 @@ impl Options {
             ("MOONSHOT_API_KEY", "MOONSHOT_BASE_URL"),
             ("ZAI_API_KEY", "ZAI_BASE_URL"),
         ] {
-            self.env.push((key.into(), format!("test-key-{}", key.to_lowercase())));
+            self.env
+                .push((key.into(), format!("test-key-{}", key.to_lowercase())));
             self.env.push((url.into(), base_url.into()));
         }
         // Nothing answers here: discovery fails fast and quietly.
@@ -164,10 +165,21 @@ impl Gateway {
         };
         let any_port: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         let https = opts.https.then_some(any_port);
-        let running = app::start_on(&config, Env::from_pairs(opts.env.clone()), Some(any_port), https)?;
+        let running = app::start_on(
+            &config,
+            Env::from_pairs(opts.env.clone()),
+            Some(any_port),
+            https,
+        )?;
         let http = running.http.expect("http listener");
         let https = running.https;
-        Ok(Gateway { running: Some(running), dir, http, https, config })
+        Ok(Gateway {
+            running: Some(running),
+            dir,
+            http,
+            https,
+            config,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -196,12 +208,18 @@ impl Gateway {
     }
 
     pub fn put_json(&self, path: &str, body: &Value) -> Reply {
-        request(&self.url(path), "PUT", Some(&serde_json::to_vec(body).expect("json")), &[])
+        request(
+            &self.url(path),
+            "PUT",
+            Some(&serde_json::to_vec(body).expect("json")),
+            &[],
+        )
     }
 
     /// A chat completion with the given model and one user message, plus extra fields.
     pub fn chat(&self, model: &str, text: &str, extra: Value) -> Reply {
-        let mut body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}]});
+        let mut body =
+            serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}]});
         if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
             for (k, v) in e {
                 b.insert(k.clone(), v.clone());
@@ -229,8 +247,12 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     pub fn text(&self) -> String {
@@ -238,7 +260,10 @@ impl Reply {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Asserts the OpenAI error shape with this status and code, and returns the message.
@@ -248,7 +273,10 @@ impl Reply {
         let err = &v["error"];
         assert_eq!(err["code"], code, "code; body: {v}");
         assert!(err["type"].is_string(), "type; body: {v}");
-        assert!(err.as_object().is_some_and(|o| o.contains_key("param")), "param; body: {v}");
+        assert!(
+            err.as_object().is_some_and(|o| o.contains_key("param")),
+            "param; body: {v}"
+        );
         let message = err["message"].as_str().unwrap_or_default().to_string();
         assert!(!message.is_empty(), "message; body: {v}");
         message
@@ -271,8 +299,12 @@ pub fn request(url: &str, method: &str, body: Option<&[u8]>, headers: &[(&str, &
     for (n, v) in headers {
         builder = builder.header(*n, *v);
     }
-    let req = builder.body(body.map(<[u8]>::to_vec).unwrap_or_default()).expect("request");
-    let mut resp = agent.run(req).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let req = builder
+        .body(body.map(<[u8]>::to_vec).unwrap_or_default())
+        .expect("request");
+    let mut resp = agent
+        .run(req)
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
     let status = resp.status().as_u16();
     let headers = resp
         .headers()
@@ -281,5 +313,9 @@ pub fn request(url: &str, method: &str, body: Option<&[u8]>, headers: &[(&str, &
         .collect();
     let mut body = Vec::new();
     let _ = resp.body_mut().as_reader().read_to_end(&mut body);
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }

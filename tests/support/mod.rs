@@ -3,5 +3,8 @@
 //! - [`upstream`]: a scripted fake upstream — an OpenAI-compatible provider or an Ollama — on
 //!   `127.0.0.1:0`, with its own tiny std-only HTTP/1.1 server (independent of `sigorest::http`,
 //!   so the gateway never tests itself), that records every request and connection it sees.
+//! - [`gateway`]: the gateway itself, started in-process on `127.0.0.1:0` with its own
+//!   temporary directory, and a small client (ureq, statuses as data) to talk to it.
 
+pub mod gateway;
 pub mod upstream;
