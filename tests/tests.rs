@@ -4,4 +4,7 @@
 
 mod support;
 
+mod api;
+mod chat;
 mod fake_upstream;
+mod streaming;
