@@ -171,7 +171,10 @@ fn bad_memory_puts_are_400_and_change_nothing() {
 
 #[test]
 fn memory_put_only_from_admin_addresses() {
-    let gw = Gateway::start(Options { admin_allow: "10.0.0.0/8".into(), ..Options::default() });
+    let gw = Gateway::start(Options {
+        admin_allow: "10.0.0.0/8".into(),
+        ..Options::default()
+    });
     let r = gw.put_json("/api/memory", &json!({"content": "x"}));
     let msg = r.assert_error(403, "admin_only");
     assert!(msg.contains("127.0.0.1"), "{msg}");
