@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod app;
+pub mod bench;
 pub mod breaker;
 pub mod catalog;
 pub mod certs;

@@ -5,6 +5,7 @@
 mod support;
 
 mod api;
+mod bench;
 mod chat;
 mod fake_upstream;
 mod streaming;
