@@ -13,10 +13,15 @@ use std::time::{Duration, Instant, SystemTime};
 use ureq::Agent;
 use ureq::config::Config;
 use ureq::http::Response;
+use ureq::unversioned::transport::DefaultConnector;
 
 use crate::http::Hangup;
 use crate::retry::{self, Failure};
 use crate::sse::{Event, EventReader};
+
+mod resolver;
+
+use resolver::Names;
 
 /// Largest upstream answer read (a completion with base64 images can be large).
 pub const MAX_ANSWER: u64 = 64 * 1024 * 1024;
@@ -69,6 +74,8 @@ pub struct Upstream {
     direct: Agent,
     proxied_config: Config,
     direct_config: Config,
+    /// One resolver for every agent, so a name is looked up once for all of them.
+    names: Names,
 }
 
 impl Default for Upstream {
@@ -81,11 +88,13 @@ impl Upstream {
     pub fn new() -> Upstream {
         let proxied_config = base_config(ureq::Proxy::try_from_env());
         let direct_config = base_config(None);
+        let names = Names::default();
         Upstream {
-            proxied: Agent::new_with_config(proxied_config.clone()),
-            direct: Agent::new_with_config(direct_config.clone()),
+            proxied: agent(proxied_config.clone(), &names),
+            direct: agent(direct_config.clone(), &names),
             proxied_config,
             direct_config,
+            names,
         }
     }
 
@@ -114,7 +123,7 @@ impl Upstream {
                 .timeout_global(Some(remaining))
                 .timeout_connect(Some(remaining.min(CONNECT_TIMEOUT)))
                 .build();
-            let mut resp = send(request, target, body, remaining)?;
+            let mut resp = send(request, target, body, remaining, &self.names)?;
             let answer = resp
                 .body_mut()
                 .with_config()
@@ -144,7 +153,7 @@ impl Upstream {
         };
         let deadline = Instant::now() + first_wait;
         with_retries(deadline, retries, hangup, |remaining| {
-            let agent = Agent::new_with_config(config.clone());
+            let agent = agent(config.clone(), &self.names);
             // A client that leaves while we wait interrupts the wait.
             let interrupt = agent.clone();
             hangup.on_hangup(move || interrupt.shutdown());
@@ -155,7 +164,7 @@ impl Upstream {
                 .timeout_connect(Some(remaining.min(CONNECT_TIMEOUT)))
                 .timeout_per_read(Some(gap))
                 .build();
-            let resp = send(request, target, body, remaining)?;
+            let resp = send(request, target, body, remaining, &self.names)?;
             let is_json = resp
                 .headers()
                 .get("content-type")
@@ -194,6 +203,11 @@ impl Upstream {
             })
         })
     }
+}
+
+/// An agent with the shared resolver (see `resolver`: no thread per request).
+fn agent(config: Config, names: &Names) -> Agent {
+    Agent::with_parts(config, DefaultConnector::new(), names.clone())
 }
 
 fn base_config(proxy: Option<ureq::Proxy>) -> Config {
@@ -261,12 +275,20 @@ fn send(
     target: &Target,
     body: &[u8],
     remaining: Duration,
+    names: &Names,
 ) -> Result<Response<ureq::Body>, Failure> {
     let mut request = request.header("Content-Type", "application/json");
     if let Some(key) = &target.key {
         request = request.header("Authorization", format!("Bearer {key}"));
     }
-    let mut resp = request.send(body).map_err(|e| call_failure(e, remaining))?;
+    let mut resp = request.send(body).map_err(|e| {
+        let failure = call_failure(e, remaining);
+        if matches!(failure, Failure::Connect(_)) {
+            // The remembered addresses may be stale: look the name up again next time.
+            names.forget();
+        }
+        failure
+    })?;
     let status = resp.status().as_u16();
     if (200..300).contains(&status) {
         return Ok(resp);

@@ -69,6 +69,8 @@ pub struct Options {
     pub gateway: PathBuf,
     /// Measure the fake upstream only (no gateway).
     pub direct_only: bool,
+    /// Skip the stream measurements.
+    pub no_stream: bool,
     pub stream_events: usize,
     pub stream_gap: Duration,
     /// The fake's delay before every answer.
@@ -101,6 +103,7 @@ tables and writes the numbers as JSON.
   -json PATH            where to write the results (default bench.json)
   -gateway PATH         the sigorest binary (default: next to this one)
   -direct-only          measure the fake upstream only, without a gateway
+  -no-stream            skip the stream measurements
   -stream-events N      events per stream (default 20)
   -stream-gap-ms N      milliseconds between stream events (default 10)
   -upstream-delay-ms N  the fake's delay before each answer (default 0)
@@ -131,6 +134,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, BenchError> {
     let queue: Option<usize> = a.opt_value_from_str("--queue").map_err(bad)?;
     let quick = a.contains("--quick");
     let direct_only = a.contains("--direct-only");
+    let no_stream = a.contains("--no-stream");
     let rest = a.finish();
     if let Some(r) = rest.first() {
         return Err(BenchError::Usage(format!(
@@ -188,6 +192,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, BenchError> {
         json: json.unwrap_or_else(|| PathBuf::from("bench.json")),
         gateway: gateway.unwrap_or_else(gateway::default_binary),
         direct_only,
+        no_stream,
         stream_events: events,
         stream_gap: ms("-stream-gap-ms", gap, 10)?,
         upstream_delay: ms("-upstream-delay-ms", delay, 0)?,
@@ -282,7 +287,8 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report, BenchError> {
     let direct_stream = body("gpt-4.1", true);
     let gw_stream = body("gpt41", true);
     let mut stream_rows = Vec::new();
-    for &n in &opts.levels {
+    let stream_levels: &[usize] = if opts.no_stream { &[] } else { &opts.levels };
+    for &n in stream_levels {
         let plan = |addr, body: &str| Plan {
             addr,
             request: Arc::new(load::post(addr, DIRECT_PATH, body)),
