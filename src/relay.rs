@@ -155,11 +155,11 @@ impl App {
                 let event = next.take().unwrap_or_else(|| events.next_event());
                 match event {
                     Ok(Some(Event::Data(payload))) => {
-                        if let Some(message) = crate::upstream::error_event(&payload) {
+                        let fed = gathered.feed(&payload);
+                        if let Some(message) = fed.error {
                             break End::Failed(format!("provider reported an error: {message}"));
                         }
-                        let usage_only = gathered.feed(&payload);
-                        if usage_only && !client_wants_usage {
+                        if fed.usage_only && !client_wants_usage {
                             continue;
                         }
                         if let Err(e) = sink.send(&sse::frame(&payload)) {
@@ -250,6 +250,23 @@ struct Chunk {
     choices: Vec<ChunkChoice>,
     #[serde(default)]
     usage: Option<Usage>,
+    /// Present (even `null`) when the provider reports an error inside the stream.
+    #[serde(default, deserialize_with = "present")]
+    error: Option<Value>,
+}
+
+/// `Some` for a member that is there, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// What one chunk was.
+#[derive(Debug, Default, PartialEq)]
+struct Fed {
+    /// It only carries usage (`choices: []`).
+    usage_only: bool,
+    /// It is an `{"error": ...}` object: the provider's message.
+    error: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -291,11 +308,21 @@ struct Usage {
 }
 
 impl Gathered {
-    /// Takes in one chunk; returns whether it only carries usage (`choices: []`).
-    fn feed(&mut self, payload: &str) -> bool {
+    /// Takes in one chunk: one parse per event tells its text, usage and any error.
+    fn feed(&mut self, payload: &str) -> Fed {
         let Ok(chunk) = serde_json::from_str::<Chunk>(payload) else {
-            return false;
+            // Not a chunk as expected; it may still be an error object of another shape.
+            return Fed {
+                usage_only: false,
+                error: crate::upstream::error_event(payload),
+            };
         };
+        if let Some(err) = &chunk.error {
+            return Fed {
+                usage_only: false,
+                error: Some(crate::upstream::error_message(err)),
+            };
+        }
         if let Some(u) = &chunk.usage {
             self.prompt_tokens = u.prompt_tokens.or(self.prompt_tokens);
             self.completion_tokens = u.completion_tokens.or(self.completion_tokens);
@@ -327,7 +354,10 @@ impl Gathered {
                 }
             }
         }
-        chunk.choices.is_empty() && chunk.usage.is_some()
+        Fed {
+            usage_only: chunk.choices.is_empty() && chunk.usage.is_some(),
+            error: None,
+        }
     }
 
     /// The assistant's turn for the session: its text, and its tool calls as text lines.
@@ -357,20 +387,72 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn usage_only(g: &mut Gathered, payload: &str) -> bool {
+        let fed = g.feed(payload);
+        assert_eq!(fed.error, None, "{payload}");
+        fed.usage_only
+    }
+
+    #[test]
+    fn errors_inside_a_stream_are_seen_in_the_same_parse() {
+        let mut g = Gathered::default();
+        let error = |g: &mut Gathered, p: &str| g.feed(p).error;
+        assert_eq!(
+            error(
+                &mut g,
+                r#"{"error":{"message":"quota exceeded","type":"x"}}"#
+            )
+            .as_deref(),
+            Some("quota exceeded")
+        );
+        assert_eq!(
+            error(&mut g, r#"{"error":"overloaded"}"#).as_deref(),
+            Some("overloaded")
+        );
+        // As before: an `error` member of any value counts, and odd shapes are still read.
+        assert_eq!(error(&mut g, r#"{"error":null}"#).as_deref(), Some("null"));
+        assert_eq!(
+            error(&mut g, r#"{"choices":"junk","error":{"message":"bad"}}"#).as_deref(),
+            Some("bad")
+        );
+        assert_eq!(
+            g.feed(r#"{"choices":[{"delta":{"content":"x"}}]}"#),
+            Fed::default()
+        );
+        assert_eq!(g.text, "x");
+    }
+
     #[test]
     fn gathering_text_tool_calls_and_usage() {
         let mut g = Gathered::default();
-        assert!(!g.feed(r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#));
-        assert!(!g.feed(r#"{"choices":[{"index":0,"delta":{"content":"Hel"}}]}"#));
-        assert!(!g.feed(r#"{"choices":[{"index":0,"delta":{"content":"lo"}}]}"#));
-        assert!(!g.feed(r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"f","arguments":"{\"x\""}}]}}]}"#));
-        assert!(!g.feed(
+        assert!(!usage_only(
+            &mut g,
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#
+        ));
+        assert!(!usage_only(
+            &mut g,
+            r#"{"choices":[{"index":0,"delta":{"content":"Hel"}}]}"#
+        ));
+        assert!(!usage_only(
+            &mut g,
+            r#"{"choices":[{"index":0,"delta":{"content":"lo"}}]}"#
+        ));
+        assert!(!usage_only(
+            &mut g,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"f","arguments":"{\"x\""}}]}}]}"#
+        ));
+        assert!(!usage_only(
+            &mut g,
             r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":":1}"}}]}}]}"#
         ));
         assert!(!g.finished);
-        assert!(!g.feed(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#));
+        assert!(!usage_only(
+            &mut g,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#
+        ));
         assert!(g.finished);
-        assert!(g.feed(
+        assert!(usage_only(
+            &mut g,
             r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#
         ));
         assert_eq!(g.text, "Hello");
@@ -388,7 +470,10 @@ mod tests {
             ]
         );
         // Junk and odd indexes are ignored, not fatal.
-        assert!(!g.feed("not json"));
-        assert!(!g.feed(r#"{"choices":[{"delta":{"tool_calls":[{"index":100000}]}}]}"#));
+        assert!(!usage_only(&mut g, "not json"));
+        assert!(!usage_only(
+            &mut g,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":100000}]}}]}"#
+        ));
     }
 }

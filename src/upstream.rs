@@ -382,8 +382,12 @@ fn check_answer(body: &[u8]) -> Result<(), Failure> {
 /// The message of an `{"error": ...}` object, if this payload is one.
 pub fn error_event(payload: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(payload).ok()?;
-    let err = v.get("error")?;
-    Some(match err {
+    v.get("error").map(error_message)
+}
+
+/// The message of an `error` member (an object with a `message`, or a string, or anything).
+pub fn error_message(err: &serde_json::Value) -> String {
+    match err {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Object(o) => o
             .get("message")
@@ -391,7 +395,7 @@ pub fn error_event(payload: &str) -> Option<String> {
             .map(str::to_string)
             .unwrap_or_else(|| err.to_string()),
         other => other.to_string(),
-    })
+    }
 }
 
 fn json_instead_of_stream(body: &[u8]) -> String {
