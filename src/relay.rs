@@ -102,13 +102,11 @@ impl App {
             self.upstream
                 .complete(&resolved.target, &body, deadline, creq.retries, &req.hangup);
         log.push(("attempts", done.attempts.to_string()));
-        let answer = match done.result {
-            Ok(answer) => answer,
+        let (answer, parsed) = match done.result {
+            Ok(done) => (done.body, done.answer),
             Err(failure) => return Err(fail(permit, failure, &call.short)),
         };
         permit.finish(Outcome::Success);
-        // `complete` has checked the answer is a chat completion.
-        let parsed = chat::parse_answer(&answer).unwrap_or_default();
         if let Some(n) = parsed.prompt_tokens {
             log.push(("prompt_tokens", n.to_string()));
         }

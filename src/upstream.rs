@@ -58,6 +58,13 @@ pub struct Attempted<T> {
     pub attempts: u32,
 }
 
+/// A non-streamed answer: the upstream's body as received, and what the gateway reads of it.
+#[derive(Debug)]
+pub struct Completion {
+    pub body: Vec<u8>,
+    pub answer: crate::chat::Answer,
+}
+
 /// A stream whose first event has arrived.
 pub struct OpenStream {
     /// The first event.
@@ -106,7 +113,8 @@ impl Upstream {
         }
     }
 
-    /// A non-streamed completion: the upstream's 2xx body, or the last failure.
+    /// A non-streamed completion: the upstream's 2xx body (checked, and read once for the
+    /// session and the log), or the last failure.
     pub fn complete(
         &self,
         target: &Target,
@@ -114,7 +122,7 @@ impl Upstream {
         deadline: Instant,
         retries: u32,
         hangup: &Hangup,
-    ) -> Attempted<Vec<u8>> {
+    ) -> Attempted<Completion> {
         let agent = self.agent(target);
         with_retries(deadline, retries, hangup, |remaining| {
             let request = agent
@@ -130,8 +138,11 @@ impl Upstream {
                 .limit(MAX_ANSWER)
                 .read_to_vec()
                 .map_err(|e| read_failure(e, remaining))?;
-            check_answer(&answer)?;
-            Ok(answer)
+            let parsed = check_answer(&answer)?;
+            Ok(Completion {
+                body: answer,
+                answer: parsed,
+            })
         })
     }
 
@@ -367,9 +378,9 @@ fn secs(d: Duration) -> String {
 }
 
 /// A 2xx body must be a chat completion; a JSON error in a 200 is reported as such.
-fn check_answer(body: &[u8]) -> Result<(), Failure> {
+fn check_answer(body: &[u8]) -> Result<crate::chat::Answer, Failure> {
     match crate::chat::parse_answer(body) {
-        Ok(_) => Ok(()),
+        Ok(answer) => Ok(answer),
         Err(why) => Err(Failure::BadAnswer(
             match error_event(&String::from_utf8_lossy(body)) {
                 Some(msg) => format!("provider reported an error: {msg}"),
