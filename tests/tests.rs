@@ -7,4 +7,5 @@ mod support;
 mod api;
 mod chat;
 mod fake_upstream;
+mod service;
 mod streaming;
