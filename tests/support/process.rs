@@ -16,7 +16,10 @@ use crate::support::gateway::{Reply, TempDir, request};
 /// tests pick the port themselves; a clash with another process is retried by
 /// [`Server::start`].
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 #[derive(Default)]
@@ -44,7 +47,11 @@ impl Server {
                 .env_clear()
                 .env("PATH", std::env::var_os("PATH").unwrap_or_default())
                 .args(["-http-port", &port.to_string(), "-bind", "127.0.0.1"])
-                .args(if args.contains(&"-https-port") { &[][..] } else { &["-https-port", "0"][..] })
+                .args(if args.contains(&"-https-port") {
+                    &[][..]
+                } else {
+                    &["-https-port", "0"][..]
+                })
                 .args(args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -66,7 +73,12 @@ impl Server {
                 sink.changed.notify_all();
             });
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-            let mut server = Server { child, dir, addr, lines };
+            let mut server = Server {
+                child,
+                dir,
+                addr,
+                lines,
+            };
             if server.wait_ready(Duration::from_secs(15)) {
                 return server;
             }
@@ -87,7 +99,8 @@ impl Server {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            if std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+            {
                 return true;
             }
             thread::sleep(Duration::from_millis(20));
@@ -115,7 +128,9 @@ impl Server {
 
     /// Everything the server wrote to stderr so far.
     pub fn stderr(&self) -> String {
-        crate::support::gateway::lock(&self.lines.lines).0.join("\n")
+        crate::support::gateway::lock(&self.lines.lines)
+            .0
+            .join("\n")
     }
 
     /// Waits for a stderr line containing `needle`; returns it.
@@ -130,7 +145,12 @@ impl Server {
             if left.is_zero() || guard.1 {
                 panic!("no line with {needle:?} in: {}", guard.0.join("\n"));
             }
-            guard = self.lines.changed.wait_timeout(guard, left).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+            guard = self
+                .lines
+                .changed
+                .wait_timeout(guard, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
         }
     }
 
@@ -141,7 +161,11 @@ impl Server {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "sigorest did not exit within {timeout:?}: {}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "sigorest did not exit within {timeout:?}: {}",
+                self.stderr()
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }
