@@ -4,5 +4,9 @@
 
 mod support;
 
+mod api;
+mod chat;
 mod fake_upstream;
 mod ollama;
+mod service;
+mod streaming;
