@@ -606,3 +606,74 @@ mod gateway {
         }
     }
 }
+
+/// The real binary, with proxy variables in its environment.
+mod binary {
+    use super::*;
+    use crate::support::gateway::{TempDir, request};
+    use crate::support::process::Server;
+
+    fn chat(server: &Server, model: &str) -> crate::support::gateway::Reply {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        request(
+            &server.url("/v1/chat/completions"),
+            "POST",
+            Some(&serde_json::to_vec(&body).unwrap()),
+            &[],
+        )
+    }
+
+    #[test]
+    fn ollama_never_goes_through_a_proxy_and_a_down_ollama_warns_once() {
+        let proxy = FakeUpstream::start();
+        let ollama = fake_ollama(&["gemma3:4b"]);
+        ollama.route("GET", "/api/tags", Reply::status(500));
+        let proxy_url = proxy.url("");
+        let ollama_host = ollama.url("");
+        let env = [
+            ("ALL_PROXY", proxy_url.as_str()),
+            ("HTTP_PROXY", proxy_url.as_str()),
+            ("http_proxy", proxy_url.as_str()),
+            ("OLLAMA_HOST", ollama_host.as_str()),
+            ("MAMMOUTH_API_KEY", "sk-test"),
+            // Not a loopback address: the cloud call goes through the proxy (the control).
+            ("MAMMOUTH_BASE_URL", "http://cloud.invalid/v1"),
+        ];
+        let server = Server::start(TempDir::new("ollama-proxy"), &[], &env);
+        server.wait_for_line("Ollama discovery failed", WAIT);
+
+        // Two more failed discoveries (SIGHUP rediscovers): still one WARN.
+        for n in [2, 3] {
+            server.signal("HUP");
+            ollama.wait_for_requests_to("/api/tags", n, WAIT);
+        }
+        ollama.route("GET", "/api/tags", Reply::json(200, tags(&["gemma3:4b"])));
+        server.signal("HUP");
+        server.wait_for_line("Ollama discovery works again", WAIT);
+        server.wait_for_line("Ollama models changed", WAIT);
+        let log = server.stderr();
+        assert_eq!(
+            log.matches("Ollama discovery failed").count(),
+            1,
+            "WARN once per run of failures:\n{log}"
+        );
+
+        let r = chat(&server, "ollama-gemma3-4b");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let sent = ollama.requests_to("/v1/chat/completions");
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].model(), Some("gemma3:4b"));
+        assert_eq!(sent[0].header("authorization"), None);
+
+        // Four discoveries, a context read and a chat later, the proxy has seen nothing.
+        assert_eq!(
+            proxy.connections().len(),
+            0,
+            "nothing went through the proxy"
+        );
+        // The control: a cloud call does go to it (ureq tunnels with CONNECT, which the fake
+        // refuses, so that chat fails; the connection is what counts).
+        let _ = chat(&server, "gpt41");
+        assert!(!proxy.connections().is_empty(), "the proxy is in use");
+    }
+}
