@@ -181,8 +181,10 @@ impl App {
         };
         match self.ollama.lookup(name) {
             Lookup::Found(m) => {
+                // The real Ollama name goes upstream (`to_model` makes it the id), with no
+                // key and never through a proxy.
                 let target = Target {
-                    url: Provider::Ollama.chat_url(&self.env),
+                    url: format!("{}/v1/chat/completions", self.ollama.base_url()),
                     key: None,
                     direct: true,
                 };

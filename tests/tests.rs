@@ -7,5 +7,6 @@ mod support;
 mod api;
 mod chat;
 mod fake_upstream;
+mod ollama;
 mod service;
 mod streaming;
