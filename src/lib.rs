@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod certs;
 pub mod chat;
 pub mod clock;
+pub mod completion;
 pub mod config;
 pub mod env;
 pub mod error;
