@@ -12,6 +12,7 @@ pub mod breaker;
 pub mod catalog;
 pub mod certs;
 pub mod chat;
+pub mod cli;
 pub mod clock;
 pub mod completion;
 pub mod config;
