@@ -71,11 +71,11 @@ pub fn start_on(
             tls: None,
         });
     }
-    if config.https_port != 0 {
+    if let Some(addr) = https_addr {
         let (tls, _generated) =
             crate::certs::load_or_generate(&config.cert, &config.key, &config.cert_hosts)?;
         listeners.push(ListenerConfig {
-            addr: SocketAddr::new(config.bind, config.https_port),
+            addr,
             allow: config.https_allow.clone(),
             tls: Some(tls),
         });

@@ -4,4 +4,8 @@
 
 mod support;
 
+mod api;
+mod chat;
 mod fake_upstream;
+mod service;
+mod streaming;

@@ -18,7 +18,12 @@ use std::time::{Duration, Instant};
 
 use crate::access::AllowList;
 
+mod conn;
+mod parse;
 mod server;
+#[cfg(test)]
+mod testwire;
+mod write;
 
 pub use server::{Server, start};
 

@@ -1,24 +1,399 @@
-//! Listeners, connection threads, the worker pool.
+//! Listeners, accept threads, the worker pool, and shutdown.
+//!
+//! An accept thread per listening socket admits connections (up to `limits.connections`) and
+//! gives each its own thread ([`super::conn`]). Parsed requests go through one bounded
+//! channel to a fixed pool of workers, which call the [`Handler`] (a panic becomes a 500),
+//! write the response and hand the connection back for keep-alive.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
-use super::{Handler, ServerConfig, Stats};
+use crossbeam_channel::{Receiver, Sender};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+use super::conn::{self, Conn, Sock};
+use super::write::{Reply, access_log, write_response};
+use super::{Handler, Hangup, Limits, Request, ServerConfig, Stats, Timeouts, lock};
+use crate::access::AllowList;
+use crate::error::Error;
+
+/// Stack of a connection thread: it parses and does TLS, nothing deep.
+const CONN_STACK: usize = 256 * 1024;
+/// How long shutdown waits, after the grace, for threads it has forced to end.
+const FORCE_WAIT: Duration = Duration::from_secs(2);
+/// Accept errors (out of descriptors...) back off from the first to the last step.
+const BACKOFF_FIRST: Duration = Duration::from_millis(10);
+const BACKOFF_LAST: Duration = Duration::from_millis(500);
+/// At most one warning per kind of trouble in this interval.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+static SERVERS: AtomicU64 = AtomicU64::new(0);
 
 /// A running server.
 pub struct Server {
     addrs: Vec<SocketAddr>,
     stats: Arc<Stats>,
+    shared: Arc<Shared>,
+    listeners: Vec<Arc<TcpListener>>,
+    accept_threads: Vec<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+    stopped: bool,
+}
+
+/// What every thread of one server shares.
+pub(crate) struct Shared {
+    handler: Arc<dyn Handler>,
+    pub(crate) limits: Limits,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) stats: Arc<Stats>,
+    stopping: AtomicBool,
+    prefix: String,
+    next_id: AtomicU64,
+    /// Open connections, so that shutdown can end them after its grace.
+    open: Mutex<HashMap<u64, Tracked>>,
+}
+
+struct Tracked {
+    sock: Option<Sock>,
+    hangup: Option<Hangup>,
+}
+
+impl Shared {
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn track(&self, id: u64, sock: Sock) {
+        if let Some(t) = lock(&self.open).get_mut(&id) {
+            t.sock = Some(sock);
+        }
+    }
+
+    pub(crate) fn set_hangup(&self, id: u64, hangup: Option<Hangup>) {
+        if let Some(t) = lock(&self.open).get_mut(&id) {
+            t.hangup = hangup;
+        }
+    }
+
+    /// Shuts every open socket down (their threads see errors at once) and tells running
+    /// handlers that their clients are gone.
+    fn force_close(&self) {
+        let hangups: Vec<Hangup> = {
+            let open = lock(&self.open);
+            for s in open.values().filter_map(|t| t.sock.as_ref()) {
+                let _ = s.0.shutdown(Shutdown::Both);
+            }
+            open.values().filter_map(|t| t.hangup.clone()).collect()
+        };
+        for h in hangups {
+            h.fire();
+        }
+    }
+}
+
+/// One counted connection; uncounts it when dropped, on whatever path its thread ends.
+struct Slot {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.shared.open).remove(&self.id);
+        self.shared
+            .stats
+            .connections_open
+            .fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A listener's settings, as its connections need them.
+pub(crate) struct ListenerCtx {
+    pub(crate) allow: AllowList,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) port: u16,
+}
+
+/// A request on its way to a worker, with its connection.
+pub(crate) struct Job {
+    pub(crate) req: Request,
+    pub(crate) conn: Conn,
+    pub(crate) reply: Reply,
+    /// Where the connection goes back for keep-alive; dropping it closes the connection.
+    pub(crate) back: Sender<Conn>,
 }
 
 /// Binds every listener (dual-stack when the address is `[::]`), starts the accept threads
 /// and the worker pool, and returns at once. A port that cannot be bound is an error here,
 /// not later.
 pub fn start(config: ServerConfig, handler: Arc<dyn Handler>) -> io::Result<Server> {
-    let _ = (config, handler);
-    todo!()
+    let prefix = format!("sr{}-", SERVERS.fetch_add(1, Ordering::Relaxed));
+    let mut bound = Vec::new();
+    for l in &config.listeners {
+        let listener = bind(l.addr)?;
+        bound.push((Arc::new(listener), l));
+    }
+    let stats = Arc::clone(&config.stats);
+    let workers = config.workers.max(1);
+    stats.workers_total.store(workers, Ordering::Relaxed);
+    stats.queue_capacity.store(config.queue, Ordering::Relaxed);
+    let shared = Arc::new(Shared {
+        handler,
+        limits: config.limits.clone(),
+        timeouts: config.timeouts.clone(),
+        stats: Arc::clone(&stats),
+        stopping: AtomicBool::new(false),
+        prefix,
+        next_id: AtomicU64::new(0),
+        open: Mutex::new(HashMap::new()),
+    });
+    let mut server = Server {
+        addrs: Vec::new(),
+        stats,
+        shared: Arc::clone(&shared),
+        listeners: Vec::new(),
+        accept_threads: Vec::new(),
+        workers: Vec::new(),
+        stopped: false,
+    };
+    // On an error below, dropping `server` (and `jobs`) stops what was started.
+    let (jobs, queue) = crossbeam_channel::bounded::<Job>(config.queue);
+    for i in 0..workers {
+        let (shared, queue) = (Arc::clone(&shared), queue.clone());
+        let handle = thread::Builder::new()
+            .name(format!("{}w{i}", shared.prefix))
+            .spawn(move || work(&shared, &queue))?;
+        server.workers.push(handle);
+    }
+    drop(queue);
+    for (i, (listener, l)) in bound.into_iter().enumerate() {
+        let addr = listener.local_addr()?;
+        let ctx = ListenerCtx {
+            allow: l.allow.clone(),
+            tls: l.tls.clone(),
+            port: addr.port(),
+        };
+        let (shared, jobs, accepting) = (Arc::clone(&shared), jobs.clone(), Arc::clone(&listener));
+        let handle = thread::Builder::new()
+            .name(format!("{}a{i}", shared.prefix))
+            .spawn(move || accept_loop(&shared, &accepting, &Arc::new(ctx), &jobs))?;
+        server.addrs.push(addr);
+        server.listeners.push(listener);
+        server.accept_threads.push(handle);
+    }
+    Ok(server)
+}
+
+/// A listening socket with SO_REUSEADDR and a backlog of 1024; `[::]` is dual-stack, and
+/// falls back to `0.0.0.0` on a machine without IPv6.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    match bind_one(addr) {
+        Err(e) if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) && no_ipv6(&e) => {
+            log::warn!(error:% = e; "IPv6 unavailable; listening on IPv4 only");
+            bind_one(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                addr.port(),
+            ))
+        }
+        r => r,
+    }
+}
+
+fn no_ipv6(e: &io::Error) -> bool {
+    // EAFNOSUPPORT and EADDRNOTAVAIL (Linux numbers; the kind covers the second elsewhere).
+    e.kind() == io::ErrorKind::AddrNotAvailable
+        || (cfg!(target_os = "linux") && matches!(e.raw_os_error(), Some(97 | 99)))
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Logs one kind of recurring trouble at most once per [`WARN_EVERY`], with how many times it
+/// happened in between.
+struct Throttle {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl Throttle {
+    fn warn(&mut self, what: &'static str, err: &io::Error) {
+        self.since += 1;
+        if self.last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            log::warn!(error:% = err, times = self.since; "{what}");
+            self.last = Some(Instant::now());
+            self.since = 0;
+        }
+    }
+}
+
+fn accept_loop(
+    shared: &Arc<Shared>,
+    listener: &TcpListener,
+    ctx: &Arc<ListenerCtx>,
+    jobs: &Sender<Job>,
+) {
+    let mut backoff = Duration::ZERO;
+    let mut accept_trouble = Throttle {
+        last: None,
+        since: 0,
+    };
+    let mut spawn_trouble = Throttle {
+        last: None,
+        since: 0,
+    };
+    loop {
+        let accepted = listener.accept();
+        if shared.is_stopping() {
+            return;
+        }
+        match accepted {
+            Ok((tcp, addr)) => {
+                backoff = Duration::ZERO;
+                admit(
+                    shared,
+                    ctx,
+                    jobs,
+                    tcp,
+                    addr.ip().to_canonical(),
+                    &mut spawn_trouble,
+                );
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // Out of descriptors or buffers, or an aborted handshake: the listener is
+                // fine; wait for resources to come back instead of spinning.
+                accept_trouble.warn("accept failed; backing off", &e);
+                backoff = (backoff * 2).clamp(BACKOFF_FIRST, BACKOFF_LAST);
+                thread::sleep(backoff);
+            }
+        }
+    }
+}
+
+fn admit(
+    shared: &Arc<Shared>,
+    ctx: &Arc<ListenerCtx>,
+    jobs: &Sender<Job>,
+    tcp: TcpStream,
+    peer: IpAddr,
+    trouble: &mut Throttle,
+) {
+    let cap = shared.limits.connections;
+    let counted =
+        shared
+            .stats
+            .connections_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            });
+    if counted.is_err() {
+        log::debug!(ip:% = peer; "connection limit reached; closed");
+        return;
+    }
+    let _ = tcp.set_nodelay(true);
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    lock(&shared.open).insert(
+        id,
+        Tracked {
+            sock: None,
+            hangup: None,
+        },
+    );
+    let slot = Slot {
+        shared: Arc::clone(shared),
+        id,
+    };
+    let (ctx, jobs) = (Arc::clone(ctx), jobs.clone());
+    let spawned = thread::Builder::new()
+        .name(format!("{}c", shared.prefix))
+        .stack_size(CONN_STACK)
+        .spawn(move || {
+            let slot = slot;
+            conn::run(&slot.shared, &ctx, tcp, peer, slot.id, &jobs);
+        });
+    // On failure the closure, its slot and the socket are dropped: uncounted and closed.
+    if let Err(e) = spawned {
+        trouble.warn("cannot start a connection thread", &e);
+    }
+}
+
+fn work(shared: &Shared, queue: &Receiver<Job>) {
+    while let Ok(job) = queue.recv() {
+        shared
+            .stats
+            .queue_depth
+            .store(queue.len(), Ordering::Relaxed);
+        shared.stats.workers_busy.fetch_add(1, Ordering::AcqRel);
+        // `answer` catches the handler's panics; this only guards against our own bugs.
+        if catch_unwind(AssertUnwindSafe(|| answer(shared, job))).is_err() {
+            log::error!("worker recovered from a panic while answering");
+        }
+        shared.stats.workers_busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Handles one request on a worker and writes its response.
+fn answer(shared: &Shared, job: Job) {
+    let Job {
+        req,
+        mut conn,
+        reply,
+        back,
+    } = job;
+    let t = &shared.timeouts;
+    let resp = if req.received.elapsed() > t.queue_wait {
+        Error::Overloaded { retry_after_s: 1 }.to_response()
+    } else {
+        match catch_unwind(AssertUnwindSafe(|| shared.handler.handle(&req))) {
+            Ok(resp) => resp,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                log::error!(method = req.method.as_str(), path = req.path.as_str(), panic = what.as_str(); "handler panicked");
+                Error::Internal {
+                    message: "internal error: the request handler failed".to_string(),
+                }
+                .to_response()
+            }
+        }
+    };
+    let reply = Reply {
+        keep_alive: reply.keep_alive && !shared.is_stopping(),
+        ..reply
+    };
+    let out = write_response(&mut conn.io, &reply, resp);
+    req.hangup.clear();
+    access_log(
+        &req.method,
+        &req.path,
+        out.status,
+        req.peer,
+        req.received,
+        &out.log,
+    );
+    if out.keep_alive && !shared.is_stopping() {
+        // The connection thread waits for it; if it is gone, dropping closes the connection.
+        let _ = back.send(conn);
+    } else {
+        conn.io.close(t.write);
+    }
 }
 
 impl Server {
@@ -31,11 +406,92 @@ impl Server {
         &self.stats
     }
 
+    /// The prefix of the names of every thread this server runs (`sr7-`), so that a test or
+    /// a tool can find them in `/proc/self/task/*/comm`.
+    pub fn thread_prefix(&self) -> &str {
+        &self.shared.prefix
+    }
+
     /// Stops accepting, closes idle connections, lets requests in flight (streams included)
     /// finish for up to `grace`, then closes the rest. Returns whether everything finished in
     /// time. Every thread the server started has ended or is ending when it returns.
-    pub fn shutdown(self, grace: Duration) -> bool {
-        let _ = grace;
-        todo!()
+    pub fn shutdown(mut self, grace: Duration) -> bool {
+        self.stop(grace)
     }
+
+    fn stop(&mut self, grace: Duration) -> bool {
+        if self.stopped {
+            return true;
+        }
+        self.stopped = true;
+        let deadline = Instant::now() + grace;
+        self.shared.stopping.store(true, Ordering::Release);
+        for l in &self.listeners {
+            wake(l);
+        }
+        let accepting_done = join_until(&mut self.accept_threads, Instant::now() + FORCE_WAIT);
+        self.listeners.clear();
+        // Idle connections see the flag within a poll; answers in flight go out with
+        // `Connection: close`, after which their threads end.
+        let conns_open = || self.stats.connections_open.load(Ordering::Acquire) > 0;
+        let in_time = wait_while(deadline, conns_open);
+        if !in_time {
+            self.shared.force_close();
+            wait_while(Instant::now() + FORCE_WAIT, conns_open);
+        }
+        // Every sender is gone with the accept and connection threads: workers end.
+        let workers_done = join_until(&mut self.workers, Instant::now() + FORCE_WAIT);
+        in_time && accepting_done && workers_done
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop(Duration::ZERO);
+    }
+}
+
+/// Unblocks an accept thread: a shutdown of the listening socket (Linux wakes a blocked
+/// `accept` with an error), and a connection to it in case the platform does not.
+fn wake(listener: &TcpListener) {
+    let _ = SockRef::from(listener).shutdown(Shutdown::Read);
+    if let Ok(addr) = listener.local_addr() {
+        let ip = match addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        let _ = TcpStream::connect_timeout(
+            &SocketAddr::new(ip, addr.port()),
+            Duration::from_millis(200),
+        );
+    }
+}
+
+/// Polls `busy` until it is false or `deadline` passes; true when it became false.
+fn wait_while(deadline: Instant, busy: impl Fn() -> bool) -> bool {
+    loop {
+        if !busy() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Joins the threads that end by `deadline`; the others are left to end on their own.
+/// True when all were joined.
+fn join_until(handles: &mut Vec<JoinHandle<()>>, deadline: Instant) -> bool {
+    wait_while(deadline, || handles.iter().any(|h| !h.is_finished()));
+    let mut all = true;
+    for h in handles.drain(..) {
+        if h.is_finished() {
+            let _ = h.join();
+        } else {
+            all = false;
+        }
+    }
+    all
 }

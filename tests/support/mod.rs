@@ -6,5 +6,7 @@
 //! - [`gateway`]: the gateway itself, started in-process on `127.0.0.1:0` with its own
 //!   temporary directory, and a small client (ureq, statuses as data) to talk to it.
 
+pub mod client;
 pub mod gateway;
+pub mod process;
 pub mod upstream;

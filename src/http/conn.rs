@@ -1,0 +1,402 @@
+//! One connection thread per accepted connection: TLS handshake, allow-list refusal, then a
+//! loop of reading a request under its deadlines, handing it to the worker pool, and watching
+//! the client while a worker answers it, until the connection ends.
+//!
+//! The thread owns the connection between requests; a worker owns it while it writes the
+//! response and then sends it back on a per-request channel (or closes it). The socket is
+//! shared through an `Arc`, so the thread can watch it (`peek`) while a worker writes on it,
+//! and the server can shut it down at the end of a shutdown's grace, with one descriptor.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use rustls::{ServerConnection, StreamOwned};
+
+use super::parse::{InBuf, POLL, ReadError, Rejection, Wire, read_request};
+use super::server::{Job, ListenerCtx, Shared};
+use super::write::{Reply, access_log, write_response};
+use super::{Hangup, Request};
+use crate::error::Error;
+
+/// After a refusal, at most this many bytes are read and dropped while lingering.
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+/// A TLS record header's first byte for an alert (a `close_notify`, usually).
+const TLS_ALERT: u8 = 0x15;
+
+/// The socket, shared between the connection thread, the worker answering on it, and the
+/// server's list of open connections.
+#[derive(Clone)]
+pub(crate) struct Sock(pub(crate) Arc<TcpStream>);
+
+impl Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.0).flush()
+    }
+}
+
+enum Transport {
+    Plain(Sock),
+    Tls(Box<StreamOwned<ServerConnection, Sock>>),
+}
+
+/// Bytes to and from the client, in clear or through TLS.
+pub(crate) struct Io {
+    transport: Transport,
+    sock: Sock,
+}
+
+impl Read for Io {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.transport {
+            Transport::Plain(s) => s.read(buf),
+            Transport::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Io {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.transport {
+            Transport::Plain(s) => s.write(buf),
+            Transport::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.transport {
+            Transport::Plain(s) => s.flush(),
+            Transport::Tls(s) => s.flush(),
+        }
+    }
+}
+
+impl Wire for Io {
+    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        self.sock.0.set_read_timeout(Some(timeout))
+    }
+    fn set_write_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        self.sock.0.set_write_timeout(Some(timeout))
+    }
+}
+
+impl Io {
+    /// Ends the connection gracefully: `close_notify` on TLS, then FIN. The descriptor itself
+    /// closes when the last holder drops it.
+    pub(crate) fn close(&mut self, write_timeout: Duration) {
+        if let Transport::Tls(s) = &mut self.transport {
+            s.conn.send_close_notify();
+            let _ = self
+                .sock
+                .0
+                .set_write_timeout(Some(write_timeout.min(Duration::from_secs(1))));
+            let _ = s.flush();
+        }
+        let _ = self.sock.0.shutdown(Shutdown::Write);
+    }
+
+    /// After [`Io::close`]: reads and drops what the client still sends, for at most `time`
+    /// and [`LINGER_BYTES`], so that it reads our answer instead of a reset. Never a full drain.
+    fn linger(&mut self, time: Duration) {
+        let deadline = Instant::now() + time;
+        let mut scratch = [0u8; 8192];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            if left.is_zero() || self.sock.0.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            match self.sock.read(&mut scratch) {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// A connection between requests: the transport and the bytes read ahead.
+pub(crate) struct Conn {
+    pub(crate) io: Io,
+    buf: InBuf,
+}
+
+/// The connection thread's body. The caller counts the connection (and uncounts it when this
+/// returns, however it returns).
+pub(crate) fn run(
+    shared: &Shared,
+    listener: &ListenerCtx,
+    tcp: TcpStream,
+    peer: IpAddr,
+    id: u64,
+    jobs: &Sender<Job>,
+) {
+    let started = Instant::now();
+    let t = &shared.timeouts;
+    let stop = || shared.is_stopping();
+    let sock = Sock(Arc::new(tcp));
+    let _ = sock.0.set_write_timeout(Some(t.write));
+    shared.track(id, sock.clone());
+    let head_deadline = started + t.head;
+    let transport = match &listener.tls {
+        None => Transport::Plain(sock.clone()),
+        Some(cfg) => match handshake(sock.clone(), cfg, head_deadline, &stop) {
+            Some(s) => Transport::Tls(Box::new(s)),
+            None => return,
+        },
+    };
+    let tls = listener.tls.is_some();
+    let mut conn = Conn {
+        io: Io {
+            transport,
+            sock: sock.clone(),
+        },
+        buf: InBuf::new(&shared.limits),
+    };
+    if !listener.allow.allows(peer) {
+        log::warn!(ip:% = peer, port = listener.port; "ip_not_allowed");
+        let rejection = Rejection {
+            error: Error::IpNotAllowed { ip: peer },
+            method: None,
+            path: None,
+        };
+        refuse(shared, conn, peer, rejection, started, false);
+        return;
+    }
+    let mut first = true;
+    loop {
+        let deadline = if first {
+            head_deadline
+        } else {
+            // Between requests: wait for the next one's first byte, then time its head.
+            if stop() {
+                conn.io.close(t.write);
+                return;
+            }
+            conn.buf.shrink();
+            if conn.buf.is_empty() {
+                if let Err(e) = conn.buf.fill(&mut conn.io, Instant::now() + t.idle, &stop) {
+                    if matches!(e, ReadError::Stopped | ReadError::Timeout) {
+                        conn.io.close(t.write);
+                    }
+                    return;
+                }
+            }
+            Instant::now() + t.head
+        };
+        first = false;
+        let began = Instant::now();
+        let read = read_request(
+            &mut conn.io,
+            &mut conn.buf,
+            &shared.limits,
+            deadline,
+            t.body,
+            t.write,
+            &stop,
+        );
+        let (head, body) = match read {
+            Ok(r) => r,
+            Err(ReadError::Reject(rejection)) => {
+                refuse(shared, conn, peer, *rejection, began, true);
+                return;
+            }
+            Err(e) => {
+                log::debug!(ip:% = peer, reason:? = e; "connection closed without a request");
+                return;
+            }
+        };
+        let reply = Reply {
+            version: head.version,
+            head_only: head.method == "HEAD",
+            keep_alive: head.keep_alive,
+            write_timeout: t.write,
+        };
+        let hangup = Hangup::default();
+        let req = Request {
+            method: head.method,
+            path: head.path,
+            query: head.query,
+            version: head.version,
+            headers: head.headers,
+            body,
+            peer,
+            tls,
+            received: Instant::now(),
+            hangup: hangup.clone(),
+        };
+        let (back, returned) = crossbeam_channel::bounded(1);
+        shared.set_hangup(id, Some(hangup.clone()));
+        match jobs.try_send(Job {
+            req,
+            conn,
+            reply,
+            back,
+        }) {
+            Ok(()) => {
+                shared
+                    .stats
+                    .queue_depth
+                    .store(jobs.len(), std::sync::atomic::Ordering::Relaxed);
+                match wait_for_worker(&returned, &sock, tls, &hangup) {
+                    Some(c) => conn = c,
+                    None => return,
+                }
+            }
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                let Job {
+                    req,
+                    conn: c,
+                    reply,
+                    ..
+                } = job;
+                conn = c;
+                let reply = Reply {
+                    keep_alive: reply.keep_alive && !stop(),
+                    ..reply
+                };
+                let resp = Error::Overloaded { retry_after_s: 1 }.to_response();
+                let out = write_response(&mut conn.io, &reply, resp);
+                access_log(
+                    &req.method,
+                    &req.path,
+                    out.status,
+                    peer,
+                    req.received,
+                    &out.log,
+                );
+                if !out.keep_alive {
+                    conn.io.close(t.write);
+                    return;
+                }
+            }
+        }
+        shared.set_hangup(id, None);
+    }
+}
+
+/// Waits for the worker to give the connection back (`None`: it closed it), and meanwhile
+/// looks every [`POLL`] whether the client has gone, to fire the request's [`Hangup`].
+fn wait_for_worker(
+    returned: &Receiver<Conn>,
+    sock: &Sock,
+    tls: bool,
+    hangup: &Hangup,
+) -> Option<Conn> {
+    loop {
+        match returned.recv_timeout(POLL) {
+            Ok(c) => return Some(c),
+            Err(RecvTimeoutError::Disconnected) => return None,
+            Err(RecvTimeoutError::Timeout) => {
+                if !hangup.is_fired() && peer_gone(&sock.0, tls) {
+                    hangup.fire();
+                }
+            }
+        }
+    }
+}
+
+/// Whether the client has closed its side: end of stream, a reset, or on TLS an alert record
+/// (`close_notify`) waiting. Data waiting (a pipelined request) means it is still there.
+/// Only peeks, so it does not disturb the worker writing on the same socket.
+fn peer_gone(sock: &TcpStream, tls: bool) -> bool {
+    if sock
+        .set_read_timeout(Some(Duration::from_millis(1)))
+        .is_err()
+    {
+        return true;
+    }
+    let mut first = [0u8; 1];
+    match sock.peek(&mut first) {
+        Ok(0) => true,
+        Ok(_) => tls && first[0] == TLS_ALERT,
+        Err(e) => !matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+        ),
+    }
+}
+
+/// Answers a refused request with its error and `Connection: close`, then closes with a
+/// lingering read.
+fn refuse(
+    shared: &Shared,
+    mut conn: Conn,
+    peer: IpAddr,
+    rejection: Rejection,
+    since: Instant,
+    log_access: bool,
+) {
+    let t = &shared.timeouts;
+    let Rejection {
+        error,
+        method,
+        path,
+    } = rejection;
+    log::debug!(ip:% = peer, error:% = error; "request refused");
+    let reply = Reply {
+        version: super::Version::Http11,
+        head_only: method.as_deref() == Some("HEAD"),
+        keep_alive: false,
+        write_timeout: t.write,
+    };
+    let out = write_response(&mut conn.io, &reply, error.to_response());
+    if log_access {
+        let method = method.as_deref().unwrap_or("-");
+        let path = path.as_deref().unwrap_or("-");
+        access_log(method, path, out.status, peer, since, &out.log);
+    }
+    conn.io.close(t.write);
+    conn.io.linger(t.linger);
+}
+
+/// The TLS handshake, under the connection's head deadline. `None`: the client failed it,
+/// left, or was too slow (closed without an answer).
+fn handshake(
+    mut sock: Sock,
+    config: &Arc<rustls::ServerConfig>,
+    deadline: Instant,
+    stop: &dyn Fn() -> bool,
+) -> Option<StreamOwned<ServerConnection, Sock>> {
+    let mut tls = ServerConnection::new(Arc::clone(config)).ok()?;
+    while tls.is_handshaking() {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        if stop() || left.is_zero() {
+            return None;
+        }
+        let slice = left.min(POLL).max(Duration::from_millis(1));
+        sock.0.set_read_timeout(Some(slice)).ok()?;
+        sock.0.set_write_timeout(Some(left)).ok()?;
+        match tls.complete_io(&mut sock) {
+            // Nothing to read or write while still handshaking (the peer sent close_notify):
+            // no progress is possible, and looping would spin.
+            Ok((0, 0)) => return None,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                log::debug!(error:% = e; "TLS handshake failed");
+                return None;
+            }
+        }
+    }
+    Some(StreamOwned::new(tls, sock))
+}

@@ -1,0 +1,583 @@
+//! Reading one request off a connection: the head with httparse, then the body (fixed length
+//! or chunked), all under deadlines and hard limits.
+//!
+//! Everything here is generic over [`Wire`] (a `Read + Write` whose next blocking call can be
+//! bounded), so the framing rules are tested on in-memory bytes. Nothing allocates more than a
+//! limit allows: the input buffer never grows past [`InBuf`]'s cap, a body never past
+//! `limits.body_bytes`, and a declared body over the limit is refused before a byte of it is
+//! read.
+
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use super::write::write_all_within;
+use super::{Limits, Version};
+use crate::error::Error;
+
+/// The longest one blocking read may last before the caller looks again at the clock and the
+/// shutdown flag.
+pub(crate) const POLL: Duration = Duration::from_millis(250);
+/// Bytes asked of the socket by one read into the input buffer.
+const READ_CHUNK: usize = 16 * 1024;
+/// Bytes asked of the socket by one read straight into a body.
+const BODY_CHUNK: usize = 64 * 1024;
+/// A chunk-size line, extensions included, or one trailer line.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// All trailer lines of a chunked body together.
+const MAX_TRAILERS: usize = 16 * 1024;
+/// The input buffer is never smaller than this, so a chunk-size line always fits.
+const MIN_BUF: usize = 8 * 1024;
+
+/// A connection as the reader and writer see it: bytes in and out, and a bound on how long
+/// the next blocking call may take (a socket timeout on a real connection).
+pub(crate) trait Wire: Read + Write {
+    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()>;
+    fn set_write_timeout(&mut self, timeout: Duration) -> io::Result<()>;
+}
+
+/// Why no request came out of the connection.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The peer closed or reset the connection, or the socket failed: close, no answer.
+    Closed,
+    /// A deadline passed: close silently.
+    Timeout,
+    /// The server is shutting down and the request had not arrived: close silently.
+    Stopped,
+    /// The request is refused: answer with this error, then close.
+    Reject(Box<Rejection>),
+}
+
+/// A refused request, with what is known of it for the access log.
+#[derive(Debug)]
+pub(crate) struct Rejection {
+    pub error: Error,
+    pub method: Option<String>,
+    pub path: Option<String>,
+}
+
+fn reject(error: Error) -> ReadError {
+    ReadError::Reject(Box::new(Rejection {
+        error,
+        method: None,
+        path: None,
+    }))
+}
+
+fn invalid(message: &str) -> ReadError {
+    reject(Error::invalid(message))
+}
+
+/// How the body of a request is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// No body.
+    Empty,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A parsed request head.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub version: Version,
+    /// Names in lower case, values lossy UTF-8, in order.
+    pub headers: Vec<(String, String)>,
+    pub framing: Framing,
+    /// `Expect: 100-continue` on an HTTP/1.1 request.
+    pub expect_continue: bool,
+    /// Whether the client wants the connection kept open after the response.
+    pub keep_alive: bool,
+}
+
+/// The bytes read from a connection and not used yet: a partial head, or what a client sent
+/// beyond the request being handled (pipelining). Never longer than its cap.
+pub(crate) struct InBuf {
+    data: Vec<u8>,
+    cap: usize,
+}
+
+impl InBuf {
+    pub(crate) fn new(limits: &Limits) -> InBuf {
+        InBuf {
+            data: Vec::new(),
+            cap: limits.head_bytes.max(MIN_BUF),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Gives memory back between requests when a large head left a large buffer behind.
+    pub(crate) fn shrink(&mut self) {
+        if self.data.capacity() > 2 * READ_CHUNK {
+            self.data.shrink_to(self.data.len().max(4096));
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.data.drain(..n.min(self.data.len()));
+    }
+
+    /// Reads once more from the wire, appending at most up to the cap. Returns the number of
+    /// bytes added (at least one).
+    pub(crate) fn fill<W: Wire + ?Sized>(
+        &mut self,
+        w: &mut W,
+        deadline: Instant,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<usize, ReadError> {
+        let len = self.data.len();
+        let room = self.cap.saturating_sub(len).min(READ_CHUNK);
+        if room == 0 {
+            // Callers check their limits before asking for more; this only guards the cap.
+            return Err(reject(Error::HeadTooLarge { limit: self.cap }));
+        }
+        grow_within(&mut self.data, len + room, self.cap);
+        self.data.resize(len + room, 0);
+        let got = read_timed(w, &mut self.data[len..], deadline, stop);
+        self.data.truncate(len + *got.as_ref().unwrap_or(&0));
+        got
+    }
+}
+
+/// Makes room for `want` bytes without letting the capacity pass `cap` (amortised doubling
+/// below it).
+fn grow_within(v: &mut Vec<u8>, want: usize, cap: usize) {
+    if v.capacity() >= want {
+        return;
+    }
+    let target = want.max(v.capacity().saturating_mul(2)).min(cap).max(want);
+    v.reserve_exact(target - v.len());
+}
+
+/// One read bounded by `deadline`, in slices of at most [`POLL`] so that `stop` is looked at
+/// while a peer is silent. End of stream is [`ReadError::Closed`].
+pub(crate) fn read_timed<W: Wire + ?Sized>(
+    w: &mut W,
+    dst: &mut [u8],
+    deadline: Instant,
+    stop: &dyn Fn() -> bool,
+) -> Result<usize, ReadError> {
+    loop {
+        if stop() {
+            return Err(ReadError::Stopped);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(ReadError::Timeout);
+        }
+        let slice = (deadline - now).min(POLL).max(Duration::from_millis(1));
+        if w.set_read_timeout(slice).is_err() {
+            return Err(ReadError::Closed);
+        }
+        match w.read(dst) {
+            Ok(0) => return Err(ReadError::Closed),
+            Ok(n) => return Ok(n),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return Err(ReadError::Closed),
+        }
+    }
+}
+
+/// Never stops: for bodies, whose requests are in flight once their head is read.
+pub(crate) fn never() -> bool {
+    false
+}
+
+/// Reads one whole request: the head (by `head_deadline`), then, after a `100 Continue` when
+/// the client asked for one, the body (within `body_timeout` from the end of the head).
+pub(crate) fn read_request<W: Wire + ?Sized>(
+    w: &mut W,
+    buf: &mut InBuf,
+    limits: &Limits,
+    head_deadline: Instant,
+    body_timeout: Duration,
+    write_timeout: Duration,
+    stop: &dyn Fn() -> bool,
+) -> Result<(Head, Vec<u8>), ReadError> {
+    let head = read_head(w, buf, limits, head_deadline, stop)?;
+    let with_request = |e: ReadError| match e {
+        ReadError::Reject(mut r) => {
+            r.method = Some(head.method.clone());
+            r.path = Some(head.path.clone());
+            ReadError::Reject(r)
+        }
+        other => other,
+    };
+    let wants_body = match head.framing {
+        Framing::Empty | Framing::Length(0) => false,
+        Framing::Length(n) if n > limits.body_bytes as u64 => {
+            return Err(with_request(reject(Error::BodyTooLarge {
+                limit: limits.body_bytes,
+            })));
+        }
+        Framing::Length(_) | Framing::Chunked => true,
+    };
+    // A client that sent some of the body already is not waiting for the interim answer.
+    if head.expect_continue && wants_body && buf.is_empty() {
+        write_all_within(w, b"HTTP/1.1 100 Continue\r\n\r\n", write_timeout)
+            .map_err(|_| ReadError::Closed)?;
+    }
+    let deadline = Instant::now() + body_timeout;
+    let body = match head.framing {
+        Framing::Empty => Vec::new(),
+        // Bounded by the check above.
+        Framing::Length(n) => {
+            read_exact_body(w, buf, n as usize, deadline).map_err(with_request)?
+        }
+        Framing::Chunked => {
+            read_chunked(w, buf, limits.body_bytes, deadline).map_err(with_request)?
+        }
+    };
+    Ok((head, body))
+}
+
+/// Reads until a complete head is in the buffer, parses it and removes it from the buffer.
+pub(crate) fn read_head<W: Wire + ?Sized>(
+    w: &mut W,
+    buf: &mut InBuf,
+    limits: &Limits,
+    deadline: Instant,
+    stop: &dyn Fn() -> bool,
+) -> Result<Head, ReadError> {
+    // A head can only end, or gain a header line, at a newline: parsing again only when new
+    // bytes bring one keeps a client that sends one byte at a time from costing quadratic CPU.
+    let mut parse = !buf.is_empty();
+    loop {
+        if parse {
+            if let Some((head, used)) = parse_head(&buf.data, limits)? {
+                buf.consume(used);
+                return Ok(head);
+            }
+        } else if buf.len() >= limits.head_bytes {
+            return Err(reject(Error::HeadTooLarge {
+                limit: limits.head_bytes,
+            }));
+        }
+        let before = buf.len();
+        buf.fill(w, deadline, stop)?;
+        parse = buf.data[before..].contains(&b'\n');
+    }
+}
+
+/// Parses a head from the start of `bytes`: `Ok(None)` while it is incomplete and within the
+/// limits, else the head and its length.
+pub(crate) fn parse_head(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<Option<(Head, usize)>, ReadError> {
+    let too_large = || {
+        reject(Error::HeadTooLarge {
+            limit: limits.head_bytes,
+        })
+    };
+    let mut slots = vec![httparse::EMPTY_HEADER; limits.header_lines];
+    let mut req = httparse::Request::new(&mut slots);
+    let used = match req.parse(bytes) {
+        Ok(httparse::Status::Partial) if bytes.len() >= limits.head_bytes => {
+            return Err(too_large());
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Complete(n)) if n > limits.head_bytes => return Err(too_large()),
+        Ok(httparse::Status::Complete(n)) => n,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(reject(Error::HeadTooLarge {
+                limit: limits.head_bytes,
+            }));
+        }
+        Err(e) => return Err(invalid(&format!("malformed request head: {e}"))),
+    };
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(invalid("malformed request line"));
+    };
+    let version = if minor == 0 {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
+    let headers: Vec<(String, String)> = req
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).trim().to_string(),
+            )
+        })
+        .collect();
+    let with_names = |e: ReadError| match e {
+        ReadError::Reject(mut r) => {
+            r.method = Some(method.to_string());
+            r.path = Some(target.split('?').next().unwrap_or("").to_string());
+            ReadError::Reject(r)
+        }
+        other => other,
+    };
+    let (path, query) = split_target(target).map_err(with_names)?;
+    let framing = framing(version, &headers).map_err(with_names)?;
+    let expect_continue = version == Version::Http11
+        && headers
+            .iter()
+            .any(|(n, v)| n == "expect" && v.eq_ignore_ascii_case("100-continue"));
+    let keep_alive = keep_alive(version, &headers);
+    let head = Head {
+        method: method.to_string(),
+        path,
+        query,
+        version,
+        headers,
+        framing,
+        expect_continue,
+        keep_alive,
+    };
+    Ok(Some((head, used)))
+}
+
+/// Splits a request target into path and query. Origin form (`/p?q`), absolute form
+/// (`http://host/p?q`, which a server must accept) and `*` are taken; anything else is refused.
+fn split_target(target: &str) -> Result<(String, Option<String>), ReadError> {
+    let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
+    let rest = if target.starts_with('/') || target == "*" {
+        target.to_string()
+    } else if let Some(skip) = ["http://", "https://"]
+        .iter()
+        .find(|s| lower.starts_with(**s))
+        .map(|s| s.len())
+    {
+        let after = &target[skip..];
+        let end = after.find(['/', '?']).unwrap_or(after.len());
+        let rest = &after[end..];
+        if rest.starts_with('/') {
+            rest.to_string()
+        } else {
+            format!("/{rest}")
+        }
+    } else {
+        return Err(invalid("request target must be a path"));
+    };
+    Ok(match rest.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (rest, None),
+    })
+}
+
+/// Whether the client wants the connection kept open: HTTP/1.1 unless `Connection: close`,
+/// HTTP/1.0 only with `Connection: keep-alive`.
+pub(crate) fn keep_alive(version: Version, headers: &[(String, String)]) -> bool {
+    let has = |token: &str| {
+        headers
+            .iter()
+            .filter(|(n, _)| n == "connection")
+            .flat_map(|(_, v)| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    match version {
+        Version::Http11 => !has("close"),
+        Version::Http10 => has("keep-alive") && !has("close"),
+    }
+}
+
+/// How the body is framed. Both `Content-Length` and `Transfer-Encoding`, more than one
+/// `Content-Length`, a length that is not a plain decimal number, or a transfer coding other
+/// than exactly `chunked` are refused: each is a way to make two parsers disagree on where a
+/// request ends (request smuggling).
+pub(crate) fn framing(
+    version: Version,
+    headers: &[(String, String)],
+) -> Result<Framing, ReadError> {
+    let lengths: Vec<&str> = headers
+        .iter()
+        .filter(|(n, _)| n == "content-length")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let codings: Vec<&str> = headers
+        .iter()
+        .filter(|(n, _)| n == "transfer-encoding")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    let has_te = headers.iter().any(|(n, _)| n == "transfer-encoding");
+    match (lengths.as_slice(), has_te) {
+        ([], false) => Ok(Framing::Empty),
+        (_, true) if !lengths.is_empty() => Err(invalid(
+            "both Content-Length and Transfer-Encoding: send only one",
+        )),
+        (_, true) => match (version, codings.as_slice()) {
+            (Version::Http11, [only]) if only.eq_ignore_ascii_case("chunked") => {
+                Ok(Framing::Chunked)
+            }
+            (Version::Http10, _) => Err(invalid("Transfer-Encoding is not allowed in HTTP/1.0")),
+            _ => Err(invalid(
+                "unsupported Transfer-Encoding: only 'chunked' is accepted",
+            )),
+        },
+        ([one], false) => parse_length(one),
+        (_, false) => Err(invalid("more than one Content-Length header")),
+    }
+}
+
+fn parse_length(v: &str) -> Result<Framing, ReadError> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid("invalid Content-Length"));
+    }
+    // All digits: a number too big for u64 is simply too big for any limit.
+    Ok(Framing::Length(v.parse::<u64>().unwrap_or(u64::MAX)))
+}
+
+/// Reads exactly `n` body bytes: first what is buffered, then straight from the wire.
+fn read_exact_body<W: Wire + ?Sized>(
+    w: &mut W,
+    buf: &mut InBuf,
+    n: usize,
+    deadline: Instant,
+) -> Result<Vec<u8>, ReadError> {
+    let mut body = Vec::new();
+    body.reserve_exact(n.min(BODY_CHUNK));
+    append_from(w, buf, &mut body, n, n, deadline)?;
+    Ok(body)
+}
+
+/// Appends `n` bytes to `body`, never letting its capacity pass `cap`.
+fn append_from<W: Wire + ?Sized>(
+    w: &mut W,
+    buf: &mut InBuf,
+    body: &mut Vec<u8>,
+    n: usize,
+    cap: usize,
+    deadline: Instant,
+) -> Result<(), ReadError> {
+    let from_buf = n.min(buf.len());
+    grow_within(body, body.len() + from_buf, cap);
+    body.extend_from_slice(&buf.data[..from_buf]);
+    buf.consume(from_buf);
+    let end = body.len() + (n - from_buf);
+    while body.len() < end {
+        let len = body.len();
+        let want = (end - len).min(BODY_CHUNK);
+        grow_within(body, len + want, cap);
+        body.resize(len + want, 0);
+        let got = read_timed(w, &mut body[len..], deadline, &never);
+        body.truncate(len + *got.as_ref().unwrap_or(&0));
+        got?;
+    }
+    Ok(())
+}
+
+/// Decodes a chunked body of at most `limit` bytes; trailers are read and dropped.
+fn read_chunked<W: Wire + ?Sized>(
+    w: &mut W,
+    buf: &mut InBuf,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Vec<u8>, ReadError> {
+    let mut body = Vec::new();
+    loop {
+        let line = read_line(w, buf, MAX_CHUNK_LINE, deadline)?;
+        let size = parse_chunk_size(&buf.data[..line - 2])?;
+        buf.consume(line);
+        if size == 0 {
+            break;
+        }
+        if size > (limit - body.len()) as u64 {
+            return Err(reject(Error::BodyTooLarge { limit }));
+        }
+        append_from(w, buf, &mut body, size as usize, limit, deadline)?;
+        while buf.len() < 2 {
+            buf.fill(w, deadline, &never)?;
+        }
+        if &buf.data[..2] != b"\r\n" {
+            return Err(invalid("chunk data not followed by CRLF"));
+        }
+        buf.consume(2);
+    }
+    let mut trailers = 0;
+    loop {
+        let line = read_line(w, buf, MAX_CHUNK_LINE, deadline)?;
+        trailers += line;
+        if trailers > MAX_TRAILERS {
+            return Err(invalid("chunked trailer section too large"));
+        }
+        buf.consume(line);
+        if line == 2 {
+            return Ok(body);
+        }
+    }
+}
+
+/// Waits for a CRLF-terminated line at the start of the buffer, at most `max` bytes long;
+/// returns its length including the CRLF. A bare LF is refused.
+fn read_line<W: Wire + ?Sized>(
+    w: &mut W,
+    buf: &mut InBuf,
+    max: usize,
+    deadline: Instant,
+) -> Result<usize, ReadError> {
+    let mut scanned = 0;
+    loop {
+        let window = &buf.data[..buf.len().min(max)];
+        if let Some(i) = window[scanned..].iter().position(|&b| b == b'\n') {
+            let i = scanned + i;
+            if i == 0 || window[i - 1] != b'\r' {
+                return Err(invalid("bare LF in chunked framing"));
+            }
+            return Ok(i + 1);
+        }
+        if window.len() >= max {
+            return Err(invalid("chunk-size or trailer line too long"));
+        }
+        scanned = window.len();
+        buf.fill(w, deadline, &never)?;
+    }
+}
+
+/// `chunk-size [ BWS ";" chunk-ext ]`: hex digits, then nothing or extensions (ignored).
+pub(crate) fn parse_chunk_size(line: &[u8]) -> Result<u64, ReadError> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(invalid("invalid chunk size"));
+    }
+    let mut size: u64 = 0;
+    for &b in &line[..digits] {
+        let d = (b as char).to_digit(16).unwrap_or(0) as u64;
+        size = size
+            .checked_mul(16)
+            .and_then(|s| s.checked_add(d))
+            .ok_or_else(|| invalid("chunk size overflows"))?;
+    }
+    let rest = &line[digits..];
+    let rest = &rest[rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count()..];
+    match rest.first() {
+        None | Some(b';') => Ok(size),
+        Some(_) => Err(invalid("invalid chunk size")),
+    }
+}
+
+#[cfg(test)]
+#[path = "parse_tests.rs"]
+mod tests;
