@@ -634,9 +634,16 @@ fn ask_gateway(opts: &Options, g: &Gateway, upstream: &Upstream) -> Result<(), S
 fn gateway_failure(failure: Failure, g: &Gateway) -> Stop {
     let at = &g.base;
     let error = match failure {
-        Failure::Connect(m) => Error::Upstream {
-            message: format!("cannot reach the gateway at {at}: {m}"),
-        },
+        Failure::Connect(m) => {
+            let hint = if g.is_https() && m.contains("certificate") {
+                " (-cacert PATH trusts the gateway's certs/server.crt)"
+            } else {
+                ""
+            };
+            Error::Upstream {
+                message: format!("cannot reach the gateway at {at}: {m}{hint}"),
+            }
+        }
         Failure::Timeout(m) => Error::UpstreamTimeout {
             message: format!("the gateway at {at}: {m}"),
         },

@@ -8,4 +8,5 @@ mod api;
 mod chat;
 mod fake_upstream;
 mod service;
+mod sigoe;
 mod streaming;
