@@ -445,9 +445,13 @@ pub fn request_body(opts: &Options, prompt: &str, stream: bool) -> Value {
 
 /// Runs the command line: lists, details, or one question and its answer.
 pub fn run(opts: &Options, env: &Env) -> Result<(), Stop> {
-    let gateway = match opts.server.as_deref().or(env.get(SERVER_ENV)) {
+    let (given, source) = match opts.server.as_deref() {
+        Some(url) => (Some(url), "-server"),
+        None => (env.get(SERVER_ENV), SERVER_ENV),
+    };
+    let gateway = match given {
         None | Some("") => None,
-        Some(url) => Some(Gateway::parse(url).map_err(|m| usage_error(format!("-server: {m}")))?),
+        Some(url) => Some(Gateway::parse(url).map_err(|m| usage_error(format!("{source}: {m}")))?),
     };
     let upstream = match &opts.cacert {
         None => Upstream::new(),
@@ -457,7 +461,8 @@ pub fn run(opts: &Options, env: &Env) -> Result<(), Stop> {
                     "-cacert is for an https:// -server URL (the gateway's certificate)".into(),
                 ));
             }
-            let pem = std::fs::read(path).map_err(|e| Stop::Usage(Error::io(path, &e)))?;
+            let pem = std::fs::read(path)
+                .map_err(|e| usage_error(format!("-cacert {}: {e}", path.display())))?;
             Upstream::trusting(&pem)
                 .map_err(|m| usage_error(format!("-cacert {}: {m}", path.display())))?
         }

@@ -608,6 +608,12 @@ fn through_a_gateway_the_extensions_go_along_and_the_gateway_keeps_the_session()
             user("what did I say?")
         ]
     );
+    // A bad SIGOREST_URL is named as such.
+    let bad = [("SIGOREST_URL", "box:9080".to_string())];
+    let line = sigoe(dir.path(), &bad, &["hello"], None)
+        .failed(2)
+        .to_string();
+    assert!(line.contains("SIGOREST_URL: 'box:9080'"), "{line}");
     // -server '' forces direct mode: no key here.
     let run = sigoe(dir.path(), &env, &["-server", "", "hello"], None);
     assert!(run.failed(1).contains("MAMMOUTH_API_KEY"));
