@@ -406,7 +406,7 @@ fn load_listed(catalog: &Catalog, path: &Path) -> Result<Listed, Error> {
 }
 
 /// Whether a URL's host is a loopback address (no proxy can reach it for us).
-fn is_loopback_url(url: &str) -> bool {
+pub(crate) fn is_loopback_url(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split('/').next().unwrap_or("");
     let host = match authority.strip_prefix('[') {

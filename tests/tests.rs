@@ -9,4 +9,5 @@ mod chat;
 mod fake_upstream;
 mod ollama;
 mod service;
+mod sigoe;
 mod streaming;
