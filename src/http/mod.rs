@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use crate::access::AllowList;
 
 mod conn;
+#[cfg(test)]
+mod fuzz_tests;
 mod parse;
 mod server;
 #[cfg(test)]

@@ -25,6 +25,8 @@ const BODY_CHUNK: usize = 64 * 1024;
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// All trailer lines of a chunked body together.
 const MAX_TRAILERS: usize = 16 * 1024;
+/// Bytes asked by the first read of a connection (and by a read that must grow the buffer).
+const FIRST_READ: usize = 4 * 1024;
 /// The input buffer is never smaller than this, so a chunk-size line always fits.
 const MIN_BUF: usize = 8 * 1024;
 
@@ -98,24 +100,31 @@ pub(crate) struct Head {
 /// The bytes read from a connection and not used yet: a partial head, or what a client sent
 /// beyond the request being handled (pipelining). Never longer than its cap.
 pub(crate) struct InBuf {
-    data: Vec<u8>,
+    /// Storage, zeroed once as it grows up to `cap`; only `..end` holds data.
+    store: Vec<u8>,
+    end: usize,
     cap: usize,
 }
 
 impl InBuf {
     pub(crate) fn new(limits: &Limits) -> InBuf {
         InBuf {
-            data: Vec::new(),
+            store: Vec::new(),
+            end: 0,
             cap: limits.head_bytes.max(MIN_BUF),
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.data.len()
+        self.end
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.end == 0
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.store[..self.end]
     }
 
     #[cfg(test)]
@@ -123,15 +132,23 @@ impl InBuf {
         self.cap
     }
 
+    #[cfg(test)]
+    pub(crate) fn allocated(&self) -> usize {
+        self.store.capacity()
+    }
+
     /// Gives memory back between requests when a large head left a large buffer behind.
     pub(crate) fn shrink(&mut self) {
-        if self.data.capacity() > 2 * READ_CHUNK {
-            self.data.shrink_to(self.data.len().max(4096));
+        if self.store.len() > 2 * READ_CHUNK && self.end <= 4096 {
+            self.store.truncate(4096);
+            self.store.shrink_to_fit();
         }
     }
 
     fn consume(&mut self, n: usize) {
-        self.data.drain(..n.min(self.data.len()));
+        let n = n.min(self.end);
+        self.store.copy_within(n..self.end, 0);
+        self.end -= n;
     }
 
     /// Reads once more from the wire, appending at most up to the cap. Returns the number of
@@ -142,17 +159,27 @@ impl InBuf {
         deadline: Instant,
         stop: &dyn Fn() -> bool,
     ) -> Result<usize, ReadError> {
-        let len = self.data.len();
-        let room = self.cap.saturating_sub(len).min(READ_CHUNK);
+        // Fill the storage there is; grow it (doubling) only when full, so that the usual
+        // small head costs a small buffer.
+        let free = self.store.len() - self.end;
+        let room = self
+            .cap
+            .saturating_sub(self.end)
+            .min(READ_CHUNK)
+            .min(free.max(FIRST_READ));
         if room == 0 {
             // Callers check their limits before asking for more; this only guards the cap.
             return Err(reject(Error::HeadTooLarge { limit: self.cap }));
         }
-        grow_within(&mut self.data, len + room, self.cap);
-        self.data.resize(len + room, 0);
-        let got = read_timed(w, &mut self.data[len..], deadline, stop);
-        self.data.truncate(len + *got.as_ref().unwrap_or(&0));
-        got
+        let want = self.end + room;
+        if self.store.len() < want {
+            grow_within(&mut self.store, want, self.cap);
+            let zeroed = self.store.capacity().min(self.cap);
+            self.store.resize(zeroed, 0);
+        }
+        let n = read_timed(w, &mut self.store[self.end..want], deadline, stop)?;
+        self.end += n;
+        Ok(n)
     }
 }
 
@@ -267,7 +294,7 @@ pub(crate) fn read_head<W: Wire + ?Sized>(
     let mut parse = !buf.is_empty();
     loop {
         if parse {
-            if let Some((head, used)) = parse_head(&buf.data, limits)? {
+            if let Some((head, used)) = parse_head(buf.bytes(), limits)? {
                 buf.consume(used);
                 return Ok(head);
             }
@@ -278,7 +305,7 @@ pub(crate) fn read_head<W: Wire + ?Sized>(
         }
         let before = buf.len();
         buf.fill(w, deadline, stop)?;
-        parse = buf.data[before..].contains(&b'\n');
+        parse = buf.bytes()[before..].contains(&b'\n');
     }
 }
 
@@ -460,7 +487,8 @@ fn read_exact_body<W: Wire + ?Sized>(
     Ok(body)
 }
 
-/// Appends `n` bytes to `body`, never letting its capacity pass `cap`.
+/// Appends `n` bytes to `body`, never letting its capacity pass `cap`. Storage is zeroed
+/// only as it grows, so a client sending one byte at a time costs no more than one read each.
 fn append_from<W: Wire + ?Sized>(
     w: &mut W,
     buf: &mut InBuf,
@@ -471,18 +499,26 @@ fn append_from<W: Wire + ?Sized>(
 ) -> Result<(), ReadError> {
     let from_buf = n.min(buf.len());
     grow_within(body, body.len() + from_buf, cap);
-    body.extend_from_slice(&buf.data[..from_buf]);
+    body.extend_from_slice(&buf.bytes()[..from_buf]);
     buf.consume(from_buf);
     let end = body.len() + (n - from_buf);
-    while body.len() < end {
-        let len = body.len();
-        let want = (end - len).min(BODY_CHUNK);
-        grow_within(body, len + want, cap);
-        body.resize(len + want, 0);
-        let got = read_timed(w, &mut body[len..], deadline, &never);
-        body.truncate(len + *got.as_ref().unwrap_or(&0));
-        got?;
+    let mut filled = body.len();
+    while filled < end {
+        let upto = end.min(filled + BODY_CHUNK);
+        if body.len() < upto {
+            grow_within(body, upto, cap);
+            let zeroed = body.capacity().min(end);
+            body.resize(zeroed, 0);
+        }
+        match read_timed(w, &mut body[filled..upto], deadline, &never) {
+            Ok(got) => filled += got,
+            Err(e) => {
+                body.truncate(filled);
+                return Err(e);
+            }
+        }
     }
+    body.truncate(filled);
     Ok(())
 }
 
@@ -496,7 +532,7 @@ fn read_chunked<W: Wire + ?Sized>(
     let mut body = Vec::new();
     loop {
         let line = read_line(w, buf, MAX_CHUNK_LINE, deadline)?;
-        let size = parse_chunk_size(&buf.data[..line - 2])?;
+        let size = parse_chunk_size(&buf.bytes()[..line - 2])?;
         buf.consume(line);
         if size == 0 {
             break;
@@ -508,7 +544,7 @@ fn read_chunked<W: Wire + ?Sized>(
         while buf.len() < 2 {
             buf.fill(w, deadline, &never)?;
         }
-        if &buf.data[..2] != b"\r\n" {
+        if &buf.bytes()[..2] != b"\r\n" {
             return Err(invalid("chunk data not followed by CRLF"));
         }
         buf.consume(2);
@@ -537,7 +573,7 @@ fn read_line<W: Wire + ?Sized>(
 ) -> Result<usize, ReadError> {
     let mut scanned = 0;
     loop {
-        let window = &buf.data[..buf.len().min(max)];
+        let window = &buf.bytes()[..buf.len().min(max)];
         if let Some(i) = window[scanned..].iter().position(|&b| b == b'\n') {
             let i = scanned + i;
             if i == 0 || window[i - 1] != b'\r' {
