@@ -1,3 +1,5 @@
 //! sigorest's integration tests: one test binary (see `Cargo.toml`, `[[test]]`), one module
 //! per area, a shared `support` module. Everything runs on 127.0.0.1 / ::1 and ports chosen
 //! by the kernel.
+
+mod http;

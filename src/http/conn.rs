@@ -25,6 +25,10 @@ use crate::error::Error;
 const LINGER_BYTES: usize = 64 * 1024 * 1024;
 /// A TLS record header's first byte for an alert (a `close_notify`, usually).
 const TLS_ALERT: u8 = 0x15;
+/// TLS 1.3 hides the record type: every record says "application data" (0x17). An encrypted
+/// alert is the 2 alert bytes, the inner type byte and a 16-byte AEAD tag: 19 bytes.
+const TLS13_RECORD: u8 = 0x17;
+const TLS13_ALERT_LEN: u16 = 2 + 1 + 16;
 
 /// The socket, shared between the connection thread, the worker answering on it, and the
 /// server's list of open connections.
@@ -310,7 +314,7 @@ fn wait_for_worker(
 }
 
 /// Whether the client has closed its side: end of stream, a reset, or on TLS an alert record
-/// (`close_notify`) waiting. Data waiting (a pipelined request) means it is still there.
+/// (`close_notify`, which a TLS client sends before its FIN) waiting. Data waiting (a pipelined request) means it is still there.
 /// Only peeks, so it does not disturb the worker writing on the same socket.
 fn peer_gone(sock: &TcpStream, tls: bool) -> bool {
     if sock
@@ -319,14 +323,25 @@ fn peer_gone(sock: &TcpStream, tls: bool) -> bool {
     {
         return true;
     }
-    let mut first = [0u8; 1];
+    let mut first = [0u8; 5];
     match sock.peek(&mut first) {
         Ok(0) => true,
-        Ok(_) => tls && first[0] == TLS_ALERT,
+        Ok(n) => tls && tls_alert(&first[..n]),
         Err(e) => !matches!(
             e.kind(),
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
         ),
+    }
+}
+
+/// Whether peeked bytes start with a TLS alert record: in clear (TLS 1.2), or an encrypted
+/// record of exactly an alert's size (TLS 1.3). A 2-byte application write would look the
+/// same; an HTTP client does not send one between requests.
+fn tls_alert(peeked: &[u8]) -> bool {
+    match peeked {
+        [TLS_ALERT, ..] => true,
+        [TLS13_RECORD, _, _, hi, lo, ..] => u16::from_be_bytes([*hi, *lo]) == TLS13_ALERT_LEN,
+        _ => false,
     }
 }
 

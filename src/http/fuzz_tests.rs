@@ -168,8 +168,8 @@ fn mutated_requests_never_panic_hang_or_bloat() {
     for _ in 0..6000 {
         let mut input = rng.pick(SEEDS).to_vec();
         if rng.below(3) == 0 {
-            let more: &[u8] = *rng.pick(SEEDS);
-            input.extend_from_slice(more);
+            let more = rng.pick(SEEDS).to_vec();
+            input.extend_from_slice(&more);
         }
         mutate(&mut rng, &mut input);
         served += drain(&input, step(&mut rng));

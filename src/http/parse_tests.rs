@@ -196,7 +196,8 @@ fn refuses_a_declared_body_over_the_limit_before_reading_it() {
 
 #[test]
 fn body_framing_rules() {
-    let cases: &[(&[(&str, &str)], Version, &str)] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], Version, &'a str);
+    let cases: &[Case] = &[
         (&[], Version::Http11, "Empty"),
         (&[("content-length", "0")], Version::Http11, "Length(0)"),
         (&[("content-length", "12")], Version::Http10, "Length(12)"),
