@@ -224,16 +224,18 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// Logs one kind of recurring trouble at most once per [`WARN_EVERY`], with how many times it
 /// happened in between.
+#[derive(Default)]
 struct Throttle {
     last: Option<Instant>,
     since: u64,
 }
 
 impl Throttle {
-    fn warn(&mut self, what: &'static str, err: &io::Error) {
+    /// `detail` is the error, or the limit that was reached.
+    fn warn(&mut self, what: &'static str, detail: &dyn std::fmt::Display) {
         self.since += 1;
         if self.last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-            log::warn!(error:% = err, times = self.since; "{what}");
+            log::warn!(detail:% = detail, times = self.since; "{what}");
             self.last = Some(Instant::now());
             self.since = 0;
         }
@@ -247,14 +249,9 @@ fn accept_loop(
     jobs: &Sender<Job>,
 ) {
     let mut backoff = Duration::ZERO;
-    let mut accept_trouble = Throttle {
-        last: None,
-        since: 0,
-    };
-    let mut spawn_trouble = Throttle {
-        last: None,
-        since: 0,
-    };
+    let mut accept_trouble = Throttle::default();
+    let mut spawn_trouble = Throttle::default();
+    let mut full = Throttle::default();
     loop {
         let accepted = listener.accept();
         if shared.is_stopping() {
@@ -263,14 +260,16 @@ fn accept_loop(
         match accepted {
             Ok((tcp, addr)) => {
                 backoff = Duration::ZERO;
-                admit(
-                    shared,
-                    ctx,
-                    jobs,
-                    tcp,
-                    addr.ip().to_canonical(),
-                    &mut spawn_trouble,
-                );
+                match admit(shared, ctx, jobs, tcp, addr.ip().to_canonical()) {
+                    Ok(()) => {}
+                    Err(Refused::Full) => full.warn(
+                        "connection limit reached; new connections are closed",
+                        &shared.limits.connections,
+                    ),
+                    Err(Refused::Spawn(e)) => {
+                        spawn_trouble.warn("cannot start a connection thread", &e)
+                    }
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -284,26 +283,28 @@ fn accept_loop(
     }
 }
 
+/// Why a connection was closed at once.
+enum Refused {
+    Full,
+    Spawn(io::Error),
+}
+
+/// Counts the connection and starts its thread, or closes it at once.
 fn admit(
     shared: &Arc<Shared>,
     ctx: &Arc<ListenerCtx>,
     jobs: &Sender<Job>,
     tcp: TcpStream,
     peer: IpAddr,
-    trouble: &mut Throttle,
-) {
+) -> Result<(), Refused> {
     let cap = shared.limits.connections;
-    let counted =
-        shared
-            .stats
-            .connections_open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < cap).then_some(n + 1)
-            });
-    if counted.is_err() {
-        log::debug!(ip:% = peer; "connection limit reached; closed");
-        return;
-    }
+    shared
+        .stats
+        .connections_open
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < cap).then_some(n + 1)
+        })
+        .map_err(|_| Refused::Full)?;
     let _ = tcp.set_nodelay(true);
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     lock(&shared.open).insert(
@@ -318,17 +319,16 @@ fn admit(
         id,
     };
     let (ctx, jobs) = (Arc::clone(ctx), jobs.clone());
-    let spawned = thread::Builder::new()
+    // On failure the closure, its slot and the socket are dropped: uncounted and closed.
+    thread::Builder::new()
         .name(format!("{}c", shared.prefix))
         .stack_size(CONN_STACK)
         .spawn(move || {
             let slot = slot;
             conn::run(&slot.shared, &ctx, tcp, peer, slot.id, &jobs);
-        });
-    // On failure the closure, its slot and the socket are dropped: uncounted and closed.
-    if let Err(e) = spawned {
-        trouble.warn("cannot start a connection thread", &e);
-    }
+        })
+        .map(drop)
+        .map_err(Refused::Spawn)
 }
 
 fn work(shared: &Shared, queue: &Receiver<Job>) {
