@@ -10,17 +10,20 @@
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use rustls::{ServerConnection, StreamOwned};
 
-use super::parse::{InBuf, POLL, ReadError, Rejection, Wire, read_request};
+use super::parse::{InBuf, ReadError, Rejection, Wire, read_body, read_head};
 use super::server::{Job, ListenerCtx, Shared};
 use super::write::{Reply, access_log, write_response};
 use super::{Hangup, Request};
 use crate::error::Error;
 
+/// While a worker answers, how often the connection thread looks whether the client left.
+const POLL: Duration = Duration::from_millis(250);
 /// After a refusal, at most this many bytes are read and dropped while lingering.
 const LINGER_BYTES: usize = 64 * 1024 * 1024;
 /// A TLS record header's first byte for an alert (a `close_notify`, usually).
@@ -153,7 +156,10 @@ pub(crate) fn run(
     let stop = || shared.is_stopping();
     let sock = Sock(Arc::new(tcp));
     let _ = sock.0.set_write_timeout(Some(t.write));
-    shared.track(id, sock.clone());
+    // Set while the thread waits for a request (handshake, idle, head): a shutdown then
+    // shuts the socket's read side, which ends the wait at once. Idle connections thus cost
+    // no wake-ups.
+    let waiting = shared.track(id, sock.clone());
     let head_deadline = started + t.head;
     let transport = match &listener.tls {
         None => Transport::Plain(sock.clone()),
@@ -182,6 +188,8 @@ pub(crate) fn run(
     }
     let mut first = true;
     loop {
+        // Before looking at the flag, so that a shutdown either sees this or is seen here.
+        waiting.store(true, Ordering::SeqCst);
         let deadline = if first {
             head_deadline
         } else {
@@ -203,15 +211,14 @@ pub(crate) fn run(
         };
         first = false;
         let began = Instant::now();
-        let read = read_request(
-            &mut conn.io,
-            &mut conn.buf,
-            &shared.limits,
-            deadline,
-            t.body,
-            t.write,
-            &stop,
-        );
+        let limits = &shared.limits;
+        let read =
+            read_head(&mut conn.io, &mut conn.buf, limits, deadline, &stop).and_then(|head| {
+                // The request is under way: a shutdown lets it finish.
+                waiting.store(false, Ordering::SeqCst);
+                let body = read_body(&mut conn.io, &mut conn.buf, &head, limits, t.body, t.write)?;
+                Ok((head, body))
+            });
         let (head, body) = match read {
             Ok(r) => r,
             Err(ReadError::Reject(rejection)) => {
@@ -254,7 +261,7 @@ pub(crate) fn run(
                 shared
                     .stats
                     .queue_depth
-                    .store(jobs.len(), std::sync::atomic::Ordering::Relaxed);
+                    .store(jobs.len(), Ordering::Relaxed);
                 match wait_for_worker(&returned, &sock, tls, &hangup) {
                     Some(c) => conn = c,
                     None => return,
@@ -392,8 +399,7 @@ fn handshake(
         if stop() || left.is_zero() {
             return None;
         }
-        let slice = left.min(POLL).max(Duration::from_millis(1));
-        sock.0.set_read_timeout(Some(slice)).ok()?;
+        sock.0.set_read_timeout(Some(left)).ok()?;
         sock.0.set_write_timeout(Some(left)).ok()?;
         match tls.complete_io(&mut sock) {
             // Nothing to read or write while still handshaking (the peer sent close_notify):

@@ -14,9 +14,6 @@ use super::write::write_all_within;
 use super::{Limits, Version};
 use crate::error::Error;
 
-/// The longest one blocking read may last before the caller looks again at the clock and the
-/// shutdown flag.
-pub(crate) const POLL: Duration = Duration::from_millis(250);
 /// Bytes asked of the socket by one read into the input buffer.
 const READ_CHUNK: usize = 16 * 1024;
 /// Bytes asked of the socket by one read straight into a body.
@@ -193,8 +190,8 @@ fn grow_within(v: &mut Vec<u8>, want: usize, cap: usize) {
     v.reserve_exact(target - v.len());
 }
 
-/// One read bounded by `deadline`, in slices of at most [`POLL`] so that `stop` is looked at
-/// while a peer is silent. End of stream is [`ReadError::Closed`].
+/// One read bounded by `deadline`; `stop` is looked at before it (a shutdown wakes a blocked
+/// read by shutting the socket's read side). End of stream is [`ReadError::Closed`].
 pub(crate) fn read_timed<W: Wire + ?Sized>(
     w: &mut W,
     dst: &mut [u8],
@@ -209,7 +206,7 @@ pub(crate) fn read_timed<W: Wire + ?Sized>(
         if now >= deadline {
             return Err(ReadError::Timeout);
         }
-        let slice = (deadline - now).min(POLL).max(Duration::from_millis(1));
+        let slice = (deadline - now).max(Duration::from_millis(1));
         if w.set_read_timeout(slice).is_err() {
             return Err(ReadError::Closed);
         }
@@ -233,8 +230,8 @@ pub(crate) fn never() -> bool {
     false
 }
 
-/// Reads one whole request: the head (by `head_deadline`), then, after a `100 Continue` when
-/// the client asked for one, the body (within `body_timeout` from the end of the head).
+/// Reads one whole request: [`read_head`], then [`read_body`].
+#[cfg(test)]
 pub(crate) fn read_request<W: Wire + ?Sized>(
     w: &mut W,
     buf: &mut InBuf,
@@ -245,6 +242,21 @@ pub(crate) fn read_request<W: Wire + ?Sized>(
     stop: &dyn Fn() -> bool,
 ) -> Result<(Head, Vec<u8>), ReadError> {
     let head = read_head(w, buf, limits, head_deadline, stop)?;
+    let body = read_body(w, buf, &head, limits, body_timeout, write_timeout)?;
+    Ok((head, body))
+}
+
+/// Reads the body the head announces: refuses one declared over the limit before reading a
+/// byte of it, sends `100 Continue` first when the client waits for it, then reads within
+/// `body_timeout`.
+pub(crate) fn read_body<W: Wire + ?Sized>(
+    w: &mut W,
+    buf: &mut InBuf,
+    head: &Head,
+    limits: &Limits,
+    body_timeout: Duration,
+    write_timeout: Duration,
+) -> Result<Vec<u8>, ReadError> {
     let with_request = |e: ReadError| match e {
         ReadError::Reject(mut r) => {
             r.method = Some(head.method.clone());
@@ -268,17 +280,12 @@ pub(crate) fn read_request<W: Wire + ?Sized>(
             .map_err(|_| ReadError::Closed)?;
     }
     let deadline = Instant::now() + body_timeout;
-    let body = match head.framing {
-        Framing::Empty => Vec::new(),
+    match head.framing {
+        Framing::Empty => Ok(Vec::new()),
         // Bounded by the check above.
-        Framing::Length(n) => {
-            read_exact_body(w, buf, n as usize, deadline).map_err(with_request)?
-        }
-        Framing::Chunked => {
-            read_chunked(w, buf, limits.body_bytes, deadline).map_err(with_request)?
-        }
-    };
-    Ok((head, body))
+        Framing::Length(n) => read_exact_body(w, buf, n as usize, deadline).map_err(with_request),
+        Framing::Chunked => read_chunked(w, buf, limits.body_bytes, deadline).map_err(with_request),
+    }
 }
 
 /// Reads until a complete head is in the buffer, parses it and removes it from the buffer.

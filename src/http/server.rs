@@ -62,16 +62,33 @@ pub(crate) struct Shared {
 struct Tracked {
     sock: Option<Sock>,
     hangup: Option<Hangup>,
+    /// The connection waits for a request (see [`Shared::wake_waiting`]).
+    waiting: Arc<AtomicBool>,
 }
 
 impl Shared {
     pub(crate) fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
+        self.stopping.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn track(&self, id: u64, sock: Sock) {
+    /// Registers the connection's socket; returns its "waiting for a request" flag.
+    pub(crate) fn track(&self, id: u64, sock: Sock) -> Arc<AtomicBool> {
+        let waiting = Arc::new(AtomicBool::new(true));
         if let Some(t) = lock(&self.open).get_mut(&id) {
             t.sock = Some(sock);
+            t.waiting = Arc::clone(&waiting);
+        }
+        waiting
+    }
+
+    /// Ends every wait for a request (idle keep-alive, handshake, head) by shutting the read
+    /// side of its socket: the blocked read returns at once. Requests under way are left alone.
+    fn wake_waiting(&self) {
+        let open = lock(&self.open);
+        for t in open.values().filter(|t| t.waiting.load(Ordering::SeqCst)) {
+            if let Some(s) = &t.sock {
+                let _ = s.0.shutdown(Shutdown::Read);
+            }
         }
     }
 
@@ -312,6 +329,7 @@ fn admit(
         Tracked {
             sock: None,
             hangup: None,
+            waiting: Arc::new(AtomicBool::new(true)),
         },
     );
     let slot = Slot {
@@ -425,14 +443,15 @@ impl Server {
         }
         self.stopped = true;
         let deadline = Instant::now() + grace;
-        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.stopping.store(true, Ordering::SeqCst);
         for l in &self.listeners {
             wake(l);
         }
         let accepting_done = join_until(&mut self.accept_threads, Instant::now() + FORCE_WAIT);
         self.listeners.clear();
-        // Idle connections see the flag within a poll; answers in flight go out with
+        // Connections waiting for a request end now; answers in flight go out with
         // `Connection: close`, after which their threads end.
+        self.shared.wake_waiting();
         let conns_open = || self.stats.connections_open.load(Ordering::Acquire) > 0;
         let in_time = wait_while(deadline, conns_open);
         if !in_time {

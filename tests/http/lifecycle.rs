@@ -189,6 +189,39 @@ fn shutdown_finishes_a_stream_in_flight_and_closes_idle_connections() {
 }
 
 #[test]
+fn shutdown_ends_waiting_connections_at_once_but_lets_an_upload_finish() {
+    let mut h = Harness::start(|c| {
+        c.timeouts.idle = Duration::from_secs(30);
+        c.timeouts.head = Duration::from_secs(30);
+    });
+    let mut idle = h.client();
+    assert_eq!(idle.get("/echo").status, 200);
+    let mut stalled = h.client();
+    stalled.send(b"GET /echo HTTP/1.1\r\nHost: t\r\n").unwrap();
+    let mut uploading = h.client();
+    uploading
+        .send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhello")
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(2), || open_connections(&h) == 3));
+    let server = h.server.take().unwrap();
+    let from = Instant::now();
+    let stopping = thread::spawn(move || server.shutdown(Duration::from_secs(5)));
+    assert!(idle.closed() && stalled.closed());
+    assert!(
+        from.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        from.elapsed()
+    );
+    thread::sleep(Duration::from_millis(200));
+    uploading.send(b"world").unwrap();
+    let r = uploading.response().unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "helloworld"));
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(stopping.join().unwrap());
+    assert!(from.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
 fn shutdown_after_its_grace_interrupts_handlers_and_reports_it() {
     let mut h = Harness::start(|_| {});
     let mut c = h.client();
