@@ -97,7 +97,7 @@ pub(crate) fn write_all_within<W: Wire + ?Sized>(
         arm(w)?;
         match w.write(left) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => left = &left[n..],
+            Ok(n) => left = left.get(n..).unwrap_or_default(),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Err(io::ErrorKind::TimedOut.into());
