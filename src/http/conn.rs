@@ -142,12 +142,12 @@ pub(crate) struct Conn {
 }
 
 /// The connection thread's body. The caller counts the connection (and uncounts it when this
-/// returns, however it returns).
+/// returns, however it returns) and has judged the peer against the allow list (`allowed`).
 pub(crate) fn run(
     shared: &Shared,
     listener: &ListenerCtx,
     tcp: TcpStream,
-    peer: IpAddr,
+    (peer, allowed): (IpAddr, bool),
     id: u64,
     jobs: &Sender<Job>,
 ) {
@@ -176,7 +176,7 @@ pub(crate) fn run(
         },
         buf: InBuf::new(&shared.limits),
     };
-    if !listener.allow.allows(peer) {
+    if !allowed {
         log::warn!(ip:% = peer, port = listener.port; "ip_not_allowed");
         let rejection = Rejection {
             error: Error::IpNotAllowed { ip: peer },

@@ -1,9 +1,10 @@
 //! sigorest's own small HTTP/1.1 server, on httparse, std sockets and rustls 0.23.
 //!
-//! Three stages (see `design.md`, "Shape"): an accept thread per listening socket admits
-//! connections up to the cap and gives each a capped, cheap connection thread; that thread
-//! checks the peer against the listener's allow list before reading anything (on HTTPS after
-//! the handshake, so that the 403 can be read), then reads one request head and body under
+//! Three stages (see `design.md`, "Shape"): an accept thread per listening socket checks the
+//! peer against the listener's allow list at once, admits connections up to the cap and
+//! gives each a capped, cheap connection thread; that thread answers a refused peer with the
+//! 403 before reading anything (on HTTPS after the handshake, so that the 403 can be read),
+//! and for the others reads one request head and body under
 //! deadlines and hard limits and pushes the parsed [`Request`] into one bounded channel; a
 //! fixed pool of worker threads calls the [`Handler`], writes its [`Response`] on the
 //! connection (flushed per piece when streaming) and hands the connection back for keep-alive.

@@ -336,6 +336,9 @@ fn admit(
         shared: Arc::clone(shared),
         id,
     };
+    // The allow list is checked here, on the accept thread, before anything is read; the
+    // connection thread only writes the 403 (after the TLS handshake on an HTTPS port).
+    let allowed = ctx.allow.allows(peer);
     let (ctx, jobs) = (Arc::clone(ctx), jobs.clone());
     // On failure the closure, its slot and the socket are dropped: uncounted and closed.
     thread::Builder::new()
@@ -343,7 +346,7 @@ fn admit(
         .stack_size(CONN_STACK)
         .spawn(move || {
             let slot = slot;
-            conn::run(&slot.shared, &ctx, tcp, peer, slot.id, &jobs);
+            conn::run(&slot.shared, &ctx, tcp, (peer, allowed), slot.id, &jobs);
         })
         .map(drop)
         .map_err(Refused::Spawn)

@@ -296,9 +296,19 @@ pub(crate) fn access_log(
         return;
     }
     let fields = access_fields(method, path, status, ip, since.elapsed(), extra);
+    // Counts and durations go out as numbers (typed in JSON logs), everything else as text.
+    let numbers: Vec<Option<f64>> = fields
+        .iter()
+        .map(|(k, v)| NUMERIC.contains(k).then(|| v.parse::<f64>().ok()).flatten())
+        .collect();
     let kvs: Vec<(&str, log::kv::Value)> = fields
         .iter()
-        .map(|(k, v)| (*k, log::kv::Value::from(v.as_str())))
+        .zip(&numbers)
+        .map(|((k, v), n)| match n {
+            Some(n) if n.fract() == 0.0 && *n >= 0.0 => (*k, log::kv::Value::from(*n as u64)),
+            Some(n) => (*k, log::kv::Value::from(*n)),
+            None => (*k, log::kv::Value::from(v.as_str())),
+        })
         .collect();
     log::logger().log(
         &log::Record::builder()
@@ -313,7 +323,17 @@ pub(crate) fn access_log(
     );
 }
 
-/// The access log line's fields, in order.
+/// Access-log fields whose values are numbers.
+const NUMERIC: [&str; 5] = [
+    "status",
+    "ms",
+    "attempts",
+    "prompt_tokens",
+    "completion_tokens",
+];
+
+/// The access log line's fields, in order. `ms` has a hundredth of a millisecond's
+/// precision: most answers from the box itself take less than one.
 pub(crate) fn access_fields<'a>(
     method: &'a str,
     path: &'a str,
@@ -327,7 +347,7 @@ pub(crate) fn access_fields<'a>(
         ("path", path.to_string()),
         ("status", status.to_string()),
         ("ip", ip.to_string()),
-        ("ms", took.as_millis().to_string()),
+        ("ms", format!("{:.2}", took.as_secs_f64() * 1000.0)),
     ];
     fields.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
     fields

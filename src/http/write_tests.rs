@@ -297,7 +297,7 @@ fn access_log_fields_are_the_request_line_and_the_handler_fields() {
         ("path", "/v1/chat/completions"),
         ("status", "200"),
         ("ip", "10.1.2.3"),
-        ("ms", "42"),
+        ("ms", "42.00"),
         ("model", "gpt41"),
         ("attempts", "2"),
     ]
