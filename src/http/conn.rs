@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use rustls::{ServerConnection, StreamOwned};
 
-use super::parse::{InBuf, ReadError, Rejection, Wire, read_body, read_head};
+use super::parse::{InBuf, ReadError, Rejection, Wire, is_transient, read_body, read_head};
 use super::server::{Job, ListenerCtx, Shared};
 use super::write::{Reply, access_log, write_response};
 use super::{Hangup, Request};
@@ -334,10 +334,7 @@ fn peer_gone(sock: &TcpStream, tls: bool) -> bool {
     match sock.peek(&mut first) {
         Ok(0) => true,
         Ok(n) => tls && tls_alert(&first[..n]),
-        Err(e) => !matches!(
-            e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-        ),
+        Err(e) => !is_transient(&e),
     }
 }
 
@@ -406,13 +403,7 @@ fn handshake(
             // no progress is possible, and looping would spin.
             Ok((0, 0)) => return None,
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if is_transient(&e) => {}
             Err(e) => {
                 log::debug!(error:% = e; "TLS handshake failed");
                 return None;

@@ -213,16 +213,19 @@ pub(crate) fn read_timed<W: Wire + ?Sized>(
         match w.read(dst) {
             Ok(0) => return Err(ReadError::Closed),
             Ok(n) => return Ok(n),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if is_transient(&e) => {}
             Err(_) => return Err(ReadError::Closed),
         }
     }
+}
+
+/// Whether a socket error only means "nothing yet": a read timeout (which the callers turn
+/// into their own deadlines) or an interruption.
+pub(crate) fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 /// Never stops: for bodies, whose requests are in flight once their head is read.
