@@ -170,9 +170,8 @@ pub fn reload(app: &Arc<App>) {
         }
     }
     let ollama = app.ollama().clone();
+    // `discover` logs a failure itself (WARN once per run of failures).
     std::thread::spawn(move || {
-        if let Err(e) = ollama.discover() {
-            log::warn!(error = e; "Ollama discovery failed");
-        }
+        let _ = ollama.discover();
     });
 }

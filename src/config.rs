@@ -325,7 +325,7 @@ pub fn go_style(args: Vec<OsString>) -> Vec<OsString> {
 
 /// Whether an argument is meant as a flag: it starts with `-`, is not a lone `-` and is not
 /// a negative number.
-fn looks_like_flag(arg: &OsStr) -> bool {
+pub(crate) fn looks_like_flag(arg: &OsStr) -> bool {
     let bytes = arg.as_encoded_bytes();
     if bytes.len() < 2 || bytes[0] != b'-' {
         return false;
@@ -344,7 +344,7 @@ fn is_negative_number(s: &str) -> bool {
 }
 
 /// `--http-port` → `-http-port`, the spelling the design and the help text use.
-fn flag_name(key: &str) -> String {
+pub(crate) fn flag_name(key: &str) -> String {
     match key.strip_prefix("--") {
         Some(rest) if !rest.is_empty() && !rest.starts_with('-') => format!("-{rest}"),
         _ => key.to_string(),
@@ -352,7 +352,7 @@ fn flag_name(key: &str) -> String {
 }
 
 /// A usage error; control characters are escaped so the message stays one line.
-fn bad(message: String) -> Error {
+pub(crate) fn bad(message: String) -> Error {
     Error::Usage {
         message: one_line(&message),
     }
@@ -360,7 +360,7 @@ fn bad(message: String) -> Error {
 
 /// An argument as it may appear in a one-line message: in single quotes, control
 /// characters escaped, long ones cut.
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     const MAX: usize = 60;
     let mut out = String::from("'");
     for (i, c) in s.chars().enumerate() {
@@ -379,7 +379,10 @@ fn quote(s: &str) -> String {
 }
 
 /// The last value of a value option, raw; a value that looks like a flag is refused.
-fn raw_value(p: &mut pico_args::Arguments, key: &'static str) -> Result<Option<OsString>, Error> {
+pub(crate) fn raw_value(
+    p: &mut pico_args::Arguments,
+    key: &'static str,
+) -> Result<Option<OsString>, Error> {
     let flag = flag_name(key);
     let mut last = None;
     loop {
@@ -401,7 +404,10 @@ fn raw_value(p: &mut pico_args::Arguments, key: &'static str) -> Result<Option<O
     }
 }
 
-fn text_value(p: &mut pico_args::Arguments, key: &'static str) -> Result<Option<String>, Error> {
+pub(crate) fn text_value(
+    p: &mut pico_args::Arguments,
+    key: &'static str,
+) -> Result<Option<String>, Error> {
     match raw_value(p, key)? {
         None => Ok(None),
         Some(v) => v.into_string().map(Some).map_err(|v| {
@@ -415,7 +421,10 @@ fn text_value(p: &mut pico_args::Arguments, key: &'static str) -> Result<Option<
 }
 
 /// Paths may be any bytes the OS allows, but not empty.
-fn path_value(p: &mut pico_args::Arguments, key: &'static str) -> Result<Option<PathBuf>, Error> {
+pub(crate) fn path_value(
+    p: &mut pico_args::Arguments,
+    key: &'static str,
+) -> Result<Option<PathBuf>, Error> {
     match raw_value(p, key)? {
         Some(v) if v.is_empty() => Err(bad(format!("{}: the path is empty", flag_name(key)))),
         v => Ok(v.map(PathBuf::from)),
@@ -431,7 +440,7 @@ fn port(flag: &str, v: &str) -> Result<u16, Error> {
     })
 }
 
-fn number(flag: &str, v: &str, min: u64, max: u64) -> Result<usize, Error> {
+pub(crate) fn number(flag: &str, v: &str, min: u64, max: u64) -> Result<usize, Error> {
     match v.trim().parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => {
             usize::try_from(n).map_err(|_| bad(format!("{flag}: {} is too large", quote(v))))
@@ -443,7 +452,7 @@ fn number(flag: &str, v: &str, min: u64, max: u64) -> Result<usize, Error> {
     }
 }
 
-fn level(flag: &str, v: &str) -> Result<log::LevelFilter, Error> {
+pub(crate) fn level(flag: &str, v: &str) -> Result<log::LevelFilter, Error> {
     use log::LevelFilter as L;
     match v.trim().to_ascii_lowercase().as_str() {
         "trace" => Ok(L::Trace),

@@ -181,8 +181,10 @@ impl App {
         };
         match self.ollama.lookup(name) {
             Lookup::Found(m) => {
+                // The real Ollama name goes upstream (`to_model` makes it the id), with no
+                // key and never through a proxy.
                 let target = Target {
-                    url: Provider::Ollama.chat_url(&self.env),
+                    url: format!("{}/v1/chat/completions", self.ollama.base_url()),
                     key: None,
                     direct: true,
                 };
@@ -404,7 +406,7 @@ fn load_listed(catalog: &Catalog, path: &Path) -> Result<Listed, Error> {
 }
 
 /// Whether a URL's host is a loopback address (no proxy can reach it for us).
-fn is_loopback_url(url: &str) -> bool {
+pub(crate) fn is_loopback_url(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split('/').next().unwrap_or("");
     let host = match authority.strip_prefix('[') {

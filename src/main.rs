@@ -22,6 +22,22 @@ fn main() -> ExitCode {
         }
     };
     sigorest::logging::init(config.log_level, config.json_log);
+    // A panic (a bug: a handler's panic is answered with a 500 and the server goes on) is
+    // reported as a log line, so that JSON logs stay one object a line.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_string());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        log::error!(thread = thread.name().unwrap_or("?"), location = location.as_str(), message = message.as_str(); "panic");
+    }));
     match sigorest::app::run(&config, sigorest::env::Env::from_process()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -4,22 +4,48 @@
 //! every 60 s, and at once — at most once per 5 s — when an unknown `ollama-…` model is asked
 //! for. Each model gets a short code: `ollama-` + its name with `:` and `/` turned into `-`
 //! and a trailing `-latest` dropped. Its context length comes from `POST /api/show`, fetched
-//! once per model.
+//! once per model (again only when its digest changes).
+//!
+//! Short codes keep the case of the Ollama name and are matched case-insensitively, like
+//! every model name in the gateway. Two names that map to the same code (case-insensitively)
+//! are told apart by order of name: the first keeps the code, the next get `-2`, `-3`, …; every
+//! model is also reachable by its real Ollama name.
+//!
+//! What a failed discovery does to the list depends on what failed. Nothing listening
+//! (connection refused, host unreachable, unknown host) means Ollama has stopped: its models
+//! drop out, as they do when it answers with an empty list. A slow answer (over 2 s), an
+//! error status or an answer that is not a tag list keeps the last good list. Either way the
+//! first failure is logged at WARN and later ones at DEBUG until discovery works again (INFO).
+//!
+//! No lock is held across an HTTP call; a newer discovery's result is never overwritten by an
+//! older one that finishes later.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
+use serde_json::Value;
 
-use crate::catalog::Model;
+use crate::catalog::{Model, Provider};
 use crate::clock::Clock;
+use crate::http::lock;
 
 /// How often the model list is read again.
 pub const REDISCOVER_EVERY: Duration = Duration::from_secs(60);
 /// The shortest time between two discoveries triggered by requests for unknown models.
 pub const ON_DEMAND_MIN_GAP: Duration = Duration::from_secs(5);
-/// How long one discovery may take.
+/// How long one discovery (and one `/api/show`) may take.
 pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest `/api/tags` answer read.
+const MAX_TAGS_BODY: u64 = 8 * 1024 * 1024;
+/// Largest `/api/show` answer read (it carries the whole model file and license).
+const MAX_SHOW_BODY: u64 = 4 * 1024 * 1024;
+/// Longer names, or names with spaces or control characters, are not Ollama's: skipped.
+const MAX_NAME_LEN: usize = 256;
 
 /// One model Ollama reports.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -33,16 +59,255 @@ pub struct OllamaModel {
 }
 
 impl OllamaModel {
-    /// As a catalog entry: provider Ollama, zero prices, temperature 0..2, no output clamp.
+    /// As a catalog entry: the real Ollama name as the upstream id (what goes upstream as
+    /// `model`), provider Ollama, zero prices, temperature 0..2, no output clamp.
     pub fn to_model(&self) -> Model {
-        todo!()
+        Model {
+            short: self.short.clone(),
+            id: self.name.clone(),
+            provider: Provider::Ollama,
+            context: self.context,
+            max_output: 0,
+            input_price: 0.0,
+            output_price: 0.0,
+            min_temp: 0.0,
+            max_temp: 2.0,
+            completion_tokens: false,
+        }
     }
 }
 
-/// The short code for an Ollama model name.
+/// The short code for an Ollama model name: `ollama-` + the name with `:` and `/` turned into
+/// `-`, a trailing `-latest` (any case) dropped. Case is kept.
 pub fn short_code(name: &str) -> String {
-    let _ = name;
-    todo!()
+    let mut code: String = name
+        .chars()
+        .map(|c| if c == ':' || c == '/' { '-' } else { c })
+        .collect();
+    const LATEST: &str = "-latest";
+    let cut = code.len().saturating_sub(LATEST.len());
+    if cut > 0
+        && code
+            .get(cut..)
+            .is_some_and(|tail| tail.eq_ignore_ascii_case(LATEST))
+    {
+        code.truncate(cut);
+    }
+    format!("ollama-{code}")
+}
+
+/// Short codes for these names, in the same order. The names are taken in sorted (byte)
+/// order: the first of a group whose codes are equal case-insensitively keeps the code, the
+/// others get `-2`, `-3`, … (skipping any code another name has of its own).
+pub fn assign_short_codes(names: &[String]) -> Vec<String> {
+    let natural: Vec<String> = names.iter().map(|n| short_code(n)).collect();
+    let mut taken: HashSet<String> = natural.iter().map(|c| c.to_lowercase()).collect();
+    let mut given: HashSet<String> = HashSet::new();
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    order.sort_by(|&a, &b| names[a].cmp(&names[b]));
+    let mut codes = vec![String::new(); names.len()];
+    for i in order {
+        if given.insert(natural[i].to_lowercase()) {
+            codes[i] = natural[i].clone();
+            continue;
+        }
+        let mut n = 2;
+        let code = loop {
+            let candidate = format!("{}-{n}", natural[i]);
+            if taken.insert(candidate.to_lowercase()) {
+                break candidate;
+            }
+            n += 1;
+        };
+        codes[i] = code;
+    }
+    codes
+}
+
+/// One entry of `/api/tags`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tag {
+    pub name: String,
+    /// Changes when the model is pulled again (its context length is then read again).
+    pub digest: String,
+}
+
+/// Parses `/api/tags`: `{"models": [{"name", "digest", …}]}`. `"models": null` is an empty
+/// list (Go's nil slice); a body without a `models` list is an error. Entries without a
+/// usable name are skipped; a name reported twice counts once.
+pub fn parse_tags(body: &[u8]) -> Result<Vec<Tag>, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("answer is not JSON ({e})"))?;
+    let entries = match v.get("models") {
+        Some(Value::Array(a)) => a.as_slice(),
+        Some(Value::Null) => &[],
+        _ => return Err("answer has no 'models' list".to_string()),
+    };
+    let mut seen = HashSet::new();
+    let mut tags = Vec::new();
+    for entry in entries {
+        let name = ["name", "model"]
+            .iter()
+            .find_map(|k| entry.get(*k).and_then(Value::as_str))
+            .map(str::trim)
+            .unwrap_or("");
+        let usable = !name.is_empty()
+            && name.len() <= MAX_NAME_LEN
+            && !name.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !usable || !seen.insert(name.to_string()) {
+            continue;
+        }
+        let digest = entry.get("digest").and_then(Value::as_str).unwrap_or("");
+        tags.push(Tag {
+            name: name.to_string(),
+            digest: digest.to_string(),
+        });
+    }
+    Ok(tags)
+}
+
+/// The context length in an `/api/show` answer: `model_info["<arch>.context_length"]` where
+/// `<arch>` is `general.architecture`, else the first key ending in `.context_length`. An
+/// answer without one gives 0 (known to be unknown); one that is not a JSON object is an error.
+pub fn parse_context_length(body: &[u8]) -> Result<u64, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("answer is not JSON ({e})"))?;
+    if !v.is_object() {
+        return Err("answer is not a JSON object".to_string());
+    }
+    let Some(info) = v.get("model_info").and_then(Value::as_object) else {
+        return Ok(0);
+    };
+    let as_len = |v: &Value| {
+        v.as_u64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(|f| f as u64)
+        })
+    };
+    let by_arch = info
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .and_then(|arch| info.get(&format!("{arch}.context_length")))
+        .and_then(as_len);
+    let any = || {
+        info.iter()
+            .filter(|(k, _)| k.ends_with(".context_length"))
+            .find_map(|(_, v)| as_len(v))
+    };
+    Ok(by_arch.or_else(any).unwrap_or(0))
+}
+
+/// Why a call to Ollama failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// Nothing answers there: Ollama has stopped (its models drop out).
+    Down(String),
+    /// It answered too slowly, with an error status, or with something else than expected
+    /// (the last good list stays).
+    Bad(String),
+}
+
+impl Failure {
+    pub fn message(&self) -> &str {
+        match self {
+            Failure::Down(m) | Failure::Bad(m) => m,
+        }
+    }
+
+    fn from_ureq(e: ureq::Error, what: &str) -> Failure {
+        use std::io::ErrorKind::*;
+        match e {
+            ureq::Error::Io(io)
+                if matches!(
+                    io.kind(),
+                    ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable
+                ) =>
+            {
+                Failure::Down(format!("{what}: cannot connect ({io})"))
+            }
+            ureq::Error::HostNotFound => Failure::Down(format!("{what}: host not found")),
+            ureq::Error::ConnectionFailed => Failure::Down(format!("{what}: connection failed")),
+            ureq::Error::Timeout(t) => Failure::Bad(format!(
+                "{what}: no complete answer within {} s ({t})",
+                DISCOVERY_TIMEOUT.as_secs()
+            )),
+            ureq::Error::BodyExceedsLimit(n) => {
+                Failure::Bad(format!("{what}: answer larger than {n} bytes"))
+            }
+            other => Failure::Bad(format!("{what}: {other}")),
+        }
+    }
+}
+
+/// Where the registry gets its facts: Ollama over HTTP, or a script in tests.
+pub trait Source: Send + Sync + 'static {
+    /// `GET /api/tags`.
+    fn tags(&self) -> Result<Vec<Tag>, Failure>;
+    /// `POST /api/show`: the model's context length (0: it does not say).
+    fn context_length(&self, name: &str) -> Result<u64, Failure>;
+}
+
+/// Ollama over HTTP: never through a proxy, statuses as data, 2 s for each call.
+struct Http {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Http {
+    fn new(base: String) -> Http {
+        let config = ureq::Agent::config_builder()
+            .proxy(None)
+            .http_status_as_error(false)
+            .timeout_global(Some(DISCOVERY_TIMEOUT))
+            .max_redirects(0)
+            .user_agent(format!("sigorest/{}", crate::VERSION))
+            .build();
+        Http {
+            base,
+            agent: ureq::Agent::new_with_config(config),
+        }
+    }
+
+    /// The status and body of an answer, the body read up to `limit` bytes.
+    fn read(
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        limit: u64,
+        what: &str,
+    ) -> Result<Vec<u8>, Failure> {
+        let mut resp = resp.map_err(|e| Failure::from_ureq(e, what))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(limit)
+            .read_to_vec()
+            .map_err(|e| Failure::from_ureq(e, what))?;
+        if !(200..300).contains(&status) {
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+            return Err(Failure::Bad(format!("{what}: HTTP {status} {text}")));
+        }
+        Ok(body)
+    }
+}
+
+impl Source for Http {
+    fn tags(&self) -> Result<Vec<Tag>, Failure> {
+        let what = "GET /api/tags";
+        let resp = self.agent.get(format!("{}/api/tags", self.base)).call();
+        let body = Http::read(resp, MAX_TAGS_BODY, what)?;
+        parse_tags(&body).map_err(|e| Failure::Bad(format!("{what}: {e}")))
+    }
+
+    fn context_length(&self, name: &str) -> Result<u64, Failure> {
+        let what = "POST /api/show";
+        let body = serde_json::json!({ "model": name }).to_string();
+        let resp = self
+            .agent
+            .post(format!("{}/api/show", self.base))
+            .header("Content-Type", "application/json")
+            .send(body);
+        let body = Http::read(resp, MAX_SHOW_BODY, what)?;
+        parse_context_length(&body).map_err(|e| Failure::Bad(format!("{what}: {e}")))
+    }
 }
 
 /// What a lookup found.
@@ -61,21 +326,220 @@ pub struct Status {
     pub models_found: usize,
     /// Unix seconds of the last completed discovery (successful or not).
     pub last_discovery: Option<u64>,
+    /// Why the last discovery failed (`None`: it worked).
     pub last_error: Option<String>,
+}
+
+/// One list of models, with an index by lower-case short code, name, and name without
+/// `:latest` (in that order of precedence).
+#[derive(Debug, Default)]
+struct Snapshot {
+    models: Vec<OllamaModel>,
+    digests: Vec<String>,
+    index: HashMap<String, usize>,
+}
+
+impl Snapshot {
+    fn new(models: Vec<OllamaModel>, digests: Vec<String>) -> Snapshot {
+        let mut index = HashMap::new();
+        for (i, m) in models.iter().enumerate() {
+            if let Some(bare) = m.name.to_lowercase().strip_suffix(":latest") {
+                index.entry(bare.to_string()).or_insert(i);
+            }
+        }
+        // Models are sorted by short code, so among names equal but for case the first wins;
+        // the exact spelling is looked for before the index.
+        let mut by_name = HashMap::new();
+        for (i, m) in models.iter().enumerate() {
+            by_name.entry(m.name.to_lowercase()).or_insert(i);
+        }
+        index.extend(by_name);
+        for (i, m) in models.iter().enumerate() {
+            index.insert(m.short.to_lowercase(), i);
+        }
+        Snapshot {
+            models,
+            digests,
+            index,
+        }
+    }
+
+    fn find(&self, name: &str) -> Option<&OllamaModel> {
+        self.models
+            .iter()
+            .find(|m| m.short == name || m.name == name)
+            .or_else(|| {
+                self.index
+                    .get(&name.to_lowercase())
+                    .map(|&i| &self.models[i])
+            })
+    }
+}
+
+/// A context length read for one version of a model.
+#[derive(Debug, Clone)]
+struct Known {
+    digest: String,
+    context: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    snapshot: Arc<Snapshot>,
+    /// The ticket of the discovery whose result is shown.
+    applied: u64,
+    /// Lower-case short codes and names of models reported before and no longer.
+    gone: HashSet<String>,
+    contexts: HashMap<String, Known>,
+    /// Names whose `/api/show` is under way.
+    fetching: HashSet<String>,
+    last_discovery: Option<u64>,
+    last_error: Option<String>,
+    /// Discovery has been failing since the last WARN.
+    failing: bool,
+    last_on_demand: Option<Instant>,
+}
+
+impl State {
+    /// Replaces the list; returns the names added and removed.
+    fn apply(&mut self, mut tags: Vec<Tag>) -> (Vec<String>, Vec<String>) {
+        tags.sort_by(|a, b| a.name.cmp(&b.name));
+        let names: Vec<String> = tags.iter().map(|t| t.name.clone()).collect();
+        let codes = assign_short_codes(&names);
+        let mut rows: Vec<(OllamaModel, String)> = tags
+            .into_iter()
+            .zip(codes)
+            .map(|(tag, short)| {
+                let context = self.context_of(&tag.name, &tag.digest);
+                let model = OllamaModel {
+                    short,
+                    name: tag.name,
+                    context,
+                };
+                (model, tag.digest)
+            })
+            .collect();
+        rows.sort_by(|(a, _), (b, _)| {
+            (a.short.to_lowercase(), &a.short).cmp(&(b.short.to_lowercase(), &b.short))
+        });
+        let (models, digests): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
+
+        let old = self.snapshot.clone();
+        let now: HashSet<&str> = models.iter().map(|m| m.name.as_str()).collect();
+        let was: HashSet<&str> = old.models.iter().map(|m| m.name.as_str()).collect();
+        let removed: Vec<String> = old
+            .models
+            .iter()
+            .filter(|m| !now.contains(m.name.as_str()))
+            .map(|m| m.name.clone())
+            .collect();
+        let added: Vec<String> = models
+            .iter()
+            .filter(|m| !was.contains(m.name.as_str()))
+            .map(|m| m.name.clone())
+            .collect();
+        for m in old.models.iter().filter(|m| !now.contains(m.name.as_str())) {
+            self.gone.insert(m.short.to_lowercase());
+            self.gone.insert(m.name.to_lowercase());
+            self.contexts.remove(&m.name);
+        }
+        for m in &models {
+            self.gone.remove(&m.short.to_lowercase());
+            self.gone.remove(&m.name.to_lowercase());
+        }
+        self.snapshot = Arc::new(Snapshot::new(models, digests));
+        (added, removed)
+    }
+
+    fn context_of(&self, name: &str, digest: &str) -> u64 {
+        self.contexts
+            .get(name)
+            .filter(|k| k.digest == digest)
+            .map_or(0, |k| k.context)
+    }
+
+    /// The models whose context length is still to be read (marked as being read).
+    fn take_unknown_contexts(&mut self) -> Vec<(String, String)> {
+        let snapshot = self.snapshot.clone();
+        let wanted: Vec<(String, String)> = snapshot
+            .models
+            .iter()
+            .zip(&snapshot.digests)
+            .filter(|(m, d)| {
+                !self.fetching.contains(&m.name)
+                    && self.contexts.get(&m.name).is_none_or(|k| &k.digest != *d)
+            })
+            .map(|(m, d)| (m.name.clone(), d.clone()))
+            .collect();
+        self.fetching.extend(wanted.iter().map(|(n, _)| n.clone()));
+        wanted
+    }
+
+    /// Records a context length and shows it in the list.
+    fn learn_context(&mut self, name: &str, digest: String, context: u64) {
+        self.contexts
+            .insert(name.to_string(), Known { digest, context });
+        let old = &self.snapshot;
+        let models = old
+            .models
+            .iter()
+            .zip(&old.digests)
+            .map(|(m, d)| OllamaModel {
+                context: self.context_of(&m.name, d),
+                ..m.clone()
+            })
+            .collect();
+        self.snapshot = Arc::new(Snapshot::new(models, old.digests.clone()));
+    }
+
+    /// Notes a failed discovery; true when it is the first of a run (worth a WARN).
+    fn note_failure(&mut self, message: &str) -> bool {
+        self.last_error = Some(message.to_string());
+        !std::mem::replace(&mut self.failing, true)
+    }
+
+    /// Notes a working discovery; true when it ends a run of failures (worth an INFO).
+    fn note_success(&mut self) -> bool {
+        self.last_error = None;
+        std::mem::replace(&mut self.failing, false)
+    }
 }
 
 /// The registry of discovered models.
 pub struct Ollama {
     base: String,
     clock: Arc<dyn Clock>,
+    source: Box<dyn Source>,
+    state: Mutex<State>,
+    tickets: AtomicU64,
+    /// Wakes the background thread to read missing context lengths; dropping it ends the
+    /// thread at once.
+    worker: Mutex<Option<Sender<()>>>,
+    /// The background thread (never joined by `stop`; kept so tests can see it end).
+    handle: Mutex<Option<thread::JoinHandle<()>>>,
+    stopping: AtomicBool,
 }
 
 impl Ollama {
     /// A registry for this `OLLAMA_HOST` value (see `catalog::ollama_base`). Does no I/O.
     pub fn new(host: Option<&str>, clock: Arc<dyn Clock>) -> Ollama {
+        let base = crate::catalog::ollama_base(host);
+        let source = Box::new(Http::new(base.clone()));
+        Ollama::with_source(base, clock, source)
+    }
+
+    /// A registry that asks `source` instead of Ollama over HTTP (tests); `base` is what it
+    /// reports as its endpoint.
+    pub fn with_source(base: String, clock: Arc<dyn Clock>, source: Box<dyn Source>) -> Ollama {
         Ollama {
-            base: crate::catalog::ollama_base(host),
+            base,
             clock,
+            source,
+            state: Mutex::new(State::default()),
+            tickets: AtomicU64::new(0),
+            worker: Mutex::new(None),
+            handle: Mutex::new(None),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -86,38 +550,225 @@ impl Ollama {
 
     /// The models found by the last successful discovery, sorted by short code.
     pub fn models(&self) -> Vec<OllamaModel> {
-        // Placeholder until discovery lands (issue 5): nothing found.
-        let _ = &self.clock;
-        Vec::new()
+        lock(&self.state).snapshot.models.clone()
     }
 
-    /// Finds a model by short code or Ollama name (case-insensitive). An unknown name that
-    /// starts with `ollama-` triggers a discovery first (at most once per
-    /// [`ON_DEMAND_MIN_GAP`]).
+    /// Finds a model by short code or Ollama name (case-insensitive; a name without a tag
+    /// also finds `name:latest`). An unknown name that starts with `ollama-` triggers a
+    /// discovery first (at most once per [`ON_DEMAND_MIN_GAP`], at most
+    /// [`DISCOVERY_TIMEOUT`] long).
     pub fn lookup(&self, name: &str) -> Lookup {
-        let _ = name;
-        Lookup::Unknown
+        let name = name.trim();
+        if let Some(m) = self.find(name) {
+            return Lookup::Found(m);
+        }
+        let ollama_code = name
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("ollama-"));
+        if ollama_code && self.on_demand_due() {
+            // Whether it worked or not is logged and shown by `status`.
+            let _ = self.refresh_list();
+            // Context lengths of new models are read by the background thread, not here.
+            self.wake_worker();
+            if let Some(m) = self.find(name) {
+                return Lookup::Found(m);
+            }
+        }
+        let lower = name.to_lowercase();
+        let state = lock(&self.state);
+        let gone = state.gone.contains(&lower)
+            || (!lower.contains(':') && state.gone.contains(&format!("{lower}:latest")));
+        if gone { Lookup::Gone } else { Lookup::Unknown }
     }
 
-    /// One discovery round now: the number of models found, or why it failed (the last
-    /// good list is kept).
+    fn find(&self, name: &str) -> Option<OllamaModel> {
+        let snapshot = lock(&self.state).snapshot.clone();
+        snapshot.find(name).cloned()
+    }
+
+    /// Whether an on-demand discovery may run now (and if so, it is counted as run).
+    fn on_demand_due(&self) -> bool {
+        let now = self.clock.now();
+        let mut state = lock(&self.state);
+        let due = state
+            .last_on_demand
+            .is_none_or(|t| now.saturating_duration_since(t) >= ON_DEMAND_MIN_GAP);
+        if due {
+            state.last_on_demand = Some(now);
+        }
+        due
+    }
+
+    /// One discovery round now: the list, then the context lengths not known yet. Returns
+    /// the number of models found, or why it failed.
     pub fn discover(&self) -> Result<usize, String> {
-        Err("discovery not implemented yet".to_string())
+        let found = self.refresh_list()?;
+        self.fill_contexts();
+        Ok(found)
+    }
+
+    /// Reads the list and applies it (unless a newer discovery has been applied meanwhile).
+    fn refresh_list(&self) -> Result<usize, String> {
+        let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        let result = self.source.tags();
+        let mut state = lock(&self.state);
+        if ticket < state.applied {
+            return result.map(|t| t.len()).map_err(|f| f.message().to_string());
+        }
+        state.applied = ticket;
+        state.last_discovery = Some(crate::gateway::unix_now());
+        match result {
+            Ok(tags) => {
+                let (added, removed) = state.apply(tags);
+                let recovered = state.note_success();
+                let found = state.snapshot.models.len();
+                drop(state);
+                if recovered {
+                    log::info!(endpoint = self.base.as_str(), models = found; "Ollama discovery works again");
+                }
+                if !added.is_empty() || !removed.is_empty() {
+                    log::info!(
+                        endpoint = self.base.as_str(), models = found,
+                        added = added.join(","), removed = removed.join(",");
+                        "Ollama models changed"
+                    );
+                }
+                Ok(found)
+            }
+            Err(failure) => {
+                let removed = match failure {
+                    Failure::Down(_) => state.apply(Vec::new()).1,
+                    Failure::Bad(_) => Vec::new(),
+                };
+                let first = state.note_failure(failure.message());
+                let kept = state.snapshot.models.len();
+                drop(state);
+                let message = failure.message();
+                if first {
+                    log::warn!(endpoint = self.base.as_str(), error = message, models = kept; "Ollama discovery failed");
+                } else {
+                    log::debug!(endpoint = self.base.as_str(), error = message, models = kept; "Ollama discovery still failing");
+                }
+                if !removed.is_empty() {
+                    log::info!(endpoint = self.base.as_str(), removed = removed.join(","); "Ollama models dropped: Ollama does not answer");
+                }
+                Err(message.to_string())
+            }
+        }
+    }
+
+    /// Reads the context lengths not known yet, one `/api/show` at a time, no lock held
+    /// across a call. A failed read is tried again at the next round.
+    fn fill_contexts(&self) {
+        let wanted = lock(&self.state).take_unknown_contexts();
+        let mut wanted = wanted.into_iter();
+        for (name, digest) in wanted.by_ref() {
+            if self.stopping.load(Ordering::SeqCst) {
+                lock(&self.state).fetching.remove(&name);
+                break;
+            }
+            let result = self.source.context_length(&name);
+            let mut state = lock(&self.state);
+            state.fetching.remove(&name);
+            match result {
+                Ok(context) => state.learn_context(&name, digest, context),
+                Err(f) => {
+                    drop(state);
+                    log::debug!(model = name.as_str(), error = f.message(); "Ollama context length not read");
+                }
+            }
+        }
+        let rest: Vec<(String, String)> = wanted.collect();
+        if !rest.is_empty() {
+            let mut state = lock(&self.state);
+            for (name, _) in rest {
+                state.fetching.remove(&name);
+            }
+        }
+    }
+
+    fn wake_worker(&self) {
+        if let Some(tx) = lock(&self.worker).as_ref() {
+            // Full: a wake-up is already pending.
+            let _ = tx.try_send(());
+        }
     }
 
     /// Starts the background thread: a discovery at once, then every [`REDISCOVER_EVERY`],
-    /// until `stop` is called.
-    pub fn start(self: &Arc<Self>) {}
+    /// until `stop` is called. The thread holds no strong reference between rounds and
+    /// never keeps the process alive.
+    pub fn start(self: &Arc<Self>) {
+        let mut worker = lock(&self.worker);
+        if worker.is_some() || self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let weak = Arc::downgrade(self);
+        let spawned = thread::Builder::new()
+            .name("ollama".to_string())
+            .spawn(move || background(weak, rx));
+        match spawned {
+            Ok(handle) => {
+                *worker = Some(tx);
+                *lock(&self.handle) = Some(handle);
+            }
+            Err(e) => {
+                log::error!(error = e.to_string(); "cannot start Ollama discovery thread")
+            }
+        }
+    }
 
-    /// Ends the background thread (without waiting for a discovery in flight).
-    pub fn stop(&self) {}
+    /// Ends the background thread (without waiting for a discovery in flight, which stops
+    /// before its next `/api/show`).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        lock(&self.worker).take();
+    }
+
+    /// Whether the background thread has ended (false when it was never started).
+    #[cfg(test)]
+    fn worker_finished(&self) -> bool {
+        lock(&self.handle)
+            .as_ref()
+            .is_some_and(thread::JoinHandle::is_finished)
+    }
 
     pub fn status(&self) -> Status {
+        let state = lock(&self.state);
         Status {
             endpoint: self.base.clone(),
-            models_found: 0,
-            last_discovery: None,
-            last_error: None,
+            models_found: state.snapshot.models.len(),
+            last_discovery: state.last_discovery,
+            last_error: state.last_error.clone(),
         }
     }
 }
+
+/// The background thread: discover, then wait for the next round (or a wake-up to read
+/// missing context lengths, or the end).
+fn background(weak: Weak<Ollama>, wake: Receiver<()>) {
+    let mut next = Instant::now();
+    loop {
+        let wait = next.saturating_duration_since(Instant::now());
+        let woken = !wait.is_zero()
+            && match wake.recv_timeout(wait) {
+                Ok(()) => true,
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+        let Some(ollama) = weak.upgrade() else { return };
+        if ollama.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        if woken {
+            ollama.fill_contexts();
+            continue;
+        }
+        // Logged and shown by `status`.
+        let _ = ollama.discover();
+        next = Instant::now() + REDISCOVER_EVERY;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -25,6 +25,8 @@ use resolver::Names;
 
 /// Largest upstream answer read (a completion with base64 images can be large).
 pub const MAX_ANSWER: u64 = 64 * 1024 * 1024;
+/// Largest document [`Upstream::get`] reads.
+pub const MAX_DOCUMENT: u64 = 1024 * 1024;
 /// Largest upstream error body kept for the error message.
 const MAX_ERROR_BODY: u64 = 64 * 1024;
 /// Read buffer of a stream, over ureq's own 16 KiB input buffer: events are usually a few
@@ -97,8 +99,34 @@ impl Default for Upstream {
 
 impl Upstream {
     pub fn new() -> Upstream {
-        let proxied_config = base_config(ureq::Proxy::try_from_env());
-        let direct_config = base_config(None);
+        Upstream::with_tls(None)
+    }
+
+    /// An upstream whose HTTPS connections trust only the certificates in `pem` (PEM text
+    /// holding one or more certificates; other items are skipped) instead of the built-in
+    /// web roots: `sigoe -cacert`, for a gateway with a self-signed certificate. The error
+    /// says what is wrong with the text.
+    pub fn trusting(pem: &[u8]) -> Result<Upstream, String> {
+        let mut certs = Vec::new();
+        for item in ureq::tls::parse_pem(pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(cert)) => certs.push(cert),
+                Ok(_) => {}
+                Err(e) => return Err(format!("not valid PEM: {e}")),
+            }
+        }
+        if certs.is_empty() {
+            return Err("no certificate in it (expected -----BEGIN CERTIFICATE-----)".into());
+        }
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+            .build();
+        Ok(Upstream::with_tls(Some(tls)))
+    }
+
+    fn with_tls(tls: Option<ureq::tls::TlsConfig>) -> Upstream {
+        let proxied_config = base_config(ureq::Proxy::try_from_env(), tls.clone());
+        let direct_config = base_config(None, tls);
         let names = Names::default();
         Upstream {
             proxied: agent(proxied_config.clone(), &names),
@@ -148,6 +176,39 @@ impl Upstream {
                 answer: parsed,
             })
         })
+    }
+
+    /// A GET of a small JSON document (at most [`MAX_DOCUMENT`] bytes), one attempt within
+    /// `timeout`: the 2xx body, or why not (`sigoe -server URL -l` reads the gateway's
+    /// `/api/models` this way).
+    pub fn get(&self, target: &Target, timeout: Duration) -> Result<Vec<u8>, Failure> {
+        let mut request = self
+            .agent(target)
+            .get(&target.url)
+            .config()
+            .timeout_global(Some(timeout))
+            .timeout_connect(Some(timeout.min(CONNECT_TIMEOUT)))
+            .build();
+        if let Some(key) = &target.key {
+            request = request.header("Authorization", format!("Bearer {key}"));
+        }
+        let mut resp = request.call().map_err(|e| call_failure(e, timeout))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_DOCUMENT)
+            .read_to_vec()
+            .map_err(|e| read_failure(e, timeout))?;
+        if (200..300).contains(&status) {
+            Ok(body)
+        } else {
+            Err(Failure::Status {
+                status,
+                retry_after: None,
+                body,
+            })
+        }
     }
 
     /// Starts a stream: retried until the first event has arrived (never after).
@@ -225,8 +286,13 @@ fn agent(config: Config, names: &Names) -> Agent {
     Agent::with_parts(config, DefaultConnector::new(), names.clone())
 }
 
-fn base_config(proxy: Option<ureq::Proxy>) -> Config {
-    Agent::config_builder()
+fn base_config(proxy: Option<ureq::Proxy>, tls: Option<ureq::tls::TlsConfig>) -> Config {
+    let builder = Agent::config_builder();
+    let builder = match tls {
+        Some(tls) => builder.tls_config(tls),
+        None => builder,
+    };
+    builder
         .http_status_as_error(false)
         .proxy(proxy)
         .user_agent(format!("sigorest/{}", crate::VERSION))
@@ -502,6 +568,29 @@ mod tests {
         assert!(matches!(check_answer(br#"{"error":{"message":"quota"}}"#),
             Err(Failure::BadAnswer(m)) if m.contains("quota")));
         assert!(check_answer(br#"{"choices":[{"message":{"content":"x"}}]}"#).is_ok());
+    }
+
+    #[test]
+    fn trusted_certificates_come_from_pem_text() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let pem = format!("{}{}", key.serialize_pem(), cert.pem());
+        assert!(Upstream::trusting(pem.as_bytes()).is_ok());
+        let none = Upstream::trusting(key.serialize_pem().as_bytes())
+            .err()
+            .unwrap();
+        assert!(none.contains("no certificate"), "{none}");
+        assert!(
+            Upstream::trusting(b"")
+                .err()
+                .unwrap()
+                .contains("no certificate")
+        );
+        let cut = &cert.pem()[..60];
+        assert!(Upstream::trusting(cut.as_bytes()).is_err());
     }
 
     #[test]

@@ -8,4 +8,8 @@ mod api;
 mod bench;
 mod chat;
 mod fake_upstream;
+mod http;
+mod ollama;
+mod service;
+mod sigoe;
 mod streaming;

@@ -10,21 +10,28 @@
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use rustls::{ServerConnection, StreamOwned};
 
-use super::parse::{InBuf, POLL, ReadError, Rejection, Wire, read_request};
+use super::parse::{InBuf, ReadError, Rejection, Wire, is_transient, read_body, read_head};
 use super::server::{Job, ListenerCtx, Shared};
 use super::write::{Reply, access_log, write_response};
 use super::{Hangup, Request};
 use crate::error::Error;
 
+/// While a worker answers, how often the connection thread looks whether the client left.
+const POLL: Duration = Duration::from_millis(250);
 /// After a refusal, at most this many bytes are read and dropped while lingering.
 const LINGER_BYTES: usize = 64 * 1024 * 1024;
 /// A TLS record header's first byte for an alert (a `close_notify`, usually).
 const TLS_ALERT: u8 = 0x15;
+/// TLS 1.3 hides the record type: every record says "application data" (0x17). An encrypted
+/// alert is the 2 alert bytes, the inner type byte and a 16-byte AEAD tag: 19 bytes.
+const TLS13_RECORD: u8 = 0x17;
+const TLS13_ALERT_LEN: u16 = 2 + 1 + 16;
 
 /// The socket, shared between the connection thread, the worker answering on it, and the
 /// server's list of open connections.
@@ -135,12 +142,12 @@ pub(crate) struct Conn {
 }
 
 /// The connection thread's body. The caller counts the connection (and uncounts it when this
-/// returns, however it returns).
+/// returns, however it returns) and has judged the peer against the allow list (`allowed`).
 pub(crate) fn run(
     shared: &Shared,
     listener: &ListenerCtx,
     tcp: TcpStream,
-    peer: IpAddr,
+    (peer, allowed): (IpAddr, bool),
     id: u64,
     jobs: &Sender<Job>,
 ) {
@@ -149,7 +156,10 @@ pub(crate) fn run(
     let stop = || shared.is_stopping();
     let sock = Sock(Arc::new(tcp));
     let _ = sock.0.set_write_timeout(Some(t.write));
-    shared.track(id, sock.clone());
+    // Set while the thread waits for a request (handshake, idle, head): a shutdown then
+    // shuts the socket's read side, which ends the wait at once. Idle connections thus cost
+    // no wake-ups.
+    let waiting = shared.track(id, sock.clone());
     let head_deadline = started + t.head;
     let transport = match &listener.tls {
         None => Transport::Plain(sock.clone()),
@@ -166,7 +176,7 @@ pub(crate) fn run(
         },
         buf: InBuf::new(&shared.limits),
     };
-    if !listener.allow.allows(peer) {
+    if !allowed {
         log::warn!(ip:% = peer, port = listener.port; "ip_not_allowed");
         let rejection = Rejection {
             error: Error::IpNotAllowed { ip: peer },
@@ -178,6 +188,8 @@ pub(crate) fn run(
     }
     let mut first = true;
     loop {
+        // Before looking at the flag, so that a shutdown either sees this or is seen here.
+        waiting.store(true, Ordering::SeqCst);
         let deadline = if first {
             head_deadline
         } else {
@@ -199,15 +211,14 @@ pub(crate) fn run(
         };
         first = false;
         let began = Instant::now();
-        let read = read_request(
-            &mut conn.io,
-            &mut conn.buf,
-            &shared.limits,
-            deadline,
-            t.body,
-            t.write,
-            &stop,
-        );
+        let limits = &shared.limits;
+        let read =
+            read_head(&mut conn.io, &mut conn.buf, limits, deadline, &stop).and_then(|head| {
+                // The request is under way: a shutdown lets it finish.
+                waiting.store(false, Ordering::SeqCst);
+                let body = read_body(&mut conn.io, &mut conn.buf, &head, limits, t.body, t.write)?;
+                Ok((head, body))
+            });
         let (head, body) = match read {
             Ok(r) => r,
             Err(ReadError::Reject(rejection)) => {
@@ -250,7 +261,7 @@ pub(crate) fn run(
                 shared
                     .stats
                     .queue_depth
-                    .store(jobs.len(), std::sync::atomic::Ordering::Relaxed);
+                    .store(jobs.len(), Ordering::Relaxed);
                 match wait_for_worker(&returned, &sock, tls, &hangup) {
                     Some(c) => conn = c,
                     None => return,
@@ -310,7 +321,7 @@ fn wait_for_worker(
 }
 
 /// Whether the client has closed its side: end of stream, a reset, or on TLS an alert record
-/// (`close_notify`) waiting. Data waiting (a pipelined request) means it is still there.
+/// (`close_notify`, which a TLS client sends before its FIN) waiting. Data waiting (a pipelined request) means it is still there.
 /// Only peeks, so it does not disturb the worker writing on the same socket.
 fn peer_gone(sock: &TcpStream, tls: bool) -> bool {
     if sock
@@ -319,14 +330,22 @@ fn peer_gone(sock: &TcpStream, tls: bool) -> bool {
     {
         return true;
     }
-    let mut first = [0u8; 1];
+    let mut first = [0u8; 5];
     match sock.peek(&mut first) {
         Ok(0) => true,
-        Ok(_) => tls && first[0] == TLS_ALERT,
-        Err(e) => !matches!(
-            e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-        ),
+        Ok(n) => tls && tls_alert(&first[..n]),
+        Err(e) => !is_transient(&e),
+    }
+}
+
+/// Whether peeked bytes start with a TLS alert record: in clear (TLS 1.2), or an encrypted
+/// record of exactly an alert's size (TLS 1.3). A 2-byte application write would look the
+/// same; an HTTP client does not send one between requests.
+fn tls_alert(peeked: &[u8]) -> bool {
+    match peeked {
+        [TLS_ALERT, ..] => true,
+        [TLS13_RECORD, _, _, hi, lo, ..] => u16::from_be_bytes([*hi, *lo]) == TLS13_ALERT_LEN,
+        _ => false,
     }
 }
 
@@ -377,21 +396,14 @@ fn handshake(
         if stop() || left.is_zero() {
             return None;
         }
-        let slice = left.min(POLL).max(Duration::from_millis(1));
-        sock.0.set_read_timeout(Some(slice)).ok()?;
+        sock.0.set_read_timeout(Some(left)).ok()?;
         sock.0.set_write_timeout(Some(left)).ok()?;
         match tls.complete_io(&mut sock) {
             // Nothing to read or write while still handshaking (the peer sent close_notify):
             // no progress is possible, and looping would spin.
             Ok((0, 0)) => return None,
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if is_transient(&e) => {}
             Err(e) => {
                 log::debug!(error:% = e; "TLS handshake failed");
                 return None;

@@ -1,14 +1,32 @@
 //! sigorest's own small HTTP/1.1 server, on httparse, std sockets and rustls 0.23.
 //!
 //! Three stages (see `design.md`, "Shape"): an accept thread per listening socket checks the
-//! peer's address against the listener's allow list at once; a capped connection thread per
-//! connection does the TLS handshake and reads one request head and body under a deadline and
-//! hard limits, then pushes the parsed [`Request`] into one bounded channel; a fixed pool of
-//! worker threads calls the [`Handler`], writes its [`Response`] on the connection (flushed per
-//! piece when streaming) and hands the connection back for keep-alive.
+//! peer against the listener's allow list at once, admits connections up to the cap and
+//! gives each a capped, cheap connection thread; that thread answers a refused peer with the
+//! 403 before reading anything (on HTTPS after the handshake, so that the 403 can be read),
+//! and for the others reads one request head and body under
+//! deadlines and hard limits and pushes the parsed [`Request`] into one bounded channel; a
+//! fixed pool of worker threads calls the [`Handler`], writes its [`Response`] on the
+//! connection (flushed per piece when streaming) and hands the connection back for keep-alive.
+//! While a worker answers, the connection thread watches the socket and fires the request's
+//! [`Hangup`] when the client leaves.
 //!
 //! Handlers never see a socket: they get a [`Request`] and return a [`Response`], whose body is
 //! either complete or a closure that writes pieces to a [`Sink`]. A handler panic becomes a 500.
+//!
+//! Decisions where the design is silent:
+//! - `Host` is not required; targets may be origin form, absolute form (the path is kept) or
+//!   `*`; anything else is 400. `Expect` values other than `100-continue` are ignored.
+//! - `Transfer-Encoding` must be exactly `chunked` and is refused in HTTP/1.0 (400); chunked
+//!   framing must use CRLF (a bare LF is 400; the head accepts LF, as httparse does);
+//!   trailers are read within 16 KiB and dropped.
+//! - A client that half-closes its side after sending a request counts as gone: a peek cannot
+//!   tell a half-close from a close. On TLS 1.3 an encrypted record of exactly an alert's size
+//!   waiting on the socket counts as `close_notify`.
+//! - The access log's `ms` runs from the end of the request read to the end of the response
+//!   (queue wait, handler, writing); refusals are timed from the start of the request.
+//! - The status line always says `HTTP/1.1` (allowed for HTTP/1.0 clients); the framing
+//!   follows the request's version.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -19,6 +37,8 @@ use std::time::{Duration, Instant};
 use crate::access::AllowList;
 
 mod conn;
+#[cfg(test)]
+mod fuzz_tests;
 mod parse;
 mod server;
 #[cfg(test)]

@@ -14,9 +14,6 @@ use super::write::write_all_within;
 use super::{Limits, Version};
 use crate::error::Error;
 
-/// The longest one blocking read may last before the caller looks again at the clock and the
-/// shutdown flag.
-pub(crate) const POLL: Duration = Duration::from_millis(250);
 /// Bytes asked of the socket by one read into the input buffer.
 const READ_CHUNK: usize = 16 * 1024;
 /// Bytes asked of the socket by one read straight into a body.
@@ -25,6 +22,8 @@ const BODY_CHUNK: usize = 64 * 1024;
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// All trailer lines of a chunked body together.
 const MAX_TRAILERS: usize = 16 * 1024;
+/// Bytes asked by the first read of a connection (and by a read that must grow the buffer).
+const FIRST_READ: usize = 4 * 1024;
 /// The input buffer is never smaller than this, so a chunk-size line always fits.
 const MIN_BUF: usize = 8 * 1024;
 
@@ -98,24 +97,31 @@ pub(crate) struct Head {
 /// The bytes read from a connection and not used yet: a partial head, or what a client sent
 /// beyond the request being handled (pipelining). Never longer than its cap.
 pub(crate) struct InBuf {
-    data: Vec<u8>,
+    /// Storage, zeroed once as it grows up to `cap`; only `..end` holds data.
+    store: Vec<u8>,
+    end: usize,
     cap: usize,
 }
 
 impl InBuf {
     pub(crate) fn new(limits: &Limits) -> InBuf {
         InBuf {
-            data: Vec::new(),
+            store: Vec::new(),
+            end: 0,
             cap: limits.head_bytes.max(MIN_BUF),
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.data.len()
+        self.end
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.end == 0
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.store[..self.end]
     }
 
     #[cfg(test)]
@@ -123,15 +129,23 @@ impl InBuf {
         self.cap
     }
 
+    #[cfg(test)]
+    pub(crate) fn allocated(&self) -> usize {
+        self.store.capacity()
+    }
+
     /// Gives memory back between requests when a large head left a large buffer behind.
     pub(crate) fn shrink(&mut self) {
-        if self.data.capacity() > 2 * READ_CHUNK {
-            self.data.shrink_to(self.data.len().max(4096));
+        if self.store.len() > 2 * READ_CHUNK && self.end <= 4096 {
+            self.store.truncate(4096);
+            self.store.shrink_to_fit();
         }
     }
 
     fn consume(&mut self, n: usize) {
-        self.data.drain(..n.min(self.data.len()));
+        let n = n.min(self.end);
+        self.store.copy_within(n..self.end, 0);
+        self.end -= n;
     }
 
     /// Reads once more from the wire, appending at most up to the cap. Returns the number of
@@ -142,17 +156,27 @@ impl InBuf {
         deadline: Instant,
         stop: &dyn Fn() -> bool,
     ) -> Result<usize, ReadError> {
-        let len = self.data.len();
-        let room = self.cap.saturating_sub(len).min(READ_CHUNK);
+        // Fill the storage there is; grow it (doubling) only when full, so that the usual
+        // small head costs a small buffer.
+        let free = self.store.len() - self.end;
+        let room = self
+            .cap
+            .saturating_sub(self.end)
+            .min(READ_CHUNK)
+            .min(free.max(FIRST_READ));
         if room == 0 {
             // Callers check their limits before asking for more; this only guards the cap.
             return Err(reject(Error::HeadTooLarge { limit: self.cap }));
         }
-        grow_within(&mut self.data, len + room, self.cap);
-        self.data.resize(len + room, 0);
-        let got = read_timed(w, &mut self.data[len..], deadline, stop);
-        self.data.truncate(len + *got.as_ref().unwrap_or(&0));
-        got
+        let want = self.end + room;
+        if self.store.len() < want {
+            grow_within(&mut self.store, want, self.cap);
+            let zeroed = self.store.capacity().min(self.cap);
+            self.store.resize(zeroed, 0);
+        }
+        let n = read_timed(w, &mut self.store[self.end..want], deadline, stop)?;
+        self.end += n;
+        Ok(n)
     }
 }
 
@@ -166,8 +190,8 @@ fn grow_within(v: &mut Vec<u8>, want: usize, cap: usize) {
     v.reserve_exact(target - v.len());
 }
 
-/// One read bounded by `deadline`, in slices of at most [`POLL`] so that `stop` is looked at
-/// while a peer is silent. End of stream is [`ReadError::Closed`].
+/// One read bounded by `deadline`; `stop` is looked at before it (a shutdown wakes a blocked
+/// read by shutting the socket's read side). End of stream is [`ReadError::Closed`].
 pub(crate) fn read_timed<W: Wire + ?Sized>(
     w: &mut W,
     dst: &mut [u8],
@@ -182,23 +206,26 @@ pub(crate) fn read_timed<W: Wire + ?Sized>(
         if now >= deadline {
             return Err(ReadError::Timeout);
         }
-        let slice = (deadline - now).min(POLL).max(Duration::from_millis(1));
+        let slice = (deadline - now).max(Duration::from_millis(1));
         if w.set_read_timeout(slice).is_err() {
             return Err(ReadError::Closed);
         }
         match w.read(dst) {
             Ok(0) => return Err(ReadError::Closed),
             Ok(n) => return Ok(n),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if is_transient(&e) => {}
             Err(_) => return Err(ReadError::Closed),
         }
     }
+}
+
+/// Whether a socket error only means "nothing yet": a read timeout (which the callers turn
+/// into their own deadlines) or an interruption.
+pub(crate) fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 /// Never stops: for bodies, whose requests are in flight once their head is read.
@@ -206,8 +233,8 @@ pub(crate) fn never() -> bool {
     false
 }
 
-/// Reads one whole request: the head (by `head_deadline`), then, after a `100 Continue` when
-/// the client asked for one, the body (within `body_timeout` from the end of the head).
+/// Reads one whole request: [`read_head`], then [`read_body`].
+#[cfg(test)]
 pub(crate) fn read_request<W: Wire + ?Sized>(
     w: &mut W,
     buf: &mut InBuf,
@@ -218,6 +245,21 @@ pub(crate) fn read_request<W: Wire + ?Sized>(
     stop: &dyn Fn() -> bool,
 ) -> Result<(Head, Vec<u8>), ReadError> {
     let head = read_head(w, buf, limits, head_deadline, stop)?;
+    let body = read_body(w, buf, &head, limits, body_timeout, write_timeout)?;
+    Ok((head, body))
+}
+
+/// Reads the body the head announces: refuses one declared over the limit before reading a
+/// byte of it, sends `100 Continue` first when the client waits for it, then reads within
+/// `body_timeout`.
+pub(crate) fn read_body<W: Wire + ?Sized>(
+    w: &mut W,
+    buf: &mut InBuf,
+    head: &Head,
+    limits: &Limits,
+    body_timeout: Duration,
+    write_timeout: Duration,
+) -> Result<Vec<u8>, ReadError> {
     let with_request = |e: ReadError| match e {
         ReadError::Reject(mut r) => {
             r.method = Some(head.method.clone());
@@ -241,17 +283,12 @@ pub(crate) fn read_request<W: Wire + ?Sized>(
             .map_err(|_| ReadError::Closed)?;
     }
     let deadline = Instant::now() + body_timeout;
-    let body = match head.framing {
-        Framing::Empty => Vec::new(),
+    match head.framing {
+        Framing::Empty => Ok(Vec::new()),
         // Bounded by the check above.
-        Framing::Length(n) => {
-            read_exact_body(w, buf, n as usize, deadline).map_err(with_request)?
-        }
-        Framing::Chunked => {
-            read_chunked(w, buf, limits.body_bytes, deadline).map_err(with_request)?
-        }
-    };
-    Ok((head, body))
+        Framing::Length(n) => read_exact_body(w, buf, n as usize, deadline).map_err(with_request),
+        Framing::Chunked => read_chunked(w, buf, limits.body_bytes, deadline).map_err(with_request),
+    }
 }
 
 /// Reads until a complete head is in the buffer, parses it and removes it from the buffer.
@@ -267,7 +304,7 @@ pub(crate) fn read_head<W: Wire + ?Sized>(
     let mut parse = !buf.is_empty();
     loop {
         if parse {
-            if let Some((head, used)) = parse_head(&buf.data, limits)? {
+            if let Some((head, used)) = parse_head(buf.bytes(), limits)? {
                 buf.consume(used);
                 return Ok(head);
             }
@@ -278,7 +315,7 @@ pub(crate) fn read_head<W: Wire + ?Sized>(
         }
         let before = buf.len();
         buf.fill(w, deadline, stop)?;
-        parse = buf.data[before..].contains(&b'\n');
+        parse = buf.bytes()[before..].contains(&b'\n');
     }
 }
 
@@ -460,7 +497,8 @@ fn read_exact_body<W: Wire + ?Sized>(
     Ok(body)
 }
 
-/// Appends `n` bytes to `body`, never letting its capacity pass `cap`.
+/// Appends `n` bytes to `body`, never letting its capacity pass `cap`. Storage is zeroed
+/// only as it grows, so a client sending one byte at a time costs no more than one read each.
 fn append_from<W: Wire + ?Sized>(
     w: &mut W,
     buf: &mut InBuf,
@@ -471,18 +509,26 @@ fn append_from<W: Wire + ?Sized>(
 ) -> Result<(), ReadError> {
     let from_buf = n.min(buf.len());
     grow_within(body, body.len() + from_buf, cap);
-    body.extend_from_slice(&buf.data[..from_buf]);
+    body.extend_from_slice(&buf.bytes()[..from_buf]);
     buf.consume(from_buf);
     let end = body.len() + (n - from_buf);
-    while body.len() < end {
-        let len = body.len();
-        let want = (end - len).min(BODY_CHUNK);
-        grow_within(body, len + want, cap);
-        body.resize(len + want, 0);
-        let got = read_timed(w, &mut body[len..], deadline, &never);
-        body.truncate(len + *got.as_ref().unwrap_or(&0));
-        got?;
+    let mut filled = body.len();
+    while filled < end {
+        let upto = end.min(filled + BODY_CHUNK);
+        if body.len() < upto {
+            grow_within(body, upto, cap);
+            let zeroed = body.capacity().min(end);
+            body.resize(zeroed, 0);
+        }
+        match read_timed(w, &mut body[filled..upto], deadline, &never) {
+            Ok(got) => filled += got,
+            Err(e) => {
+                body.truncate(filled);
+                return Err(e);
+            }
+        }
     }
+    body.truncate(filled);
     Ok(())
 }
 
@@ -496,7 +542,7 @@ fn read_chunked<W: Wire + ?Sized>(
     let mut body = Vec::new();
     loop {
         let line = read_line(w, buf, MAX_CHUNK_LINE, deadline)?;
-        let size = parse_chunk_size(&buf.data[..line - 2])?;
+        let size = parse_chunk_size(&buf.bytes()[..line - 2])?;
         buf.consume(line);
         if size == 0 {
             break;
@@ -508,7 +554,7 @@ fn read_chunked<W: Wire + ?Sized>(
         while buf.len() < 2 {
             buf.fill(w, deadline, &never)?;
         }
-        if &buf.data[..2] != b"\r\n" {
+        if &buf.bytes()[..2] != b"\r\n" {
             return Err(invalid("chunk data not followed by CRLF"));
         }
         buf.consume(2);
@@ -537,7 +583,7 @@ fn read_line<W: Wire + ?Sized>(
 ) -> Result<usize, ReadError> {
     let mut scanned = 0;
     loop {
-        let window = &buf.data[..buf.len().min(max)];
+        let window = &buf.bytes()[..buf.len().min(max)];
         if let Some(i) = window[scanned..].iter().position(|&b| b == b'\n') {
             let i = scanned + i;
             if i == 0 || window[i - 1] != b'\r' {

@@ -62,16 +62,33 @@ pub(crate) struct Shared {
 struct Tracked {
     sock: Option<Sock>,
     hangup: Option<Hangup>,
+    /// The connection waits for a request (see [`Shared::wake_waiting`]).
+    waiting: Arc<AtomicBool>,
 }
 
 impl Shared {
     pub(crate) fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
+        self.stopping.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn track(&self, id: u64, sock: Sock) {
+    /// Registers the connection's socket; returns its "waiting for a request" flag.
+    pub(crate) fn track(&self, id: u64, sock: Sock) -> Arc<AtomicBool> {
+        let waiting = Arc::new(AtomicBool::new(true));
         if let Some(t) = lock(&self.open).get_mut(&id) {
             t.sock = Some(sock);
+            t.waiting = Arc::clone(&waiting);
+        }
+        waiting
+    }
+
+    /// Ends every wait for a request (idle keep-alive, handshake, head) by shutting the read
+    /// side of its socket: the blocked read returns at once. Requests under way are left alone.
+    fn wake_waiting(&self) {
+        let open = lock(&self.open);
+        for t in open.values().filter(|t| t.waiting.load(Ordering::SeqCst)) {
+            if let Some(s) = &t.sock {
+                let _ = s.0.shutdown(Shutdown::Read);
+            }
         }
     }
 
@@ -224,16 +241,18 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// Logs one kind of recurring trouble at most once per [`WARN_EVERY`], with how many times it
 /// happened in between.
+#[derive(Default)]
 struct Throttle {
     last: Option<Instant>,
     since: u64,
 }
 
 impl Throttle {
-    fn warn(&mut self, what: &'static str, err: &io::Error) {
+    /// `detail` is the error, or the limit that was reached.
+    fn warn(&mut self, what: &'static str, detail: &dyn std::fmt::Display) {
         self.since += 1;
         if self.last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-            log::warn!(error:% = err, times = self.since; "{what}");
+            log::warn!(detail:% = detail, times = self.since; "{what}");
             self.last = Some(Instant::now());
             self.since = 0;
         }
@@ -247,14 +266,9 @@ fn accept_loop(
     jobs: &Sender<Job>,
 ) {
     let mut backoff = Duration::ZERO;
-    let mut accept_trouble = Throttle {
-        last: None,
-        since: 0,
-    };
-    let mut spawn_trouble = Throttle {
-        last: None,
-        since: 0,
-    };
+    let mut accept_trouble = Throttle::default();
+    let mut spawn_trouble = Throttle::default();
+    let mut full = Throttle::default();
     loop {
         let accepted = listener.accept();
         if shared.is_stopping() {
@@ -263,14 +277,16 @@ fn accept_loop(
         match accepted {
             Ok((tcp, addr)) => {
                 backoff = Duration::ZERO;
-                admit(
-                    shared,
-                    ctx,
-                    jobs,
-                    tcp,
-                    addr.ip().to_canonical(),
-                    &mut spawn_trouble,
-                );
+                match admit(shared, ctx, jobs, tcp, addr.ip().to_canonical()) {
+                    Ok(()) => {}
+                    Err(Refused::Full) => full.warn(
+                        "connection limit reached; new connections are closed",
+                        &shared.limits.connections,
+                    ),
+                    Err(Refused::Spawn(e)) => {
+                        spawn_trouble.warn("cannot start a connection thread", &e)
+                    }
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -284,26 +300,28 @@ fn accept_loop(
     }
 }
 
+/// Why a connection was closed at once.
+enum Refused {
+    Full,
+    Spawn(io::Error),
+}
+
+/// Counts the connection and starts its thread, or closes it at once.
 fn admit(
     shared: &Arc<Shared>,
     ctx: &Arc<ListenerCtx>,
     jobs: &Sender<Job>,
     tcp: TcpStream,
     peer: IpAddr,
-    trouble: &mut Throttle,
-) {
+) -> Result<(), Refused> {
     let cap = shared.limits.connections;
-    let counted =
-        shared
-            .stats
-            .connections_open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < cap).then_some(n + 1)
-            });
-    if counted.is_err() {
-        log::debug!(ip:% = peer; "connection limit reached; closed");
-        return;
-    }
+    shared
+        .stats
+        .connections_open
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < cap).then_some(n + 1)
+        })
+        .map_err(|_| Refused::Full)?;
     let _ = tcp.set_nodelay(true);
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     lock(&shared.open).insert(
@@ -311,24 +329,27 @@ fn admit(
         Tracked {
             sock: None,
             hangup: None,
+            waiting: Arc::new(AtomicBool::new(true)),
         },
     );
     let slot = Slot {
         shared: Arc::clone(shared),
         id,
     };
+    // The allow list is checked here, on the accept thread, before anything is read; the
+    // connection thread only writes the 403 (after the TLS handshake on an HTTPS port).
+    let allowed = ctx.allow.allows(peer);
     let (ctx, jobs) = (Arc::clone(ctx), jobs.clone());
-    let spawned = thread::Builder::new()
+    // On failure the closure, its slot and the socket are dropped: uncounted and closed.
+    thread::Builder::new()
         .name(format!("{}c", shared.prefix))
         .stack_size(CONN_STACK)
         .spawn(move || {
             let slot = slot;
-            conn::run(&slot.shared, &ctx, tcp, peer, slot.id, &jobs);
-        });
-    // On failure the closure, its slot and the socket are dropped: uncounted and closed.
-    if let Err(e) = spawned {
-        trouble.warn("cannot start a connection thread", &e);
-    }
+            conn::run(&slot.shared, &ctx, tcp, (peer, allowed), slot.id, &jobs);
+        })
+        .map(drop)
+        .map_err(Refused::Spawn)
 }
 
 fn work(shared: &Shared, queue: &Receiver<Job>) {
@@ -425,14 +446,15 @@ impl Server {
         }
         self.stopped = true;
         let deadline = Instant::now() + grace;
-        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.stopping.store(true, Ordering::SeqCst);
         for l in &self.listeners {
             wake(l);
         }
         let accepting_done = join_until(&mut self.accept_threads, Instant::now() + FORCE_WAIT);
         self.listeners.clear();
-        // Idle connections see the flag within a poll; answers in flight go out with
+        // Connections waiting for a request end now; answers in flight go out with
         // `Connection: close`, after which their threads end.
+        self.shared.wake_waiting();
         let conns_open = || self.stats.connections_open.load(Ordering::Acquire) > 0;
         let in_time = wait_while(deadline, conns_open);
         if !in_time {

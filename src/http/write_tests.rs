@@ -273,3 +273,36 @@ fn error_responses_keep_their_headers() {
     assert!(t.contains("\"code\":\"overloaded\""));
     assert_eq!(out.log, vec![("error", "overloaded".to_string())]);
 }
+
+#[test]
+fn access_log_fields_are_the_request_line_and_the_handler_fields() {
+    let extra = vec![
+        ("model", "gpt41".to_string()),
+        ("attempts", "2".to_string()),
+    ];
+    let ip = "::ffff:10.1.2.3"
+        .parse::<std::net::IpAddr>()
+        .unwrap()
+        .to_canonical();
+    let fields = access_fields(
+        "POST",
+        "/v1/chat/completions",
+        200,
+        ip,
+        Duration::from_millis(42),
+        &extra,
+    );
+    let want: Vec<(&str, String)> = [
+        ("method", "POST"),
+        ("path", "/v1/chat/completions"),
+        ("status", "200"),
+        ("ip", "10.1.2.3"),
+        ("ms", "42.00"),
+        ("model", "gpt41"),
+        ("attempts", "2"),
+    ]
+    .iter()
+    .map(|(k, v)| (*k, v.to_string()))
+    .collect();
+    assert_eq!(fields, want);
+}

@@ -319,3 +319,9 @@ pub fn request(url: &str, method: &str, body: Option<&[u8]>, headers: &[(&str, &
         body,
     }
 }
+
+/// Locks a mutex, recovering from poisoning (a panicking test thread must not hide the
+/// first failure behind a second one).
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

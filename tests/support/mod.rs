@@ -8,4 +8,5 @@
 
 pub mod client;
 pub mod gateway;
+pub mod process;
 pub mod upstream;

@@ -1,0 +1,33 @@
+//! sigoe, the command-line client of sigorest: parse the command line, run, map the result
+//! to an exit code (0 answered, 1 the model or the network failed, 2 bad usage). The work is
+//! in [`sigorest::cli`].
+
+use std::process::ExitCode;
+
+use sigorest::cli::{self, Command};
+
+fn main() -> ExitCode {
+    let opts = match cli::parse_args(std::env::args_os().skip(1).collect()) {
+        Ok(Command::Run(opts)) => opts,
+        Ok(Command::Help) => {
+            print!("{}", cli::usage());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("sigoe {}", sigorest::VERSION);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("sigoe: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    sigorest::logging::init(opts.log_level, false);
+    match cli::run(&opts, &sigorest::env::Env::from_process()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(stop) => {
+            eprintln!("sigoe: {}", stop.reason());
+            ExitCode::from(stop.exit_status())
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The real binary as systemd runs it: start-up line, exit codes, SIGTERM with a stream in
+//! flight, SIGHUP reloads, secrets kept out of the logs, JSON logs, and the unit file.
+
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::client::{self, Call};
+use crate::support::gateway::TempDir;
+use crate::support::process::Server;
+use crate::support::upstream::{FakeUpstream, Reply};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sigorest");
+
+fn env_for(fake: &FakeUpstream) -> Vec<(&'static str, String)> {
+    vec![
+        ("MAMMOUTH_API_KEY", "sk-provider-secret-123".to_string()),
+        ("MAMMOUTH_BASE_URL", fake.base_url()),
+        ("OLLAMA_HOST", "127.0.0.1:9".to_string()),
+    ]
+}
+
+fn start(dir: TempDir, args: &[&str], env: &[(&'static str, String)]) -> Server {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Server::start(dir, args, &env)
+}
+
+#[test]
+fn version_and_help_exit_0() {
+    let out = Command::new(BIN).arg("-version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("sigorest {}", sigorest::VERSION)
+    );
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("-http-allow"));
+}
+
+#[test]
+fn bad_flags_and_broken_files_exit_2_with_one_line() {
+    for args in [
+        &["-http-port", "abc"][..],
+        &["-workers", "0"],
+        &["-nope"],
+        &["-http-allow", "10.0.0.0/99"],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    let dir = TempDir::new("badmem");
+    std::fs::write(
+        dir.join("memory.json"),
+        "{\"content\": \"x\",\n \"cache\": tru }\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["-http-port", "0", "-https-port", "0"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("memory.json:2:"), "{err}");
+    let kept = std::fs::read_to_string(dir.join("memory.json")).unwrap();
+    assert!(kept.contains("tru }"), "the broken file is left as it was");
+}
+
+#[test]
+fn the_startup_line_names_listeners_models_and_key_names_only() {
+    let fake = FakeUpstream::start();
+    let server = start(TempDir::new("startup"), &[], &env_for(&fake));
+    let line = server.wait_for_line("sigorest started", Duration::from_secs(5));
+    assert!(
+        line.contains(&format!("version={}", sigorest::VERSION)),
+        "{line}"
+    );
+    assert!(line.contains(&format!("http={}", server.addr)), "{line}");
+    assert!(line.contains("http_allow=127.0.0.0/8,::1/128"), "{line}");
+    assert!(line.contains("https=off"), "{line}");
+    assert!(line.contains("models=6"), "{line}");
+    assert!(line.contains("memory=empty"), "{line}");
+    assert!(line.contains("keys=MAMMOUTH_API_KEY"), "{line}");
+    assert!(!server.stderr().contains("sk-provider-secret-123"));
+}
+
+#[test]
+fn sigterm_lets_a_stream_in_flight_finish_and_exits_0() {
+    let fake = FakeUpstream::start();
+    fake.push(
+        Reply::chat_stream(&["one ", "two ", "three ", "four"]).gap(Duration::from_millis(300)),
+    );
+    let mut server = start(
+        TempDir::new("term"),
+        &["-shutdown-grace", "20"],
+        &env_for(&fake),
+    );
+    let addr = server.addr;
+    let body = serde_json::to_vec(&json!({"model": "gpt41", "stream": true,
+        "messages": [{"role": "user", "content": "count"}]}))
+    .unwrap();
+    let streaming = thread::spawn(move || client::stream(addr, &Call::post(&body)));
+    fake.wait_for_requests(1, Duration::from_secs(5));
+    server.signal("TERM");
+    server.wait_for_line("shutting down", Duration::from_secs(5));
+    let s = streaming.join().unwrap();
+    assert_eq!(s.status, 200);
+    assert_eq!(s.text(), "one two three four", "the answer was not cut");
+    assert_eq!(s.payloads().last(), Some(&"[DONE]"));
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", server.stderr());
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer accepting"
+    );
+}
+
+#[test]
+fn sigint_stops_an_idle_server_at_once() {
+    let fake = FakeUpstream::start();
+    let mut server = start(TempDir::new("int"), &[], &env_for(&fake));
+    let started = std::time::Instant::now();
+    server.signal("INT");
+    assert_eq!(server.wait_exit(Duration::from_secs(5)).code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn sighup_reloads_the_whitelist_and_memory() {
+    let fake = FakeUpstream::start();
+    let dir = TempDir::new("hup");
+    std::fs::write(dir.join("models.csv"), "gpt41\n").unwrap();
+    let server = start(dir, &[], &env_for(&fake));
+    let ids = |s: &Server| -> Vec<String> {
+        s.get("/v1/models").json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&server), ["gpt41"]);
+    std::fs::write(server.dir.join("models.csv"), "kimi, claude-h\n").unwrap();
+    std::fs::write(server.dir.join("memory.json"), r#"{"content": "reloaded"}"#).unwrap();
+    server.signal("HUP");
+    let line = server.wait_for_line("configuration reloaded", Duration::from_secs(5));
+    assert!(line.contains("added=kimi,claude-h"), "{line}");
+    assert!(line.contains("removed=gpt41"), "{line}");
+    assert_eq!(ids(&server), ["kimi", "claude-h"]);
+    assert_eq!(server.get("/api/memory").json()["content"], "reloaded");
+}
+
+#[test]
+fn a_broken_file_on_reload_keeps_the_old_configuration() {
+    let fake = FakeUpstream::start();
+    let dir = TempDir::new("hupbad");
+    std::fs::write(dir.join("models.csv"), "gpt41\n").unwrap();
+    std::fs::write(dir.join("memory.json"), r#"{"content": "old and good"}"#).unwrap();
+    let server = start(dir, &[], &env_for(&fake));
+    std::fs::write(server.dir.join("models.csv"), "kimi\n").unwrap();
+    std::fs::write(server.dir.join("memory.json"), "{\n  \"content\": oops\n}").unwrap();
+    server.signal("HUP");
+    let line = server.wait_for_line("reload failed", Duration::from_secs(5));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains("memory.json:2:"),
+        "names file, line and column: {line}"
+    );
+    assert_eq!(server.get("/api/memory").json()["content"], "old and good");
+    let models = server.get("/v1/models").json();
+    assert_eq!(
+        models["data"][0]["id"], "gpt41",
+        "the whitelist did not change either"
+    );
+    assert_eq!(models["data"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn secrets_never_reach_the_log_even_at_debug() {
+    let fake = FakeUpstream::start();
+    let server = start(TempDir::new("secrets"), &["-v", "debug"], &env_for(&fake));
+    let body = br#"{"model": "gpt41", "messages": [{"role": "user", "content": "hello"}]}"#;
+    let auth = [
+        ("Authorization", "Bearer client-secret-456"),
+        ("Content-Type", "application/json"),
+    ];
+    let r = crate::support::gateway::request(
+        &server.url("/v1/chat/completions"),
+        "POST",
+        Some(body),
+        &auth,
+    );
+    assert_eq!(r.status, 200);
+    fake.push(Reply::error(401, "bad key sk-provider-secret-123"));
+    let r = crate::support::gateway::request(
+        &server.url("/v1/chat/completions"),
+        "POST",
+        Some(body),
+        &auth,
+    );
+    assert_eq!(r.status, 401);
+    let stream =
+        br#"{"model": "gpt41", "stream": true, "messages": [{"role": "user", "content": "s"}]}"#;
+    let s = client::stream(server.addr, &Call::post(stream));
+    assert_eq!(s.status, 200);
+    server.wait_for_line("status=200", Duration::from_secs(5));
+    thread::sleep(Duration::from_millis(200));
+    let log = server.stderr();
+    assert!(
+        log.contains("upstream request"),
+        "debug shows message bodies: {log}"
+    );
+    assert!(
+        !log.contains("sk-provider-secret-123"),
+        "provider key in the log:\n{log}"
+    );
+    assert!(
+        !log.contains("client-secret-456"),
+        "client Authorization in the log:\n{log}"
+    );
+    assert!(
+        !log.to_lowercase().contains("bearer"),
+        "an Authorization header in the log:\n{log}"
+    );
+}
+
+#[test]
+fn access_lines_have_the_design_fields_and_json_logs_parse() {
+    let fake = FakeUpstream::start();
+    let server = start(TempDir::new("jsonlog"), &["-j"], &env_for(&fake));
+    let r = crate::support::gateway::request(
+        &server.url("/v1/chat/completions"),
+        "POST",
+        Some(br#"{"model": "gpt41", "messages": [{"role": "user", "content": "x"}]}"#),
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    let line = server.wait_for_line("\"/v1/chat/completions\"", Duration::from_secs(5));
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["level"], "INFO");
+    assert!(v["time"].as_str().unwrap().ends_with('Z'));
+    assert!(v["msg"].is_string());
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["model"], "gpt41");
+    assert_eq!(v["ip"], "127.0.0.1");
+    assert_eq!(v["attempts"], 1);
+    assert!(v["ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{line}");
+    assert!(v["prompt_tokens"].is_u64(), "{line}");
+    for l in server.stderr().lines() {
+        serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+    }
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_is_rated_ok() {
+    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze not installed: unit checks skipped");
+        return;
+    };
+    assert!(out.status.success());
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sigorest.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/sigorest"));
+    let dir = TempDir::new("unit");
+    let path = dir.join("sigorest.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/sigorest", BIN)).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verify.stderr).to_string()
+        + &String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "verify: {said}");
+    assert!(
+        !said.contains("sigorest.service:"),
+        "verify complains: {said}"
+    );
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&security.stdout);
+    let level: f64 = report
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for sigorest.service:")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in: {report}"));
+    assert!(level <= 2.0, "exposure {level} > 2.0:\n{report}");
+}
