@@ -58,10 +58,18 @@ enum Transport {
     Tls(Box<StreamOwned<ServerConnection, Sock>>),
 }
 
+/// How far the socket's write timeout may be from the one asked for before it is set again.
+/// `write_all_within` arms the timeout before every write and flush with what is left of its
+/// deadline, which moves by microseconds between calls: setting it each time cost two
+/// `setsockopt` calls per response and per stream event (sigorest-bench, strace).
+const WRITE_TIMEOUT_SLACK: Duration = Duration::from_millis(1);
+
 /// Bytes to and from the client, in clear or through TLS.
 pub(crate) struct Io {
     transport: Transport,
     sock: Sock,
+    /// The write timeout last set on the socket through this `Io` (`None`: unknown).
+    write_timeout: Option<Duration>,
 }
 
 impl Read for Io {
@@ -93,7 +101,16 @@ impl Wire for Io {
         self.sock.0.set_read_timeout(Some(timeout))
     }
     fn set_write_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        self.sock.0.set_write_timeout(Some(timeout))
+        if self
+            .write_timeout
+            .is_some_and(|t| t.abs_diff(timeout) <= WRITE_TIMEOUT_SLACK)
+        {
+            return Ok(());
+        }
+        self.write_timeout = None;
+        self.sock.0.set_write_timeout(Some(timeout))?;
+        self.write_timeout = Some(timeout);
+        Ok(())
     }
 }
 
@@ -103,6 +120,7 @@ impl Io {
     pub(crate) fn close(&mut self, write_timeout: Duration) {
         if let Transport::Tls(s) = &mut self.transport {
             s.conn.send_close_notify();
+            self.write_timeout = None;
             let _ = self
                 .sock
                 .0
@@ -173,6 +191,7 @@ pub(crate) fn run(
         io: Io {
             transport,
             sock: sock.clone(),
+            write_timeout: None,
         },
         buf: InBuf::new(&shared.limits),
     };
@@ -411,4 +430,43 @@ fn handshake(
         }
     }
     Some(StreamOwned::new(tls, sock))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn the_write_timeout_is_set_again_only_when_it_moves_past_the_slack() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let sock = Sock(Arc::new(tcp));
+        let mut io = Io {
+            transport: Transport::Plain(sock.clone()),
+            sock: sock.clone(),
+            write_timeout: None,
+        };
+        let in_force = || sock.0.write_timeout().unwrap();
+        let secs = Duration::from_secs;
+        io.set_write_timeout(secs(30)).unwrap();
+        assert_eq!(in_force(), Some(secs(30)));
+        // What is left of a deadline a few microseconds later: the socket keeps its value.
+        io.set_write_timeout(secs(30) - Duration::from_micros(300))
+            .unwrap();
+        assert_eq!(in_force(), Some(secs(30)));
+        io.set_write_timeout(secs(30) + WRITE_TIMEOUT_SLACK)
+            .unwrap();
+        assert_eq!(in_force(), Some(secs(30)));
+        // Beyond the slack, either way, it is set.
+        io.set_write_timeout(secs(29)).unwrap();
+        assert_eq!(in_force(), Some(secs(29)));
+        io.set_write_timeout(secs(30)).unwrap();
+        assert_eq!(in_force(), Some(secs(30)));
+        // Set behind its back (closing a TLS connection does): forgotten, set again.
+        io.write_timeout = None;
+        sock.0.set_write_timeout(Some(secs(1))).unwrap();
+        io.set_write_timeout(secs(30)).unwrap();
+        assert_eq!(in_force(), Some(secs(30)));
+    }
 }
