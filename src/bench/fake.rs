@@ -12,16 +12,20 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
+
+use socket2::SockRef;
 
 use super::{find, since_epoch};
 use crate::http::lock;
 
 /// Stack of a fake connection thread: it parses a head and writes canned bytes.
 const STACK: usize = 64 * 1024;
+/// Threads kept waiting for connections beyond this many end.
+const MAX_IDLE: usize = 256;
 /// Largest request head or body the fake accepts.
 const MAX_REQUEST: usize = 1024 * 1024;
 
@@ -40,13 +44,16 @@ pub struct Profile {
 pub struct Fake {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    accept: Option<thread::JoinHandle<()>>,
+    listener: Arc<TcpListener>,
+    stopped: bool,
 }
 
 struct Shared {
     profile: Profile,
     stopping: AtomicBool,
     next_id: AtomicU64,
+    /// Threads waiting in `accept`.
+    idle: AtomicUsize,
     /// Open connections, so that `stop` can end them.
     open: Mutex<HashMap<u64, TcpStream>>,
     /// Requests answered (for tests and sanity checks).
@@ -56,23 +63,22 @@ struct Shared {
 impl Fake {
     /// Starts the fake on 127.0.0.1 on a port the kernel picks.
     pub fn start(profile: Profile) -> io::Result<Fake> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let listener = Arc::new(TcpListener::bind("127.0.0.1:0")?);
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             profile,
             stopping: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
+            idle: AtomicUsize::new(0),
             open: Mutex::new(HashMap::new()),
             answered: AtomicU64::new(0),
         });
-        let s = Arc::clone(&shared);
-        let accept = thread::Builder::new()
-            .name("fake-accept".into())
-            .spawn(move || accept_loop(&listener, &s))?;
+        spawn_acceptor(&listener, &shared)?;
         Ok(Fake {
             addr,
             shared,
-            accept: Some(accept),
+            listener,
+            stopped: false,
         })
     }
 
@@ -91,51 +97,69 @@ impl Fake {
     }
 
     fn halt(&mut self) {
+        self.stopped = true;
         self.shared.stopping.store(true, Ordering::Release);
-        // Wakes the accept thread, which then sees the flag.
+        // Wakes every thread blocked in `accept` (Linux), which then sees the flag; the
+        // connection covers platforms where it does not.
+        let _ = SockRef::from(&*self.listener).shutdown(Shutdown::Read);
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
         for s in lock(&self.shared.open).values() {
             let _ = s.shutdown(Shutdown::Both);
-        }
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
         }
     }
 }
 
 impl Drop for Fake {
     fn drop(&mut self) {
-        if self.accept.is_some() {
+        if !self.stopped {
             self.halt();
         }
     }
 }
 
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
-    for tcp in listener.incoming() {
+/// Starts one more thread waiting for a connection.
+fn spawn_acceptor(listener: &Arc<TcpListener>, shared: &Arc<Shared>) -> io::Result<()> {
+    shared.idle.fetch_add(1, Ordering::AcqRel);
+    let (l, s) = (Arc::clone(listener), Arc::clone(shared));
+    let spawned = thread::Builder::new()
+        .name("fake-conn".into())
+        .stack_size(STACK)
+        .spawn(move || accept_and_serve(&l, &s));
+    if spawned.is_err() {
+        shared.idle.fetch_sub(1, Ordering::AcqRel);
+    }
+    spawned.map(drop)
+}
+
+/// A fake thread: accepts a connection, serves it until it closes, and goes back to
+/// accepting. Threads are reused rather than started per connection, so that a client that
+/// opens a connection per request (the gateway does, per stream) does not make the fake pay
+/// a thread start each time; there is always one more thread waiting than connections open.
+fn accept_and_serve(listener: &Arc<TcpListener>, shared: &Arc<Shared>) {
+    loop {
+        let accepted = listener.accept();
         if shared.stopping.load(Ordering::Acquire) {
             return;
         }
-        let Ok(tcp) = tcp else {
+        let Ok((tcp, _)) = accepted else {
             // Out of descriptors: let connections end before accepting more.
             thread::sleep(Duration::from_millis(10));
             continue;
         };
+        if shared.idle.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last waiting thread took this one: keep one waiting.
+            let _ = spawn_acceptor(listener, shared);
+        }
         let _ = tcp.set_nodelay(true);
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(c) = tcp.try_clone() {
             lock(&shared.open).insert(id, c);
         }
-        let s = Arc::clone(shared);
-        let spawned = thread::Builder::new()
-            .name("fake-conn".into())
-            .stack_size(STACK)
-            .spawn(move || {
-                let _ = serve(tcp, &s);
-                lock(&s.open).remove(&id);
-            });
-        if spawned.is_err() {
-            lock(&shared.open).remove(&id);
+        let _ = serve(tcp, shared);
+        lock(&shared.open).remove(&id);
+        if shared.idle.fetch_add(1, Ordering::AcqRel) >= MAX_IDLE {
+            shared.idle.fetch_sub(1, Ordering::AcqRel);
+            return;
         }
     }
 }

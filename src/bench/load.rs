@@ -30,6 +30,9 @@ pub struct Plan {
     pub conns: usize,
     /// Sent but not recorded (fills the gateway's upstream pool, wakes threads).
     pub warmup: Duration,
+    /// Connection `i` of `n` starts `stagger * i / n` after the others (within the warm-up),
+    /// so that streams of equal length do not all start and end at the same instant.
+    pub stagger: Duration,
     pub measure: Duration,
 }
 
@@ -68,12 +71,12 @@ pub fn post(addr: SocketAddr, path: &str, body: &str) -> Vec<u8> {
 pub fn run(plan: &Plan, progress: &Arc<Progress>) -> Samples {
     let gate = Arc::new(Gate::default());
     let mut handles = Vec::with_capacity(plan.conns);
-    for _ in 0..plan.conns {
+    for i in 0..plan.conns {
         let (plan, gate, counters) = (plan.clone(), gate.clone(), progress.clone());
         let spawned = thread::Builder::new()
             .name("bench-load".into())
             .stack_size(STACK)
-            .spawn(move || drive(&plan, &gate, &counters));
+            .spawn(move || drive(&plan, i, &gate, &counters));
         match spawned {
             Ok(h) => handles.push(h),
             Err(_) => {
@@ -127,11 +130,13 @@ impl Gate {
 }
 
 /// One connection's loop.
-fn drive(plan: &Plan, gate: &Gate, progress: &Progress) -> Samples {
+fn drive(plan: &Plan, index: usize, gate: &Gate, progress: &Progress) -> Samples {
     let mut conn = Conn::open(plan.addr).ok();
     let mut s = Samples::default();
     gate.arrive();
     let begin = Instant::now();
+    let offset = plan.stagger.min(plan.warmup) * index as u32 / plan.conns.max(1) as u32;
+    thread::sleep(offset);
     let from = begin + plan.warmup;
     let end = from + plan.measure;
     let mut events = Vec::new();

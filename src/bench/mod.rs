@@ -71,6 +71,8 @@ pub struct Options {
     pub direct_only: bool,
     /// Skip the stream measurements.
     pub no_stream: bool,
+    /// Skip the JSON (non-streamed) measurements.
+    pub no_json: bool,
     pub stream_events: usize,
     pub stream_gap: Duration,
     /// The fake's delay before every answer.
@@ -104,6 +106,7 @@ tables and writes the numbers as JSON.
   -gateway PATH         the sigorest binary (default: next to this one)
   -direct-only          measure the fake upstream only, without a gateway
   -no-stream            skip the stream measurements
+  -no-json              skip the non-streamed (JSON) measurements
   -stream-events N      events per stream (default 20)
   -stream-gap-ms N      milliseconds between stream events (default 10)
   -upstream-delay-ms N  the fake's delay before each answer (default 0)
@@ -135,6 +138,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, BenchError> {
     let quick = a.contains("--quick");
     let direct_only = a.contains("--direct-only");
     let no_stream = a.contains("--no-stream");
+    let no_json = a.contains("--no-json");
     let rest = a.finish();
     if let Some(r) = rest.first() {
         return Err(BenchError::Usage(format!(
@@ -193,6 +197,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, BenchError> {
         gateway: gateway.unwrap_or_else(gateway::default_binary),
         direct_only,
         no_stream,
+        no_json,
         stream_events: events,
         stream_gap: ms("-stream-gap-ms", gap, 10)?,
         upstream_delay: ms("-upstream-delay-ms", delay, 0)?,
@@ -253,13 +258,15 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report, BenchError> {
     let direct_json = body("gpt-4.1", false);
     let gw_json = body("gpt41", false);
     let mut json_rows = Vec::new();
-    for &n in &opts.levels {
+    let json_levels: &[usize] = if opts.no_json { &[] } else { &opts.levels };
+    for &n in json_levels {
         let plan = |addr, body: &str, stream| Plan {
             addr,
             request: Arc::new(load::post(addr, DIRECT_PATH, body)),
             stream,
             conns: n,
             warmup,
+            stagger: Duration::ZERO,
             measure: opts.duration,
         };
         let direct = report::latency(phase_plain(
@@ -295,6 +302,9 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report, BenchError> {
             stream: true,
             conns: n,
             warmup,
+            // Streams of equal length started together would start and end together
+            // forever: spread them over one stream's length, as real clients are.
+            stagger: opts.stream_gap * opts.stream_events as u32,
             measure: opts.duration,
         };
         let direct = report::stream_latency(phase_plain(
