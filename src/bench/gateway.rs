@@ -85,6 +85,13 @@ impl Gateway {
                 launch.binary.display()
             )));
         }
+        if older_than_this_program(launch.binary) {
+            // `cargo run --bin sigorest-bench` rebuilds only the bench, not the server.
+            eprintln!(
+                "sigorest-bench: warning: {} is older than this program; `cargo build --release` first to measure the current code",
+                launch.binary.display()
+            );
+        }
         let dir = std::env::temp_dir().join(format!("sigorest-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .map_err(|e| BenchError::io("creating a work directory", e))?;
@@ -186,6 +193,19 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.terminate();
+    }
+}
+
+/// Whether `binary` was built before the running bench (both come from one crate, so the
+/// server may be stale).
+fn older_than_this_program(binary: &Path) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (
+        modified(binary),
+        std::env::current_exe().ok().and_then(|e| modified(&e)),
+    ) {
+        (Some(server), Some(bench)) => server < bench,
+        _ => false,
     }
 }
 
