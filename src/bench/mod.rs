@@ -72,7 +72,7 @@ pub struct Options {
     /// Skip the stream measurements.
     pub no_stream: bool,
     /// Skip the JSON (non-streamed) measurements.
-    pub no_json: bool,
+    pub no_completions: bool,
     pub stream_events: usize,
     pub stream_gap: Duration,
     /// The fake's delay before every answer.
@@ -106,7 +106,7 @@ tables and writes the numbers as JSON.
   -gateway PATH         the sigorest binary (default: next to this one)
   -direct-only          measure the fake upstream only, without a gateway
   -no-stream            skip the stream measurements
-  -no-json              skip the non-streamed (JSON) measurements
+  -no-completions       skip the non-streamed (JSON) completions
   -stream-events N      events per stream (default 20)
   -stream-gap-ms N      milliseconds between stream events (default 10)
   -upstream-delay-ms N  the fake's delay before each answer (default 0)
@@ -138,7 +138,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, BenchError> {
     let quick = a.contains("--quick");
     let direct_only = a.contains("--direct-only");
     let no_stream = a.contains("--no-stream");
-    let no_json = a.contains("--no-json");
+    let no_completions = a.contains("--no-completions");
     let rest = a.finish();
     if let Some(r) = rest.first() {
         return Err(BenchError::Usage(format!(
@@ -197,7 +197,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, BenchError> {
         gateway: gateway.unwrap_or_else(gateway::default_binary),
         direct_only,
         no_stream,
-        no_json,
+        no_completions,
         stream_events: events,
         stream_gap: ms("-stream-gap-ms", gap, 10)?,
         upstream_delay: ms("-upstream-delay-ms", delay, 0)?,
@@ -258,7 +258,11 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report, BenchError> {
     let direct_json = body("gpt-4.1", false);
     let gw_json = body("gpt41", false);
     let mut json_rows = Vec::new();
-    let json_levels: &[usize] = if opts.no_json { &[] } else { &opts.levels };
+    let json_levels: &[usize] = if opts.no_completions {
+        &[]
+    } else {
+        &opts.levels
+    };
     for &n in json_levels {
         let plan = |addr, body: &str, stream| Plan {
             addr,
