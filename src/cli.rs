@@ -7,7 +7,7 @@
 //! embedded catalog, `memory.json` and the session files through [`Memory`] and
 //! [`SessionStore`], the body through [`ChatRequest::upstream_body`] (memory, history,
 //! clamps), the call through [`Upstream`] (retries, deadlines), the stream through
-//! [`completion::read_stream`]. Through a gateway, the session, timeout and retries go as the
+//! [`completion::read_open_stream`]. Through a gateway, the session, timeout and retries go as the
 //! gateway's extensions, and memory and sessions are the gateway's business.
 
 use std::ffi::OsString;
@@ -705,22 +705,15 @@ fn read_prompt(opts: &Options) -> Result<String, Stop> {
 /// (a reader like `head` that stopped early): sigoe ends quietly then, without keeping the
 /// turn.
 fn print_stream(stream: OpenStream, short: &str) -> Result<Option<Gathered>, Stop> {
-    let OpenStream {
-        first,
-        mut events,
-        agent,
-    } = stream;
     let mut gathered = Gathered::default();
     let mut out = std::io::stdout().lock();
-    let end = completion::read_stream(first, &mut events, &mut gathered, |_, fed| {
+    let end = completion::read_open_stream(stream, &mut gathered, |_, fed| {
         if fed.text.is_empty() {
             return Ok(());
         }
         out.write_all(fed.text.as_bytes())?;
         out.flush()
     });
-    drop(events);
-    agent.shutdown();
     // Whatever was printed ends with a line break, so the shell prompt (or the reason of a
     // failure on stderr) starts on a line of its own.
     let text = gathered.text();

@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::memory::Memory;
 use crate::session::{Message, SessionStore};
 use crate::sse::{Event, EventReader};
+use crate::upstream::OpenStream;
 
 /// A request made ready for one model: the upstream body, and what the session needs once
 /// the answer is in.
@@ -154,6 +155,24 @@ pub fn read_stream<R: BufRead>(
             Err(e) => return StreamEnd::Failed(format!("stream broken: {e}")),
         }
     }
+}
+
+/// Reads an opened upstream stream to its end (see [`read_stream`]) and closes its
+/// connection, however the stream ended.
+pub fn read_open_stream(
+    stream: OpenStream,
+    gathered: &mut Gathered,
+    each: impl FnMut(&str, Fed<'_>) -> io::Result<()>,
+) -> StreamEnd {
+    let OpenStream {
+        first,
+        mut events,
+        agent,
+    } = stream;
+    let end = read_stream(first, &mut events, gathered, each);
+    drop(events);
+    agent.shutdown();
+    end
 }
 
 /// What is kept from a stream: the assistant's text, tool-call fragments, usage.

@@ -84,12 +84,7 @@ impl App {
             Err(failure) => return Err(fail(permit, failure, &prepared.short)),
         };
         permit.finish(Outcome::Success);
-        if let Some(n) = parsed.prompt_tokens {
-            log.push(("prompt_tokens", n.to_string()));
-        }
-        if let Some(n) = parsed.completion_tokens {
-            log.push(("completion_tokens", n.to_string()));
-        }
+        log_tokens(log, parsed.prompt_tokens, parsed.completion_tokens);
         prepared.save_turn(&self.sessions, chat::assistant_message(parsed.content));
         Ok(Response::full(200, "application/json", answer))
     }
@@ -105,22 +100,15 @@ impl App {
         prepared.body = Vec::new();
         let sessions = self.sessions.clone();
         let body = Box::new(move |sink: &mut dyn Sink, log: &mut LogFields| {
-            let OpenStream {
-                first,
-                mut events,
-                agent,
-            } = stream;
             let mut gathered = Gathered::default();
-            let end = completion::read_stream(first, &mut events, &mut gathered, |payload, fed| {
+            let end = completion::read_open_stream(stream, &mut gathered, |payload, fed| {
                 if fed.usage_only && !client_wants_usage {
                     return Ok(());
                 }
                 sink.send(&sse::frame(payload))
             });
-            // The upstream connection is closed here, whatever happened.
-            drop(events);
-            agent.shutdown();
-            log_usage(&gathered, log);
+            let (prompt, completion) = gathered.usage();
+            log_tokens(log, prompt, completion);
             match end {
                 StreamEnd::Done => {
                     permit.finish(Outcome::Success);
@@ -154,9 +142,8 @@ fn fail(permit: Permit, failure: Failure, short: &str) -> Error {
     failure.into_error(short)
 }
 
-/// Adds the stream's token usage to the access log line.
-fn log_usage(gathered: &Gathered, log: &mut LogFields) {
-    let (prompt, completion) = gathered.usage();
+/// Adds the token usage, where the provider reported it, to the access log line.
+fn log_tokens(log: &mut LogFields, prompt: Option<u64>, completion: Option<u64>) {
     if let Some(n) = prompt {
         log.push(("prompt_tokens", n.to_string()));
     }
