@@ -128,7 +128,7 @@ pub fn read_stream<R: BufRead>(
                 let before = gathered.text.len();
                 let chunk = gathered.take(&payload);
                 if let Some(message) = chunk.error {
-                    return StreamEnd::Failed(format!("provider reported an error: {message}"));
+                    return StreamEnd::Failed(crate::upstream::reported(&message));
                 }
                 let usage_only = chunk.usage_only;
                 let fed = Fed {

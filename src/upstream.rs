@@ -258,9 +258,7 @@ impl Upstream {
             let first = match events.next_event() {
                 Ok(Some(Event::Data(d))) => {
                     if let Some(msg) = error_event(&d) {
-                        return Err(Failure::BadAnswer(format!(
-                            "provider reported an error: {msg}"
-                        )));
+                        return Err(Failure::BadAnswer(reported(&msg)));
                     }
                     Event::Data(d)
                 }
@@ -453,11 +451,16 @@ fn check_answer(body: &[u8]) -> Result<crate::chat::Answer, Failure> {
         Ok(answer) => Ok(answer),
         Err(why) => Err(Failure::BadAnswer(
             match error_event(&String::from_utf8_lossy(body)) {
-                Some(msg) => format!("provider reported an error: {msg}"),
+                Some(msg) => reported(&msg),
                 None => why,
             },
         )),
     }
+}
+
+/// How a provider's own error message is told to the client.
+pub fn reported(message: &str) -> String {
+    format!("provider reported an error: {message}")
 }
 
 /// The message of an `{"error": ...}` object, if this payload is one.
@@ -481,7 +484,7 @@ pub fn error_message(err: &serde_json::Value) -> String {
 
 fn json_instead_of_stream(body: &[u8]) -> String {
     match error_event(&String::from_utf8_lossy(body)) {
-        Some(msg) => format!("provider reported an error: {msg}"),
+        Some(msg) => reported(&msg),
         None => "provider answered JSON instead of an event stream".to_string(),
     }
 }
