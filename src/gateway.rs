@@ -161,14 +161,12 @@ impl App {
     /// Finds a model: a listed cloud model by short code or id, else a discovered Ollama model.
     pub(crate) fn resolve(&self, name: &str) -> Result<Resolved, Error> {
         if let Some(model) = self.listed().get(name) {
+            let url = model.provider.chat_url(&self.env);
             let target = Target {
-                url: model.provider.chat_url(&self.env),
+                // No proxy can reach a loopback upstream for us.
+                direct: is_loopback_url(&url),
+                url,
                 key: model.provider.key(&self.env).map(str::to_string),
-                direct: false,
-            };
-            let target = Target {
-                direct: is_loopback_url(&target.url),
-                ..target
             };
             return Ok(Resolved {
                 model: model.clone(),
@@ -184,7 +182,7 @@ impl App {
                 // The real Ollama name goes upstream (`to_model` makes it the id), with no
                 // key and never through a proxy.
                 let target = Target {
-                    url: format!("{}/v1/chat/completions", self.ollama.base_url()),
+                    url: Provider::Ollama.chat_url(&self.env),
                     key: None,
                     direct: true,
                 };
