@@ -40,11 +40,6 @@ impl Env {
             .map(String::as_str)
             .filter(|v| !v.trim().is_empty())
     }
-
-    /// Sets a variable (tests and tools).
-    pub fn set(&mut self, name: &str, value: &str) {
-        self.vars.insert(name.to_string(), value.to_string());
-    }
 }
 
 #[cfg(test)]

@@ -89,26 +89,6 @@ impl Request {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
-
-    /// A request for tests and tools: `GET`/`POST` with a body, from 127.0.0.1 over HTTP/1.1.
-    pub fn new(method: &str, path: &str, body: &[u8]) -> Request {
-        let (path, query) = match path.split_once('?') {
-            Some((p, q)) => (p.to_string(), Some(q.to_string())),
-            None => (path.to_string(), None),
-        };
-        Request {
-            method: method.to_string(),
-            path,
-            query,
-            version: Version::Http11,
-            headers: Vec::new(),
-            body: body.to_vec(),
-            peer: IpAddr::from([127, 0, 0, 1]),
-            tls: false,
-            received: Instant::now(),
-            hangup: Hangup::default(),
-        }
-    }
 }
 
 /// Extra `key=value` fields a handler adds to the request's access log line
@@ -206,14 +186,6 @@ impl Response {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
-    }
-
-    /// The complete body, or `None` for a streamed one.
-    pub fn body_bytes(&self) -> Option<&[u8]> {
-        match &self.body {
-            Body::Full(b) => Some(b),
-            Body::Stream(_) => None,
-        }
     }
 }
 
