@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
-use sigorest::access::AllowList;
+use sigorest::http::AllowList;
 use sigorest::http::{ListenerConfig, Request, Response, ServerConfig, Stats, start};
 
 struct StderrLog;

@@ -10,8 +10,6 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use crate::http::Response;
-
 /// Everything that can go wrong for a client.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
@@ -220,14 +218,6 @@ impl Error {
             "code": self.code(),
         }})
     }
-
-    /// The whole HTTP response.
-    pub fn to_response(&self) -> Response {
-        let mut resp = Response::json(self.status(), &self.body());
-        resp.headers.extend(self.headers());
-        resp.log.push(("error", self.code().to_string()));
-        resp
-    }
 }
 
 impl fmt::Display for Error {
@@ -383,9 +373,6 @@ mod tests {
             assert!(err["type"].is_string(), "{e:?}");
             assert!(err["code"].is_string(), "{e:?}");
             assert!(err.as_object().unwrap().contains_key("param"), "{e:?}");
-            let resp = e.to_response();
-            assert_eq!(resp.status, e.status());
-            assert_eq!(resp.header("content-type"), Some("application/json"));
         }
     }
 

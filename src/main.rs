@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             .unwrap_or_default();
         log::error!(thread = thread.name().unwrap_or("?"), location = location.as_str(), message = message.as_str(); "panic");
     }));
-    match sigorest::app::run(&config, sigorest::env::Env::from_process()) {
+    match sigorest::server::run(&config, sigorest::env::Env::from_process()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!(error = e.to_string(); "sigorest cannot run");

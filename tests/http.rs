@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::json;
-use sigorest::access::AllowList;
+use sigorest::http::AllowList;
 use sigorest::http::{
     Handler, Limits, ListenerConfig, Request, Response, Server, ServerConfig, Stats, Timeouts,
     start,

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sigorest::clock::SystemClock;
-use sigorest::ollama::{Lookup, Ollama};
+use sigorest::parts::SystemClock;
+use sigorest::parts::{Lookup, Ollama};
 
 use crate::support::gateway::{Gateway, Options};
 use crate::support::upstream::{FakeUpstream, Recorded, Reply};

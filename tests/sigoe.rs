@@ -502,7 +502,7 @@ fn list_shows_every_catalog_model_aligned() {
     let run = sigoe(dir.path(), &env, &["-l"], None);
     let out = run.ok();
     let lines: Vec<&str> = out.lines().collect();
-    let catalog = sigorest::catalog::Catalog::embedded();
+    let catalog = sigorest::parts::Catalog::embedded();
     assert_eq!(lines.len(), catalog.all().len() + 1);
     assert!(lines[0].starts_with("MODEL "), "{}", lines[0]);
     for col in [

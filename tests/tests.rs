@@ -5,7 +5,6 @@
 mod support;
 
 mod api;
-mod bench;
 mod chat;
 mod fake_upstream;
 mod http;

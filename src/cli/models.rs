@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::catalog::{Model, Provider};
+use crate::state::catalog::{Model, Provider};
 
 /// Whether a model's provider key is set where the call is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,8 +7,7 @@
 //! shared through an `Arc`, so the thread can watch it (`peek`) while a worker writes on it,
 //! and the server can shut it down at the end of a shutdown's grace, with one descriptor.
 
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Shutdown, TcpStream};
+use std::net::{IpAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -16,16 +15,16 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use rustls::{ServerConnection, StreamOwned};
 
-use super::parse::{InBuf, ReadError, Rejection, Wire, is_transient, read_body, read_head};
-use super::server::{Job, ListenerCtx, Shared};
+use super::access::AllowList;
+use super::parse::{InBuf, ReadError, Rejection, read_body, read_head};
+use super::shared::Shared;
+use super::wire::{Io, Sock, Transport, is_transient};
 use super::write::{Reply, access_log, write_response};
-use super::{Hangup, Request};
+use super::{Hangup, Request, Response};
 use crate::error::Error;
 
 /// While a worker answers, how often the connection thread looks whether the client left.
 const POLL: Duration = Duration::from_millis(250);
-/// After a refusal, at most this many bytes are read and dropped while lingering.
-const LINGER_BYTES: usize = 64 * 1024 * 1024;
 /// A TLS record header's first byte for an alert (a `close_notify`, usually).
 const TLS_ALERT: u8 = 0x15;
 /// TLS 1.3 hides the record type: every record says "application data" (0x17). An encrypted
@@ -33,124 +32,20 @@ const TLS_ALERT: u8 = 0x15;
 const TLS13_RECORD: u8 = 0x17;
 const TLS13_ALERT_LEN: u16 = 2 + 1 + 16;
 
-/// The socket, shared between the connection thread, the worker answering on it, and the
-/// server's list of open connections.
-#[derive(Clone)]
-pub(crate) struct Sock(pub(crate) Arc<TcpStream>);
-
-impl Read for Sock {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0).read(buf)
-    }
+/// A listener's settings, as its connections need them.
+pub(crate) struct ListenerCtx {
+    pub(crate) allow: AllowList,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) port: u16,
 }
 
-impl Write for Sock {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&*self.0).write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        (&*self.0).flush()
-    }
-}
-
-enum Transport {
-    Plain(Sock),
-    Tls(Box<StreamOwned<ServerConnection, Sock>>),
-}
-
-/// How far the socket's write timeout may be from the one asked for before it is set again.
-/// `write_all_within` arms the timeout before every write and flush with what is left of its
-/// deadline, which moves by microseconds between calls: setting it each time cost two
-/// `setsockopt` calls per response and per stream event (sigorest-bench, strace).
-const WRITE_TIMEOUT_SLACK: Duration = Duration::from_millis(1);
-
-/// Bytes to and from the client, in clear or through TLS.
-pub(crate) struct Io {
-    transport: Transport,
-    sock: Sock,
-    /// The write timeout last set on the socket through this `Io` (`None`: unknown).
-    write_timeout: Option<Duration>,
-}
-
-impl Read for Io {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match &mut self.transport {
-            Transport::Plain(s) => s.read(buf),
-            Transport::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Io {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut self.transport {
-            Transport::Plain(s) => s.write(buf),
-            Transport::Tls(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match &mut self.transport {
-            Transport::Plain(s) => s.flush(),
-            Transport::Tls(s) => s.flush(),
-        }
-    }
-}
-
-impl Wire for Io {
-    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        self.sock.0.set_read_timeout(Some(timeout))
-    }
-    fn set_write_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        if self
-            .write_timeout
-            .is_some_and(|t| t.abs_diff(timeout) <= WRITE_TIMEOUT_SLACK)
-        {
-            return Ok(());
-        }
-        self.write_timeout = None;
-        self.sock.0.set_write_timeout(Some(timeout))?;
-        self.write_timeout = Some(timeout);
-        Ok(())
-    }
-}
-
-impl Io {
-    /// Ends the connection gracefully: `close_notify` on TLS, then FIN. The descriptor itself
-    /// closes when the last holder drops it.
-    pub(crate) fn close(&mut self, write_timeout: Duration) {
-        if let Transport::Tls(s) = &mut self.transport {
-            s.conn.send_close_notify();
-            self.write_timeout = None;
-            let _ = self
-                .sock
-                .0
-                .set_write_timeout(Some(write_timeout.min(Duration::from_secs(1))));
-            let _ = s.flush();
-        }
-        let _ = self.sock.0.shutdown(Shutdown::Write);
-    }
-
-    /// After [`Io::close`]: reads and drops what the client still sends, for at most `time`
-    /// and [`LINGER_BYTES`], so that it reads our answer instead of a reset. Never a full drain.
-    fn linger(&mut self, time: Duration) {
-        let deadline = Instant::now() + time;
-        let mut scratch = [0u8; 8192];
-        let mut total = 0;
-        while total < LINGER_BYTES {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                break;
-            };
-            if left.is_zero() || self.sock.0.set_read_timeout(Some(left)).is_err() {
-                break;
-            }
-            match self.sock.read(&mut scratch) {
-                Ok(0) => break,
-                Ok(n) => total += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-    }
+/// A request on its way to a worker, with its connection.
+pub(crate) struct Job {
+    pub(crate) req: Request,
+    pub(crate) conn: Conn,
+    pub(crate) reply: Reply,
+    /// Where the connection goes back for keep-alive; dropping it closes the connection.
+    pub(crate) back: Sender<Conn>,
 }
 
 /// A connection between requests: the transport and the bytes read ahead.
@@ -298,7 +193,7 @@ pub(crate) fn run(
                     keep_alive: reply.keep_alive && !stop(),
                     ..reply
                 };
-                let resp = Error::Overloaded { retry_after_s: 1 }.to_response();
+                let resp = Response::error(&Error::Overloaded { retry_after_s: 1 });
                 let out = write_response(&mut conn.io, &reply, resp);
                 access_log(
                     &req.method,
@@ -391,7 +286,7 @@ fn refuse(
         keep_alive: false,
         write_timeout: t.write,
     };
-    let out = write_response(&mut conn.io, &reply, error.to_response());
+    let out = write_response(&mut conn.io, &reply, Response::error(&error));
     if log_access {
         let method = method.as_deref().unwrap_or("-");
         let path = path.as_deref().unwrap_or("-");
@@ -430,43 +325,4 @@ fn handshake(
         }
     }
     Some(StreamOwned::new(tls, sock))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::TcpListener;
-
-    #[test]
-    fn the_write_timeout_is_set_again_only_when_it_moves_past_the_slack() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let sock = Sock(Arc::new(tcp));
-        let mut io = Io {
-            transport: Transport::Plain(sock.clone()),
-            sock: sock.clone(),
-            write_timeout: None,
-        };
-        let in_force = || sock.0.write_timeout().unwrap();
-        let secs = Duration::from_secs;
-        io.set_write_timeout(secs(30)).unwrap();
-        assert_eq!(in_force(), Some(secs(30)));
-        // What is left of a deadline a few microseconds later: the socket keeps its value.
-        io.set_write_timeout(secs(30) - Duration::from_micros(300))
-            .unwrap();
-        assert_eq!(in_force(), Some(secs(30)));
-        io.set_write_timeout(secs(30) + WRITE_TIMEOUT_SLACK)
-            .unwrap();
-        assert_eq!(in_force(), Some(secs(30)));
-        // Beyond the slack, either way, it is set.
-        io.set_write_timeout(secs(29)).unwrap();
-        assert_eq!(in_force(), Some(secs(29)));
-        io.set_write_timeout(secs(30)).unwrap();
-        assert_eq!(in_force(), Some(secs(30)));
-        // Set behind its back (closing a TLS connection does): forgotten, set again.
-        io.write_timeout = None;
-        sock.0.set_write_timeout(Some(secs(1))).unwrap();
-        io.set_write_timeout(secs(30)).unwrap();
-        assert_eq!(in_force(), Some(secs(30)));
-    }
 }

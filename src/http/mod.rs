@@ -30,19 +30,26 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
-use crate::access::AllowList;
+use crate::error::Error;
+pub use crate::util::Hangup;
+pub use access::{AllowList, Cidr};
 
+pub mod access;
 mod conn;
 #[cfg(test)]
 mod fuzz_tests;
 mod parse;
 mod server;
+mod shared;
 #[cfg(test)]
 mod testwire;
+pub mod tls;
+mod wire;
+mod worker;
 mod write;
 
 pub use server::{Server, start};
@@ -163,6 +170,15 @@ impl Response {
         Response::full(status, "application/json", body)
     }
 
+    /// An error in OpenAI's shape, with its status, headers (`Retry-After`, ...) and its code
+    /// in the access log.
+    pub fn error(e: &Error) -> Response {
+        let mut resp = Response::json(e.status(), &e.body());
+        resp.headers.extend(e.headers());
+        resp.log.push(("error", e.code().to_string()));
+        resp
+    }
+
     /// A streamed response with a `Content-Type`.
     pub fn stream(status: u16, content_type: &str, body: StreamBody) -> Response {
         Response {
@@ -201,71 +217,6 @@ where
     fn handle(&self, req: &Request) -> Response {
         self(req)
     }
-}
-
-type Callback = Box<dyn FnOnce() + Send>;
-
-/// Tells a running handler that its client has gone away. The server fires it when it sees
-/// the connection closed while a handler still works on it; a handler registers what to
-/// interrupt (an upstream call) with [`Hangup::on_hangup`].
-#[derive(Clone, Default)]
-pub struct Hangup {
-    inner: Arc<HangupInner>,
-}
-
-#[derive(Default)]
-struct HangupInner {
-    fired: AtomicBool,
-    callbacks: Mutex<Vec<Callback>>,
-}
-
-impl std::fmt::Debug for Hangup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Hangup(fired: {})", self.is_fired())
-    }
-}
-
-impl Hangup {
-    /// Whether the client has gone away.
-    pub fn is_fired(&self) -> bool {
-        self.inner.fired.load(Ordering::Acquire)
-    }
-
-    /// Runs `f` when the client goes away; at once if it already has.
-    pub fn on_hangup(&self, f: impl FnOnce() + Send + 'static) {
-        let mut callbacks = lock(&self.inner.callbacks);
-        if self.is_fired() {
-            drop(callbacks);
-            f();
-        } else {
-            callbacks.push(Box::new(f));
-        }
-    }
-
-    /// Marks the client as gone and runs the registered callbacks (once).
-    pub fn fire(&self) {
-        let callbacks = {
-            let mut guard = lock(&self.inner.callbacks);
-            if self.inner.fired.swap(true, Ordering::AcqRel) {
-                return;
-            }
-            std::mem::take(&mut *guard)
-        };
-        for f in callbacks {
-            f();
-        }
-    }
-
-    /// Forgets the registered callbacks (the handler is done with what they would interrupt).
-    pub fn clear(&self) {
-        lock(&self.inner.callbacks).clear();
-    }
-}
-
-/// Locks a mutex, recovering the data from a poisoned one: every mutex in sigorest guards
-/// plain bookkeeping that stays consistent when a holder panics.
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Live counters, shared with the application for `/api/health`.

@@ -7,10 +7,9 @@
 //! `limits.body_bytes`, and a declared body over the limit is refused before a byte of it is
 //! read.
 
-use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
-use super::write::write_all_within;
+use super::wire::{Wire, is_transient, write_all_within};
 use super::{Limits, Version};
 use crate::error::Error;
 
@@ -26,13 +25,6 @@ const MAX_TRAILERS: usize = 16 * 1024;
 const FIRST_READ: usize = 4 * 1024;
 /// The input buffer is never smaller than this, so a chunk-size line always fits.
 const MIN_BUF: usize = 8 * 1024;
-
-/// A connection as the reader and writer see it: bytes in and out, and a bound on how long
-/// the next blocking call may take (a socket timeout on a real connection).
-pub(crate) trait Wire: Read + Write {
-    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()>;
-    fn set_write_timeout(&mut self, timeout: Duration) -> io::Result<()>;
-}
 
 /// Why no request came out of the connection.
 #[derive(Debug)]
@@ -217,15 +209,6 @@ pub(crate) fn read_timed<W: Wire + ?Sized>(
             Err(_) => return Err(ReadError::Closed),
         }
     }
-}
-
-/// Whether a socket error only means "nothing yet": a read timeout (which the callers turn
-/// into their own deadlines) or an interruption.
-pub(crate) fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-    )
 }
 
 /// Never stops: for bodies, whose requests are in flight once their head is read.

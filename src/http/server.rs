@@ -8,20 +8,19 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
-use super::conn::{self, Conn, Sock};
-use super::write::{Reply, access_log, write_response};
-use super::{Handler, Hangup, Limits, Request, ServerConfig, Stats, Timeouts, lock};
-use crate::access::AllowList;
-use crate::error::Error;
+use super::conn::{self, Job, ListenerCtx};
+use super::shared::{Shared, Slot, Tracked};
+use super::worker::work;
+use super::{Handler, ServerConfig, Stats};
+use crate::util::lock;
 
 /// Stack of a connection thread: it parses and does TLS, nothing deep.
 const CONN_STACK: usize = 256 * 1024;
@@ -44,106 +43,6 @@ pub struct Server {
     accept_threads: Vec<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     stopped: bool,
-}
-
-/// What every thread of one server shares.
-pub(crate) struct Shared {
-    handler: Arc<dyn Handler>,
-    pub(crate) limits: Limits,
-    pub(crate) timeouts: Timeouts,
-    pub(crate) stats: Arc<Stats>,
-    stopping: AtomicBool,
-    prefix: String,
-    next_id: AtomicU64,
-    /// Open connections, so that shutdown can end them after its grace.
-    open: Mutex<HashMap<u64, Tracked>>,
-}
-
-struct Tracked {
-    sock: Option<Sock>,
-    hangup: Option<Hangup>,
-    /// The connection waits for a request (see [`Shared::wake_waiting`]).
-    waiting: Arc<AtomicBool>,
-}
-
-impl Shared {
-    pub(crate) fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
-    /// Registers the connection's socket; returns its "waiting for a request" flag.
-    pub(crate) fn track(&self, id: u64, sock: Sock) -> Arc<AtomicBool> {
-        let waiting = Arc::new(AtomicBool::new(true));
-        if let Some(t) = lock(&self.open).get_mut(&id) {
-            t.sock = Some(sock);
-            t.waiting = Arc::clone(&waiting);
-        }
-        waiting
-    }
-
-    /// Ends every wait for a request (idle keep-alive, handshake, head) by shutting the read
-    /// side of its socket: the blocked read returns at once. Requests under way are left alone.
-    fn wake_waiting(&self) {
-        let open = lock(&self.open);
-        for t in open.values().filter(|t| t.waiting.load(Ordering::SeqCst)) {
-            if let Some(s) = &t.sock {
-                let _ = s.0.shutdown(Shutdown::Read);
-            }
-        }
-    }
-
-    pub(crate) fn set_hangup(&self, id: u64, hangup: Option<Hangup>) {
-        if let Some(t) = lock(&self.open).get_mut(&id) {
-            t.hangup = hangup;
-        }
-    }
-
-    /// Shuts every open socket down (their threads see errors at once) and tells running
-    /// handlers that their clients are gone.
-    fn force_close(&self) {
-        let hangups: Vec<Hangup> = {
-            let open = lock(&self.open);
-            for s in open.values().filter_map(|t| t.sock.as_ref()) {
-                let _ = s.0.shutdown(Shutdown::Both);
-            }
-            open.values().filter_map(|t| t.hangup.clone()).collect()
-        };
-        for h in hangups {
-            h.fire();
-        }
-    }
-}
-
-/// One counted connection; uncounts it when dropped, on whatever path its thread ends.
-struct Slot {
-    shared: Arc<Shared>,
-    id: u64,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        lock(&self.shared.open).remove(&self.id);
-        self.shared
-            .stats
-            .connections_open
-            .fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A listener's settings, as its connections need them.
-pub(crate) struct ListenerCtx {
-    pub(crate) allow: AllowList,
-    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
-    pub(crate) port: u16,
-}
-
-/// A request on its way to a worker, with its connection.
-pub(crate) struct Job {
-    pub(crate) req: Request,
-    pub(crate) conn: Conn,
-    pub(crate) reply: Reply,
-    /// Where the connection goes back for keep-alive; dropping it closes the connection.
-    pub(crate) back: Sender<Conn>,
 }
 
 /// Binds every listener (dual-stack when the address is `[::]`), starts the accept threads
@@ -350,71 +249,6 @@ fn admit(
         })
         .map(drop)
         .map_err(Refused::Spawn)
-}
-
-fn work(shared: &Shared, queue: &Receiver<Job>) {
-    while let Ok(job) = queue.recv() {
-        shared
-            .stats
-            .queue_depth
-            .store(queue.len(), Ordering::Relaxed);
-        shared.stats.workers_busy.fetch_add(1, Ordering::AcqRel);
-        // `answer` catches the handler's panics; this only guards against our own bugs.
-        if catch_unwind(AssertUnwindSafe(|| answer(shared, job))).is_err() {
-            log::error!("worker recovered from a panic while answering");
-        }
-        shared.stats.workers_busy.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Handles one request on a worker and writes its response.
-fn answer(shared: &Shared, job: Job) {
-    let Job {
-        req,
-        mut conn,
-        reply,
-        back,
-    } = job;
-    let t = &shared.timeouts;
-    let resp = if req.received.elapsed() > t.queue_wait {
-        Error::Overloaded { retry_after_s: 1 }.to_response()
-    } else {
-        match catch_unwind(AssertUnwindSafe(|| shared.handler.handle(&req))) {
-            Ok(resp) => resp,
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                log::error!(method = req.method.as_str(), path = req.path.as_str(), panic = what.as_str(); "handler panicked");
-                Error::Internal {
-                    message: "internal error: the request handler failed".to_string(),
-                }
-                .to_response()
-            }
-        }
-    };
-    let reply = Reply {
-        keep_alive: reply.keep_alive && !shared.is_stopping(),
-        ..reply
-    };
-    let out = write_response(&mut conn.io, &reply, resp);
-    req.hangup.clear();
-    access_log(
-        &req.method,
-        &req.path,
-        out.status,
-        req.peer,
-        req.received,
-        &out.log,
-    );
-    if out.keep_alive && !shared.is_stopping() {
-        // The connection thread waits for it; if it is gone, dropping closes the connection.
-        let _ = back.send(conn);
-    } else {
-        conn.io.close(t.write);
-    }
 }
 
 impl Server {

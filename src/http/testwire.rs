@@ -5,7 +5,7 @@
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
-use super::parse::Wire;
+use super::wire::Wire;
 
 pub(crate) struct MemWire {
     input: Vec<u8>,

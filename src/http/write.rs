@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use super::parse::Wire;
+use super::wire::{Wire, write_all_within};
 use super::{Body, LogFields, Response, Sink, Version};
 
 /// How a response is to be written, from its request.
@@ -75,38 +75,6 @@ pub(crate) fn reason(status: u16) -> &'static str {
         505 => "HTTP Version Not Supported",
         _ => "",
     }
-}
-
-/// Writes all of `bytes` and flushes, within `timeout` in all (not per system call, so a
-/// client reading one byte at a time cannot stretch it).
-pub(crate) fn write_all_within<W: Wire + ?Sized>(
-    w: &mut W,
-    bytes: &[u8],
-    timeout: Duration,
-) -> io::Result<()> {
-    let deadline = Instant::now() + timeout;
-    let mut left = bytes;
-    let arm = |w: &mut W| -> io::Result<()> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        w.set_write_timeout(remaining.max(Duration::from_millis(1)))
-    };
-    while !left.is_empty() {
-        arm(w)?;
-        match w.write(left) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => left = left.get(n..).unwrap_or_default(),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(io::ErrorKind::TimedOut.into());
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    arm(w)?;
-    w.flush()
 }
 
 /// How the body goes on the wire.

@@ -264,7 +264,7 @@ fn reason_phrases() {
 #[test]
 fn error_responses_keep_their_headers() {
     let mut w = MemWire::new(b"");
-    let resp = crate::Error::Overloaded { retry_after_s: 1 }.to_response();
+    let resp = Response::error(&crate::Error::Overloaded { retry_after_s: 1 });
     let out = write_response(&mut w, &reply(Version::Http11, false), resp);
     let t = text(&w);
     assert!(t.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{t}");

@@ -22,7 +22,7 @@ use ureq::http::Uri;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::NextTimeout;
 
-use crate::http::lock;
+use crate::util::lock;
 
 /// How long the addresses of a name are reused.
 pub const TTL: Duration = Duration::from_secs(30);

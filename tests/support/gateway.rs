@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use sigorest::access::AllowList;
-use sigorest::app::{self, Running};
 use sigorest::config::Config;
 use sigorest::env::Env;
+use sigorest::http::AllowList;
+use sigorest::server::{self, Running};
 
 /// A directory under the system's temporary directory, removed on drop.
 pub struct TempDir(PathBuf);
@@ -165,7 +165,7 @@ impl Gateway {
         };
         let any_port: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         let https = opts.https.then_some(any_port);
-        let running = app::start_on(
+        let running = server::start_on(
             &config,
             Env::from_pairs(opts.env.clone()),
             Some(any_port),

@@ -36,6 +36,7 @@ impl<R: BufRead> EventReader<R> {
         }
     }
 
+    #[cfg(test)]
     /// With a smaller line cap (tests).
     pub fn with_max_line(inner: R, max_line: usize) -> EventReader<R> {
         EventReader {

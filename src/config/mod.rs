@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::access::AllowList;
 use crate::error::Error;
+use crate::http::access::AllowList;
 
 /// The server's validated configuration.
 #[derive(Debug, Clone)]
@@ -485,7 +485,7 @@ fn cert_hosts(v: &str) -> Result<Vec<String>, Error> {
         .map(str::to_string)
         .collect();
     for h in &hosts {
-        crate::certs::check_host(h).map_err(|_| {
+        crate::http::tls::check_host(h).map_err(|_| {
             bad(format!(
                 "-cert-hosts: {} is not a host name or IP address",
                 quote(h)

@@ -3,7 +3,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc;
 
 use super::*;
-use crate::clock::ManualClock;
+use crate::util::clock::ManualClock;
 
 /// A scripted Ollama: the tag list and context lengths it reports, and the calls it got.
 #[derive(Default)]

@@ -7,7 +7,7 @@
 //! embedded catalog, `memory.json` and the session files through [`Memory`] and
 //! [`SessionStore`], the body through [`ChatRequest::upstream_body`] (memory, history,
 //! clamps), the call through [`Upstream`] (retries, deadlines), the stream through
-//! [`completion::read_open_stream`]. Through a gateway, the session, timeout and retries go as the
+//! [`crate::upstream::read_open_stream`]. Through a gateway, the session, timeout and retries go as the
 //! gateway's extensions, and memory and sessions are the gateway's business.
 
 use std::ffi::OsString;
@@ -17,16 +17,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-use crate::catalog::{Catalog, Model, Provider};
-use crate::chat::{self, ChatRequest, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_RETRIES, MAX_TIMEOUT};
-use crate::completion::{self, Gathered, Prepared, StreamEnd};
+use crate::chat::answer::{assistant_message, content_text};
+use crate::chat::prepared::Prepared;
+use crate::chat::request::{
+    ChatRequest, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_RETRIES, MAX_TIMEOUT,
+};
+use crate::chat::stream::{Gathered, StreamEnd};
 use crate::config::{bad, go_style, level, looks_like_flag, number, path_value, quote, text_value};
 use crate::env::Env;
 use crate::error::Error;
 use crate::http::Hangup;
-use crate::memory::Memory;
-use crate::retry::Failure;
-use crate::session::{self, SessionStore};
+use crate::state::catalog::{self, Catalog, Model, Provider};
+use crate::state::memory::Memory;
+use crate::state::session::{self, SessionStore};
+use crate::upstream::retry::Failure;
 use crate::upstream::{OpenStream, Target, Upstream};
 
 mod models;
@@ -386,12 +390,7 @@ impl Gateway {
     }
 
     fn target(&self, path: &str) -> Target {
-        let url = self.url(path);
-        Target {
-            direct: crate::gateway::is_loopback_url(&url),
-            url,
-            key: None,
-        }
+        Target::new(self.url(path), None)
     }
 }
 
@@ -524,12 +523,8 @@ fn find_model<'a>(
     name: &str,
     through_gateway: bool,
 ) -> Result<&'a (Model, KeyState), Stop> {
-    let name = name.trim();
-    models
-        .iter()
-        .find(|(m, _)| m.short.eq_ignore_ascii_case(name))
-        .or_else(|| models.iter().find(|(m, _)| m.id.eq_ignore_ascii_case(name)))
-        .ok_or_else(|| Stop::Usage(unknown_model(name, through_gateway)))
+    catalog::find(models, name, |(m, _)| m)
+        .ok_or_else(|| Stop::Usage(unknown_model(name.trim(), through_gateway)))
 }
 
 fn unknown_model(name: &str, through_gateway: bool) -> Error {
@@ -576,12 +571,7 @@ fn ask_provider(opts: &Options, env: &Env, upstream: &Upstream) -> Result<(), St
         .unwrap_or_default();
     let sessions = SessionStore::new(&opts.sessions);
     let prepared = Prepared::new(&req, model, &memory, &sessions).map_err(Stop::Usage)?;
-    let url = model.provider.chat_url(env);
-    let target = Target {
-        direct: crate::gateway::is_loopback_url(&url),
-        url,
-        key,
-    };
+    let target = Target::new(model.provider.chat_url(env), key);
     let fail = |f: Failure| Stop::Failed(f.into_error(&model.short));
     let hangup = Hangup::default();
     if stream {
@@ -605,8 +595,8 @@ fn ask_provider(opts: &Options, env: &Env, upstream: &Upstream) -> Result<(), St
         .result
         .map_err(fail)?;
     let (answer, parsed) = (done.body, done.answer);
-    let text = completion::content_text(&parsed.content);
-    prepared.save_turn(&sessions, chat::assistant_message(parsed.content));
+    let text = content_text(&parsed.content);
+    prepared.save_turn(&sessions, assistant_message(parsed.content));
     print_answer(opts, &answer, &text)
 }
 
@@ -630,7 +620,7 @@ fn ask_gateway(opts: &Options, g: &Gateway, upstream: &Upstream) -> Result<(), S
         .result
         .map_err(|f| gateway_failure(f, g))?;
     let (answer, parsed) = (done.body, done.answer);
-    print_answer(opts, &answer, &completion::content_text(&parsed.content))
+    print_answer(opts, &answer, &content_text(&parsed.content))
 }
 
 /// A failed call to the gateway, in words about the gateway. Its errors keep their status
@@ -707,7 +697,7 @@ fn read_prompt(opts: &Options) -> Result<String, Stop> {
 fn print_stream(stream: OpenStream, short: &str) -> Result<Option<Gathered>, Stop> {
     let mut gathered = Gathered::default();
     let mut out = std::io::stdout().lock();
-    let end = completion::read_open_stream(stream, &mut gathered, |_, fed| {
+    let end = crate::upstream::read_open_stream(stream, &mut gathered, |_, fed| {
         if fed.text.is_empty() {
             return Ok(());
         }

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{find, since_epoch};
-use crate::http::lock;
+use sigorest::parts::lock;
 
 /// How long a connection waits for a byte of an answer before counting an error.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);

@@ -82,7 +82,7 @@ impl Memory {
             message: e.to_string(),
         })?;
         bytes.push(b'\n');
-        crate::fsutil::write_atomic(path, &bytes, None).map_err(|e| Error::io(path, &e))
+        crate::util::fs::write_atomic(path, &bytes, None).map_err(|e| Error::io(path, &e))
     }
 }
 
@@ -149,7 +149,7 @@ fn line_column(text: &[u8], offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fsutil::testdir::TestDir;
+    use crate::util::fs::testdir::TestDir;
 
     fn parse(text: &str) -> Result<Memory, Error> {
         Memory::parse(text.as_bytes(), Path::new("memory.json"))

@@ -20,6 +20,9 @@ pub enum Provider {
 }
 
 impl Provider {
+    /// The cloud providers, whose keys and base URLs come from the environment.
+    pub const CLOUD: [Provider; 3] = [Provider::Mammouth, Provider::Moonshot, Provider::Zai];
+
     /// Lower-case name, as shown in `/api/models` and logs.
     pub fn name(self) -> &'static str {
         match self {
@@ -51,19 +54,22 @@ impl Provider {
         }
     }
 
-    /// The chat-completions URL in this environment.
-    pub fn chat_url(self, env: &Env) -> String {
+    /// The base URL of its OpenAI-compatible API in this environment, without a trailing
+    /// slash: endpoints are `{base}/chat/completions`, `{base}/embeddings`, ...
+    pub fn api_base(self, env: &Env) -> String {
         match self {
-            Provider::Ollama => format!(
-                "{}/v1/chat/completions",
-                ollama_base(env.get("OLLAMA_HOST"))
-            ),
+            Provider::Ollama => format!("{}/v1", ollama_base(env.get("OLLAMA_HOST"))),
             _ => {
                 let (var, default) = self.base_url_env();
                 let base = env.get(var).unwrap_or(default).trim().trim_end_matches('/');
-                format!("{base}/chat/completions")
+                base.to_string()
             }
         }
+    }
+
+    /// The chat-completions URL in this environment.
+    pub fn chat_url(self, env: &Env) -> String {
+        format!("{}/chat/completions", self.api_base(env))
     }
 
     /// The API key in this environment, if set.
@@ -72,7 +78,7 @@ impl Provider {
     }
 
     fn from_key_env(var: &str) -> Option<Provider> {
-        [Provider::Mammouth, Provider::Moonshot, Provider::Zai]
+        Provider::CLOUD
             .into_iter()
             .find(|p| p.key_env() == Some(var))
     }
@@ -146,6 +152,22 @@ impl Model {
     }
 }
 
+/// Finds a model by the name a client gave, the one way sigorest does it everywhere (the
+/// catalog, the listed models, `sigoe`'s lists): a short code first, then an upstream id,
+/// ignoring case and surrounding blanks. (Ollama's own names, with their `:latest` tags,
+/// are looked up by [`crate::upstream::ollama`].)
+pub fn find<'a, T>(items: &'a [T], name: &str, model: impl Fn(&T) -> &Model) -> Option<&'a T> {
+    let name = name.trim();
+    items
+        .iter()
+        .find(|t| model(t).short.eq_ignore_ascii_case(name))
+        .or_else(|| {
+            items
+                .iter()
+                .find(|t| model(t).id.eq_ignore_ascii_case(name))
+        })
+}
+
 /// The catalog: every model sigorest knows of.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -181,13 +203,9 @@ impl Catalog {
         &self.models
     }
 
-    /// A model by short code or upstream id, case-insensitively.
+    /// A model by short code or upstream id, case-insensitively (see [`find`]).
     pub fn get(&self, name: &str) -> Option<&Model> {
-        let name = name.trim();
-        self.models
-            .iter()
-            .find(|m| m.short.eq_ignore_ascii_case(name))
-            .or_else(|| self.models.iter().find(|m| m.id.eq_ignore_ascii_case(name)))
+        find(&self.models, name, |m| m)
     }
 
     /// The models a whitelist names, in whitelist order, and the codes it names that the

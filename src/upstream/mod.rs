@@ -15,9 +15,15 @@ use ureq::config::Config;
 use ureq::http::Response;
 use ureq::unversioned::transport::DefaultConnector;
 
-use crate::http::Hangup;
-use crate::retry::{self, Failure};
-use crate::sse::{Event, EventReader};
+use crate::chat::provider_error::{error_in, reported};
+use crate::chat::sse::{Event, EventReader};
+use crate::chat::stream::{Fed, Gathered, StreamEnd, read_stream};
+use crate::util::Hangup;
+use retry::Failure;
+
+pub mod breaker;
+pub mod ollama;
+pub mod retry;
 
 mod resolver;
 
@@ -47,6 +53,41 @@ pub struct Target {
     pub direct: bool,
 }
 
+impl Target {
+    /// A target reached through any proxy from the environment, unless its host is a
+    /// loopback address (no proxy can reach that for us).
+    pub fn new(url: String, key: Option<String>) -> Target {
+        Target {
+            direct: is_loopback_url(&url),
+            url,
+            key,
+        }
+    }
+
+    /// A target reached directly, with no key (Ollama, whose address may be on the LAN).
+    pub fn direct(url: String) -> Target {
+        Target {
+            url,
+            key: None,
+            direct: true,
+        }
+    }
+}
+
+/// Whether a URL's host is a loopback address.
+pub fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The key stays out of every debug print.
@@ -68,7 +109,7 @@ pub struct Attempted<T> {
 #[derive(Debug)]
 pub struct Completion {
     pub body: Vec<u8>,
-    pub answer: crate::chat::Answer,
+    pub answer: crate::chat::answer::Answer,
 }
 
 /// A stream whose first event has arrived.
@@ -79,6 +120,24 @@ pub struct OpenStream {
     pub events: EventReader<BufReader<ureq::BodyReader<'static>>>,
     /// The stream's own agent: shutting it down interrupts a blocked read.
     pub agent: Agent,
+}
+
+/// Reads an opened stream to its end (see [`read_stream`]) and closes its connection,
+/// however the stream ended.
+pub fn read_open_stream(
+    stream: OpenStream,
+    gathered: &mut Gathered,
+    each: impl FnMut(&str, Fed<'_>) -> std::io::Result<()>,
+) -> StreamEnd {
+    let OpenStream {
+        first,
+        mut events,
+        agent,
+    } = stream;
+    let end = read_stream(first, &mut events, gathered, each);
+    drop(events);
+    agent.shutdown();
+    end
 }
 
 /// The ureq side of the gateway.
@@ -257,7 +316,7 @@ impl Upstream {
             let mut events = EventReader::new(BufReader::with_capacity(STREAM_BUFFER, reader));
             let first = match events.next_event() {
                 Ok(Some(Event::Data(d))) => {
-                    if let Some(msg) = error_event(&d) {
+                    if let Some(msg) = error_in(&d) {
                         return Err(Failure::BadAnswer(reported(&msg)));
                     }
                     Event::Data(d)
@@ -446,11 +505,11 @@ fn secs(d: Duration) -> String {
 }
 
 /// A 2xx body must be a chat completion; a JSON error in a 200 is reported as such.
-fn check_answer(body: &[u8]) -> Result<crate::chat::Answer, Failure> {
-    match crate::chat::parse_answer(body) {
+fn check_answer(body: &[u8]) -> Result<crate::chat::answer::Answer, Failure> {
+    match crate::chat::answer::parse_answer(body) {
         Ok(answer) => Ok(answer),
         Err(why) => Err(Failure::BadAnswer(
-            match error_event(&String::from_utf8_lossy(body)) {
+            match error_in(&String::from_utf8_lossy(body)) {
                 Some(msg) => reported(&msg),
                 None => why,
             },
@@ -458,32 +517,8 @@ fn check_answer(body: &[u8]) -> Result<crate::chat::Answer, Failure> {
     }
 }
 
-/// How a provider's own error message is told to the client.
-pub fn reported(message: &str) -> String {
-    format!("provider reported an error: {message}")
-}
-
-/// The message of an `{"error": ...}` object, if this payload is one.
-pub fn error_event(payload: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(payload).ok()?;
-    v.get("error").map(error_message)
-}
-
-/// The message of an `error` member (an object with a `message`, or a string, or anything).
-pub fn error_message(err: &serde_json::Value) -> String {
-    match err {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Object(o) => o
-            .get("message")
-            .and_then(|m| m.as_str())
-            .map(str::to_string)
-            .unwrap_or_else(|| err.to_string()),
-        other => other.to_string(),
-    }
-}
-
 fn json_instead_of_stream(body: &[u8]) -> String {
-    match error_event(&String::from_utf8_lossy(body)) {
+    match error_in(&String::from_utf8_lossy(body)) {
         Some(msg) => reported(&msg),
         None => "provider answered JSON instead of an event stream".to_string(),
     }
@@ -560,14 +595,7 @@ mod tests {
     }
 
     #[test]
-    fn error_payloads() {
-        assert_eq!(
-            error_event(r#"{"error":{"message":"quota"}}"#).as_deref(),
-            Some("quota")
-        );
-        assert_eq!(error_event(r#"{"error":"bad"}"#).as_deref(), Some("bad"));
-        assert_eq!(error_event(r#"{"choices":[]}"#), None);
-        assert_eq!(error_event("junk"), None);
+    fn error_answers() {
         assert!(matches!(check_answer(br#"{"error":{"message":"quota"}}"#),
             Err(Failure::BadAnswer(m)) if m.contains("quota")));
         assert!(check_answer(br#"{"choices":[{"message":{"content":"x"}}]}"#).is_ok());
@@ -594,6 +622,19 @@ mod tests {
         );
         let cut = &cert.pem()[..60];
         assert!(Upstream::trusting(cut.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn loopback_urls() {
+        assert!(is_loopback_url("http://127.0.0.1:8080/v1/chat/completions"));
+        assert!(is_loopback_url("http://localhost/v1"));
+        assert!(is_loopback_url("http://[::1]:9/x"));
+        assert!(!is_loopback_url(
+            "https://api.mammouth.ai/v1/chat/completions"
+        ));
+        assert!(!is_loopback_url("http://192.168.1.2:11434"));
+        assert!(Target::new("http://127.0.0.1:1/v1".into(), None).direct);
+        assert!(!Target::new("https://api.z.ai/v1".into(), None).direct);
     }
 
     #[test]

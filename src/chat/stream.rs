@@ -1,95 +1,16 @@
-//! The steps of one chat completion that the server and `sigoe` share, so both keep the same
-//! rules: the body sent upstream (memory first, then the session history, then the request's
-//! messages, with the clamps of [`ChatRequest::upstream_body`]), the session turn kept after a
-//! success, and the reading of a stream — its chunks gathered into text, tool calls and usage,
-//! and its end told apart from a cut. Retries and timeouts are [`crate::upstream`]'s.
+//! Reading a chat-completions stream, for the server and `sigoe` alike: its chunks gathered
+//! into text, tool calls and usage, errors inside it seen in the same parse, and its end
+//! told apart from a cut. Pure: the events come from any reader.
 
 use std::io::{self, BufRead};
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::catalog::Model;
-use crate::chat::{self, ChatRequest};
-use crate::error::Error;
-use crate::memory::Memory;
-use crate::session::{Message, SessionStore};
-use crate::sse::{Event, EventReader};
-use crate::upstream::OpenStream;
-
-/// A request made ready for one model: the upstream body, and what the session needs once
-/// the answer is in.
-#[derive(Debug)]
-pub struct Prepared {
-    /// The model's short code (session files are named after it).
-    pub short: String,
-    /// The body for the upstream, serialized.
-    pub body: Vec<u8>,
-    /// The session id and the request's last user message, when a session is kept.
-    session: Option<(String, Option<Message>)>,
-}
-
-impl Prepared {
-    /// Reads the session history (when the request names a session) and builds the upstream
-    /// body. The body is logged at DEBUG only: it holds the user's messages.
-    pub fn new(
-        req: &ChatRequest,
-        model: &Model,
-        memory: &Memory,
-        sessions: &SessionStore,
-    ) -> Result<Prepared, Error> {
-        let history = match &req.session_id {
-            Some(id) => sessions.history(&model.short, id)?,
-            None => Vec::new(),
-        };
-        let body = req.upstream_body(model, memory, &history);
-        let body = serde_json::to_vec(&body).map_err(|e| Error::Internal {
-            message: e.to_string(),
-        })?;
-        if log::log_enabled!(log::Level::Debug) {
-            log::debug!(model = model.short.as_str(), body = String::from_utf8_lossy(&body).as_ref(); "upstream request");
-        }
-        Ok(Prepared {
-            short: model.short.clone(),
-            body,
-            session: req
-                .session_id
-                .clone()
-                .map(|id| (id, req.last_user_message())),
-        })
-    }
-
-    /// The session id, when a session is kept.
-    pub fn session_id(&self) -> Option<&str> {
-        self.session.as_ref().map(|(id, _)| id.as_str())
-    }
-
-    /// Appends the user's message and `assistant` to the session, if there is one. A failure
-    /// to write is logged, not returned: the answer is there all the same, and the old
-    /// session file is intact (writes are atomic).
-    pub fn save_turn(&self, sessions: &SessionStore, assistant: Message) {
-        let Some((id, user)) = &self.session else {
-            return;
-        };
-        let turn: Vec<Message> = user.clone().into_iter().chain(Some(assistant)).collect();
-        if let Err(e) = sessions.append(&self.short, id, &turn) {
-            log::error!(model = self.short.as_str(), session = id.as_str(), error = e.to_string().as_str(); "session not saved");
-        }
-    }
-}
-
-/// The assistant's text of a non-streamed answer's content: a string as it is, the `text`
-/// parts of an array joined, nothing for `null` (an answer made only of tool calls).
-pub fn content_text(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect(),
-        _ => String::new(),
-    }
-}
+use super::answer::assistant_message;
+use super::provider_error::{error_in, member_message, reported};
+use super::sse::{Event, EventReader};
+use crate::state::session::Message;
 
 /// How reading a stream ended.
 #[derive(Debug)]
@@ -128,7 +49,7 @@ pub fn read_stream<R: BufRead>(
                 let before = gathered.text.len();
                 let chunk = gathered.take(&payload);
                 if let Some(message) = chunk.error {
-                    return StreamEnd::Failed(crate::upstream::reported(&message));
+                    return StreamEnd::Failed(reported(&message));
                 }
                 let usage_only = chunk.usage_only;
                 let fed = Fed {
@@ -155,24 +76,6 @@ pub fn read_stream<R: BufRead>(
             Err(e) => return StreamEnd::Failed(format!("stream broken: {e}")),
         }
     }
-}
-
-/// Reads an opened upstream stream to its end (see [`read_stream`]) and closes its
-/// connection, however the stream ended.
-pub fn read_open_stream(
-    stream: OpenStream,
-    gathered: &mut Gathered,
-    each: impl FnMut(&str, Fed<'_>) -> io::Result<()>,
-) -> StreamEnd {
-    let OpenStream {
-        first,
-        mut events,
-        agent,
-    } = stream;
-    let end = read_stream(first, &mut events, gathered, each);
-    drop(events);
-    agent.shutdown();
-    end
 }
 
 /// What is kept from a stream: the assistant's text, tool-call fragments, usage.
@@ -249,6 +152,7 @@ struct Usage {
 }
 
 impl Gathered {
+    #[cfg(test)]
     /// Takes in one chunk; returns whether it only carries usage (`choices: []`).
     pub fn feed(&mut self, payload: &str) -> bool {
         self.take(payload).usage_only
@@ -262,13 +166,13 @@ impl Gathered {
             // Not a chunk as expected; it may still be an error object of another shape.
             return Taken {
                 usage_only: false,
-                error: crate::upstream::error_event(payload),
+                error: error_in(payload),
             };
         };
         if let Some(err) = &chunk.error {
             return Taken {
                 usage_only: false,
-                error: Some(crate::upstream::error_message(err)),
+                error: Some(member_message(err)),
             };
         }
         if let Some(u) = &chunk.usage {
@@ -313,6 +217,7 @@ impl Gathered {
         &self.text
     }
 
+    #[cfg(test)]
     /// Whether a chunk carried a `finish_reason`.
     pub fn finished(&self) -> bool {
         self.finished
@@ -332,15 +237,13 @@ impl Gathered {
             }
             content.push_str(&format!("[tool call {name}({args})]"));
         }
-        chat::assistant_message(Value::String(content))
+        assistant_message(Value::String(content))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Catalog;
-    use crate::fsutil::testdir::TestDir;
     use serde_json::json;
 
     #[test]
@@ -473,60 +376,5 @@ mod tests {
         });
         assert!(matches!(end, StreamEnd::Stopped(e) if e.kind() == io::ErrorKind::BrokenPipe));
         assert_eq!(calls, 1);
-    }
-
-    #[test]
-    fn content_text_of_answers() {
-        assert_eq!(content_text(&json!("Hi")), "Hi");
-        assert_eq!(
-            content_text(
-                &json!([{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}])
-            ),
-            "ab"
-        );
-        assert_eq!(content_text(&Value::Null), "");
-    }
-
-    #[test]
-    fn prepared_requests_read_and_keep_the_session() {
-        let dir = TestDir::new("completion-prepared");
-        let sessions = SessionStore::new(dir.path());
-        let model = Catalog::embedded().get("claude-h").unwrap().clone();
-        let memory = Memory {
-            content: "mem".into(),
-            cache: false,
-        };
-        let body = json!({"model": "claude-h", "session_id": "s1", "max_tokens": 99999,
-            "messages": [{"role": "user", "content": "q1"}]});
-        let req = ChatRequest::parse(body.to_string().as_bytes()).unwrap();
-
-        let first = Prepared::new(&req, &model, &memory, &sessions).unwrap();
-        assert_eq!(first.session_id(), Some("s1"));
-        let sent: Value = serde_json::from_slice(&first.body).unwrap();
-        assert_eq!(sent["model"], "claude-3-5-haiku-20241022");
-        assert_eq!(sent["max_tokens"], 8192);
-        assert_eq!(sent["messages"].as_array().unwrap().len(), 2);
-        assert!(sent.get("session_id").is_none());
-        first.save_turn(&sessions, chat::assistant_message(json!("a1")));
-
-        let again = Prepared::new(&req, &model, &memory, &sessions).unwrap();
-        let sent: Value = serde_json::from_slice(&again.body).unwrap();
-        let roles: Vec<&str> = sent["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["role"].as_str().unwrap())
-            .collect();
-        assert_eq!(roles, ["system", "user", "assistant", "user"]);
-        assert_eq!(sent["messages"][2]["content"], "a1");
-
-        // Without a session nothing is read or written.
-        let plain =
-            ChatRequest::parse(br#"{"model":"x","messages":[{"role":"user","content":"q"}]}"#)
-                .unwrap();
-        let p = Prepared::new(&plain, &model, &Memory::default(), &sessions).unwrap();
-        assert_eq!(p.session_id(), None);
-        p.save_turn(&sessions, chat::assistant_message(json!("ignored")));
-        assert_eq!(sessions.history("claude-h", "s1").unwrap().len(), 2);
     }
 }

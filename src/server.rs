@@ -9,17 +9,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::catalog::Provider;
 use crate::config::Config;
 use crate::env::Env;
 use crate::error::Error;
-use crate::gateway::{App, Settings};
+use crate::gateway::{Gateway, Settings};
 use crate::http::{self, ListenerConfig, ServerConfig, Stats};
+use crate::state::catalog::Provider;
 
 /// A started server.
 pub struct Running {
     server: http::Server,
-    app: Arc<App>,
+    app: Arc<Gateway>,
     /// The plain HTTP address, when that listener is on.
     pub http: Option<SocketAddr>,
     /// The HTTPS address, when that listener is on.
@@ -27,7 +27,7 @@ pub struct Running {
 }
 
 impl Running {
-    pub fn app(&self) -> &Arc<App> {
+    pub fn app(&self) -> &Arc<Gateway> {
         &self.app
     }
 
@@ -61,7 +61,7 @@ pub fn start_on(
         admin_allow: config.admin_allow.clone(),
         env,
     };
-    let app = Arc::new(App::new(settings, stats.clone())?);
+    let app = Arc::new(Gateway::new(settings, stats.clone())?);
 
     let mut listeners = Vec::new();
     if let Some(addr) = http_addr {
@@ -73,7 +73,7 @@ pub fn start_on(
     }
     if let Some(addr) = https_addr {
         let (tls, _generated) =
-            crate::certs::load_or_generate(&config.cert, &config.key, &config.cert_hosts)?;
+            crate::http::tls::load_or_generate(&config.cert, &config.key, &config.cert_hosts)?;
         listeners.push(ListenerConfig {
             addr,
             allow: config.https_allow.clone(),
@@ -88,7 +88,7 @@ pub fn start_on(
         timeouts: http::Timeouts::default(),
         stats,
     };
-    let handler: Arc<dyn http::Handler> = app.clone();
+    let handler: Arc<dyn http::Handler> = Arc::new(crate::api::Router::new(app.clone()));
     let server = http::start(server_config, handler).map_err(|e| Error::Listen {
         addr: listeners
             .first()
@@ -156,7 +156,7 @@ pub fn run(config: &Config, env: Env) -> Result<(), Error> {
 
 /// SIGHUP: reload the files (keeping the old configuration when one does not parse) and
 /// rediscover Ollama.
-pub fn reload(app: &Arc<App>) {
+pub fn reload(app: &Arc<Gateway>) {
     match app.reload() {
         Ok((added, removed)) => log::info!(
             added = added.join(","),

@@ -40,9 +40,9 @@ pub fn load_or_generate(
             let (cert_pem, key_pem) = generate_for(&names)?;
             // Two files cannot be replaced in one step: a crash between the writes leaves
             // the key alone, and the next start says so (below) instead of guessing.
-            crate::fsutil::write_atomic(key, key_pem.as_bytes(), Some(0o600))
+            crate::util::fs::write_atomic(key, key_pem.as_bytes(), Some(0o600))
                 .map_err(|e| Error::io(key, &e))?;
-            crate::fsutil::write_atomic(cert, cert_pem.as_bytes(), Some(0o644))
+            crate::util::fs::write_atomic(cert, cert_pem.as_bytes(), Some(0o644))
                 .map_err(|e| Error::io(cert, &e))?;
             log::info!(
                 cert:% = cert.display(),

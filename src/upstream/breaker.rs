@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::clock::Clock;
-use crate::http::lock;
+use crate::util::clock::Clock;
+use crate::util::lock;
 
 /// A breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -91,6 +91,7 @@ impl Permit {
         self.record(outcome);
     }
 
+    #[cfg(test)]
     /// Whether this is the half-open trial request.
     pub fn is_trial(&self) -> bool {
         self.trial
@@ -266,7 +267,7 @@ impl Breakers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::util::clock::ManualClock;
     use std::sync::Barrier;
 
     const OPEN_FOR: Duration = Duration::from_secs(300);

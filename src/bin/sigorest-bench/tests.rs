@@ -1,13 +1,33 @@
-//! The bench's own pieces (`sigorest-bench`): its flags, and a `-quick` run of its load
+//! The bench's own tests (`cargo test` runs them with the binary's unit tests): its flags, and a `-quick` run of its load
 //! generator against its in-process fake upstream only (`-direct-only`: no gateway binary
 //! needed). No timing assertions: only that everything was measured and nothing failed.
 
 use std::ffi::OsString;
 
 use serde_json::Value;
-use sigorest::bench::{self, BenchError, Command};
 
-use crate::support::gateway::TempDir;
+use crate::{BenchError, Command, parse_args, run};
+
+/// A directory of its own under the system's temporary directory, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("sigorest-bench-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 fn args(list: &[&str]) -> Vec<OsString> {
     list.iter().map(OsString::from).collect()
@@ -15,16 +35,13 @@ fn args(list: &[&str]) -> Vec<OsString> {
 
 #[test]
 fn flags_are_checked() {
-    let Ok(Command::Run(o)) = bench::parse_args(args(&["-quick", "-levels=2,5"])) else {
+    let Ok(Command::Run(o)) = parse_args(args(&["-quick", "-levels=2,5"])) else {
         panic!("-quick -levels=2,5 should parse");
     };
     assert_eq!(o.levels, [2, 5]);
     assert_eq!(o.duration.as_secs(), 1);
     assert_eq!(o.parallel, 100);
-    assert!(matches!(
-        bench::parse_args(args(&["-help"])),
-        Ok(Command::Help)
-    ));
+    assert!(matches!(parse_args(args(&["-help"])), Ok(Command::Help)));
     for bad in [
         &["-levels", "0"][..],
         &["-levels", "1,x"],
@@ -33,7 +50,7 @@ fn flags_are_checked() {
         &["-bogus"],
     ] {
         assert!(
-            matches!(bench::parse_args(args(bad)), Err(BenchError::Usage(_))),
+            matches!(parse_args(args(bad)), Err(BenchError::Usage(_))),
             "{bad:?} should be refused"
         );
     }
@@ -44,7 +61,7 @@ fn a_quick_direct_run_measures_the_fake_upstream() {
     let dir = TempDir::new("bench");
     let json = dir.join("bench.json");
     let json_arg = json.to_string_lossy().into_owned();
-    let Ok(Command::Run(opts)) = bench::parse_args(args(&[
+    let Ok(Command::Run(opts)) = parse_args(args(&[
         "-quick",
         "-direct-only",
         "-levels",
@@ -63,7 +80,7 @@ fn a_quick_direct_run_measures_the_fake_upstream() {
         panic!("the flags should parse");
     };
     let mut out = Vec::new();
-    let report = bench::run(&opts, &mut out).expect("the bench runs");
+    let report = run(&opts, &mut out).expect("the bench runs");
 
     let tables = String::from_utf8(out).unwrap();
     assert!(tables.contains("| 1 | direct |"), "{tables}");

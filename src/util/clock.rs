@@ -40,14 +40,14 @@ impl ManualClock {
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
-        let mut now = crate::http::lock(&self.now);
+        let mut now = crate::util::lock(&self.now);
         *now += by;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
-        *crate::http::lock(&self.now)
+        *crate::util::lock(&self.now)
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::http::lock;
+use crate::util::lock;
 
 /// How many messages a session keeps.
 pub const MAX_MESSAGES: usize = 20;
@@ -130,6 +130,7 @@ impl SessionStore {
         }
     }
 
+    #[cfg(test)]
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -174,7 +175,7 @@ impl SessionStore {
                     message: e.to_string(),
                 })?;
             bytes.push(b'\n');
-            crate::fsutil::write_atomic(&path, &bytes, None).map_err(|e| Error::io(&path, &e))
+            crate::util::fs::write_atomic(&path, &bytes, None).map_err(|e| Error::io(&path, &e))
         })
     }
 
@@ -244,7 +245,7 @@ fn move_aside(path: &Path) -> Result<PathBuf, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fsutil::testdir::TestDir;
+    use crate::util::fs::testdir::TestDir;
     use serde_json::json;
 
     fn msg(role: &str, content: impl Into<serde_json::Value>) -> Message {

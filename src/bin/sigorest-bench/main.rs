@@ -11,15 +11,18 @@
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-pub mod fake;
-pub mod gateway;
-pub mod load;
-pub mod report;
+mod fake;
+mod gateway;
+mod load;
+mod report;
+#[cfg(test)]
+mod tests;
 
 use gateway::{Gateway, Launch};
 use load::{Plan, Progress};
@@ -119,7 +122,7 @@ tables and writes the numbers as JSON.
 
 /// Parses the command line (Go-style single-dash flags, as the server's).
 pub fn parse_args(args: Vec<OsString>) -> Result<Command, BenchError> {
-    let mut a = pico_args::Arguments::from_vec(crate::config::go_style(args));
+    let mut a = pico_args::Arguments::from_vec(sigorest::config::go_style(args));
     if a.contains(["-h", "--help"]) {
         return Ok(Command::Help);
     }
@@ -391,9 +394,9 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report, BenchError> {
     }
 
     let report = Report {
-        sigorest: crate::VERSION.to_string(),
+        sigorest: sigorest::VERSION.to_string(),
         commit: commit(),
-        date: crate::logging::rfc3339(
+        date: sigorest::logging::rfc3339(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -568,4 +571,28 @@ fn commit() -> Option<String> {
     let dirty =
         git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     Some(if dirty { format!("{head}-dirty") } else { head })
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_args(std::env::args_os().skip(1).collect()) {
+        Ok(Command::Run(opts)) => opts,
+        Ok(Command::Help) => {
+            println!("{}", usage());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("sigorest-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&opts, &mut std::io::stdout().lock()) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sigorest-bench: {e}");
+            match e {
+                BenchError::Usage(_) => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
 }

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use crate::catalog::Model;
 use crate::error::Error;
-use crate::memory::Memory;
-use crate::session::{self, Message};
+use crate::state::catalog::Model;
+use crate::state::memory::Memory;
+use crate::state::session::{self, Message};
 
 /// Default for the `timeout` extension.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -355,77 +355,10 @@ fn clamp_tokens(body: &mut Map<String, Value>, model: &Model) {
     }
 }
 
-/// What the gateway reads from a non-streamed upstream answer.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Answer {
-    /// The assistant message's content (string, parts, or null with tool calls).
-    pub content: Value,
-    pub prompt_tokens: Option<u64>,
-    pub completion_tokens: Option<u64>,
-}
-
-/// Reads an upstream 2xx body: it must be a JSON object with a `choices` array; anything else
-/// is a bad answer (`Err` with a short description).
-pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
-    #[derive(serde::Deserialize)]
-    struct Raw {
-        choices: Vec<Choice>,
-        #[serde(default)]
-        usage: Option<Usage>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Choice {
-        #[serde(default)]
-        message: Option<Msg>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Msg {
-        #[serde(default)]
-        content: Value,
-    }
-    #[derive(serde::Deserialize)]
-    struct Usage {
-        prompt_tokens: Option<u64>,
-        completion_tokens: Option<u64>,
-    }
-    let raw: Raw = serde_json::from_slice(body).map_err(|e| {
-        let kind = if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
-            "not a chat completion"
-        } else {
-            "not JSON"
-        };
-        format!("answer is {kind}: {e}")
-    })?;
-    let content = raw
-        .choices
-        .into_iter()
-        .next()
-        .and_then(|c| c.message)
-        .map(|m| m.content);
-    Ok(Answer {
-        content: content.unwrap_or(Value::Null),
-        prompt_tokens: raw.usage.as_ref().and_then(|u| u.prompt_tokens),
-        completion_tokens: raw.usage.as_ref().and_then(|u| u.completion_tokens),
-    })
-}
-
-/// The assistant's side of a session turn.
-pub fn assistant_message(content: Value) -> Message {
-    let content = if content.is_null() {
-        Value::String(String::new())
-    } else {
-        content
-    };
-    Message {
-        role: "assistant".to_string(),
-        content,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Catalog;
+    use crate::state::catalog::Catalog;
 
     fn model(short: &str) -> Model {
         Catalog::embedded().get(short).unwrap().clone()
@@ -774,27 +707,5 @@ mod tests {
         let none =
             parse(json!({"model": "m", "messages": [{"role": "system", "content": "s"}]})).unwrap();
         assert!(none.last_user_message().is_none());
-    }
-
-    #[test]
-    fn answers() {
-        let a = parse_answer(br#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#).unwrap();
-        assert_eq!(
-            (a.content, a.prompt_tokens, a.completion_tokens),
-            (json!("Hi"), Some(9), Some(2))
-        );
-        let tools = parse_answer(
-            br#"{"choices":[{"message":{"role":"assistant","content":null,"tool_calls":[]}}]}"#,
-        )
-        .unwrap();
-        assert_eq!(tools.content, Value::Null);
-        assert_eq!(assistant_message(tools.content).content, json!(""));
-        assert!(parse_answer(b"not json").unwrap_err().contains("not JSON"));
-        assert!(
-            parse_answer(b"{\"error\":{}}")
-                .unwrap_err()
-                .contains("not a chat completion")
-        );
-        assert!(parse_answer(b"").is_err());
     }
 }

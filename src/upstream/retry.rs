@@ -7,7 +7,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::breaker::Outcome;
+use super::breaker::Outcome;
+use crate::chat::provider_error::ProviderError;
 use crate::error::Error;
 
 /// First backoff step.
@@ -69,19 +70,26 @@ impl Failure {
                 retry_after,
                 body,
             } => Error::RateLimited {
-                message: upstream_message(&body)
-                    .0
+                message: ProviderError::from_body(&body)
+                    .message
                     .unwrap_or_else(|| "too many requests".to_string()),
                 retry_after_s: retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64),
             },
             Failure::Status { status, body, .. } if status >= 500 => {
-                let detail = upstream_message(&body).0.unwrap_or_else(|| snippet(&body));
+                let detail = ProviderError::from_body(&body)
+                    .message
+                    .unwrap_or_else(|| snippet(&body));
                 Error::Upstream {
                     message: format!("{model}: provider answered {status}: {detail}"),
                 }
             }
             Failure::Status { status, body, .. } => {
-                let (message, kind, code, param) = upstream_message(&body);
+                let ProviderError {
+                    message,
+                    kind,
+                    code,
+                    param,
+                } = ProviderError::from_body(&body);
                 Error::UpstreamClient {
                     status,
                     message: message.unwrap_or_else(|| {
@@ -94,39 +102,6 @@ impl Failure {
             }
         }
     }
-}
-
-/// Reads an OpenAI-style error body: message, type, code, param. Providers also send
-/// `{"error": "text"}`, `{"message": ...}` or `{"detail": ...}`; anything else gives `None`s.
-fn upstream_message(
-    body: &[u8],
-) -> (
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-) {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return (None, None, None, None);
-    };
-    let text = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    };
-    let err = &v["error"];
-    if err.is_object() {
-        return (
-            text(&err["message"]),
-            text(&err["type"]),
-            text(&err["code"]),
-            text(&err["param"]),
-        );
-    }
-    let message = text(err)
-        .or_else(|| text(&v["message"]))
-        .or_else(|| text(&v["detail"]));
-    (message, None, None, None)
 }
 
 /// The start of a body, for error messages: at most 200 characters, one line.

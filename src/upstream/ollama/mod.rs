@@ -30,9 +30,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::catalog::{Model, Provider};
-use crate::clock::Clock;
-use crate::http::lock;
+use crate::state::catalog::{Model, Provider};
+use crate::util::clock::Clock;
+use crate::util::lock;
 
 /// How often the model list is read again.
 pub const REDISCOVER_EVERY: Duration = Duration::from_secs(60);
@@ -523,7 +523,7 @@ pub struct Ollama {
 impl Ollama {
     /// A registry for this `OLLAMA_HOST` value (see `catalog::ollama_base`). Does no I/O.
     pub fn new(host: Option<&str>, clock: Arc<dyn Clock>) -> Ollama {
-        let base = crate::catalog::ollama_base(host);
+        let base = crate::state::catalog::ollama_base(host);
         let source = Box::new(Http::new(base.clone()));
         Ollama::with_source(base, clock, source)
     }
@@ -616,7 +616,7 @@ impl Ollama {
             return result.map(|t| t.len()).map_err(|f| f.message().to_string());
         }
         state.applied = ticket;
-        state.last_discovery = Some(crate::gateway::unix_now());
+        state.last_discovery = Some(crate::util::unix_now());
         match result {
             Ok(tags) => {
                 let (added, removed) = state.apply(tags);

@@ -20,7 +20,7 @@ use std::time::Duration;
 use socket2::SockRef;
 
 use super::{find, since_epoch};
-use crate::http::lock;
+use sigorest::parts::lock;
 
 /// Stack of a fake connection thread: it parses a head and writes canned bytes.
 const STACK: usize = 64 * 1024;
@@ -56,8 +56,6 @@ struct Shared {
     idle: AtomicUsize,
     /// Open connections, so that `stop` can end them.
     open: Mutex<HashMap<u64, TcpStream>>,
-    /// Requests answered (for tests and sanity checks).
-    answered: AtomicU64,
 }
 
 impl Fake {
@@ -71,7 +69,6 @@ impl Fake {
             next_id: AtomicU64::new(0),
             idle: AtomicUsize::new(0),
             open: Mutex::new(HashMap::new()),
-            answered: AtomicU64::new(0),
         });
         spawn_acceptor(&listener, &shared)?;
         Ok(Fake {
@@ -84,11 +81,6 @@ impl Fake {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    /// Requests answered so far.
-    pub fn answered(&self) -> u64 {
-        self.shared.answered.load(Ordering::Relaxed)
     }
 
     /// Stops accepting and closes every open connection.
@@ -230,7 +222,6 @@ fn serve(mut tcp: TcpStream, shared: &Shared) -> io::Result<()> {
             }
             tcp.write_all(&json)?;
         }
-        shared.answered.fetch_add(1, Ordering::Relaxed);
         if !asked.keep_alive {
             let _ = tcp.shutdown(Shutdown::Write);
             return Ok(());

@@ -1,0 +1,93 @@
+//! The gateway's own endpoints: `GET /api/health` (the state of everything) and
+//! `GET`/`PUT /api/memory` (the memory block; replacing it only from `-admin-allow`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde_json::{Value, json};
+
+use crate::error::Error;
+use crate::gateway::Gateway;
+use crate::http::{Request, Response};
+use crate::state::catalog::Provider;
+use crate::state::memory::Memory;
+use crate::upstream::breaker::{State, Status as BreakerStatus};
+
+/// `GET /api/health`: `degraded` while any breaker is not closed.
+pub(super) fn health(gw: &Gateway, _req: &Request) -> Result<Response, Error> {
+    let listed = gw.listed();
+    let ollama_models = gw.ollama.models();
+    let closed = BreakerStatus {
+        state: State::Closed,
+        consecutive_failures: 0,
+        retry_in_s: 0,
+    };
+    let mut breakers: BTreeMap<String, BreakerStatus> = listed
+        .models
+        .iter()
+        .map(|m| (m.short.clone(), closed.clone()))
+        .collect();
+    breakers.extend(gw.breakers.snapshot());
+    let blocked = |short: &str| {
+        breakers
+            .get(short)
+            .is_some_and(|b| b.state != State::Closed)
+    };
+    let available = listed
+        .models
+        .iter()
+        .filter(|m| m.provider.key(&gw.env).is_some() && !blocked(&m.short))
+        .count()
+        + ollama_models.iter().filter(|m| !blocked(&m.short)).count();
+    let degraded = breakers.values().any(|b| b.state != State::Closed);
+    let providers: serde_json::Map<String, Value> = Provider::CLOUD
+        .iter()
+        .map(|p| {
+            (
+                p.name().to_string(),
+                json!({"key_set": p.key(&gw.env).is_some(), "key_env": p.key_env()}),
+            )
+        })
+        .collect();
+    let stats = &gw.stats;
+    let body = json!({
+        "status": if degraded { "degraded" } else { "ok" },
+        "version": crate::VERSION,
+        "uptime_s": gw.started.elapsed().as_secs(),
+        "available_models": available,
+        "memory_set": !gw.memory().content.is_empty(),
+        "workers": {"total": stats.workers_total.load(Relaxed), "busy": stats.workers_busy.load(Relaxed)},
+        "queue": {"depth": stats.queue_depth.load(Relaxed), "capacity": stats.queue_capacity.load(Relaxed)},
+        "connections": stats.connections_open.load(Relaxed),
+        "circuit_breakers": breakers,
+        "providers": providers,
+        "ollama": gw.ollama.status(),
+    });
+    Ok(Response::json(200, &body))
+}
+
+/// `GET /api/memory` answers the block; `PUT` (from `-admin-allow` only) replaces it,
+/// persists it, and answers what is now on disk.
+pub(super) fn memory(gw: &Gateway, req: &Request) -> Result<Response, Error> {
+    let memory = if req.method == "PUT" {
+        if !gw.settings.admin_allow.allows(req.peer) {
+            return Err(Error::AdminOnly { ip: req.peer });
+        }
+        let memory = Memory::parse(&req.body, Path::new("request body")).map_err(|e| match e {
+            Error::File { line, column, message, .. } => Error::invalid(format!(
+                "memory must be {{\"content\": \"...\", \"cache\": true}}: {message} at line {line}, column {column}"
+            )),
+            other => other,
+        })?;
+        let memory = gw.replace_memory(memory)?;
+        log::info!(chars = memory.content.chars().count(), ip = req.peer.to_string(); "memory replaced");
+        memory
+    } else {
+        gw.memory()
+    };
+    Ok(Response::json(
+        200,
+        &serde_json::to_value(&*memory).unwrap_or_default(),
+    ))
+}

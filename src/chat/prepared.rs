@@ -1,0 +1,116 @@
+//! A chat request made ready for one model, the same way for the server and `sigoe`: the
+//! body sent upstream (memory first, then the session history, then the request's messages,
+//! with the clamps of [`ChatRequest::upstream_body`]), and the session turn kept after a
+//! success.
+
+use super::request::ChatRequest;
+use crate::error::Error;
+use crate::state::catalog::Model;
+use crate::state::memory::Memory;
+use crate::state::session::{Message, SessionStore};
+
+/// A request made ready for one model: the upstream body, and what the session needs once
+/// the answer is in.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The model's short code (session files are named after it).
+    pub short: String,
+    /// The body for the upstream, serialized.
+    pub body: Vec<u8>,
+    /// The session id and the request's last user message, when a session is kept.
+    session: Option<(String, Option<Message>)>,
+}
+
+impl Prepared {
+    /// Reads the session history (when the request names a session) and builds the upstream
+    /// body. The body is logged at DEBUG only: it holds the user's messages.
+    pub fn new(
+        req: &ChatRequest,
+        model: &Model,
+        memory: &Memory,
+        sessions: &SessionStore,
+    ) -> Result<Prepared, Error> {
+        let history = match &req.session_id {
+            Some(id) => sessions.history(&model.short, id)?,
+            None => Vec::new(),
+        };
+        let body = req.upstream_body(model, memory, &history);
+        let body = serde_json::to_vec(&body).map_err(|e| Error::Internal {
+            message: e.to_string(),
+        })?;
+        if log::log_enabled!(log::Level::Debug) {
+            log::debug!(model = model.short.as_str(), body = String::from_utf8_lossy(&body).as_ref(); "upstream request");
+        }
+        Ok(Prepared {
+            short: model.short.clone(),
+            body,
+            session: req
+                .session_id
+                .clone()
+                .map(|id| (id, req.last_user_message())),
+        })
+    }
+
+    /// Appends the user's message and `assistant` to the session, if there is one. A failure
+    /// to write is logged, not returned: the answer is there all the same, and the old
+    /// session file is intact (writes are atomic).
+    pub fn save_turn(&self, sessions: &SessionStore, assistant: Message) {
+        let Some((id, user)) = &self.session else {
+            return;
+        };
+        let turn: Vec<Message> = user.clone().into_iter().chain(Some(assistant)).collect();
+        if let Err(e) = sessions.append(&self.short, id, &turn) {
+            log::error!(model = self.short.as_str(), session = id.as_str(), error = e.to_string().as_str(); "session not saved");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::answer::assistant_message;
+    use crate::state::catalog::Catalog;
+    use crate::util::fs::testdir::TestDir;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn prepared_requests_read_and_keep_the_session() {
+        let dir = TestDir::new("completion-prepared");
+        let sessions = SessionStore::new(dir.path());
+        let model = Catalog::embedded().get("claude-h").unwrap().clone();
+        let memory = Memory {
+            content: "mem".into(),
+            cache: false,
+        };
+        let body = json!({"model": "claude-h", "session_id": "s1", "max_tokens": 99999,
+            "messages": [{"role": "user", "content": "q1"}]});
+        let req = ChatRequest::parse(body.to_string().as_bytes()).unwrap();
+
+        let first = Prepared::new(&req, &model, &memory, &sessions).unwrap();
+        let sent: Value = serde_json::from_slice(&first.body).unwrap();
+        assert_eq!(sent["model"], "claude-3-5-haiku-20241022");
+        assert_eq!(sent["max_tokens"], 8192);
+        assert_eq!(sent["messages"].as_array().unwrap().len(), 2);
+        assert!(sent.get("session_id").is_none());
+        first.save_turn(&sessions, assistant_message(json!("a1")));
+
+        let again = Prepared::new(&req, &model, &memory, &sessions).unwrap();
+        let sent: Value = serde_json::from_slice(&again.body).unwrap();
+        let roles: Vec<&str> = sent["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        assert_eq!(sent["messages"][2]["content"], "a1");
+
+        // Without a session nothing is read or written.
+        let plain =
+            ChatRequest::parse(br#"{"model":"x","messages":[{"role":"user","content":"q"}]}"#)
+                .unwrap();
+        let p = Prepared::new(&plain, &model, &Memory::default(), &sessions).unwrap();
+        p.save_turn(&sessions, assistant_message(json!("ignored")));
+        assert_eq!(sessions.history("claude-h", "s1").unwrap().len(), 2);
+    }
+}

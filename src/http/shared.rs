@@ -1,0 +1,95 @@
+//! What every thread of one server shares: the handler, limits and timeouts, the stopping
+//! flag, and the open connections (so that a shutdown can wake or end them).
+
+use std::collections::HashMap;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::wire::Sock;
+use super::{Handler, Hangup, Limits, Stats, Timeouts};
+use crate::util::lock;
+
+/// What every thread of one server shares.
+pub(crate) struct Shared {
+    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) limits: Limits,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) stopping: AtomicBool,
+    pub(crate) prefix: String,
+    pub(crate) next_id: AtomicU64,
+    /// Open connections, so that shutdown can end them after its grace.
+    pub(crate) open: Mutex<HashMap<u64, Tracked>>,
+}
+
+pub(crate) struct Tracked {
+    pub(crate) sock: Option<Sock>,
+    pub(crate) hangup: Option<Hangup>,
+    /// The connection waits for a request (see [`Shared::wake_waiting`]).
+    pub(crate) waiting: Arc<AtomicBool>,
+}
+
+impl Shared {
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Registers the connection's socket; returns its "waiting for a request" flag.
+    pub(crate) fn track(&self, id: u64, sock: Sock) -> Arc<AtomicBool> {
+        let waiting = Arc::new(AtomicBool::new(true));
+        if let Some(t) = lock(&self.open).get_mut(&id) {
+            t.sock = Some(sock);
+            t.waiting = Arc::clone(&waiting);
+        }
+        waiting
+    }
+
+    /// Ends every wait for a request (idle keep-alive, handshake, head) by shutting the read
+    /// side of its socket: the blocked read returns at once. Requests under way are left alone.
+    pub(crate) fn wake_waiting(&self) {
+        let open = lock(&self.open);
+        for t in open.values().filter(|t| t.waiting.load(Ordering::SeqCst)) {
+            if let Some(s) = &t.sock {
+                let _ = s.0.shutdown(Shutdown::Read);
+            }
+        }
+    }
+
+    pub(crate) fn set_hangup(&self, id: u64, hangup: Option<Hangup>) {
+        if let Some(t) = lock(&self.open).get_mut(&id) {
+            t.hangup = hangup;
+        }
+    }
+
+    /// Shuts every open socket down (their threads see errors at once) and tells running
+    /// handlers that their clients are gone.
+    pub(crate) fn force_close(&self) {
+        let hangups: Vec<Hangup> = {
+            let open = lock(&self.open);
+            for s in open.values().filter_map(|t| t.sock.as_ref()) {
+                let _ = s.0.shutdown(Shutdown::Both);
+            }
+            open.values().filter_map(|t| t.hangup.clone()).collect()
+        };
+        for h in hangups {
+            h.fire();
+        }
+    }
+}
+
+/// One counted connection; uncounts it when dropped, on whatever path its thread ends.
+pub(crate) struct Slot {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.shared.open).remove(&self.id);
+        self.shared
+            .stats
+            .connections_open
+            .fetch_sub(1, Ordering::AcqRel);
+    }
+}

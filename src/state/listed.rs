@@ -1,0 +1,76 @@
+//! The cloud models on offer: `models.csv` (or its embedded default) applied to the catalog.
+
+use std::path::Path;
+
+use super::catalog::{self, Catalog, Model};
+use crate::error::Error;
+
+/// The cloud models on offer, in whitelist order.
+#[derive(Debug, Default)]
+pub struct Listed {
+    pub models: Vec<Model>,
+}
+
+impl Listed {
+    pub fn new(models: Vec<Model>) -> Listed {
+        Listed { models }
+    }
+
+    /// A listed model by short code or id, in any case (see [`catalog::find`]).
+    pub fn get(&self, name: &str) -> Option<&Model> {
+        catalog::find(&self.models, name, |m| m)
+    }
+
+    /// Reads the whitelist file (or the embedded default when it does not exist) and applies
+    /// it to the catalog. Unknown short codes are ignored with a WARN naming them.
+    pub fn load(catalog: &Catalog, path: &Path) -> Result<Listed, Error> {
+        let text = match std::fs::read(path) {
+            Ok(bytes) => String::from_utf8(bytes).map_err(|e| Error::File {
+                path: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!(
+                    "not UTF-8 (bad byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                ),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                catalog::DEFAULT_WHITELIST.to_string()
+            }
+            Err(e) => return Err(Error::io(path, &e)),
+        };
+        let (models, unknown) = catalog.select(&catalog::parse_whitelist(&text));
+        for code in unknown {
+            log::warn!(file = path.display().to_string(), code = code.as_str(); "unknown model short code ignored");
+        }
+        Ok(Listed::new(models))
+    }
+
+    /// The short codes in `self` that `other` does not list.
+    pub fn missing_from(&self, other: &Listed) -> Vec<String> {
+        self.models
+            .iter()
+            .filter(|m| other.get(&m.short).is_none())
+            .map(|m| m.short.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_prefers_short_codes_and_ignores_case() {
+        let c = Catalog::embedded();
+        let l = Listed::new(vec![
+            c.get("gpt41").unwrap().clone(),
+            c.get("kimi").unwrap().clone(),
+        ]);
+        assert_eq!(l.get("GPT-4.1").unwrap().short, "gpt41");
+        assert_eq!(l.get(" Kimi ").unwrap().short, "kimi");
+        assert!(l.get("claude-h").is_none());
+        let only_kimi = Listed::new(vec![c.get("kimi").unwrap().clone()]);
+        assert_eq!(l.missing_from(&only_kimi), ["gpt41"]);
+    }
+}
