@@ -144,6 +144,8 @@ impl Gateway {
         if let Some(json) = &opts.memory_json {
             std::fs::write(dir.join("memory.json"), json).expect("write memory.json");
         }
+        // New settings get their defaults (`..Config::default()`) unless a test sets them.
+        #[allow(clippy::needless_update)]
         let config = Config {
             http_port: 0,
             https_port: 0,
@@ -162,6 +164,7 @@ impl Gateway {
             json_log: false,
             shutdown_grace: Duration::from_secs(5),
             bind: "127.0.0.1".parse().expect("ip"),
+            ..Config::default()
         };
         let any_port: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         let https = opts.https.then_some(any_port);
