@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+mod anthropic;
 mod api;
 mod chat;
 pub mod cli;

@@ -388,3 +388,30 @@ fn the_connection_stays_usable_after_a_stream() {
     assert_eq!(text.matches("http/1.1 200").count(), 2, "{text}");
     assert!(text.contains("\"uptime_s\""), "{text}");
 }
+
+#[test]
+fn clients_that_leave_before_the_first_event_never_open_the_breaker() {
+    use std::io::Write;
+    let (fake, gw) = setup();
+    fake.set_default(|_: &crate::support::upstream::Recorded| {
+        Reply::chat_stream(&["late"]).first_delay(Duration::from_secs(5))
+    });
+    let b = body("gpt41", json!({}));
+    for n in 1..=4 {
+        // Like Ctrl-C on a slow model: the request is sent, then the client is gone.
+        let mut sock = std::net::TcpStream::connect(gw.http).unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            b.len()
+        );
+        sock.write_all(head.as_bytes()).unwrap();
+        sock.write_all(&b).unwrap();
+        fake.wait_for_requests(n, Duration::from_secs(5));
+        drop(sock);
+        fake.wait_for_client_aborts(n, Duration::from_secs(5));
+    }
+    let health = gw.get("/api/health").json();
+    let breaker = &health["circuit_breakers"]["gpt41"];
+    assert_eq!(breaker["state"], "closed", "{health}");
+    assert_eq!(breaker["consecutive_failures"], 0, "{health}");
+}

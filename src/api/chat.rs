@@ -1,24 +1,19 @@
-//! `POST /v1/chat/completions`: validate, resolve the model, build the upstream body, call it
-//! (retries, breaker), answer, and keep the session.
-//!
-//! Streams are relayed event by event as they arrive: the first event is awaited (and the
-//! call retried) before the 200 goes out, so a failure before it is a normal JSON error;
-//! after it, a failure becomes a final `data: {"error": ...}` event. The assistant's text is
-//! gathered from the deltas and stored in the session only when the stream completes.
+//! `POST /v1/chat/completions`: the OpenAI front of [`super::call`]. The request is any
+//! OpenAI chat-completions body plus the extensions; a complete answer is the upstream's
+//! body as it came; a stream is relayed event by event as it arrives, with the usage chunk
+//! only when the client asked for it, ending with `data: [DONE]`, or with a final
+//! `data: {"error": ...}` event when the upstream fails after the first event.
 
-use std::time::Instant;
+use std::io;
 
-use crate::chat::answer;
-use crate::chat::prepared::Prepared;
+use super::call::{self, Answered, StreamFront};
+use crate::chat::answer::Usage;
 use crate::chat::request::ChatRequest;
 use crate::chat::sse;
-use crate::chat::stream::{Gathered, StreamEnd};
+use crate::chat::stream::Chunk;
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::http::{LogFields, Request, Response, Sink};
-use crate::upstream::breaker::{Outcome, Permit};
-use crate::upstream::retry::Failure;
-use crate::upstream::{OpenStream, read_open_stream};
 
 /// `POST /v1/chat/completions`. The fields gathered for the access log (model, attempts,
 /// tokens) go with the answer whether it succeeded or not.
@@ -33,119 +28,40 @@ pub(super) fn completions(gw: &Gateway, req: &Request) -> Result<Response, Error
 }
 
 fn answer(gw: &Gateway, req: &Request, log: &mut LogFields) -> Result<Response, Error> {
-    let creq = ChatRequest::parse(&req.body)?;
-    let resolved = gw.resolve(&creq.model)?;
-    let model = resolved.model;
-    log.push(("model", model.short.clone()));
-    if let Some(env) = model.provider.key_env() {
-        if resolved.target.key.is_none() {
-            return Err(Error::ProviderNotConfigured { env });
+    let chat = ChatRequest::parse(&req.body)?;
+    Ok(match call::run(gw, req, &chat, log)? {
+        Answered::Complete(mut done) => {
+            let body = std::mem::take(&mut done.body);
+            done.respond("application/json", body)
         }
-    }
-    let memory = gw.memory();
-    let prepared = Prepared::new(&creq, &model, &memory, &gw.sessions)?;
-    let permit = gw
-        .breakers
-        .admit(&model.short)
-        .map_err(|retry_after_s| Error::CircuitOpen {
-            model: model.short.clone(),
-            retry_after_s,
-        })?;
-
-    if creq.stream {
-        let opened = gw.upstream.open_stream(
-            &resolved.target,
-            &prepared.body,
-            creq.timeout,
-            creq.timeout,
-            creq.retries,
-            &req.hangup,
-        );
-        log.push(("attempts", opened.attempts.to_string()));
-        return match opened.result {
-            Ok(stream) => Ok(relay(gw, stream, permit, prepared, creq.client_wants_usage)),
-            Err(failure) => Err(fail(permit, failure, &prepared.short)),
-        };
-    }
-
-    let deadline = Instant::now() + creq.timeout;
-    let done = gw.upstream.complete(
-        &resolved.target,
-        &prepared.body,
-        deadline,
-        creq.retries,
-        &req.hangup,
-    );
-    log.push(("attempts", done.attempts.to_string()));
-    let (answer, parsed) = match done.result {
-        Ok(done) => (done.body, done.answer),
-        Err(failure) => return Err(fail(permit, failure, &prepared.short)),
-    };
-    permit.finish(Outcome::Success);
-    log_tokens(log, parsed.prompt_tokens, parsed.completion_tokens);
-    prepared.save_turn(&gw.sessions, answer::assistant_message(parsed.content));
-    Ok(Response::full(200, "application/json", answer))
+        Answered::Stream(stream) => stream.respond(
+            "text/event-stream",
+            Relay {
+                wants_usage: chat.client_wants_usage,
+            },
+        ),
+    })
 }
 
-/// The 200 whose body relays the rest of an opened stream.
-fn relay(
-    gw: &Gateway,
-    stream: OpenStream,
-    permit: Permit,
-    mut prepared: Prepared,
-    client_wants_usage: bool,
-) -> Response {
-    // The request body is not needed any more; a stream may run for minutes.
-    prepared.body = Vec::new();
-    let sessions = gw.sessions.clone();
-    let body = Box::new(move |sink: &mut dyn Sink, log: &mut LogFields| {
-        let mut gathered = Gathered::default();
-        let end = read_open_stream(stream, &mut gathered, |payload, fed| {
-            if fed.usage_only && !client_wants_usage {
-                return Ok(());
-            }
-            sink.send(&sse::frame(payload))
-        });
-        let (prompt, completion) = gathered.usage();
-        log_tokens(log, prompt, completion);
-        match end {
-            StreamEnd::Done => {
-                permit.finish(Outcome::Success);
-                prepared.save_turn(&sessions, gathered.assistant());
-                sink.send(sse::DONE)
-            }
-            StreamEnd::Failed(message) => {
-                permit.finish(Outcome::Failure);
-                log.push(("error", "upstream_error".to_string()));
-                let err = Error::Upstream {
-                    message: format!("{}: {message}", prepared.short),
-                };
-                sink.send(&sse::frame(&err.body().to_string()))
-            }
-            StreamEnd::Stopped(e) => {
-                permit.finish(Outcome::Neutral);
-                log.push(("error", "client_gone".to_string()));
-                Err(e)
-            }
+/// OpenAI's events relayed as they came.
+struct Relay {
+    /// The client asked for the usage chunk itself (the gateway always asks the upstream).
+    wants_usage: bool,
+}
+
+impl StreamFront for Relay {
+    fn chunk(&mut self, raw: &str, chunk: &Chunk, sink: &mut dyn Sink) -> io::Result<()> {
+        if chunk.usage_only() && !self.wants_usage {
+            return Ok(());
         }
-    });
-    Response::stream(200, "text/event-stream", body)
-        .with_header("Cache-Control", "no-cache")
-        .with_header("X-Accel-Buffering", "no")
-}
-
-/// Records a failed call with the breaker and turns it into the client's error.
-fn fail(permit: Permit, failure: Failure, short: &str) -> Error {
-    permit.finish(failure.breaker_outcome());
-    failure.into_error(short)
-}
-
-/// Adds the token usage, where the provider reported it, to the access log line.
-fn log_tokens(log: &mut LogFields, prompt: Option<u64>, completion: Option<u64>) {
-    if let Some(n) = prompt {
-        log.push(("prompt_tokens", n.to_string()));
+        sink.send(&sse::frame(raw))
     }
-    if let Some(n) = completion {
-        log.push(("completion_tokens", n.to_string()));
+
+    fn done(&mut self, _usage: &Usage, sink: &mut dyn Sink) -> io::Result<()> {
+        sink.send(sse::DONE)
+    }
+
+    fn failed(&mut self, error: &Error, sink: &mut dyn Sink) -> io::Result<()> {
+        sink.send(&sse::frame(&error.body().to_string()))
     }
 }

@@ -2,13 +2,14 @@
 //!
 //! | path | module |
 //! |---|---|
-//! | `POST /v1/chat/completions` | [`chat`] |
+//! | `POST /v1/chat/completions` | [`chat`] (OpenAI) |
+//! | `POST /v1/messages`, `POST /v1/messages/count_tokens` | [`messages`] (Anthropic) |
 //! | `GET /v1/models`, `GET /api/models` | [`models`] |
 //! | `GET /api/health`, `GET`/`PUT /api/memory` | [`admin`] |
 //!
-//! `/chat/completions` and `/models` also answer without the `/v1` prefix (clients set
-//! with a bare base URL). Every handler takes the shared [`Gateway`] and the request and
-//! returns a response; errors are rendered here, once.
+//! The `/v1` routes also answer without the prefix (clients set with a bare base URL). Every
+//! handler takes the shared [`Gateway`] and the request and returns a response; the router
+//! renders the errors it returns, in the shape of the route's API family.
 
 use std::sync::Arc;
 
@@ -17,11 +18,39 @@ use crate::gateway::Gateway;
 use crate::http::{Handler, Request, Response};
 
 mod admin;
+mod call;
 mod chat;
+mod messages;
 mod models;
 
 /// An endpoint's handler.
 type Endpoint = fn(&Gateway, &Request) -> Result<Response, Error>;
+
+/// Whose error shape a route's clients parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    OpenAi,
+    Anthropic,
+}
+
+impl Shape {
+    /// The shape for a path (also for a path that has no route, or a wrong method).
+    fn of(path: &str) -> Shape {
+        let path = path.strip_prefix("/v1").unwrap_or(path);
+        if path == "/messages" || path.starts_with("/messages/") {
+            Shape::Anthropic
+        } else {
+            Shape::OpenAi
+        }
+    }
+
+    fn render(self, e: &Error) -> Response {
+        match self {
+            Shape::OpenAi => Response::error(e),
+            Shape::Anthropic => crate::anthropic::error::response(e),
+        }
+    }
+}
 
 /// The HTTP face of the gateway: routes each request to its endpoint.
 pub struct Router {
@@ -43,6 +72,8 @@ impl Router {
         let bare = req.path == path;
         Ok(match path {
             "/chat/completions" => ("POST", chat::completions),
+            "/messages" => ("POST", messages::create),
+            "/messages/count_tokens" => ("POST", messages::count_tokens),
             "/models" => ("GET, HEAD", models::openai),
             "/api/models" if bare => ("GET, HEAD", models::detailed),
             "/api/health" if bare => ("GET, HEAD", admin::health),
@@ -71,7 +102,7 @@ impl Handler for Router {
     fn handle(&self, req: &Request) -> Response {
         match self.route(req) {
             Ok(resp) => resp,
-            Err(e) => Response::error(&e),
+            Err(e) => Shape::of(&req.path).render(&e),
         }
     }
 }

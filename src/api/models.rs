@@ -9,8 +9,22 @@ use crate::http::{Request, Response};
 use crate::state::catalog::Model;
 
 /// `GET /v1/models`: `{"object": "list", "data": [{"id", "object", "created", "owned_by"}]}`.
-pub(super) fn openai(gw: &Gateway, _req: &Request) -> Result<Response, Error> {
-    let entry = |short: &str, owner: &str| json!({"id": short, "object": "model", "created": gw.started_unix, "owned_by": owner});
+/// Asked by an Anthropic client (an `anthropic-version` header: Claude Code's model
+/// discovery, `client.models.list()`), the entries and the list also carry Anthropic's
+/// fields (`type`, `display_name`, `created_at`; `has_more`, `first_id`, `last_id`).
+pub(super) fn openai(gw: &Gateway, req: &Request) -> Result<Response, Error> {
+    let anthropic = req.header("anthropic-version").is_some();
+    let created_at = crate::logging::rfc3339(gw.started_unix);
+    let entry = |short: &str, owner: &str| {
+        let mut e =
+            json!({"id": short, "object": "model", "created": gw.started_unix, "owned_by": owner});
+        if anthropic {
+            e["type"] = json!("model");
+            e["display_name"] = json!(short);
+            e["created_at"] = json!(created_at);
+        }
+        e
+    };
     let mut data: Vec<Value> = gw
         .listed()
         .models
@@ -18,10 +32,16 @@ pub(super) fn openai(gw: &Gateway, _req: &Request) -> Result<Response, Error> {
         .map(|m| entry(&m.short, m.provider.name()))
         .collect();
     data.extend(gw.ollama.models().iter().map(|m| entry(&m.short, "ollama")));
-    Ok(Response::json(
-        200,
-        &json!({"object": "list", "data": data}),
-    ))
+    let mut list = json!({"object": "list", "data": data});
+    if anthropic {
+        list["has_more"] = json!(false);
+        list["first_id"] = list["data"][0]["id"].clone();
+        list["last_id"] = list["data"]
+            .as_array()
+            .and_then(|d| d.last())
+            .map_or(Value::Null, |e| e["id"].clone());
+    }
+    Ok(Response::json(200, &list))
 }
 
 /// `GET /api/models`: short code, upstream id, provider, limits, prices, temperature range,

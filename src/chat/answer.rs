@@ -1,42 +1,108 @@
 //! A non-streamed answer from a provider: what the gateway reads of it (the assistant's
 //! content and the token usage), and the assistant's turn that goes into a session.
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::state::session::Message;
+
+/// Token usage as a provider reports it (`usage` of an answer or of a stream's last chunk).
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: Option<u64>,
+    #[serde(default)]
+    pub completion_tokens: Option<u64>,
+    #[serde(default)]
+    pub prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+pub struct PromptDetails {
+    /// Prompt tokens read from the provider's prompt cache.
+    #[serde(default)]
+    pub cached_tokens: Option<u64>,
+}
+
+impl Usage {
+    /// Takes what `other` reports, keeping what it leaves out.
+    pub fn merge(&mut self, other: &Usage) {
+        self.prompt_tokens = other.prompt_tokens.or(self.prompt_tokens);
+        self.completion_tokens = other.completion_tokens.or(self.completion_tokens);
+        if other.prompt_tokens_details.is_some() {
+            self.prompt_tokens_details = other.prompt_tokens_details.clone();
+        }
+    }
+
+    /// Prompt tokens read from the cache, 0 when not reported.
+    pub fn cached_tokens(&self) -> u64 {
+        self.prompt_tokens_details
+            .as_ref()
+            .and_then(|d| d.cached_tokens)
+            .unwrap_or(0)
+    }
+}
+
+/// One tool call of an answer.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments as the model wrote them (JSON text, not always valid).
+    pub arguments: String,
+}
+
+impl ToolCall {
+    /// `{"id", "type": "function", "function": {"name", "arguments"}}`, read leniently:
+    /// arguments sent as an object instead of JSON text are turned into text.
+    fn read(call: &Value) -> ToolCall {
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        ToolCall {
+            id: text(&call["id"]),
+            name: text(&call["function"]["name"]),
+            arguments: text(&call["function"]["arguments"]),
+        }
+    }
+}
 
 /// What the gateway reads from a non-streamed upstream answer.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Answer {
     /// The assistant message's content (string, parts, or null with tool calls).
     pub content: Value,
-    pub prompt_tokens: Option<u64>,
-    pub completion_tokens: Option<u64>,
+    pub tool_calls: Vec<ToolCall>,
+    pub finish_reason: Option<String>,
+    pub usage: Usage,
 }
 
 /// Reads an upstream 2xx body: it must be a JSON object with a `choices` array; anything else
 /// is a bad answer (`Err` with a short description).
 pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
-    #[derive(serde::Deserialize)]
+    #[derive(Deserialize)]
     struct Raw {
         choices: Vec<Choice>,
         #[serde(default)]
         usage: Option<Usage>,
     }
-    #[derive(serde::Deserialize)]
+    // Everything past `choices` is read leniently (values of any type): an odd field must
+    // not turn a good answer into a "bad answer" that is retried and billed again.
+    #[derive(Deserialize)]
     struct Choice {
         #[serde(default)]
         message: Option<Msg>,
+        #[serde(default)]
+        finish_reason: Value,
     }
-    #[derive(serde::Deserialize)]
+    #[derive(Deserialize)]
     struct Msg {
         #[serde(default)]
         content: Value,
-    }
-    #[derive(serde::Deserialize)]
-    struct Usage {
-        prompt_tokens: Option<u64>,
-        completion_tokens: Option<u64>,
+        #[serde(default)]
+        tool_calls: Value,
     }
     let raw: Raw = serde_json::from_slice(body).map_err(|e| {
         let kind = if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
@@ -46,16 +112,23 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
         };
         format!("answer is {kind}: {e}")
     })?;
-    let content = raw
-        .choices
-        .into_iter()
-        .next()
-        .and_then(|c| c.message)
-        .map(|m| m.content);
+    let choice = raw.choices.into_iter().next();
+    let finish_reason = choice
+        .as_ref()
+        .and_then(|c| c.finish_reason.as_str())
+        .map(str::to_string);
+    let message = choice.and_then(|c| c.message);
+    let (content, calls) =
+        message.map_or((Value::Null, Value::Null), |m| (m.content, m.tool_calls));
+    let tool_calls = match calls {
+        Value::Array(calls) => calls.iter().map(ToolCall::read).collect(),
+        _ => Vec::new(),
+    };
     Ok(Answer {
-        content: content.unwrap_or(Value::Null),
-        prompt_tokens: raw.usage.as_ref().and_then(|u| u.prompt_tokens),
-        completion_tokens: raw.usage.as_ref().and_then(|u| u.completion_tokens),
+        content,
+        tool_calls,
+        finish_reason,
+        usage: raw.usage.unwrap_or_default(),
     })
 }
 
@@ -94,14 +167,44 @@ mod tests {
     fn answers() {
         let a = parse_answer(br#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#).unwrap();
         assert_eq!(
-            (a.content, a.prompt_tokens, a.completion_tokens),
+            (a.content, a.usage.prompt_tokens, a.usage.completion_tokens),
             (json!("Hi"), Some(9), Some(2))
         );
+        assert_eq!(a.finish_reason.as_deref(), Some("stop"));
         let tools = parse_answer(
             br#"{"choices":[{"message":{"role":"assistant","content":null,"tool_calls":[]}}]}"#,
         )
         .unwrap();
         assert_eq!(tools.content, Value::Null);
+        let calls = parse_answer(br#"{"choices":[{"finish_reason":"tool_calls","message":{"content":null,"tool_calls":[
+            {"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"x\":1}"}},
+            {"id":"call_2","function":{"name":"g","arguments":{"y":2}}}, 7]}}],"usage":{"prompt_tokens":3,
+            "prompt_tokens_details":{"cached_tokens":2}}}"#).unwrap();
+        assert_eq!(calls.finish_reason.as_deref(), Some("tool_calls"));
+        assert_eq!(calls.tool_calls.len(), 3);
+        assert_eq!(
+            (
+                calls.tool_calls[0].id.as_str(),
+                calls.tool_calls[0].name.as_str()
+            ),
+            ("call_1", "f")
+        );
+        assert_eq!(calls.tool_calls[0].arguments, r#"{"x":1}"#);
+        assert_eq!(
+            calls.tool_calls[1].arguments, r#"{"y":2}"#,
+            "an object becomes text"
+        );
+        assert_eq!(
+            calls.tool_calls[2],
+            ToolCall::default(),
+            "junk is read as empty"
+        );
+        assert_eq!(calls.usage.cached_tokens(), 2);
+        let odd = parse_answer(
+            br#"{"choices":[{"finish_reason":5,"message":{"content":"x","tool_calls":"no"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!((odd.finish_reason, odd.tool_calls.len()), (None, 0));
         assert_eq!(assistant_message(tools.content).content, json!(""));
         assert!(parse_answer(b"not json").unwrap_err().contains("not JSON"));
         assert!(

@@ -8,3 +8,4 @@ pub mod provider_error;
 pub mod request;
 pub mod sse;
 pub mod stream;
+pub mod tokens;

@@ -51,6 +51,11 @@ impl Prepared {
         })
     }
 
+    /// Whether a session turn is kept (and so the answer's text must be gathered).
+    pub fn keeps_session(&self) -> bool {
+        self.session.is_some()
+    }
+
     /// Appends the user's message and `assistant` to the session, if there is one. A failure
     /// to write is logged, not returned: the answer is there all the same, and the old
     /// session file is intact (writes are atomic).

@@ -48,87 +48,16 @@ impl ChatRequest {
     /// Validates a client body. Errors are 400 `invalid_request` with a message that says
     /// what to fix and, where there is one, the field in `param`.
     pub fn parse(raw: &[u8]) -> Result<ChatRequest, Error> {
-        if raw.iter().all(u8::is_ascii_whitespace) {
-            return Err(Error::invalid(
-                "request body is empty: send a JSON chat-completions body",
-            ));
-        }
-        let text = std::str::from_utf8(raw).map_err(|e| {
-            Error::invalid(format!(
-                "request body is not valid UTF-8 (bad byte at offset {})",
-                e.valid_up_to()
-            ))
-        })?;
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| Error::invalid(format!("request body is not valid JSON: {e}")))?;
-        let Value::Object(mut body) = value else {
-            return Err(Error::invalid("request body must be a JSON object"));
-        };
+        ChatRequest::from_object(json_object(raw, "chat-completions")?)
+    }
 
-        let model = match body.get("model") {
-            Some(Value::String(m)) if !m.trim().is_empty() => m.trim().to_string(),
-            Some(Value::String(_)) => {
-                return Err(Error::invalid_param("model", "'model' is empty"));
-            }
-            Some(_) => return Err(Error::invalid_param("model", "'model' must be a string")),
-            None => return Err(Error::invalid_param("model", "'model' is required")),
-        };
+    /// Validates a body already read as a JSON object (the other APIs' bodies, translated).
+    pub fn from_object(mut body: Map<String, Value>) -> Result<ChatRequest, Error> {
+        let model = model_name(body.get("model"))?;
         check_messages(body.get("messages"))?;
-
-        let session_id = match body.remove("session_id") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(id)) => {
-                session::validate_id(&id)?;
-                Some(id)
-            }
-            Some(_) => {
-                return Err(Error::invalid_param(
-                    "session_id",
-                    "'session_id' must be a string",
-                ));
-            }
-        };
-        let timeout = match body.remove("timeout") {
-            None | Some(Value::Null) => DEFAULT_TIMEOUT,
-            Some(Value::Number(n)) => match n.as_f64() {
-                Some(s) if s > 0.0 && s <= MAX_TIMEOUT.as_secs_f64() => Duration::from_secs_f64(s),
-                _ => {
-                    return Err(Error::invalid_param(
-                        "timeout",
-                        format!(
-                            "'timeout' must be a number of seconds above 0 and at most {}",
-                            MAX_TIMEOUT.as_secs()
-                        ),
-                    ));
-                }
-            },
-            Some(_) => {
-                return Err(Error::invalid_param(
-                    "timeout",
-                    "'timeout' must be a number of seconds",
-                ));
-            }
-        };
-        let retries = match body.remove("retries") {
-            None | Some(Value::Null) => DEFAULT_RETRIES,
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(r) if (1..=u64::from(MAX_RETRIES)).contains(&r) => r as u32,
-                _ => {
-                    return Err(Error::invalid_param(
-                        "retries",
-                        format!(
-                            "'retries' must be a whole number of attempts from 1 to {MAX_RETRIES}"
-                        ),
-                    ));
-                }
-            },
-            Some(_) => {
-                return Err(Error::invalid_param(
-                    "retries",
-                    "'retries' must be a whole number",
-                ));
-            }
-        };
+        let session_id = session_id(body.remove("session_id"))?;
+        let timeout = timeout(body.remove("timeout"))?;
+        let retries = retries(body.remove("retries"))?;
         let stream = match body.get("stream") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -149,29 +78,7 @@ impl ChatRequest {
                 ));
             }
         };
-        match body.get("temperature") {
-            None | Some(Value::Null) | Some(Value::Number(_)) => {}
-            Some(_) => {
-                return Err(Error::invalid_param(
-                    "temperature",
-                    "'temperature' must be a number",
-                ));
-            }
-        }
-        for field in ["max_tokens", "max_completion_tokens"] {
-            match body.get(field) {
-                None | Some(Value::Null) => {}
-                Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v > 0) => {}
-                Some(_) => {
-                    return Err(Error::invalid_param(
-                        field,
-                        format!(
-                            "'{field}' must be a whole number above 0 (leave it out for the model's default)"
-                        ),
-                    ));
-                }
-            }
-        }
+        check_numbers(&body)?;
         Ok(ChatRequest {
             model,
             session_id,
@@ -260,6 +167,116 @@ impl ChatRequest {
         }
         body
     }
+}
+
+/// A request body that must be one JSON object (`what` names the API, for the message).
+pub fn json_object(raw: &[u8], what: &str) -> Result<Map<String, Value>, Error> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::invalid(format!(
+            "request body is empty: send a JSON {what} body"
+        )));
+    }
+    let text = std::str::from_utf8(raw).map_err(|e| {
+        Error::invalid(format!(
+            "request body is not valid UTF-8 (bad byte at offset {})",
+            e.valid_up_to()
+        ))
+    })?;
+    match serde_json::from_str(text) {
+        Ok(Value::Object(body)) => Ok(body),
+        Ok(_) => Err(Error::invalid("request body must be a JSON object")),
+        Err(e) => Err(Error::invalid(format!(
+            "request body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+fn model_name(model: Option<&Value>) -> Result<String, Error> {
+    match model {
+        Some(Value::String(m)) if !m.trim().is_empty() => Ok(m.trim().to_string()),
+        Some(Value::String(_)) => Err(Error::invalid_param("model", "'model' is empty")),
+        Some(_) => Err(Error::invalid_param("model", "'model' must be a string")),
+        None => Err(Error::invalid_param("model", "'model' is required")),
+    }
+}
+
+fn session_id(value: Option<Value>) -> Result<Option<String>, Error> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(id)) => {
+            session::validate_id(&id)?;
+            Ok(Some(id))
+        }
+        Some(_) => Err(Error::invalid_param(
+            "session_id",
+            "'session_id' must be a string",
+        )),
+    }
+}
+
+fn timeout(value: Option<Value>) -> Result<Duration, Error> {
+    match value {
+        None | Some(Value::Null) => Ok(DEFAULT_TIMEOUT),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(s) if s > 0.0 && s <= MAX_TIMEOUT.as_secs_f64() => Ok(Duration::from_secs_f64(s)),
+            _ => Err(Error::invalid_param(
+                "timeout",
+                format!(
+                    "'timeout' must be a number of seconds above 0 and at most {}",
+                    MAX_TIMEOUT.as_secs()
+                ),
+            )),
+        },
+        Some(_) => Err(Error::invalid_param(
+            "timeout",
+            "'timeout' must be a number of seconds",
+        )),
+    }
+}
+
+fn retries(value: Option<Value>) -> Result<u32, Error> {
+    match value {
+        None | Some(Value::Null) => Ok(DEFAULT_RETRIES),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(r) if (1..=u64::from(MAX_RETRIES)).contains(&r) => Ok(r as u32),
+            _ => Err(Error::invalid_param(
+                "retries",
+                format!("'retries' must be a whole number of attempts from 1 to {MAX_RETRIES}"),
+            )),
+        },
+        Some(_) => Err(Error::invalid_param(
+            "retries",
+            "'retries' must be a whole number",
+        )),
+    }
+}
+
+/// `temperature` must be a number; token limits whole numbers above 0.
+fn check_numbers(body: &Map<String, Value>) -> Result<(), Error> {
+    match body.get("temperature") {
+        None | Some(Value::Null) | Some(Value::Number(_)) => {}
+        Some(_) => {
+            return Err(Error::invalid_param(
+                "temperature",
+                "'temperature' must be a number",
+            ));
+        }
+    }
+    for field in ["max_tokens", "max_completion_tokens"] {
+        match body.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v > 0) => {}
+            Some(_) => {
+                return Err(Error::invalid_param(
+                    field,
+                    format!(
+                        "'{field}' must be a whole number above 0 (leave it out for the model's default)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `messages` must be a non-empty array of objects, each with a string `role`.

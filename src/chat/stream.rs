@@ -23,40 +23,32 @@ pub enum StreamEnd {
     Stopped(io::Error),
 }
 
-/// What one chunk brought, as the consumer of a stream sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fed<'a> {
-    /// The chunk carries only the usage (`choices: []`).
-    pub usage_only: bool,
-    /// The assistant text the chunk added (often empty).
-    pub text: &'a str,
-}
+/// Most text and tool-call bytes kept from one stream for its session turn. Far beyond any
+/// model's output limit; past it the stream ends with an error instead of growing.
+pub const MAX_KEPT: usize = 8 * 1024 * 1024;
 
-/// Reads a stream to its end, starting with its `first` event: each data event is gathered
-/// into `gathered`, then handed to `each` with what it brought. An error from `each` stops
-/// the reading ([`StreamEnd::Stopped`]); the caller closes the connection.
+/// Reads a stream to its end, starting with its `first` event: each data event is parsed
+/// once, taken in by `gathered`, then handed to `each` with its parse. An error from `each`
+/// stops the reading ([`StreamEnd::Stopped`]); the caller closes the connection.
 pub fn read_stream<R: BufRead>(
     first: Event,
     events: &mut EventReader<R>,
     gathered: &mut Gathered,
-    mut each: impl FnMut(&str, Fed<'_>) -> io::Result<()>,
+    mut each: impl FnMut(&str, &Chunk) -> io::Result<()>,
 ) -> StreamEnd {
     let mut next = Some(Ok(Some(first)));
     loop {
         let event = next.take().unwrap_or_else(|| events.next_event());
         match event {
             Ok(Some(Event::Data(payload))) => {
-                let before = gathered.text.len();
-                let chunk = gathered.take(&payload);
-                if let Some(message) = chunk.error {
-                    return StreamEnd::Failed(reported(&message));
-                }
-                let usage_only = chunk.usage_only;
-                let fed = Fed {
-                    usage_only,
-                    text: &gathered.text[before..],
+                let chunk = match Chunk::parse(&payload) {
+                    Ok(chunk) => chunk,
+                    Err(message) => return StreamEnd::Failed(reported(&message)),
                 };
-                if let Err(e) = each(&payload, fed) {
+                if let Err(why) = gathered.take(&chunk) {
+                    return StreamEnd::Failed(why);
+                }
+                if let Err(e) = each(&payload, &chunk) {
                     return StreamEnd::Stopped(e);
                 }
             }
@@ -78,22 +70,14 @@ pub fn read_stream<R: BufRead>(
     }
 }
 
-/// What is kept from a stream: the assistant's text, tool-call fragments, usage.
-#[derive(Debug, Default)]
-pub struct Gathered {
-    text: String,
-    tool_calls: Vec<(String, String)>,
-    finished: bool,
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct Chunk {
+/// One chunk of a chat-completions stream, parsed once per event. Fields a provider leaves
+/// out are empty.
+#[derive(Debug, Default, Deserialize)]
+pub struct Chunk {
     #[serde(default)]
-    choices: Vec<ChunkChoice>,
+    pub choices: Vec<ChunkChoice>,
     #[serde(default)]
-    usage: Option<Usage>,
+    pub usage: Option<Usage>,
     /// Present (even `null`) when the provider reports an error inside the stream.
     #[serde(default, deserialize_with = "present")]
     error: Option<Value>,
@@ -104,115 +88,164 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
     Value::deserialize(d).map(Some)
 }
 
-/// What one chunk was, from its one parse.
-#[derive(Debug, Default, PartialEq)]
-pub struct Taken {
-    /// It only carries the usage (`choices: []`).
-    pub usage_only: bool,
-    /// It is an `{"error": ...}` object: the provider's message.
-    pub error: Option<String>,
+#[derive(Debug, Default, Deserialize)]
+pub struct ChunkChoice {
+    #[serde(default)]
+    pub delta: Option<Delta>,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct ChunkChoice {
+#[derive(Debug, Default, Deserialize)]
+pub struct Delta {
     #[serde(default)]
-    delta: Option<Delta>,
+    pub content: Option<String>,
     #[serde(default)]
-    finish_reason: Option<String>,
+    pub tool_calls: Vec<ToolCallDelta>,
 }
 
-#[derive(Deserialize)]
-struct Delta {
+/// A piece of a tool call: the first piece of a call usually carries its `id` and name,
+/// the next ones fragments of its arguments; `index` says which call.
+#[derive(Debug, Default, Deserialize)]
+pub struct ToolCallDelta {
     #[serde(default)]
-    content: Option<String>,
+    pub index: usize,
     #[serde(default)]
-    tool_calls: Vec<ToolCallDelta>,
+    pub id: Option<String>,
+    #[serde(default)]
+    pub function: Option<FunctionDelta>,
 }
 
-#[derive(Deserialize)]
-struct ToolCallDelta {
+#[derive(Debug, Default, Deserialize)]
+pub struct FunctionDelta {
     #[serde(default)]
-    index: usize,
+    pub name: Option<String>,
     #[serde(default)]
-    function: Option<FunctionDelta>,
+    pub arguments: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct FunctionDelta {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    arguments: Option<String>,
+pub use super::answer::Usage;
+
+impl Chunk {
+    /// Parses one data event. `Err` with the provider's message when it is an error object;
+    /// a payload that is not a chunk as expected gives an empty chunk (relayed as it is).
+    /// One parse tells text, tool calls, usage and any error (perf at 100 concurrent
+    /// streams: a second parse into a `Value` just to look for `error` was a sixth of the
+    /// gateway's CPU while relaying).
+    pub fn parse(payload: &str) -> Result<Chunk, String> {
+        match serde_json::from_str::<Chunk>(payload) {
+            Ok(Chunk {
+                error: Some(err), ..
+            }) => Err(member_message(&err)),
+            Ok(chunk) => Ok(chunk),
+            Err(_) => match error_in(payload) {
+                Some(message) => Err(message),
+                None => Ok(Chunk::default()),
+            },
+        }
+    }
+
+    /// The first choice (the gateway reads only the first, `n` > 1 is relayed as it is).
+    pub fn choice(&self) -> Option<&ChunkChoice> {
+        self.choices.first()
+    }
+
+    /// The assistant text this chunk adds (often empty).
+    pub fn text(&self) -> &str {
+        self.choice()
+            .and_then(|c| c.delta.as_ref())
+            .and_then(|d| d.content.as_deref())
+            .unwrap_or("")
+    }
+
+    /// It carries only the usage (`choices: []`).
+    pub fn usage_only(&self) -> bool {
+        self.choices.is_empty() && self.usage.is_some()
+    }
 }
 
-#[derive(Deserialize)]
-struct Usage {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
+/// What is kept from a stream: whether it finished, the usage, and — only when a session
+/// needs them — the assistant's text and tool calls.
+#[derive(Debug)]
+pub struct Gathered {
+    keep: bool,
+    kept: usize,
+    text: String,
+    tool_calls: Vec<(String, String)>,
+    finished: bool,
+    usage: Usage,
+}
+
+impl Default for Gathered {
+    /// Keeps the text and tool calls.
+    fn default() -> Self {
+        Gathered::keeping(true)
+    }
 }
 
 impl Gathered {
-    #[cfg(test)]
-    /// Takes in one chunk; returns whether it only carries usage (`choices: []`).
-    pub fn feed(&mut self, payload: &str) -> bool {
-        self.take(payload).usage_only
+    /// `keep`: whether the text and tool calls are kept (for a session turn).
+    pub fn keeping(keep: bool) -> Gathered {
+        Gathered {
+            keep,
+            kept: 0,
+            text: String::new(),
+            tool_calls: Vec::new(),
+            finished: false,
+            usage: Usage::default(),
+        }
     }
 
-    /// Takes in one chunk and says what it was. One parse per event tells its text, usage
-    /// and any error (perf at 100 concurrent streams: a second parse into a `Value` just to
-    /// look for `error` was a sixth of the gateway's CPU while relaying).
-    pub fn take(&mut self, payload: &str) -> Taken {
-        let Ok(chunk) = serde_json::from_str::<Chunk>(payload) else {
-            // Not a chunk as expected; it may still be an error object of another shape.
-            return Taken {
-                usage_only: false,
-                error: error_in(payload),
-            };
-        };
-        if let Some(err) = &chunk.error {
-            return Taken {
-                usage_only: false,
-                error: Some(member_message(err)),
-            };
-        }
+    /// Takes in one chunk; `Err` when the kept text would pass [`MAX_KEPT`].
+    pub fn take(&mut self, chunk: &Chunk) -> Result<(), String> {
         if let Some(u) = &chunk.usage {
-            self.prompt_tokens = u.prompt_tokens.or(self.prompt_tokens);
-            self.completion_tokens = u.completion_tokens.or(self.completion_tokens);
+            self.usage.merge(u);
         }
-        for choice in chunk.choices.iter().take(1) {
-            if choice.finish_reason.is_some() {
-                self.finished = true;
+        let Some(choice) = chunk.choice() else {
+            return Ok(());
+        };
+        if choice.finish_reason.is_some() {
+            self.finished = true;
+        }
+        let Some(delta) = choice.delta.as_ref().filter(|_| self.keep) else {
+            return Ok(());
+        };
+        let added = delta.content.as_ref().map_or(0, String::len)
+            + delta
+                .tool_calls
+                .iter()
+                .filter_map(|t| t.function.as_ref())
+                .map(|f| {
+                    f.name.as_ref().map_or(0, String::len)
+                        + f.arguments.as_ref().map_or(0, String::len)
+                })
+                .sum::<usize>();
+        self.kept += added;
+        if self.kept > MAX_KEPT {
+            return Err(format!(
+                "answer longer than {} MiB; stopped",
+                MAX_KEPT / (1024 * 1024)
+            ));
+        }
+        if let Some(c) = &delta.content {
+            self.text.push_str(c);
+        }
+        for tc in delta.tool_calls.iter().filter(|tc| tc.index <= 128) {
+            if self.tool_calls.len() <= tc.index {
+                self.tool_calls
+                    .resize(tc.index + 1, (String::new(), String::new()));
             }
-            let Some(delta) = &choice.delta else { continue };
-            if let Some(c) = &delta.content {
-                self.text.push_str(c);
-            }
-            for tc in &delta.tool_calls {
-                if tc.index > 128 {
-                    continue;
-                }
-                if self.tool_calls.len() <= tc.index {
-                    self.tool_calls
-                        .resize(tc.index + 1, (String::new(), String::new()));
-                }
-                if let Some(f) = &tc.function {
-                    let slot = &mut self.tool_calls[tc.index];
-                    if let Some(n) = &f.name {
-                        slot.0.push_str(n);
-                    }
-                    if let Some(a) = &f.arguments {
-                        slot.1.push_str(a);
-                    }
-                }
+            if let Some(f) = &tc.function {
+                let slot = &mut self.tool_calls[tc.index];
+                slot.0.push_str(f.name.as_deref().unwrap_or(""));
+                slot.1.push_str(f.arguments.as_deref().unwrap_or(""));
             }
         }
-        Taken {
-            usage_only: chunk.choices.is_empty() && chunk.usage.is_some(),
-            error: None,
-        }
+        Ok(())
     }
 
-    /// The assistant's text so far.
+    #[cfg(test)]
+    /// The assistant's text so far (when kept).
     pub fn text(&self) -> &str {
         &self.text
     }
@@ -223,9 +256,9 @@ impl Gathered {
         self.finished
     }
 
-    /// `(prompt_tokens, completion_tokens)`, when the stream reported them.
-    pub fn usage(&self) -> (Option<u64>, Option<u64>) {
-        (self.prompt_tokens, self.completion_tokens)
+    /// The token usage, as far as the stream reported it.
+    pub fn usage(&self) -> &Usage {
+        &self.usage
     }
 
     /// The assistant's turn for the session: its text, and its tool calls as text lines.
@@ -246,20 +279,44 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Parses and takes in one chunk; returns whether it only carries usage.
+    fn feed(g: &mut Gathered, payload: &str) -> bool {
+        let chunk = Chunk::parse(payload).unwrap();
+        g.take(&chunk).unwrap();
+        chunk.usage_only()
+    }
+
     #[test]
     fn gathering_text_tool_calls_and_usage() {
         let mut g = Gathered::default();
-        assert!(!g.feed(r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#));
-        assert!(!g.feed(r#"{"choices":[{"index":0,"delta":{"content":"Hel"}}]}"#));
-        assert!(!g.feed(r#"{"choices":[{"index":0,"delta":{"content":"lo"}}]}"#));
-        assert!(!g.feed(r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"f","arguments":"{\"x\""}}]}}]}"#));
-        assert!(!g.feed(
+        assert!(!feed(
+            &mut g,
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#
+        ));
+        assert!(!feed(
+            &mut g,
+            r#"{"choices":[{"index":0,"delta":{"content":"Hel"}}]}"#
+        ));
+        assert!(!feed(
+            &mut g,
+            r#"{"choices":[{"index":0,"delta":{"content":"lo"}}]}"#
+        ));
+        assert!(!feed(
+            &mut g,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_1","function":{"name":"f","arguments":"{\"x\""}}]}}]}"#
+        ));
+        assert!(!feed(
+            &mut g,
             r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":":1}"}}]}}]}"#
         ));
         assert!(!g.finished());
-        assert!(!g.feed(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#));
+        assert!(!feed(
+            &mut g,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#
+        ));
         assert!(g.finished());
-        assert!(g.feed(
+        assert!(feed(
+            &mut g,
             r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#
         ));
         assert_eq!(g.text(), "Hello");
@@ -267,39 +324,68 @@ mod tests {
             g.assistant().content,
             json!("Hello\n[tool call f({\"x\":1})]")
         );
-        assert_eq!(g.usage(), (Some(9), Some(2)));
+        assert_eq!(
+            (g.usage().prompt_tokens, g.usage().completion_tokens),
+            (Some(9), Some(2))
+        );
         // Junk and odd indexes are ignored, not fatal.
-        assert!(!g.feed("not json"));
-        assert!(!g.feed(r#"{"choices":[{"delta":{"tool_calls":[{"index":100000}]}}]}"#));
+        assert!(!feed(&mut g, "not json"));
+        assert!(!feed(
+            &mut g,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":100000}]}}]}"#
+        ));
+    }
+
+    #[test]
+    fn without_a_session_only_usage_and_the_end_are_kept() {
+        let mut g = Gathered::keeping(false);
+        assert!(!feed(
+            &mut g,
+            r#"{"choices":[{"delta":{"content":"Hello"},"finish_reason":"stop"}]}"#
+        ));
+        assert!(feed(
+            &mut g,
+            r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#
+        ));
+        assert_eq!(g.text(), "");
+        assert!(g.finished());
+        assert_eq!(g.usage().completion_tokens, Some(2));
+    }
+
+    #[test]
+    fn a_session_turn_stops_growing_at_the_cap() {
+        let mut g = Gathered::default();
+        let big = "x".repeat(MAX_KEPT / 2 + 1);
+        let chunk =
+            Chunk::parse(&json!({"choices": [{"delta": {"content": big}}]}).to_string()).unwrap();
+        assert!(g.take(&chunk).is_ok());
+        let err = g.take(&chunk).unwrap_err();
+        assert!(err.contains("MiB"), "{err}");
+        // Without a session the same stream goes on.
+        let mut g = Gathered::keeping(false);
+        assert!(g.take(&chunk).is_ok() && g.take(&chunk).is_ok());
     }
 
     #[test]
     fn errors_inside_a_stream_are_seen_in_the_same_parse() {
-        let mut g = Gathered::default();
-        let error = |g: &mut Gathered, p: &str| g.take(p).error;
+        let error = |p: &str| Chunk::parse(p).err();
         assert_eq!(
-            error(
-                &mut g,
-                r#"{"error":{"message":"quota exceeded","type":"x"}}"#
-            )
-            .as_deref(),
+            error(r#"{"error":{"message":"quota exceeded","type":"x"}}"#).as_deref(),
             Some("quota exceeded")
         );
         assert_eq!(
-            error(&mut g, r#"{"error":"overloaded"}"#).as_deref(),
+            error(r#"{"error":"overloaded"}"#).as_deref(),
             Some("overloaded")
         );
         // As before: an `error` member of any value counts, and odd shapes are still read.
-        assert_eq!(error(&mut g, r#"{"error":null}"#).as_deref(), Some("null"));
+        assert_eq!(error(r#"{"error":null}"#).as_deref(), Some("null"));
         assert_eq!(
-            error(&mut g, r#"{"choices":"junk","error":{"message":"bad"}}"#).as_deref(),
+            error(r#"{"choices":"junk","error":{"message":"bad"}}"#).as_deref(),
             Some("bad")
         );
-        assert_eq!(
-            g.take(r#"{"choices":[{"delta":{"content":"x"}}]}"#),
-            Taken::default()
-        );
-        assert_eq!(g.text(), "x");
+        let ok = Chunk::parse(r#"{"choices":[{"delta":{"content":"x"}}]}"#).unwrap();
+        assert_eq!(ok.text(), "x");
+        assert!(!ok.usage_only());
     }
 
     fn chunk(text: &str) -> String {
@@ -315,8 +401,8 @@ mod tests {
         let mut events = EventReader::new(rest);
         let mut gathered = Gathered::default();
         let mut seen = Vec::new();
-        let end = read_stream(first, &mut events, &mut gathered, |_, fed| {
-            seen.push((fed.text.to_string(), fed.usage_only));
+        let end = read_stream(first, &mut events, &mut gathered, |_, chunk| {
+            seen.push((chunk.text().to_string(), chunk.usage_only()));
             Ok(())
         });
         (end, seen, gathered)

@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 
 use crate::chat::answer::{assistant_message, content_text};
 use crate::chat::prepared::Prepared;
+use crate::chat::provider_error::ProviderError;
 use crate::chat::request::{
     ChatRequest, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_RETRIES, MAX_TIMEOUT,
 };
@@ -645,19 +646,16 @@ fn gateway_failure(failure: Failure, g: &Gateway) -> Stop {
             message: format!("bad answer from the gateway at {at}: {m}"),
         },
         Failure::Status { status, body, .. } => {
-            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let err = &v["error"];
-            let code = err["code"].as_str().map(str::to_string);
-            let message = err["message"].as_str().map_or_else(
-                || String::from_utf8_lossy(&body).chars().take(200).collect(),
-                str::to_string,
-            );
-            let not_found = code.as_deref() == Some("model_not_found");
+            let said = ProviderError::from_body(&body);
+            let message = said
+                .message
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+            let not_found = said.code.as_deref() == Some("model_not_found");
             let error = Error::UpstreamClient {
                 status,
                 message: format!("the gateway answered {status}: {message}"),
-                kind: err["type"].as_str().map(str::to_string),
-                code,
+                kind: said.kind,
+                code: said.code,
                 param: None,
             };
             if not_found {
@@ -697,17 +695,19 @@ fn read_prompt(opts: &Options) -> Result<String, Stop> {
 fn print_stream(stream: OpenStream, short: &str) -> Result<Option<Gathered>, Stop> {
     let mut gathered = Gathered::default();
     let mut out = std::io::stdout().lock();
-    let end = crate::upstream::read_open_stream(stream, &mut gathered, |_, fed| {
-        if fed.text.is_empty() {
+    let mut last = None;
+    let end = crate::upstream::read_open_stream(stream, &mut gathered, |_, chunk| {
+        let text = chunk.text();
+        if text.is_empty() {
             return Ok(());
         }
-        out.write_all(fed.text.as_bytes())?;
+        last = text.chars().last();
+        out.write_all(text.as_bytes())?;
         out.flush()
     });
     // Whatever was printed ends with a line break, so the shell prompt (or the reason of a
     // failure on stderr) starts on a line of its own.
-    let text = gathered.text();
-    if !text.is_empty() && !text.ends_with('\n') && !matches!(end, StreamEnd::Stopped(_)) {
+    if last.is_some_and(|c| c != '\n') && !matches!(end, StreamEnd::Stopped(_)) {
         let _ = out.write_all(b"\n").and_then(|()| out.flush());
     }
     match end {

@@ -17,7 +17,7 @@ use ureq::unversioned::transport::DefaultConnector;
 
 use crate::chat::provider_error::{error_in, reported};
 use crate::chat::sse::{Event, EventReader};
-use crate::chat::stream::{Fed, Gathered, StreamEnd, read_stream};
+use crate::chat::stream::{Chunk, Gathered, StreamEnd, read_stream};
 use crate::util::Hangup;
 use retry::Failure;
 
@@ -127,7 +127,7 @@ pub struct OpenStream {
 pub fn read_open_stream(
     stream: OpenStream,
     gathered: &mut Gathered,
-    each: impl FnMut(&str, Fed<'_>) -> std::io::Result<()>,
+    each: impl FnMut(&str, &Chunk) -> std::io::Result<()>,
 ) -> StreamEnd {
     let OpenStream {
         first,

@@ -24,3 +24,39 @@ pub fn unix_now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+/// A fresh identifier `prefix` + 24 hex digits (`msg_…`, `req_…`): unique within the
+/// process and unlikely to repeat across processes. Not a secret: std's per-process random
+/// hash keys, a counter and the clock.
+pub fn random_id(prefix: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let state = std::collections::hash_map::RandomState::new();
+    let mut a = state.build_hasher();
+    a.write_u128(nanos);
+    a.write_u64(n);
+    let mut b = state.build_hasher();
+    b.write_u64(a.finish());
+    b.write_u64(n);
+    format!("{prefix}{:016x}{:08x}", a.finish(), b.finish() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_fresh_and_shaped() {
+        let a = random_id("msg_");
+        let b = random_id("msg_");
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 4 + 24);
+        assert!(a[4..].bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+}

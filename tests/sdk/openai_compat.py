@@ -7,112 +7,42 @@ raise NotFoundError, a 503 that must raise InternalServerError (without the SDK 
 it), and streaming with and without usage. Exit status 0 when everything holds.
 """
 
-import json
-import os
-import socket
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
 
-RECEIVED = []
+from harness import Upstream, check, chunk, gateway, usage_chunk
 
 
-class FakeUpstream(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class FakeUpstream(Upstream):
+    RECEIVED = []
 
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-        RECEIVED.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+    def answer(self, body):
         text = body["messages"][-1]["content"]
         if body.get("stream"):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            chunk = lambda delta, finish=None: {
-                "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1760000000,
-                "model": body["model"], "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            events = [chunk({"role": "assistant", "content": ""})]
-            events += [chunk({"content": piece}) for piece in ["Hel", "lo ", "SDK"]]
-            events.append(chunk({}, "stop"))
-            events.append({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1760000000,
-                           "model": body["model"], "choices": [],
-                           "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}})
-            for e in events:
-                self._chunk(("data: " + json.dumps(e) + "\n\n").encode())
-                time.sleep(0.05)
-            self._chunk(b"data: [DONE]\n\n")
-            self._chunk(b"")
+            model = body["model"]
+            events = [chunk(model, {"role": "assistant", "content": ""})]
+            events += [chunk(model, {"content": piece}) for piece in ["Hel", "lo ", "SDK"]]
+            events.append(chunk(model, {}, "stop"))
+            events.append(usage_chunk(model, 5, 3))
+            self.send_stream(events)
             return
-        answer = {
+        self.send_json({
             "id": "chatcmpl-1", "object": "chat.completion", "created": 1760000000, "model": body["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "echo: " + text},
                          "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
-        }
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _chunk(self, data):
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        self.wfile.flush()
+        })
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url, deadline=20.0):
-    end = time.time() + deadline
-    while time.time() < end:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"sigorest did not answer {url} in {deadline} s")
-
-
-def check(cond, what):
-    if not cond:
-        raise SystemExit("FAIL: " + what)
-    print("ok  ", what)
+RECEIVED = FakeUpstream.RECEIVED
 
 
 def main():
-    binary = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/release/sigorest")
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), FakeUpstream)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
-    port = free_port()
-    work = tempfile.mkdtemp(prefix="sigorest-sdk-")
-    with open(os.path.join(work, "models.csv"), "w") as f:
-        f.write("gpt41, claude-h\nkimi\n")
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and "PROXY" not in k.upper()}
-    env.update({"MAMMOUTH_API_KEY": "sk-sdk-test", "MAMMOUTH_BASE_URL": base,
-                "OLLAMA_HOST": "127.0.0.1:9"})  # Moonshot deliberately not configured
-    server = subprocess.Popen(
-        [binary, "-http-port", str(port), "-https-port", "0", "-bind", "127.0.0.1", "-q"],
-        cwd=work, env=env)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/api/health")
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+    binary = sys.argv[1] if len(sys.argv) > 1 else "target/release/sigorest"
+    with gateway(binary, FakeUpstream) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
 
         ids = [m.id for m in client.models.list().data]
         check(ids == ["gpt41", "claude-h", "kimi"], f"models.list() gives the whitelist in order: {ids}")
@@ -149,31 +79,22 @@ def main():
 
         pieces = []
         stamps = []
-        for chunk in client.chat.completions.create(
+        for event in client.chat.completions.create(
                 model="gpt41", messages=[{"role": "user", "content": "stream"}], stream=True):
             stamps.append(time.time())
-            check(len(chunk.choices) == 1, "without include_usage no usage-only chunk reaches the client")
-            pieces.append(chunk.choices[0].delta.content or "")
+            check(len(event.choices) == 1, "without include_usage no usage-only chunk reaches the client")
+            pieces.append(event.choices[0].delta.content or "")
         check("".join(pieces) == "Hello SDK", f"stream yields the text chunk by chunk: {pieces}")
         check(len(stamps) >= 5 and stamps[-1] - stamps[1] > 0.1, "chunks arrive as they are sent, not at once")
         check(RECEIVED[-1]["body"]["stream_options"] == {"include_usage": True}, "upstream is asked for usage")
 
         last = None
-        for chunk in client.chat.completions.create(
+        for event in client.chat.completions.create(
                 model="gpt41", messages=[{"role": "user", "content": "stream"}], stream=True,
                 stream_options={"include_usage": True}):
-            last = chunk
+            last = event
         check(last is not None and last.usage is not None and last.usage.total_tokens == 8,
               "with include_usage the last chunk carries usage")
-    finally:
-        server.terminate()
-        try:
-            code = server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise SystemExit("FAIL: sigorest did not stop on SIGTERM within 10 s")
-        upstream.shutdown()
-    check(code == 0, f"sigorest exits 0 on SIGTERM (got {code})")
     print("openai SDK compatibility: all checks passed")
 
 

@@ -1,0 +1,379 @@
+//! An Anthropic Messages request turned into the OpenAI chat body sigorest sends every
+//! provider (see `wire-formats-2.md`, "Anthropic Messages → OpenAI chat").
+//!
+//! `system` (and any system-role entries) becomes one system message first; content blocks
+//! map onto content parts (`text`, `image` → `image_url`), assistant `tool_use` blocks onto
+//! `tool_calls`, user `tool_result` blocks onto `role: "tool"` messages placed before the
+//! rest of that turn; `thinking` blocks are dropped. Tools become function tools (server
+//! tools are skipped); `tool_choice`, `max_tokens`, `stop_sequences`, `temperature`,
+//! `top_p` and `metadata.user_id` map onto their OpenAI names; `top_k`, `thinking` and other
+//! Anthropic-only fields are accepted and not sent. sigorest's own extensions (`session_id`,
+//! `timeout`, `retries`) pass through. `cache_control` marks are kept only for a Claude
+//! upstream, which understands them; other providers could refuse the unknown key.
+
+use serde_json::{Map, Value, json};
+
+use crate::error::Error;
+
+/// OpenAI takes at most this many stop sequences.
+const MAX_STOP: usize = 4;
+
+/// Translates a Messages body. `claude`: the upstream is a Claude model (marks kept).
+pub fn to_chat(body: &Map<String, Value>, claude: bool) -> Result<Map<String, Value>, Error> {
+    let mut out = Map::new();
+    if let Some(model) = body.get("model") {
+        out.insert("model".into(), model.clone());
+    }
+    match body.get("max_tokens") {
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v > 0) => {
+            out.insert("max_tokens".into(), Value::Number(n.clone()));
+        }
+        None | Some(Value::Null) => {
+            return Err(Error::invalid_param(
+                "max_tokens",
+                "max_tokens: Field required",
+            ));
+        }
+        Some(_) => {
+            return Err(Error::invalid_param(
+                "max_tokens",
+                "max_tokens: must be a whole number above 0",
+            ));
+        }
+    }
+    let list = match body.get("messages") {
+        Some(Value::Array(list)) if !list.is_empty() => list,
+        Some(Value::Array(_)) => {
+            return Err(Error::invalid_param(
+                "messages",
+                "messages: at least one message is required",
+            ));
+        }
+        Some(_) => {
+            return Err(Error::invalid_param(
+                "messages",
+                "messages: must be an array",
+            ));
+        }
+        None => return Err(Error::invalid_param("messages", "messages: Field required")),
+    };
+    let mut system = system_parts(body.get("system"), claude)?;
+    let mut messages = Vec::with_capacity(list.len() + 1);
+    for (i, m) in list.iter().enumerate() {
+        message(i, m, claude, &mut messages, &mut system)?;
+    }
+    if !system.is_empty() {
+        messages.insert(0, json!({"role": "system", "content": joined(system)}));
+    }
+    out.insert("messages".into(), Value::Array(messages));
+    tools(body, &mut out)?;
+    options(body, &mut out)?;
+    Ok(out)
+}
+
+/// The `system` field as text parts (a string is one part).
+fn system_parts(system: Option<&Value>, claude: bool) -> Result<Vec<Value>, Error> {
+    match system {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) if s.is_empty() => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![json!({"type": "text", "text": s})]),
+        Some(Value::Array(blocks)) => blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| match b.get("text").and_then(Value::as_str) {
+                Some(text) => Ok(text_part(text, b, claude)),
+                None => Err(Error::invalid_param(
+                    "system",
+                    format!("system.{i}: only text blocks are supported"),
+                )),
+            })
+            .collect(),
+        Some(_) => Err(Error::invalid_param(
+            "system",
+            "system: must be a string or a list of text blocks",
+        )),
+    }
+}
+
+/// A text part, with its `cache_control` mark when the upstream is Claude.
+fn text_part(text: &str, block: &Value, claude: bool) -> Value {
+    let mut part = json!({"type": "text", "text": text});
+    if let (true, Some(mark)) = (claude, block.get("cache_control")) {
+        part["cache_control"] = mark.clone();
+    }
+    part
+}
+
+/// Parts as a message's content: plain text stays a string (what every provider takes);
+/// images or cache marks need the array.
+fn joined(parts: Vec<Value>) -> Value {
+    let plain = parts
+        .iter()
+        .all(|p| p["type"] == "text" && p.get("cache_control").is_none());
+    if !plain {
+        return Value::Array(parts);
+    }
+    let texts: Vec<&str> = parts.iter().filter_map(|p| p["text"].as_str()).collect();
+    Value::String(texts.join("\n\n"))
+}
+
+/// One Messages entry, appended to `out` as one or more chat messages. System-role entries
+/// are folded into `system` (some upstreams refuse a system message that is not first).
+fn message(
+    i: usize,
+    m: &Value,
+    claude: bool,
+    out: &mut Vec<Value>,
+    system: &mut Vec<Value>,
+) -> Result<(), Error> {
+    let bad = |what: &str| Error::invalid_param("messages", format!("messages.{i}: {what}"));
+    let role = m
+        .get("role")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("role is required"))?;
+    let blocks: Vec<Value> = match m.get("content") {
+        Some(Value::String(s)) => vec![json!({"type": "text", "text": s})],
+        Some(Value::Array(blocks)) => blocks.clone(),
+        _ => return Err(bad("content must be a string or a list of content blocks")),
+    };
+    match role {
+        "user" => user_turn(i, &blocks, claude, out),
+        "assistant" => {
+            out.push(assistant_turn(i, &blocks)?);
+            Ok(())
+        }
+        "system" => {
+            for b in &blocks {
+                if let Some(text) = b.get("text").and_then(Value::as_str) {
+                    system.push(text_part(text, b, claude));
+                }
+            }
+            Ok(())
+        }
+        other => Err(bad(&format!(
+            "role '{other}' is not one of 'user', 'assistant'"
+        ))),
+    }
+}
+
+/// A user turn: its tool results first, as `tool` messages, then the rest as one message.
+fn user_turn(i: usize, blocks: &[Value], claude: bool, out: &mut Vec<Value>) -> Result<(), Error> {
+    let mut parts = Vec::new();
+    for (j, b) in blocks.iter().enumerate() {
+        let bad = |what: &str| {
+            Error::invalid_param("messages", format!("messages.{i}.content.{j}: {what}"))
+        };
+        match b.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                let text = b
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad("text is required"))?;
+                parts.push(text_part(text, b, claude));
+            }
+            Some("image") => parts.push(image_part(b.get("source")).map_err(|w| bad(&w))?),
+            Some("tool_result") => out.push(tool_result(b).map_err(|w| bad(&w))?),
+            Some("document") => {
+                match (b["source"]["type"].as_str(), b["source"]["data"].as_str()) {
+                    (Some("text"), Some(text)) => parts.push(text_part(text, b, claude)),
+                    _ => return Err(bad("only text documents are supported by this gateway")),
+                }
+            }
+            // Reasoning of earlier turns, and blocks with no OpenAI form: not sent.
+            Some(_) => {}
+            None => return Err(bad("type is required")),
+        }
+    }
+    if !parts.is_empty() {
+        out.push(json!({"role": "user", "content": joined(parts)}));
+    }
+    Ok(())
+}
+
+/// An `image` block's source as an `image_url` part (a data URL for base64).
+fn image_part(source: Option<&Value>) -> Result<Value, String> {
+    let source = source.ok_or("source is required")?;
+    let url = match source.get("type").and_then(Value::as_str) {
+        Some("base64") => {
+            let media = source
+                .get("media_type")
+                .and_then(Value::as_str)
+                .ok_or("source.media_type is required")?;
+            let data = source
+                .get("data")
+                .and_then(Value::as_str)
+                .ok_or("source.data is required")?;
+            format!("data:{media};base64,{data}")
+        }
+        Some("url") => source
+            .get("url")
+            .and_then(Value::as_str)
+            .ok_or("source.url is required")?
+            .to_string(),
+        _ => return Err("source.type must be 'base64' or 'url'".into()),
+    };
+    Ok(json!({"type": "image_url", "image_url": {"url": url}}))
+}
+
+/// A `tool_result` block as a `tool` message; its content (a string or blocks) as text.
+fn tool_result(b: &Value) -> Result<Value, String> {
+    let id = b
+        .get("tool_use_id")
+        .and_then(Value::as_str)
+        .ok_or("tool_use_id is required")?;
+    let mut text = match b.get("content") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(blocks)) => blocks
+            .iter()
+            .map(|c| match c.get("type").and_then(Value::as_str) {
+                Some("text") => c["text"].as_str().unwrap_or("").to_string(),
+                Some("image") => "[image]".to_string(),
+                _ => c.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Some(_) => return Err("content must be a string or a list of blocks".into()),
+    };
+    if b.get("is_error") == Some(&Value::Bool(true)) {
+        text = format!("Error: {text}");
+    }
+    Ok(json!({"role": "tool", "tool_call_id": id, "content": text}))
+}
+
+/// An assistant turn: its text, and its `tool_use` blocks as `tool_calls`.
+fn assistant_turn(i: usize, blocks: &[Value]) -> Result<Value, Error> {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for (j, b) in blocks.iter().enumerate() {
+        match b.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(b["text"].as_str().unwrap_or("")),
+            Some("tool_use") => {
+                let (Some(id), Some(name)) = (b["id"].as_str(), b["name"].as_str()) else {
+                    return Err(Error::invalid_param(
+                        "messages",
+                        format!("messages.{i}.content.{j}: tool_use needs id and name"),
+                    ));
+                };
+                let input = b.get("input").cloned().unwrap_or_else(|| json!({}));
+                calls.push(json!({"id": id, "type": "function",
+                    "function": {"name": name, "arguments": input.to_string()}}));
+            }
+            _ => {}
+        }
+    }
+    let mut m = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) }});
+    if !calls.is_empty() {
+        m["tool_calls"] = Value::Array(calls);
+    }
+    Ok(m)
+}
+
+/// `tools` and `tool_choice`. Server tools (typed, without an `input_schema`: web search,
+/// code execution...) have no OpenAI form and are skipped.
+fn tools(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), Error> {
+    let mut functions = Vec::new();
+    match body.get("tools") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(list)) => {
+            for (i, t) in list.iter().enumerate() {
+                let custom = t.get("input_schema").is_some()
+                    || matches!(t.get("type").and_then(Value::as_str), None | Some("custom"));
+                if !custom {
+                    continue;
+                }
+                let name = t.get("name").and_then(Value::as_str).ok_or_else(|| {
+                    Error::invalid_param("tools", format!("tools.{i}.name: Field required"))
+                })?;
+                let mut f = json!({"name": name,
+                    "parameters": t.get("input_schema").cloned().unwrap_or_else(|| json!({"type": "object"}))});
+                if let Some(d) = t.get("description") {
+                    f["description"] = d.clone();
+                }
+                functions.push(json!({"type": "function", "function": f}));
+            }
+        }
+        Some(_) => return Err(Error::invalid_param("tools", "tools: must be a list")),
+    }
+    let any = !functions.is_empty();
+    if any {
+        out.insert("tools".into(), Value::Array(functions));
+    }
+    let Some(choice) = body.get("tool_choice").filter(|c| !c.is_null()) else {
+        return Ok(());
+    };
+    let mapped = match choice.get("type").and_then(Value::as_str) {
+        Some("auto") => json!("auto"),
+        Some("any") => json!("required"),
+        Some("none") => json!("none"),
+        Some("tool") => match choice.get("name").and_then(Value::as_str) {
+            Some(name) => json!({"type": "function", "function": {"name": name}}),
+            None => {
+                return Err(Error::invalid_param(
+                    "tool_choice",
+                    "tool_choice.name: Field required",
+                ));
+            }
+        },
+        _ => {
+            return Err(Error::invalid_param(
+                "tool_choice",
+                "tool_choice.type: must be 'auto', 'any', 'tool' or 'none'",
+            ));
+        }
+    };
+    // Without tools upstream (only server tools were given), a choice would be refused.
+    if any {
+        out.insert("tool_choice".into(), mapped);
+        if choice.get("disable_parallel_tool_use") == Some(&Value::Bool(true)) {
+            out.insert("parallel_tool_calls".into(), Value::Bool(false));
+        }
+    }
+    Ok(())
+}
+
+/// The sampling options, `metadata.user_id`, `stream`, and sigorest's extensions.
+fn options(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), Error> {
+    for field in ["temperature", "top_p"] {
+        match body.get(field) {
+            None | Some(Value::Null) => {}
+            Some(v @ Value::Number(_)) => {
+                out.insert(field.into(), v.clone());
+            }
+            Some(_) => {
+                return Err(Error::invalid_param(
+                    field,
+                    format!("{field}: must be a number"),
+                ));
+            }
+        }
+    }
+    match body.get("stop_sequences") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(list)) if list.iter().all(Value::is_string) => {
+            if !list.is_empty() {
+                let first: Vec<Value> = list.iter().take(MAX_STOP).cloned().collect();
+                out.insert("stop".into(), Value::Array(first));
+            }
+        }
+        Some(_) => {
+            return Err(Error::invalid_param(
+                "stop_sequences",
+                "stop_sequences: must be a list of strings",
+            ));
+        }
+    }
+    if let Some(user) = body
+        .get("metadata")
+        .and_then(|m| m.get("user_id"))
+        .and_then(Value::as_str)
+    {
+        out.insert("user".into(), json!(user));
+    }
+    for field in ["stream", "session_id", "timeout", "retries"] {
+        if let Some(v) = body.get(field) {
+            out.insert(field.into(), v.clone());
+        }
+    }
+    Ok(())
+}

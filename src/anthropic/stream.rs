@@ -1,0 +1,271 @@
+//! An OpenAI chat stream turned into Anthropic's Messages events, chunk by chunk:
+//! `message_start` (with an input estimate: a 0 there broke Claude Code behind another
+//! gateway) and a `ping`, then per content block `content_block_start` → deltas
+//! (`text_delta`, `input_json_delta`) → `content_block_stop`, then `message_delta` (stop
+//! reason and usage) and `message_stop`. Frames are `event: <type>\ndata: <json>\n\n`.
+//!
+//! The rules other gateways got wrong (`wire-formats-2.md`): a delta only for a block that
+//! was started and not yet stopped; the text block is closed before a tool block starts;
+//! each upstream tool call gets its own block; `message_delta` waits for the end of the
+//! stream, because OpenAI's usage chunk comes after the `finish_reason`. A tool call's
+//! block starts once its name is known (its argument pieces wait until then). Providers
+//! send tool calls one after the other; a piece for a call whose block was already closed
+//! (interleaved calls) cannot be sent any more and is dropped.
+
+use serde_json::{Value, json};
+
+use super::answer::{stop_reason, tool_id, usage};
+use crate::chat::answer::Usage;
+use crate::chat::stream::{Chunk, ToolCallDelta};
+use crate::util::random_id;
+
+/// The block being written.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Open {
+    Text(usize),
+    Tool { call: usize, index: usize },
+}
+
+/// A tool call whose name has not arrived yet.
+#[derive(Debug, Default)]
+struct Pending {
+    call: usize,
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+/// The state of one translated stream.
+#[derive(Debug)]
+pub struct Translator {
+    model: String,
+    input_estimate: u64,
+    started: bool,
+    open: Option<Open>,
+    next_index: usize,
+    /// Upstream tool-call indexes that already had their block.
+    seen_calls: Vec<usize>,
+    pending: Option<Pending>,
+    finish: Option<String>,
+    had_tools: bool,
+}
+
+/// Appends one frame.
+fn event(out: &mut Vec<u8>, name: &str, data: &Value) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+impl Translator {
+    /// For a stream answering `model` (the name the client asked for), whose prompt is
+    /// estimated at `input_estimate` tokens.
+    pub fn new(model: &str, input_estimate: u64) -> Translator {
+        Translator {
+            model: model.to_string(),
+            input_estimate: input_estimate.max(1),
+            started: false,
+            open: None,
+            next_index: 0,
+            seen_calls: Vec::new(),
+            pending: None,
+            finish: None,
+            had_tools: false,
+        }
+    }
+
+    /// `message_start` and a `ping`, once.
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let message = json!({"id": random_id("msg_"), "type": "message", "role": "assistant",
+            "model": self.model, "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": self.input_estimate, "output_tokens": 1,
+                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}});
+        event(
+            out,
+            "message_start",
+            &json!({"type": "message_start", "message": message}),
+        );
+        event(out, "ping", &json!({"type": "ping"}));
+    }
+
+    fn close(&mut self, out: &mut Vec<u8>) {
+        if let Some(open) = self.open.take() {
+            let index = match open {
+                Open::Text(i) | Open::Tool { index: i, .. } => i,
+            };
+            event(
+                out,
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": index}),
+            );
+        }
+    }
+
+    /// Takes in one upstream chunk.
+    pub fn chunk(&mut self, chunk: &Chunk, out: &mut Vec<u8>) {
+        self.start(out);
+        let Some(choice) = chunk.choice() else { return };
+        if let Some(delta) = &choice.delta {
+            if let Some(text) = delta.content.as_deref().filter(|t| !t.is_empty()) {
+                self.text(text, out);
+            }
+            for call in &delta.tool_calls {
+                self.tool(call, out);
+            }
+        }
+        if let Some(reason) = &choice.finish_reason {
+            self.finish = Some(reason.clone());
+        }
+    }
+
+    fn text(&mut self, text: &str, out: &mut Vec<u8>) {
+        let index = match self.open {
+            Some(Open::Text(i)) => i,
+            _ => {
+                self.flush_pending(out);
+                self.close(out);
+                let i = self.new_block();
+                event(
+                    out,
+                    "content_block_start",
+                    &json!({"type": "content_block_start", "index": i,
+                    "content_block": {"type": "text", "text": ""}}),
+                );
+                self.open = Some(Open::Text(i));
+                i
+            }
+        };
+        event(
+            out,
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index,
+            "delta": {"type": "text_delta", "text": text}}),
+        );
+    }
+
+    fn new_block(&mut self) -> usize {
+        let i = self.next_index;
+        self.next_index += 1;
+        i
+    }
+
+    fn tool(&mut self, piece: &ToolCallDelta, out: &mut Vec<u8>) {
+        self.had_tools = true;
+        let name = piece
+            .function
+            .as_ref()
+            .and_then(|f| f.name.as_deref())
+            .unwrap_or("");
+        let args = piece
+            .function
+            .as_ref()
+            .and_then(|f| f.arguments.as_deref())
+            .unwrap_or("");
+        match self.open {
+            Some(Open::Tool { call, index }) if call == piece.index => {
+                if !args.is_empty() {
+                    json_delta(out, index, args);
+                }
+                return;
+            }
+            _ => {}
+        }
+        if self.seen_calls.contains(&piece.index) {
+            log::debug!(call = piece.index; "tool-call piece for a closed block dropped");
+            return;
+        }
+        let pending = match self.pending.take() {
+            Some(p) if p.call == piece.index => p,
+            other => {
+                // Another call starts: the one waiting for its name goes out as it is.
+                self.pending = other;
+                self.flush_pending(out);
+                Pending {
+                    call: piece.index,
+                    ..Pending::default()
+                }
+            }
+        };
+        let mut p = pending;
+        if let Some(id) = piece.id.as_deref().filter(|id| !id.is_empty()) {
+            p.id = id.to_string();
+        }
+        p.name.push_str(name);
+        p.arguments.push_str(args);
+        if p.name.is_empty() {
+            self.pending = Some(p);
+        } else {
+            self.begin_tool(p, out);
+        }
+    }
+
+    /// Starts the block of a tool call, with the argument pieces that waited for it.
+    fn begin_tool(&mut self, p: Pending, out: &mut Vec<u8>) {
+        self.close(out);
+        let index = self.new_block();
+        self.seen_calls.push(p.call);
+        event(
+            out,
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": index,
+            "content_block": {"type": "tool_use", "id": tool_id(&p.id), "name": p.name, "input": {}}}),
+        );
+        if !p.arguments.is_empty() {
+            json_delta(out, index, &p.arguments);
+        }
+        self.open = Some(Open::Tool {
+            call: p.call,
+            index,
+        });
+    }
+
+    fn flush_pending(&mut self, out: &mut Vec<u8>) {
+        if let Some(p) = self.pending.take() {
+            self.begin_tool(p, out);
+        }
+    }
+
+    /// The stream is complete: the open block closed, then `message_delta` with the stop
+    /// reason and the usage the upstream reported, and `message_stop`.
+    pub fn done(&mut self, reported: &Usage, out: &mut Vec<u8>) {
+        self.start(out);
+        self.flush_pending(out);
+        self.close(out);
+        let mut u = usage(reported);
+        if reported.prompt_tokens.is_none() {
+            // Not reported: the estimate of message_start stands.
+            if let Some(o) = u.as_object_mut() {
+                o.remove("input_tokens");
+            }
+        }
+        event(
+            out,
+            "message_delta",
+            &json!({"type": "message_delta",
+            "delta": {"stop_reason": stop_reason(self.finish.as_deref(), self.had_tools), "stop_sequence": null},
+            "usage": u}),
+        );
+        event(out, "message_stop", &json!({"type": "message_stop"}));
+    }
+
+    /// The upstream failed after the stream began: an `error` event (`error` is the body
+    /// from [`super::error::body`]).
+    pub fn failed(&mut self, error: &Value, out: &mut Vec<u8>) {
+        event(out, "error", error);
+    }
+}
+
+fn json_delta(out: &mut Vec<u8>, index: usize, partial: &str) {
+    event(
+        out,
+        "content_block_delta",
+        &json!({"type": "content_block_delta", "index": index,
+        "delta": {"type": "input_json_delta", "partial_json": partial}}),
+    );
+}

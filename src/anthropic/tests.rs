@@ -1,0 +1,618 @@
+//! The translations, on their own: requests, answers, streams (the event order rules) and
+//! errors.
+
+use serde_json::{Map, Value, json};
+
+use super::answer::{message, stop_reason, tool_input};
+use super::request::to_chat;
+use super::stream::Translator;
+use super::{error, request};
+use crate::chat::answer::{Answer, PromptDetails, ToolCall, Usage};
+use crate::chat::stream::Chunk;
+use crate::error::Error;
+
+fn obj(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap()
+}
+
+fn chat(v: Value) -> Map<String, Value> {
+    to_chat(&obj(v), false).unwrap()
+}
+
+#[test]
+fn system_messages_and_options_map_onto_chat() {
+    let out = chat(
+        json!({"model": "claude-h", "max_tokens": 50, "system": "Be brief.",
+        "messages": [{"role": "user", "content": "hi"}],
+        "temperature": 0.2, "top_p": 0.9, "top_k": 5, "stop_sequences": ["a", "b", "c", "d", "e"],
+        "metadata": {"user_id": "u-1"}, "thinking": {"type": "enabled", "budget_tokens": 1000},
+        "stream": true, "session_id": "s1", "timeout": 30, "retries": 2, "service_tier": "auto"}),
+    );
+    assert_eq!(
+        out["messages"],
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])
+    );
+    assert_eq!(
+        (out["model"].clone(), out["max_tokens"].clone()),
+        (json!("claude-h"), json!(50))
+    );
+    assert_eq!(
+        (out["temperature"].clone(), out["top_p"].clone()),
+        (json!(0.2), json!(0.9))
+    );
+    assert_eq!(
+        out["stop"],
+        json!(["a", "b", "c", "d"]),
+        "OpenAI takes at most 4"
+    );
+    assert_eq!(out["user"], "u-1");
+    for (k, v) in [
+        ("stream", json!(true)),
+        ("session_id", json!("s1")),
+        ("timeout", json!(30)),
+        ("retries", json!(2)),
+    ] {
+        assert_eq!(out[k], v, "{k}");
+    }
+    for k in [
+        "top_k",
+        "thinking",
+        "metadata",
+        "service_tier",
+        "stop_sequences",
+        "system",
+    ] {
+        assert!(!out.contains_key(k), "{k} must not go upstream");
+    }
+}
+
+#[test]
+fn system_blocks_and_system_entries_fold_into_one_first_message() {
+    let body = json!({"max_tokens": 5, "system": [{"type": "text", "text": "A", "cache_control": {"type": "ephemeral"}},
+            {"type": "text", "text": "B"}],
+        "messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "C"}]});
+    let plain = to_chat(&obj(body.clone()), false).unwrap();
+    assert_eq!(
+        plain["messages"][0],
+        json!({"role": "system", "content": "A\n\nB\n\nC"})
+    );
+    assert_eq!(plain["messages"].as_array().unwrap().len(), 2);
+    // For Claude the cache mark is kept, so the parts stay parts.
+    let claude = to_chat(&obj(body), true).unwrap();
+    assert_eq!(
+        claude["messages"][0]["content"][0],
+        json!({"type": "text", "text": "A", "cache_control": {"type": "ephemeral"}})
+    );
+    assert_eq!(
+        claude["messages"][0]["content"].as_array().unwrap().len(),
+        3
+    );
+}
+
+#[test]
+fn content_blocks_images_tools_and_results() {
+    let out = chat(json!({"max_tokens": 5, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "look"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
+            {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}]},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "hmm", "signature": "s"},
+            {"type": "text", "text": "Let me check."},
+            {"type": "tool_use", "id": "t1", "name": "f", "input": {"x": 1}},
+            {"type": "tool_use", "id": "t2", "name": "g", "input": {}}]},
+        {"role": "user", "content": [{"type": "text", "text": "and?"},
+            {"type": "tool_result", "tool_use_id": "t1", "content": "42"},
+            {"type": "tool_result", "tool_use_id": "t2", "is_error": true,
+                "content": [{"type": "text", "text": "boom"}, {"type": "text", "text": "again"}]}]}]}));
+    let m = out["messages"].as_array().unwrap();
+    assert_eq!(
+        m[0]["content"],
+        json!([{"type": "text", "text": "look"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "image_url", "image_url": {"url": "https://x/y.png"}}])
+    );
+    assert_eq!(m[1]["content"], "Let me check.", "thinking dropped");
+    assert_eq!(
+        m[1]["tool_calls"],
+        json!([
+        {"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{\"x\":1}"}},
+        {"id": "t2", "type": "function", "function": {"name": "g", "arguments": "{}"}}])
+    );
+    assert_eq!(
+        m[2],
+        json!({"role": "tool", "tool_call_id": "t1", "content": "42"})
+    );
+    assert_eq!(
+        m[3],
+        json!({"role": "tool", "tool_call_id": "t2", "content": "Error: boom\nagain"})
+    );
+    assert_eq!(
+        m[4],
+        json!({"role": "user", "content": "and?"}),
+        "the rest of the turn after its results"
+    );
+    assert_eq!(m.len(), 5);
+    let only_tools = chat(
+        json!({"max_tokens": 5, "messages": [{"role": "assistant", "content": [
+        {"type": "tool_use", "id": "t1", "name": "f", "input": {}}]}]}),
+    );
+    assert_eq!(only_tools["messages"][0]["content"], Value::Null);
+}
+
+#[test]
+fn tools_and_tool_choice() {
+    let tools = json!([{"name": "f", "description": "d", "input_schema": {"type": "object"}},
+        {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]);
+    let out = chat(
+        json!({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "tools": tools,
+        "tool_choice": {"type": "tool", "name": "f", "disable_parallel_tool_use": true}}),
+    );
+    assert_eq!(
+        out["tools"],
+        json!([{"type": "function", "function": {"name": "f", "description": "d",
+        "parameters": {"type": "object"}}}]),
+        "server tools are skipped"
+    );
+    assert_eq!(
+        out["tool_choice"],
+        json!({"type": "function", "function": {"name": "f"}})
+    );
+    assert_eq!(out["parallel_tool_calls"], false);
+    for (choice, want) in [
+        ("auto", json!("auto")),
+        ("any", json!("required")),
+        ("none", json!("none")),
+    ] {
+        let out = chat(
+            json!({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"name": "f", "input_schema": {}}], "tool_choice": {"type": choice}}),
+        );
+        assert_eq!(out["tool_choice"], want, "{choice}");
+    }
+    let only_server = chat(
+        json!({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+        "tools": [{"type": "bash_20250124", "name": "bash"}], "tool_choice": {"type": "any"}}),
+    );
+    assert!(!only_server.contains_key("tools") && !only_server.contains_key("tool_choice"));
+}
+
+#[test]
+fn bad_requests_say_what_to_fix() {
+    let bad = |v: Value| request::to_chat(&obj(v), false).unwrap_err();
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    for (body, needle) in [
+        (json!({"messages": hi}), "max_tokens: Field required"),
+        (json!({"max_tokens": 0, "messages": hi}), "max_tokens"),
+        (json!({"max_tokens": "9", "messages": hi}), "max_tokens"),
+        (json!({"max_tokens": 9}), "messages: Field required"),
+        (json!({"max_tokens": 9, "messages": []}), "at least one"),
+        (
+            json!({"max_tokens": 9, "messages": [{"role": "user", "content": 5}]}),
+            "messages.0",
+        ),
+        (
+            json!({"max_tokens": 9, "messages": [{"role": "bot", "content": "x"}]}),
+            "role 'bot'",
+        ),
+        (
+            json!({"max_tokens": 9, "messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file"}}]}]}),
+            "messages.0.content.0",
+        ),
+        (
+            json!({"max_tokens": 9, "messages": [{"role": "user", "content": [{"type": "tool_result"}]}]}),
+            "tool_use_id",
+        ),
+        (
+            json!({"max_tokens": 9, "messages": hi, "system": 7}),
+            "system",
+        ),
+        (
+            json!({"max_tokens": 9, "messages": hi, "stop_sequences": "x"}),
+            "stop_sequences",
+        ),
+        (
+            json!({"max_tokens": 9, "messages": hi, "tools": [{"name": "f", "input_schema": {}}], "tool_choice": {"type": "maybe"}}),
+            "tool_choice",
+        ),
+    ] {
+        let e = bad(body.clone());
+        assert_eq!(e.status(), 400, "{body}");
+        assert!(e.to_string().contains(needle), "{body}: {e}");
+    }
+}
+
+#[test]
+fn answers_become_messages() {
+    let answer = Answer {
+        content: json!("Sure."),
+        tool_calls: vec![
+            ToolCall {
+                id: "c1".into(),
+                name: "f".into(),
+                arguments: "{\"a\":1}".into(),
+            },
+            ToolCall {
+                id: String::new(),
+                name: "g".into(),
+                arguments: "not json".into(),
+            },
+        ],
+        finish_reason: Some("tool_calls".into()),
+        usage: Usage {
+            prompt_tokens: Some(100),
+            completion_tokens: Some(7),
+            prompt_tokens_details: Some(PromptDetails {
+                cached_tokens: Some(60),
+            }),
+        },
+    };
+    let m = message(&answer, "claude-h");
+    assert!(m["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(
+        (m["type"].clone(), m["role"].clone(), m["model"].clone()),
+        (json!("message"), json!("assistant"), json!("claude-h"))
+    );
+    assert_eq!(m["content"][0], json!({"type": "text", "text": "Sure."}));
+    assert_eq!(
+        m["content"][1],
+        json!({"type": "tool_use", "id": "c1", "name": "f", "input": {"a": 1}})
+    );
+    assert_eq!(
+        m["content"][2]["input"],
+        json!({}),
+        "unparsable arguments: {{}}"
+    );
+    assert!(
+        m["content"][2]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("toolu_")
+    );
+    assert_eq!(m["stop_reason"], "tool_use");
+    assert_eq!(m["stop_sequence"], Value::Null);
+    assert_eq!(m["usage"]["input_tokens"], 40, "cached tokens apart");
+    assert_eq!(m["usage"]["cache_read_input_tokens"], 60);
+    assert_eq!(m["usage"]["output_tokens"], 7);
+    let empty = message(&Answer::default(), "x");
+    assert_eq!(empty["content"], json!([]));
+    assert_eq!(empty["stop_reason"], "end_turn");
+    for (f, tools, want) in [
+        (Some("stop"), false, "end_turn"),
+        (Some("length"), false, "max_tokens"),
+        (Some("content_filter"), false, "refusal"),
+        (Some("stop"), true, "tool_use"),
+        (Some("odd"), false, "end_turn"),
+    ] {
+        assert_eq!(stop_reason(f, tools), want);
+    }
+    assert_eq!(tool_input("[1]"), json!({}));
+}
+
+/// The events a translator writes for these chunks, then the end.
+fn events(chunks: &[Value], usage: Usage) -> Vec<(String, Value)> {
+    let mut t = Translator::new("claude-h", 42);
+    let mut out = Vec::new();
+    for c in chunks {
+        t.chunk(&Chunk::parse(&c.to_string()).unwrap(), &mut out);
+    }
+    t.done(&usage, &mut out);
+    parse_frames(&out)
+}
+
+fn parse_frames(out: &[u8]) -> Vec<(String, Value)> {
+    let text = String::from_utf8(out.to_vec()).unwrap();
+    assert!(text.ends_with("\n\n"));
+    text.split("\n\n")
+        .filter(|f| !f.is_empty())
+        .map(|frame| {
+            let (event, data) = frame.split_once('\n').unwrap();
+            let name = event.strip_prefix("event: ").unwrap().to_string();
+            let data: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+            assert_eq!(
+                data["type"],
+                name.as_str(),
+                "the event name is the data's type"
+            );
+            (name, data)
+        })
+        .collect()
+}
+
+/// Checks the rules: deltas only for started, open blocks; one open block at a time.
+fn assert_well_formed(ev: &[(String, Value)]) {
+    let mut open: Option<u64> = None;
+    let mut started = Vec::new();
+    assert_eq!(ev[0].0, "message_start");
+    assert_eq!(ev.last().unwrap().0, "message_stop");
+    for (name, data) in ev {
+        let index = data["index"].as_u64();
+        match name.as_str() {
+            "content_block_start" => {
+                assert!(
+                    open.is_none(),
+                    "a block starts while another is open: {ev:?}"
+                );
+                let i = index.unwrap();
+                assert_eq!(i as usize, started.len(), "indexes count up from 0");
+                started.push(i);
+                open = Some(i);
+            }
+            "content_block_delta" => {
+                assert_eq!(open, index, "a delta for a block not open: {ev:?}")
+            }
+            "content_block_stop" => {
+                assert_eq!(open, index);
+                open = None;
+            }
+            "message_delta" => assert!(open.is_none(), "message_delta with a block open"),
+            _ => {}
+        }
+    }
+}
+
+fn text_chunk(t: &str) -> Value {
+    json!({"choices": [{"index": 0, "delta": {"content": t}}]})
+}
+
+fn tool_chunk(index: usize, id: Option<&str>, name: Option<&str>, args: &str) -> Value {
+    let mut f = json!({"arguments": args});
+    if let Some(n) = name {
+        f["name"] = json!(n);
+    }
+    let mut tc = json!({"index": index, "function": f});
+    if let Some(id) = id {
+        tc["id"] = json!(id);
+    }
+    json!({"choices": [{"index": 0, "delta": {"tool_calls": [tc]}}]})
+}
+
+#[test]
+fn a_text_stream_in_anthropics_order() {
+    let ev = events(
+        &[
+            json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+            text_chunk("Hel"),
+            text_chunk("lo"),
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+            json!({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}),
+        ],
+        Usage {
+            prompt_tokens: Some(9),
+            completion_tokens: Some(2),
+            prompt_tokens_details: None,
+        },
+    );
+    assert_well_formed(&ev);
+    let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "ping",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    let start = &ev[0].1["message"];
+    assert_eq!(start["usage"]["input_tokens"], 42, "the estimate, never 0");
+    assert_eq!(start["content"], json!([]));
+    assert_eq!(
+        ev[2].1["content_block"],
+        json!({"type": "text", "text": ""})
+    );
+    assert_eq!(
+        ev[3].1["delta"],
+        json!({"type": "text_delta", "text": "Hel"})
+    );
+    assert_eq!(ev[6].1["delta"]["stop_reason"], "end_turn");
+    assert_eq!(ev[6].1["usage"]["output_tokens"], 2);
+    assert_eq!(
+        ev[6].1["usage"]["input_tokens"], 9,
+        "the reported count replaces the estimate"
+    );
+}
+
+#[test]
+fn text_then_parallel_tool_calls_each_in_its_own_block() {
+    let ev = events(
+        &[
+            text_chunk("Checking."),
+            tool_chunk(0, Some("call_a"), Some("f"), ""),
+            tool_chunk(0, None, None, "{\"x\""),
+            tool_chunk(0, None, None, ":1}"),
+            tool_chunk(1, Some("call_b"), None, "{"),
+            tool_chunk(1, None, Some("g"), "}"),
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+        ],
+        Usage::default(),
+    );
+    assert_well_formed(&ev);
+    let starts: Vec<&Value> = ev
+        .iter()
+        .filter(|(n, _)| n == "content_block_start")
+        .map(|(_, d)| &d["content_block"])
+        .collect();
+    assert_eq!(starts[0]["type"], "text");
+    assert_eq!(
+        starts[1],
+        &json!({"type": "tool_use", "id": "call_a", "name": "f", "input": {}})
+    );
+    assert_eq!(
+        starts[2],
+        &json!({"type": "tool_use", "id": "call_b", "name": "g", "input": {}}),
+        "started once its name came"
+    );
+    let json_of = |index: u64| -> String {
+        ev.iter()
+            .filter(|(n, d)| n == "content_block_delta" && d["index"] == index)
+            .map(|(_, d)| d["delta"]["partial_json"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(json_of(1), "{\"x\":1}");
+    assert_eq!(
+        json_of(2),
+        "{}",
+        "pieces that waited for the name are sent after the start"
+    );
+    let delta = &ev.iter().find(|(n, _)| n == "message_delta").unwrap().1;
+    assert_eq!(delta["delta"]["stop_reason"], "tool_use");
+    assert!(
+        delta["usage"].get("input_tokens").is_none(),
+        "not reported: the estimate stands"
+    );
+}
+
+#[test]
+fn odd_streams_stay_well_formed() {
+    // Nothing at all: start, delta, stop.
+    let ev = events(&[], Usage::default());
+    assert_well_formed(&ev);
+    assert_eq!(ev.len(), 4);
+    // Text after a tool call opens a new text block; a late piece of a closed call is dropped.
+    let ev = events(
+        &[
+            tool_chunk(0, Some("a"), Some("f"), "{}"),
+            text_chunk("then"),
+            tool_chunk(0, None, None, "late"),
+            tool_chunk(1, Some("b"), Some("g"), "{}"),
+        ],
+        Usage::default(),
+    );
+    assert_well_formed(&ev);
+    let kinds: Vec<&str> = ev
+        .iter()
+        .filter(|(n, _)| n == "content_block_start")
+        .map(|(_, d)| d["content_block"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["tool_use", "text", "tool_use"]);
+    assert!(
+        !String::from_utf8_lossy(
+            &serde_json::to_vec(&ev.iter().map(|e| &e.1).collect::<Vec<_>>()).unwrap()
+        )
+        .contains("late")
+    );
+    // A call whose name never comes still gets its block before the end.
+    let ev = events(&[tool_chunk(0, Some("a"), None, "{}")], Usage::default());
+    assert_well_formed(&ev);
+    assert!(
+        ev.iter()
+            .any(|(n, d)| n == "content_block_start" && d["content_block"]["id"] == "a")
+    );
+}
+
+#[test]
+fn a_failure_mid_stream_is_an_error_event() {
+    let mut t = Translator::new("m", 1);
+    let mut out = Vec::new();
+    t.chunk(
+        &Chunk::parse(&text_chunk("a").to_string()).unwrap(),
+        &mut out,
+    );
+    out.clear();
+    t.failed(
+        &error::body(&Error::Upstream {
+            message: "cut".into(),
+        }),
+        &mut out,
+    );
+    let ev = parse_frames(&out);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(
+        ev[0].1,
+        json!({"type": "error", "error": {"type": "api_error", "message": "upstream error: cut"}})
+    );
+}
+
+#[test]
+fn errors_in_anthropics_shape_and_statuses() {
+    let cases = [
+        (Error::invalid("x"), 400, "invalid_request_error"),
+        (
+            Error::ModelNotFound {
+                model: "m".into(),
+                reason: "r".into(),
+            },
+            404,
+            "not_found_error",
+        ),
+        (
+            Error::BodyTooLarge { limit: 1 << 20 },
+            413,
+            "request_too_large",
+        ),
+        (
+            Error::IpNotAllowed {
+                ip: "10.0.0.1".parse().unwrap(),
+            },
+            403,
+            "permission_error",
+        ),
+        (
+            Error::CircuitOpen {
+                model: "m".into(),
+                retry_after_s: 3,
+            },
+            529,
+            "overloaded_error",
+        ),
+        (
+            Error::Overloaded { retry_after_s: 1 },
+            529,
+            "overloaded_error",
+        ),
+        (
+            Error::RateLimited {
+                message: "slow".into(),
+                retry_after_s: 2,
+            },
+            429,
+            "rate_limit_error",
+        ),
+        (
+            Error::UpstreamClient {
+                status: 401,
+                message: "bad key".into(),
+                kind: None,
+                code: None,
+                param: None,
+            },
+            401,
+            "authentication_error",
+        ),
+        (
+            Error::Upstream {
+                message: "500".into(),
+            },
+            502,
+            "api_error",
+        ),
+        (
+            Error::ProviderNotConfigured { env: "ZAI_API_KEY" },
+            503,
+            "api_error",
+        ),
+    ];
+    for (e, status, kind) in cases {
+        let resp = error::response(&e);
+        assert_eq!(resp.status, status, "{e:?}");
+        let crate::http::Body::Full(body) = &resp.body else {
+            panic!("a full body")
+        };
+        let v: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], kind, "{e:?}");
+        assert_eq!(v["error"]["message"], e.to_string());
+        assert!(
+            resp.header("request-id")
+                .is_some_and(|id| id.starts_with("req_"))
+        );
+    }
+    let open = error::response(&Error::CircuitOpen {
+        model: "m".into(),
+        retry_after_s: 3,
+    });
+    assert_eq!(open.header("retry-after"), Some("3"));
+}

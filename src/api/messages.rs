@@ -1,0 +1,126 @@
+//! `POST /v1/messages` and `POST /v1/messages/count_tokens`: the Anthropic Messages front of
+//! [`super::call`], for Claude Code and the anthropic SDKs. The request is translated into an
+//! OpenAI chat request (`crate::anthropic::request`), runs through the same pipeline as
+//! chat completions (access, memory first, sessions, retries, breakers), and the answer —
+//! complete or streamed — is translated back. Errors are in Anthropic's shape.
+
+use std::io;
+
+use serde_json::{Map, Value, json};
+
+use super::call::{self, Answered, StreamFront};
+use crate::anthropic::stream::Translator;
+use crate::anthropic::{answer, error, request};
+use crate::chat::answer::Usage;
+use crate::chat::request::{ChatRequest, json_object};
+use crate::chat::stream::Chunk;
+use crate::chat::tokens;
+use crate::error::Error;
+use crate::gateway::Gateway;
+use crate::http::{LogFields, Request, Response, Sink};
+
+/// `POST /v1/messages`.
+pub(super) fn create(gw: &Gateway, req: &Request) -> Result<Response, Error> {
+    let mut log: LogFields = Vec::new();
+    let mut resp = match answer(gw, req, &mut log) {
+        Ok(resp) => resp,
+        Err(e) => error::response(&e),
+    };
+    resp.log.splice(0..0, log);
+    Ok(resp)
+}
+
+fn answer(gw: &Gateway, req: &Request, log: &mut LogFields) -> Result<Response, Error> {
+    let (body, chat) = translate(gw, &req.body)?;
+    let estimate = estimate(gw, &chat, &body);
+    Ok(match call::run(gw, req, &chat, log)? {
+        Answered::Complete(done) => {
+            let message = answer::message(&done.answer, &chat.model);
+            done.respond(
+                "application/json",
+                serde_json::to_vec(&message).unwrap_or_default(),
+            )
+        }
+        Answered::Stream(stream) => stream.respond(
+            "text/event-stream",
+            Events {
+                translator: Translator::new(&chat.model, estimate),
+                buf: Vec::new(),
+            },
+        ),
+    })
+}
+
+/// The Messages body, and the chat request it becomes.
+fn translate(gw: &Gateway, raw: &[u8]) -> Result<(Map<String, Value>, ChatRequest), Error> {
+    let body = json_object(raw, "Messages")?;
+    let claude = body
+        .get("model")
+        .and_then(Value::as_str)
+        .and_then(|name| gw.listed().get(name).map(|m| m.is_claude()))
+        .unwrap_or(false);
+    let chat = ChatRequest::from_object(request::to_chat(&body, claude)?)?;
+    Ok((body, chat))
+}
+
+/// The prompt's tokens, estimated: the memory block, the messages and the tools (the
+/// session history, read later, is not counted).
+fn estimate(gw: &Gateway, chat: &ChatRequest, body: &Map<String, Value>) -> u64 {
+    let memory = gw.memory();
+    let mut messages = chat.messages().to_vec();
+    if !memory.content.is_empty() {
+        messages.push(json!({"role": "system", "content": memory.content}));
+    }
+    tokens::estimate(&messages, body.get("tools"))
+}
+
+/// `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, an estimate (see
+/// `chat::tokens`) of what the request would send, memory block included. `max_tokens` is
+/// not needed here.
+pub(super) fn count_tokens(gw: &Gateway, req: &Request) -> Result<Response, Error> {
+    let counted = json_object(&req.body, "count_tokens").and_then(|mut body| {
+        body.entry("max_tokens").or_insert(json!(1));
+        let chat = ChatRequest::from_object(request::to_chat(&body, false)?)?;
+        Ok(estimate(gw, &chat, &body))
+    });
+    Ok(match counted {
+        Ok(n) => Response::json(200, &json!({"input_tokens": n})),
+        Err(e) => error::response(&e),
+    })
+}
+
+/// Anthropic's events, from the upstream's chunks.
+struct Events {
+    translator: Translator,
+    /// The frames of one chunk, sent in one piece.
+    buf: Vec<u8>,
+}
+
+impl Events {
+    fn send(&mut self, sink: &mut dyn Sink) -> io::Result<()> {
+        let result = if self.buf.is_empty() {
+            Ok(())
+        } else {
+            sink.send(&self.buf)
+        };
+        self.buf.clear();
+        result
+    }
+}
+
+impl StreamFront for Events {
+    fn chunk(&mut self, _raw: &str, chunk: &Chunk, sink: &mut dyn Sink) -> io::Result<()> {
+        self.translator.chunk(chunk, &mut self.buf);
+        self.send(sink)
+    }
+
+    fn done(&mut self, usage: &Usage, sink: &mut dyn Sink) -> io::Result<()> {
+        self.translator.done(usage, &mut self.buf);
+        self.send(sink)
+    }
+
+    fn failed(&mut self, e: &Error, sink: &mut dyn Sink) -> io::Result<()> {
+        self.translator.failed(&error::body(e), &mut self.buf);
+        self.send(sink)
+    }
+}

@@ -1,0 +1,360 @@
+//! `POST /v1/messages`, the Anthropic Messages API: what the upstream receives (memory
+//! first, system, translated blocks), the answer and the stream in Anthropic's shapes and
+//! order, errors in Anthropic's shape (529 for an open breaker), sessions, count_tokens,
+//! and the model list as Anthropic clients see it.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::client::{self, Call, Streamed};
+use crate::support::gateway::{Gateway, Options, Reply as Answer, request};
+use crate::support::upstream::{FakeUpstream, Reply};
+
+const ANTHROPIC: [(&str, &str); 3] = [
+    ("x-api-key", "sk-ant-whatever"),
+    ("anthropic-version", "2023-06-01"),
+    ("content-type", "application/json"),
+];
+
+fn setup(opts: Options) -> (FakeUpstream, Gateway) {
+    let fake = FakeUpstream::start();
+    let gw = Gateway::start(opts.upstream(&fake.base_url()));
+    (fake, gw)
+}
+
+fn post(gw: &Gateway, path: &str, body: &Value) -> Answer {
+    let bytes = serde_json::to_vec(body).unwrap();
+    request(&gw.url(path), "POST", Some(&bytes), &ANTHROPIC)
+}
+
+fn hello(model: &str) -> Value {
+    json!({"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+/// Asserts Anthropic's error shape with this status and type; returns the message.
+fn assert_anthropic_error(r: &Answer, status: u16, kind: &str) -> String {
+    assert_eq!(r.status, status, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], kind, "{v}");
+    assert!(
+        r.header("request-id")
+            .is_some_and(|id| id.starts_with("req_"))
+    );
+    v["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_message_is_answered_with_memory_first_and_the_system_after_it() {
+    let (fake, gw) =
+        setup(Options::default().memory(r#"{"content": "I live in Lyon.", "cache": true}"#));
+    let mut body = hello("claude-h");
+    body["system"] = json!("Answer briefly.");
+    // Claude Code adds `?beta=true`.
+    let r = post(&gw, "/v1/messages?beta=true", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = r.json();
+    assert_eq!(
+        (m["type"].clone(), m["role"].clone(), m["model"].clone()),
+        (json!("message"), json!("assistant"), json!("claude-h"))
+    );
+    assert_eq!(
+        m["content"],
+        json!([{"type": "text", "text": "echo: hello"}])
+    );
+    assert_eq!(m["stop_reason"], "end_turn");
+    assert!(m["usage"]["input_tokens"].is_u64() && m["usage"]["output_tokens"].is_u64());
+    assert_eq!(r.header("x-sigorest-model"), Some("claude-h"));
+    let up = fake.last_json().unwrap();
+    assert_eq!(up["model"], "claude-3-5-haiku-20241022");
+    assert_eq!(up["max_tokens"], 64);
+    let msgs = up["messages"].as_array().unwrap();
+    assert_eq!(
+        msgs[0]["content"][0]["text"], "I live in Lyon.",
+        "memory first, cached for Claude"
+    );
+    assert_eq!(
+        msgs[0]["content"][0]["cache_control"],
+        json!({"type": "ephemeral"})
+    );
+    assert_eq!(
+        msgs[1],
+        json!({"role": "system", "content": "Answer briefly."})
+    );
+    assert_eq!(msgs[2], json!({"role": "user", "content": "hello"}));
+    // The Anthropic headers are not sent on to an OpenAI upstream; the provider key is.
+    let seen = &fake.requests()[0];
+    assert!(seen.header("anthropic-version").is_none() && seen.header("x-api-key").is_none());
+    assert_eq!(
+        seen.header("authorization"),
+        Some("Bearer test-key-mammouth_api_key")
+    );
+    // Without the /v1 prefix too.
+    assert_eq!(post(&gw, "/messages", &hello("gpt41")).status, 200);
+}
+
+#[test]
+fn a_stream_comes_in_anthropics_events_as_they_arrive() {
+    let (fake, gw) = setup(Options::default());
+    fake.push(
+        Reply::chat_stream(&["Hel", "lo"])
+            .gap(Duration::from_millis(150))
+            .usage(11, 2),
+    );
+    let mut body = hello("gpt41");
+    body["stream"] = json!(true);
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let mut call = Call::post(&bytes);
+    call.path = "/v1/messages?beta=true";
+    let s = client::stream(gw.http, &call);
+    assert_eq!(s.status, 200);
+    assert_eq!(s.header("content-type"), Some("text/event-stream"));
+    let types = event_types(&s);
+    assert_eq!(
+        types,
+        [
+            "message_start",
+            "ping",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    let ev = s.chunks();
+    assert!(
+        ev[0]["message"]["usage"]["input_tokens"].as_u64().unwrap() > 0,
+        "an estimate, never 0"
+    );
+    let text: String = ev
+        .iter()
+        .filter_map(|e| e["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(text, "Hello");
+    assert_eq!(
+        ev[6]["usage"],
+        json!({"input_tokens": 11, "output_tokens": 2,
+        "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0})
+    );
+    assert!(
+        !s.payloads().contains(&"[DONE]"),
+        "no [DONE] in Anthropic streams"
+    );
+    // The deltas were relayed as they came, not at the end.
+    let deltas: Vec<_> = s
+        .events
+        .iter()
+        .filter(|(_, p)| p.contains("text_delta"))
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(
+        deltas[1] - deltas[0] >= Duration::from_millis(100),
+        "bunched up"
+    );
+    assert_eq!(
+        fake.last_json().unwrap()["stream_options"],
+        json!({"include_usage": true})
+    );
+}
+
+fn event_types(s: &Streamed) -> Vec<String> {
+    s.chunks()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+#[test]
+fn a_streamed_tool_call_is_a_tool_use_block() {
+    let (fake, gw) = setup(Options::default());
+    let tc =
+        |v: Value| json!({"choices": [{"index": 0, "delta": {"tool_calls": [v]}}]}).to_string();
+    fake.push(Reply::stream([
+        tc(json!({"index": 0, "id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": ""}})),
+        tc(json!({"index": 0, "function": {"arguments": "{\"city\":"}})),
+        tc(json!({"index": 0, "function": {"arguments": "\"Lyon\"}"}})),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}).to_string(),
+        "[DONE]".to_string(),
+    ]));
+    let mut body = hello("gpt41");
+    body["stream"] = json!(true);
+    body["tools"] = json!([{"name": "get_weather", "input_schema": {"type": "object"}}]);
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let mut call = Call::post(&bytes);
+    call.path = "/v1/messages";
+    let s = client::stream(gw.http, &call);
+    let ev = s.chunks();
+    let start = ev
+        .iter()
+        .find(|e| e["type"] == "content_block_start")
+        .unwrap();
+    assert_eq!(
+        start["content_block"],
+        json!({"type": "tool_use", "id": "call_9", "name": "get_weather", "input": {}})
+    );
+    let json_text: String = ev
+        .iter()
+        .filter_map(|e| e["delta"]["partial_json"].as_str())
+        .collect();
+    assert_eq!(json_text, "{\"city\":\"Lyon\"}");
+    let delta = ev.iter().find(|e| e["type"] == "message_delta").unwrap();
+    assert_eq!(delta["delta"]["stop_reason"], "tool_use");
+    assert_eq!(
+        fake.last_json().unwrap()["tools"][0]["function"]["name"],
+        "get_weather"
+    );
+}
+
+#[test]
+fn a_failure_after_the_first_event_is_an_error_event() {
+    let (fake, gw) = setup(Options::default());
+    fake.push(Reply::chat_stream(&["a", "b", "c"]).cut_after(2));
+    let mut body = hello("gpt41");
+    body["stream"] = json!(true);
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let mut call = Call::post(&bytes);
+    call.path = "/v1/messages";
+    let s = client::stream(gw.http, &call);
+    assert_eq!(s.status, 200);
+    let ev = s.chunks();
+    let last = ev.last().unwrap();
+    assert_eq!(last["type"], "error", "{ev:?}");
+    assert_eq!(last["error"]["type"], "api_error");
+    assert!(!event_types(&s).contains(&"message_stop".to_string()));
+}
+
+#[test]
+fn errors_are_in_anthropics_shape() {
+    let (fake, gw) = setup(Options::default());
+    let msg = assert_anthropic_error(
+        &post(&gw, "/v1/messages", &hello("claude-9000")),
+        404,
+        "not_found_error",
+    );
+    assert!(msg.contains("claude-9000"), "{msg}");
+    let mut no_max = hello("gpt41");
+    no_max.as_object_mut().unwrap().remove("max_tokens");
+    let msg = assert_anthropic_error(
+        &post(&gw, "/v1/messages", &no_max),
+        400,
+        "invalid_request_error",
+    );
+    assert!(msg.contains("max_tokens"), "{msg}");
+    let bad = request(
+        &gw.url("/v1/messages"),
+        "POST",
+        Some(b"{not json"),
+        &ANTHROPIC,
+    );
+    assert_anthropic_error(&bad, 400, "invalid_request_error");
+    let get = request(&gw.url("/v1/messages"), "GET", None, &ANTHROPIC);
+    assert_anthropic_error(&get, 405, "invalid_request_error");
+    assert_eq!(get.header("allow"), Some("POST"));
+    assert_anthropic_error(
+        &post(&gw, "/v1/messages/nothing", &hello("gpt41")),
+        404,
+        "not_found_error",
+    );
+    // The upstream's own words are kept.
+    fake.push(Reply::error(
+        400,
+        "prompt is too long: 250000 tokens > 200000 maximum",
+    ));
+    let msg = assert_anthropic_error(
+        &post(&gw, "/v1/messages", &hello("gpt41")),
+        400,
+        "invalid_request_error",
+    );
+    assert!(msg.contains("prompt is too long"), "{msg}");
+    // An unconfigured provider is not retried by the SDKs.
+    let gw2 = Gateway::start(
+        Options::default()
+            .upstream(&fake.base_url())
+            .var("MOONSHOT_API_KEY", ""),
+    );
+    let r = post(&gw2, "/v1/messages", &hello("kimi"));
+    if r.status == 503 {
+        assert_eq!(r.header("x-should-retry"), Some("false"));
+    }
+}
+
+#[test]
+fn an_open_breaker_is_529_overloaded() {
+    let (fake, gw) = setup(Options::default());
+    fake.push_n(3, Reply::status(500));
+    let mut body = hello("gpt41");
+    body["retries"] = json!(1);
+    for _ in 0..3 {
+        assert_anthropic_error(&post(&gw, "/v1/messages", &body), 502, "api_error");
+    }
+    let r = post(&gw, "/v1/messages", &body);
+    assert_anthropic_error(&r, 529, "overloaded_error");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(fake.request_count(), 3, "an open breaker fails fast");
+}
+
+#[test]
+fn sessions_work_through_messages() {
+    let (fake, gw) = setup(Options::default());
+    let mut body = hello("gpt41");
+    body["session_id"] = json!("notes");
+    assert_eq!(post(&gw, "/v1/messages", &body).status, 200);
+    body["messages"] = json!([{"role": "user", "content": "again"}]);
+    assert_eq!(post(&gw, "/v1/messages", &body).status, 200);
+    let up = fake.last_json().unwrap();
+    let texts: Vec<&str> = up["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(texts, ["hello", "echo: hello", "again"]);
+    assert!(up.get("session_id").is_none());
+}
+
+#[test]
+fn count_tokens_is_an_estimate_that_grows_with_the_prompt() {
+    let (fake, gw) = setup(Options::default());
+    let count = |text: &str| {
+        let r = post(
+            &gw,
+            "/v1/messages/count_tokens?beta=true",
+            &json!({"model": "claude-h", "messages": [{"role": "user", "content": text}]}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["input_tokens"].as_u64().unwrap()
+    };
+    let short = count("hi");
+    let long = count(&"word ".repeat(400));
+    assert!(short > 0 && long > short + 400, "{short} {long}");
+    assert_eq!(fake.request_count(), 0, "nothing goes upstream");
+    let bad = post(
+        &gw,
+        "/v1/messages/count_tokens",
+        &json!({"model": "claude-h"}),
+    );
+    assert_anthropic_error(&bad, 400, "invalid_request_error");
+}
+
+#[test]
+fn anthropic_clients_see_anthropics_model_list_fields() {
+    let (_fake, gw) = setup(Options::default());
+    let r = request(&gw.url("/v1/models"), "GET", None, &ANTHROPIC);
+    let v = r.json();
+    assert_eq!(v["has_more"], false);
+    assert_eq!(v["first_id"], v["data"][0]["id"]);
+    let first = &v["data"][0];
+    assert_eq!(first["type"], "model");
+    assert!(
+        first["display_name"].is_string() && first["created_at"].as_str().unwrap().ends_with('Z')
+    );
+    // OpenAI clients get the list as before.
+    let plain = gw.get("/v1/models").json();
+    assert!(plain.get("has_more").is_none() && plain["data"][0].get("type").is_none());
+}
