@@ -36,6 +36,13 @@ pub enum Error {
     AdminOnly { ip: IpAddr },
     /// The provider's API key variable is not set.
     ProviderNotConfigured { env: &'static str },
+    /// The request is estimated to be longer than the model's context window (checked
+    /// when another model could answer instead).
+    ContextTooLong {
+        model: String,
+        tokens: u64,
+        limit: u64,
+    },
     /// The model's circuit breaker is open.
     CircuitOpen { model: String, retry_after_s: u64 },
     /// The queue is full, or the request waited too long for a worker.
@@ -103,7 +110,7 @@ impl Error {
     /// The HTTP status.
     pub fn status(&self) -> u16 {
         match self {
-            Error::InvalidRequest { .. } => 400,
+            Error::InvalidRequest { .. } | Error::ContextTooLong { .. } => 400,
             Error::ModelNotFound { .. } | Error::NotFound { .. } => 404,
             Error::MethodNotAllowed { .. } => 405,
             Error::BodyTooLarge { .. } => 413,
@@ -127,6 +134,7 @@ impl Error {
     pub fn code(&self) -> &str {
         match self {
             Error::InvalidRequest { .. } => "invalid_request",
+            Error::ContextTooLong { .. } => "context_length_exceeded",
             Error::ModelNotFound { .. } => "model_not_found",
             Error::NotFound { .. } => "not_found",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
@@ -154,6 +162,7 @@ impl Error {
     pub fn kind(&self) -> &str {
         match self {
             Error::InvalidRequest { .. }
+            | Error::ContextTooLong { .. }
             | Error::ModelNotFound { .. }
             | Error::NotFound { .. }
             | Error::MethodNotAllowed { .. }
@@ -258,6 +267,14 @@ impl fmt::Display for Error {
                     "provider not configured: set {env} in the gateway's environment"
                 )
             }
+            Error::ContextTooLong {
+                model,
+                tokens,
+                limit,
+            } => write!(
+                f,
+                "the request (about {tokens} tokens) is longer than the context of '{model}' ({limit} tokens)"
+            ),
             Error::CircuitOpen {
                 model,
                 retry_after_s,

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::config::Routing;
 use crate::env::Env;
 use crate::error::Error;
 use crate::http::{AllowList, Stats};
@@ -17,8 +18,9 @@ use crate::state::catalog::{Catalog, Model, Provider};
 use crate::state::listed::Listed;
 use crate::state::memory::Memory;
 use crate::state::session::SessionStore;
-use crate::upstream::breaker::Breakers;
+use crate::upstream::breaker::{Breakers, State};
 use crate::upstream::ollama::{Lookup, Ollama};
+use crate::upstream::scores::Scores;
 use crate::upstream::{Target, Upstream};
 use crate::util::clock::{Clock, SystemClock};
 use crate::util::{lock, unix_now};
@@ -31,6 +33,8 @@ pub struct Settings {
     pub sessions_dir: PathBuf,
     pub admin_allow: AllowList,
     pub env: Env,
+    /// `-fallback` and `-auto`.
+    pub routing: Routing,
 }
 
 /// The gateway's state, shared by every request.
@@ -42,6 +46,8 @@ pub struct Gateway {
     pub(crate) settings: Settings,
     pub(crate) sessions: Arc<SessionStore>,
     pub(crate) breakers: Breakers,
+    /// How each model has been doing (for `auto`).
+    pub(crate) scores: Scores,
     pub(crate) upstream: Upstream,
     pub(crate) ollama: Arc<Ollama>,
     pub(crate) started: Instant,
@@ -52,7 +58,10 @@ pub struct Gateway {
 /// A model resolved for one request, and where its requests go.
 pub(crate) struct Resolved {
     pub model: Model,
+    /// Its chat-completions endpoint.
     pub target: Target,
+    /// The base of its OpenAI-compatible API (`{base}/embeddings`, ...).
+    pub base: String,
 }
 
 impl Gateway {
@@ -80,6 +89,7 @@ impl Gateway {
             memory: Mutex::new(Arc::new(memory)),
             sessions: Arc::new(SessionStore::new(settings.sessions_dir.clone())),
             breakers: Breakers::new(clock),
+            scores: Scores::default(),
             upstream: Upstream::new(),
             ollama,
             started: Instant::now(),
@@ -127,16 +137,52 @@ impl Gateway {
         Ok((added, removed))
     }
 
+    /// A model name as its short code, when it names a listed or discovered model (else as
+    /// written). Never waits for a discovery.
+    pub(crate) fn short_code(&self, name: &str) -> String {
+        if let Some(m) = self.listed().get(name) {
+            return m.short.clone();
+        }
+        match self.ollama.lookup_known(name) {
+            Some(short) => short,
+            None => name.to_string(),
+        }
+    }
+
+    /// The `-auto` models as `auto` tries them: healthiest first (see [`Scores::rank`]),
+    /// those with an open breaker left out and returned apart, as short codes.
+    pub(crate) fn auto_order(&self) -> (Vec<String>, Vec<String>) {
+        let names: Vec<String> = self
+            .settings
+            .routing
+            .auto
+            .iter()
+            .map(|m| self.short_code(m))
+            .collect();
+        let open: Vec<String> = self
+            .breakers
+            .snapshot()
+            .into_iter()
+            .filter(|(_, s)| s.state == State::Open)
+            .map(|(m, _)| m)
+            .collect();
+        let ranked = self.scores.rank(&names, |m| open.iter().any(|o| o == m));
+        let blocked = names.into_iter().filter(|m| open.contains(m)).collect();
+        (ranked, blocked)
+    }
+
     /// Finds a model: a listed cloud model by short code or id, else a discovered Ollama model.
     pub(crate) fn resolve(&self, name: &str) -> Result<Resolved, Error> {
         if let Some(model) = self.listed().get(name) {
+            let base = model.provider.api_base(&self.env);
             let target = Target::new(
-                model.provider.chat_url(&self.env),
+                format!("{base}/chat/completions"),
                 model.provider.key(&self.env).map(str::to_string),
             );
             return Ok(Resolved {
                 model: model.clone(),
                 target,
+                base,
             });
         }
         let not_found = |reason: String| Error::ModelNotFound {
@@ -146,10 +192,14 @@ impl Gateway {
         match self.ollama.lookup(name) {
             // The real Ollama name goes upstream (`to_model` makes it the id), with no key
             // and never through a proxy.
-            Lookup::Found(m) => Ok(Resolved {
-                model: m.to_model(),
-                target: Target::direct(Provider::Ollama.chat_url(&self.env)),
-            }),
+            Lookup::Found(m) => {
+                let base = Provider::Ollama.api_base(&self.env);
+                Ok(Resolved {
+                    model: m.to_model(),
+                    target: Target::direct(format!("{base}/chat/completions")),
+                    base,
+                })
+            }
             Lookup::Gone => Err(not_found(format!(
                 "Ollama at {} no longer reports this model",
                 self.ollama.base_url()

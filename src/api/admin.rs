@@ -64,7 +64,25 @@ pub(super) fn health(gw: &Gateway, _req: &Request) -> Result<Response, Error> {
         "providers": providers,
         "ollama": gw.ollama.status(),
     });
+    let mut body = body;
+    if !gw.settings.routing.auto.is_empty() {
+        body["auto"] = auto_status(gw);
+    }
     Ok(Response::json(200, &body))
+}
+
+/// The `-auto` models as `auto` would try them (open breakers last, marked), with their
+/// recent records.
+fn auto_status(gw: &Gateway) -> Value {
+    let (ranked, blocked) = gw.auto_order();
+    let entry = |m: &String, open: bool| {
+        let s = gw.scores.snapshot(m);
+        json!({"model": m, "open": open,
+            "success_rate": s.map(|s| s.success_rate), "latency_ms": s.and_then(|s| s.latency_ms)})
+    };
+    let mut order: Vec<Value> = ranked.iter().map(|m| entry(m, false)).collect();
+    order.extend(blocked.iter().map(|m| entry(m, true)));
+    json!({"order": order})
 }
 
 /// `GET /api/memory` answers the block; `PUT` (from `-admin-allow` only) replaces it,

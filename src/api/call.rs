@@ -14,15 +14,18 @@ use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
+use serde_json::{Value, json};
+
 use crate::chat::answer::{Answer, Usage, assistant_message};
-use crate::chat::prepared::Prepared;
+use crate::chat::prepared::{self, Prepared};
 use crate::chat::request::ChatRequest;
 use crate::chat::stream::{Chunk, Gathered, StreamEnd};
+use crate::chat::tokens;
 use crate::error::Error;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Resolved};
 use crate::http::{Hangup, LogFields, Request, Response, Sink};
 use crate::state::catalog::Model;
-use crate::state::session::SessionStore;
+use crate::state::session::{Message, SessionStore};
 use crate::upstream::breaker::{Outcome, Permit};
 use crate::upstream::retry::Failure;
 use crate::upstream::{OpenStream, read_open_stream};
@@ -66,23 +69,236 @@ pub(crate) trait StreamFront: Send {
     fn failed(&mut self, error: &Error, sink: &mut dyn Sink) -> io::Result<()>;
 }
 
-/// Runs one call up to its answer (for a stream: up to its first event).
+/// Runs one call up to its answer (for a stream: up to its first event): the model asked
+/// for, then — when it cannot answer (its breaker open, its provider failing after the
+/// retries, its context too small) — each fallback in turn, all within the request's one
+/// `timeout`. The session is the one of the model asked for, whichever model answers.
 pub(crate) fn run(
     gw: &Gateway,
     req: &Request,
     chat: &ChatRequest,
     log: &mut LogFields,
 ) -> Result<Answered, Error> {
-    let resolved = gw.resolve(&chat.model)?;
+    let candidates = candidates(gw, chat)?;
+    let session_model = gw.short_code(&chat.model);
+    let history = prepared::history(chat, &session_model, &gw.sessions)?;
+    let plan = Plan {
+        deadline: Instant::now() + chat.timeout,
+        history,
+        session_model,
+    };
+    let mut attempts = 0;
+    let mut tried = Vec::new();
+    let mut outcome = Err(Error::invalid("no model to try"));
+    for (i, name) in candidates.iter().enumerate() {
+        let more = i + 1 < candidates.len();
+        let (result, n) = attempt(gw, req, chat, name, more, &plan);
+        attempts += n;
+        tried.push(name.as_str());
+        match result {
+            Err(e) if more && !req.hangup.is_fired() && falls_back(&e, i) => {
+                log::info!(model = name.as_str(), error = e.code(); "model cannot answer; trying the next one");
+            }
+            other => {
+                outcome = other;
+                break;
+            }
+        }
+    }
+    log.push((
+        "model",
+        outcome.as_ref().map_or_else(
+            |_| tried.last().copied().unwrap_or("").to_string(),
+            |a| a.model().short.clone(),
+        ),
+    ));
+    if tried.len() > 1 {
+        log.push(("tried", tried.join("|")));
+    }
+    log.push(("attempts", attempts.to_string()));
+    if let Ok(Answered::Complete(done)) = &outcome {
+        log_tokens(log, &done.answer.usage);
+    }
+    outcome
+}
+
+/// What every candidate of one call shares.
+struct Plan {
+    /// The request's `timeout`, over all candidates.
+    deadline: Instant,
+    history: Vec<Message>,
+    /// The model whose session the turn goes to.
+    session_model: String,
+}
+
+/// The models to try, in order: the one asked for (or, for `auto`, the `-auto` list
+/// healthiest first, open breakers left out), then the request's `fallbacks` or, without
+/// them, the server's (`-fallback`). Each model once.
+fn candidates(gw: &Gateway, chat: &ChatRequest) -> Result<Vec<String>, Error> {
+    let routing = &gw.settings.routing;
+    let mut list: Vec<String> = if chat.model.eq_ignore_ascii_case("auto") {
+        if routing.auto.is_empty() {
+            return Err(Error::ModelNotFound {
+                model: chat.model.clone(),
+                reason: "no -auto list is configured on this gateway".into(),
+            });
+        }
+        let (ranked, blocked) = gw.auto_order();
+        // Every breaker open: try them all the same, to answer with their errors.
+        if ranked.is_empty() { blocked } else { ranked }
+    } else {
+        let short = gw.short_code(&chat.model);
+        let server = match routing.fallbacks_of(&chat.model) {
+            [] => routing.fallbacks_of(&short),
+            list => list,
+        };
+        let next = if chat.fallbacks.is_empty() {
+            server
+        } else {
+            &chat.fallbacks[..]
+        };
+        std::iter::once(chat.model.clone())
+            .chain(next.iter().cloned())
+            .collect()
+    };
+    let mut seen: Vec<String> = Vec::new();
+    list.retain(|m| {
+        let key = m.to_ascii_lowercase();
+        !seen.contains(&key) && {
+            seen.push(key);
+            true
+        }
+    });
+    Ok(list)
+}
+
+/// Whether the next model may answer instead, after the `index`-th failed with `e`: not
+/// for an error of the request itself (a 4xx), and not for a model asked for that does
+/// not exist (a typo must not be answered by another model).
+fn falls_back(e: &Error, index: usize) -> bool {
+    match e {
+        Error::CircuitOpen { .. }
+        | Error::ProviderNotConfigured { .. }
+        | Error::Upstream { .. }
+        | Error::UpstreamTimeout { .. }
+        | Error::RateLimited { .. }
+        | Error::ContextTooLong { .. } => true,
+        Error::ModelNotFound { .. } => index > 0,
+        _ => false,
+    }
+}
+
+/// One model's turn: resolved, checked, its breaker asked, called. Returns the attempts
+/// made at the provider.
+fn attempt(
+    gw: &Gateway,
+    req: &Request,
+    chat: &ChatRequest,
+    name: &str,
+    more: bool,
+    plan: &Plan,
+) -> (Result<Answered, Error>, u32) {
+    let ready = ready(gw, chat, name, more, plan);
+    let (resolved, prepared, permit) = match ready {
+        Ok(r) => r,
+        Err(e) => return (Err(e), 0),
+    };
     let model = resolved.model;
-    log.push(("model", model.short.clone()));
+    let started = Instant::now();
+    let remaining = plan.deadline.saturating_duration_since(started);
+    if chat.stream {
+        let opened = gw.upstream.open_stream(
+            &resolved.target,
+            &prepared.body,
+            remaining,
+            chat.timeout,
+            chat.retries,
+            &req.hangup,
+        );
+        let result = match opened.result {
+            Ok(stream) => {
+                gw.scores.record(&model.short, true, started.elapsed());
+                Ok(Answered::Stream(Box::new(Streaming {
+                    stream,
+                    permit,
+                    prepared,
+                    sessions: gw.sessions.clone(),
+                    model,
+                })))
+            }
+            Err(f) => Err(fail(gw, permit, f, &model.short, &req.hangup, started)),
+        };
+        return (result, opened.attempts);
+    }
+    let done = gw.upstream.complete(
+        &resolved.target,
+        &prepared.body,
+        plan.deadline,
+        chat.retries,
+        &req.hangup,
+    );
+    let result = match done.result {
+        Ok(done) => {
+            permit.finish(Outcome::Success);
+            gw.scores.record(&model.short, true, started.elapsed());
+            prepared.save_turn(&gw.sessions, assistant_message(done.answer.content.clone()));
+            Ok(Answered::Complete(Box::new(Completed {
+                body: done.body,
+                answer: done.answer,
+                model,
+            })))
+        }
+        Err(f) => Err(fail(gw, permit, f, &model.short, &req.hangup, started)),
+    };
+    (result, done.attempts)
+}
+
+/// Everything before the upstream call: the model resolved, its key present, the body
+/// built, its context big enough (when another model could answer instead), its breaker's
+/// permit.
+fn ready(
+    gw: &Gateway,
+    chat: &ChatRequest,
+    name: &str,
+    more: bool,
+    plan: &Plan,
+) -> Result<(Resolved, Prepared, Permit), Error> {
+    let resolved = gw.resolve(name)?;
+    let model = &resolved.model;
+    if model.embedding {
+        return Err(Error::invalid_param(
+            "model",
+            format!(
+                "'{}' is an embedding model: use POST /v1/embeddings",
+                model.short
+            ),
+        ));
+    }
     if let Some(env) = model.provider.key_env() {
         if resolved.target.key.is_none() {
             return Err(Error::ProviderNotConfigured { env });
         }
     }
     let memory = gw.memory();
-    let prepared = Prepared::new(chat, &model, &memory, &gw.sessions)?;
+    if more && model.context > 0 {
+        let mut messages: Vec<Value> = plan
+            .history
+            .iter()
+            .map(|m| json!({"role": m.role, "content": m.content}))
+            .collect();
+        messages.extend(chat.messages().iter().cloned());
+        messages.push(json!({"role": "system", "content": memory.content}));
+        let tokens = tokens::estimate(&messages, chat.tools());
+        if tokens > model.context {
+            return Err(Error::ContextTooLong {
+                model: model.short.clone(),
+                tokens,
+                limit: model.context,
+            });
+        }
+    }
+    let prepared =
+        Prepared::with_history(chat, model, &memory, &plan.history, &plan.session_model)?;
     let permit = gw
         .breakers
         .admit(&model.short)
@@ -90,50 +306,17 @@ pub(crate) fn run(
             model: model.short.clone(),
             retry_after_s,
         })?;
+    Ok((resolved, prepared, permit))
+}
 
-    if chat.stream {
-        let opened = gw.upstream.open_stream(
-            &resolved.target,
-            &prepared.body,
-            chat.timeout,
-            chat.timeout,
-            chat.retries,
-            &req.hangup,
-        );
-        log.push(("attempts", opened.attempts.to_string()));
-        return match opened.result {
-            Ok(stream) => Ok(Answered::Stream(Box::new(Streaming {
-                stream,
-                permit,
-                prepared,
-                sessions: gw.sessions.clone(),
-                model,
-            }))),
-            Err(f) => Err(fail(permit, f, &model.short, &req.hangup)),
-        };
+impl Answered {
+    /// The model that answers.
+    pub(crate) fn model(&self) -> &Model {
+        match self {
+            Answered::Complete(c) => &c.model,
+            Answered::Stream(s) => &s.model,
+        }
     }
-
-    let deadline = Instant::now() + chat.timeout;
-    let done = gw.upstream.complete(
-        &resolved.target,
-        &prepared.body,
-        deadline,
-        chat.retries,
-        &req.hangup,
-    );
-    log.push(("attempts", done.attempts.to_string()));
-    let done = match done.result {
-        Ok(done) => done,
-        Err(f) => return Err(fail(permit, f, &model.short, &req.hangup)),
-    };
-    permit.finish(Outcome::Success);
-    log_tokens(log, &done.answer.usage);
-    prepared.save_turn(&gw.sessions, assistant_message(done.answer.content.clone()));
-    Ok(Answered::Complete(Box::new(Completed {
-        body: done.body,
-        answer: done.answer,
-        model,
-    })))
 }
 
 impl Completed {
@@ -196,14 +379,24 @@ impl Streaming {
     }
 }
 
-/// Records a failed call with the breaker and turns it into the client's error. A call
-/// that failed because its client left says nothing about the model.
-fn fail(permit: Permit, failure: Failure, short: &str, hangup: &Hangup) -> Error {
+/// Records a failed call with the breaker and the model's score, and turns it into the
+/// client's error. A call that failed because its client left says nothing about the model.
+fn fail(
+    gw: &Gateway,
+    permit: Permit,
+    failure: Failure,
+    short: &str,
+    hangup: &Hangup,
+    started: Instant,
+) -> Error {
     let outcome = if hangup.is_fired() {
         Outcome::Neutral
     } else {
         failure.breaker_outcome()
     };
+    if outcome == Outcome::Failure {
+        gw.scores.record(short, false, started.elapsed());
+    }
     permit.finish(outcome);
     failure.into_error(short)
 }

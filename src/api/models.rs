@@ -54,6 +54,7 @@ pub(super) fn detailed(gw: &Gateway, _req: &Request) -> Result<Response, Error> 
             "input_price_per_million": m.input_price, "output_price_per_million": m.output_price,
             "temperature": {"min": m.min_temp, "max": m.max_temp},
             "uses_max_completion_tokens": m.completion_tokens,
+            "embedding": m.embedding,
             "key_env": m.provider.key_env(), "key_set": key_set,
         })
     };

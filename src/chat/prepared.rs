@@ -13,7 +13,7 @@ use crate::state::session::{Message, SessionStore};
 /// the answer is in.
 #[derive(Debug)]
 pub struct Prepared {
-    /// The model's short code (session files are named after it).
+    /// The short code the session file is named after.
     pub short: String,
     /// The body for the upstream, serialized.
     pub body: Vec<u8>,
@@ -23,18 +23,28 @@ pub struct Prepared {
 
 impl Prepared {
     /// Reads the session history (when the request names a session) and builds the upstream
-    /// body. The body is logged at DEBUG only: it holds the user's messages.
+    /// body for `model`, whose short code names the session file.
     pub fn new(
         req: &ChatRequest,
         model: &Model,
         memory: &Memory,
         sessions: &SessionStore,
     ) -> Result<Prepared, Error> {
-        let history = match &req.session_id {
-            Some(id) => sessions.history(&model.short, id)?,
-            None => Vec::new(),
-        };
-        let body = req.upstream_body(model, memory, &history);
+        let history = history(req, &model.short, sessions)?;
+        Prepared::with_history(req, model, memory, &history, &model.short)
+    }
+
+    /// Builds the upstream body for `model` from a history already read, for the session of
+    /// `session_model` (a fallback model answers into the session of the model asked for).
+    /// The body is logged at DEBUG only: it holds the user's messages.
+    pub fn with_history(
+        req: &ChatRequest,
+        model: &Model,
+        memory: &Memory,
+        history: &[Message],
+        session_model: &str,
+    ) -> Result<Prepared, Error> {
+        let body = req.upstream_body(model, memory, history);
         let body = serde_json::to_vec(&body).map_err(|e| Error::Internal {
             message: e.to_string(),
         })?;
@@ -42,7 +52,7 @@ impl Prepared {
             log::debug!(model = model.short.as_str(), body = String::from_utf8_lossy(&body).as_ref(); "upstream request");
         }
         Ok(Prepared {
-            short: model.short.clone(),
+            short: session_model.to_string(),
             body,
             session: req
                 .session_id
@@ -67,6 +77,18 @@ impl Prepared {
         if let Err(e) = sessions.append(&self.short, id, &turn) {
             log::error!(model = self.short.as_str(), session = id.as_str(), error = e.to_string().as_str(); "session not saved");
         }
+    }
+}
+
+/// The history of the request's session with `session_model` (empty without a session).
+pub fn history(
+    req: &ChatRequest,
+    session_model: &str,
+    sessions: &SessionStore,
+) -> Result<Vec<Message>, Error> {
+    match &req.session_id {
+        Some(id) => sessions.history(session_model, id),
+        None => Ok(Vec::new()),
     }
 }
 

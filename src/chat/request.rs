@@ -1,9 +1,9 @@
 //! Chat-completion requests: from the client's body to the body sent upstream, and from the
 //! upstream's answer to the turn stored in a session. Pure: no sockets, no files.
 //!
-//! The client's body is any OpenAI chat-completions body plus three extensions that are
-//! removed before the upstream call: `session_id`, `timeout` (seconds) and `retries`
-//! (attempts in all). Upstream, messages go in this order: the memory block as a `system`
+//! The client's body is any OpenAI chat-completions body plus four extensions that are
+//! removed before the upstream call: `session_id`, `timeout` (seconds), `retries`
+//! (attempts in all) and `fallbacks` (models to try next). Upstream, messages go in this order: the memory block as a `system`
 //! message, the session history, then the client's own messages, unchanged. Every other
 //! field is passed through, except `model` (the upstream id), `temperature` (clamped into the
 //! model's range) and `max_tokens` (clamped to the output limit, and renamed
@@ -26,6 +26,8 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_RETRIES: u32 = 3;
 /// Most attempts a client may ask for.
 pub const MAX_RETRIES: u32 = 10;
+/// Most models a request may name in `fallbacks`.
+pub const MAX_FALLBACKS: usize = 8;
 /// Anthropic allows this many `cache_control` marks in one request.
 pub const MAX_CACHE_MARKS: usize = 4;
 
@@ -40,6 +42,8 @@ pub struct ChatRequest {
     pub stream: bool,
     /// Whether the client itself asked for `stream_options.include_usage`.
     pub client_wants_usage: bool,
+    /// Models to try, in order, when the model asked for cannot answer (`fallbacks`).
+    pub fallbacks: Vec<String>,
     /// The body without the extensions; `model` and `messages` still as the client sent them.
     body: Map<String, Value>,
 }
@@ -58,6 +62,7 @@ impl ChatRequest {
         let session_id = session_id(body.remove("session_id"))?;
         let timeout = timeout(body.remove("timeout"))?;
         let retries = retries(body.remove("retries"))?;
+        let fallbacks = fallbacks(body.remove("fallbacks"))?;
         let stream = match body.get("stream") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -86,6 +91,7 @@ impl ChatRequest {
             retries,
             stream,
             client_wants_usage,
+            fallbacks,
             body,
         })
     }
@@ -97,6 +103,11 @@ impl ChatRequest {
             .and_then(Value::as_array)
             .map(Vec::as_slice)
             .unwrap_or(&[])
+    }
+
+    /// The client's `tools`, if any.
+    pub fn tools(&self) -> Option<&Value> {
+        self.body.get("tools")
     }
 
     /// The last `user` message, as it goes into the session.
@@ -191,7 +202,7 @@ pub fn json_object(raw: &[u8], what: &str) -> Result<Map<String, Value>, Error> 
     }
 }
 
-fn model_name(model: Option<&Value>) -> Result<String, Error> {
+pub(crate) fn model_name(model: Option<&Value>) -> Result<String, Error> {
     match model {
         Some(Value::String(m)) if !m.trim().is_empty() => Ok(m.trim().to_string()),
         Some(Value::String(_)) => Err(Error::invalid_param("model", "'model' is empty")),
@@ -214,7 +225,7 @@ fn session_id(value: Option<Value>) -> Result<Option<String>, Error> {
     }
 }
 
-fn timeout(value: Option<Value>) -> Result<Duration, Error> {
+pub(crate) fn timeout(value: Option<Value>) -> Result<Duration, Error> {
     match value {
         None | Some(Value::Null) => Ok(DEFAULT_TIMEOUT),
         Some(Value::Number(n)) => match n.as_f64() {
@@ -234,7 +245,7 @@ fn timeout(value: Option<Value>) -> Result<Duration, Error> {
     }
 }
 
-fn retries(value: Option<Value>) -> Result<u32, Error> {
+pub(crate) fn retries(value: Option<Value>) -> Result<u32, Error> {
     match value {
         None | Some(Value::Null) => Ok(DEFAULT_RETRIES),
         Some(Value::Number(n)) => match n.as_u64() {
@@ -248,6 +259,27 @@ fn retries(value: Option<Value>) -> Result<u32, Error> {
             "retries",
             "'retries' must be a whole number",
         )),
+    }
+}
+
+/// `fallbacks`: a list of model names (at most [`MAX_FALLBACKS`]).
+fn fallbacks(value: Option<Value>) -> Result<Vec<String>, Error> {
+    let bad = || {
+        Error::invalid_param(
+            "fallbacks",
+            format!("'fallbacks' must be a list of at most {MAX_FALLBACKS} model names"),
+        )
+    };
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(list)) if list.len() <= MAX_FALLBACKS => list
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+                _ => Err(bad()),
+            })
+            .collect(),
+        Some(_) => Err(bad()),
     }
 }
 
@@ -468,6 +500,13 @@ mod tests {
             ("max_tokens", json!(-5)),
             ("max_tokens", json!("100")),
             ("max_completion_tokens", json!(1.5)),
+            ("fallbacks", json!("kimi")),
+            ("fallbacks", json!([5])),
+            ("fallbacks", json!([""])),
+            (
+                "fallbacks",
+                json!(["a", "b", "c", "d", "e", "f", "g", "h", "i"]),
+            ),
         ] {
             let err = with(k, v.clone()).unwrap_err();
             assert_eq!(err.status(), 400, "{k}={v}");
@@ -496,9 +535,11 @@ mod tests {
         b["session_id"] = json!("s1");
         b["timeout"] = json!(30);
         b["retries"] = json!(2);
+        b["fallbacks"] = json!(["kimi", " zai-glm46 "]);
         let req = parse(b).unwrap();
+        assert_eq!(req.fallbacks, ["kimi", "zai-glm46"]);
         let up = req.upstream_body(&model("gpt41"), &Memory::default(), &[]);
-        for k in ["session_id", "timeout", "retries"] {
+        for k in ["session_id", "timeout", "retries", "fallbacks"] {
             assert!(!up.contains_key(k), "{k} leaked");
         }
         assert_eq!(up["model"], "gpt-4.1");

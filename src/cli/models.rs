@@ -174,6 +174,7 @@ pub fn from_gateway(body: &[u8]) -> Result<Vec<(Model, KeyState)>, String> {
             min_temp: num(&item["temperature"]["min"]),
             max_temp: num(&item["temperature"]["max"]),
             completion_tokens: item["uses_max_completion_tokens"].as_bool() == Some(true),
+            embedding: item["embedding"].as_bool() == Some(true),
         };
         let key = match (provider, item["key_set"].as_bool()) {
             (Provider::Ollama, _) => KeyState::NotNeeded,

@@ -13,6 +13,10 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::http::access::AllowList;
 
+mod routing;
+
+pub use routing::Routing;
+
 /// The server's validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -38,6 +42,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Listen address for both ports; `[::]` (dual-stack) unless a test binds loopback.
     pub bind: std::net::IpAddr,
+    /// `-fallback` and `-auto`.
+    pub routing: Routing,
 }
 
 impl Default for Config {
@@ -61,6 +67,7 @@ impl Default for Config {
             json_log: false,
             shutdown_grace: Duration::from_secs(30),
             bind: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            routing: Routing::default(),
         }
     }
 }
@@ -166,6 +173,12 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
             ))
         })?;
     }
+    if let Some(v) = text_value(&mut p, "--fallback")? {
+        c.routing.fallbacks = routing::parse_fallbacks(&v)?;
+    }
+    if let Some(v) = text_value(&mut p, "--auto")? {
+        c.routing.auto = routing::parse_auto(&v)?;
+    }
 
     // Switches last, once every value has been taken.
     let mut quiet = false;
@@ -224,6 +237,9 @@ Flags (one dash or two; the value after a space or '='):
   -workers N           worker threads, 1-{workers_max} (default {workers})
   -queue N             requests that may wait for a worker, 1-{queue_max};
                        beyond that: 503 (default {queue})
+  -fallback RULES      models tried next when one cannot answer, e.g.
+                       gpt41=kimi|zai-glm46,claude-h=claude-s45
+  -auto LIST           models the name \"auto\" picks from, healthiest first
   -shutdown-grace S    seconds in-flight requests may run on after SIGTERM,
                        0-{grace_max} (default {grace})
   -v LEVEL             log level: debug, info, warn, error (or trace)

@@ -143,6 +143,9 @@ pub struct Model {
     pub max_temp: f64,
     /// Wants `max_completion_tokens` instead of `max_tokens` (GPT-5, o-series).
     pub completion_tokens: bool,
+    /// An embedding model (its catalog endpoint is `…/embeddings`): served by
+    /// `/v1/embeddings`, refused by the chat endpoints.
+    pub embedding: bool,
 }
 
 impl Model {
@@ -262,6 +265,7 @@ fn parse_line(line: &str) -> Result<Model, String> {
         min_temp: num(8, "min_temp")?,
         max_temp: num(9, "max_temp")?,
         completion_tokens: f.get(10).is_some_and(|v| v.eq_ignore_ascii_case("true")),
+        embedding: f[2].ends_with("/embeddings"),
     })
 }
 

@@ -24,6 +24,7 @@ use retry::Failure;
 pub mod breaker;
 pub mod ollama;
 pub mod retry;
+pub mod scores;
 
 mod resolver;
 
@@ -214,6 +215,25 @@ impl Upstream {
         retries: u32,
         hangup: &Hangup,
     ) -> Attempted<Completion> {
+        self.post(target, body, deadline, retries, hangup, |answer| {
+            check_answer(&answer).map(|parsed| Completion {
+                body: answer,
+                answer: parsed,
+            })
+        })
+    }
+
+    /// A POST of a JSON body whose 2xx answer `read` checks (a bad answer is a
+    /// [`Failure::BadAnswer`], retried like any failure), with retries within `deadline`.
+    pub fn post<T>(
+        &self,
+        target: &Target,
+        body: &[u8],
+        deadline: Instant,
+        retries: u32,
+        hangup: &Hangup,
+        read: impl Fn(Vec<u8>) -> Result<T, Failure>,
+    ) -> Attempted<T> {
         let agent = self.agent(target);
         with_retries(deadline, retries, hangup, |remaining| {
             let request = agent
@@ -229,11 +249,7 @@ impl Upstream {
                 .limit(MAX_ANSWER)
                 .read_to_vec()
                 .map_err(|e| read_failure(e, remaining))?;
-            let parsed = check_answer(&answer)?;
-            Ok(Completion {
-                body: answer,
-                answer: parsed,
-            })
+            read(answer)
         })
     }
 

@@ -73,6 +73,8 @@ impl OllamaModel {
             min_temp: 0.0,
             max_temp: 2.0,
             completion_tokens: false,
+            // Ollama does not say; `/v1/embeddings` is passed on and Ollama answers.
+            embedding: false,
         }
     }
 }
@@ -579,6 +581,11 @@ impl Ollama {
         let gone = state.gone.contains(&lower)
             || (!lower.contains(':') && state.gone.contains(&format!("{lower}:latest")));
         if gone { Lookup::Gone } else { Lookup::Unknown }
+    }
+
+    /// The short code of a model already known by this name (no discovery).
+    pub fn lookup_known(&self, name: &str) -> Option<String> {
+        self.find(name.trim()).map(|m| m.short)
     }
 
     fn find(&self, name: &str) -> Option<OllamaModel> {

@@ -1,0 +1,134 @@
+//! `POST /v1/embeddings`: passed through to the provider of the named model
+//! (`{base}/embeddings`; Ollama's OpenAI-compatible `/v1/embeddings`), the body unchanged
+//! but for the model id, with the access rules, breakers and retries of chat. No memory
+//! block, no sessions: an embedding is of the input alone. sigorest's `timeout` and
+//! `retries` extensions are taken, as for chat.
+
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::chat::request::{json_object, model_name, retries, timeout};
+use crate::error::Error;
+use crate::gateway::Gateway;
+use crate::http::{LogFields, Request, Response};
+use crate::state::catalog::Provider;
+use crate::upstream::Target;
+use crate::upstream::breaker::Outcome;
+use crate::upstream::retry::Failure;
+
+use super::call::MODEL_HEADER;
+
+/// `POST /v1/embeddings`.
+pub(super) fn create(gw: &Gateway, req: &Request) -> Result<Response, Error> {
+    let mut log: LogFields = Vec::new();
+    let mut resp = answer(gw, req, &mut log).unwrap_or_else(|e| Response::error(&e));
+    resp.log.splice(0..0, log);
+    Ok(resp)
+}
+
+fn answer(gw: &Gateway, req: &Request, log: &mut LogFields) -> Result<Response, Error> {
+    let mut body = json_object(&req.body, "embeddings")?;
+    let name = model_name(body.get("model"))?;
+    check_input(body.get("input"))?;
+    let timeout = timeout(body.remove("timeout"))?;
+    let retries = retries(body.remove("retries"))?;
+    let resolved = gw.resolve(&name)?;
+    let model = resolved.model;
+    log.push(("model", model.short.clone()));
+    if !model.embedding && model.provider != Provider::Ollama {
+        return Err(Error::invalid_param(
+            "model",
+            format!("'{}' is a chat model, not an embedding model", model.short),
+        ));
+    }
+    if let Some(env) = model.provider.key_env() {
+        if resolved.target.key.is_none() {
+            return Err(Error::ProviderNotConfigured { env });
+        }
+    }
+    body.insert("model".into(), Value::String(model.id.clone()));
+    let sent = serde_json::to_vec(&body).map_err(|e| Error::Internal {
+        message: e.to_string(),
+    })?;
+    let target = Target {
+        url: format!("{}/embeddings", resolved.base),
+        ..resolved.target
+    };
+    let permit = gw
+        .breakers
+        .admit(&model.short)
+        .map_err(|retry_after_s| Error::CircuitOpen {
+            model: model.short.clone(),
+            retry_after_s,
+        })?;
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let done = gw
+        .upstream
+        .post(&target, &sent, deadline, retries, &req.hangup, check);
+    log.push(("attempts", done.attempts.to_string()));
+    match done.result {
+        Ok((answer, tokens)) => {
+            permit.finish(Outcome::Success);
+            gw.scores.record(&model.short, true, started.elapsed());
+            if let Some(n) = tokens {
+                log.push(("prompt_tokens", n.to_string()));
+            }
+            Ok(Response::full(200, "application/json", answer)
+                .with_header(MODEL_HEADER, model.short))
+        }
+        Err(f) => {
+            let outcome = if req.hangup.is_fired() {
+                Outcome::Neutral
+            } else {
+                f.breaker_outcome()
+            };
+            if outcome == Outcome::Failure {
+                gw.scores.record(&model.short, false, started.elapsed());
+            }
+            permit.finish(outcome);
+            Err(f.into_error(&model.short))
+        }
+    }
+}
+
+/// `input`: a string, or a non-empty array (of strings, of token ids, of arrays of ids).
+fn check_input(input: Option<&Value>) -> Result<(), Error> {
+    match input {
+        Some(Value::String(_)) => Ok(()),
+        Some(Value::Array(items)) if !items.is_empty() => Ok(()),
+        Some(Value::Array(_)) => Err(Error::invalid_param("input", "'input' must not be empty")),
+        Some(_) => Err(Error::invalid_param(
+            "input",
+            "'input' must be a string or an array of strings or token ids",
+        )),
+        None => Err(Error::invalid_param("input", "'input' is required")),
+    }
+}
+
+/// A 2xx must be an embeddings list (`data` an array); its prompt tokens, when reported.
+fn check(answer: Vec<u8>) -> Result<(Vec<u8>, Option<u64>), Failure> {
+    #[derive(serde::Deserialize)]
+    struct List {
+        #[serde(rename = "data")]
+        _data: Vec<serde::de::IgnoredAny>,
+        #[serde(default)]
+        usage: Option<Value>,
+    }
+    match serde_json::from_slice::<List>(&answer) {
+        Ok(list) => {
+            let tokens = list
+                .usage
+                .as_ref()
+                .and_then(|u| u["prompt_tokens"].as_u64());
+            Ok((answer, tokens))
+        }
+        Err(e) => Err(Failure::BadAnswer(
+            match crate::chat::provider_error::error_in(&String::from_utf8_lossy(&answer)) {
+                Some(m) => crate::chat::provider_error::reported(&m),
+                None => format!("answer is not an embeddings list: {e}"),
+            },
+        )),
+    }
+}
