@@ -52,6 +52,7 @@ fn answer(gw: &Gateway, req: &Request, log: &mut LogFields) -> Result<Response, 
             retry_after_s,
         })?;
 
+    let slot = gw.local_slot(&model, &req.hangup)?;
     if creq.stream {
         let opened = gw.upstream.open_stream(
             &resolved.target,
@@ -63,7 +64,10 @@ fn answer(gw: &Gateway, req: &Request, log: &mut LogFields) -> Result<Response, 
         );
         log.push(("attempts", opened.attempts.to_string()));
         return match opened.result {
-            Ok(stream) => Ok(relay(gw, stream, permit, prepared, creq.client_wants_usage)),
+            Ok(stream) => {
+                Ok(relay(gw, stream, permit, prepared, creq.client_wants_usage)
+                    .keep_until_sent(slot))
+            }
             Err(failure) => Err(fail(permit, failure, &prepared.short)),
         };
     }

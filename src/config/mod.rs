@@ -13,6 +13,10 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::http::access::AllowList;
 
+mod llama;
+
+pub use llama::{LlamaConfig, LlamaTiming, split_args};
+
 /// The server's validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -38,6 +42,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Listen address for both ports; `[::]` (dual-stack) unless a test binds loopback.
     pub bind: std::net::IpAddr,
+    /// A local `llama-server` to supervise (`-llama-server`, `-llama-model`, ...).
+    pub llama: Option<LlamaConfig>,
 }
 
 impl Default for Config {
@@ -61,6 +67,7 @@ impl Default for Config {
             json_log: false,
             shutdown_grace: Duration::from_secs(30),
             bind: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            llama: None,
         }
     }
 }
@@ -100,7 +107,11 @@ pub enum Command {
 /// unknown flag or a stray argument.
 pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
     let args = go_style(args);
+    let mut after_raw_key = false;
     for arg in args.iter().take_while(|a| *a != "--") {
+        if std::mem::replace(&mut after_raw_key, arg == llama::RAW_VALUE_KEY) {
+            continue;
+        }
         match arg.to_str() {
             Some("-h" | "--help") => return Ok(Command::Help),
             Some("--version") => return Ok(Command::Version),
@@ -109,7 +120,11 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
     }
 
     let mut p = pico_args::Arguments::from_vec(args);
-    let mut c = Config::default();
+    let mut c = Config {
+        // First: the value of -llama-args may look like any other flag.
+        llama: llama::parse(&mut p)?,
+        ..Config::default()
+    };
 
     if let Some(v) = text_value(&mut p, "--http-port")? {
         c.http_port = port("-http-port", &v)?;
@@ -226,6 +241,18 @@ Flags (one dash or two; the value after a space or '='):
                        beyond that: 503 (default {queue})
   -shutdown-grace S    seconds in-flight requests may run on after SIGTERM,
                        0-{grace_max} (default {grace})
+  -llama-server PATH   a llama.cpp llama-server to start and watch (a path, or
+                       a program in PATH); needs -llama-model
+  -llama-model FILE    the .gguf model it serves (passed as -m)
+  -llama-args \"ARGS\"   more arguments for it, split like a shell line; not
+                       --host, --port or -m, which sigorest sets
+  -llama-name NAME     the model name clients use for it (default local)
+  -llama-port N        its port on 127.0.0.1 (default: a free port)
+  -llama-parallel N    requests sent to it at once, 1-256 (default the
+                       --parallel in -llama-args, else 1); {queue_per_slot} per slot may
+                       wait, beyond that: 429
+  -llama-queue-wait S  seconds a request may wait for a slot before 429,
+                       0-3600 (default 60)
   -v LEVEL             log level: debug, info, warn, error (or trace)
                        (default info)
   -q                   quiet: errors only (wins over -v)
@@ -274,12 +301,14 @@ Logs go to stderr. A bad flag or value exits with status 2.
         queue_max = QUEUE_MAX,
         grace = d.shutdown_grace.as_secs(),
         grace_max = GRACE_MAX_SECS,
+        queue_per_slot = llama::QUEUE_PER_SLOT,
     )
 }
 
 /// Rewrites Go-style flags for pico-args: `-long` → `--long`, `-long=v` → `--long v`,
 /// `--long=v` → `--long v`; one-letter flags (`-v`, `-q`) and values are left alone. A lone
-/// `-` and anything after `--` are left alone too. Shared with `sigoe`.
+/// `-`, anything after `--` and the argument after `-llama-args` are left alone too. Shared
+/// with `sigoe`.
 ///
 /// Also: `-v=x` → `-v x`, `--v` → `-v` (one letter with two dashes), and an argument that
 /// reads as a negative number (`-1`, `-0.5`) is a value, not a flag. Arguments that are not
@@ -315,9 +344,15 @@ pub fn go_style(args: Vec<OsString>) -> Vec<OsString> {
             continue;
         }
         let dashes = if name.chars().count() == 1 { "-" } else { "--" };
-        out.push(OsString::from(format!("{dashes}{name}")));
+        let key = format!("{dashes}{name}");
+        let raw_next = value.is_none() && key == llama::RAW_VALUE_KEY;
+        out.push(OsString::from(key));
         if let Some(v) = value {
             out.push(OsString::from(v));
+        }
+        if raw_next {
+            // Its value is passed on to another program and may start with a dash.
+            out.extend(rest.next());
         }
     }
     out
