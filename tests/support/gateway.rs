@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use sigorest::config::Config;
+use sigorest::config::{Config, LlamaConfig};
 use sigorest::env::Env;
 use sigorest::http::AllowList;
 use sigorest::server::{self, Running};
@@ -64,6 +64,8 @@ pub struct Options {
     pub http_allow: String,
     pub https_allow: String,
     pub admin_allow: String,
+    /// A llama-server to supervise.
+    pub llama: Option<LlamaConfig>,
 }
 
 impl Default for Options {
@@ -78,6 +80,7 @@ impl Default for Options {
             http_allow: "127.0.0.0/8,::1/128".into(),
             https_allow: "127.0.0.0/8,::1/128".into(),
             admin_allow: "127.0.0.0/8,::1/128".into(),
+            llama: None,
         }
     }
 }
@@ -112,6 +115,11 @@ impl Options {
 
     pub fn memory(mut self, json: &str) -> Options {
         self.memory_json = Some(json.into());
+        self
+    }
+
+    pub fn llama(mut self, config: LlamaConfig) -> Options {
+        self.llama = Some(config);
         self
     }
 
@@ -164,6 +172,7 @@ impl Gateway {
             json_log: false,
             shutdown_grace: Duration::from_secs(5),
             bind: "127.0.0.1".parse().expect("ip"),
+            llama: opts.llama.clone(),
             ..Config::default()
         };
         let any_port: SocketAddr = "127.0.0.1:0".parse().expect("addr");
