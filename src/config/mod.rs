@@ -107,16 +107,8 @@ pub enum Command {
 /// unknown flag or a stray argument.
 pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
     let args = go_style(args);
-    let mut after_raw_key = false;
-    for arg in args.iter().take_while(|a| *a != "--") {
-        if std::mem::replace(&mut after_raw_key, arg == llama::RAW_VALUE_KEY) {
-            continue;
-        }
-        match arg.to_str() {
-            Some("-h" | "--help") => return Ok(Command::Help),
-            Some("--version") => return Ok(Command::Version),
-            _ => {}
-        }
+    if let Some(command) = help_or_version(&args) {
+        return Ok(command);
     }
 
     let mut p = pico_args::Arguments::from_vec(args);
@@ -203,6 +195,22 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
         });
     }
     Ok(Command::Run(Box::new(c)))
+}
+
+/// `-h` or `-version` anywhere before `--` (but not as the value of `-llama-args`).
+fn help_or_version(args: &[OsString]) -> Option<Command> {
+    let mut after_raw_key = false;
+    for arg in args.iter().take_while(|a| *a != "--") {
+        if std::mem::replace(&mut after_raw_key, arg == llama::RAW_VALUE_KEY) {
+            continue;
+        }
+        match arg.to_str() {
+            Some("-h" | "--help") => return Some(Command::Help),
+            Some("--version") => return Some(Command::Version),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The `-h` text.
