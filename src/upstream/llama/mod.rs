@@ -207,9 +207,9 @@ impl Llama {
             Err(Refused::QueueFull { limit, queue }) => Err(busy(format!(
                 "all {limit} of its slots are taken and {queue} requests wait already"
             ))),
-            Err(Refused::Waited { waited, limit }) => Err(busy(format!(
-                "none of its {limit} slots came free within {} s",
-                waited.as_secs()
+            Err(Refused::Waited { limit, .. }) => Err(busy(format!(
+                "none of its {limit} slots came free within {} s (-llama-queue-wait)",
+                config.queue_wait.as_secs()
             ))),
         }
     }
