@@ -47,6 +47,22 @@ pub enum Error {
     CircuitOpen { model: String, retry_after_s: u64 },
     /// The queue is full, or the request waited too long for a worker.
     Overloaded { retry_after_s: u64 },
+    /// The supervised local model is not ready yet (loading, or restarting); `state` says
+    /// what it is doing.
+    ModelLoading {
+        model: String,
+        state: String,
+        retry_after_s: u64,
+    },
+    /// Every slot of the local model is taken and its queue is full, or the request waited
+    /// too long for a slot; `reason` says which.
+    ModelBusy {
+        model: String,
+        reason: String,
+        retry_after_s: u64,
+    },
+    /// The client went away while the request waited; nobody reads this answer.
+    ClientGone,
     /// The upstream answered 4xx (not 429): its status and message are passed on.
     UpstreamClient {
         status: u16,
@@ -118,9 +134,12 @@ impl Error {
             Error::IpNotAllowed { .. } | Error::AdminOnly { .. } => 403,
             Error::ProviderNotConfigured { .. }
             | Error::CircuitOpen { .. }
-            | Error::Overloaded { .. } => 503,
+            | Error::Overloaded { .. }
+            | Error::ModelLoading { .. } => 503,
             Error::UpstreamClient { status, .. } => *status,
-            Error::RateLimited { .. } => 429,
+            Error::RateLimited { .. } | Error::ModelBusy { .. } => 429,
+            // nginx's "client closed request": only ever seen in the access log.
+            Error::ClientGone => 499,
             Error::Upstream { .. } => 502,
             Error::UpstreamTimeout { .. } => 504,
             Error::Internal { .. }
@@ -145,6 +164,9 @@ impl Error {
             Error::ProviderNotConfigured { .. } => "provider_not_configured",
             Error::CircuitOpen { .. } => "circuit_open",
             Error::Overloaded { .. } => "overloaded",
+            Error::ModelLoading { .. } => "model_loading",
+            Error::ModelBusy { .. } => "model_busy",
+            Error::ClientGone => "client_gone",
             Error::UpstreamClient { code, .. } => {
                 code.as_deref().unwrap_or("upstream_client_error")
             }
@@ -167,13 +189,15 @@ impl Error {
             | Error::NotFound { .. }
             | Error::MethodNotAllowed { .. }
             | Error::BodyTooLarge { .. }
-            | Error::HeadTooLarge { .. } => "invalid_request_error",
+            | Error::HeadTooLarge { .. }
+            | Error::ClientGone => "invalid_request_error",
             Error::IpNotAllowed { .. } | Error::AdminOnly { .. } => "permission_error",
             Error::UpstreamClient { kind, .. } => {
                 kind.as_deref().unwrap_or("invalid_request_error")
             }
-            Error::RateLimited { .. } => "rate_limit_error",
+            Error::RateLimited { .. } | Error::ModelBusy { .. } => "rate_limit_error",
             Error::ProviderNotConfigured { .. }
+            | Error::ModelLoading { .. }
             | Error::CircuitOpen { .. }
             | Error::Overloaded { .. }
             | Error::Upstream { .. }
@@ -204,7 +228,9 @@ impl Error {
             Error::CircuitOpen { retry_after_s, .. } => {
                 vec![h("Retry-After", retry_after_s.to_string())]
             }
-            Error::Overloaded { retry_after_s } => {
+            Error::Overloaded { retry_after_s }
+            | Error::ModelLoading { retry_after_s, .. }
+            | Error::ModelBusy { retry_after_s, .. } => {
                 vec![h("Retry-After", retry_after_s.to_string())]
             }
             Error::RateLimited { retry_after_s, .. } => vec![
@@ -288,6 +314,23 @@ impl fmt::Display for Error {
                     "gateway overloaded: too many requests waiting; retry in {retry_after_s} s"
                 )
             }
+            Error::ModelLoading {
+                model,
+                state,
+                retry_after_s,
+            } => write!(
+                f,
+                "local model '{model}' is not ready yet ({state}); retry in {retry_after_s} s"
+            ),
+            Error::ModelBusy {
+                model,
+                reason,
+                retry_after_s,
+            } => write!(
+                f,
+                "local model '{model}' is busy: {reason}; retry in {retry_after_s} s"
+            ),
+            Error::ClientGone => f.write_str("the client went away"),
             Error::UpstreamClient { message, .. } => f.write_str(message),
             Error::RateLimited { message, .. } => {
                 write!(f, "rate limited by the provider: {message}")
@@ -346,6 +389,17 @@ mod tests {
                 retry_after_s: 300,
             },
             Error::Overloaded { retry_after_s: 1 },
+            Error::ModelLoading {
+                model: "local".into(),
+                state: "loading".into(),
+                retry_after_s: 5,
+            },
+            Error::ModelBusy {
+                model: "local".into(),
+                reason: "its queue is full".into(),
+                retry_after_s: 5,
+            },
+            Error::ClientGone,
             Error::UpstreamClient {
                 status: 401,
                 message: "bad key".into(),
@@ -423,6 +477,25 @@ mod tests {
             ),
             (Error::Overloaded { retry_after_s: 1 }, 503, "overloaded"),
             (
+                Error::ModelLoading {
+                    model: "m".into(),
+                    state: "s".into(),
+                    retry_after_s: 5,
+                },
+                503,
+                "model_loading",
+            ),
+            (
+                Error::ModelBusy {
+                    model: "m".into(),
+                    reason: "r".into(),
+                    retry_after_s: 5,
+                },
+                429,
+                "model_busy",
+            ),
+            (Error::ClientGone, 499, "client_gone"),
+            (
                 Error::RateLimited {
                     message: "m".into(),
                     retry_after_s: 2,
@@ -497,6 +570,23 @@ mod tests {
             "allow",
             "POST"
         ));
+        for e in [
+            Error::ModelLoading {
+                model: "m".into(),
+                state: "s".into(),
+                retry_after_s: 5,
+            },
+            Error::ModelBusy {
+                model: "m".into(),
+                reason: "r".into(),
+                retry_after_s: 3,
+            },
+        ] {
+            let secs = if e.status() == 503 { "5" } else { "3" };
+            assert!(has(&e, "retry-after", secs), "{e:?}");
+            // The SDKs' own retries, after Retry-After, are welcome here.
+            assert!(!has(&e, "x-should-retry", "false"), "{e:?}");
+        }
         // Not retried by the gateway itself: the SDKs may retry these.
         assert!(!has(
             &Error::Overloaded { retry_after_s: 1 },

@@ -1,6 +1,6 @@
 //! The running gateway's shared state: the configuration snapshots (listed models, memory),
-//! sessions, breakers, the upstream client and Ollama discovery, and how a model name is
-//! resolved to a model and where its requests go. The endpoints in [`crate::api`] work on it.
+//! sessions, breakers, the upstream client, Ollama discovery and the supervised llama-server,
+//! and how a model name is resolved to a model and where its requests go. The endpoints in [`crate::api`] work on it.
 //!
 //! Locks here guard bookkeeping only. The listed models and the memory block are `Arc`
 //! snapshots behind a lock taken for a pointer copy, so a request works on one consistent
@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::config::LlamaConfig;
 use crate::config::Routing;
 use crate::env::Env;
 use crate::error::Error;
@@ -19,11 +20,13 @@ use crate::state::listed::Listed;
 use crate::state::memory::Memory;
 use crate::state::session::SessionStore;
 use crate::upstream::breaker::{Breakers, State};
+use crate::upstream::llama::Llama;
 use crate::upstream::ollama::{Lookup, Ollama};
 use crate::upstream::scores::Scores;
 use crate::upstream::{Target, Upstream};
 use crate::util::clock::{Clock, SystemClock};
-use crate::util::{lock, unix_now};
+use crate::util::slots::SlotGuard;
+use crate::util::{Hangup, lock, unix_now};
 
 /// What the gateway needs to start.
 #[derive(Clone)]
@@ -35,6 +38,8 @@ pub struct Settings {
     pub env: Env,
     /// `-fallback` and `-auto`.
     pub routing: Routing,
+    /// A local llama-server to supervise.
+    pub llama: Option<LlamaConfig>,
 }
 
 /// The gateway's state, shared by every request.
@@ -50,6 +55,7 @@ pub struct Gateway {
     pub(crate) scores: Scores,
     pub(crate) upstream: Upstream,
     pub(crate) ollama: Arc<Ollama>,
+    pub(crate) llama: Option<Llama>,
     pub(crate) started: Instant,
     pub(crate) started_unix: u64,
     pub(crate) stats: Arc<Stats>,
@@ -82,16 +88,27 @@ impl Gateway {
         let listed = Listed::load(&catalog, &settings.models_path)?;
         let memory = Memory::load(&settings.memory_path)?.unwrap_or_default();
         let ollama = Arc::new(Ollama::new(settings.env.get("OLLAMA_HOST"), clock.clone()));
+        let breakers = Breakers::new(clock.clone());
+        let llama = match &settings.llama {
+            Some(config) => {
+                // Started again and ready: its breaker forgets the crashed predecessor.
+                let (b, name) = (breakers.clone(), config.name.clone());
+                let on_ready = Box::new(move || b.reset(&name));
+                Some(Llama::new(config.clone(), clock.clone(), on_ready)?)
+            }
+            None => None,
+        };
         Ok(Gateway {
             env: settings.env.clone(),
             catalog,
             listed: Mutex::new(Arc::new(listed)),
             memory: Mutex::new(Arc::new(memory)),
             sessions: Arc::new(SessionStore::new(settings.sessions_dir.clone())),
-            breakers: Breakers::new(clock),
+            breakers,
             scores: Scores::default(),
             upstream: Upstream::new(),
             ollama,
+            llama,
             started: Instant::now(),
             started_unix: unix_now(),
             stats,
@@ -121,6 +138,50 @@ impl Gateway {
 
     pub fn ollama(&self) -> &Arc<Ollama> {
         &self.ollama
+    }
+
+    /// The supervised llama-server, when there is one.
+    pub(crate) fn llama(&self) -> Option<&Llama> {
+        self.llama.as_ref()
+    }
+
+    /// Starts what runs in the background: Ollama discovery, the llama-server supervisor.
+    pub fn start_background(&self) {
+        self.ollama.start();
+        if let Some(l) = &self.llama {
+            l.start();
+        }
+    }
+
+    /// sigorest is stopping: nothing in the background is started again (what runs goes on
+    /// serving requests in flight).
+    pub fn begin_stop(&self) {
+        self.ollama.stop();
+        if let Some(l) = &self.llama {
+            l.no_more_restarts();
+        }
+    }
+
+    /// Stops what runs in the background and waits for it (llama-server included).
+    pub fn stop_background(&self) {
+        self.ollama.stop();
+        if let Some(l) = &self.llama {
+            l.stop();
+        }
+    }
+
+    /// A slot of the local model for one request, taken before its upstream call and held
+    /// until the answer has been sent (a stream: until it ends). `None` for every other
+    /// model. 429 `model_busy` when none comes free in time.
+    pub(crate) fn local_slot(
+        &self,
+        model: &Model,
+        hangup: &Hangup,
+    ) -> Result<Option<SlotGuard>, Error> {
+        match &self.llama {
+            Some(l) if model.provider == Provider::Llama => l.slot(hangup).map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// Reads `models.csv` and `memory.json` again. On any error the old configuration stays
@@ -171,8 +232,17 @@ impl Gateway {
         (ranked, blocked)
     }
 
-    /// Finds a model: a listed cloud model by short code or id, else a discovered Ollama model.
+    /// Finds a model: the local llama-server's (503 `model_loading` until it is ready), a
+    /// listed cloud model by short code or id, else a discovered Ollama model.
     pub(crate) fn resolve(&self, name: &str) -> Result<Resolved, Error> {
+        if let Some(l) = self.llama.as_ref().filter(|l| l.matches(name)) {
+            let target = l.chat_target()?;
+            return Ok(Resolved {
+                model: l.model().clone(),
+                base: l.api_base().unwrap_or_default(),
+                target,
+            });
+        }
         if let Some(model) = self.listed().get(name) {
             let base = model.provider.api_base(&self.env);
             let target = Target::new(

@@ -31,11 +31,14 @@ impl Running {
         &self.app
     }
 
-    /// Stops accepting, lets requests in flight finish for up to `grace`, stops discovery.
-    /// Returns whether everything finished in time.
+    /// Stops accepting, lets requests in flight finish for up to `grace`, stops discovery,
+    /// then stops llama-server (which serves the requests in flight until then). Returns
+    /// whether every request finished in time.
     pub fn stop(self, grace: Duration) -> bool {
-        self.app.ollama().stop();
-        self.server.shutdown(grace)
+        self.app.begin_stop();
+        let clean = self.server.shutdown(grace);
+        self.app.stop_background();
+        clean
     }
 }
 
@@ -61,6 +64,7 @@ pub fn start_on(
         admin_allow: config.admin_allow.clone(),
         env,
         routing: config.routing.clone(),
+        llama: config.llama.clone(),
     };
     let app = Arc::new(Gateway::new(settings, stats.clone())?);
 
@@ -100,7 +104,7 @@ pub fn start_on(
     let mut addrs = addrs.into_iter();
     let http = http_addr.and_then(|_| addrs.next());
     let https = https_addr.and_then(|_| addrs.next());
-    app.ollama().start();
+    app.start_background();
 
     let keys: Vec<&str> = [Provider::Mammouth, Provider::Moonshot, Provider::Zai]
         .into_iter()
@@ -116,9 +120,15 @@ pub fn start_on(
         models = app.listed().models.len(),
         memory = if app.memory().content.is_empty() { "empty" } else { "set" },
         keys = if keys.is_empty() { "none".to_string() } else { keys.join(",") },
+        llama = config.llama.as_ref().map_or("off", |l| l.name.as_str()),
         workers = config.workers;
         "sigorest started"
     );
+    if let Some(name) = config.llama.as_ref().map(|l| l.name.as_str()) {
+        if let Some(m) = app.catalog.get(name) {
+            log::warn!(name = name, shadowed = m.short.as_str(); "-llama-name is also a cloud model's name; the local model wins");
+        }
+    }
     Ok(Running {
         server,
         app,

@@ -8,6 +8,7 @@ mod api;
 mod chat;
 mod fake_upstream;
 mod http;
+mod llama;
 mod messages;
 mod ollama;
 mod routing;

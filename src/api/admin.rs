@@ -14,7 +14,8 @@ use crate::state::catalog::Provider;
 use crate::state::memory::Memory;
 use crate::upstream::breaker::{State, Status as BreakerStatus};
 
-/// `GET /api/health`: `degraded` while any breaker is not closed.
+/// `GET /api/health`: `degraded` while any breaker is not closed or the local llama-server
+/// is not ready.
 pub(super) fn health(gw: &Gateway, _req: &Request) -> Result<Response, Error> {
     let listed = gw.listed();
     let ollama_models = gw.ollama.models();
@@ -27,6 +28,10 @@ pub(super) fn health(gw: &Gateway, _req: &Request) -> Result<Response, Error> {
         .models
         .iter()
         .map(|m| (m.short.clone(), closed.clone()))
+        .chain(
+            gw.llama()
+                .map(|l| (l.model().short.clone(), closed.clone())),
+        )
         .collect();
     breakers.extend(gw.breakers.snapshot());
     let blocked = |short: &str| {
@@ -34,13 +39,18 @@ pub(super) fn health(gw: &Gateway, _req: &Request) -> Result<Response, Error> {
             .get(short)
             .is_some_and(|b| b.state != State::Closed)
     };
+    let llama_ready = gw
+        .llama()
+        .map(|l| l.is_ready() && !blocked(&l.model().short));
     let available = listed
         .models
         .iter()
         .filter(|m| m.provider.key(&gw.env).is_some() && !blocked(&m.short))
         .count()
-        + ollama_models.iter().filter(|m| !blocked(&m.short)).count();
-    let degraded = breakers.values().any(|b| b.state != State::Closed);
+        + ollama_models.iter().filter(|m| !blocked(&m.short)).count()
+        + usize::from(llama_ready == Some(true));
+    let degraded =
+        breakers.values().any(|b| b.state != State::Closed) || llama_ready == Some(false);
     let providers: serde_json::Map<String, Value> = Provider::CLOUD
         .iter()
         .map(|p| {
@@ -63,6 +73,7 @@ pub(super) fn health(gw: &Gateway, _req: &Request) -> Result<Response, Error> {
         "circuit_breakers": breakers,
         "providers": providers,
         "ollama": gw.ollama.status(),
+        "llama": gw.llama().map(|l| l.status()),
     });
     let mut body = body;
     if !gw.settings.routing.auto.is_empty() {

@@ -57,6 +57,8 @@ pub(crate) struct Streaming {
     sessions: Arc<SessionStore>,
     /// The model that answers.
     pub model: Model,
+    /// What must live until the stream ends (a local model's slot, a key's place).
+    pub held: Vec<Box<dyn Send>>,
 }
 
 /// How an API front turns an upstream stream into its own events.
@@ -182,6 +184,8 @@ fn falls_back(e: &Error, index: usize) -> bool {
         | Error::Upstream { .. }
         | Error::UpstreamTimeout { .. }
         | Error::RateLimited { .. }
+        | Error::ModelLoading { .. }
+        | Error::ModelBusy { .. }
         | Error::ContextTooLong { .. } => true,
         Error::ModelNotFound { .. } => index > 0,
         _ => false,
@@ -204,6 +208,11 @@ fn attempt(
         Err(e) => return (Err(e), 0),
     };
     let model = resolved.model;
+    // A local model's slot: held for the whole answer (a stream's until it ends).
+    let slot = match gw.local_slot(&model, &req.hangup) {
+        Ok(slot) => slot,
+        Err(e) => return (Err(e), 0),
+    };
     let started = Instant::now();
     let remaining = plan.deadline.saturating_duration_since(started);
     if chat.stream {
@@ -218,12 +227,18 @@ fn attempt(
         let result = match opened.result {
             Ok(stream) => {
                 gw.scores.record(&model.short, true, started.elapsed());
+                // A local model's slot lives as long as its stream.
+                let held = slot
+                    .into_iter()
+                    .map(|s| Box::new(s) as Box<dyn Send>)
+                    .collect();
                 Ok(Answered::Stream(Box::new(Streaming {
                     stream,
                     permit,
                     prepared,
                     sessions: gw.sessions.clone(),
                     model,
+                    held,
                 })))
             }
             Err(f) => Err(fail(gw, permit, f, &model.short, &req.hangup, started)),
@@ -341,6 +356,7 @@ impl Streaming {
             mut prepared,
             sessions,
             model,
+            held,
         } = *self;
         let short = model.short.clone();
         // The request body is not needed any more; a stream may run for minutes.
@@ -376,6 +392,7 @@ impl Streaming {
             .with_header(MODEL_HEADER, short)
             .with_header("Cache-Control", "no-cache")
             .with_header("X-Accel-Buffering", "no")
+            .keep_until_sent(held)
     }
 }
 

@@ -36,7 +36,8 @@ fn answer(gw: &Gateway, req: &Request, log: &mut LogFields) -> Result<Response, 
     let resolved = gw.resolve(&name)?;
     let model = resolved.model;
     log.push(("model", model.short.clone()));
-    if !model.embedding && model.provider != Provider::Ollama {
+    // Ollama and llama-server say themselves whether their model can embed.
+    if !model.embedding && !matches!(model.provider, Provider::Ollama | Provider::Llama) {
         return Err(Error::invalid_param(
             "model",
             format!("'{}' is a chat model, not an embedding model", model.short),
@@ -62,6 +63,7 @@ fn answer(gw: &Gateway, req: &Request, log: &mut LogFields) -> Result<Response, 
             model: model.short.clone(),
             retry_after_s,
         })?;
+    let _slot = gw.local_slot(&model, &req.hangup)?;
     let started = Instant::now();
     let deadline = started + timeout;
     let done = gw

@@ -1,5 +1,6 @@
 //! `GET /v1/models` (the OpenAI list) and `GET /api/models` (everything sigorest knows of
-//! each listed model): the whitelisted cloud models, then the discovered Ollama models.
+//! each listed model): the whitelisted cloud models, the discovered Ollama models, then the
+//! supervised llama-server's model (listed while it loads too).
 
 use serde_json::{Value, json};
 
@@ -32,6 +33,9 @@ pub(super) fn openai(gw: &Gateway, req: &Request) -> Result<Response, Error> {
         .map(|m| entry(&m.short, m.provider.name()))
         .collect();
     data.extend(gw.ollama.models().iter().map(|m| entry(&m.short, "ollama")));
+    if let Some(l) = gw.llama() {
+        data.push(entry(&l.model().short, l.model().provider.name()));
+    }
     let mut list = json!({"object": "list", "data": data});
     if anthropic {
         list["has_more"] = json!(false);
@@ -65,6 +69,11 @@ pub(super) fn detailed(gw: &Gateway, _req: &Request) -> Result<Response, Error> 
         .map(|m| info(m, m.provider.key(&gw.env).is_some()))
         .collect();
     data.extend(gw.ollama.models().iter().map(|m| info(&m.to_model(), true)));
+    if let Some(l) = gw.llama() {
+        let mut entry = info(l.model(), true);
+        entry["ready"] = Value::Bool(l.is_ready());
+        data.push(entry);
+    }
     Ok(Response::json(
         200,
         &json!({"object": "list", "data": data}),

@@ -159,6 +159,7 @@ pub fn from_gateway(body: &[u8]) -> Result<Vec<(Model, KeyState)>, String> {
             Some("moonshot") => Provider::Moonshot,
             Some("zai") => Provider::Zai,
             Some("ollama") => Provider::Ollama,
+            Some("llama.cpp") => Provider::Llama,
             _ => continue,
         };
         let int = |k: &str| item[k].as_u64().unwrap_or(0);
@@ -177,7 +178,7 @@ pub fn from_gateway(body: &[u8]) -> Result<Vec<(Model, KeyState)>, String> {
             embedding: item["embedding"].as_bool() == Some(true),
         };
         let key = match (provider, item["key_set"].as_bool()) {
-            (Provider::Ollama, _) => KeyState::NotNeeded,
+            (Provider::Ollama | Provider::Llama, _) => KeyState::NotNeeded,
             (_, Some(true)) => KeyState::Set,
             _ => KeyState::Missing,
         };

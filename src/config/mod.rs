@@ -16,6 +16,9 @@ use crate::http::access::AllowList;
 mod routing;
 
 pub use routing::Routing;
+mod llama;
+
+pub use llama::{LlamaConfig, LlamaTiming, split_args};
 
 /// The server's validated configuration.
 #[derive(Debug, Clone)]
@@ -44,6 +47,8 @@ pub struct Config {
     pub bind: std::net::IpAddr,
     /// `-fallback` and `-auto`.
     pub routing: Routing,
+    /// A local `llama-server` to supervise (`-llama-server`, `-llama-model`, ...).
+    pub llama: Option<LlamaConfig>,
 }
 
 impl Default for Config {
@@ -68,6 +73,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             bind: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             routing: Routing::default(),
+            llama: None,
         }
     }
 }
@@ -107,16 +113,16 @@ pub enum Command {
 /// unknown flag or a stray argument.
 pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
     let args = go_style(args);
-    for arg in args.iter().take_while(|a| *a != "--") {
-        match arg.to_str() {
-            Some("-h" | "--help") => return Ok(Command::Help),
-            Some("--version") => return Ok(Command::Version),
-            _ => {}
-        }
+    if let Some(command) = help_or_version(&args) {
+        return Ok(command);
     }
 
     let mut p = pico_args::Arguments::from_vec(args);
-    let mut c = Config::default();
+    let mut c = Config {
+        // First: the value of -llama-args may look like any other flag.
+        llama: llama::parse(&mut p)?,
+        ..Config::default()
+    };
 
     if let Some(v) = text_value(&mut p, "--http-port")? {
         c.http_port = port("-http-port", &v)?;
@@ -203,6 +209,22 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
     Ok(Command::Run(Box::new(c)))
 }
 
+/// `-h` or `-version` anywhere before `--` (but not as the value of `-llama-args`).
+fn help_or_version(args: &[OsString]) -> Option<Command> {
+    let mut after_raw_key = false;
+    for arg in args.iter().take_while(|a| *a != "--") {
+        if std::mem::replace(&mut after_raw_key, arg == llama::RAW_VALUE_KEY) {
+            continue;
+        }
+        match arg.to_str() {
+            Some("-h" | "--help") => return Some(Command::Help),
+            Some("--version") => return Some(Command::Version),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// The `-h` text.
 pub fn usage() -> String {
     let d = Config::default();
@@ -242,6 +264,18 @@ Flags (one dash or two; the value after a space or '='):
   -auto LIST           models the name \"auto\" picks from, healthiest first
   -shutdown-grace S    seconds in-flight requests may run on after SIGTERM,
                        0-{grace_max} (default {grace})
+  -llama-server PATH   a llama.cpp llama-server to start and watch (a path, or
+                       a program in PATH); needs -llama-model
+  -llama-model FILE    the .gguf model it serves (passed as -m)
+  -llama-args \"ARGS\"   more arguments for it, split like a shell line; not
+                       --host, --port or -m, which sigorest sets
+  -llama-name NAME     the model name clients use for it (default local)
+  -llama-port N        its port on 127.0.0.1 (default: a free port)
+  -llama-parallel N    requests sent to it at once, 1-256 (default the
+                       --parallel in -llama-args, else 1); {queue_per_slot} per slot may
+                       wait, beyond that: 429
+  -llama-queue-wait S  seconds a request may wait for a slot before 429,
+                       0-3600 (default 60)
   -v LEVEL             log level: debug, info, warn, error (or trace)
                        (default info)
   -q                   quiet: errors only (wins over -v)
@@ -290,12 +324,14 @@ Logs go to stderr. A bad flag or value exits with status 2.
         queue_max = QUEUE_MAX,
         grace = d.shutdown_grace.as_secs(),
         grace_max = GRACE_MAX_SECS,
+        queue_per_slot = llama::QUEUE_PER_SLOT,
     )
 }
 
 /// Rewrites Go-style flags for pico-args: `-long` → `--long`, `-long=v` → `--long v`,
 /// `--long=v` → `--long v`; one-letter flags (`-v`, `-q`) and values are left alone. A lone
-/// `-` and anything after `--` are left alone too. Shared with `sigoe`.
+/// `-`, anything after `--` and the argument after `-llama-args` are left alone too. Shared
+/// with `sigoe`.
 ///
 /// Also: `-v=x` → `-v x`, `--v` → `-v` (one letter with two dashes), and an argument that
 /// reads as a negative number (`-1`, `-0.5`) is a value, not a flag. Arguments that are not
@@ -331,9 +367,15 @@ pub fn go_style(args: Vec<OsString>) -> Vec<OsString> {
             continue;
         }
         let dashes = if name.chars().count() == 1 { "-" } else { "--" };
-        out.push(OsString::from(format!("{dashes}{name}")));
+        let key = format!("{dashes}{name}");
+        let raw_next = value.is_none() && key == llama::RAW_VALUE_KEY;
+        out.push(OsString::from(key));
         if let Some(v) = value {
             out.push(OsString::from(v));
+        }
+        if raw_next {
+            // Its value is passed on to another program and may start with a dash.
+            out.extend(rest.next());
         }
     }
     out

@@ -190,6 +190,19 @@ impl Response {
         }
     }
 
+    /// Keeps `value` alive until the body has been written: a streamed body takes it into
+    /// its closure (a slot of a local model is held until the stream ends); a complete
+    /// body drops it here, the answer being done.
+    pub fn keep_until_sent<T: Send + 'static>(mut self, value: T) -> Response {
+        if let Body::Stream(body) = self.body {
+            self.body = Body::Stream(Box::new(move |sink, log| {
+                let _kept = value;
+                body(sink, log)
+            }));
+        }
+        self
+    }
+
     /// Adds a header.
     pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Response {
         self.headers.push((name.to_string(), value.into()));

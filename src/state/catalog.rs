@@ -17,6 +17,10 @@ pub enum Provider {
     Moonshot,
     Zai,
     Ollama,
+    /// A llama.cpp `llama-server` that sigorest supervises (`-llama-server`); its address is
+    /// known only to the supervisor (`crate::upstream::llama`).
+    #[serde(rename = "llama.cpp")]
+    Llama,
 }
 
 impl Provider {
@@ -30,6 +34,7 @@ impl Provider {
             Provider::Moonshot => "moonshot",
             Provider::Zai => "zai",
             Provider::Ollama => "ollama",
+            Provider::Llama => "llama.cpp",
         }
     }
 
@@ -39,31 +44,37 @@ impl Provider {
             Provider::Mammouth => Some("MAMMOUTH_API_KEY"),
             Provider::Moonshot => Some("MOONSHOT_API_KEY"),
             Provider::Zai => Some("ZAI_API_KEY"),
-            Provider::Ollama => None,
+            Provider::Ollama | Provider::Llama => None,
         }
     }
 
     /// The variable that overrides its base URL, and the default base URL: the part before
-    /// `/chat/completions`.
-    pub fn base_url_env(self) -> (&'static str, &'static str) {
+    /// `/chat/completions`. A supervised llama-server has none.
+    pub fn base_url_env(self) -> Option<(&'static str, &'static str)> {
         match self {
-            Provider::Mammouth => ("MAMMOUTH_BASE_URL", "https://api.mammouth.ai/v1"),
-            Provider::Moonshot => ("MOONSHOT_BASE_URL", "https://api.moonshot.ai/v1"),
-            Provider::Zai => ("ZAI_BASE_URL", "https://api.z.ai/api/paas/v4"),
-            Provider::Ollama => ("OLLAMA_HOST", "http://localhost:11434"),
+            Provider::Mammouth => Some(("MAMMOUTH_BASE_URL", "https://api.mammouth.ai/v1")),
+            Provider::Moonshot => Some(("MOONSHOT_BASE_URL", "https://api.moonshot.ai/v1")),
+            Provider::Zai => Some(("ZAI_BASE_URL", "https://api.z.ai/api/paas/v4")),
+            Provider::Ollama => Some(("OLLAMA_HOST", "http://localhost:11434")),
+            Provider::Llama => None,
         }
     }
 
     /// The base URL of its OpenAI-compatible API in this environment, without a trailing
     /// slash: endpoints are `{base}/chat/completions`, `{base}/embeddings`, ...
+    ///
+    /// For [`Provider::Llama`] this is llama-server's own default address; the gateway asks
+    /// the supervisor instead, which knows the port it started it on.
     pub fn api_base(self, env: &Env) -> String {
-        match self {
-            Provider::Ollama => format!("{}/v1", ollama_base(env.get("OLLAMA_HOST"))),
-            _ => {
-                let (var, default) = self.base_url_env();
+        match self.base_url_env() {
+            Some(_) if self == Provider::Ollama => {
+                format!("{}/v1", ollama_base(env.get("OLLAMA_HOST")))
+            }
+            Some((var, default)) => {
                 let base = env.get(var).unwrap_or(default).trim().trim_end_matches('/');
                 base.to_string()
             }
+            None => LLAMA_DEFAULT_BASE.to_string(),
         }
     }
 
@@ -83,6 +94,9 @@ impl Provider {
             .find(|p| p.key_env() == Some(var))
     }
 }
+
+/// Where llama-server listens when nobody says otherwise.
+const LLAMA_DEFAULT_BASE: &str = "http://127.0.0.1:8080/v1";
 
 /// `OLLAMA_HOST` as Ollama itself reads it — `host`, `host:port`, `http://host:port` — turned
 /// into a base URL without a trailing slash (`http://localhost:11434` when unset).

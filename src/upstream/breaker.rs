@@ -48,7 +48,8 @@ pub struct Status {
     pub retry_in_s: u64,
 }
 
-/// The breakers of all models.
+/// The breakers of all models; clones share them.
+#[derive(Clone)]
 pub struct Breakers {
     inner: Arc<Inner>,
 }
@@ -109,9 +110,9 @@ impl Permit {
             // Entries are never removed; nothing sensible to do if one were.
             return;
         };
-        if self.trial {
+        if self.trial && self.generation == e.generation {
             // While the trial is out the state cannot change under it (every other admit
-            // is refused), so it speaks for the model now.
+            // is refused; only a `reset` can), so it speaks for the model now.
             e.trial_running = false;
             match outcome {
                 Outcome::Success => e.close(),
@@ -239,6 +240,19 @@ impl Breakers {
         })
     }
 
+    /// Closes a model's breaker and forgets its failures, as if new: a local model that has
+    /// just been started again says nothing about its crashed predecessor. Requests still in
+    /// flight from before cannot reopen it (the generation changes).
+    pub fn reset(&self, model: &str) {
+        let mut entries = lock(&self.inner.entries);
+        if let Some(e) = entries.get_mut(model) {
+            if e.state != State::Closed || e.consecutive_failures > 0 {
+                e.trial_running = false;
+                e.close();
+            }
+        }
+    }
+
     /// Every model that has a breaker, sorted by name. An open breaker whose time is up
     /// shows as half-open.
     pub fn snapshot(&self) -> Vec<(String, Status)> {
@@ -305,6 +319,25 @@ mod tests {
         assert!(p.is_trial());
         assert_eq!(status(b, model).state, State::HalfOpen);
         p
+    }
+
+    #[test]
+    fn a_reset_closes_and_outlives_requests_from_before() {
+        let (clock, b) = setup();
+        trip(&b, "local");
+        let before = {
+            let t = trial(&clock, &b, "local");
+            b.reset("local");
+            t
+        };
+        let s = status(&b, "local");
+        assert_eq!((s.state, s.consecutive_failures), (State::Closed, 0));
+        before.finish(Outcome::Failure);
+        assert_eq!(status(&b, "local").state, State::Closed, "a stale trial");
+        run(&b, "local", Outcome::Failure);
+        assert_eq!(status(&b, "local").consecutive_failures, 1);
+        b.reset("unknown");
+        assert!(b.snapshot().iter().all(|(m, _)| m != "unknown"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::util::Hangup;
 use retry::Failure;
 
 pub mod breaker;
+pub mod llama;
 pub mod ollama;
 pub mod retry;
 pub mod scores;

@@ -1,6 +1,6 @@
 //! Small helpers that every other module may use and that use nothing of the crate: mutex
 //! locking that survives poisoning, the wall clock in Unix seconds, the replaceable clock,
-//! atomic file writes, and the hang-up signal of a request.
+//! atomic file writes, the hang-up signal of a request, and a concurrency limit with a queue.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub mod clock;
 pub mod fs;
 mod hangup;
+pub mod slots;
 
 pub use hangup::Hangup;
 

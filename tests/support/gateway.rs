@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use sigorest::config::Config;
+use sigorest::config::{Config, LlamaConfig};
 use sigorest::env::Env;
 use sigorest::http::AllowList;
 use sigorest::server::{self, Running};
@@ -69,6 +69,8 @@ pub struct Options {
     pub admin_allow: String,
     /// Changes to the configuration, applied after the settings above.
     pub configure: Vec<Configure>,
+    /// A llama-server to supervise.
+    pub llama: Option<LlamaConfig>,
 }
 
 impl Default for Options {
@@ -84,6 +86,7 @@ impl Default for Options {
             https_allow: "127.0.0.0/8,::1/128".into(),
             admin_allow: "127.0.0.0/8,::1/128".into(),
             configure: Vec::new(),
+            llama: None,
         }
     }
 }
@@ -124,6 +127,11 @@ impl Options {
     /// Any other setting: `f` changes the configuration before the gateway starts.
     pub fn configure(mut self, f: impl Fn(&mut Config) + Send + Sync + 'static) -> Options {
         self.configure.push(std::sync::Arc::new(f));
+        self
+    }
+
+    pub fn llama(mut self, config: LlamaConfig) -> Options {
+        self.llama = Some(config);
         self
     }
 
@@ -176,6 +184,7 @@ impl Gateway {
             json_log: false,
             shutdown_grace: Duration::from_secs(5),
             bind: "127.0.0.1".parse().expect("ip"),
+            llama: opts.llama.clone(),
             ..Config::default()
         };
         for f in &opts.configure {
