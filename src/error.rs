@@ -34,6 +34,12 @@ pub enum Error {
     IpNotAllowed { ip: IpAddr },
     /// A state-changing call from an address outside `-admin-allow`.
     AdminOnly { ip: IpAddr },
+    /// Keys are in use (`keys.csv`) and the request has none, or one that is not there.
+    InvalidApiKey { missing: bool },
+    /// The client's key may not use this model.
+    ModelNotAllowed { model: String, key: String },
+    /// A client limit: a key's requests a minute or in flight, or the per-IP rate.
+    LimitExceeded { limit: Limit, retry_after_s: u64 },
     /// The provider's API key variable is not set.
     ProviderNotConfigured { env: &'static str },
     /// The model's circuit breaker is open.
@@ -73,6 +79,17 @@ pub enum Error {
     },
 }
 
+/// Which client limit a request ran into.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Limit {
+    /// The key's `rpm` in `keys.csv`.
+    KeyRequests { key: String, per_minute: u32 },
+    /// The key's `concurrency` in `keys.csv`.
+    KeyConcurrency { key: String, max: u32 },
+    /// `-ip-rate` / `-ip-burst`.
+    IpRequests { ip: IpAddr, per_minute: u32 },
+}
+
 impl Error {
     /// An I/O error on a file.
     pub fn io(path: &std::path::Path, err: &std::io::Error) -> Error {
@@ -104,16 +121,19 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Error::InvalidRequest { .. } => 400,
+            Error::InvalidApiKey { .. } => 401,
             Error::ModelNotFound { .. } | Error::NotFound { .. } => 404,
             Error::MethodNotAllowed { .. } => 405,
             Error::BodyTooLarge { .. } => 413,
             Error::HeadTooLarge { .. } => 431,
-            Error::IpNotAllowed { .. } | Error::AdminOnly { .. } => 403,
+            Error::IpNotAllowed { .. }
+            | Error::AdminOnly { .. }
+            | Error::ModelNotAllowed { .. } => 403,
             Error::ProviderNotConfigured { .. }
             | Error::CircuitOpen { .. }
             | Error::Overloaded { .. } => 503,
             Error::UpstreamClient { status, .. } => *status,
-            Error::RateLimited { .. } => 429,
+            Error::RateLimited { .. } | Error::LimitExceeded { .. } => 429,
             Error::Upstream { .. } => 502,
             Error::UpstreamTimeout { .. } => 504,
             Error::Internal { .. }
@@ -134,6 +154,9 @@ impl Error {
             Error::HeadTooLarge { .. } => "header_too_large",
             Error::IpNotAllowed { .. } => "ip_not_allowed",
             Error::AdminOnly { .. } => "admin_only",
+            Error::InvalidApiKey { .. } => "invalid_api_key",
+            Error::ModelNotAllowed { .. } => "model_not_allowed",
+            Error::LimitExceeded { .. } => "rate_limit_exceeded",
             Error::ProviderNotConfigured { .. } => "provider_not_configured",
             Error::CircuitOpen { .. } => "circuit_open",
             Error::Overloaded { .. } => "overloaded",
@@ -158,12 +181,15 @@ impl Error {
             | Error::NotFound { .. }
             | Error::MethodNotAllowed { .. }
             | Error::BodyTooLarge { .. }
-            | Error::HeadTooLarge { .. } => "invalid_request_error",
-            Error::IpNotAllowed { .. } | Error::AdminOnly { .. } => "permission_error",
+            | Error::HeadTooLarge { .. }
+            | Error::InvalidApiKey { .. } => "invalid_request_error",
+            Error::IpNotAllowed { .. }
+            | Error::AdminOnly { .. }
+            | Error::ModelNotAllowed { .. } => "permission_error",
             Error::UpstreamClient { kind, .. } => {
                 kind.as_deref().unwrap_or("invalid_request_error")
             }
-            Error::RateLimited { .. } => "rate_limit_error",
+            Error::RateLimited { .. } | Error::LimitExceeded { .. } => "rate_limit_error",
             Error::ProviderNotConfigured { .. }
             | Error::CircuitOpen { .. }
             | Error::Overloaded { .. }
@@ -195,8 +221,14 @@ impl Error {
             Error::CircuitOpen { retry_after_s, .. } => {
                 vec![h("Retry-After", retry_after_s.to_string())]
             }
-            Error::Overloaded { retry_after_s } => {
+            Error::Overloaded { retry_after_s } | Error::LimitExceeded { retry_after_s, .. } => {
                 vec![h("Retry-After", retry_after_s.to_string())]
+            }
+            Error::InvalidApiKey { .. } => {
+                vec![h(
+                    "WWW-Authenticate",
+                    "Bearer realm=\"sigorest\"".to_string(),
+                )]
             }
             Error::RateLimited { retry_after_s, .. } => vec![
                 h("Retry-After", retry_after_s.to_string()),
@@ -252,6 +284,33 @@ impl fmt::Display for Error {
                 f,
                 "client address {ip} may not change the gateway's state (see -admin-allow)"
             ),
+            Error::InvalidApiKey { missing: true } => f.write_str(
+                "no API key: this gateway needs one, sent as 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
+            ),
+            Error::InvalidApiKey { missing: false } => f.write_str(
+                "invalid API key: it is not one of this gateway's keys (ask its owner for one)",
+            ),
+            Error::ModelNotAllowed { model, key } => write!(
+                f,
+                "key '{key}' may not use model '{model}' (GET /v1/models lists the models it may use)"
+            ),
+            Error::LimitExceeded {
+                limit,
+                retry_after_s,
+            } => match limit {
+                Limit::KeyRequests { key, per_minute } => write!(
+                    f,
+                    "key '{key}' may make {per_minute} requests a minute; retry in {retry_after_s} s"
+                ),
+                Limit::KeyConcurrency { key, max } => write!(
+                    f,
+                    "key '{key}' may have {max} requests in flight; retry when one has ended"
+                ),
+                Limit::IpRequests { ip, per_minute } => write!(
+                    f,
+                    "client address {ip} may make {per_minute} requests a minute (-ip-rate); retry in {retry_after_s} s"
+                ),
+            },
             Error::ProviderNotConfigured { env } => {
                 write!(
                     f,
@@ -321,6 +380,30 @@ mod tests {
             Error::HeadTooLarge { limit: 64 << 10 },
             Error::IpNotAllowed { ip },
             Error::AdminOnly { ip },
+            Error::InvalidApiKey { missing: true },
+            Error::InvalidApiKey { missing: false },
+            Error::ModelNotAllowed {
+                model: "gpt41".into(),
+                key: "alice".into(),
+            },
+            Error::LimitExceeded {
+                limit: Limit::KeyRequests {
+                    key: "alice".into(),
+                    per_minute: 10,
+                },
+                retry_after_s: 5,
+            },
+            Error::LimitExceeded {
+                limit: Limit::KeyConcurrency {
+                    key: "alice".into(),
+                    max: 2,
+                },
+                retry_after_s: 1,
+            },
+            Error::LimitExceeded {
+                limit: Limit::IpRequests { ip, per_minute: 60 },
+                retry_after_s: 2,
+            },
             Error::ProviderNotConfigured {
                 env: "MAMMOUTH_API_KEY",
             },
@@ -391,6 +474,27 @@ mod tests {
             ),
             (Error::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
             (Error::IpNotAllowed { ip }, 403, "ip_not_allowed"),
+            (
+                Error::InvalidApiKey { missing: true },
+                401,
+                "invalid_api_key",
+            ),
+            (
+                Error::ModelNotAllowed {
+                    model: "m".into(),
+                    key: "k".into(),
+                },
+                403,
+                "model_not_allowed",
+            ),
+            (
+                Error::LimitExceeded {
+                    limit: Limit::IpRequests { ip, per_minute: 1 },
+                    retry_after_s: 3,
+                },
+                429,
+                "rate_limit_exceeded",
+            ),
             (
                 Error::ProviderNotConfigured { env: "ZAI_API_KEY" },
                 503,
@@ -479,6 +583,20 @@ mod tests {
             },
             "allow",
             "POST"
+        ));
+        let limited = Error::LimitExceeded {
+            limit: Limit::KeyConcurrency {
+                key: "k".into(),
+                max: 1,
+            },
+            retry_after_s: 4,
+        };
+        assert!(has(&limited, "retry-after", "4"));
+        assert!(!has(&limited, "x-should-retry", "false"));
+        assert!(has(
+            &Error::InvalidApiKey { missing: false },
+            "www-authenticate",
+            "Bearer realm=\"sigorest\""
         ));
         // Not retried by the gateway itself: the SDKs may retry these.
         assert!(!has(

@@ -3,7 +3,7 @@
 //! [`start`] brings everything up and returns at once (tests use it in-process on port 0);
 //! [`run`] is what the binary does: start, then wait for signals — SIGTERM/SIGINT stop
 //! accepting and let requests in flight finish for up to `-shutdown-grace`; SIGHUP reloads
-//! `models.csv` and `memory.json` and rediscovers Ollama.
+//! `models.csv`, `memory.json` and `keys.csv` and rediscovers Ollama.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,6 +58,9 @@ pub fn start_on(
         models_path: config.models.clone(),
         memory_path: config.memory.clone(),
         sessions_dir: config.sessions.clone(),
+        keys_path: config.keys.clone(),
+        ip_rate: config.ip_rate,
+        ip_burst: config.ip_burst,
         admin_allow: config.admin_allow.clone(),
         env,
     };
@@ -115,6 +118,11 @@ pub fn start_on(
         models = app.listed().models.len(),
         memory = if app.memory().content.is_empty() { "empty" } else { "set" },
         keys = if keys.is_empty() { "none".to_string() } else { keys.join(",") },
+        client_keys = client_keys(&app),
+        ip_rate = app.ip_limit.as_ref().map_or("off".to_string(), |l| {
+            let rate = l.rate();
+            format!("{}/min,burst={}", rate.per_minute, rate.burst)
+        }),
         workers = config.workers;
         "sigorest started"
     );
@@ -158,10 +166,11 @@ pub fn run(config: &Config, env: Env) -> Result<(), Error> {
 /// rediscover Ollama.
 pub fn reload(app: &Arc<Gateway>) {
     match app.reload() {
-        Ok((added, removed)) => log::info!(
-            added = added.join(","),
-            removed = removed.join(","),
+        Ok(done) => log::info!(
+            added = done.added.join(","),
+            removed = done.removed.join(","),
             models = app.listed().models.len(),
+            client_keys = done.keys.map_or("off".to_string(), |n| n.to_string()),
             memory = if app.memory().content.is_empty() { "empty" } else { "set" };
             "configuration reloaded"
         ),
@@ -174,4 +183,10 @@ pub fn reload(app: &Arc<Gateway>) {
     std::thread::spawn(move || {
         let _ = ollama.discover();
     });
+}
+
+/// How many client keys `keys.csv` holds, or `off` without the file.
+fn client_keys(app: &Gateway) -> String {
+    app.keys()
+        .map_or("off".to_string(), |k| k.len().to_string())
 }

@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use super::Caller;
 use crate::chat::answer;
 use crate::chat::prepared::Prepared;
 use crate::chat::request::ChatRequest;
@@ -22,9 +23,9 @@ use crate::upstream::{OpenStream, read_open_stream};
 
 /// `POST /v1/chat/completions`. The fields gathered for the access log (model, attempts,
 /// tokens) go with the answer whether it succeeded or not.
-pub(super) fn completions(gw: &Gateway, req: &Request) -> Result<Response, Error> {
+pub(super) fn completions(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Response, Error> {
     let mut log: LogFields = Vec::new();
-    let mut resp = match answer(gw, req, &mut log) {
+    let mut resp = match answer(gw, req, caller, &mut log) {
         Ok(resp) => resp,
         Err(e) => Response::error(&e),
     };
@@ -32,11 +33,17 @@ pub(super) fn completions(gw: &Gateway, req: &Request) -> Result<Response, Error
     Ok(resp)
 }
 
-fn answer(gw: &Gateway, req: &Request, log: &mut LogFields) -> Result<Response, Error> {
+fn answer(
+    gw: &Gateway,
+    req: &Request,
+    caller: &Caller,
+    log: &mut LogFields,
+) -> Result<Response, Error> {
     let creq = ChatRequest::parse(&req.body)?;
     let resolved = gw.resolve(&creq.model)?;
     let model = resolved.model;
     log.push(("model", model.short.clone()));
+    caller.may_use(&model)?;
     if let Some(env) = model.provider.key_env() {
         if resolved.target.key.is_none() {
             return Err(Error::ProviderNotConfigured { env });
