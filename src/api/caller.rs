@@ -91,7 +91,8 @@ mod tests {
 
     #[test]
     fn the_key_comes_from_bearer_or_x_api_key() {
-        let cases: &[(&[(&str, &str)], Option<&str>)] = &[
+        type Headers<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Headers, Option<&str>)] = &[
             (&[("Authorization", "Bearer sk-1")], Some("sk-1")),
             (&[("Authorization", "bearer   sk-1  ")], Some("sk-1")),
             (&[("x-api-key", " sk-2 ")], Some("sk-2")),

@@ -343,7 +343,7 @@ pub fn generate() -> Result<String, Error> {
 
 /// The `keys.csv` line for a key: every model, no limits (to be edited).
 pub fn line_for(name: &str, key: &str) -> String {
-    format!("{name}, sha256:{}, *, , ", hex(&sha256(key.as_bytes())))
+    format!("{name}, sha256:{}, *, ,", hex(&sha256(key.as_bytes())))
 }
 
 #[cfg(test)]
