@@ -284,33 +284,9 @@ impl fmt::Display for Error {
                 f,
                 "client address {ip} may not change the gateway's state (see -admin-allow)"
             ),
-            Error::InvalidApiKey { missing: true } => f.write_str(
-                "no API key: this gateway needs one, sent as 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
-            ),
-            Error::InvalidApiKey { missing: false } => f.write_str(
-                "invalid API key: it is not one of this gateway's keys (ask its owner for one)",
-            ),
-            Error::ModelNotAllowed { model, key } => write!(
-                f,
-                "key '{key}' may not use model '{model}' (GET /v1/models lists the models it may use)"
-            ),
-            Error::LimitExceeded {
-                limit,
-                retry_after_s,
-            } => match limit {
-                Limit::KeyRequests { key, per_minute } => write!(
-                    f,
-                    "key '{key}' may make {per_minute} requests a minute; retry in {retry_after_s} s"
-                ),
-                Limit::KeyConcurrency { key, max } => write!(
-                    f,
-                    "key '{key}' may have {max} requests in flight; retry when one has ended"
-                ),
-                Limit::IpRequests { ip, per_minute } => write!(
-                    f,
-                    "client address {ip} may make {per_minute} requests a minute (-ip-rate); retry in {retry_after_s} s"
-                ),
-            },
+            Error::InvalidApiKey { .. }
+            | Error::ModelNotAllowed { .. }
+            | Error::LimitExceeded { .. } => self.fmt_client_rule(f),
             Error::ProviderNotConfigured { env } => {
                 write!(
                     f,
@@ -353,6 +329,47 @@ impl fmt::Display for Error {
             }
             Error::Usage { message } => f.write_str(message),
             Error::Listen { addr, message } => write!(f, "cannot listen on {addr}: {message}"),
+        }
+    }
+}
+
+impl Error {
+    /// The messages of the client rules (`keys.csv`, `-ip-rate`). Never the key itself.
+    fn fmt_client_rule(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidApiKey { missing: true } => f.write_str(
+                "no API key: this gateway needs one, sent as 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
+            ),
+            Error::InvalidApiKey { missing: false } => f.write_str(
+                "invalid API key: it is not one of this gateway's keys (ask its owner for one)",
+            ),
+            Error::ModelNotAllowed { model, key } => write!(
+                f,
+                "key '{key}' may not use model '{model}' (GET /v1/models lists the models it may use)"
+            ),
+            Error::LimitExceeded {
+                limit: Limit::KeyConcurrency { key, max },
+                ..
+            } => write!(
+                f,
+                "key '{key}' may have {max} requests in flight; retry when one has ended"
+            ),
+            Error::LimitExceeded {
+                limit: Limit::KeyRequests { key, per_minute },
+                retry_after_s,
+            } => write!(
+                f,
+                "key '{key}' may make {per_minute} requests a minute; retry in {retry_after_s} s"
+            ),
+            Error::LimitExceeded {
+                limit: Limit::IpRequests { ip, per_minute },
+                retry_after_s,
+            } => write!(
+                f,
+                "client address {ip} may make {per_minute} requests a minute (-ip-rate); retry in {retry_after_s} s"
+            ),
+            // Only called for the variants above (see `Display`).
+            _ => Ok(()),
         }
     }
 }

@@ -104,6 +104,23 @@ pub fn start_on(
     let https = https_addr.and_then(|_| addrs.next());
     app.ollama().start();
 
+    log_started(config, &app, http, https);
+    Ok(Running {
+        server,
+        app,
+        http,
+        https,
+    })
+}
+
+/// The one INFO line that says the server is up: listeners, allow lists, what it offers,
+/// which provider keys are set (names only), client keys and the per-IP limit.
+fn log_started(
+    config: &Config,
+    app: &Gateway,
+    http: Option<SocketAddr>,
+    https: Option<SocketAddr>,
+) {
     let keys: Vec<&str> = [Provider::Mammouth, Provider::Moonshot, Provider::Zai]
         .into_iter()
         .filter(|p| p.key(&app.env).is_some())
@@ -118,7 +135,7 @@ pub fn start_on(
         models = app.listed().models.len(),
         memory = if app.memory().content.is_empty() { "empty" } else { "set" },
         keys = if keys.is_empty() { "none".to_string() } else { keys.join(",") },
-        client_keys = client_keys(&app),
+        client_keys = client_keys(app),
         ip_rate = app.ip_limit.as_ref().map_or("off".to_string(), |l| {
             let rate = l.rate();
             format!("{}/min,burst={}", rate.per_minute, rate.burst)
@@ -126,12 +143,6 @@ pub fn start_on(
         workers = config.workers;
         "sigorest started"
     );
-    Ok(Running {
-        server,
-        app,
-        http,
-        https,
-    })
 }
 
 /// Runs the server until SIGTERM or SIGINT.

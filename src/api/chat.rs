@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use super::Caller;
+use super::caller::Caller;
 use crate::chat::answer;
 use crate::chat::prepared::Prepared;
 use crate::chat::request::ChatRequest;

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::Caller;
+use super::caller::Caller;
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::http::{Request, Response};

@@ -4,9 +4,12 @@
 Starts a fake upstream (stdlib HTTP server) and the sigorest binary given as argv[1] on
 free loopback ports, then drives sigorest with `openai`: models list, chat, a 404 that must
 raise NotFoundError, a 503 that must raise InternalServerError (without the SDK retrying
-it), and streaming with and without usage. Exit status 0 when everything holds.
+it), and streaming with and without usage. Then a second sigorest with a keys.csv: the
+SDK's AuthenticationError, PermissionDeniedError and RateLimitError, the model list of a
+key, and the x-ratelimit-* headers. Exit status 0 when everything holds.
 """
 
+import hashlib
 import json
 import os
 import socket
@@ -95,23 +98,81 @@ def check(cond, what):
     print("ok  ", what)
 
 
+def start_sigorest(binary, work, env):
+    """Starts sigorest in `work` on a free port and waits for /api/health; returns (process, port)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, "-http-port", str(port), "-https-port", "0", "-bind", "127.0.0.1", "-q"],
+        cwd=work, env=env)
+    wait_ready(f"http://127.0.0.1:{port}/api/health")
+    return server, port
+
+
+def stop(server):
+    server.terminate()
+    try:
+        return server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        raise SystemExit("FAIL: sigorest did not stop on SIGTERM within 10 s")
+
+
+def check_keys(binary, env):
+    """A gateway with keys.csv, seen through the SDK."""
+    key, other = "sk-sigo-sdk-" + "a" * 40, "sk-sigo-sdk-" + "b" * 40
+    work = tempfile.mkdtemp(prefix="sigorest-sdk-keys-")
+    with open(os.path.join(work, "keys.csv"), "w") as f:
+        f.write("# SDK check\n")
+        f.write(f"sdk, sha256:{hashlib.sha256(key.encode()).hexdigest()}, gpt41, 3,\n")
+        f.write(f"other, sha256:{hashlib.sha256(other.encode()).hexdigest()}, *, , 1\n")
+    server, port = start_sigorest(binary, work, env)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        user = [{"role": "user", "content": "hi"}]
+        try:
+            openai.OpenAI(base_url=url, api_key="unused").models.list()
+            check(False, "a wrong key raises AuthenticationError")
+        except openai.AuthenticationError as e:
+            check(e.status_code == 401 and e.code == "invalid_api_key", "a wrong key raises AuthenticationError")
+            check("unused" not in e.message, "the key is not echoed")
+        client = openai.OpenAI(base_url=url, api_key=key, max_retries=0)
+        raw = client.models.with_raw_response.list()
+        ids = [m.id for m in raw.parse().data]
+        check(ids == ["gpt41"], f"models.list() shows the key's models only: {ids}")
+        check(raw.headers.get("x-ratelimit-limit-requests") == "3"
+              and raw.headers.get("x-ratelimit-remaining-requests") == "2", "x-ratelimit-* headers")
+        try:
+            client.chat.completions.create(model="kimi", messages=user)
+            check(False, "a model the key may not use raises PermissionDeniedError")
+        except openai.PermissionDeniedError as e:
+            check(e.status_code == 403 and e.code == "model_not_allowed",
+                  "a model the key may not use raises PermissionDeniedError (403 model_not_allowed)")
+        resp = client.chat.completions.create(model="gpt41", messages=user)
+        check(resp.choices[0].message.content == "echo: hi", "the key's model answers")
+        try:
+            client.chat.completions.create(model="gpt41", messages=user)
+            check(False, "over rpm raises RateLimitError")
+        except openai.RateLimitError as e:
+            check(e.status_code == 429 and e.code == "rate_limit_exceeded", "over rpm raises RateLimitError")
+            check(int(e.response.headers["retry-after"]) >= 1, "with Retry-After")
+    finally:
+        code = stop(server)
+    check(code == 0, f"the keyed sigorest exits 0 on SIGTERM (got {code})")
+
+
 def main():
     binary = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/release/sigorest")
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), FakeUpstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
-    port = free_port()
     work = tempfile.mkdtemp(prefix="sigorest-sdk-")
     with open(os.path.join(work, "models.csv"), "w") as f:
         f.write("gpt41, claude-h\nkimi\n")
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and "PROXY" not in k.upper()}
     env.update({"MAMMOUTH_API_KEY": "sk-sdk-test", "MAMMOUTH_BASE_URL": base,
                 "OLLAMA_HOST": "127.0.0.1:9"})  # Moonshot deliberately not configured
-    server = subprocess.Popen(
-        [binary, "-http-port", str(port), "-https-port", "0", "-bind", "127.0.0.1", "-q"],
-        cwd=work, env=env)
+    server, port = start_sigorest(binary, work, env)
     try:
-        wait_ready(f"http://127.0.0.1:{port}/api/health")
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
 
         ids = [m.id for m in client.models.list().data]
@@ -166,14 +227,12 @@ def main():
         check(last is not None and last.usage is not None and last.usage.total_tokens == 8,
               "with include_usage the last chunk carries usage")
     finally:
-        server.terminate()
-        try:
-            code = server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise SystemExit("FAIL: sigorest did not stop on SIGTERM within 10 s")
-        upstream.shutdown()
+        code = stop(server)
     check(code == 0, f"sigorest exits 0 on SIGTERM (got {code})")
+    try:
+        check_keys(binary, env)
+    finally:
+        upstream.shutdown()
     print("openai SDK compatibility: all checks passed")
 
 
