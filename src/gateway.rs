@@ -233,25 +233,63 @@ fn load_keys(catalog: &Catalog, path: &std::path::Path) -> Result<Option<Keys>, 
     if keys.is_empty() {
         log::warn!(file = file.as_str(); "keys.csv lists no key: every API request will be refused with 401");
     }
+    for (name, code, hint) in unmatched_codes(catalog, &keys) {
+        log::warn!(file = file.as_str(), key = name.as_str(), code = code.as_str(), hint = hint.as_str(); "unknown model short code in keys.csv: no model matches it");
+    }
+    Ok(Some(keys))
+}
+
+/// The model codes of `keys.csv` that match no catalog model and are not Ollama codes
+/// (those come and go with discovery): key name, code, and a hint when the code is a
+/// catalog model's upstream id.
+fn unmatched_codes(catalog: &Catalog, keys: &Keys) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
     for key in keys.iter() {
         let Models::Only(codes) = &key.models else {
             continue;
         };
         for code in codes {
-            // Ollama's codes come and go with discovery: any `ollama-…` may be meant.
             let known = code.text.starts_with("ollama-")
                 || (code.prefix && "ollama-".starts_with(&code.text))
                 || catalog.all().iter().any(|m| code.matches(&m.short));
-            if !known {
-                let hint = catalog
-                    .all()
-                    .iter()
-                    .find(|m| m.id.eq_ignore_ascii_case(&code.text))
-                    .map(|m| format!("use its short code {}", m.short))
-                    .unwrap_or_default();
-                log::warn!(file = file.as_str(), key = key.name.as_str(), code = code.text.as_str(), hint = hint.as_str(); "unknown model short code in keys.csv: no model matches it");
+            if known {
+                continue;
             }
+            let hint = catalog
+                .all()
+                .iter()
+                .find(|m| m.id.eq_ignore_ascii_case(&code.text))
+                .map(|m| format!("use its short code {}", m.short))
+                .unwrap_or_default();
+            out.push((key.name.clone(), code.text.clone(), hint));
         }
     }
-    Ok(Some(keys))
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_that_match_no_model_are_found() {
+        let hash = format!("sha256:{}", "0".repeat(64));
+        let text = format!(
+            "a, {hash}, gpt41|GPT*|ollama-*|ollama-qwen3|oll*|nonesuch|gpt-4.1\nb, sha256:{}, *\n",
+            "1".repeat(64)
+        );
+        let keys = Keys::parse(&text, std::path::Path::new("keys.csv")).unwrap();
+        let found = unmatched_codes(&Catalog::embedded(), &keys);
+        assert_eq!(
+            found,
+            [
+                ("a".to_string(), "nonesuch".to_string(), String::new()),
+                (
+                    "a".to_string(),
+                    "gpt-4.1".to_string(),
+                    "use its short code gpt41".to_string()
+                ),
+            ]
+        );
+    }
 }
