@@ -34,6 +34,12 @@ pub enum Error {
     IpNotAllowed { ip: IpAddr },
     /// A state-changing call from an address outside `-admin-allow`.
     AdminOnly { ip: IpAddr },
+    /// Keys are in use (`keys.csv`) and the request has none, or one that is not there.
+    InvalidApiKey { missing: bool },
+    /// The client's key may not use this model.
+    ModelNotAllowed { model: String, key: String },
+    /// A client limit: a key's requests a minute or in flight, or the per-IP rate.
+    LimitExceeded { limit: Limit, retry_after_s: u64 },
     /// The provider's API key variable is not set.
     ProviderNotConfigured { env: &'static str },
     /// The request is estimated to be longer than the model's context window (checked
@@ -96,6 +102,17 @@ pub enum Error {
     },
 }
 
+/// Which client limit a request ran into.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Limit {
+    /// The key's `rpm` in `keys.csv`.
+    KeyRequests { key: String, per_minute: u32 },
+    /// The key's `concurrency` in `keys.csv`.
+    KeyConcurrency { key: String, max: u32 },
+    /// `-ip-rate` / `-ip-burst`.
+    IpRequests { ip: IpAddr, per_minute: u32 },
+}
+
 impl Error {
     /// An I/O error on a file.
     pub fn io(path: &std::path::Path, err: &std::io::Error) -> Error {
@@ -127,17 +144,22 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Error::InvalidRequest { .. } | Error::ContextTooLong { .. } => 400,
+            Error::InvalidApiKey { .. } => 401,
             Error::ModelNotFound { .. } | Error::NotFound { .. } => 404,
             Error::MethodNotAllowed { .. } => 405,
             Error::BodyTooLarge { .. } => 413,
             Error::HeadTooLarge { .. } => 431,
-            Error::IpNotAllowed { .. } | Error::AdminOnly { .. } => 403,
+            Error::IpNotAllowed { .. }
+            | Error::AdminOnly { .. }
+            | Error::ModelNotAllowed { .. } => 403,
             Error::ProviderNotConfigured { .. }
             | Error::CircuitOpen { .. }
             | Error::Overloaded { .. }
             | Error::ModelLoading { .. } => 503,
             Error::UpstreamClient { status, .. } => *status,
-            Error::RateLimited { .. } | Error::ModelBusy { .. } => 429,
+            Error::RateLimited { .. } | Error::ModelBusy { .. } | Error::LimitExceeded { .. } => {
+                429
+            }
             // nginx's "client closed request": only ever seen in the access log.
             Error::ClientGone => 499,
             Error::Upstream { .. } => 502,
@@ -161,6 +183,9 @@ impl Error {
             Error::HeadTooLarge { .. } => "header_too_large",
             Error::IpNotAllowed { .. } => "ip_not_allowed",
             Error::AdminOnly { .. } => "admin_only",
+            Error::InvalidApiKey { .. } => "invalid_api_key",
+            Error::ModelNotAllowed { .. } => "model_not_allowed",
+            Error::LimitExceeded { .. } => "rate_limit_exceeded",
             Error::ProviderNotConfigured { .. } => "provider_not_configured",
             Error::CircuitOpen { .. } => "circuit_open",
             Error::Overloaded { .. } => "overloaded",
@@ -190,12 +215,17 @@ impl Error {
             | Error::MethodNotAllowed { .. }
             | Error::BodyTooLarge { .. }
             | Error::HeadTooLarge { .. }
-            | Error::ClientGone => "invalid_request_error",
-            Error::IpNotAllowed { .. } | Error::AdminOnly { .. } => "permission_error",
+            | Error::ClientGone
+            | Error::InvalidApiKey { .. } => "invalid_request_error",
+            Error::IpNotAllowed { .. }
+            | Error::AdminOnly { .. }
+            | Error::ModelNotAllowed { .. } => "permission_error",
             Error::UpstreamClient { kind, .. } => {
                 kind.as_deref().unwrap_or("invalid_request_error")
             }
-            Error::RateLimited { .. } | Error::ModelBusy { .. } => "rate_limit_error",
+            Error::RateLimited { .. } | Error::ModelBusy { .. } | Error::LimitExceeded { .. } => {
+                "rate_limit_error"
+            }
             Error::ProviderNotConfigured { .. }
             | Error::ModelLoading { .. }
             | Error::CircuitOpen { .. }
@@ -230,8 +260,15 @@ impl Error {
             }
             Error::Overloaded { retry_after_s }
             | Error::ModelLoading { retry_after_s, .. }
-            | Error::ModelBusy { retry_after_s, .. } => {
+            | Error::ModelBusy { retry_after_s, .. }
+            | Error::LimitExceeded { retry_after_s, .. } => {
                 vec![h("Retry-After", retry_after_s.to_string())]
+            }
+            Error::InvalidApiKey { .. } => {
+                vec![h(
+                    "WWW-Authenticate",
+                    "Bearer realm=\"sigorest\"".to_string(),
+                )]
             }
             Error::RateLimited { retry_after_s, .. } => vec![
                 h("Retry-After", retry_after_s.to_string()),
@@ -287,6 +324,9 @@ impl fmt::Display for Error {
                 f,
                 "client address {ip} may not change the gateway's state (see -admin-allow)"
             ),
+            Error::InvalidApiKey { .. }
+            | Error::ModelNotAllowed { .. }
+            | Error::LimitExceeded { .. } => self.fmt_client_rule(f),
             Error::ProviderNotConfigured { env } => {
                 write!(
                     f,
@@ -358,6 +398,47 @@ impl fmt::Display for Error {
     }
 }
 
+impl Error {
+    /// The messages of the client rules (`keys.csv`, `-ip-rate`). Never the key itself.
+    fn fmt_client_rule(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidApiKey { missing: true } => f.write_str(
+                "no API key: this gateway needs one, sent as 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
+            ),
+            Error::InvalidApiKey { missing: false } => f.write_str(
+                "invalid API key: it is not one of this gateway's keys (ask its owner for one)",
+            ),
+            Error::ModelNotAllowed { model, key } => write!(
+                f,
+                "key '{key}' may not use model '{model}' (GET /v1/models lists the models it may use)"
+            ),
+            Error::LimitExceeded {
+                limit: Limit::KeyConcurrency { key, max },
+                ..
+            } => write!(
+                f,
+                "key '{key}' may have {max} requests in flight; retry when one has ended"
+            ),
+            Error::LimitExceeded {
+                limit: Limit::KeyRequests { key, per_minute },
+                retry_after_s,
+            } => write!(
+                f,
+                "key '{key}' may make {per_minute} requests a minute; retry in {retry_after_s} s"
+            ),
+            Error::LimitExceeded {
+                limit: Limit::IpRequests { ip, per_minute },
+                retry_after_s,
+            } => write!(
+                f,
+                "client address {ip} may make {per_minute} requests a minute (-ip-rate); retry in {retry_after_s} s"
+            ),
+            // Only called for the variants above (see `Display`).
+            _ => Ok(()),
+        }
+    }
+}
+
 impl std::error::Error for Error {}
 
 #[cfg(test)]
@@ -381,6 +462,30 @@ mod tests {
             Error::HeadTooLarge { limit: 64 << 10 },
             Error::IpNotAllowed { ip },
             Error::AdminOnly { ip },
+            Error::InvalidApiKey { missing: true },
+            Error::InvalidApiKey { missing: false },
+            Error::ModelNotAllowed {
+                model: "gpt41".into(),
+                key: "alice".into(),
+            },
+            Error::LimitExceeded {
+                limit: Limit::KeyRequests {
+                    key: "alice".into(),
+                    per_minute: 10,
+                },
+                retry_after_s: 5,
+            },
+            Error::LimitExceeded {
+                limit: Limit::KeyConcurrency {
+                    key: "alice".into(),
+                    max: 2,
+                },
+                retry_after_s: 1,
+            },
+            Error::LimitExceeded {
+                limit: Limit::IpRequests { ip, per_minute: 60 },
+                retry_after_s: 2,
+            },
             Error::ProviderNotConfigured {
                 env: "MAMMOUTH_API_KEY",
             },
@@ -462,6 +567,27 @@ mod tests {
             ),
             (Error::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
             (Error::IpNotAllowed { ip }, 403, "ip_not_allowed"),
+            (
+                Error::InvalidApiKey { missing: true },
+                401,
+                "invalid_api_key",
+            ),
+            (
+                Error::ModelNotAllowed {
+                    model: "m".into(),
+                    key: "k".into(),
+                },
+                403,
+                "model_not_allowed",
+            ),
+            (
+                Error::LimitExceeded {
+                    limit: Limit::IpRequests { ip, per_minute: 1 },
+                    retry_after_s: 3,
+                },
+                429,
+                "rate_limit_exceeded",
+            ),
             (
                 Error::ProviderNotConfigured { env: "ZAI_API_KEY" },
                 503,
@@ -587,6 +713,20 @@ mod tests {
             // The SDKs' own retries, after Retry-After, are welcome here.
             assert!(!has(&e, "x-should-retry", "false"), "{e:?}");
         }
+        let limited = Error::LimitExceeded {
+            limit: Limit::KeyConcurrency {
+                key: "k".into(),
+                max: 1,
+            },
+            retry_after_s: 4,
+        };
+        assert!(has(&limited, "retry-after", "4"));
+        assert!(!has(&limited, "x-should-retry", "false"));
+        assert!(has(
+            &Error::InvalidApiKey { missing: false },
+            "www-authenticate",
+            "Bearer realm=\"sigorest\""
+        ));
         // Not retried by the gateway itself: the SDKs may retry these.
         assert!(!has(
             &Error::Overloaded { retry_after_s: 1 },

@@ -1,10 +1,11 @@
-//! The running gateway's shared state: the configuration snapshots (listed models, memory),
-//! sessions, breakers, the upstream client, Ollama discovery and the supervised llama-server,
-//! and how a model name is resolved to a model and where its requests go. The endpoints in [`crate::api`] work on it.
+//! The running gateway's shared state: the configuration snapshots (listed models, client
+//! keys, memory), the client limits, sessions, breakers, the upstream client, Ollama
+//! discovery and the supervised llama-server, and how a model name is resolved to a model
+//! and where its requests go. The endpoints in [`crate::api`] work on it.
 //!
-//! Locks here guard bookkeeping only. The listed models and the memory block are `Arc`
-//! snapshots behind a lock taken for a pointer copy, so a request works on one consistent
-//! view while a reload (SIGHUP) or a `PUT /api/memory` swaps in a new one.
+//! Locks here guard bookkeeping only. The listed models, the keys and the memory block are
+//! `Arc` snapshots behind a lock taken for a pointer copy, so a request works on one
+//! consistent view while a reload (SIGHUP) or a `PUT /api/memory` swaps in a new one.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,9 @@ use crate::config::Routing;
 use crate::env::Env;
 use crate::error::Error;
 use crate::http::{AllowList, Stats};
+use crate::limits::{IpLimit, KeyLimits, Rate};
 use crate::state::catalog::{Catalog, Model, Provider};
+use crate::state::keys::{Keys, Models};
 use crate::state::listed::Listed;
 use crate::state::memory::Memory;
 use crate::state::session::SessionStore;
@@ -34,6 +37,12 @@ pub struct Settings {
     pub models_path: PathBuf,
     pub memory_path: PathBuf,
     pub sessions_dir: PathBuf,
+    /// `keys.csv`; when it does not exist, keys are not required.
+    pub keys_path: PathBuf,
+    /// Requests a minute per client address (`-ip-rate`); 0: no limit.
+    pub ip_rate: u32,
+    /// The per-IP bucket's size (`-ip-burst`); 0: the default for `ip_rate`.
+    pub ip_burst: u32,
     pub admin_allow: AllowList,
     pub env: Env,
     /// `-fallback` and `-auto`.
@@ -48,6 +57,11 @@ pub struct Gateway {
     pub(crate) catalog: Catalog,
     listed: Mutex<Arc<Listed>>,
     memory: Mutex<Arc<Memory>>,
+    /// `None`: no `keys.csv`, keys not required.
+    keys: Mutex<Option<Arc<Keys>>>,
+    pub(crate) key_limits: KeyLimits,
+    /// `None`: no per-IP limit.
+    pub(crate) ip_limit: Option<IpLimit>,
     pub(crate) settings: Settings,
     pub(crate) sessions: Arc<SessionStore>,
     pub(crate) breakers: Breakers,
@@ -61,6 +75,17 @@ pub struct Gateway {
     pub(crate) stats: Arc<Stats>,
 }
 
+/// What a reload changed.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// Short codes now listed that were not.
+    pub added: Vec<String>,
+    /// Short codes no longer listed.
+    pub removed: Vec<String>,
+    /// Keys in `keys.csv` now; `None`: no file, keys not required.
+    pub keys: Option<usize>,
+}
+
 /// A model resolved for one request, and where its requests go.
 pub(crate) struct Resolved {
     pub model: Model,
@@ -71,9 +96,9 @@ pub(crate) struct Resolved {
 }
 
 impl Gateway {
-    /// Loads `models.csv` and `memory.json` (embedded defaults when missing). A file that
-    /// exists but cannot be read or parsed is an error: the server does not start on a
-    /// half-understood configuration.
+    /// Loads `models.csv`, `memory.json` (embedded defaults when missing) and `keys.csv`. A
+    /// file that exists but cannot be read or parsed is an error: the server does not start
+    /// on a half-understood configuration.
     pub fn new(settings: Settings, stats: Arc<Stats>) -> Result<Gateway, Error> {
         Gateway::with_clock(settings, stats, Arc::new(SystemClock))
     }
@@ -87,6 +112,7 @@ impl Gateway {
         let catalog = Catalog::embedded();
         let listed = Listed::load(&catalog, &settings.models_path)?;
         let memory = Memory::load(&settings.memory_path)?.unwrap_or_default();
+        let keys = load_keys(&catalog, &settings.keys_path)?;
         let ollama = Arc::new(Ollama::new(settings.env.get("OLLAMA_HOST"), clock.clone()));
         let breakers = Breakers::new(clock.clone());
         let llama = match &settings.llama {
@@ -98,11 +124,20 @@ impl Gateway {
             }
             None => None,
         };
+        let ip_limit = (settings.ip_rate > 0).then(|| {
+            IpLimit::new(
+                Rate::new(settings.ip_rate, settings.ip_burst),
+                clock.clone(),
+            )
+        });
         Ok(Gateway {
             env: settings.env.clone(),
             catalog,
             listed: Mutex::new(Arc::new(listed)),
             memory: Mutex::new(Arc::new(memory)),
+            keys: Mutex::new(keys.map(Arc::new)),
+            key_limits: KeyLimits::new(clock.clone()),
+            ip_limit,
             sessions: Arc::new(SessionStore::new(settings.sessions_dir.clone())),
             breakers,
             scores: Scores::default(),
@@ -119,6 +154,11 @@ impl Gateway {
     /// The cloud models on offer now.
     pub fn listed(&self) -> Arc<Listed> {
         lock(&self.listed).clone()
+    }
+
+    /// The client keys now; `None` when keys are not required.
+    pub(crate) fn keys(&self) -> Option<Arc<Keys>> {
+        lock(&self.keys).clone()
     }
 
     /// The memory block now.
@@ -184,18 +224,29 @@ impl Gateway {
         }
     }
 
-    /// Reads `models.csv` and `memory.json` again. On any error the old configuration stays
-    /// and the error (naming file, line and column) is returned. Returns the short codes
-    /// added and removed.
-    pub fn reload(&self) -> Result<(Vec<String>, Vec<String>), Error> {
+    /// Reads `models.csv`, `memory.json` and `keys.csv` again. On any error the old
+    /// configuration stays, all of it, and the error (naming file, line and column) is
+    /// returned. The counters of keys still in the file are kept (their limits may change).
+    pub fn reload(&self) -> Result<Reloaded, Error> {
         let listed = Listed::load(&self.catalog, &self.settings.models_path)?;
         let memory = Memory::load(&self.settings.memory_path)?.unwrap_or_default();
+        let keys = load_keys(&self.catalog, &self.settings.keys_path)?;
         let old = self.listed();
         let added = listed.missing_from(&old);
         let removed = old.missing_from(&listed);
         *lock(&self.listed) = Arc::new(listed);
         *lock(&self.memory) = Arc::new(memory);
-        Ok((added, removed))
+        let count = keys.as_ref().map(Keys::len);
+        match &keys {
+            Some(keys) => self.key_limits.retain(|name| keys.has_name(name)),
+            None => self.key_limits.retain(|_| false),
+        }
+        *lock(&self.keys) = keys.map(Arc::new);
+        Ok(Reloaded {
+            added,
+            removed,
+            keys: count,
+        })
     }
 
     /// A model name as its short code, when it names a listed or discovered model (else as
@@ -289,5 +340,76 @@ impl Gateway {
                 None => "unknown model; GET /v1/models lists the available ones".to_string(),
             })),
         }
+    }
+}
+
+/// Reads `keys.csv`, with a WARN for an empty set (nobody gets in) and for each model code
+/// that is neither in the catalog nor an Ollama code (a typo lets nobody use that model).
+fn load_keys(catalog: &Catalog, path: &std::path::Path) -> Result<Option<Keys>, Error> {
+    let Some(keys) = Keys::load(path)? else {
+        return Ok(None);
+    };
+    let file = path.display().to_string();
+    if keys.is_empty() {
+        log::warn!(file = file.as_str(); "keys.csv lists no key: every API request will be refused with 401");
+    }
+    for (name, code, hint) in unmatched_codes(catalog, &keys) {
+        log::warn!(file = file.as_str(), key = name.as_str(), code = code.as_str(), hint = hint.as_str(); "unknown model short code in keys.csv: no model matches it");
+    }
+    Ok(Some(keys))
+}
+
+/// The model codes of `keys.csv` that match no catalog model and are not Ollama codes
+/// (those come and go with discovery): key name, code, and a hint when the code is a
+/// catalog model's upstream id.
+fn unmatched_codes(catalog: &Catalog, keys: &Keys) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for key in keys.iter() {
+        let Models::Only(codes) = &key.models else {
+            continue;
+        };
+        for code in codes {
+            let known = code.text.starts_with("ollama-")
+                || (code.prefix && "ollama-".starts_with(&code.text))
+                || catalog.all().iter().any(|m| code.matches(&m.short));
+            if known {
+                continue;
+            }
+            let hint = catalog
+                .all()
+                .iter()
+                .find(|m| m.id.eq_ignore_ascii_case(&code.text))
+                .map(|m| format!("use its short code {}", m.short))
+                .unwrap_or_default();
+            out.push((key.name.clone(), code.text.clone(), hint));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_that_match_no_model_are_found() {
+        let hash = format!("sha256:{}", "0".repeat(64));
+        let text = format!(
+            "a, {hash}, gpt41|GPT*|ollama-*|ollama-qwen3|oll*|nonesuch|gpt-4.1\nb, sha256:{}, *\n",
+            "1".repeat(64)
+        );
+        let keys = Keys::parse(&text, std::path::Path::new("keys.csv")).unwrap();
+        let found = unmatched_codes(&Catalog::embedded(), &keys);
+        assert_eq!(
+            found,
+            [
+                ("a".to_string(), "nonesuch".to_string(), String::new()),
+                (
+                    "a".to_string(),
+                    "gpt-4.1".to_string(),
+                    "use its short code gpt41".to_string()
+                ),
+            ]
+        );
     }
 }

@@ -24,6 +24,7 @@ pub mod env;
 pub mod error;
 mod gateway;
 pub mod http;
+mod limits;
 pub mod logging;
 pub mod server;
 mod state;

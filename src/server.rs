@@ -3,7 +3,7 @@
 //! [`start`] brings everything up and returns at once (tests use it in-process on port 0);
 //! [`run`] is what the binary does: start, then wait for signals — SIGTERM/SIGINT stop
 //! accepting and let requests in flight finish for up to `-shutdown-grace`; SIGHUP reloads
-//! `models.csv` and `memory.json` and rediscovers Ollama.
+//! `models.csv`, `memory.json` and `keys.csv` and rediscovers Ollama.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,6 +61,9 @@ pub fn start_on(
         models_path: config.models.clone(),
         memory_path: config.memory.clone(),
         sessions_dir: config.sessions.clone(),
+        keys_path: config.keys.clone(),
+        ip_rate: config.ip_rate,
+        ip_burst: config.ip_burst,
         admin_allow: config.admin_allow.clone(),
         env,
         routing: config.routing.clone(),
@@ -106,7 +109,24 @@ pub fn start_on(
     let https = https_addr.and_then(|_| addrs.next());
     app.start_background();
 
-    let keys: Vec<&str> = [Provider::Mammouth, Provider::Moonshot, Provider::Zai]
+    log_started(config, &app, http, https);
+    Ok(Running {
+        server,
+        app,
+        http,
+        https,
+    })
+}
+
+/// The one INFO line that says the server is up: listeners, allow lists, what it offers,
+/// which provider keys are set (names only), client keys and the per-IP limit.
+fn log_started(
+    config: &Config,
+    app: &Gateway,
+    http: Option<SocketAddr>,
+    https: Option<SocketAddr>,
+) {
+    let keys: Vec<&str> = Provider::CLOUD
         .into_iter()
         .filter(|p| p.key(&app.env).is_some())
         .filter_map(Provider::key_env)
@@ -121,6 +141,11 @@ pub fn start_on(
         memory = if app.memory().content.is_empty() { "empty" } else { "set" },
         keys = if keys.is_empty() { "none".to_string() } else { keys.join(",") },
         llama = config.llama.as_ref().map_or("off", |l| l.name.as_str()),
+        client_keys = client_keys(app),
+        ip_rate = app.ip_limit.as_ref().map_or("off".to_string(), |l| {
+            let rate = l.rate();
+            format!("{}/min,burst={}", rate.per_minute, rate.burst)
+        }),
         workers = config.workers;
         "sigorest started"
     );
@@ -129,12 +154,6 @@ pub fn start_on(
             log::warn!(name = name, shadowed = m.short.as_str(); "-llama-name is also a cloud model's name; the local model wins");
         }
     }
-    Ok(Running {
-        server,
-        app,
-        http,
-        https,
-    })
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -169,10 +188,11 @@ pub fn run(config: &Config, env: Env) -> Result<(), Error> {
 /// rediscover Ollama.
 pub fn reload(app: &Arc<Gateway>) {
     match app.reload() {
-        Ok((added, removed)) => log::info!(
-            added = added.join(","),
-            removed = removed.join(","),
+        Ok(done) => log::info!(
+            added = done.added.join(","),
+            removed = done.removed.join(","),
             models = app.listed().models.len(),
+            client_keys = done.keys.map_or("off".to_string(), |n| n.to_string()),
             memory = if app.memory().content.is_empty() { "empty" } else { "set" };
             "configuration reloaded"
         ),
@@ -185,4 +205,10 @@ pub fn reload(app: &Arc<Gateway>) {
     std::thread::spawn(move || {
         let _ = ollama.discover();
     });
+}
+
+/// How many client keys `keys.csv` holds, or `off` without the file.
+fn client_keys(app: &Gateway) -> String {
+    app.keys()
+        .map_or("off".to_string(), |k| k.len().to_string())
 }

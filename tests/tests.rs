@@ -8,6 +8,7 @@ mod api;
 mod chat;
 mod fake_upstream;
 mod http;
+mod keys;
 mod llama;
 mod messages;
 mod ollama;

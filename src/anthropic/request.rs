@@ -8,7 +8,7 @@
 //! tools are skipped); `tool_choice`, `max_tokens`, `stop_sequences`, `temperature`,
 //! `top_p` and `metadata.user_id` map onto their OpenAI names; `top_k`, `thinking` and other
 //! Anthropic-only fields are accepted and not sent. sigorest's own extensions (`session_id`,
-//! `timeout`, `retries`) pass through. `cache_control` marks are kept only for a Claude
+//! `timeout`, `retries`, `fallbacks`) pass through. `cache_control` marks are kept only for a Claude
 //! upstream, which understands them; other providers could refuse the unknown key.
 
 use serde_json::{Map, Value, json};
@@ -370,7 +370,7 @@ fn options(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<()
     {
         out.insert("user".into(), json!(user));
     }
-    for field in ["stream", "session_id", "timeout", "retries"] {
+    for field in ["stream", "session_id", "timeout", "retries", "fallbacks"] {
         if let Some(v) = body.get(field) {
             out.insert(field.into(), v.clone());
         }

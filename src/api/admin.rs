@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::{Value, json};
 
+use super::caller::Caller;
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::http::{Request, Response};
@@ -16,7 +17,7 @@ use crate::upstream::breaker::{State, Status as BreakerStatus};
 
 /// `GET /api/health`: `degraded` while any breaker is not closed or the local llama-server
 /// is not ready.
-pub(super) fn health(gw: &Gateway, _req: &Request) -> Result<Response, Error> {
+pub(super) fn health(gw: &Gateway, _req: &Request, _caller: &Caller) -> Result<Response, Error> {
     let listed = gw.listed();
     let ollama_models = gw.ollama.models();
     let closed = BreakerStatus {
@@ -98,7 +99,7 @@ fn auto_status(gw: &Gateway) -> Value {
 
 /// `GET /api/memory` answers the block; `PUT` (from `-admin-allow` only) replaces it,
 /// persists it, and answers what is now on disk.
-pub(super) fn memory(gw: &Gateway, req: &Request) -> Result<Response, Error> {
+pub(super) fn memory(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Response, Error> {
     let memory = if req.method == "PUT" {
         if !gw.settings.admin_allow.allows(req.peer) {
             return Err(Error::AdminOnly { ip: req.peer });
@@ -110,7 +111,7 @@ pub(super) fn memory(gw: &Gateway, req: &Request) -> Result<Response, Error> {
             other => other,
         })?;
         let memory = gw.replace_memory(memory)?;
-        log::info!(chars = memory.content.chars().count(), ip = req.peer.to_string(); "memory replaced");
+        log::info!(chars = memory.content.chars().count(), ip = req.peer.to_string(), key = caller.key_name().unwrap_or("-"); "memory replaced");
         memory
     } else {
         gw.memory()

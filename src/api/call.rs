@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
+use super::caller::Caller;
 use crate::chat::answer::{Answer, Usage, assistant_message};
 use crate::chat::prepared::{self, Prepared};
 use crate::chat::request::ChatRequest;
@@ -78,10 +79,11 @@ pub(crate) trait StreamFront: Send {
 pub(crate) fn run(
     gw: &Gateway,
     req: &Request,
+    caller: &Caller,
     chat: &ChatRequest,
     log: &mut LogFields,
 ) -> Result<Answered, Error> {
-    let candidates = candidates(gw, chat)?;
+    let candidates = candidates(gw, caller, chat)?;
     let session_model = gw.short_code(&chat.model);
     let history = prepared::history(chat, &session_model, &gw.sessions)?;
     let plan = Plan {
@@ -92,14 +94,23 @@ pub(crate) fn run(
     let mut attempts = 0;
     let mut tried = Vec::new();
     let mut outcome = Err(Error::invalid("no model to try"));
+    // The error of the last model that could have answered: a fallback that is merely
+    // skipped (not offered, not this key's) does not replace it as the answer.
+    let mut real: Option<Error> = None;
     for (i, name) in candidates.iter().enumerate() {
         let more = i + 1 < candidates.len();
-        let (result, n) = attempt(gw, req, chat, name, more, &plan);
+        let (result, n) = attempt(gw, req, caller, chat, name, more, &plan);
         attempts += n;
         tried.push(name.as_str());
         match result {
+            Err(e) if i > 0 && skipped(&e) => {
+                if !more {
+                    outcome = Err(real.take().unwrap_or(e));
+                }
+            }
             Err(e) if more && !req.hangup.is_fired() && falls_back(&e, i) => {
                 log::info!(model = name.as_str(), error = e.code(); "model cannot answer; trying the next one");
+                real = Some(e);
             }
             other => {
                 outcome = other;
@@ -136,7 +147,7 @@ struct Plan {
 /// The models to try, in order: the one asked for (or, for `auto`, the `-auto` list
 /// healthiest first, open breakers left out), then the request's `fallbacks` or, without
 /// them, the server's (`-fallback`). Each model once.
-fn candidates(gw: &Gateway, chat: &ChatRequest) -> Result<Vec<String>, Error> {
+fn candidates(gw: &Gateway, caller: &Caller, chat: &ChatRequest) -> Result<Vec<String>, Error> {
     let routing = &gw.settings.routing;
     let mut list: Vec<String> = if chat.model.eq_ignore_ascii_case("auto") {
         if routing.auto.is_empty() {
@@ -145,7 +156,10 @@ fn candidates(gw: &Gateway, chat: &ChatRequest) -> Result<Vec<String>, Error> {
                 reason: "no -auto list is configured on this gateway".into(),
             });
         }
-        let (ranked, blocked) = gw.auto_order();
+        let (mut ranked, mut blocked) = gw.auto_order();
+        // Only the models the caller's key may use.
+        ranked.retain(|m| caller.allows(m));
+        blocked.retain(|m| caller.allows(m));
         // Every breaker open: try them all the same, to answer with their errors.
         if ranked.is_empty() { blocked } else { ranked }
     } else {
@@ -187,9 +201,17 @@ fn falls_back(e: &Error, index: usize) -> bool {
         | Error::ModelLoading { .. }
         | Error::ModelBusy { .. }
         | Error::ContextTooLong { .. } => true,
-        Error::ModelNotFound { .. } => index > 0,
+        Error::ModelNotFound { .. } | Error::ModelNotAllowed { .. } => index > 0,
         _ => false,
     }
+}
+
+/// A fallback that is not offered, or not to this key: passed over.
+fn skipped(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::ModelNotFound { .. } | Error::ModelNotAllowed { .. }
+    )
 }
 
 /// One model's turn: resolved, checked, its breaker asked, called. Returns the attempts
@@ -197,12 +219,13 @@ fn falls_back(e: &Error, index: usize) -> bool {
 fn attempt(
     gw: &Gateway,
     req: &Request,
+    caller: &Caller,
     chat: &ChatRequest,
     name: &str,
     more: bool,
     plan: &Plan,
 ) -> (Result<Answered, Error>, u32) {
-    let ready = ready(gw, chat, name, more, plan);
+    let ready = ready(gw, caller, chat, name, more, plan);
     let (resolved, prepared, permit) = match ready {
         Ok(r) => r,
         Err(e) => return (Err(e), 0),
@@ -273,6 +296,7 @@ fn attempt(
 /// permit.
 fn ready(
     gw: &Gateway,
+    caller: &Caller,
     chat: &ChatRequest,
     name: &str,
     more: bool,
@@ -280,6 +304,7 @@ fn ready(
 ) -> Result<(Resolved, Prepared, Permit), Error> {
     let resolved = gw.resolve(name)?;
     let model = &resolved.model;
+    caller.may_use(model)?;
     if model.embedding {
         return Err(Error::invalid_param(
             "model",

@@ -7,6 +7,7 @@
 use std::io;
 
 use super::call::{self, Answered, StreamFront};
+use super::caller::Caller;
 use crate::chat::answer::Usage;
 use crate::chat::request::ChatRequest;
 use crate::chat::sse;
@@ -17,9 +18,9 @@ use crate::http::{LogFields, Request, Response, Sink};
 
 /// `POST /v1/chat/completions`. The fields gathered for the access log (model, attempts,
 /// tokens) go with the answer whether it succeeded or not.
-pub(super) fn completions(gw: &Gateway, req: &Request) -> Result<Response, Error> {
+pub(super) fn completions(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Response, Error> {
     let mut log: LogFields = Vec::new();
-    let mut resp = match answer(gw, req, &mut log) {
+    let mut resp = match answer(gw, req, caller, &mut log) {
         Ok(resp) => resp,
         Err(e) => Response::error(&e),
     };
@@ -27,9 +28,14 @@ pub(super) fn completions(gw: &Gateway, req: &Request) -> Result<Response, Error
     Ok(resp)
 }
 
-fn answer(gw: &Gateway, req: &Request, log: &mut LogFields) -> Result<Response, Error> {
+fn answer(
+    gw: &Gateway,
+    req: &Request,
+    caller: &Caller,
+    log: &mut LogFields,
+) -> Result<Response, Error> {
     let chat = ChatRequest::parse(&req.body)?;
-    Ok(match call::run(gw, req, &chat, log)? {
+    Ok(match call::run(gw, req, caller, &chat, log)? {
         Answered::Complete(mut done) => {
             let body = std::mem::take(&mut done.body);
             done.respond("application/json", body)

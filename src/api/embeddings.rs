@@ -18,16 +18,22 @@ use crate::upstream::breaker::Outcome;
 use crate::upstream::retry::Failure;
 
 use super::call::MODEL_HEADER;
+use super::caller::Caller;
 
 /// `POST /v1/embeddings`.
-pub(super) fn create(gw: &Gateway, req: &Request) -> Result<Response, Error> {
+pub(super) fn create(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Response, Error> {
     let mut log: LogFields = Vec::new();
-    let mut resp = answer(gw, req, &mut log).unwrap_or_else(|e| Response::error(&e));
+    let mut resp = answer(gw, req, caller, &mut log).unwrap_or_else(|e| Response::error(&e));
     resp.log.splice(0..0, log);
     Ok(resp)
 }
 
-fn answer(gw: &Gateway, req: &Request, log: &mut LogFields) -> Result<Response, Error> {
+fn answer(
+    gw: &Gateway,
+    req: &Request,
+    caller: &Caller,
+    log: &mut LogFields,
+) -> Result<Response, Error> {
     let mut body = json_object(&req.body, "embeddings")?;
     let name = model_name(body.get("model"))?;
     check_input(body.get("input"))?;
@@ -36,6 +42,7 @@ fn answer(gw: &Gateway, req: &Request, log: &mut LogFields) -> Result<Response, 
     let resolved = gw.resolve(&name)?;
     let model = resolved.model;
     log.push(("model", model.short.clone()));
+    caller.may_use(&model)?;
     // Ollama and llama-server say themselves whether their model can embed.
     if !model.embedding && !matches!(model.provider, Provider::Ollama | Provider::Llama) {
         return Err(Error::invalid_param(

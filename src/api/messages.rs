@@ -9,6 +9,7 @@ use std::io;
 use serde_json::{Map, Value, json};
 
 use super::call::{self, Answered, StreamFront};
+use super::caller::Caller;
 use crate::anthropic::stream::Translator;
 use crate::anthropic::{answer, error, request};
 use crate::chat::answer::Usage;
@@ -20,9 +21,9 @@ use crate::gateway::Gateway;
 use crate::http::{LogFields, Request, Response, Sink};
 
 /// `POST /v1/messages`.
-pub(super) fn create(gw: &Gateway, req: &Request) -> Result<Response, Error> {
+pub(super) fn create(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Response, Error> {
     let mut log: LogFields = Vec::new();
-    let mut resp = match answer(gw, req, &mut log) {
+    let mut resp = match answer(gw, req, caller, &mut log) {
         Ok(resp) => resp,
         Err(e) => error::response(&e),
     };
@@ -30,10 +31,15 @@ pub(super) fn create(gw: &Gateway, req: &Request) -> Result<Response, Error> {
     Ok(resp)
 }
 
-fn answer(gw: &Gateway, req: &Request, log: &mut LogFields) -> Result<Response, Error> {
+fn answer(
+    gw: &Gateway,
+    req: &Request,
+    caller: &Caller,
+    log: &mut LogFields,
+) -> Result<Response, Error> {
     let (body, chat) = translate(gw, &req.body)?;
     let estimate = estimate(gw, &chat, &body);
-    Ok(match call::run(gw, req, &chat, log)? {
+    Ok(match call::run(gw, req, caller, &chat, log)? {
         Answered::Complete(done) => {
             let message = answer::message(&done.answer, &chat.model);
             done.respond(
@@ -77,7 +83,11 @@ fn estimate(gw: &Gateway, chat: &ChatRequest, body: &Map<String, Value>) -> u64 
 /// `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, an estimate (see
 /// `chat::tokens`) of what the request would send, memory block included. `max_tokens` is
 /// not needed here.
-pub(super) fn count_tokens(gw: &Gateway, req: &Request) -> Result<Response, Error> {
+pub(super) fn count_tokens(
+    gw: &Gateway,
+    req: &Request,
+    _caller: &Caller,
+) -> Result<Response, Error> {
     let counted = json_object(&req.body, "count_tokens").and_then(|mut body| {
         body.entry("max_tokens").or_insert(json!(1));
         let chat = ChatRequest::from_object(request::to_chat(&body, false)?)?;

@@ -10,49 +10,82 @@
 //!
 //! The `/v1` routes also answer without the prefix (clients set with a bare base URL), and
 //! under `/{model}/v1/...` with the model taken from the path (tools that cannot set a model
-//! name: their base URL names it). Every
-//! handler takes the shared [`Gateway`] and the request and returns a response; the router
-//! renders the errors it returns, in the shape of the route's API family.
+//! name: their base URL names it). Every handler takes the shared [`Gateway`], the request
+//! and the [`Caller`] and returns a response; errors are rendered here, once, by the route's
+//! [`Render`] function, in the shape of the route's API family (Anthropic's for
+//! `/v1/messages`, also for its unknown sub-paths).
+//!
+//! Before an endpoint runs, the router applies the client rules to every route but the open
+//! ones (`/api/health`), so that no endpoint, present or future, can forget them: the per-IP
+//! limit (unknown paths count too), then — when `keys.csv` is in use — the key (401), then
+//! the key's requests a minute and in flight (429). A keyed request's answer, whatever it
+//! is, carries the `x-ratelimit-*` headers and the key's name in the access log, and holds
+//! its in-flight slot until it has been written (a stream: until it ends or the client
+//! leaves).
 
 use std::sync::Arc;
 
-use crate::error::Error;
+use crate::error::{Error, Limit};
 use crate::gateway::Gateway;
 use crate::http::{Handler, Request, Response};
+use crate::limits::{Budget, KeyRules, Refusal, Slot};
 
 mod admin;
 mod call;
+mod caller;
 mod chat;
 mod embeddings;
 mod messages;
 mod models;
 
-/// An endpoint's handler.
-type Endpoint = fn(&Gateway, &Request) -> Result<Response, Error>;
+pub(crate) use caller::Caller;
 
-/// Whose error shape a route's clients parse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shape {
-    OpenAi,
-    Anthropic,
+/// An endpoint's handler.
+type Endpoint = fn(&Gateway, &Request, &Caller) -> Result<Response, Error>;
+
+/// How a route's errors look on the wire.
+type Render = fn(&Error) -> Response;
+
+/// One route: what it answers, how, and whether the client rules apply.
+#[derive(Clone, Copy)]
+struct Route {
+    /// The methods it allows, as the `Allow` header says them.
+    allow: &'static str,
+    endpoint: Endpoint,
+    /// Its errors' shape.
+    render: Render,
+    /// Open to every client on the listener's allow list: no key, no per-IP limit.
+    open: bool,
 }
 
-impl Shape {
-    /// The shape for a path (also for a path that has no route, or a wrong method).
-    fn of(path: &str) -> Shape {
-        let path = path.strip_prefix("/v1").unwrap_or(path);
-        if path == "/messages" || path.starts_with("/messages/") {
-            Shape::Anthropic
-        } else {
-            Shape::OpenAi
+impl Route {
+    fn new(allow: &'static str, endpoint: Endpoint) -> Route {
+        Route {
+            allow,
+            endpoint,
+            render: openai_error,
+            open: false,
         }
     }
+}
 
-    fn render(self, e: &Error) -> Response {
-        match self {
-            Shape::OpenAi => Response::error(e),
-            Shape::Anthropic => crate::anthropic::error::response(e),
-        }
+/// Errors in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`).
+fn openai_error(e: &Error) -> Response {
+    Response::error(e)
+}
+
+/// Errors in Anthropic's shape (`{"type": "error", "error": {"type", "message"}}`).
+fn anthropic_error(e: &Error) -> Response {
+    crate::anthropic::error::response(e)
+}
+
+/// The error shape for a path with no route: Anthropic's under `/v1/messages/`.
+fn render_for(path: &str) -> Render {
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    if path == "/messages" || path.starts_with("/messages/") {
+        anthropic_error
+    } else {
+        openai_error
     }
 }
 
@@ -61,62 +94,193 @@ pub struct Router {
     gateway: Arc<Gateway>,
 }
 
+/// What the router learnt of a keyed request, applied to whatever answer it gets.
+#[derive(Default)]
+struct Keyed {
+    name: Option<String>,
+    budget: Option<Budget>,
+    slot: Option<Slot>,
+}
+
 impl Router {
     pub fn new(gateway: Arc<Gateway>) -> Router {
         Router { gateway }
     }
 
-    /// The endpoint for this request and the methods it allows, or 404.
-    fn endpoint(req: &Request) -> Result<(&'static str, Endpoint), Error> {
+    /// The route for this request's path, if there is one.
+    fn find(req: &Request) -> Option<Route> {
         let path = req
             .path
             .strip_prefix("/v1")
             .filter(|p| p.starts_with('/'))
             .unwrap_or(&req.path);
         let bare = req.path == path;
-        Ok(match path {
-            "/chat/completions" => ("POST", chat::completions),
-            "/embeddings" => ("POST", embeddings::create),
-            "/messages" => ("POST", messages::create),
-            "/messages/count_tokens" => ("POST", messages::count_tokens),
-            "/models" => ("GET, HEAD", models::openai),
-            "/api/models" if bare => ("GET, HEAD", models::detailed),
-            "/api/health" if bare => ("GET, HEAD", admin::health),
-            "/api/memory" if bare => ("GET, HEAD, PUT", admin::memory),
-            _ => {
-                return Err(Error::NotFound {
-                    path: req.path.clone(),
-                });
-            }
+        Some(match path {
+            "/chat/completions" => Route::new("POST", chat::completions),
+            "/embeddings" => Route::new("POST", embeddings::create),
+            "/messages" => Route {
+                render: anthropic_error,
+                ..Route::new("POST", messages::create)
+            },
+            "/messages/count_tokens" => Route {
+                render: anthropic_error,
+                ..Route::new("POST", messages::count_tokens)
+            },
+            "/models" => Route::new("GET, HEAD", models::openai),
+            "/api/models" if bare => Route::new("GET, HEAD", models::detailed),
+            "/api/health" if bare => Route {
+                open: true,
+                ..Route::new("GET, HEAD", admin::health)
+            },
+            "/api/memory" if bare => Route::new("GET, HEAD, PUT", admin::memory),
+            _ => return None,
         })
     }
 
-    fn route(&self, req: &Request) -> Result<Response, Error> {
-        let (allow, endpoint) = Router::endpoint(req)?;
-        if !allow.split(", ").any(|m| m == req.method) {
+    fn route(
+        &self,
+        req: &Request,
+        route: Option<Route>,
+        keyed: &mut Keyed,
+    ) -> Result<Response, Error> {
+        if !route.is_some_and(|r| r.open) {
+            self.check_ip(req)?;
+        }
+        let Some(route) = route else {
+            return Err(Error::NotFound {
+                path: req.path.clone(),
+            });
+        };
+        if !route.allow.split(", ").any(|m| m == req.method) {
             return Err(Error::MethodNotAllowed {
                 method: req.method.clone(),
-                allow,
+                allow: route.allow,
             });
         }
-        endpoint(&self.gateway, req)
+        let caller = if route.open {
+            Caller::anonymous()
+        } else {
+            self.identify(req, keyed)?
+        };
+        (route.endpoint)(&self.gateway, req, &caller)
+    }
+
+    /// The per-IP limit (`-ip-rate`), when it is on.
+    fn check_ip(&self, req: &Request) -> Result<(), Error> {
+        let Some(limit) = &self.gateway.ip_limit else {
+            return Ok(());
+        };
+        limit
+            .admit(req.peer)
+            .map_err(|retry_after_s| Error::LimitExceeded {
+                limit: Limit::IpRequests {
+                    ip: req.peer,
+                    per_minute: limit.rate().per_minute,
+                },
+                retry_after_s,
+            })
+    }
+
+    /// The caller: anonymous without `keys.csv`; else the request's key, checked, and
+    /// admitted under its limits (the slot and budget go into `keyed`).
+    fn identify(&self, req: &Request, keyed: &mut Keyed) -> Result<Caller, Error> {
+        let Some(keys) = self.gateway.keys() else {
+            return Ok(Caller::anonymous());
+        };
+        let presented = caller::presented_key(req);
+        let key = presented
+            .and_then(|k| keys.find(k))
+            .ok_or(Error::InvalidApiKey {
+                missing: presented.is_none(),
+            })?;
+        keyed.name = Some(key.name.clone());
+        let rules = KeyRules {
+            rpm: key.rpm,
+            concurrency: key.concurrency,
+        };
+        let admission = self.gateway.key_limits.admit(&key.name, rules);
+        keyed.budget = admission.budget;
+        let name = key.name.clone();
+        match admission.result {
+            Ok(slot) => keyed.slot = Some(slot),
+            Err(Refusal::Rpm {
+                limit,
+                retry_after_s,
+            }) => {
+                return Err(Error::LimitExceeded {
+                    limit: Limit::KeyRequests {
+                        key: name,
+                        per_minute: limit,
+                    },
+                    retry_after_s,
+                });
+            }
+            Err(Refusal::Concurrency { limit }) => {
+                return Err(Error::LimitExceeded {
+                    limit: Limit::KeyConcurrency {
+                        key: name,
+                        max: limit,
+                    },
+                    retry_after_s: 1,
+                });
+            }
+        }
+        Ok(Caller::keyed(key))
+    }
+}
+
+impl Keyed {
+    /// Puts the key's name in the access log (first, after the HTTP fields), the budget in
+    /// the `x-ratelimit-*` headers, and the slot where it lives as long as the answer: in
+    /// a stream's body, else dropped here, the answer being complete.
+    fn apply(self, resp: &mut Response) {
+        let Some(name) = self.name else {
+            return;
+        };
+        resp.log.insert(0, ("key", name));
+        if let Some(b) = self.budget {
+            resp.headers
+                .push(("x-ratelimit-limit-requests".into(), b.limit.to_string()));
+            resp.headers.push((
+                "x-ratelimit-remaining-requests".into(),
+                b.remaining.to_string(),
+            ));
+        }
+        if let Some(slot) = self.slot {
+            let taken = std::mem::replace(resp, Response::full(0, "", Vec::new()));
+            *resp = taken.keep_until_sent(slot);
+        }
     }
 }
 
 impl Handler for Router {
     fn handle(&self, req: &Request) -> Response {
-        if let Some((model, path)) = model_in_path(&req.path) {
-            let req = with_model(req, &model, path);
-            return match self.route(&req) {
-                Ok(resp) if req.path.ends_with("/models") => only_model(resp, &model),
-                Ok(resp) => resp,
-                Err(e) => Shape::of(&req.path).render(&e),
-            };
+        match model_in_path(&req.path) {
+            Some((model, path)) => {
+                let req = with_model(req, &model, path);
+                let resp = self.answer(&req);
+                if req.path.ends_with("/models") {
+                    only_model(resp, &model)
+                } else {
+                    resp
+                }
+            }
+            None => self.answer(req),
         }
-        match self.route(req) {
+    }
+}
+
+impl Router {
+    fn answer(&self, req: &Request) -> Response {
+        let route = Router::find(req);
+        let render = route.map_or_else(|| render_for(&req.path), |r| r.render);
+        let mut keyed = Keyed::default();
+        let mut resp = match self.route(req, route, &mut keyed) {
             Ok(resp) => resp,
-            Err(e) => Shape::of(&req.path).render(&e),
-        }
+            Err(e) => render(&e),
+        };
+        keyed.apply(&mut resp);
+        resp
     }
 }
 
@@ -186,7 +350,7 @@ fn with_model(req: &Request, model: &str, path: &str) -> Request {
 
 /// A model list reduced to the model of the path (a tool set to `/{model}/v1` sees the one
 /// it is meant to use).
-fn only_model(resp: Response, model: &str) -> Response {
+fn only_model(mut resp: Response, model: &str) -> Response {
     let crate::http::Body::Full(body) = &resp.body else {
         return resp;
     };
@@ -200,7 +364,6 @@ fn only_model(resp: Response, model: &str) -> Response {
                 .is_some_and(|id| id.eq_ignore_ascii_case(model))
         });
     }
-    let mut out = Response::json(resp.status, &list);
-    out.log = resp.log;
-    out
+    resp.body = crate::http::Body::Full(serde_json::to_vec(&list).unwrap_or_default());
+    resp
 }

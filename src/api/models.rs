@@ -1,9 +1,11 @@
 //! `GET /v1/models` (the OpenAI list) and `GET /api/models` (everything sigorest knows of
 //! each listed model): the whitelisted cloud models, the discovered Ollama models, then the
-//! supervised llama-server's model (listed while it loads too).
+//! supervised llama-server's model (listed while it loads too) — only those the caller's
+//! key may use.
 
 use serde_json::{Value, json};
 
+use super::caller::Caller;
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::http::{Request, Response};
@@ -13,7 +15,7 @@ use crate::state::catalog::Model;
 /// Asked by an Anthropic client (an `anthropic-version` header: Claude Code's model
 /// discovery, `client.models.list()`), the entries and the list also carry Anthropic's
 /// fields (`type`, `display_name`, `created_at`; `has_more`, `first_id`, `last_id`).
-pub(super) fn openai(gw: &Gateway, req: &Request) -> Result<Response, Error> {
+pub(super) fn openai(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Response, Error> {
     let anthropic = req.header("anthropic-version").is_some();
     let created_at = crate::logging::rfc3339(gw.started_unix);
     let entry = |short: &str, owner: &str| {
@@ -30,10 +32,17 @@ pub(super) fn openai(gw: &Gateway, req: &Request) -> Result<Response, Error> {
         .listed()
         .models
         .iter()
+        .filter(|m| caller.allows(&m.short))
         .map(|m| entry(&m.short, m.provider.name()))
         .collect();
-    data.extend(gw.ollama.models().iter().map(|m| entry(&m.short, "ollama")));
-    if let Some(l) = gw.llama() {
+    data.extend(
+        gw.ollama
+            .models()
+            .iter()
+            .filter(|m| caller.allows(&m.short))
+            .map(|m| entry(&m.short, "ollama")),
+    );
+    if let Some(l) = gw.llama().filter(|l| caller.allows(&l.model().short)) {
         data.push(entry(&l.model().short, l.model().provider.name()));
     }
     let mut list = json!({"object": "list", "data": data});
@@ -50,7 +59,7 @@ pub(super) fn openai(gw: &Gateway, req: &Request) -> Result<Response, Error> {
 
 /// `GET /api/models`: short code, upstream id, provider, limits, prices, temperature range,
 /// and whether the provider's key is set.
-pub(super) fn detailed(gw: &Gateway, _req: &Request) -> Result<Response, Error> {
+pub(super) fn detailed(gw: &Gateway, _req: &Request, caller: &Caller) -> Result<Response, Error> {
     let info = |m: &Model, key_set: bool| {
         json!({
             "short": m.short, "id": m.id, "provider": m.provider.name(),
@@ -66,10 +75,17 @@ pub(super) fn detailed(gw: &Gateway, _req: &Request) -> Result<Response, Error> 
         .listed()
         .models
         .iter()
+        .filter(|m| caller.allows(&m.short))
         .map(|m| info(m, m.provider.key(&gw.env).is_some()))
         .collect();
-    data.extend(gw.ollama.models().iter().map(|m| info(&m.to_model(), true)));
-    if let Some(l) = gw.llama() {
+    data.extend(
+        gw.ollama
+            .models()
+            .iter()
+            .filter(|m| caller.allows(&m.short))
+            .map(|m| info(&m.to_model(), true)),
+    );
+    if let Some(l) = gw.llama().filter(|l| caller.allows(&l.model().short)) {
         let mut entry = info(l.model(), true);
         entry["ready"] = Value::Bool(l.is_ready());
         data.push(entry);

@@ -1,4 +1,4 @@
-//! `sigoe`, the command-line client: raw flags → [`Options`], the prompt from the arguments
+//! `sigoe`, the command-line client: raw flags → [`Options`] ([`args`]), the prompt from the arguments
 //! and/or stdin, one completion — straight to the provider, or through a running sigorest
 //! (`-server URL`) — and the answer on stdout. Logs and the one-line reason of a failure go
 //! to stderr.
@@ -8,11 +8,12 @@
 //! [`SessionStore`], the body through [`ChatRequest::upstream_body`] (memory, history,
 //! clamps), the call through [`Upstream`] (retries, deadlines), the stream through
 //! [`crate::upstream::read_open_stream`]. Through a gateway, the session, timeout and retries go as the
-//! gateway's extensions, and memory and sessions are the gateway's business.
+//! gateway's extensions, and memory and sessions are the gateway's business; the client
+//! key, if the gateway wants one, comes from `SIGOREST_API_KEY`. `-newkey NAME` makes such
+//! a key.
 
-use std::ffi::OsString;
 use std::io::{IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
@@ -20,305 +21,32 @@ use serde_json::{Map, Value, json};
 use crate::chat::answer::{assistant_message, content_text};
 use crate::chat::prepared::Prepared;
 use crate::chat::provider_error::ProviderError;
-use crate::chat::request::{
-    ChatRequest, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_RETRIES, MAX_TIMEOUT,
-};
+use crate::chat::request::ChatRequest;
 use crate::chat::stream::{Gathered, StreamEnd};
-use crate::config::{bad, go_style, level, looks_like_flag, number, path_value, quote, text_value};
+use crate::config::quote;
 use crate::env::Env;
 use crate::error::Error;
 use crate::http::Hangup;
 use crate::state::catalog::{self, Catalog, Model, Provider};
+use crate::state::keys;
 use crate::state::memory::Memory;
-use crate::state::session::{self, SessionStore};
+use crate::state::session::SessionStore;
 use crate::upstream::retry::Failure;
 use crate::upstream::{OpenStream, Target, Upstream};
 
+mod args;
 mod models;
 
+pub use args::{
+    Command, DEFAULT_MODEL, KEY_ENV, Options, SERVER_ENV, parse_args, split_prompt, usage,
+};
 pub use models::{KeyState, detail, table};
 
-/// The model asked when `-m` is not given.
-pub const DEFAULT_MODEL: &str = "gpt41";
-/// The variable naming a gateway when `-server` is not given.
-pub const SERVER_ENV: &str = "SIGOREST_URL";
 /// How much longer than the request's `timeout` sigoe waits for a gateway, which answers
 /// 504 itself when the timeout passes.
 const GATEWAY_GRACE: Duration = Duration::from_secs(5);
 /// How long `-l` and `-i` wait for a gateway's model list.
 const LIST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// sigoe's validated command line.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Options {
-    pub model: String,
-    pub session: Option<String>,
-    pub max_tokens: Option<u64>,
-    pub temperature: Option<f64>,
-    pub timeout: Duration,
-    pub retries: u32,
-    /// `-l`: list the models.
-    pub list: bool,
-    /// `-i MODEL`: one model in detail.
-    pub info: Option<String>,
-    pub log_level: log::LevelFilter,
-    /// `-j`: print the whole response JSON.
-    pub json: bool,
-    /// `-stream`: stream even when stdout is not a terminal.
-    pub stream: bool,
-    /// `-server URL` as given; `Some("")` forces direct mode over `SIGOREST_URL`.
-    pub server: Option<String>,
-    pub cacert: Option<PathBuf>,
-    pub memory: PathBuf,
-    pub sessions: PathBuf,
-    /// Whether `-memory` or `-sessions` was given (they do nothing through a gateway).
-    pub local_files_given: bool,
-    /// The prompt arguments, as given.
-    pub prompt: Vec<String>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            model: DEFAULT_MODEL.to_string(),
-            session: None,
-            max_tokens: None,
-            temperature: None,
-            timeout: DEFAULT_TIMEOUT,
-            retries: DEFAULT_RETRIES,
-            list: false,
-            info: None,
-            log_level: log::LevelFilter::Warn,
-            json: false,
-            stream: false,
-            server: None,
-            cacert: None,
-            memory: PathBuf::from("./memory.json"),
-            sessions: PathBuf::from("./.sessions"),
-            local_files_given: false,
-            prompt: Vec::new(),
-        }
-    }
-}
-
-/// What the command line asks for.
-#[derive(Debug)]
-pub enum Command {
-    Run(Box<Options>),
-    Help,
-    Version,
-}
-
-/// Flags that take a value, without their dashes: the prompt starts after them.
-const VALUE_FLAGS: &[&str] = &[
-    "m", "s", "n", "T", "t", "r", "i", "v", "server", "cacert", "memory", "sessions",
-];
-
-/// Splits the arguments as Go's `flag` package does: flags (with their values) up to the
-/// first argument that is not a flag, or up to `--` (dropped); the rest is the prompt. So
-/// `sigoe explain ls -l` asks about `ls -l` instead of listing the models.
-pub fn split_prompt(args: Vec<OsString>) -> (Vec<OsString>, Vec<OsString>) {
-    let mut flags = Vec::new();
-    let mut rest = args.into_iter();
-    while let Some(arg) = rest.next() {
-        if arg == "--" {
-            return (flags, rest.collect());
-        }
-        if !looks_like_flag(&arg) {
-            let mut prompt = vec![arg];
-            prompt.extend(rest);
-            return (flags, prompt);
-        }
-        let takes_value = arg.to_str().is_some_and(|s| {
-            let name = s
-                .strip_prefix("--")
-                .or_else(|| s.strip_prefix('-'))
-                .unwrap_or(s);
-            VALUE_FLAGS.contains(&name)
-        });
-        flags.push(arg);
-        if takes_value {
-            flags.extend(rest.next());
-        }
-    }
-    (flags, Vec::new())
-}
-
-/// Parses the arguments after the program name. As for the server: value options first,
-/// a value that looks like a flag refused, the last of a repeated option wins, switches
-/// last, anything left over an unknown flag.
-pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
-    let (flags, prompt) = split_prompt(args);
-    let flags = go_style(flags);
-    for arg in &flags {
-        match arg.to_str() {
-            Some("-h" | "--help") => return Ok(Command::Help),
-            Some("--version") => return Ok(Command::Version),
-            _ => {}
-        }
-    }
-    let mut p = pico_args::Arguments::from_vec(flags);
-    let mut o = Options::default();
-
-    if let Some(v) = text_value(&mut p, "-m")? {
-        o.model = not_empty("-m", v)?;
-    }
-    if let Some(v) = text_value(&mut p, "-s")? {
-        session::validate_id(&v).map_err(|e| bad(format!("-s: {e}")))?;
-        o.session = Some(v);
-    }
-    if let Some(v) = text_value(&mut p, "-n")? {
-        o.max_tokens = Some(number("-n", &v, 1, u64::from(u32::MAX))? as u64);
-    }
-    if let Some(v) = text_value(&mut p, "-T")? {
-        match v.trim().parse::<f64>() {
-            Ok(t) if t.is_finite() => o.temperature = Some(t),
-            _ => return Err(bad(format!("-T: {} is not a number (e.g. 0.7)", quote(&v)))),
-        }
-    }
-    if let Some(v) = text_value(&mut p, "-t")? {
-        let max = MAX_TIMEOUT.as_secs();
-        match v.trim().parse::<f64>() {
-            Ok(s) if s > 0.0 && s <= max as f64 => o.timeout = Duration::from_secs_f64(s),
-            _ => {
-                return Err(bad(format!(
-                    "-t: {} is not a number of seconds above 0 and at most {max}",
-                    quote(&v)
-                )));
-            }
-        }
-    }
-    if let Some(v) = text_value(&mut p, "-r")? {
-        o.retries = number("-r", &v, 1, u64::from(MAX_RETRIES))? as u32;
-    }
-    if let Some(v) = text_value(&mut p, "-i")? {
-        o.info = Some(not_empty("-i", v)?);
-    }
-    if let Some(v) = text_value(&mut p, "-v")? {
-        o.log_level = level("-v", &v)?;
-    }
-    if let Some(v) = text_value(&mut p, "--server")? {
-        o.server = Some(v.trim().to_string());
-    }
-    o.cacert = path_value(&mut p, "--cacert")?;
-    if let Some(v) = path_value(&mut p, "--memory")? {
-        o.memory = v;
-        o.local_files_given = true;
-    }
-    if let Some(v) = path_value(&mut p, "--sessions")? {
-        o.sessions = v;
-        o.local_files_given = true;
-    }
-
-    let mut quiet = false;
-    while p.contains("-q") {
-        quiet = true;
-    }
-    while p.contains("-l") {
-        o.list = true;
-    }
-    while p.contains("-j") {
-        o.json = true;
-    }
-    while p.contains("--stream") {
-        o.stream = true;
-    }
-    if quiet {
-        o.log_level = log::LevelFilter::Error;
-    }
-    if let Some(first) = p.finish().first() {
-        let shown = first.to_string_lossy();
-        return Err(bad(format!(
-            "unknown flag {} (see -h)",
-            crate::config::flag_name(&shown)
-        )));
-    }
-
-    o.prompt = prompt
-        .into_iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    if o.list && o.info.is_some() {
-        return Err(bad("-l and -i do not go together".into()));
-    }
-    if (o.list || o.info.is_some()) && !o.prompt.is_empty() {
-        let flag = if o.list { "-l" } else { "-i" };
-        return Err(bad(format!("{flag} takes no prompt")));
-    }
-    if o.json && o.stream {
-        return Err(bad(
-            "-j prints one whole response, so it does not go with -stream".into(),
-        ));
-    }
-    Ok(Command::Run(Box::new(o)))
-}
-
-fn not_empty(flag: &str, v: String) -> Result<String, Error> {
-    let v = v.trim().to_string();
-    if v.is_empty() {
-        return Err(bad(format!("{flag} needs a value")));
-    }
-    Ok(v)
-}
-
-/// The `-h` text.
-pub fn usage() -> String {
-    let d = Options::default();
-    format!(
-        "\
-sigoe {version}: ask a model from the command line, directly or through a sigorest gateway.
-
-Usage: sigoe [flags] [prompt...]
-       git diff | sigoe -m claude-h \"review this\"
-
-The prompt is the arguments, joined by spaces. Without arguments it is read from stdin;
-with arguments and a piped stdin, stdin's text follows them after a blank line. Flags come
-before the prompt; put -- before a prompt that starts with '-'.
-
-Flags (one dash or two; the value after a space or '='):
-  -m MODEL         short code or upstream id (default {model}; -l lists them)
-  -s SESSION       keep the conversation in this session
-                   (1-128 of A-Z a-z 0-9 . _ -, not starting with '.')
-  -n MAX_TOKENS    longest answer, clamped to the model's output limit
-  -T TEMPERATURE   clamped into the model's range
-  -t TIMEOUT       seconds for the whole answer; when streaming, for the first
-                   event and each gap (default {timeout}, at most {max_timeout})
-  -r RETRIES       attempts in all, 1-{max_retries} (default {retries})
-  -stream          stream the answer even when stdout is not a terminal
-                   (on a terminal it always streams)
-  -j               print the whole response JSON (never streamed)
-  -l               list every catalog model (with -server: the gateway's models)
-  -i MODEL         one model in detail
-  -server URL      ask the sigorest gateway at URL (http://host:9080 or
-                   https://host:9443) instead of the provider; default
-                   ${server_env}; -server '' forces direct mode
-  -cacert PATH     trust this PEM certificate (the gateway's self-signed
-                   certs/server.crt) for an https:// -server
-  -memory PATH     memory block put first into every request, direct mode
-                   (default {memory})
-  -sessions DIR    session files, direct mode (default {sessions})
-  -v LEVEL         log level on stderr: debug, info, warn, error (default warn)
-  -q               quiet: errors only
-  -version         print the version and exit
-  -h, -help        print this help and exit
-
-Environment (direct mode): MAMMOUTH_API_KEY, MOONSHOT_API_KEY, ZAI_API_KEY and
-MAMMOUTH_BASE_URL, MOONSHOT_BASE_URL, ZAI_BASE_URL, as for the server.
-
-Exit status: 0 answered, 1 the model or the network failed (the reason on
-stderr), 2 bad usage (a bad flag, no prompt, an unknown model, a file to fix).
-",
-        version = crate::VERSION,
-        model = d.model,
-        timeout = d.timeout.as_secs(),
-        max_timeout = MAX_TIMEOUT.as_secs(),
-        retries = d.retries,
-        max_retries = MAX_RETRIES,
-        server_env = SERVER_ENV,
-        memory = d.memory.display(),
-        sessions = d.sessions.display(),
-    )
-}
 
 /// Why sigoe ends without an answer. The variant decides the exit status.
 #[derive(Debug)]
@@ -352,10 +80,22 @@ impl Stop {
 }
 
 /// The gateway to ask, from `-server` or `SIGOREST_URL`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Gateway {
     /// The base URL, without a trailing `/` or `/v1`: `https://box:9443`.
     pub base: String,
+    /// The client key sent as `Authorization: Bearer` (from `SIGOREST_API_KEY`).
+    key: Option<String>,
+}
+
+/// Never shows the key.
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("base", &self.base)
+            .field("key", &self.key.as_ref().map(|_| "(set)"))
+            .finish()
+    }
 }
 
 impl Gateway {
@@ -379,6 +119,7 @@ impl Gateway {
         }
         Ok(Gateway {
             base: base.to_string(),
+            key: None,
         })
     }
 
@@ -390,8 +131,17 @@ impl Gateway {
         format!("{}{path}", self.base)
     }
 
+    /// The same gateway, sending this client key (an empty one counts as none).
+    pub fn with_key(mut self, key: Option<&str>) -> Gateway {
+        self.key = key
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_string);
+        self
+    }
+
     fn target(&self, path: &str) -> Target {
-        Target::new(self.url(path), None)
+        Target::new(self.url(path), self.key.clone())
     }
 }
 
@@ -445,13 +195,20 @@ pub fn request_body(opts: &Options, prompt: &str, stream: bool) -> Value {
 
 /// Runs the command line: lists, details, or one question and its answer.
 pub fn run(opts: &Options, env: &Env) -> Result<(), Stop> {
+    if let Some(name) = &opts.newkey {
+        return print_new_key(name);
+    }
     let (given, source) = match opts.server.as_deref() {
         Some(url) => (Some(url), "-server"),
         None => (env.get(SERVER_ENV), SERVER_ENV),
     };
     let gateway = match given {
         None | Some("") => None,
-        Some(url) => Some(Gateway::parse(url).map_err(|m| usage_error(format!("{source}: {m}")))?),
+        Some(url) => Some(
+            Gateway::parse(url)
+                .map_err(|m| usage_error(format!("{source}: {m}")))?
+                .with_key(env.get(KEY_ENV)),
+        ),
     };
     let upstream = match &opts.cacert {
         None => Upstream::new(),
@@ -496,6 +253,24 @@ pub fn run(opts: &Options, env: &Env) -> Result<(), Stop> {
 
 fn usage_error(message: String) -> Stop {
     Stop::Usage(Error::Usage { message })
+}
+
+/// `-newkey NAME`: a fresh key on stderr, shown this once, and its `keys.csv` line on
+/// stdout — so `sigoe -newkey ana >> keys.csv` puts the hash in the file and the key on the
+/// terminal, never the key in the file.
+fn print_new_key(name: &str) -> Result<(), Stop> {
+    let key = keys::generate().map_err(Stop::Failed)?;
+    let notice = format!(
+        "sigoe: a new client key for {name}, shown this once (the gateway keeps only its hash):\n\n    {key}\n\n\
+         Clients send it as 'Authorization: Bearer <key>' (OpenAI SDKs: api_key) or 'x-api-key'.\n\
+         The line for keys.csv is on stdout: add it, set models, rpm and concurrency, then\n\
+         reload sigorest (SIGHUP, or systemctl reload sigorest).\n"
+    );
+    std::io::stderr()
+        .lock()
+        .write_all(notice.as_bytes())
+        .map_err(|e| Stop::Failed(Error::io(Path::new("stderr"), &e)))?;
+    print_out(format!("{}\n", keys::line_for(name, &key)).as_bytes())
 }
 
 /// Every catalog model, with whether its key is set here.

@@ -3,6 +3,8 @@
 
 use super::*;
 use crate::cli::models::{from_gateway, price};
+use std::ffi::OsString;
+use std::path::PathBuf;
 
 fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
@@ -545,4 +547,44 @@ fn the_model_list_of_a_gateway() {
         find_model(&models, "kimi", true).unwrap_err().exit_status(),
         2
     );
+}
+
+#[test]
+fn newkey_takes_a_name_and_nothing_else() {
+    assert_eq!(
+        opts(&["-newkey", "laptop-ana"]).newkey.as_deref(),
+        Some("laptop-ana")
+    );
+    assert_eq!(
+        opts(&["--newkey=ci.bot@lab"]).newkey.as_deref(),
+        Some("ci.bot@lab")
+    );
+    // The value is taken with its flag: `ana` is not the prompt.
+    assert!(opts(&["-newkey", "ana", "-q"]).prompt.is_empty());
+    for (args, needle) in [
+        (&["-newkey", "two words"][..], "key name"),
+        (&["-newkey", ""], "key name"),
+        (&["-newkey"], "needs a value"),
+        (&["-newkey", "ana", "hello"], "-newkey takes no prompt"),
+        (&["-newkey", "ana", "-l"], "does not go with"),
+        (&["-newkey", "ana", "-i", "gpt41"], "does not go with"),
+    ] {
+        let m = err(args);
+        assert!(m.contains(needle), "{args:?}: {m}");
+    }
+    let u = usage();
+    assert!(u.contains("-newkey NAME") && u.contains(KEY_ENV), "{u}");
+}
+
+#[test]
+fn the_gateway_key_goes_in_the_target_and_never_in_debug() {
+    let g = Gateway::parse("http://127.0.0.1:9080")
+        .unwrap()
+        .with_key(Some(" sk-sigo-abc "));
+    assert_eq!(g.target("/v1/models").key.as_deref(), Some("sk-sigo-abc"));
+    assert!(!format!("{g:?}").contains("sk-sigo-abc"), "{g:?}");
+    let none = Gateway::parse("http://127.0.0.1:9080")
+        .unwrap()
+        .with_key(Some(""));
+    assert!(none.target("/x").key.is_none());
 }

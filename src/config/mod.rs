@@ -19,6 +19,9 @@ pub use routing::Routing;
 mod llama;
 
 pub use llama::{LlamaConfig, LlamaTiming, split_args};
+mod usage;
+
+pub use usage::usage;
 
 /// The server's validated configuration.
 #[derive(Debug, Clone)]
@@ -37,6 +40,12 @@ pub struct Config {
     pub models: PathBuf,
     pub memory: PathBuf,
     pub sessions: PathBuf,
+    /// Client keys (`-keys`); when the file does not exist, keys are not required.
+    pub keys: PathBuf,
+    /// Requests a minute per client address (`-ip-rate`); 0: no per-IP limit.
+    pub ip_rate: u32,
+    /// The per-IP bucket's size (`-ip-burst`); 0: ten seconds' worth of `ip_rate`.
+    pub ip_burst: u32,
     pub workers: usize,
     pub queue: usize,
     pub log_level: log::LevelFilter,
@@ -66,6 +75,9 @@ impl Default for Config {
             models: PathBuf::from(DEFAULT_MODELS),
             memory: PathBuf::from(DEFAULT_MEMORY),
             sessions: PathBuf::from(DEFAULT_SESSIONS),
+            keys: PathBuf::from(DEFAULT_KEYS),
+            ip_rate: 0,
+            ip_burst: 0,
             workers: 100,
             queue: 1024,
             log_level: log::LevelFilter::Info,
@@ -86,10 +98,12 @@ const DEFAULT_ADMIN_ALLOW: &str = "127.0.0.0/8,::1/128";
 const DEFAULT_MODELS: &str = "./models.csv";
 const DEFAULT_MEMORY: &str = "./memory.json";
 const DEFAULT_SESSIONS: &str = "./.sessions";
+const DEFAULT_KEYS: &str = "./keys.csv";
 
 const WORKERS_MAX: u64 = 10_000;
 const QUEUE_MAX: u64 = 1_000_000;
 const GRACE_MAX_SECS: u64 = 3600;
+const IP_RATE_MAX: u64 = 1_000_000;
 
 fn default_list(s: &str) -> AllowList {
     // The defaults are constants checked by a test; an empty list could only come from a typo.
@@ -116,76 +130,17 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
     if let Some(command) = help_or_version(&args) {
         return Ok(command);
     }
-
     let mut p = pico_args::Arguments::from_vec(args);
     let mut c = Config {
         // First: the value of -llama-args may look like any other flag.
         llama: llama::parse(&mut p)?,
         ..Config::default()
     };
-
-    if let Some(v) = text_value(&mut p, "--http-port")? {
-        c.http_port = port("-http-port", &v)?;
-    }
-    if let Some(v) = text_value(&mut p, "--https-port")? {
-        c.https_port = port("-https-port", &v)?;
-    }
-    if let Some(v) = path_value(&mut p, "--cert")? {
-        c.cert = v;
-    }
-    if let Some(v) = path_value(&mut p, "--key")? {
-        c.key = v;
-    }
-    if let Some(v) = text_value(&mut p, "--cert-hosts")? {
-        c.cert_hosts = cert_hosts(&v)?;
-    }
-    if let Some(v) = text_value(&mut p, "--http-allow")? {
-        c.http_allow = allow_list("-http-allow", &v, "-http-port 0")?;
-    }
-    if let Some(v) = text_value(&mut p, "--https-allow")? {
-        c.https_allow = allow_list("-https-allow", &v, "-https-port 0")?;
-    }
-    if let Some(v) = text_value(&mut p, "--admin-allow")? {
-        // Empty is allowed here: nobody may change the gateway's state.
-        c.admin_allow = AllowList::parse(&v).map_err(|m| bad(format!("-admin-allow: {m}")))?;
-    }
-    if let Some(v) = path_value(&mut p, "--models")? {
-        c.models = v;
-    }
-    if let Some(v) = path_value(&mut p, "--memory")? {
-        c.memory = v;
-    }
-    if let Some(v) = path_value(&mut p, "--sessions")? {
-        c.sessions = v;
-    }
-    if let Some(v) = text_value(&mut p, "--workers")? {
-        c.workers = number("-workers", &v, 1, WORKERS_MAX)?;
-    }
-    if let Some(v) = text_value(&mut p, "--queue")? {
-        c.queue = number("-queue", &v, 1, QUEUE_MAX)?;
-    }
-    if let Some(v) = text_value(&mut p, "-v")? {
-        c.log_level = level("-v", &v)?;
-    }
-    if let Some(v) = text_value(&mut p, "--shutdown-grace")? {
-        let secs = number("-shutdown-grace", &v, 0, GRACE_MAX_SECS)?;
-        c.shutdown_grace = Duration::from_secs(secs as u64);
-    }
-    if let Some(v) = text_value(&mut p, "--bind")? {
-        c.bind = parse_ip(&v).ok_or_else(|| {
-            bad(format!(
-                "-bind: {} is not an IP address (e.g. :: or 127.0.0.1)",
-                quote(&v)
-            ))
-        })?;
-    }
-    if let Some(v) = text_value(&mut p, "--fallback")? {
-        c.routing.fallbacks = routing::parse_fallbacks(&v)?;
-    }
-    if let Some(v) = text_value(&mut p, "--auto")? {
-        c.routing.auto = routing::parse_auto(&v)?;
-    }
-
+    listener_flags(&mut p, &mut c)?;
+    file_flags(&mut p, &mut c)?;
+    capacity_flags(&mut p, &mut c)?;
+    client_limit_flags(&mut p, &mut c)?;
+    routing_flags(&mut p, &mut c)?;
     // Switches last, once every value has been taken.
     let mut quiet = false;
     while p.contains("-q") {
@@ -197,7 +152,6 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
     if quiet {
         c.log_level = log::LevelFilter::Error;
     }
-
     if let Some(first) = p.finish().first() {
         let shown = first.to_string_lossy();
         return Err(if looks_like_flag(first) && first != "--" {
@@ -225,107 +179,105 @@ fn help_or_version(args: &[OsString]) -> Option<Command> {
     None
 }
 
-/// The `-h` text.
-pub fn usage() -> String {
-    let d = Config::default();
-    format!(
-        "\
-sigorest {version}: an OpenAI-compatible LLM gateway for a home or office network.
+/// Ports, address, TLS files and allow lists.
+fn listener_flags(p: &mut pico_args::Arguments, c: &mut Config) -> Result<(), Error> {
+    if let Some(v) = text_value(p, "--http-port")? {
+        c.http_port = port("-http-port", &v)?;
+    }
+    if let Some(v) = text_value(p, "--https-port")? {
+        c.https_port = port("-https-port", &v)?;
+    }
+    if let Some(v) = text_value(p, "--bind")? {
+        c.bind = parse_ip(&v).ok_or_else(|| {
+            bad(format!(
+                "-bind: {} is not an IP address (e.g. :: or 127.0.0.1)",
+                quote(&v)
+            ))
+        })?;
+    }
+    if let Some(v) = path_value(p, "--cert")? {
+        c.cert = v;
+    }
+    if let Some(v) = path_value(p, "--key")? {
+        c.key = v;
+    }
+    if let Some(v) = text_value(p, "--cert-hosts")? {
+        c.cert_hosts = cert_hosts(&v)?;
+    }
+    if let Some(v) = text_value(p, "--http-allow")? {
+        c.http_allow = allow_list("-http-allow", &v, "-http-port 0")?;
+    }
+    if let Some(v) = text_value(p, "--https-allow")? {
+        c.https_allow = allow_list("-https-allow", &v, "-https-port 0")?;
+    }
+    if let Some(v) = text_value(p, "--admin-allow")? {
+        // Empty is allowed here: nobody may change the gateway's state.
+        c.admin_allow = AllowList::parse(&v).map_err(|m| bad(format!("-admin-allow: {m}")))?;
+    }
+    Ok(())
+}
 
-Usage: sigorest [flags]
+/// The files and directories the gateway reads.
+fn file_flags(p: &mut pico_args::Arguments, c: &mut Config) -> Result<(), Error> {
+    if let Some(v) = path_value(p, "--models")? {
+        c.models = v;
+    }
+    if let Some(v) = path_value(p, "--memory")? {
+        c.memory = v;
+    }
+    if let Some(v) = path_value(p, "--sessions")? {
+        c.sessions = v;
+    }
+    if let Some(v) = path_value(p, "--keys")? {
+        c.keys = v;
+    }
+    Ok(())
+}
 
-Flags (one dash or two; the value after a space or '='):
-  -http-port N         plain HTTP port; 0 disables it (default {http})
-  -https-port N        HTTPS port; 0 disables it (default {https})
-  -bind ADDR           listen address for both ports
-                       (default {bind}, that is every IPv4 and IPv6 address)
-  -cert PATH           TLS certificate, PEM (default {cert})
-  -key PATH            TLS private key, PEM (default {key});
-                       when both files are missing, a self-signed pair is
-                       generated and written there
-  -cert-hosts LIST     extra host names / IP addresses, comma-separated, for a
-                       generated certificate (localhost, 127.0.0.1, ::1 and the
-                       host name are always in it)
-  -http-allow CIDRS    who may use the HTTP port
-                       (default {http_allow})
-  -https-allow CIDRS   who may use the HTTPS port
-                       (default {https_allow})
-  -admin-allow CIDRS   who may change state, e.g. PUT /api/memory
-                       (default {admin_allow}; empty: nobody)
-  -models PATH         whitelist of cloud models (default {models})
-  -memory PATH         memory block put first into every request
-                       (default {memory})
-  -sessions DIR        session files (default {sessions})
-  -workers N           worker threads, 1-{workers_max} (default {workers})
-  -queue N             requests that may wait for a worker, 1-{queue_max};
-                       beyond that: 503 (default {queue})
-  -fallback RULES      models tried next when one cannot answer, e.g.
-                       gpt41=kimi|zai-glm46,claude-h=claude-s45
-  -auto LIST           models the name \"auto\" picks from, healthiest first
-  -shutdown-grace S    seconds in-flight requests may run on after SIGTERM,
-                       0-{grace_max} (default {grace})
-  -llama-server PATH   a llama.cpp llama-server to start and watch (a path, or
-                       a program in PATH); needs -llama-model
-  -llama-model FILE    the .gguf model it serves (passed as -m)
-  -llama-args \"ARGS\"   more arguments for it, split like a shell line; not
-                       --host, --port or -m, which sigorest sets
-  -llama-name NAME     the model name clients use for it (default local)
-  -llama-port N        its port on 127.0.0.1 (default: a free port)
-  -llama-parallel N    requests sent to it at once, 1-256 (default the
-                       --parallel in -llama-args, else 1); {queue_per_slot} per slot may
-                       wait, beyond that: 429
-  -llama-queue-wait S  seconds a request may wait for a slot before 429,
-                       0-3600 (default 60)
-  -v LEVEL             log level: debug, info, warn, error (or trace)
-                       (default info)
-  -q                   quiet: errors only (wins over -v)
-  -j                   log JSON lines instead of text
-  -version             print the version and exit
-  -h, -help            print this help and exit
+/// Workers, queue, shutdown grace and the log level.
+fn capacity_flags(p: &mut pico_args::Arguments, c: &mut Config) -> Result<(), Error> {
+    if let Some(v) = text_value(p, "--workers")? {
+        c.workers = number("-workers", &v, 1, WORKERS_MAX)?;
+    }
+    if let Some(v) = text_value(p, "--queue")? {
+        c.queue = number("-queue", &v, 1, QUEUE_MAX)?;
+    }
+    if let Some(v) = text_value(p, "-v")? {
+        c.log_level = level("-v", &v)?;
+    }
+    if let Some(v) = text_value(p, "--shutdown-grace")? {
+        let secs = number("-shutdown-grace", &v, 0, GRACE_MAX_SECS)?;
+        c.shutdown_grace = Duration::from_secs(secs as u64);
+    }
+    Ok(())
+}
 
-Environment:
-  MAMMOUTH_API_KEY, MOONSHOT_API_KEY, ZAI_API_KEY
-                       provider API keys; a provider without one answers 503
-  MAMMOUTH_BASE_URL    default https://api.mammouth.ai/v1
-  MOONSHOT_BASE_URL    default https://api.moonshot.ai/v1
-  ZAI_BASE_URL         default https://api.z.ai/api/paas/v4
-                       (each: the part of the URL before /chat/completions)
-  OLLAMA_HOST          local Ollama server (default http://localhost:11434;
-                       host:port accepted)
+/// `-ip-rate` and `-ip-burst`; a burst without a rate is a mistake worth saying.
+fn client_limit_flags(p: &mut pico_args::Arguments, c: &mut Config) -> Result<(), Error> {
+    let as_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    if let Some(v) = text_value(p, "--ip-rate")? {
+        c.ip_rate = as_u32(number("-ip-rate", &v, 0, IP_RATE_MAX)?);
+    }
+    if let Some(v) = text_value(p, "--ip-burst")? {
+        c.ip_burst = as_u32(number("-ip-burst", &v, 1, IP_RATE_MAX)?);
+        if c.ip_rate == 0 {
+            return Err(bad(
+                "-ip-burst needs -ip-rate N (requests a minute per client address)".to_string(),
+            ));
+        }
+    }
+    Ok(())
+}
 
-Files (the server runs without any; a file on disk wins over the built-in
-default):
-  models.csv           cloud short codes, separated by commas or newlines;
-                       # starts a comment
-  memory.json          {{\"content\": \"...\", \"cache\": true}};
-                       replaced by PUT /api/memory
-  <sessions>/<model>-<session_id>.json
-                       session history, the last 20 messages
-  certs/server.crt, certs/server.key
-                       TLS certificate and key (key mode 0600)
-
-Logs go to stderr. A bad flag or value exits with status 2.
-",
-        version = crate::VERSION,
-        http = d.http_port,
-        https = d.https_port,
-        bind = d.bind,
-        cert = d.cert.display(),
-        key = d.key.display(),
-        http_allow = d.http_allow,
-        https_allow = d.https_allow,
-        admin_allow = d.admin_allow,
-        models = d.models.display(),
-        memory = d.memory.display(),
-        sessions = d.sessions.display(),
-        workers = d.workers,
-        workers_max = WORKERS_MAX,
-        queue = d.queue,
-        queue_max = QUEUE_MAX,
-        grace = d.shutdown_grace.as_secs(),
-        grace_max = GRACE_MAX_SECS,
-        queue_per_slot = llama::QUEUE_PER_SLOT,
-    )
+/// `-fallback` and `-auto`.
+fn routing_flags(p: &mut pico_args::Arguments, c: &mut Config) -> Result<(), Error> {
+    if let Some(v) = text_value(p, "--fallback")? {
+        c.routing.fallbacks = routing::parse_fallbacks(&v)?;
+    }
+    if let Some(v) = text_value(p, "--auto")? {
+        c.routing.auto = routing::parse_auto(&v)?;
+    }
+    Ok(())
 }
 
 /// Rewrites Go-style flags for pico-args: `-long` → `--long`, `-long=v` → `--long v`,

@@ -256,6 +256,9 @@ fn missing_values() {
         "-models",
         "-memory",
         "-sessions",
+        "-keys",
+        "-ip-rate",
+        "-ip-burst",
         "-workers",
         "-queue",
         "-v",
@@ -348,6 +351,12 @@ fn usage_names_every_flag_variable_and_file() {
         "-models",
         "-memory",
         "-sessions",
+        "-keys PATH",
+        "./keys.csv",
+        "keys.csv ",
+        "sigoe -newkey",
+        "-ip-rate N",
+        "-ip-burst N",
         "-workers",
         "-queue",
         "-shutdown-grace",
@@ -534,4 +543,36 @@ fn random_argument_lists_never_panic() {
             Err(other) => panic!("{args:?}: {other:?}"),
         }
     }
+}
+
+#[test]
+fn client_keys_and_per_ip_limit_flags() {
+    let c = run(&[]);
+    assert_eq!(c.keys, PathBuf::from("./keys.csv"));
+    assert_eq!(
+        (c.ip_rate, c.ip_burst),
+        (0, 0),
+        "no per-IP limit by default"
+    );
+    run_forms("keys", "/etc/sigorest/keys.csv", |c| {
+        assert_eq!(c.keys, PathBuf::from("/etc/sigorest/keys.csv"))
+    });
+    run_forms("ip-rate", "120", |c| {
+        assert_eq!((c.ip_rate, c.ip_burst), (120, 0))
+    });
+    run_forms("ip-rate", "0", |c| assert_eq!(c.ip_rate, 0));
+    let c = run(&["-ip-rate", "60", "-ip-burst=5"]);
+    assert_eq!((c.ip_rate, c.ip_burst), (60, 5));
+    let c = run(&["--ip-burst", "5", "--ip-rate", "60"]);
+    assert_eq!((c.ip_rate, c.ip_burst), (60, 5), "in any order");
+    err_forms("keys", "", "empty");
+    err_forms("ip-rate", "-1", "from 0 to 1000000");
+    err_forms("ip-rate", "1000001", "from 0 to 1000000");
+    err_forms("ip-rate", "fast", "from 0 to 1000000");
+    let m = err(&["-ip-burst", "5"]);
+    assert!(m.contains("-ip-burst needs -ip-rate"), "{m}");
+    let m = err(&["-ip-rate", "0", "-ip-burst", "5"]);
+    assert!(m.contains("-ip-burst needs -ip-rate"), "{m}");
+    let m = err(&["-ip-rate", "6", "-ip-burst", "0"]);
+    assert!(m.contains("from 1 to 1000000"), "{m}");
 }

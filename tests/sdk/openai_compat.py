@@ -7,6 +7,7 @@ raise NotFoundError, a 503 that must raise InternalServerError (without the SDK 
 it), and streaming with and without usage. Exit status 0 when everything holds.
 """
 
+import hashlib
 import sys
 import time
 
@@ -37,6 +38,43 @@ class FakeUpstream(Upstream):
 
 
 RECEIVED = FakeUpstream.RECEIVED
+
+
+def check_keys(binary):
+    """A gateway with keys.csv, seen through the SDK."""
+    key, other = "sk-sigo-sdk-" + "a" * 40, "sk-sigo-sdk-" + "b" * 40
+    keys = ("# SDK check\n"
+            f"sdk, sha256:{hashlib.sha256(key.encode()).hexdigest()}, gpt41, 3,\n"
+            f"other, sha256:{hashlib.sha256(other.encode()).hexdigest()}, *, , 1\n")
+    with gateway(binary, FakeUpstream, files={"keys.csv": keys}) as base:
+        url = f"{base}/v1"
+        user = [{"role": "user", "content": "hi"}]
+        try:
+            openai.OpenAI(base_url=url, api_key="unused").models.list()
+            check(False, "a wrong key raises AuthenticationError")
+        except openai.AuthenticationError as e:
+            check(e.status_code == 401 and e.code == "invalid_api_key", "a wrong key raises AuthenticationError")
+            check("unused" not in e.message, "the key is not echoed")
+        client = openai.OpenAI(base_url=url, api_key=key, max_retries=0)
+        raw = client.models.with_raw_response.list()
+        ids = [m.id for m in raw.parse().data]
+        check(ids == ["gpt41"], f"models.list() shows the key's models only: {ids}")
+        check(raw.headers.get("x-ratelimit-limit-requests") == "3"
+              and raw.headers.get("x-ratelimit-remaining-requests") == "2", "x-ratelimit-* headers")
+        try:
+            client.chat.completions.create(model="kimi", messages=user)
+            check(False, "a model the key may not use raises PermissionDeniedError")
+        except openai.PermissionDeniedError as e:
+            check(e.status_code == 403 and e.code == "model_not_allowed",
+                  "a model the key may not use raises PermissionDeniedError (403 model_not_allowed)")
+        resp = client.chat.completions.create(model="gpt41", messages=user)
+        check(resp.choices[0].message.content == "echo: hi", "the key's model answers")
+        try:
+            client.chat.completions.create(model="gpt41", messages=user)
+            check(False, "over rpm raises RateLimitError")
+        except openai.RateLimitError as e:
+            check(e.status_code == 429 and e.code == "rate_limit_exceeded", "over rpm raises RateLimitError")
+            check(int(e.response.headers["retry-after"]) >= 1, "with Retry-After")
 
 
 def main():
@@ -95,6 +133,7 @@ def main():
             last = event
         check(last is not None and last.usage is not None and last.usage.total_tokens == 8,
               "with include_usage the last chunk carries usage")
+    check_keys(binary)
     print("openai SDK compatibility: all checks passed")
 
 

@@ -66,6 +66,8 @@ pub struct Call<'a> {
     /// Stop reading (and drop the connection) after this many events.
     pub leave_after: Option<usize>,
     pub timeout: Duration,
+    /// Extra request headers (`Authorization`, ...).
+    pub headers: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> Call<'a> {
@@ -76,6 +78,7 @@ impl<'a> Call<'a> {
             http10: false,
             leave_after: None,
             timeout: Duration::from_secs(20),
+            headers: Vec::new(),
         }
     }
 }
@@ -120,8 +123,13 @@ pub fn tls_connect(
 
 fn exchange<S: Read + Write>(mut sock: S, addr: SocketAddr, call: &Call) -> Streamed {
     let version = if call.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+    let extra: String = call
+        .headers
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}\r\n"))
+        .collect();
     let head = format!(
-        "POST {} {version}\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "POST {} {version}\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n",
         call.path,
         call.body.len()
     );

@@ -61,6 +61,11 @@ pub struct Options {
     pub models_csv: Option<String>,
     /// Written as `memory.json` when given.
     pub memory_json: Option<String>,
+    /// Written as `keys.csv` when given; otherwise keys are not required.
+    pub keys_csv: Option<String>,
+    /// `-ip-rate` and `-ip-burst` (0: off / the default).
+    pub ip_rate: u32,
+    pub ip_burst: u32,
     pub workers: usize,
     pub queue: usize,
     pub https: bool,
@@ -79,6 +84,9 @@ impl Default for Options {
             env: Vec::new(),
             models_csv: None,
             memory_json: None,
+            keys_csv: None,
+            ip_rate: 0,
+            ip_burst: 0,
             workers: 16,
             queue: 64,
             https: false,
@@ -135,6 +143,17 @@ impl Options {
         self
     }
 
+    pub fn keys(mut self, csv: &str) -> Options {
+        self.keys_csv = Some(csv.into());
+        self
+    }
+
+    pub fn ip_limit(mut self, per_minute: u32, burst: u32) -> Options {
+        self.ip_rate = per_minute;
+        self.ip_burst = burst;
+        self
+    }
+
     pub fn workers(mut self, workers: usize, queue: usize) -> Options {
         self.workers = workers;
         self.queue = queue;
@@ -164,6 +183,9 @@ impl Gateway {
         if let Some(json) = &opts.memory_json {
             std::fs::write(dir.join("memory.json"), json).expect("write memory.json");
         }
+        if let Some(csv) = &opts.keys_csv {
+            std::fs::write(dir.join("keys.csv"), csv).expect("write keys.csv");
+        }
         // New settings get their defaults (`..Config::default()`) unless a test sets them.
         #[allow(clippy::needless_update)]
         let mut config = Config {
@@ -178,6 +200,9 @@ impl Gateway {
             models: dir.join("models.csv"),
             memory: dir.join("memory.json"),
             sessions: dir.join("sessions"),
+            keys: dir.join("keys.csv"),
+            ip_rate: opts.ip_rate,
+            ip_burst: opts.ip_burst,
             workers: opts.workers,
             queue: opts.queue,
             log_level: log::LevelFilter::Info,
@@ -228,6 +253,17 @@ impl Gateway {
 
     pub fn post(&self, path: &str, body: &[u8]) -> Reply {
         request(&self.url(path), "POST", Some(body), &[])
+    }
+
+    /// A request with extra headers (`Authorization`, ...).
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        request(&self.url(path), method, body, headers)
     }
 
     pub fn post_json(&self, path: &str, body: &Value) -> Reply {

@@ -162,6 +162,10 @@ struct State {
     sockets: HashMap<u64, TcpStream>,
     handles: Vec<JoinHandle<()>>,
     live_threads: usize,
+    /// Chat requests being answered now (recorded, reply not yet finished), and the most
+    /// there ever were at once.
+    chats_in_flight: usize,
+    max_chats_in_flight: usize,
 }
 
 static INSTANCES: AtomicU64 = AtomicU64::new(0);
@@ -182,6 +186,8 @@ impl FakeUpstream {
                 sockets: HashMap::new(),
                 handles: Vec::new(),
                 live_threads: 0,
+                chats_in_flight: 0,
+                max_chats_in_flight: 0,
             }),
             changed: Condvar::new(),
             stopping: AtomicBool::new(false),
@@ -324,6 +330,17 @@ impl FakeUpstream {
                     self.requests_to(path).len()
                 )
             })
+    }
+
+    /// Chat requests being answered now: recorded, their reply not finished (a slow reply
+    /// counts for its whole delay, a stream until its last byte or the client's departure).
+    pub fn chats_in_flight(&self) -> usize {
+        self.shared.lock().chats_in_flight
+    }
+
+    /// The most chat requests that were ever being answered at once.
+    pub fn max_chats_in_flight(&self) -> usize {
+        self.shared.lock().max_chats_in_flight
     }
 
     /// Every connection so far, in order of acceptance.
@@ -470,6 +487,10 @@ impl Shared {
             at: Instant::now(),
         };
         let responder = state.responder_for(&recorded);
+        if is_chat(&recorded) {
+            state.chats_in_flight += 1;
+            state.max_chats_in_flight = state.max_chats_in_flight.max(state.chats_in_flight);
+        }
         state.requests.push(recorded.clone());
         if let Some(conn) = state.connections.get_mut(conn_id as usize) {
             conn.requests += 1;
@@ -511,6 +532,11 @@ impl State {
         let message = format!("fake upstream: no route for {} {}", req.method, path);
         Arc::new(Reply::error(404, message))
     }
+}
+
+/// A chat request (counted in [`FakeUpstream::chats_in_flight`]).
+fn is_chat(req: &Recorded) -> bool {
+    req.method == "POST" && req.path_only().ends_with("/chat/completions")
 }
 
 fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
@@ -610,8 +636,13 @@ fn serve(shared: Arc<Shared>, id: u64, stream: TcpStream) {
             }
         };
         let (req, responder) = shared.record(id, head, body);
+        let chat = is_chat(&req);
         let reply = responder.respond(&req);
-        match send(&mut conn, &req, &reply) {
+        let sent = send(&mut conn, &req, &reply);
+        if chat {
+            shared.update(|s| s.chats_in_flight -= 1);
+        }
+        match sent {
             Ok(Next::KeepAlive) if req.keep_alive() => {}
             Ok(_) => {
                 let _ = conn.stream.shutdown(Shutdown::Both);
