@@ -34,6 +34,8 @@ pub enum Error {
     IpNotAllowed { ip: IpAddr },
     /// A state-changing call from an address outside `-admin-allow`.
     AdminOnly { ip: IpAddr },
+    /// `/metrics` or `/api/usage` from an address outside `-metrics-allow`.
+    MetricsOnly { ip: IpAddr },
     /// The provider's API key variable is not set.
     ProviderNotConfigured { env: &'static str },
     /// The model's circuit breaker is open.
@@ -108,7 +110,7 @@ impl Error {
             Error::MethodNotAllowed { .. } => 405,
             Error::BodyTooLarge { .. } => 413,
             Error::HeadTooLarge { .. } => 431,
-            Error::IpNotAllowed { .. } | Error::AdminOnly { .. } => 403,
+            Error::IpNotAllowed { .. } | Error::AdminOnly { .. } | Error::MetricsOnly { .. } => 403,
             Error::ProviderNotConfigured { .. }
             | Error::CircuitOpen { .. }
             | Error::Overloaded { .. } => 503,
@@ -134,6 +136,7 @@ impl Error {
             Error::HeadTooLarge { .. } => "header_too_large",
             Error::IpNotAllowed { .. } => "ip_not_allowed",
             Error::AdminOnly { .. } => "admin_only",
+            Error::MetricsOnly { .. } => "metrics_not_allowed",
             Error::ProviderNotConfigured { .. } => "provider_not_configured",
             Error::CircuitOpen { .. } => "circuit_open",
             Error::Overloaded { .. } => "overloaded",
@@ -159,7 +162,9 @@ impl Error {
             | Error::MethodNotAllowed { .. }
             | Error::BodyTooLarge { .. }
             | Error::HeadTooLarge { .. } => "invalid_request_error",
-            Error::IpNotAllowed { .. } | Error::AdminOnly { .. } => "permission_error",
+            Error::IpNotAllowed { .. } | Error::AdminOnly { .. } | Error::MetricsOnly { .. } => {
+                "permission_error"
+            }
             Error::UpstreamClient { kind, .. } => {
                 kind.as_deref().unwrap_or("invalid_request_error")
             }
@@ -252,6 +257,10 @@ impl fmt::Display for Error {
                 f,
                 "client address {ip} may not change the gateway's state (see -admin-allow)"
             ),
+            Error::MetricsOnly { ip } => write!(
+                f,
+                "client address {ip} may not read the gateway's metrics or usage (see -metrics-allow)"
+            ),
             Error::ProviderNotConfigured { env } => {
                 write!(
                     f,
@@ -321,6 +330,7 @@ mod tests {
             Error::HeadTooLarge { limit: 64 << 10 },
             Error::IpNotAllowed { ip },
             Error::AdminOnly { ip },
+            Error::MetricsOnly { ip },
             Error::ProviderNotConfigured {
                 env: "MAMMOUTH_API_KEY",
             },
@@ -391,6 +401,7 @@ mod tests {
             ),
             (Error::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
             (Error::IpNotAllowed { ip }, 403, "ip_not_allowed"),
+            (Error::MetricsOnly { ip }, 403, "metrics_not_allowed"),
             (
                 Error::ProviderNotConfigured { env: "ZAI_API_KEY" },
                 503,

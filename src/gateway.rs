@@ -1,6 +1,7 @@
 //! The running gateway's shared state: the configuration snapshots (listed models, memory),
-//! sessions, breakers, the upstream client and Ollama discovery, and how a model name is
-//! resolved to a model and where its requests go. The endpoints in [`crate::api`] work on it.
+//! sessions, breakers, the upstream client and Ollama discovery, the ledger (metrics and
+//! usage), and how a model name is resolved to a model and where its requests go. The
+//! endpoints in [`crate::api`] work on it.
 //!
 //! Locks here guard bookkeeping only. The listed models and the memory block are `Arc`
 //! snapshots behind a lock taken for a pointer copy, so a request works on one consistent
@@ -8,11 +9,12 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::env::Env;
 use crate::error::Error;
 use crate::http::{AllowList, Stats};
+use crate::ledger::Ledger;
 use crate::state::catalog::{Catalog, Model, Provider};
 use crate::state::listed::Listed;
 use crate::state::memory::Memory;
@@ -30,6 +32,12 @@ pub struct Settings {
     pub memory_path: PathBuf,
     pub sessions_dir: PathBuf,
     pub admin_allow: AllowList,
+    /// Who may read `/metrics` and `/api/usage`.
+    pub metrics_allow: AllowList,
+    /// The usage totals' file.
+    pub usage_path: PathBuf,
+    /// How often, at most, the usage file is written.
+    pub usage_flush: Duration,
     pub env: Env,
 }
 
@@ -47,6 +55,8 @@ pub struct Gateway {
     pub(crate) started: Instant,
     pub(crate) started_unix: u64,
     pub(crate) stats: Arc<Stats>,
+    /// Metrics and usage: every model call is recorded there once.
+    pub(crate) ledger: Arc<Ledger>,
 }
 
 /// A model resolved for one request, and where its requests go.
@@ -85,6 +95,10 @@ impl Gateway {
             started: Instant::now(),
             started_unix: unix_now(),
             stats,
+            ledger: Arc::new(Ledger::open(
+                settings.usage_path.clone(),
+                settings.usage_flush,
+            )),
             settings,
         })
     }

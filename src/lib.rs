@@ -23,6 +23,7 @@ pub mod env;
 pub mod error;
 mod gateway;
 pub mod http;
+mod ledger;
 pub mod logging;
 pub mod server;
 mod state;

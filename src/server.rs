@@ -31,11 +31,14 @@ impl Running {
         &self.app
     }
 
-    /// Stops accepting, lets requests in flight finish for up to `grace`, stops discovery.
-    /// Returns whether everything finished in time.
+    /// Stops accepting, lets requests in flight finish for up to `grace`, stops discovery,
+    /// then writes the usage totals (after the last request has been counted). Returns
+    /// whether everything finished in time.
     pub fn stop(self, grace: Duration) -> bool {
         self.app.ollama().stop();
-        self.server.shutdown(grace)
+        let clean = self.server.shutdown(grace);
+        self.app.ledger.stop();
+        clean
     }
 }
 
@@ -59,6 +62,9 @@ pub fn start_on(
         memory_path: config.memory.clone(),
         sessions_dir: config.sessions.clone(),
         admin_allow: config.admin_allow.clone(),
+        metrics_allow: config.metrics_allow(),
+        usage_path: config.usage_path(),
+        usage_flush: config.usage_flush,
         env,
     };
     let app = Arc::new(Gateway::new(settings, stats.clone())?);
@@ -100,6 +106,7 @@ pub fn start_on(
     let http = http_addr.and_then(|_| addrs.next());
     let https = https_addr.and_then(|_| addrs.next());
     app.ollama().start();
+    app.ledger.start();
 
     let keys: Vec<&str> = [Provider::Mammouth, Provider::Moonshot, Provider::Zai]
         .into_iter()

@@ -15,7 +15,8 @@ use crate::chat::sse;
 use crate::chat::stream::{Gathered, StreamEnd};
 use crate::error::Error;
 use crate::gateway::Gateway;
-use crate::http::{LogFields, Request, Response, Sink};
+use crate::http::{Body, LogFields, Request, Response, Sink};
+use crate::ledger::{CLIENT_GONE, CallRecord, PendingCall, UpstreamError};
 use crate::upstream::breaker::{Outcome, Permit};
 use crate::upstream::retry::Failure;
 use crate::upstream::{OpenStream, read_open_stream};
@@ -24,18 +25,30 @@ use crate::upstream::{OpenStream, read_open_stream};
 /// tokens) go with the answer whether it succeeded or not.
 pub(super) fn completions(gw: &Gateway, req: &Request) -> Result<Response, Error> {
     let mut log: LogFields = Vec::new();
-    let mut resp = match answer(gw, req, &mut log) {
+    let mut call = CallRecord::new("chat"); // ledger
+    let mut resp = match answer(gw, req, &mut log, &mut call) {
         Ok(resp) => resp,
         Err(e) => Response::error(&e),
     };
     resp.log.splice(0..0, log);
+    // ledger: every answer but a stream is recorded here; a stream records itself at its end.
+    if !matches!(resp.body, Body::Stream(_)) {
+        call.finish(resp.status, req.received, req.hangup.is_fired());
+        gw.ledger.record(&call);
+    }
     Ok(resp)
 }
 
-fn answer(gw: &Gateway, req: &Request, log: &mut LogFields) -> Result<Response, Error> {
+fn answer(
+    gw: &Gateway,
+    req: &Request,
+    log: &mut LogFields,
+    call: &mut CallRecord,
+) -> Result<Response, Error> {
     let creq = ChatRequest::parse(&req.body)?;
     let resolved = gw.resolve(&creq.model)?;
     let model = resolved.model;
+    call.model = Some(model.clone()); // ledger
     log.push(("model", model.short.clone()));
     if let Some(env) = model.provider.key_env() {
         if resolved.target.key.is_none() {
@@ -52,6 +65,7 @@ fn answer(gw: &Gateway, req: &Request, log: &mut LogFields) -> Result<Response, 
             retry_after_s,
         })?;
 
+    let upstream_started = Instant::now(); // ledger
     if creq.stream {
         let opened = gw.upstream.open_stream(
             &resolved.target,
@@ -62,9 +76,26 @@ fn answer(gw: &Gateway, req: &Request, log: &mut LogFields) -> Result<Response, 
             &req.hangup,
         );
         log.push(("attempts", opened.attempts.to_string()));
+        call.attempts = opened.attempts; // ledger
         return match opened.result {
-            Ok(stream) => Ok(relay(gw, stream, permit, prepared, creq.client_wants_usage)),
-            Err(failure) => Err(fail(permit, failure, &prepared.short)),
+            Ok(stream) => {
+                // ledger: the stream's record goes with its body, from its first event.
+                call.first_token = Some(req.received.elapsed());
+                let mut pending = gw.ledger.pending(std::mem::take(call), req.received);
+                pending.call.upstream_time = Some(upstream_started.elapsed());
+                Ok(relay(
+                    gw,
+                    stream,
+                    permit,
+                    prepared,
+                    creq.client_wants_usage,
+                    pending,
+                ))
+            }
+            Err(failure) => {
+                call.upstream_time = Some(upstream_started.elapsed()); // ledger
+                Err(fail(permit, failure, &prepared.short, call))
+            }
         };
     }
 
@@ -77,28 +108,35 @@ fn answer(gw: &Gateway, req: &Request, log: &mut LogFields) -> Result<Response, 
         &req.hangup,
     );
     log.push(("attempts", done.attempts.to_string()));
+    call.attempts = done.attempts; // ledger
+    call.upstream_time = Some(upstream_started.elapsed()); // ledger
     let (answer, parsed) = match done.result {
         Ok(done) => (done.body, done.answer),
-        Err(failure) => return Err(fail(permit, failure, &prepared.short)),
+        Err(failure) => return Err(fail(permit, failure, &prepared.short, call)),
     };
     permit.finish(Outcome::Success);
     log_tokens(log, parsed.prompt_tokens, parsed.completion_tokens);
+    call.prompt_tokens = parsed.prompt_tokens; // ledger
+    call.completion_tokens = parsed.completion_tokens; // ledger
     prepared.save_turn(&gw.sessions, answer::assistant_message(parsed.content));
     Ok(Response::full(200, "application/json", answer))
 }
 
-/// The 200 whose body relays the rest of an opened stream.
+/// The 200 whose body relays the rest of an opened stream. `pending` is its ledger record,
+/// finished when the stream ends (or, if the body never runs, when it is dropped).
 fn relay(
     gw: &Gateway,
     stream: OpenStream,
     permit: Permit,
     mut prepared: Prepared,
     client_wants_usage: bool,
+    mut pending: PendingCall,
 ) -> Response {
     // The request body is not needed any more; a stream may run for minutes.
     prepared.body = Vec::new();
     let sessions = gw.sessions.clone();
     let body = Box::new(move |sink: &mut dyn Sink, log: &mut LogFields| {
+        let relaying = Instant::now(); // ledger
         let mut gathered = Gathered::default();
         let end = read_open_stream(stream, &mut gathered, |payload, fed| {
             if fed.usage_only && !client_wants_usage {
@@ -108,11 +146,17 @@ fn relay(
         });
         let (prompt, completion) = gathered.usage();
         log_tokens(log, prompt, completion);
+        // ledger: the tokens and the time with the provider, however the stream ended.
+        pending.call.prompt_tokens = prompt;
+        pending.call.completion_tokens = completion;
+        pending.call.upstream_time = pending.call.upstream_time.map(|t| t + relaying.elapsed());
         match end {
             StreamEnd::Done => {
                 permit.finish(Outcome::Success);
                 prepared.save_turn(&sessions, gathered.assistant());
-                sink.send(sse::DONE)
+                let sent = sink.send(sse::DONE);
+                pending.finish(if sent.is_ok() { 200 } else { CLIENT_GONE }); // ledger
+                sent
             }
             StreamEnd::Failed(message) => {
                 permit.finish(Outcome::Failure);
@@ -120,11 +164,14 @@ fn relay(
                 let err = Error::Upstream {
                     message: format!("{}: {message}", prepared.short),
                 };
+                pending.call.upstream_error = Some(UpstreamError::StreamFailed); // ledger
+                pending.finish(err.status()); // ledger
                 sink.send(&sse::frame(&err.body().to_string()))
             }
             StreamEnd::Stopped(e) => {
                 permit.finish(Outcome::Neutral);
                 log.push(("error", "client_gone".to_string()));
+                pending.finish(CLIENT_GONE); // ledger
                 Err(e)
             }
         }
@@ -134,9 +181,11 @@ fn relay(
         .with_header("X-Accel-Buffering", "no")
 }
 
-/// Records a failed call with the breaker and turns it into the client's error.
-fn fail(permit: Permit, failure: Failure, short: &str) -> Error {
+/// Records a failed call with the breaker (and its kind in the ledger record) and turns it
+/// into the client's error.
+fn fail(permit: Permit, failure: Failure, short: &str, call: &mut CallRecord) -> Error {
     permit.finish(failure.breaker_outcome());
+    call.upstream_error = Some(UpstreamError::of(&failure)); // ledger
     failure.into_error(short)
 }
 

@@ -5,6 +5,8 @@
 //! | `POST /v1/chat/completions` | [`chat`] |
 //! | `GET /v1/models`, `GET /api/models` | [`models`] |
 //! | `GET /api/health`, `GET`/`PUT /api/memory` | [`admin`] |
+//! | `GET /metrics`, `GET /api/usage` | [`metrics`] |
+//! | `GET /`, `GET /status` | [`status`] |
 //!
 //! `/chat/completions` and `/models` also answer without the `/v1` prefix (clients set
 //! with a bare base URL). Every handler takes the shared [`Gateway`] and the request and
@@ -18,7 +20,9 @@ use crate::http::{Handler, Request, Response};
 
 mod admin;
 mod chat;
+mod metrics;
 mod models;
+mod status;
 
 /// An endpoint's handler.
 type Endpoint = fn(&Gateway, &Request) -> Result<Response, Error>;
@@ -47,6 +51,9 @@ impl Router {
             "/api/models" if bare => ("GET, HEAD", models::detailed),
             "/api/health" if bare => ("GET, HEAD", admin::health),
             "/api/memory" if bare => ("GET, HEAD, PUT", admin::memory),
+            "/api/usage" if bare => ("GET, HEAD", metrics::usage),
+            "/metrics" if bare => ("GET, HEAD", metrics::exposition),
+            "/" | "/status" if bare => ("GET, HEAD", status::page),
             _ => {
                 return Err(Error::NotFound {
                     path: req.path.clone(),

@@ -27,9 +27,15 @@ pub struct Config {
     pub http_allow: AllowList,
     pub https_allow: AllowList,
     pub admin_allow: AllowList,
+    /// Who may read `/metrics` and `/api/usage` (`-metrics-allow`); `None`: `admin_allow`.
+    pub metrics_allow: Option<AllowList>,
     pub models: PathBuf,
     pub memory: PathBuf,
     pub sessions: PathBuf,
+    /// The usage totals' file (`-usage-file`); `None`: `usage.json` in the sessions directory.
+    pub usage_file: Option<PathBuf>,
+    /// How often, at most, the usage file is written (`-usage-flush`, seconds).
+    pub usage_flush: Duration,
     pub workers: usize,
     pub queue: usize,
     pub log_level: log::LevelFilter,
@@ -52,9 +58,12 @@ impl Default for Config {
             http_allow: default_list(DEFAULT_HTTP_ALLOW),
             https_allow: default_list(DEFAULT_HTTPS_ALLOW),
             admin_allow: default_list(DEFAULT_ADMIN_ALLOW),
+            metrics_allow: None,
             models: PathBuf::from(DEFAULT_MODELS),
             memory: PathBuf::from(DEFAULT_MEMORY),
             sessions: PathBuf::from(DEFAULT_SESSIONS),
+            usage_file: None,
+            usage_flush: Duration::from_secs(DEFAULT_USAGE_FLUSH_SECS),
             workers: 100,
             queue: 1024,
             log_level: log::LevelFilter::Info,
@@ -74,9 +83,30 @@ const DEFAULT_MODELS: &str = "./models.csv";
 const DEFAULT_MEMORY: &str = "./memory.json";
 const DEFAULT_SESSIONS: &str = "./.sessions";
 
+const DEFAULT_USAGE_FLUSH_SECS: u64 = 10;
+/// The usage file's name in the sessions directory (session files always hold a `-`).
+const USAGE_FILE_NAME: &str = "usage.json";
+
 const WORKERS_MAX: u64 = 10_000;
+const USAGE_FLUSH_MAX_SECS: u64 = 3600;
 const QUEUE_MAX: u64 = 1_000_000;
 const GRACE_MAX_SECS: u64 = 3600;
+
+impl Config {
+    /// Who may read `/metrics` and `/api/usage`: `-metrics-allow`, else `-admin-allow`.
+    pub fn metrics_allow(&self) -> AllowList {
+        self.metrics_allow
+            .clone()
+            .unwrap_or_else(|| self.admin_allow.clone())
+    }
+
+    /// The usage file: `-usage-file`, else `usage.json` in the sessions directory.
+    pub fn usage_path(&self) -> PathBuf {
+        self.usage_file
+            .clone()
+            .unwrap_or_else(|| self.sessions.join(USAGE_FILE_NAME))
+    }
+}
 
 fn default_list(s: &str) -> AllowList {
     // The defaults are constants checked by a test; an empty list could only come from a typo.
@@ -135,6 +165,18 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
     if let Some(v) = text_value(&mut p, "--admin-allow")? {
         // Empty is allowed here: nobody may change the gateway's state.
         c.admin_allow = AllowList::parse(&v).map_err(|m| bad(format!("-admin-allow: {m}")))?;
+    }
+    if let Some(v) = text_value(&mut p, "--metrics-allow")? {
+        // Empty is allowed: nobody may read the metrics.
+        c.metrics_allow =
+            Some(AllowList::parse(&v).map_err(|m| bad(format!("-metrics-allow: {m}")))?);
+    }
+    if let Some(v) = path_value(&mut p, "--usage-file")? {
+        c.usage_file = Some(v);
+    }
+    if let Some(v) = text_value(&mut p, "--usage-flush")? {
+        let secs = number("-usage-flush", &v, 1, USAGE_FLUSH_MAX_SECS)?;
+        c.usage_flush = Duration::from_secs(secs as u64);
     }
     if let Some(v) = path_value(&mut p, "--models")? {
         c.models = v;
@@ -217,10 +259,16 @@ Flags (one dash or two; the value after a space or '='):
                        (default {https_allow})
   -admin-allow CIDRS   who may change state, e.g. PUT /api/memory
                        (default {admin_allow}; empty: nobody)
+  -metrics-allow CIDRS who may read /metrics and /api/usage
+                       (default: the -admin-allow list; empty: nobody)
   -models PATH         whitelist of cloud models (default {models})
   -memory PATH         memory block put first into every request
                        (default {memory})
   -sessions DIR        session files (default {sessions})
+  -usage-file PATH     usage totals per key and model, kept over restarts
+                       (default usage.json in the sessions directory)
+  -usage-flush S       write the usage file at most every S seconds,
+                       1-{flush_max} (default {flush}), and at shutdown
   -workers N           worker threads, 1-{workers_max} (default {workers})
   -queue N             requests that may wait for a worker, 1-{queue_max};
                        beyond that: 503 (default {queue})
@@ -251,6 +299,8 @@ default):
                        replaced by PUT /api/memory
   <sessions>/<model>-<session_id>.json
                        session history, the last 20 messages
+  <sessions>/usage.json
+                       requests, tokens and cost per key and model (UTC days)
   certs/server.crt, certs/server.key
                        TLS certificate and key (key mode 0600)
 
@@ -274,6 +324,8 @@ Logs go to stderr. A bad flag or value exits with status 2.
         queue_max = QUEUE_MAX,
         grace = d.shutdown_grace.as_secs(),
         grace_max = GRACE_MAX_SECS,
+        flush = d.usage_flush.as_secs(),
+        flush_max = USAGE_FLUSH_MAX_SECS,
     )
 }
 
