@@ -8,6 +8,7 @@ mod api;
 mod chat;
 mod fake_upstream;
 mod http;
+mod metrics;
 mod ollama;
 mod service;
 mod sigoe;

@@ -15,7 +15,7 @@ use crate::chat::sse;
 use crate::chat::stream::{Gathered, StreamEnd};
 use crate::error::Error;
 use crate::gateway::Gateway;
-use crate::http::{Body, LogFields, Request, Response, Sink};
+use crate::http::{Body, Hangup, LogFields, Request, Response, Sink};
 use crate::ledger::{CLIENT_GONE, CallRecord, PendingCall, UpstreamError};
 use crate::upstream::breaker::{Outcome, Permit};
 use crate::upstream::retry::Failure;
@@ -83,18 +83,23 @@ fn answer(
                 call.first_token = Some(req.received.elapsed());
                 let mut pending = gw.ledger.pending(std::mem::take(call), req.received);
                 pending.call.upstream_time = Some(upstream_started.elapsed());
+                let wants_usage = creq.client_wants_usage;
+                let hangup = req.hangup.clone();
                 Ok(relay(
                     gw,
                     stream,
                     permit,
                     prepared,
-                    creq.client_wants_usage,
+                    wants_usage,
+                    hangup,
                     pending,
                 ))
             }
             Err(failure) => {
                 call.upstream_time = Some(upstream_started.elapsed()); // ledger
-                Err(fail(permit, failure, &prepared.short, call))
+                // A client that left interrupted the wait: not the provider's failure.
+                let gone = req.hangup.is_fired();
+                Err(fail(permit, failure, &prepared.short, gone, call))
             }
         };
     }
@@ -112,7 +117,7 @@ fn answer(
     call.upstream_time = Some(upstream_started.elapsed()); // ledger
     let (answer, parsed) = match done.result {
         Ok(done) => (done.body, done.answer),
-        Err(failure) => return Err(fail(permit, failure, &prepared.short, call)),
+        Err(failure) => return Err(fail(permit, failure, &prepared.short, false, call)),
     };
     permit.finish(Outcome::Success);
     log_tokens(log, parsed.prompt_tokens, parsed.completion_tokens);
@@ -130,6 +135,7 @@ fn relay(
     permit: Permit,
     mut prepared: Prepared,
     client_wants_usage: bool,
+    hangup: Hangup,
     mut pending: PendingCall,
 ) -> Response {
     // The request body is not needed any more; a stream may run for minutes.
@@ -144,6 +150,15 @@ fn relay(
             }
             sink.send(&sse::frame(payload))
         });
+        // A client that left interrupts the upstream read (see `open_stream`): the stream
+        // then looks broken, but the provider did nothing wrong — no breaker failure.
+        let end = match end {
+            StreamEnd::Failed(_) if hangup.is_fired() => StreamEnd::Stopped(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "client went away",
+            )),
+            end => end,
+        };
         let (prompt, completion) = gathered.usage();
         log_tokens(log, prompt, completion);
         // ledger: the tokens and the time with the provider, however the stream ended.
@@ -181,10 +196,20 @@ fn relay(
         .with_header("X-Accel-Buffering", "no")
 }
 
-/// Records a failed call with the breaker (and its kind in the ledger record) and turns it
-/// into the client's error.
-fn fail(permit: Permit, failure: Failure, short: &str, call: &mut CallRecord) -> Error {
-    permit.finish(failure.breaker_outcome());
+/// Records a failed call with the breaker (neutral when the client had left) and its kind in
+/// the ledger record, and turns it into the client's error.
+fn fail(
+    permit: Permit,
+    failure: Failure,
+    short: &str,
+    client_gone: bool,
+    call: &mut CallRecord,
+) -> Error {
+    permit.finish(if client_gone {
+        Outcome::Neutral
+    } else {
+        failure.breaker_outcome()
+    });
     call.upstream_error = Some(UpstreamError::of(&failure)); // ledger
     failure.into_error(short)
 }

@@ -34,6 +34,7 @@ use crate::upstream::retry::Failure;
 use crate::upstream::{OpenStream, Target, Upstream};
 
 mod models;
+mod usage;
 
 pub use models::{KeyState, detail, table};
 
@@ -60,6 +61,8 @@ pub struct Options {
     pub list: bool,
     /// `-i MODEL`: one model in detail.
     pub info: Option<String>,
+    /// `-usage`: the gateway's usage totals.
+    pub usage: bool,
     pub log_level: log::LevelFilter,
     /// `-j`: print the whole response JSON.
     pub json: bool,
@@ -87,6 +90,7 @@ impl Default for Options {
             retries: DEFAULT_RETRIES,
             list: false,
             info: None,
+            usage: false,
             log_level: log::LevelFilter::Warn,
             json: false,
             stream: false,
@@ -216,6 +220,9 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
     while p.contains("-l") {
         o.list = true;
     }
+    while p.contains("--usage") {
+        o.usage = true;
+    }
     while p.contains("-j") {
         o.json = true;
     }
@@ -237,11 +244,18 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
         .into_iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    if o.list && o.info.is_some() {
-        return Err(bad("-l and -i do not go together".into()));
+    let shows: Vec<&str> = [
+        (o.list, "-l"),
+        (o.info.is_some(), "-i"),
+        (o.usage, "-usage"),
+    ]
+    .into_iter()
+    .filter_map(|(on, flag)| on.then_some(flag))
+    .collect();
+    if let [a, b, ..] = shows[..] {
+        return Err(bad(format!("{a} and {b} do not go together")));
     }
-    if (o.list || o.info.is_some()) && !o.prompt.is_empty() {
-        let flag = if o.list { "-l" } else { "-i" };
+    if let (Some(flag), false) = (shows.first(), o.prompt.is_empty()) {
         return Err(bad(format!("{flag} takes no prompt")));
     }
     if o.json && o.stream {
@@ -288,6 +302,9 @@ Flags (one dash or two; the value after a space or '='):
   -j               print the whole response JSON (never streamed)
   -l               list every catalog model (with -server: the gateway's models)
   -i MODEL         one model in detail
+  -usage           the gateway's usage today, this month and all time, per key
+                   and model (with -server: its GET /api/usage; else the file
+                   usage.json in -sessions); -j prints the JSON
   -server URL      ask the sigorest gateway at URL (http://host:9080 or
                    https://host:9443) instead of the provider; default
                    ${server_env}; -server '' forces direct mode
@@ -468,6 +485,19 @@ pub fn run(opts: &Options, env: &Env) -> Result<(), Stop> {
     };
     if gateway.is_some() && opts.local_files_given {
         log::warn!("-memory and -sessions are not used with -server: the gateway keeps its own");
+    }
+    if opts.usage {
+        let report = match &gateway {
+            Some(g) => {
+                let body = upstream.get(&g.target("/api/usage"), LIST_TIMEOUT);
+                let body = body.map_err(|f| gateway_failure(f, g))?;
+                usage::from_gateway(&body, &g.base)
+                    .map_err(|message| Stop::Failed(Error::Upstream { message }))?
+            }
+            None => usage::from_file(&opts.sessions.join("usage.json"), crate::util::unix_now())
+                .map_err(usage_error)?,
+        };
+        return print_out(usage::text(&report, opts.json).as_bytes());
     }
     if opts.list || opts.info.is_some() {
         let (models, source) = match &gateway {

@@ -64,6 +64,8 @@ pub struct Options {
     pub http_allow: String,
     pub https_allow: String,
     pub admin_allow: String,
+    /// `-metrics-allow`; `None`: the admin list.
+    pub metrics_allow: Option<String>,
 }
 
 impl Default for Options {
@@ -78,6 +80,7 @@ impl Default for Options {
             http_allow: "127.0.0.0/8,::1/128".into(),
             https_allow: "127.0.0.0/8,::1/128".into(),
             admin_allow: "127.0.0.0/8,::1/128".into(),
+            metrics_allow: None,
         }
     }
 }
@@ -155,6 +158,10 @@ impl Gateway {
             http_allow: AllowList::parse(&opts.http_allow).expect("allow list"),
             https_allow: AllowList::parse(&opts.https_allow).expect("allow list"),
             admin_allow: AllowList::parse(&opts.admin_allow).expect("allow list"),
+            metrics_allow: opts
+                .metrics_allow
+                .as_deref()
+                .map(|l| AllowList::parse(l).expect("allow list")),
             models: dir.join("models.csv"),
             memory: dir.join("memory.json"),
             sessions: dir.join("sessions"),
