@@ -13,3 +13,4 @@ mod ollama;
 mod service;
 mod sigoe;
 mod streaming;
+mod usage_file;
