@@ -122,6 +122,7 @@ pub fn start_on(
         models = app.listed().models.len(),
         memory = if app.memory().content.is_empty() { "empty" } else { "set" },
         keys = if keys.is_empty() { "none".to_string() } else { keys.join(",") },
+        usage = config.usage_path().display().to_string(),
         workers = config.workers;
         "sigorest started"
     );

@@ -441,12 +441,17 @@ impl Ledger {
             return;
         }
         let (tx, rx) = crossbeam_channel::bounded::<()>(1);
-        let ledger = Arc::clone(self);
+        // A weak reference: a ledger dropped without `stop` ends its writer too.
+        let ledger = Arc::downgrade(self);
+        let every = self.flush_every;
         let spawned = thread::Builder::new()
             .name("usage-writer".into())
             .spawn(move || {
-                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(ledger.flush_every) {
-                    ledger.flush_logged();
+                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                    match ledger.upgrade() {
+                        Some(l) => l.flush_logged(),
+                        None => return,
+                    }
                 }
             });
         match spawned {
