@@ -40,6 +40,8 @@ pub enum Error {
     ModelNotAllowed { model: String, key: String },
     /// A client limit: a key's requests a minute or in flight, or the per-IP rate.
     LimitExceeded { limit: Limit, retry_after_s: u64 },
+    /// `/metrics` or `/api/usage` from an address outside `-metrics-allow`.
+    MetricsOnly { ip: IpAddr },
     /// The provider's API key variable is not set.
     ProviderNotConfigured { env: &'static str },
     /// The request is estimated to be longer than the model's context window (checked
@@ -151,6 +153,7 @@ impl Error {
             Error::HeadTooLarge { .. } => 431,
             Error::IpNotAllowed { .. }
             | Error::AdminOnly { .. }
+            | Error::MetricsOnly { .. }
             | Error::ModelNotAllowed { .. } => 403,
             Error::ProviderNotConfigured { .. }
             | Error::CircuitOpen { .. }
@@ -186,6 +189,7 @@ impl Error {
             Error::InvalidApiKey { .. } => "invalid_api_key",
             Error::ModelNotAllowed { .. } => "model_not_allowed",
             Error::LimitExceeded { .. } => "rate_limit_exceeded",
+            Error::MetricsOnly { .. } => "metrics_not_allowed",
             Error::ProviderNotConfigured { .. } => "provider_not_configured",
             Error::CircuitOpen { .. } => "circuit_open",
             Error::Overloaded { .. } => "overloaded",
@@ -219,6 +223,7 @@ impl Error {
             | Error::InvalidApiKey { .. } => "invalid_request_error",
             Error::IpNotAllowed { .. }
             | Error::AdminOnly { .. }
+            | Error::MetricsOnly { .. }
             | Error::ModelNotAllowed { .. } => "permission_error",
             Error::UpstreamClient { kind, .. } => {
                 kind.as_deref().unwrap_or("invalid_request_error")
@@ -327,6 +332,10 @@ impl fmt::Display for Error {
             Error::InvalidApiKey { .. }
             | Error::ModelNotAllowed { .. }
             | Error::LimitExceeded { .. } => self.fmt_client_rule(f),
+            Error::MetricsOnly { ip } => write!(
+                f,
+                "client address {ip} may not read the gateway's metrics or usage (see -metrics-allow)"
+            ),
             Error::ProviderNotConfigured { env } => {
                 write!(
                     f,
@@ -486,6 +495,7 @@ mod tests {
                 limit: Limit::IpRequests { ip, per_minute: 60 },
                 retry_after_s: 2,
             },
+            Error::MetricsOnly { ip },
             Error::ProviderNotConfigured {
                 env: "MAMMOUTH_API_KEY",
             },
@@ -567,6 +577,7 @@ mod tests {
             ),
             (Error::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
             (Error::IpNotAllowed { ip }, 403, "ip_not_allowed"),
+            (Error::MetricsOnly { ip }, 403, "metrics_not_allowed"),
             (
                 Error::InvalidApiKey { missing: true },
                 401,

@@ -1,7 +1,8 @@
 //! The running gateway's shared state: the configuration snapshots (listed models, client
 //! keys, memory), the client limits, sessions, breakers, the upstream client, Ollama
-//! discovery and the supervised llama-server, and how a model name is resolved to a model
-//! and where its requests go. The endpoints in [`crate::api`] work on it.
+//! discovery, the supervised llama-server and the ledger (metrics and usage), and how a
+//! model name is resolved to a model and where its requests go. The endpoints in
+//! [`crate::api`] work on it.
 //!
 //! Locks here guard bookkeeping only. The listed models, the keys and the memory block are
 //! `Arc` snapshots behind a lock taken for a pointer copy, so a request works on one
@@ -9,13 +10,14 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::LlamaConfig;
 use crate::config::Routing;
 use crate::env::Env;
 use crate::error::Error;
 use crate::http::{AllowList, Stats};
+use crate::ledger::Ledger;
 use crate::limits::{IpLimit, KeyLimits, Rate};
 use crate::state::catalog::{Catalog, Model, Provider};
 use crate::state::keys::{Keys, Models};
@@ -44,6 +46,12 @@ pub struct Settings {
     /// The per-IP bucket's size (`-ip-burst`); 0: the default for `ip_rate`.
     pub ip_burst: u32,
     pub admin_allow: AllowList,
+    /// Who may read `/metrics` and `/api/usage`.
+    pub metrics_allow: AllowList,
+    /// The usage totals' file.
+    pub usage_path: PathBuf,
+    /// How often, at most, the usage file is written.
+    pub usage_flush: Duration,
     pub env: Env,
     /// `-fallback` and `-auto`.
     pub routing: Routing,
@@ -73,6 +81,8 @@ pub struct Gateway {
     pub(crate) started: Instant,
     pub(crate) started_unix: u64,
     pub(crate) stats: Arc<Stats>,
+    /// Metrics and usage: every model call is recorded there once.
+    pub(crate) ledger: Arc<Ledger>,
 }
 
 /// What a reload changed.
@@ -147,6 +157,10 @@ impl Gateway {
             started: Instant::now(),
             started_unix: unix_now(),
             stats,
+            ledger: Arc::new(Ledger::open(
+                settings.usage_path.clone(),
+                settings.usage_flush,
+            )),
             settings,
         })
     }

@@ -24,6 +24,7 @@ pub mod env;
 pub mod error;
 mod gateway;
 pub mod http;
+mod ledger;
 mod limits;
 pub mod logging;
 pub mod server;

@@ -32,12 +32,14 @@ impl Running {
     }
 
     /// Stops accepting, lets requests in flight finish for up to `grace`, stops discovery,
-    /// then stops llama-server (which serves the requests in flight until then). Returns
-    /// whether every request finished in time.
+    /// then stops llama-server (which serves the requests in flight until then) and writes
+    /// the usage totals (after the last request has been counted). Returns whether every
+    /// request finished in time.
     pub fn stop(self, grace: Duration) -> bool {
         self.app.begin_stop();
         let clean = self.server.shutdown(grace);
         self.app.stop_background();
+        self.app.ledger.stop();
         clean
     }
 }
@@ -65,6 +67,9 @@ pub fn start_on(
         ip_rate: config.ip_rate,
         ip_burst: config.ip_burst,
         admin_allow: config.admin_allow.clone(),
+        metrics_allow: config.metrics_allow(),
+        usage_path: config.usage_path(),
+        usage_flush: config.usage_flush,
         env,
         routing: config.routing.clone(),
         llama: config.llama.clone(),
@@ -108,6 +113,7 @@ pub fn start_on(
     let http = http_addr.and_then(|_| addrs.next());
     let https = https_addr.and_then(|_| addrs.next());
     app.start_background();
+    app.ledger.start();
 
     log_started(config, &app, http, https);
     Ok(Running {
@@ -146,6 +152,7 @@ fn log_started(
             let rate = l.rate();
             format!("{}/min,burst={}", rate.per_minute, rate.burst)
         }),
+        usage = config.usage_path().display().to_string(),
         workers = config.workers;
         "sigorest started"
     );

@@ -12,7 +12,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -24,7 +24,8 @@ use crate::chat::stream::{Chunk, Gathered, StreamEnd};
 use crate::chat::tokens;
 use crate::error::Error;
 use crate::gateway::{Gateway, Resolved};
-use crate::http::{Hangup, LogFields, Request, Response, Sink};
+use crate::http::{Body, Hangup, LogFields, Request, Response, Sink};
+use crate::ledger::{CLIENT_GONE, CallRecord, PendingCall, UpstreamError};
 use crate::state::catalog::Model;
 use crate::state::session::{Message, SessionStore};
 use crate::upstream::breaker::{Outcome, Permit};
@@ -60,6 +61,11 @@ pub(crate) struct Streaming {
     pub model: Model,
     /// What must live until the stream ends (a local model's slot, a key's place).
     pub held: Vec<Box<dyn Send>>,
+    /// The stream's ledger record, finished when it ends.
+    pending: Option<PendingCall>,
+    /// The client's hang-up, which interrupts the upstream read: a stream cut that way is
+    /// the client's doing, not the provider's.
+    hangup: Hangup,
 }
 
 /// How an API front turns an upstream stream into its own events.
@@ -82,6 +88,7 @@ pub(crate) fn run(
     caller: &Caller,
     chat: &ChatRequest,
     log: &mut LogFields,
+    rec: &mut CallRecord,
 ) -> Result<Answered, Error> {
     let candidates = candidates(gw, caller, chat)?;
     let session_model = gw.short_code(&chat.model);
@@ -99,9 +106,19 @@ pub(crate) fn run(
     let mut real: Option<Error> = None;
     for (i, name) in candidates.iter().enumerate() {
         let more = i + 1 < candidates.len();
-        let (result, n) = attempt(gw, req, caller, chat, name, more, &plan);
-        attempts += n;
+        let (result, t) = attempt(gw, req, caller, chat, name, more, &plan);
+        attempts += t.attempts;
         tried.push(name.as_str());
+        // The books: the model last tried (or that answered), time with the providers, and
+        // the last provider failure.
+        rec.model = t.model.or(rec.model.take());
+        rec.upstream_time = match (rec.upstream_time, t.took) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        if t.error.is_some() {
+            rec.upstream_error = t.error;
+        }
         match result {
             Err(e) if i > 0 && skipped(&e) => {
                 if !more {
@@ -129,10 +146,58 @@ pub(crate) fn run(
         log.push(("tried", tried.join("|")));
     }
     log.push(("attempts", attempts.to_string()));
-    if let Ok(Answered::Complete(done)) = &outcome {
-        log_tokens(log, &done.answer.usage);
+    rec.attempts = attempts;
+    match &mut outcome {
+        Ok(Answered::Complete(done)) => {
+            log_tokens(log, &done.answer.usage);
+            rec.prompt_tokens = done.answer.usage.prompt_tokens;
+            rec.completion_tokens = done.answer.usage.completion_tokens;
+        }
+        Ok(Answered::Stream(stream)) => {
+            // The stream's record travels with its body, from its first event.
+            rec.first_token = Some(req.received.elapsed());
+            stream.pending = Some(gw.ledger.pending(std::mem::take(rec), req.received));
+            stream.hangup = req.hangup.clone();
+        }
+        Err(_) => {}
     }
     outcome
+}
+
+/// Runs an endpoint's work with its ledger record (the route and the caller's key set) and
+/// the access-log fields it gathers, which go with its answer whether it worked or not.
+/// A complete answer is counted here; a stream counts itself when it ends.
+pub(crate) fn recorded(
+    gw: &Gateway,
+    req: &Request,
+    caller: &Caller,
+    route: &'static str,
+    render: fn(&Error) -> Response,
+    work: impl FnOnce(&mut CallRecord, &mut LogFields) -> Result<Response, Error>,
+) -> Response {
+    let mut log: LogFields = Vec::new();
+    let mut rec = CallRecord::new(route);
+    rec.key = caller.key_name().map(str::to_string);
+    let mut resp = work(&mut rec, &mut log).unwrap_or_else(|e| render(&e));
+    resp.log.splice(0..0, log);
+    if !matches!(resp.body, Body::Stream(_)) {
+        rec.finish(resp.status, req.received, req.hangup.is_fired());
+        gw.ledger.record(&rec);
+    }
+    resp
+}
+
+/// What one candidate's turn cost, for the books.
+#[derive(Default)]
+struct Tried {
+    /// Attempts made at the provider.
+    attempts: u32,
+    /// The model, once resolved.
+    model: Option<Model>,
+    /// Time with the provider.
+    took: Option<Duration>,
+    /// How the provider failed, when it did (not when the client left).
+    error: Option<UpstreamError>,
 }
 
 /// What every candidate of one call shares.
@@ -224,17 +289,24 @@ fn attempt(
     name: &str,
     more: bool,
     plan: &Plan,
-) -> (Result<Answered, Error>, u32) {
-    let ready = ready(gw, caller, chat, name, more, plan);
-    let (resolved, prepared, permit) = match ready {
+) -> (Result<Answered, Error>, Tried) {
+    let resolved = match gw.resolve(name) {
         Ok(r) => r,
-        Err(e) => return (Err(e), 0),
+        Err(e) => return (Err(e), Tried::default()),
+    };
+    let mut tried = Tried {
+        model: Some(resolved.model.clone()),
+        ..Tried::default()
+    };
+    let (prepared, permit) = match ready(gw, caller, chat, &resolved, more, plan) {
+        Ok(r) => r,
+        Err(e) => return (Err(e), tried),
     };
     let model = resolved.model;
     // A local model's slot: held for the whole answer (a stream's until it ends).
     let slot = match gw.local_slot(&model, &req.hangup) {
         Ok(slot) => slot,
-        Err(e) => return (Err(e), 0),
+        Err(e) => return (Err(e), tried),
     };
     let started = Instant::now();
     let remaining = plan.deadline.saturating_duration_since(started);
@@ -262,11 +334,23 @@ fn attempt(
                     sessions: gw.sessions.clone(),
                     model,
                     held,
+                    pending: None,
+                    hangup: Hangup::default(),
                 })))
             }
-            Err(f) => Err(fail(gw, permit, f, &model.short, &req.hangup, started)),
+            Err(f) => Err(fail(
+                gw,
+                permit,
+                f,
+                &model.short,
+                &req.hangup,
+                started,
+                &mut tried,
+            )),
         };
-        return (result, opened.attempts);
+        tried.attempts = opened.attempts;
+        tried.took = Some(started.elapsed());
+        return (result, tried);
     }
     let done = gw.upstream.complete(
         &resolved.target,
@@ -286,23 +370,32 @@ fn attempt(
                 model,
             })))
         }
-        Err(f) => Err(fail(gw, permit, f, &model.short, &req.hangup, started)),
+        Err(f) => Err(fail(
+            gw,
+            permit,
+            f,
+            &model.short,
+            &req.hangup,
+            started,
+            &mut tried,
+        )),
     };
-    (result, done.attempts)
+    tried.attempts = done.attempts;
+    tried.took = Some(started.elapsed());
+    (result, tried)
 }
 
-/// Everything before the upstream call: the model resolved, its key present, the body
-/// built, its context big enough (when another model could answer instead), its breaker's
-/// permit.
+/// Everything before the upstream call of a resolved model: the caller's right to it, its
+/// key present, the body built, its context big enough (when another model could answer
+/// instead), its breaker's permit.
 fn ready(
     gw: &Gateway,
     caller: &Caller,
     chat: &ChatRequest,
-    name: &str,
+    resolved: &Resolved,
     more: bool,
     plan: &Plan,
-) -> Result<(Resolved, Prepared, Permit), Error> {
-    let resolved = gw.resolve(name)?;
+) -> Result<(Prepared, Permit), Error> {
     let model = &resolved.model;
     caller.may_use(model)?;
     if model.embedding {
@@ -346,7 +439,7 @@ fn ready(
             model: model.short.clone(),
             retry_after_s,
         })?;
-    Ok((resolved, prepared, permit))
+    Ok((prepared, permit))
 }
 
 impl Answered {
@@ -382,21 +475,40 @@ impl Streaming {
             sessions,
             model,
             held,
+            pending,
+            hangup,
         } = *self;
         let short = model.short.clone();
         // The request body is not needed any more; a stream may run for minutes.
         prepared.body = Vec::new();
         let body = Box::new(move |sink: &mut dyn Sink, log: &mut LogFields| {
+            let relaying = Instant::now();
+            let mut pending = pending;
             let mut gathered = Gathered::keeping(prepared.keeps_session());
             let end = read_open_stream(stream, &mut gathered, |raw, chunk| {
                 front.chunk(raw, chunk, sink)
             });
-            log_tokens(log, gathered.usage());
-            match end {
+            // A client that left interrupts the upstream read (see `open_stream`): the
+            // stream then looks broken, but the provider did nothing wrong.
+            let end = match end {
+                StreamEnd::Failed(_) if hangup.is_fired() => StreamEnd::Stopped(
+                    std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "client gone"),
+                ),
+                other => other,
+            };
+            let usage = gathered.usage();
+            log_tokens(log, usage);
+            if let Some(p) = pending.as_mut() {
+                p.call.prompt_tokens = usage.prompt_tokens;
+                p.call.completion_tokens = usage.completion_tokens;
+                p.call.upstream_time = p.call.upstream_time.map(|t| t + relaying.elapsed());
+            }
+            let (status, result) = match end {
                 StreamEnd::Done => {
                     permit.finish(Outcome::Success);
                     prepared.save_turn(&sessions, gathered.assistant());
-                    front.done(gathered.usage(), sink)
+                    let sent = front.done(usage, sink);
+                    (if sent.is_ok() { 200 } else { CLIENT_GONE }, sent)
                 }
                 StreamEnd::Failed(message) => {
                     permit.finish(Outcome::Failure);
@@ -404,14 +516,21 @@ impl Streaming {
                     let error = Error::Upstream {
                         message: format!("{}: {message}", model.short),
                     };
-                    front.failed(&error, sink)
+                    if let Some(p) = pending.as_mut() {
+                        p.call.upstream_error = Some(UpstreamError::StreamFailed);
+                    }
+                    (error.status(), front.failed(&error, sink))
                 }
                 StreamEnd::Stopped(e) => {
                     permit.finish(Outcome::Neutral);
                     log.push(("error", "client_gone".to_string()));
-                    Err(e)
+                    (CLIENT_GONE, Err(e))
                 }
+            };
+            if let Some(p) = pending {
+                p.finish(status);
             }
+            result
         });
         Response::stream(200, content_type, body)
             .with_header(MODEL_HEADER, short)
@@ -430,10 +549,12 @@ fn fail(
     short: &str,
     hangup: &Hangup,
     started: Instant,
+    tried: &mut Tried,
 ) -> Error {
     let outcome = if hangup.is_fired() {
         Outcome::Neutral
     } else {
+        tried.error = Some(UpstreamError::of(&failure));
         failure.breaker_outcome()
     };
     if outcome == Outcome::Failure {

@@ -15,17 +15,18 @@ use crate::chat::stream::Chunk;
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::http::{LogFields, Request, Response, Sink};
+use crate::ledger::CallRecord;
 
-/// `POST /v1/chat/completions`. The fields gathered for the access log (model, attempts,
-/// tokens) go with the answer whether it succeeded or not.
+/// `POST /v1/chat/completions`.
 pub(super) fn completions(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Response, Error> {
-    let mut log: LogFields = Vec::new();
-    let mut resp = match answer(gw, req, caller, &mut log) {
-        Ok(resp) => resp,
-        Err(e) => Response::error(&e),
-    };
-    resp.log.splice(0..0, log);
-    Ok(resp)
+    Ok(call::recorded(
+        gw,
+        req,
+        caller,
+        "chat",
+        Response::error,
+        |rec, log| answer(gw, req, caller, log, rec),
+    ))
 }
 
 fn answer(
@@ -33,9 +34,10 @@ fn answer(
     req: &Request,
     caller: &Caller,
     log: &mut LogFields,
+    rec: &mut CallRecord,
 ) -> Result<Response, Error> {
     let chat = ChatRequest::parse(&req.body)?;
-    Ok(match call::run(gw, req, caller, &chat, log)? {
+    Ok(match call::run(gw, req, caller, &chat, log, rec)? {
         Answered::Complete(mut done) => {
             let body = std::mem::take(&mut done.body);
             done.respond("application/json", body)

@@ -19,13 +19,18 @@ use crate::upstream::retry::Failure;
 
 use super::call::MODEL_HEADER;
 use super::caller::Caller;
+use crate::ledger::{CallRecord, UpstreamError};
 
 /// `POST /v1/embeddings`.
 pub(super) fn create(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Response, Error> {
-    let mut log: LogFields = Vec::new();
-    let mut resp = answer(gw, req, caller, &mut log).unwrap_or_else(|e| Response::error(&e));
-    resp.log.splice(0..0, log);
-    Ok(resp)
+    Ok(super::call::recorded(
+        gw,
+        req,
+        caller,
+        "embeddings",
+        Response::error,
+        |rec, log| answer(gw, req, caller, log, rec),
+    ))
 }
 
 fn answer(
@@ -33,6 +38,7 @@ fn answer(
     req: &Request,
     caller: &Caller,
     log: &mut LogFields,
+    rec: &mut CallRecord,
 ) -> Result<Response, Error> {
     let mut body = json_object(&req.body, "embeddings")?;
     let name = model_name(body.get("model"))?;
@@ -42,6 +48,7 @@ fn answer(
     let resolved = gw.resolve(&name)?;
     let model = resolved.model;
     log.push(("model", model.short.clone()));
+    rec.model = Some(model.clone());
     caller.may_use(&model)?;
     // Ollama and llama-server say themselves whether their model can embed.
     if !model.embedding && !matches!(model.provider, Provider::Ollama | Provider::Llama) {
@@ -77,6 +84,8 @@ fn answer(
         .upstream
         .post(&target, &sent, deadline, retries, &req.hangup, check);
     log.push(("attempts", done.attempts.to_string()));
+    rec.attempts = done.attempts;
+    rec.upstream_time = Some(started.elapsed());
     match done.result {
         Ok((answer, tokens)) => {
             permit.finish(Outcome::Success);
@@ -84,6 +93,7 @@ fn answer(
             if let Some(n) = tokens {
                 log.push(("prompt_tokens", n.to_string()));
             }
+            rec.prompt_tokens = tokens;
             Ok(Response::full(200, "application/json", answer)
                 .with_header(MODEL_HEADER, model.short))
         }
@@ -91,6 +101,7 @@ fn answer(
             let outcome = if req.hangup.is_fired() {
                 Outcome::Neutral
             } else {
+                rec.upstream_error = Some(UpstreamError::of(&f));
                 f.breaker_outcome()
             };
             if outcome == Outcome::Failure {

@@ -19,16 +19,18 @@ use crate::chat::tokens;
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::http::{LogFields, Request, Response, Sink};
+use crate::ledger::CallRecord;
 
 /// `POST /v1/messages`.
 pub(super) fn create(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Response, Error> {
-    let mut log: LogFields = Vec::new();
-    let mut resp = match answer(gw, req, caller, &mut log) {
-        Ok(resp) => resp,
-        Err(e) => error::response(&e),
-    };
-    resp.log.splice(0..0, log);
-    Ok(resp)
+    Ok(call::recorded(
+        gw,
+        req,
+        caller,
+        "messages",
+        error::response,
+        |rec, log| answer(gw, req, caller, log, rec),
+    ))
 }
 
 fn answer(
@@ -36,10 +38,11 @@ fn answer(
     req: &Request,
     caller: &Caller,
     log: &mut LogFields,
+    rec: &mut CallRecord,
 ) -> Result<Response, Error> {
     let (body, chat) = translate(gw, &req.body)?;
     let estimate = estimate(gw, &chat, &body);
-    Ok(match call::run(gw, req, caller, &chat, log)? {
+    Ok(match call::run(gw, req, caller, &chat, log, rec)? {
         Answered::Complete(done) => {
             let message = answer::message(&done.answer, &chat.model);
             done.respond(

@@ -7,6 +7,8 @@
 //! | `POST /v1/embeddings` | [`embeddings`] |
 //! | `GET /v1/models`, `GET /api/models` | [`models`] |
 //! | `GET /api/health`, `GET`/`PUT /api/memory` | [`admin`] |
+//! | `GET /metrics`, `GET /api/usage` | [`metrics`] |
+//! | `GET /`, `GET /status` | [`status`] |
 //!
 //! The `/v1` routes also answer without the prefix (clients set with a bare base URL), and
 //! under `/{model}/v1/...` with the model taken from the path (tools that cannot set a model
@@ -36,7 +38,9 @@ mod caller;
 mod chat;
 mod embeddings;
 mod messages;
+mod metrics;
 mod models;
+mod status;
 
 pub(crate) use caller::Caller;
 
@@ -133,6 +137,20 @@ impl Router {
                 ..Route::new("GET, HEAD", admin::health)
             },
             "/api/memory" if bare => Route::new("GET, HEAD, PUT", admin::memory),
+            // Guarded by -metrics-allow instead of a client key: a Prometheus scraper or
+            // a browser on the admin's machine has no key to send.
+            "/api/usage" if bare => Route {
+                open: true,
+                ..Route::new("GET, HEAD", metrics::usage)
+            },
+            "/metrics" if bare => Route {
+                open: true,
+                ..Route::new("GET, HEAD", metrics::exposition)
+            },
+            "/" | "/status" if bare => Route {
+                open: true,
+                ..Route::new("GET, HEAD", status::page)
+            },
             _ => return None,
         })
     }

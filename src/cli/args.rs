@@ -30,6 +30,8 @@ pub struct Options {
     pub list: bool,
     /// `-i MODEL`: one model in detail.
     pub info: Option<String>,
+    /// `-usage`: the gateway's usage totals.
+    pub usage: bool,
     pub log_level: log::LevelFilter,
     /// `-j`: print the whole response JSON.
     pub json: bool,
@@ -59,6 +61,7 @@ impl Default for Options {
             retries: DEFAULT_RETRIES,
             list: false,
             info: None,
+            usage: false,
             log_level: log::LevelFilter::Warn,
             json: false,
             stream: false,
@@ -139,6 +142,9 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
     }
     while p.contains("-l") {
         o.list = true;
+    }
+    while p.contains("--usage") {
+        o.usage = true;
     }
     while p.contains("-j") {
         o.json = true;
@@ -230,25 +236,29 @@ fn where_flags(p: &mut pico_args::Arguments, o: &mut Options) -> Result<(), Erro
 
 /// Flags that do not go together.
 fn check_together(o: &Options) -> Result<(), Error> {
-    if o.list && o.info.is_some() {
-        return Err(bad("-l and -i do not go together".into()));
+    let shows: Vec<&str> = [
+        (o.list, "-l"),
+        (o.info.is_some(), "-i"),
+        (o.usage, "-usage"),
+    ]
+    .into_iter()
+    .filter_map(|(on, flag)| on.then_some(flag))
+    .collect();
+    if let [a, b, ..] = shows[..] {
+        return Err(bad(format!("{a} and {b} do not go together")));
     }
     let only = if o.newkey.is_some() {
         Some("-newkey")
-    } else if o.list {
-        Some("-l")
-    } else if o.info.is_some() {
-        Some("-i")
     } else {
-        None
+        shows.first().copied()
     };
     if let Some(flag) = only {
         if !o.prompt.is_empty() {
             return Err(bad(format!("{flag} takes no prompt")));
         }
     }
-    if o.newkey.is_some() && (o.list || o.info.is_some()) {
-        return Err(bad("-newkey does not go with -l or -i".into()));
+    if o.newkey.is_some() && !shows.is_empty() {
+        return Err(bad("-newkey does not go with -l, -i or -usage".into()));
     }
     if o.json && o.stream {
         return Err(bad(
@@ -294,6 +304,9 @@ Flags (one dash or two; the value after a space or '='):
   -j               print the whole response JSON (never streamed)
   -l               list every catalog model (with -server: the gateway's models)
   -i MODEL         one model in detail
+  -usage           the gateway's usage today, this month and all time, per key
+                   and model (with -server: its GET /api/usage; else the file
+                   usage.json in -sessions); -j prints the JSON
   -server URL      ask the sigorest gateway at URL (http://host:9080 or
                    https://host:9443) instead of the provider; default
                    ${server_env}; -server '' forces direct mode

@@ -36,6 +36,7 @@ use crate::upstream::{OpenStream, Target, Upstream};
 
 mod args;
 mod models;
+mod usage;
 
 pub use args::{
     Command, DEFAULT_MODEL, KEY_ENV, Options, SERVER_ENV, parse_args, split_prompt, usage,
@@ -226,6 +227,19 @@ pub fn run(opts: &Options, env: &Env) -> Result<(), Stop> {
     };
     if gateway.is_some() && opts.local_files_given {
         log::warn!("-memory and -sessions are not used with -server: the gateway keeps its own");
+    }
+    if opts.usage {
+        let report = match &gateway {
+            Some(g) => {
+                let body = upstream.get(&g.target("/api/usage"), LIST_TIMEOUT);
+                let body = body.map_err(|f| gateway_failure(f, g))?;
+                usage::from_gateway(&body, &g.base)
+                    .map_err(|message| Stop::Failed(Error::Upstream { message }))?
+            }
+            None => usage::from_file(&opts.sessions.join("usage.json"), crate::util::unix_now())
+                .map_err(usage_error)?,
+        };
+        return print_out(usage::text(&report, opts.json).as_bytes());
     }
     if opts.list || opts.info.is_some() {
         let (models, source) = match &gateway {

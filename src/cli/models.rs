@@ -66,21 +66,27 @@ pub fn table(models: &[(Model, KeyState)]) -> String {
             key.word().to_string(),
         ]
     }));
-    let mut widths = [0usize; 8];
-    for row in &rows {
+    aligned(&rows, RIGHT)
+}
+
+/// Rows as an aligned table: columns two spaces apart, text left-aligned, the columns marked
+/// in `right` right-aligned; no trailing spaces.
+pub(super) fn aligned<const N: usize>(rows: &[[String; N]], right: [bool; N]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in &rows {
+    for row in rows {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
             if i > 0 {
                 line.push_str("  ");
             }
             let pad = widths[i] - cell.chars().count();
-            if RIGHT[i] {
+            if right[i] {
                 line.extend(std::iter::repeat_n(' ', pad));
                 line.push_str(cell);
             } else {

@@ -209,6 +209,8 @@ fn bad_usage_is_one_line_naming_the_flag() {
         (&["-l", "-i", "kimi"], "-l and -i do not go together"),
         (&["-l", "hello"], "-l takes no prompt"),
         (&["-i", "kimi", "hello"], "-i takes no prompt"),
+        (&["-usage", "-l"], "-l and -usage do not go together"),
+        (&["-usage", "hello"], "-usage takes no prompt"),
         (&["-j", "-stream"], "does not go with -stream"),
     ];
     for (args, needle) in cases {
@@ -587,4 +589,13 @@ fn the_gateway_key_goes_in_the_target_and_never_in_debug() {
         .unwrap()
         .with_key(Some(""));
     assert!(none.target("/x").key.is_none());
+}
+
+#[test]
+fn usage_is_a_switch_that_goes_with_j_and_server() {
+    let o = opts(&["-usage"]);
+    assert!(o.usage && !o.list);
+    let o = opts(&["--usage", "-j", "-server", "http://gw:9080"]);
+    assert!(o.usage && o.json);
+    assert!(!opts(&[]).usage);
 }

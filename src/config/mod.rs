@@ -37,6 +37,8 @@ pub struct Config {
     pub http_allow: AllowList,
     pub https_allow: AllowList,
     pub admin_allow: AllowList,
+    /// Who may read `/metrics` and `/api/usage` (`-metrics-allow`); `None`: `admin_allow`.
+    pub metrics_allow: Option<AllowList>,
     pub models: PathBuf,
     pub memory: PathBuf,
     pub sessions: PathBuf,
@@ -46,6 +48,10 @@ pub struct Config {
     pub ip_rate: u32,
     /// The per-IP bucket's size (`-ip-burst`); 0: ten seconds' worth of `ip_rate`.
     pub ip_burst: u32,
+    /// The usage totals' file (`-usage-file`); `None`: `usage.json` in the sessions directory.
+    pub usage_file: Option<PathBuf>,
+    /// How often, at most, the usage file is written (`-usage-flush`, seconds).
+    pub usage_flush: Duration,
     pub workers: usize,
     pub queue: usize,
     pub log_level: log::LevelFilter,
@@ -72,12 +78,15 @@ impl Default for Config {
             http_allow: default_list(DEFAULT_HTTP_ALLOW),
             https_allow: default_list(DEFAULT_HTTPS_ALLOW),
             admin_allow: default_list(DEFAULT_ADMIN_ALLOW),
+            metrics_allow: None,
             models: PathBuf::from(DEFAULT_MODELS),
             memory: PathBuf::from(DEFAULT_MEMORY),
             sessions: PathBuf::from(DEFAULT_SESSIONS),
             keys: PathBuf::from(DEFAULT_KEYS),
             ip_rate: 0,
             ip_burst: 0,
+            usage_file: None,
+            usage_flush: Duration::from_secs(DEFAULT_USAGE_FLUSH_SECS),
             workers: 100,
             queue: 1024,
             log_level: log::LevelFilter::Info,
@@ -100,10 +109,31 @@ const DEFAULT_MEMORY: &str = "./memory.json";
 const DEFAULT_SESSIONS: &str = "./.sessions";
 const DEFAULT_KEYS: &str = "./keys.csv";
 
+const DEFAULT_USAGE_FLUSH_SECS: u64 = 10;
+/// The usage file's name in the sessions directory (session files always hold a `-`).
+const USAGE_FILE_NAME: &str = "usage.json";
+
 const WORKERS_MAX: u64 = 10_000;
+const USAGE_FLUSH_MAX_SECS: u64 = 3600;
 const QUEUE_MAX: u64 = 1_000_000;
 const GRACE_MAX_SECS: u64 = 3600;
 const IP_RATE_MAX: u64 = 1_000_000;
+
+impl Config {
+    /// Who may read `/metrics` and `/api/usage`: `-metrics-allow`, else `-admin-allow`.
+    pub fn metrics_allow(&self) -> AllowList {
+        self.metrics_allow
+            .clone()
+            .unwrap_or_else(|| self.admin_allow.clone())
+    }
+
+    /// The usage file: `-usage-file`, else `usage.json` in the sessions directory.
+    pub fn usage_path(&self) -> PathBuf {
+        self.usage_file
+            .clone()
+            .unwrap_or_else(|| self.sessions.join(USAGE_FILE_NAME))
+    }
+}
 
 fn default_list(s: &str) -> AllowList {
     // The defaults are constants checked by a test; an empty list could only come from a typo.
@@ -141,6 +171,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
     capacity_flags(&mut p, &mut c)?;
     client_limit_flags(&mut p, &mut c)?;
     routing_flags(&mut p, &mut c)?;
+    metrics_flags(&mut p, &mut c)?;
     // Switches last, once every value has been taken.
     let mut quiet = false;
     while p.contains("-q") {
@@ -276,6 +307,23 @@ fn routing_flags(p: &mut pico_args::Arguments, c: &mut Config) -> Result<(), Err
     }
     if let Some(v) = text_value(p, "--auto")? {
         c.routing.auto = routing::parse_auto(&v)?;
+    }
+    Ok(())
+}
+
+/// `-metrics-allow`, `-usage-file`, `-usage-flush`.
+fn metrics_flags(p: &mut pico_args::Arguments, c: &mut Config) -> Result<(), Error> {
+    if let Some(v) = text_value(p, "--metrics-allow")? {
+        // Empty is allowed: nobody may read the metrics.
+        c.metrics_allow =
+            Some(AllowList::parse(&v).map_err(|m| bad(format!("-metrics-allow: {m}")))?);
+    }
+    if let Some(v) = path_value(p, "--usage-file")? {
+        c.usage_file = Some(v);
+    }
+    if let Some(v) = text_value(p, "--usage-flush")? {
+        let secs = number("-usage-flush", &v, 1, USAGE_FLUSH_MAX_SECS)?;
+        c.usage_flush = Duration::from_secs(secs as u64);
     }
     Ok(())
 }

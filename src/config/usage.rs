@@ -44,10 +44,16 @@ Flags (one dash or two; the value after a space or '='):
                        (default {https_allow})
   -admin-allow CIDRS   who may change state, e.g. PUT /api/memory
                        (default {admin_allow}; empty: nobody)
+  -metrics-allow CIDRS who may read /metrics and /api/usage
+                       (default: the -admin-allow list; empty: nobody)
   -models PATH         whitelist of cloud models (default {models})
   -memory PATH         memory block put first into every request
                        (default {memory})
   -sessions DIR        session files (default {sessions})
+  -usage-file PATH     usage totals per key and model, kept over restarts
+                       (default usage.json in the sessions directory)
+  -usage-flush S       write the usage file at most every S seconds,
+                       1-{flush_max} (default {flush}), and at shutdown
 ",
         http = d.http_port,
         https = d.https_port,
@@ -60,6 +66,8 @@ Flags (one dash or two; the value after a space or '='):
         models = d.models.display(),
         memory = d.memory.display(),
         sessions = d.sessions.display(),
+        flush = d.usage_flush.as_secs(),
+        flush_max = super::USAGE_FLUSH_MAX_SECS,
     )
 }
 
@@ -144,6 +152,8 @@ default):
                        (sigoe -newkey NAME prints a key and its line)
   <sessions>/<model>-<session_id>.json
                        session history, the last 20 messages
+  <sessions>/usage.json
+                       requests, tokens and cost per key and model (UTC days)
   certs/server.crt, certs/server.key
                        TLS certificate and key (key mode 0600)
 ";

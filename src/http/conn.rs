@@ -193,6 +193,10 @@ pub(crate) fn run(
                     keep_alive: reply.keep_alive && !stop(),
                     ..reply
                 };
+                shared
+                    .stats
+                    .overloaded_total
+                    .fetch_add(1, Ordering::Relaxed);
                 let resp = Response::error(&Error::Overloaded { retry_after_s: 1 });
                 let out = write_response(&mut conn.io, &reply, resp);
                 access_log(

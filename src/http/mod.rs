@@ -31,7 +31,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
@@ -240,6 +240,8 @@ pub struct Stats {
     pub queue_capacity: AtomicUsize,
     pub queue_depth: AtomicUsize,
     pub connections_open: AtomicUsize,
+    /// Requests refused with 503 `overloaded` (queue full, or waited too long for a worker).
+    pub overloaded_total: AtomicU64,
 }
 
 /// One listening socket.

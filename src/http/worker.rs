@@ -37,6 +37,10 @@ fn answer(shared: &Shared, job: Job) {
     } = job;
     let t = &shared.timeouts;
     let resp = if req.received.elapsed() > t.queue_wait {
+        shared
+            .stats
+            .overloaded_total
+            .fetch_add(1, Ordering::Relaxed);
         Response::error(&Error::Overloaded { retry_after_s: 1 })
     } else {
         match catch_unwind(AssertUnwindSafe(|| shared.handler.handle(&req))) {

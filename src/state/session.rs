@@ -3,10 +3,8 @@
 //! (oldest dropped). The server and `sigoe -s` share these files.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -221,25 +219,10 @@ fn read_history(path: &Path) -> Result<Vec<Message>, Error> {
     }
 }
 
-/// Renames a corrupt file to `<name>.corrupt-<unix seconds>` (with `-2`, `-3`… when that
-/// exists: a rename would silently replace an earlier corrupt file). Failing to move it is
+/// Moves a corrupt file aside (see [`crate::util::fs::move_aside`]). Failing to move it is
 /// an error, since the next write would otherwise destroy it.
 fn move_aside(path: &Path) -> Result<PathBuf, Error> {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mut base = OsString::from(path.as_os_str());
-    base.push(format!(".corrupt-{secs}"));
-    let mut aside = PathBuf::from(&base);
-    let mut n = 1;
-    while aside.symlink_metadata().is_ok() {
-        n += 1;
-        let mut name = base.clone();
-        name.push(format!("-{n}"));
-        aside = PathBuf::from(name);
-    }
-    std::fs::rename(path, &aside).map_err(|e| Error::io(path, &e))?;
-    Ok(aside)
+    crate::util::fs::move_aside(path).map_err(|e| Error::io(path, &e))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -59,6 +59,60 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Renames a file that does not parse to `<name>.corrupt-<unix seconds>` (with `-2`, `-3`…
+/// when that exists: a rename would silently replace an earlier corrupt file), so that
+/// nothing is lost and the next write does not destroy it. Returns the new path.
+pub fn move_aside(path: &Path) -> io::Result<PathBuf> {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut base = OsString::from(path.as_os_str());
+    base.push(format!(".corrupt-{secs}"));
+    let mut aside = PathBuf::from(&base);
+    let mut n = 1;
+    while aside.symlink_metadata().is_ok() {
+        n += 1;
+        let mut name = base.clone();
+        name.push(format!("-{n}"));
+        aside = PathBuf::from(name);
+    }
+    fs::rename(path, &aside)?;
+    Ok(aside)
+}
+
+/// Removes the temporary files [`write_atomic`] left next to `path` when a process died
+/// mid-write (`kill -9`, power cut). Only for a file that one process alone writes: another
+/// writer's temporary file in flight would go too. Returns how many were removed.
+pub fn remove_stale_temps(path: &Path) -> usize {
+    let (Some(name), Some(dir)) = (path.file_name(), path.parent()) else {
+        return 0;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let name = name.as_bytes();
+    let mut prefix = vec![b'.'];
+    prefix.extend_from_slice(&name[..name.len().min(MAX_NAME_IN_TEMP)]);
+    prefix.push(b'.');
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let bytes = file.as_bytes();
+        if bytes.starts_with(&prefix)
+            && bytes.ends_with(b".tmp")
+            && fs::remove_file(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// `.<name>.<pid>.<counter>.<nanos>.tmp`: hidden, recognisably ours, never shared.
@@ -144,6 +198,44 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn stale_temps_of_one_file_are_removed_and_nothing_else() {
+        let d = TestDir::new("fs-stale");
+        let target = d.path().join("usage.json");
+        for name in [
+            ".usage.json.123.0.456.tmp",
+            ".usage.json.9.9.9.tmp",
+            ".other.json.1.1.1.tmp",
+            "usage.json",
+            "usage.json.corrupt-1",
+        ] {
+            fs::write(d.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temps(&target), 2);
+        assert_eq!(
+            d.names(),
+            [
+                ".other.json.1.1.1.tmp",
+                "usage.json",
+                "usage.json.corrupt-1"
+            ]
+        );
+    }
+
+    #[test]
+    fn move_aside_never_replaces_an_earlier_copy() {
+        let d = TestDir::new("fs-aside");
+        let p = d.path().join("f.json");
+        fs::write(&p, b"one").unwrap();
+        let a = move_aside(&p).unwrap();
+        fs::write(&p, b"two").unwrap();
+        let b = move_aside(&p).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(fs::read(a).unwrap(), b"one");
+        assert_eq!(fs::read(b).unwrap(), b"two");
+        assert!(!p.exists());
+    }
 
     fn mode_of(p: &Path) -> u32 {
         fs::metadata(p).unwrap().permissions().mode() & 0o777

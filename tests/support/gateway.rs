@@ -76,6 +76,8 @@ pub struct Options {
     pub configure: Vec<Configure>,
     /// A llama-server to supervise.
     pub llama: Option<LlamaConfig>,
+    /// `-metrics-allow`; `None`: the admin list.
+    pub metrics_allow: Option<String>,
 }
 
 impl Default for Options {
@@ -95,6 +97,7 @@ impl Default for Options {
             admin_allow: "127.0.0.0/8,::1/128".into(),
             configure: Vec::new(),
             llama: None,
+            metrics_allow: None,
         }
     }
 }
@@ -197,6 +200,10 @@ impl Gateway {
             http_allow: AllowList::parse(&opts.http_allow).expect("allow list"),
             https_allow: AllowList::parse(&opts.https_allow).expect("allow list"),
             admin_allow: AllowList::parse(&opts.admin_allow).expect("allow list"),
+            metrics_allow: opts
+                .metrics_allow
+                .as_deref()
+                .map(|l| AllowList::parse(l).expect("allow list")),
             models: dir.join("models.csv"),
             memory: dir.join("memory.json"),
             sessions: dir.join("sessions"),
