@@ -44,10 +44,7 @@ impl Prepared {
         history: &[Message],
         session_model: &str,
     ) -> Result<Prepared, Error> {
-        let body = req.upstream_body(model, memory, history);
-        let body = serde_json::to_vec(&body).map_err(|e| Error::Internal {
-            message: e.to_string(),
-        })?;
+        let body = req.upstream_bytes(model, memory, history);
         if log::log_enabled!(log::Level::Debug) {
             log::debug!(model = model.short.as_str(), body = String::from_utf8_lossy(&body).as_ref(); "upstream request");
         }

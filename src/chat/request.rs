@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Value, json};
 
 use crate::error::Error;
@@ -122,23 +123,17 @@ impl ChatRequest {
             })
     }
 
-    /// The body for the upstream: memory first, then `history`, then the client's messages;
-    /// `model` set to the upstream id; clamps applied; extensions gone; for a stream,
-    /// `stream_options.include_usage` switched on.
-    pub fn upstream_body(
-        &self,
-        model: &Model,
-        memory: &Memory,
-        history: &[Message],
-    ) -> Map<String, Value> {
-        let mut body = self.body.clone();
-        body.insert("model".to_string(), Value::String(model.id.clone()));
-
+    /// The body for the upstream, serialized: memory first, then `history`, then the
+    /// client's messages; `model` set to the upstream id; clamps applied; extensions gone;
+    /// for a stream, `stream_options.include_usage` switched on. Written straight from the
+    /// client's parsed body, with the changed fields put in on the way: nothing is cloned
+    /// (a request is parsed once and serialized once, whatever its size).
+    pub fn upstream_bytes(&self, model: &Model, memory: &Memory, history: &[Message]) -> Vec<u8> {
         let client_messages = self.messages();
-        let mut messages = Vec::with_capacity(client_messages.len() + history.len() + 1);
-        if !memory.content.is_empty() {
+        let memory = (!memory.content.is_empty()).then(|| {
             let marks = count_cache_marks(client_messages)
-                + body
+                + self
+                    .body
                     .get("tools")
                     .map_or(0, |t| count_cache_marks(std::slice::from_ref(t)));
             let content = if memory.cache && model.is_claude() && marks < MAX_CACHE_MARKS {
@@ -146,37 +141,59 @@ impl ChatRequest {
             } else {
                 Value::String(memory.content.clone())
             };
-            messages.push(json!({"role": "system", "content": content}));
-        }
-        messages.extend(
-            history
-                .iter()
-                .map(|m| json!({"role": m.role, "content": m.content})),
-        );
-        messages.extend(client_messages.iter().cloned());
-        body.insert("messages".to_string(), Value::Array(messages));
+            json!({"role": "system", "content": content})
+        });
+        let (set, dropped) = self.changes(model);
+        let body = Upstream {
+            body: &self.body,
+            messages: Messages {
+                memory,
+                history,
+                client: client_messages,
+            },
+            set,
+            dropped,
+        };
+        // Serializing maps of `Value`s and plain data cannot fail.
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
 
+    /// The fields whose value changes upstream (put in, in place of the client's), and the
+    /// fields that are left out.
+    fn changes(&self, model: &Model) -> (Map<String, Value>, Vec<&'static str>) {
+        let body = &self.body;
+        let mut set = Map::new();
+        set.insert("model".to_string(), Value::String(model.id.clone()));
         if let Some(t) = body.get("temperature").and_then(Value::as_f64) {
             // A range of 0..0 means "unknown": no clamp.
             if model.max_temp > 0.0 {
                 let clamped = t.clamp(model.min_temp.min(model.max_temp), model.max_temp);
                 if clamped != t {
-                    body.insert("temperature".to_string(), json!(clamped));
+                    set.insert("temperature".to_string(), json!(clamped));
                 }
             }
         }
-        clamp_tokens(&mut body, model);
-
+        let dropped = clamp_tokens(body, model, &mut set);
         if self.stream {
-            let opts = body.entry("stream_options").or_insert_with(|| json!({}));
-            if !opts.is_object() {
-                *opts = json!({});
-            }
-            if let Value::Object(o) = opts {
-                o.insert("include_usage".to_string(), Value::Bool(true));
-            }
+            let mut opts = match body.get("stream_options") {
+                Some(Value::Object(o)) => o.clone(),
+                _ => Map::new(),
+            };
+            opts.insert("include_usage".to_string(), Value::Bool(true));
+            set.insert("stream_options".to_string(), Value::Object(opts));
         }
-        body
+        (set, dropped)
+    }
+
+    /// The upstream body as a map (tests read it so).
+    #[cfg(test)]
+    pub fn upstream_body(
+        &self,
+        model: &Model,
+        memory: &Memory,
+        history: &[Message],
+    ) -> Map<String, Value> {
+        serde_json::from_slice(&self.upstream_bytes(model, memory, history)).unwrap_or_default()
     }
 }
 
@@ -373,8 +390,12 @@ fn count_cache_marks(values: &[Value]) -> usize {
 }
 
 /// Clamps `max_tokens` / `max_completion_tokens` to the model's output limit and uses the
-/// name the model wants. Absent stays absent.
-fn clamp_tokens(body: &mut Map<String, Value>, model: &Model) {
+/// name the model wants, into `set`; returns the names left out. Absent stays absent.
+fn clamp_tokens(
+    body: &Map<String, Value>,
+    model: &Model,
+    set: &mut Map<String, Value>,
+) -> Vec<&'static str> {
     let limit = |n: u64| {
         if model.max_output > 0 {
             n.min(model.max_output)
@@ -391,16 +412,80 @@ fn clamp_tokens(body: &mut Map<String, Value>, model: &Model) {
             (a, b) => a.or(b),
         };
         if let Some(n) = wanted {
-            body.remove("max_tokens");
-            body.insert("max_completion_tokens".to_string(), json!(limit(n)));
+            set.insert("max_completion_tokens".to_string(), json!(limit(n)));
+            return vec!["max_tokens"];
         }
     } else {
         if let Some(n) = max_tokens {
-            body.insert("max_tokens".to_string(), json!(limit(n)));
+            set.insert("max_tokens".to_string(), json!(limit(n)));
         }
         if let Some(n) = max_completion {
-            body.insert("max_completion_tokens".to_string(), json!(limit(n)));
+            set.insert("max_completion_tokens".to_string(), json!(limit(n)));
         }
+    }
+    Vec::new()
+}
+
+/// The upstream body as it is written: the client's fields in their order, `messages`
+/// assembled, the changed fields in place of the client's.
+struct Upstream<'a> {
+    body: &'a Map<String, Value>,
+    messages: Messages<'a>,
+    set: Map<String, Value>,
+    dropped: Vec<&'static str>,
+}
+
+impl Serialize for Upstream<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for (k, v) in self.body {
+            if k == "messages" {
+                map.serialize_entry(k, &self.messages)?;
+            } else if let Some(new) = self.set.get(k) {
+                map.serialize_entry(k, new)?;
+            } else if !self.dropped.contains(&k.as_str()) {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        for (k, v) in self.set.iter().filter(|(k, _)| !self.body.contains_key(*k)) {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+/// The memory block, the session history, then the client's messages, as one array.
+struct Messages<'a> {
+    memory: Option<Value>,
+    history: &'a [Message],
+    client: &'a [Value],
+}
+
+impl Serialize for Messages<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(None)?;
+        if let Some(m) = &self.memory {
+            seq.serialize_element(m)?;
+        }
+        for m in self.history {
+            seq.serialize_element(&HistoryEntry(m))?;
+        }
+        for m in self.client {
+            seq.serialize_element(m)?;
+        }
+        seq.end()
+    }
+}
+
+/// A session message as `{"role", "content"}`.
+struct HistoryEntry<'a>(&'a Message);
+
+impl Serialize for HistoryEntry<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("role", &self.0.role)?;
+        map.serialize_entry("content", &self.0.content)?;
+        map.end()
     }
 }
 
