@@ -297,45 +297,11 @@ impl Error {
     }
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Error {
+    /// The words for a model that cannot answer now (not configured, too small, failing,
+    /// busy): each says when or how it can.
+    fn fmt_unavailable(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidRequest { message, .. } => f.write_str(message),
-            Error::ModelNotFound { model, reason } => {
-                write!(f, "model '{model}' not found: {reason}")
-            }
-            Error::NotFound { path } => write!(f, "no such endpoint: {path}"),
-            Error::MethodNotAllowed { method, allow } => {
-                write!(f, "method {method} not allowed here; allowed: {allow}")
-            }
-            Error::BodyTooLarge { limit } => {
-                write!(
-                    f,
-                    "request body too large: the limit is {} MiB",
-                    limit / (1024 * 1024)
-                )
-            }
-            Error::HeadTooLarge { limit } => {
-                write!(
-                    f,
-                    "request head too large: the limit is {} KiB",
-                    limit / 1024
-                )
-            }
-            Error::IpNotAllowed { ip } => {
-                write!(f, "client address {ip} is not allowed on this port")
-            }
-            Error::AdminOnly { ip } => write!(
-                f,
-                "client address {ip} may not change the gateway's state (see -admin-allow)"
-            ),
-            Error::InvalidApiKey { .. }
-            | Error::ModelNotAllowed { .. }
-            | Error::LimitExceeded { .. } => self.fmt_client_rule(f),
-            Error::MetricsOnly { ip } => write!(
-                f,
-                "client address {ip} may not read the gateway's metrics or usage (see -metrics-allow)"
-            ),
             Error::ProviderNotConfigured { env } => {
                 write!(
                     f,
@@ -379,6 +345,57 @@ impl fmt::Display for Error {
                 f,
                 "local model '{model}' is busy: {reason}; retry in {retry_after_s} s"
             ),
+            // Only the variants above come here.
+            other => f.write_str(other.code()),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidRequest { message, .. } => f.write_str(message),
+            Error::ModelNotFound { model, reason } => {
+                write!(f, "model '{model}' not found: {reason}")
+            }
+            Error::NotFound { path } => write!(f, "no such endpoint: {path}"),
+            Error::MethodNotAllowed { method, allow } => {
+                write!(f, "method {method} not allowed here; allowed: {allow}")
+            }
+            Error::BodyTooLarge { limit } => {
+                write!(
+                    f,
+                    "request body too large: the limit is {} MiB",
+                    limit / (1024 * 1024)
+                )
+            }
+            Error::HeadTooLarge { limit } => {
+                write!(
+                    f,
+                    "request head too large: the limit is {} KiB",
+                    limit / 1024
+                )
+            }
+            Error::IpNotAllowed { ip } => {
+                write!(f, "client address {ip} is not allowed on this port")
+            }
+            Error::AdminOnly { ip } => write!(
+                f,
+                "client address {ip} may not change the gateway's state (see -admin-allow)"
+            ),
+            Error::InvalidApiKey { .. }
+            | Error::ModelNotAllowed { .. }
+            | Error::LimitExceeded { .. } => self.fmt_client_rule(f),
+            Error::MetricsOnly { ip } => write!(
+                f,
+                "client address {ip} may not read the gateway's metrics or usage (see -metrics-allow)"
+            ),
+            Error::ProviderNotConfigured { .. }
+            | Error::ContextTooLong { .. }
+            | Error::CircuitOpen { .. }
+            | Error::Overloaded { .. }
+            | Error::ModelLoading { .. }
+            | Error::ModelBusy { .. } => self.fmt_unavailable(f),
             Error::ClientGone => f.write_str("the client went away"),
             Error::UpstreamClient { message, .. } => f.write_str(message),
             Error::RateLimited { message, .. } => {

@@ -31,6 +31,7 @@ use crate::state::session::{Message, SessionStore};
 use crate::upstream::breaker::{Outcome, Permit};
 use crate::upstream::retry::Failure;
 use crate::upstream::{OpenStream, read_open_stream};
+use crate::util::slots::SlotGuard;
 
 /// The response header naming the model that answered (its short code).
 pub(crate) const MODEL_HEADER: &str = "x-sigorest-model";
@@ -135,6 +136,21 @@ pub(crate) fn run(
             }
         }
     }
+    account(gw, req, &mut outcome, &tried, attempts, log, rec);
+    outcome
+}
+
+/// The call's access-log fields and ledger record, once its outcome is known; a stream's
+/// record goes into the stream, to be finished when it ends.
+fn account(
+    gw: &Gateway,
+    req: &Request,
+    outcome: &mut Result<Answered, Error>,
+    tried: &[&str],
+    attempts: u32,
+    log: &mut LogFields,
+    rec: &mut CallRecord,
+) {
     log.push((
         "model",
         outcome.as_ref().map_or_else(
@@ -147,7 +163,7 @@ pub(crate) fn run(
     }
     log.push(("attempts", attempts.to_string()));
     rec.attempts = attempts;
-    match &mut outcome {
+    match outcome {
         Ok(Answered::Complete(done)) => {
             log_tokens(log, &done.answer.usage);
             rec.prompt_tokens = done.answer.usage.prompt_tokens;
@@ -161,7 +177,6 @@ pub(crate) fn run(
         }
         Err(_) => {}
     }
-    outcome
 }
 
 /// Runs an endpoint's work with its ledger record (the route and the caller's key set) and
@@ -302,15 +317,58 @@ fn attempt(
         Ok(r) => r,
         Err(e) => return (Err(e), tried),
     };
-    let model = resolved.model;
     // A local model's slot: held for the whole answer (a stream's until it ends).
-    let slot = match gw.local_slot(&model, &req.hangup) {
+    let slot = match gw.local_slot(&resolved.model, &req.hangup) {
         Ok(slot) => slot,
         Err(e) => return (Err(e), tried),
     };
-    let started = Instant::now();
-    let remaining = plan.deadline.saturating_duration_since(started);
-    if chat.stream {
+    let call = Upcall {
+        gw,
+        req,
+        chat,
+        resolved,
+        prepared,
+        permit,
+        started: Instant::now(),
+    };
+    let result = if chat.stream {
+        call.stream(plan, slot, &mut tried)
+    } else {
+        call.complete(plan, &mut tried)
+    };
+    (result, tried)
+}
+
+/// One candidate's upstream call, everything before it done.
+struct Upcall<'a> {
+    gw: &'a Gateway,
+    req: &'a Request,
+    chat: &'a ChatRequest,
+    resolved: Resolved,
+    prepared: Prepared,
+    permit: Permit,
+    started: Instant,
+}
+
+impl Upcall<'_> {
+    /// Opens the stream (retried up to its first event); its slot, when it has one, goes
+    /// with it.
+    fn stream(
+        self,
+        plan: &Plan,
+        slot: Option<SlotGuard>,
+        tried: &mut Tried,
+    ) -> Result<Answered, Error> {
+        let Upcall {
+            gw,
+            req,
+            chat,
+            resolved,
+            prepared,
+            permit,
+            started,
+        } = self;
+        let remaining = plan.deadline.saturating_duration_since(started);
         let opened = gw.upstream.open_stream(
             &resolved.target,
             &prepared.body,
@@ -319,10 +377,12 @@ fn attempt(
             chat.retries,
             &req.hangup,
         );
-        let result = match opened.result {
+        tried.attempts = opened.attempts;
+        tried.took = Some(started.elapsed());
+        let model = resolved.model;
+        match opened.result {
             Ok(stream) => {
                 gw.scores.record(&model.short, true, started.elapsed());
-                // A local model's slot lives as long as its stream.
                 let held = slot
                     .into_iter()
                     .map(|s| Box::new(s) as Box<dyn Send>)
@@ -345,44 +405,54 @@ fn attempt(
                 &model.short,
                 &req.hangup,
                 started,
-                &mut tried,
+                tried,
             )),
-        };
-        tried.attempts = opened.attempts;
-        tried.took = Some(started.elapsed());
-        return (result, tried);
-    }
-    let done = gw.upstream.complete(
-        &resolved.target,
-        &prepared.body,
-        plan.deadline,
-        chat.retries,
-        &req.hangup,
-    );
-    let result = match done.result {
-        Ok(done) => {
-            permit.finish(Outcome::Success);
-            gw.scores.record(&model.short, true, started.elapsed());
-            prepared.save_turn(&gw.sessions, assistant_message(done.answer.content.clone()));
-            Ok(Answered::Complete(Box::new(Completed {
-                body: done.body,
-                answer: done.answer,
-                model,
-            })))
         }
-        Err(f) => Err(fail(
+    }
+
+    /// The whole answer, with the session turn kept.
+    fn complete(self, plan: &Plan, tried: &mut Tried) -> Result<Answered, Error> {
+        let Upcall {
             gw,
+            req,
+            chat,
+            resolved,
+            prepared,
             permit,
-            f,
-            &model.short,
-            &req.hangup,
             started,
-            &mut tried,
-        )),
-    };
-    tried.attempts = done.attempts;
-    tried.took = Some(started.elapsed());
-    (result, tried)
+        } = self;
+        let done = gw.upstream.complete(
+            &resolved.target,
+            &prepared.body,
+            plan.deadline,
+            chat.retries,
+            &req.hangup,
+        );
+        tried.attempts = done.attempts;
+        tried.took = Some(started.elapsed());
+        let model = resolved.model;
+        match done.result {
+            Ok(done) => {
+                permit.finish(Outcome::Success);
+                gw.scores.record(&model.short, true, started.elapsed());
+                prepared.save_turn(&gw.sessions, assistant_message(done.answer.content.clone()));
+                Ok(Answered::Complete(Box::new(Completed {
+                    body: done.body,
+                    answer: done.answer,
+                    model,
+                })))
+            }
+            Err(f) => Err(fail(
+                gw,
+                permit,
+                f,
+                &model.short,
+                &req.hangup,
+                started,
+                tried,
+            )),
+        }
+    }
 }
 
 /// Everything before the upstream call of a resolved model: the caller's right to it, its

@@ -9,3 +9,4 @@ pub mod request;
 pub mod sse;
 pub mod stream;
 pub mod tokens;
+pub mod upstream_body;

@@ -1,5 +1,6 @@
-//! Chat-completion requests: from the client's body to the body sent upstream, and from the
-//! upstream's answer to the turn stored in a session. Pure: no sockets, no files.
+//! Chat-completion requests as clients send them: checked, with sigorest's extensions taken
+//! out (the body sent upstream is built in [`super::upstream_body`]). Pure: no sockets, no
+//! files.
 //!
 //! The client's body is any OpenAI chat-completions body plus four extensions that are
 //! removed before the upstream call: `session_id`, `timeout` (seconds), `retries`
@@ -11,12 +12,9 @@
 
 use std::time::Duration;
 
-use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::error::Error;
-use crate::state::catalog::Model;
-use crate::state::memory::Memory;
 use crate::state::session::{self, Message};
 
 /// Default for the `timeout` extension.
@@ -46,7 +44,7 @@ pub struct ChatRequest {
     /// Models to try, in order, when the model asked for cannot answer (`fallbacks`).
     pub fallbacks: Vec<String>,
     /// The body without the extensions; `model` and `messages` still as the client sent them.
-    body: Map<String, Value>,
+    pub(super) body: Map<String, Value>,
 }
 
 impl ChatRequest {
@@ -121,79 +119,6 @@ impl ChatRequest {
                 role: "user".to_string(),
                 content: m.get("content").cloned().unwrap_or(Value::Null),
             })
-    }
-
-    /// The body for the upstream, serialized: memory first, then `history`, then the
-    /// client's messages; `model` set to the upstream id; clamps applied; extensions gone;
-    /// for a stream, `stream_options.include_usage` switched on. Written straight from the
-    /// client's parsed body, with the changed fields put in on the way: nothing is cloned
-    /// (a request is parsed once and serialized once, whatever its size).
-    pub fn upstream_bytes(&self, model: &Model, memory: &Memory, history: &[Message]) -> Vec<u8> {
-        let client_messages = self.messages();
-        let memory = (!memory.content.is_empty()).then(|| {
-            let marks = count_cache_marks(client_messages)
-                + self
-                    .body
-                    .get("tools")
-                    .map_or(0, |t| count_cache_marks(std::slice::from_ref(t)));
-            let content = if memory.cache && model.is_claude() && marks < MAX_CACHE_MARKS {
-                json!([{"type": "text", "text": memory.content, "cache_control": {"type": "ephemeral"}}])
-            } else {
-                Value::String(memory.content.clone())
-            };
-            json!({"role": "system", "content": content})
-        });
-        let (set, dropped) = self.changes(model);
-        let body = Upstream {
-            body: &self.body,
-            messages: Messages {
-                memory,
-                history,
-                client: client_messages,
-            },
-            set,
-            dropped,
-        };
-        // Serializing maps of `Value`s and plain data cannot fail.
-        serde_json::to_vec(&body).unwrap_or_default()
-    }
-
-    /// The fields whose value changes upstream (put in, in place of the client's), and the
-    /// fields that are left out.
-    fn changes(&self, model: &Model) -> (Map<String, Value>, Vec<&'static str>) {
-        let body = &self.body;
-        let mut set = Map::new();
-        set.insert("model".to_string(), Value::String(model.id.clone()));
-        if let Some(t) = body.get("temperature").and_then(Value::as_f64) {
-            // A range of 0..0 means "unknown": no clamp.
-            if model.max_temp > 0.0 {
-                let clamped = t.clamp(model.min_temp.min(model.max_temp), model.max_temp);
-                if clamped != t {
-                    set.insert("temperature".to_string(), json!(clamped));
-                }
-            }
-        }
-        let dropped = clamp_tokens(body, model, &mut set);
-        if self.stream {
-            let mut opts = match body.get("stream_options") {
-                Some(Value::Object(o)) => o.clone(),
-                _ => Map::new(),
-            };
-            opts.insert("include_usage".to_string(), Value::Bool(true));
-            set.insert("stream_options".to_string(), Value::Object(opts));
-        }
-        (set, dropped)
-    }
-
-    /// The upstream body as a map (tests read it so).
-    #[cfg(test)]
-    pub fn upstream_body(
-        &self,
-        model: &Model,
-        memory: &Memory,
-        history: &[Message],
-    ) -> Map<String, Value> {
-        serde_json::from_slice(&self.upstream_bytes(model, memory, history)).unwrap_or_default()
     }
 }
 
@@ -375,135 +300,10 @@ fn check_messages(messages: Option<&Value>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Counts `cache_control` keys anywhere in these values.
-fn count_cache_marks(values: &[Value]) -> usize {
-    fn walk(v: &Value) -> usize {
-        match v {
-            Value::Object(o) => {
-                usize::from(o.contains_key("cache_control")) + o.values().map(walk).sum::<usize>()
-            }
-            Value::Array(a) => a.iter().map(walk).sum(),
-            _ => 0,
-        }
-    }
-    values.iter().map(walk).sum()
-}
-
-/// Clamps `max_tokens` / `max_completion_tokens` to the model's output limit and uses the
-/// name the model wants, into `set`; returns the names left out. Absent stays absent.
-fn clamp_tokens(
-    body: &Map<String, Value>,
-    model: &Model,
-    set: &mut Map<String, Value>,
-) -> Vec<&'static str> {
-    let limit = |n: u64| {
-        if model.max_output > 0 {
-            n.min(model.max_output)
-        } else {
-            n
-        }
-    };
-    let max_tokens = body.get("max_tokens").and_then(Value::as_u64);
-    let max_completion = body.get("max_completion_tokens").and_then(Value::as_u64);
-    if model.completion_tokens {
-        // Both given: the smaller wins; either way only the new name goes up.
-        let wanted = match (max_tokens, max_completion) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if let Some(n) = wanted {
-            set.insert("max_completion_tokens".to_string(), json!(limit(n)));
-            return vec!["max_tokens"];
-        }
-    } else {
-        if let Some(n) = max_tokens {
-            set.insert("max_tokens".to_string(), json!(limit(n)));
-        }
-        if let Some(n) = max_completion {
-            set.insert("max_completion_tokens".to_string(), json!(limit(n)));
-        }
-    }
-    Vec::new()
-}
-
-/// The upstream body as it is written: the client's fields in their order, `messages`
-/// assembled, the changed fields in place of the client's.
-struct Upstream<'a> {
-    body: &'a Map<String, Value>,
-    messages: Messages<'a>,
-    set: Map<String, Value>,
-    dropped: Vec<&'static str>,
-}
-
-impl Serialize for Upstream<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(None)?;
-        for (k, v) in self.body {
-            if k == "messages" {
-                map.serialize_entry(k, &self.messages)?;
-            } else if let Some(new) = self.set.get(k) {
-                map.serialize_entry(k, new)?;
-            } else if !self.dropped.contains(&k.as_str()) {
-                map.serialize_entry(k, v)?;
-            }
-        }
-        for (k, v) in self.set.iter().filter(|(k, _)| !self.body.contains_key(*k)) {
-            map.serialize_entry(k, v)?;
-        }
-        map.end()
-    }
-}
-
-/// The memory block, the session history, then the client's messages, as one array.
-struct Messages<'a> {
-    memory: Option<Value>,
-    history: &'a [Message],
-    client: &'a [Value],
-}
-
-impl Serialize for Messages<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(None)?;
-        if let Some(m) = &self.memory {
-            seq.serialize_element(m)?;
-        }
-        for m in self.history {
-            seq.serialize_element(&HistoryEntry(m))?;
-        }
-        for m in self.client {
-            seq.serialize_element(m)?;
-        }
-        seq.end()
-    }
-}
-
-/// A session message as `{"role", "content"}`.
-struct HistoryEntry<'a>(&'a Message);
-
-impl Serialize for HistoryEntry<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(2))?;
-        map.serialize_entry("role", &self.0.role)?;
-        map.serialize_entry("content", &self.0.content)?;
-        map.end()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::catalog::Catalog;
-
-    fn model(short: &str) -> Model {
-        Catalog::embedded().get(short).unwrap().clone()
-    }
-
-    fn mem(content: &str, cache: bool) -> Memory {
-        Memory {
-            content: content.to_string(),
-            cache,
-        }
-    }
+    use serde_json::json;
 
     fn parse(v: Value) -> Result<ChatRequest, Error> {
         ChatRequest::parse(&serde_json::to_vec(&v).unwrap())
@@ -612,230 +412,6 @@ mod tests {
             (d.timeout, d.retries, d.stream, d.session_id),
             (DEFAULT_TIMEOUT, 3, false, None)
         );
-    }
-
-    #[test]
-    fn extensions_never_reach_the_upstream() {
-        let mut b = hello("gpt41");
-        b["session_id"] = json!("s1");
-        b["timeout"] = json!(30);
-        b["retries"] = json!(2);
-        b["fallbacks"] = json!(["kimi", " zai-glm46 "]);
-        let req = parse(b).unwrap();
-        assert_eq!(req.fallbacks, ["kimi", "zai-glm46"]);
-        let up = req.upstream_body(&model("gpt41"), &Memory::default(), &[]);
-        for k in ["session_id", "timeout", "retries", "fallbacks"] {
-            assert!(!up.contains_key(k), "{k} leaked");
-        }
-        assert_eq!(up["model"], "gpt-4.1");
-    }
-
-    #[test]
-    fn messages_in_order_memory_history_client() {
-        let req = parse(json!({"model": "gpt41", "messages": [
-            {"role": "system", "content": "be brief"},
-            {"role": "user", "content": [{"type": "text", "text": "what?"},
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}
-        ]}))
-        .unwrap();
-        let history = vec![
-            Message {
-                role: "user".into(),
-                content: json!("earlier"),
-            },
-            Message {
-                role: "assistant".into(),
-                content: json!("answer"),
-            },
-        ];
-        let up = req.upstream_body(&model("gpt41"), &mem("I am memory", true), &history);
-        let msgs = up["messages"].as_array().unwrap();
-        assert_eq!(msgs.len(), 5);
-        assert_eq!(msgs[0], json!({"role": "system", "content": "I am memory"}));
-        assert_eq!(msgs[1]["content"], "earlier");
-        assert_eq!(msgs[2]["content"], "answer");
-        assert_eq!(msgs[3], req.messages()[0]);
-        assert_eq!(msgs[4], req.messages()[1], "content parts pass unchanged");
-    }
-
-    #[test]
-    fn empty_memory_sends_nothing() {
-        let up = parse(hello("claude-h")).unwrap().upstream_body(
-            &model("claude-h"),
-            &mem("", true),
-            &[],
-        );
-        assert_eq!(up["messages"].as_array().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn claude_gets_cache_control_when_cache_is_on() {
-        let req = parse(hello("claude-h")).unwrap();
-        let up = req.upstream_body(&model("claude-h"), &mem("facts", true), &[]);
-        assert_eq!(
-            up["messages"][0],
-            json!({"role": "system", "content": [
-                {"type": "text", "text": "facts", "cache_control": {"type": "ephemeral"}}]})
-        );
-        // Cache off, or not Claude: a plain string.
-        let up = req.upstream_body(&model("claude-h"), &mem("facts", false), &[]);
-        assert_eq!(up["messages"][0]["content"], "facts");
-        let up =
-            parse(hello("gpt41"))
-                .unwrap()
-                .upstream_body(&model("gpt41"), &mem("facts", true), &[]);
-        assert_eq!(up["messages"][0]["content"], "facts");
-    }
-
-    #[test]
-    fn no_fifth_cache_mark() {
-        let part =
-            |t: &str| json!({"type": "text", "text": t, "cache_control": {"type": "ephemeral"}});
-        let three = json!({"model": "claude-h", "messages": [
-            {"role": "system", "content": [part("a"), part("b")]},
-            {"role": "user", "content": [part("c"), {"type": "text", "text": "q"}]}]});
-        let up =
-            parse(three.clone())
-                .unwrap()
-                .upstream_body(&model("claude-h"), &mem("m", true), &[]);
-        assert!(
-            up["messages"][0]["content"].is_array(),
-            "3 marks + memory = 4: allowed"
-        );
-
-        let mut four = three;
-        four["messages"][1]["content"][1] = part("d");
-        let up =
-            parse(four.clone())
-                .unwrap()
-                .upstream_body(&model("claude-h"), &mem("m", true), &[]);
-        assert_eq!(
-            up["messages"][0]["content"], "m",
-            "client has 4 marks: memory goes without"
-        );
-
-        // Marks on tools count too.
-        let mut tools = four;
-        tools["messages"][1]["content"][1] = json!({"type": "text", "text": "q"});
-        tools["tools"] = json!([{"type": "function", "function": {"name": "f"}, "cache_control": {"type": "ephemeral"}}]);
-        let up = parse(tools)
-            .unwrap()
-            .upstream_body(&model("claude-h"), &mem("m", true), &[]);
-        assert_eq!(up["messages"][0]["content"], "m");
-    }
-
-    #[test]
-    fn temperature_is_clamped_into_the_models_range() {
-        let t = |short: &str, temp: Value| {
-            let mut b = hello(short);
-            b["temperature"] = temp;
-            parse(b)
-                .unwrap()
-                .upstream_body(&model(short), &Memory::default(), &[])["temperature"]
-                .clone()
-        };
-        assert_eq!(t("claude-h", json!(1.7)), json!(1.0));
-        assert_eq!(t("claude-h", json!(-0.5)), json!(0.0));
-        assert_eq!(t("claude-h", json!(0.3)), json!(0.3));
-        assert_eq!(t("gpt41", json!(1.7)), json!(1.7));
-        assert_eq!(t("gpt41", json!(9)), json!(2.0));
-        let up =
-            parse(hello("gpt41"))
-                .unwrap()
-                .upstream_body(&model("gpt41"), &Memory::default(), &[]);
-        assert!(!up.contains_key("temperature"), "absent stays absent");
-    }
-
-    #[test]
-    fn max_tokens_rules() {
-        let run = |short: &str, extra: Value| {
-            let mut b = hello(short);
-            for (k, v) in extra.as_object().unwrap() {
-                b[k] = v.clone();
-            }
-            parse(b)
-                .unwrap()
-                .upstream_body(&model(short), &Memory::default(), &[])
-        };
-        let up = run("gpt41", json!({}));
-        assert!(
-            !up.contains_key("max_tokens") && !up.contains_key("max_completion_tokens"),
-            "never 0"
-        );
-        assert_eq!(run("gpt41", json!({"max_tokens": 100}))["max_tokens"], 100);
-        assert_eq!(
-            run("gpt41", json!({"max_tokens": 99999}))["max_tokens"],
-            8192
-        );
-        let up = run("gpt5m", json!({"max_tokens": 99999}));
-        assert_eq!(up["max_completion_tokens"], 4096);
-        assert!(!up.contains_key("max_tokens"));
-        let up = run(
-            "gpt5m",
-            json!({"max_tokens": 500, "max_completion_tokens": 300}),
-        );
-        assert_eq!(up["max_completion_tokens"], 300);
-        assert!(!up.contains_key("max_tokens"));
-        assert_eq!(
-            run("gpt41", json!({"max_completion_tokens": 10000}))["max_completion_tokens"],
-            8192
-        );
-    }
-
-    #[test]
-    fn other_fields_pass_through_untouched() {
-        let extra = json!({
-            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
-            "tool_choice": "auto", "response_format": {"type": "json_object"},
-            "top_p": 0.5, "stop": ["\n"], "seed": 7, "user": "u1", "logprobs": true, "n": 1,
-            "frequency_penalty": 0.1, "some_future_field": {"x": [1, 2]}
-        });
-        let mut b = hello("gpt41");
-        for (k, v) in extra.as_object().unwrap() {
-            b[k] = v.clone();
-        }
-        let up = parse(b)
-            .unwrap()
-            .upstream_body(&model("gpt41"), &Memory::default(), &[]);
-        for (k, v) in extra.as_object().unwrap() {
-            assert_eq!(&up[k], v, "{k}");
-        }
-    }
-
-    #[test]
-    fn tool_call_messages_pass_through() {
-        let msgs = json!([
-            {"role": "user", "content": "sum?"},
-            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
-                "function": {"name": "f", "arguments": "{\"x\":1}"}}]},
-            {"role": "tool", "tool_call_id": "call_1", "content": "42"}
-        ]);
-        let req = parse(json!({"model": "gpt41", "messages": msgs})).unwrap();
-        let up = req.upstream_body(&model("gpt41"), &Memory::default(), &[]);
-        assert_eq!(up["messages"], msgs);
-    }
-
-    #[test]
-    fn stream_asks_for_usage_and_remembers_whether_the_client_did() {
-        let mut b = hello("gpt41");
-        b["stream"] = json!(true);
-        let req = parse(b.clone()).unwrap();
-        assert!(req.stream && !req.client_wants_usage);
-        let up = req.upstream_body(&model("gpt41"), &Memory::default(), &[]);
-        assert_eq!(up["stream_options"], json!({"include_usage": true}));
-        b["stream_options"] = json!({"include_usage": true, "other": 1});
-        let req = parse(b).unwrap();
-        assert!(req.client_wants_usage);
-        let up = req.upstream_body(&model("gpt41"), &Memory::default(), &[]);
-        assert_eq!(
-            up["stream_options"],
-            json!({"include_usage": true, "other": 1})
-        );
-        let up =
-            parse(hello("gpt41"))
-                .unwrap()
-                .upstream_body(&model("gpt41"), &Memory::default(), &[]);
-        assert!(!up.contains_key("stream_options"));
     }
 
     #[test]
