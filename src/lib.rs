@@ -25,6 +25,7 @@ pub mod error;
 mod gateway;
 pub mod http;
 pub mod logging;
+mod responses;
 pub mod server;
 mod state;
 mod upstream;

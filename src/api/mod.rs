@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `POST /v1/chat/completions` | [`chat`] (OpenAI) |
 //! | `POST /v1/messages`, `POST /v1/messages/count_tokens` | [`messages`] (Anthropic) |
+//! | `POST /v1/responses` | [`responses`] (OpenAI Responses, stateless) |
 //! | `GET /v1/models`, `GET /api/models` | [`models`] |
 //! | `GET /api/health`, `GET`/`PUT /api/memory` | [`admin`] |
 //!
@@ -22,6 +23,7 @@ mod call;
 mod chat;
 mod messages;
 mod models;
+mod responses;
 
 /// An endpoint's handler.
 type Endpoint = fn(&Gateway, &Request) -> Result<Response, Error>;
@@ -74,6 +76,7 @@ impl Router {
             "/chat/completions" => ("POST", chat::completions),
             "/messages" => ("POST", messages::create),
             "/messages/count_tokens" => ("POST", messages::count_tokens),
+            "/responses" => ("POST", responses::create),
             "/models" => ("GET, HEAD", models::openai),
             "/api/models" if bare => ("GET, HEAD", models::detailed),
             "/api/health" if bare => ("GET, HEAD", admin::health),

@@ -1,0 +1,862 @@
+//! The translations, on their own: requests, answers, streams (the event order rules the
+//! SDK's stream helper checks).
+
+use serde_json::{Map, Value, json};
+
+use super::answer::{self, Envelope};
+use super::request::{echo, to_chat};
+use super::stream::Translator;
+use crate::chat::answer::{Answer, PromptDetails, ToolCall, Usage};
+use crate::chat::stream::Chunk;
+use crate::error::Error;
+
+fn obj(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap()
+}
+
+fn chat(v: Value) -> Map<String, Value> {
+    to_chat(&obj(v)).unwrap()
+}
+
+fn bad(v: Value) -> Error {
+    to_chat(&obj(v)).unwrap_err()
+}
+
+#[test]
+fn a_string_input_with_instructions_and_options() {
+    let out = chat(
+        json!({"model": "gpt41", "input": "hi", "instructions": "Be brief.",
+        "max_output_tokens": 50, "temperature": 0.2, "top_p": 0.9, "user": "u-1",
+        "metadata": {"k": "v"}, "store": true, "stream": true, "session_id": "s1", "timeout": 30,
+        "retries": 2, "reasoning": {"effort": "low"}, "truncation": "auto", "include": [],
+        "service_tier": "auto", "prompt_cache_key": "x", "stream_options": {"include_obfuscation": false}}),
+    );
+    assert_eq!(
+        out["messages"],
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])
+    );
+    for (k, v) in [
+        ("model", json!("gpt41")),
+        ("max_tokens", json!(50)),
+        ("temperature", json!(0.2)),
+        ("top_p", json!(0.9)),
+        ("user", json!("u-1")),
+        ("stream", json!(true)),
+        ("session_id", json!("s1")),
+        ("timeout", json!(30)),
+        ("retries", json!(2)),
+    ] {
+        assert_eq!(out[k], v, "{k}");
+    }
+    for k in [
+        "input",
+        "instructions",
+        "max_output_tokens",
+        "metadata",
+        "store",
+        "reasoning",
+        "truncation",
+        "include",
+        "service_tier",
+        "prompt_cache_key",
+        "stream_options",
+        "text",
+    ] {
+        assert!(!out.contains_key(k), "{k} must not go upstream");
+    }
+    let plain = chat(json!({"model": "m", "input": "hi", "instructions": ""}));
+    assert_eq!(
+        plain["messages"],
+        json!([{"role": "user", "content": "hi"}])
+    );
+}
+
+#[test]
+fn message_items_and_their_parts() {
+    let out = chat(json!({"model": "m", "input": [
+        {"role": "developer", "content": "Use metric units."},
+        {"type": "message", "role": "system", "content": [{"type": "input_text", "text": "Be kind."}]},
+        {"role": "user", "content": [{"type": "input_text", "text": "look"},
+            {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"},
+            {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBE"}]},
+        {"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": "A cat.", "annotations": []},
+                {"type": "refusal", "refusal": "No more."}]},
+        {"role": "user", "content": [{"type": "input_text", "text": "a"}, {"type": "input_text", "text": "b"}]},
+        {"type": "reasoning", "id": "rs_1", "summary": []}]}));
+    let m = out["messages"].as_array().unwrap();
+    assert_eq!(
+        m[0],
+        json!({"role": "system", "content": "Use metric units."}),
+        "developer is sent as system, in place"
+    );
+    assert_eq!(m[1], json!({"role": "system", "content": "Be kind."}));
+    assert_eq!(
+        m[2]["content"],
+        json!([{"type": "text", "text": "look"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
+            {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBE"}}])
+    );
+    assert_eq!(
+        m[3],
+        json!({"role": "assistant", "content": "A cat.\n\nNo more."})
+    );
+    assert_eq!(
+        m[4],
+        json!({"role": "user", "content": "a\n\nb"}),
+        "plain text stays a string"
+    );
+    assert_eq!(m.len(), 5, "reasoning items are dropped");
+}
+
+#[test]
+fn function_calls_and_their_outputs() {
+    let out = chat(json!({"model": "m", "input": [
+        {"role": "user", "content": "weather in Lyon and Paris?"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
+        {"type": "function_call", "id": "fc_1", "call_id": "call_a", "name": "weather",
+            "arguments": "{\"city\":\"Lyon\"}", "status": "completed"},
+        {"type": "function_call", "call_id": "call_b", "name": "weather", "arguments": {"city": "Paris"}},
+        {"type": "function_call_output", "call_id": "call_a", "output": "12 C"},
+        {"type": "function_call_output", "call_id": "call_b",
+            "output": [{"type": "input_text", "text": "9 C"}, {"type": "input_image", "image_url": "x"}]},
+        {"type": "function_call", "call_id": "call_c", "name": "done"}]}));
+    let m = out["messages"].as_array().unwrap();
+    assert_eq!(m[1]["content"], "Checking.");
+    assert_eq!(
+        m[1]["tool_calls"],
+        json!([
+            {"id": "call_a", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Lyon\"}"}},
+            {"id": "call_b", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}}]),
+        "calls in a row join the assistant message before them"
+    );
+    assert_eq!(
+        m[2],
+        json!({"role": "tool", "tool_call_id": "call_a", "content": "12 C"})
+    );
+    assert_eq!(
+        m[3],
+        json!({"role": "tool", "tool_call_id": "call_b", "content": "9 C\n[image]"})
+    );
+    assert_eq!(
+        m[4],
+        json!({"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_c", "type": "function", "function": {"name": "done", "arguments": "{}"}}]}),
+        "after a tool message, a new assistant message"
+    );
+    assert_eq!(m.len(), 5);
+}
+
+#[test]
+fn function_tools_hosted_tools_and_tool_choice() {
+    let tools = json!([
+        {"type": "function", "name": "f", "description": "d", "parameters": {"type": "object"}, "strict": true},
+        {"type": "function", "name": "g", "parameters": null, "strict": false},
+        {"type": "web_search_preview"}, {"type": "file_search", "vector_store_ids": ["v"]},
+        {"type": "custom", "name": "apply_patch"}]);
+    let out = chat(json!({"model": "m", "input": "x", "tools": tools,
+        "tool_choice": {"type": "function", "name": "f"}, "parallel_tool_calls": false}));
+    assert_eq!(
+        out["tools"],
+        json!([
+            {"type": "function", "function": {"name": "f", "description": "d",
+                "parameters": {"type": "object"}, "strict": true}},
+            {"type": "function", "function": {"name": "g",
+                "parameters": {"type": "object", "properties": {}}}}]),
+        "hosted tools are skipped; strict only when true"
+    );
+    assert_eq!(
+        out["tool_choice"],
+        json!({"type": "function", "function": {"name": "f"}})
+    );
+    assert_eq!(out["parallel_tool_calls"], false);
+    let f = json!([{"type": "function", "name": "f"}]);
+    for (choice, want) in [
+        (json!("auto"), json!("auto")),
+        (json!("none"), json!("none")),
+        (json!("required"), json!("required")),
+        (
+            json!({"type": "allowed_tools", "mode": "required", "tools": []}),
+            json!("required"),
+        ),
+    ] {
+        let out = chat(json!({"model": "m", "input": "x", "tools": f, "tool_choice": choice}));
+        assert_eq!(out["tool_choice"], want, "{choice}");
+    }
+    let hosted_choice = chat(
+        json!({"model": "m", "input": "x", "tools": f, "tool_choice": {"type": "web_search_preview"}}),
+    );
+    assert!(!hosted_choice.contains_key("tool_choice"));
+    let only_hosted = chat(json!({"model": "m", "input": "x",
+        "tools": [{"type": "web_search"}], "tool_choice": "required", "parallel_tool_calls": true}));
+    for k in ["tools", "tool_choice", "parallel_tool_calls"] {
+        assert!(!only_hosted.contains_key(k), "{k} without a function tool");
+    }
+}
+
+#[test]
+fn text_format_becomes_response_format() {
+    let schema = json!({"type": "object", "properties": {"a": {"type": "string"}}});
+    let out = chat(
+        json!({"model": "m", "input": "x", "text": {"format": {"type": "json_schema",
+        "name": "thing", "schema": schema, "strict": true}, "verbosity": "low"}}),
+    );
+    assert_eq!(
+        out["response_format"],
+        json!({"type": "json_schema", "json_schema": {"name": "thing", "schema": schema, "strict": true}})
+    );
+    let out =
+        chat(json!({"model": "m", "input": "x", "text": {"format": {"type": "json_object"}}}));
+    assert_eq!(out["response_format"], json!({"type": "json_object"}));
+    let out = chat(json!({"model": "m", "input": "x", "text": {"format": {"type": "text"}}}));
+    assert!(!out.contains_key("response_format"));
+}
+
+#[test]
+fn stateful_fields_are_refused_with_what_to_do_instead() {
+    let e = bad(json!({"model": "m", "input": "x", "previous_response_id": "resp_1"}));
+    assert_eq!((e.status(), e.code()), (400, "invalid_request"));
+    assert_eq!(e.param(), Some("previous_response_id"));
+    let msg = e.to_string();
+    assert!(
+        msg.contains("stateless") && msg.contains("input") && msg.contains("session_id"),
+        "{msg}"
+    );
+    for (field, value) in [
+        ("conversation", json!("conv_1")),
+        ("background", json!(true)),
+        ("prompt", json!({"id": "pmpt_1"})),
+    ] {
+        let mut body = json!({"model": "m", "input": "x"});
+        body[field] = value;
+        assert_eq!(bad(body).param(), Some(field));
+    }
+    // Null or false is no state.
+    chat(
+        json!({"model": "m", "input": "x", "previous_response_id": null,
+        "background": false, "conversation": null, "store": false}),
+    );
+}
+
+#[test]
+fn bad_requests_say_what_to_fix() {
+    let x = || json!([{"role": "user", "content": "x"}]);
+    for (body, param, needle) in [
+        (json!({"model": "m"}), "input", "input: Field required"),
+        (json!({"model": "m", "input": []}), "input", "at least one"),
+        (
+            json!({"model": "m", "input": 5}),
+            "input",
+            "string or a list",
+        ),
+        (json!({"model": "m", "input": [5]}), "input", "input[0]"),
+        (
+            json!({"model": "m", "input": [{"content": "x"}]}),
+            "input",
+            "role is required",
+        ),
+        (
+            json!({"model": "m", "input": [{"role": "tool", "content": "x"}]}),
+            "input",
+            "role 'tool'",
+        ),
+        (
+            json!({"model": "m", "input": [{"role": "user", "content": 5}]}),
+            "input",
+            "content",
+        ),
+        (
+            json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
+            "input",
+            "input[0]: content[0]: content parts of type 'input_audio'",
+        ),
+        (
+            json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]}),
+            "input",
+            "image_url",
+        ),
+        (
+            json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),
+            "input",
+            "file_data",
+        ),
+        (
+            json!({"model": "m", "input": [{"role": "system", "content": [{"type": "input_image", "image_url": "u"}]}]}),
+            "input",
+            "only hold text",
+        ),
+        (
+            json!({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]}),
+            "input",
+            "item_reference",
+        ),
+        (
+            json!({"model": "m", "input": [{"type": "computer_call_output"}]}),
+            "input",
+            "'computer_call_output' are not supported",
+        ),
+        (
+            json!({"model": "m", "input": [{"type": "function_call", "name": "f"}]}),
+            "input",
+            "call_id",
+        ),
+        (
+            json!({"model": "m", "input": [{"type": "function_call_output", "call_id": "c"}]}),
+            "input",
+            "output",
+        ),
+        (
+            json!({"model": "m", "input": x(), "instructions": 5}),
+            "instructions",
+            "string",
+        ),
+        (
+            json!({"model": "m", "input": x(), "tools": {}}),
+            "tools",
+            "list",
+        ),
+        (
+            json!({"model": "m", "input": x(), "tools": [{"type": "function"}]}),
+            "tools",
+            "tools[0].name",
+        ),
+        (
+            json!({"model": "m", "input": x(), "tools": [{"name": "f"}]}),
+            "tools",
+            "tools[0].type",
+        ),
+        (
+            json!({"model": "m", "input": x(), "tools": [{"type": "function", "name": "f"}], "tool_choice": "maybe"}),
+            "tool_choice",
+            "tool_choice",
+        ),
+        (
+            json!({"model": "m", "input": x(), "max_output_tokens": 0}),
+            "max_output_tokens",
+            "above 0",
+        ),
+        (
+            json!({"model": "m", "input": x(), "max_output_tokens": "9"}),
+            "max_output_tokens",
+            "whole number",
+        ),
+        (
+            json!({"model": "m", "input": x(), "temperature": "hot"}),
+            "temperature",
+            "number",
+        ),
+        (
+            json!({"model": "m", "input": x(), "top_p": "x"}),
+            "top_p",
+            "number",
+        ),
+        (
+            json!({"model": "m", "input": x(), "user": 5}),
+            "user",
+            "string",
+        ),
+        (
+            json!({"model": "m", "input": x(), "metadata": "x"}),
+            "metadata",
+            "object",
+        ),
+        (
+            json!({"model": "m", "input": x(), "text": {"format": {"type": "json_schema"}}}),
+            "text",
+            "name",
+        ),
+        (
+            json!({"model": "m", "input": x(), "text": {"format": {"type": "yaml"}}}),
+            "text",
+            "type",
+        ),
+    ] {
+        let e = bad(body.clone());
+        assert_eq!(e.status(), 400, "{body}");
+        assert_eq!(e.param(), Some(param), "{body}: {e}");
+        assert!(e.to_string().contains(needle), "{body}: {e}");
+    }
+}
+
+#[test]
+fn the_echo_repeats_the_request_with_openai_defaults() {
+    let e = echo(&obj(json!({"model": "m", "input": "x"})));
+    assert_eq!(e["tool_choice"], "auto");
+    assert_eq!(e["parallel_tool_calls"], true);
+    assert_eq!(e["tools"], json!([]));
+    assert_eq!(e["text"], json!({"format": {"type": "text"}}));
+    assert_eq!(e["metadata"], json!({}));
+    assert_eq!(e["store"], false);
+    assert_eq!(e["truncation"], "disabled");
+    for k in [
+        "instructions",
+        "max_output_tokens",
+        "temperature",
+        "top_p",
+        "user",
+        "previous_response_id",
+    ] {
+        assert_eq!(e[k], Value::Null, "{k}");
+    }
+    let e = echo(&obj(
+        json!({"model": "m", "input": "x", "store": true, "instructions": "I",
+        "max_output_tokens": 9, "metadata": {"a": "b"}, "temperature": 0.5, "tool_choice": "required",
+        "tools": [{"type": "function", "name": "f"}, {"type": "web_search"}]}),
+    ));
+    assert_eq!(e["store"], false, "the gateway stores nothing");
+    assert_eq!(
+        (e["instructions"].clone(), e["max_output_tokens"].clone()),
+        (json!("I"), json!(9))
+    );
+    assert_eq!(e["metadata"], json!({"a": "b"}));
+    assert_eq!(e["tools"], json!([{"type": "function", "name": "f"}]));
+    assert_eq!(e["tool_choice"], "required");
+}
+
+fn envelope() -> Envelope {
+    Envelope::new("gpt41", echo(&obj(json!({"model": "gpt41", "input": "x"}))))
+}
+
+#[test]
+fn answers_become_response_objects() {
+    let answer = Answer {
+        content: json!("Sure."),
+        tool_calls: vec![
+            ToolCall {
+                id: "call_1".into(),
+                name: "f".into(),
+                arguments: "{\"a\":1}".into(),
+            },
+            ToolCall {
+                id: String::new(),
+                name: "g".into(),
+                arguments: "not json".into(),
+            },
+        ],
+        finish_reason: Some("tool_calls".into()),
+        usage: Usage {
+            prompt_tokens: Some(100),
+            completion_tokens: Some(7),
+            prompt_tokens_details: Some(PromptDetails {
+                cached_tokens: Some(60),
+            }),
+        },
+    };
+    let env = envelope();
+    let r = answer::response(&answer, &env);
+    assert_eq!(r["id"], env.id.as_str());
+    assert!(env.id.starts_with("resp_"));
+    assert_eq!(
+        (r["object"].clone(), r["status"].clone(), r["model"].clone()),
+        (json!("response"), json!("completed"), json!("gpt41"))
+    );
+    assert!(r["created_at"].as_u64().unwrap() > 1_600_000_000);
+    assert!(r["completed_at"].is_u64());
+    assert_eq!(r["incomplete_details"], Value::Null);
+    assert_eq!(r["error"], Value::Null);
+    assert_eq!(r["tool_choice"], "auto");
+    let out = r["output"].as_array().unwrap();
+    assert_eq!(out.len(), 3);
+    assert_eq!(
+        (
+            out[0]["type"].clone(),
+            out[0]["role"].clone(),
+            out[0]["status"].clone()
+        ),
+        (json!("message"), json!("assistant"), json!("completed"))
+    );
+    assert!(out[0]["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(
+        out[0]["content"],
+        json!([{"type": "output_text", "text": "Sure.", "annotations": []}])
+    );
+    assert_eq!(out[1]["type"], "function_call");
+    assert!(out[1]["id"].as_str().unwrap().starts_with("fc_"));
+    assert_eq!(
+        (
+            out[1]["call_id"].clone(),
+            out[1]["name"].clone(),
+            out[1]["arguments"].clone()
+        ),
+        (json!("call_1"), json!("f"), json!("{\"a\":1}"))
+    );
+    assert_eq!(out[1]["status"], "completed");
+    assert!(
+        out[2]["call_id"].as_str().unwrap().starts_with("call_"),
+        "a call id is made up when the provider gave none"
+    );
+    assert_eq!(
+        out[2]["arguments"], "not json",
+        "arguments as the model wrote them"
+    );
+    assert_eq!(
+        r["usage"],
+        json!({"input_tokens": 100, "input_tokens_details": {"cached_tokens": 60, "cache_write_tokens": 0},
+            "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 107})
+    );
+    // Only tool calls: no message item.
+    let calls = Answer {
+        content: Value::Null,
+        ..answer.clone()
+    };
+    let r = answer::response(&calls, &env);
+    assert_eq!(r["output"][0]["type"], "function_call");
+    // Cut at the token limit: incomplete.
+    let cut = Answer {
+        content: json!("Once upon"),
+        finish_reason: Some("length".into()),
+        ..Answer::default()
+    };
+    let r = answer::response(&cut, &env);
+    assert_eq!(r["status"], "incomplete");
+    assert_eq!(r["completed_at"], Value::Null);
+    assert_eq!(
+        r["incomplete_details"],
+        json!({"reason": "max_output_tokens"})
+    );
+    assert_eq!(r["output"][0]["status"], "incomplete");
+    assert_eq!(
+        answer::status(Some("content_filter")).1,
+        json!({"reason": "content_filter"})
+    );
+    // Nothing at all: one empty message, usage all 0.
+    let r = answer::response(&Answer::default(), &env);
+    assert_eq!(r["output"][0]["content"][0]["text"], "");
+    assert_eq!(r["usage"]["total_tokens"], 0);
+}
+
+/// The events a translator writes for these chunks, then the end.
+fn events(chunks: &[Value], usage: Usage) -> Vec<(String, Value)> {
+    let mut t = Translator::new(envelope());
+    let mut out = Vec::new();
+    for c in chunks {
+        t.chunk(&Chunk::parse(&c.to_string()).unwrap(), &mut out)
+            .unwrap();
+    }
+    t.done(&usage, &mut out);
+    parse_frames(&out)
+}
+
+fn parse_frames(out: &[u8]) -> Vec<(String, Value)> {
+    let text = String::from_utf8(out.to_vec()).unwrap();
+    assert!(text.ends_with("\n\n"));
+    text.split("\n\n")
+        .filter(|f| !f.is_empty())
+        .map(|frame| {
+            let (event, data) = frame.split_once('\n').unwrap();
+            let name = event.strip_prefix("event: ").unwrap().to_string();
+            let data: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+            assert_eq!(data["type"], name.as_str(), "the event name is its type");
+            (name, data)
+        })
+        .collect()
+}
+
+/// Checks what the SDK's stream helper checks, and more: numbering, one response id,
+/// created first, items added once at the next index and done before the end, deltas
+/// only for the open item, the done events' text the deltas' sum, and the final response's
+/// output the items as they were done. Returns the final response.
+fn assert_well_formed(ev: &[(String, Value)]) -> Value {
+    assert_eq!(ev[0].0, "response.created");
+    assert_eq!(ev[1].0, "response.in_progress");
+    let id = ev[0].1["response"]["id"].clone();
+    assert!(id.as_str().unwrap().starts_with("resp_"));
+    let mut open: Option<(u64, String)> = None;
+    let mut text = String::new();
+    let mut done_items: Vec<Value> = Vec::new();
+    let mut ended = None;
+    for (n, (name, data)) in ev.iter().enumerate() {
+        assert_eq!(data["sequence_number"], n as u64, "numbered from 0: {ev:?}");
+        assert!(ended.is_none(), "an event after the end: {name}");
+        if let Some(r) = data.get("response") {
+            assert_eq!(r["id"], id, "one response id");
+            assert_eq!(r["object"], "response");
+        }
+        let index = data["output_index"].as_u64();
+        let item_id = data["item_id"].as_str().map(str::to_string);
+        match name.as_str() {
+            "response.output_item.added" => {
+                assert!(
+                    open.is_none(),
+                    "an item added while another is open: {ev:?}"
+                );
+                let i = index.unwrap();
+                assert_eq!(i as usize, done_items.len(), "indexes count up from 0");
+                assert_eq!(data["item"]["status"], "in_progress");
+                open = Some((i, data["item"]["id"].as_str().unwrap().to_string()));
+                text.clear();
+            }
+            "response.content_part.added" | "response.content_part.done" => {
+                assert_eq!(open.as_ref().map(|o| o.0), index);
+                assert_eq!(data["content_index"], 0);
+            }
+            "response.output_text.delta" | "response.function_call_arguments.delta" => {
+                let (i, id) = open.clone().expect("a delta with no open item");
+                assert_eq!(
+                    (Some(i), Some(id)),
+                    (index, item_id),
+                    "a delta for another item"
+                );
+                text.push_str(data["delta"].as_str().unwrap());
+            }
+            "response.output_text.done" => assert_eq!(data["text"], text.as_str()),
+            "response.function_call_arguments.done" => {
+                assert_eq!(data["arguments"], text.as_str())
+            }
+            "response.output_item.done" => {
+                let (i, id) = open.take().expect("done without an open item");
+                assert_eq!(index, Some(i));
+                assert_eq!(data["item"]["id"], id.as_str());
+                let item = &data["item"];
+                let written = match item["type"].as_str() {
+                    Some("message") => &item["content"][0]["text"],
+                    _ => &item["arguments"],
+                };
+                assert_eq!(written, text.as_str(), "the item holds what was streamed");
+                done_items.push(item.clone());
+            }
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                ended = Some(data["response"].clone());
+            }
+            _ => {}
+        }
+    }
+    let last = ended.expect("no final event");
+    if last["status"] != "failed" {
+        assert!(open.is_none(), "an item left open");
+        assert_eq!(last["output"], Value::Array(done_items));
+    }
+    last
+}
+
+fn text_chunk(t: &str) -> Value {
+    json!({"choices": [{"index": 0, "delta": {"content": t}}]})
+}
+
+fn finish(reason: &str) -> Value {
+    json!({"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]})
+}
+
+fn tool_chunk(index: usize, id: Option<&str>, name: Option<&str>, args: &str) -> Value {
+    let mut f = json!({"arguments": args});
+    if let Some(n) = name {
+        f["name"] = json!(n);
+    }
+    let mut tc = json!({"index": index, "function": f});
+    if let Some(id) = id {
+        tc["id"] = json!(id);
+    }
+    json!({"choices": [{"index": 0, "delta": {"tool_calls": [tc]}}]})
+}
+
+fn names(ev: &[(String, Value)]) -> Vec<&str> {
+    ev.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+#[test]
+fn a_text_stream_in_the_responses_order() {
+    let ev = events(
+        &[
+            json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+            text_chunk("Hel"),
+            text_chunk("lo"),
+            finish("stop"),
+            json!({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}),
+        ],
+        Usage {
+            prompt_tokens: Some(9),
+            completion_tokens: Some(2),
+            prompt_tokens_details: None,
+        },
+    );
+    let last = assert_well_formed(&ev);
+    assert_eq!(
+        names(&ev),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    let created = &ev[0].1["response"];
+    assert_eq!(
+        (
+            created["status"].clone(),
+            created["output"].clone(),
+            created["usage"].clone()
+        ),
+        (json!("in_progress"), json!([]), Value::Null)
+    );
+    assert_eq!(
+        ev[2].1["item"],
+        json!({"type": "message", "id": ev[2].1["item"]["id"], "status": "in_progress",
+            "role": "assistant", "content": []})
+    );
+    assert_eq!(
+        ev[3].1["part"],
+        json!({"type": "output_text", "text": "", "annotations": []})
+    );
+    assert_eq!(ev[4].1["logprobs"], json!([]));
+    assert_eq!(last["status"], "completed");
+    assert_eq!(last["output"][0]["content"][0]["text"], "Hello");
+    assert_eq!(last["output"][0]["status"], "completed");
+    assert_eq!(last["usage"]["input_tokens"], 9);
+    assert_eq!(last["usage"]["total_tokens"], 11);
+}
+
+#[test]
+fn text_then_parallel_tool_calls_each_in_its_own_item() {
+    let ev = events(
+        &[
+            text_chunk("Checking."),
+            tool_chunk(0, Some("call_a"), Some("f"), ""),
+            tool_chunk(0, None, None, "{\"x\""),
+            tool_chunk(0, None, None, ":1}"),
+            tool_chunk(1, Some("call_b"), None, "{"),
+            tool_chunk(1, None, Some("g"), "}"),
+            finish("tool_calls"),
+        ],
+        Usage::default(),
+    );
+    let last = assert_well_formed(&ev);
+    let out = last["output"].as_array().unwrap();
+    assert_eq!(out.len(), 3);
+    assert_eq!(out[0]["content"][0]["text"], "Checking.");
+    assert_eq!(
+        (
+            out[1]["call_id"].clone(),
+            out[1]["name"].clone(),
+            out[1]["arguments"].clone()
+        ),
+        (json!("call_a"), json!("f"), json!("{\"x\":1}"))
+    );
+    assert_eq!(
+        (
+            out[2]["call_id"].clone(),
+            out[2]["name"].clone(),
+            out[2]["arguments"].clone()
+        ),
+        (json!("call_b"), json!("g"), json!("{}")),
+        "added once its name came, with the pieces that waited"
+    );
+    let added: Vec<&Value> = ev
+        .iter()
+        .filter(|(n, _)| n == "response.output_item.added")
+        .map(|(_, d)| &d["item"])
+        .collect();
+    assert_eq!(added[1]["arguments"], "", "added empty, filled by deltas");
+    let args_done = ev
+        .iter()
+        .find(|(n, _)| n == "response.function_call_arguments.done")
+        .unwrap();
+    assert_eq!(args_done.1["name"], "f");
+    assert_eq!(last["status"], "completed");
+    assert_eq!(
+        last["usage"]["input_tokens"], 0,
+        "not reported: 0, never missing"
+    );
+}
+
+#[test]
+fn odd_streams_stay_well_formed() {
+    // Nothing at all: one empty message.
+    let ev = events(&[], Usage::default());
+    let last = assert_well_formed(&ev);
+    assert_eq!(last["output"][0]["content"][0]["text"], "");
+    // Text after a tool call opens a new message; a late piece of a finished call is dropped.
+    let ev = events(
+        &[
+            tool_chunk(0, Some("a"), Some("f"), "{}"),
+            text_chunk("then"),
+            tool_chunk(0, None, None, "late"),
+            tool_chunk(1, Some("b"), Some("g"), "{}"),
+        ],
+        Usage::default(),
+    );
+    let last = assert_well_formed(&ev);
+    let kinds: Vec<&str> = last["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["function_call", "message", "function_call"]);
+    assert!(!serde_json::to_string(&last).unwrap().contains("late"));
+    // A call whose name never comes still gets its item before the end.
+    let ev = events(&[tool_chunk(0, Some("a"), None, "{}")], Usage::default());
+    let last = assert_well_formed(&ev);
+    assert_eq!(last["output"][0]["call_id"], "a");
+    // A provider that gives no call id: one is made up, the same in every event.
+    let ev = events(&[tool_chunk(0, None, Some("f"), "{}")], Usage::default());
+    let last = assert_well_formed(&ev);
+    let made_up = last["output"][0]["call_id"].as_str().unwrap();
+    assert!(made_up.starts_with("call_"));
+    assert_eq!(ev[2].1["item"]["call_id"], made_up);
+}
+
+#[test]
+fn a_stream_cut_at_the_token_limit_is_incomplete() {
+    let ev = events(&[text_chunk("Once"), finish("length")], Usage::default());
+    let last = assert_well_formed(&ev);
+    assert_eq!(ev.last().unwrap().0, "response.incomplete");
+    assert_eq!(last["status"], "incomplete");
+    assert_eq!(
+        last["incomplete_details"],
+        json!({"reason": "max_output_tokens"})
+    );
+    assert_eq!(last["output"][0]["status"], "incomplete");
+}
+
+#[test]
+fn a_failure_mid_stream_is_response_failed_with_the_output_so_far() {
+    let mut t = Translator::new(envelope());
+    let mut out = Vec::new();
+    t.chunk(
+        &Chunk::parse(&text_chunk("a").to_string()).unwrap(),
+        &mut out,
+    )
+    .unwrap();
+    t.failed(
+        &Error::Upstream {
+            message: "gpt41: cut".into(),
+        },
+        &mut out,
+    );
+    let ev = parse_frames(&out);
+    let last = assert_well_formed(&ev);
+    assert_eq!(ev.last().unwrap().0, "response.failed");
+    assert_eq!(last["status"], "failed");
+    assert_eq!(
+        last["error"],
+        json!({"code": "server_error", "message": "upstream error: gpt41: cut"})
+    );
+    assert_eq!(last["output"][0]["content"][0]["text"], "a");
+    assert_eq!(last["output"][0]["status"], "incomplete");
+    // Failing before any chunk still starts the stream properly.
+    let mut t = Translator::new(envelope());
+    let mut out = Vec::new();
+    t.failed(
+        &Error::RateLimited {
+            message: "slow".into(),
+            retry_after_s: 1,
+        },
+        &mut out,
+    );
+    let ev = parse_frames(&out);
+    assert_eq!(
+        names(&ev),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.failed"
+        ]
+    );
+    assert_eq!(ev[2].1["response"]["error"]["code"], "rate_limit_exceeded");
+}
