@@ -10,6 +10,7 @@ mod fake_upstream;
 mod http;
 mod messages;
 mod ollama;
+mod responses;
 mod service;
 mod sigoe;
 mod streaming;
