@@ -144,12 +144,12 @@ fn input_item(i: usize, item: &Value, out: &mut Vec<Value>) -> Result<(), Error>
 
 /// A `message` item as a chat message.
 fn message(i: usize, o: &Map<String, Value>) -> Result<Value, Error> {
-    let role = o
+    let given = o
         .get("role")
         .and_then(Value::as_str)
         .ok_or_else(|| bad_item(i, "role is required"))?;
-    let role = match role {
-        "user" | "assistant" | "system" => role,
+    let role = match given {
+        "user" | "assistant" | "system" => given,
         "developer" => "system",
         other => {
             return Err(bad_item(
@@ -173,7 +173,10 @@ fn message(i: usize, o: &Map<String, Value>) -> Result<Value, Error> {
         }
     };
     if role != "user" && parts.iter().any(|p| p["type"] != "text") {
-        return Err(bad_item(i, &format!("a {role} message may only hold text")));
+        return Err(bad_item(
+            i,
+            &format!("{given} messages may only hold text parts"),
+        ));
     }
     Ok(json!({"role": role, "content": joined(parts)}))
 }

@@ -281,9 +281,9 @@ fn bad_requests_say_what_to_fix() {
             "file_data",
         ),
         (
-            json!({"model": "m", "input": [{"role": "system", "content": [{"type": "input_image", "image_url": "u"}]}]}),
+            json!({"model": "m", "input": [{"role": "developer", "content": [{"type": "input_image", "image_url": "u"}]}]}),
             "input",
-            "only hold text",
+            "input[0]: developer messages may only hold text parts",
         ),
         (
             json!({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]}),
