@@ -176,7 +176,7 @@ fn a_stream_comes_in_the_responses_events_as_they_arrive() {
     let (fake, gw) = setup(Options::default());
     fake.push(
         Reply::chat_stream(&["Hel", "lo"])
-            .gap(Duration::from_millis(150))
+            .gap(Duration::from_millis(300))
             .usage(11, 2),
     );
     let s = stream(&gw, &json!({"model": "gpt41", "input": "hi"}));
@@ -231,7 +231,7 @@ fn a_stream_comes_in_the_responses_events_as_they_arrive() {
         .map(|(t, _)| *t)
         .collect();
     assert!(
-        stamps[1] - stamps[0] >= Duration::from_millis(100),
+        stamps[1] - stamps[0] >= Duration::from_millis(150),
         "bunched up"
     );
     assert_eq!(
