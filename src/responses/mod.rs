@@ -8,4 +8,6 @@ pub mod request;
 pub mod stream;
 
 #[cfg(test)]
+mod stream_tests;
+#[cfg(test)]
 mod tests;
