@@ -27,6 +27,7 @@ pub mod http;
 mod ledger;
 mod limits;
 pub mod logging;
+mod responses;
 pub mod server;
 mod state;
 mod upstream;

@@ -13,6 +13,7 @@ mod llama;
 mod messages;
 mod metrics;
 mod ollama;
+mod responses;
 mod routing;
 mod service;
 mod sigoe;

@@ -5,6 +5,7 @@
 //! | `POST /v1/chat/completions` | [`chat`] (OpenAI) |
 //! | `POST /v1/messages`, `POST /v1/messages/count_tokens` | [`messages`] (Anthropic) |
 //! | `POST /v1/embeddings` | [`embeddings`] |
+//! | `POST /v1/responses` | [`responses`] (OpenAI Responses, stateless) |
 //! | `GET /v1/models`, `GET /api/models` | [`models`] |
 //! | `GET /api/health`, `GET`/`PUT /api/memory` | [`admin`] |
 //! | `GET /metrics`, `GET /api/usage` | [`metrics`] |
@@ -40,6 +41,7 @@ mod embeddings;
 mod messages;
 mod metrics;
 mod models;
+mod responses;
 mod status;
 
 pub(crate) use caller::Caller;
@@ -130,6 +132,7 @@ impl Router {
                 render: anthropic_error,
                 ..Route::new("POST", messages::count_tokens)
             },
+            "/responses" => Route::new("POST", responses::create),
             "/models" => Route::new("GET, HEAD", models::openai),
             "/api/models" if bare => Route::new("GET, HEAD", models::detailed),
             "/api/health" if bare => Route {

@@ -4,14 +4,21 @@
 Starts a fake upstream (stdlib HTTP server) and the sigorest binary given as argv[1] on
 free loopback ports, then drives sigorest with `openai`: models list, chat, a 404 that must
 raise NotFoundError, a 503 that must raise InternalServerError (without the SDK retrying
-it), and streaming with and without usage. Exit status 0 when everything holds.
+it), and streaming with and without usage; then the Responses API: text, a function call
+and its output sent back, structured output with `responses.parse`, streams through
+`responses.stream` (text and a function call) and `create(stream=True)`, and the
+BadRequestError for `previous_response_id`. Exit status 0 when everything holds.
 """
 
 import hashlib
+import json
 import sys
 import time
+import urllib.request
 
 import openai
+import pydantic
+from openai.types.responses import Response, ResponseStreamEvent
 
 from harness import Upstream, check, chunk, gateway, usage_chunk
 
@@ -20,7 +27,24 @@ class FakeUpstream(Upstream):
     RECEIVED = []
 
     def answer(self, body):
-        text = body["messages"][-1]["content"]
+        if self.path.endswith("/embeddings"):
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            self.send_json({"object": "list", "model": body["model"],
+                            "data": [{"object": "embedding", "index": i, "embedding": [0.5, -0.25]}
+                                     for i in range(len(inputs))],
+                            "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+            return
+        last = body["messages"][-1]
+        if body.get("tools") and last["role"] == "user":
+            self.call_tool(body)
+            return
+        if last["role"] == "tool":
+            self.reply(body, "result: " + last["content"])
+            return
+        if body.get("response_format", {}).get("type") == "json_schema":
+            self.reply(body, json.dumps({"city": "Lyon", "celsius": 12}))
+            return
+        text = last["content"]
         if body.get("stream"):
             model = body["model"]
             events = [chunk(model, {"role": "assistant", "content": ""})]
@@ -36,8 +60,131 @@ class FakeUpstream(Upstream):
             "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
         })
 
+    def reply(self, body, text):
+        if body.get("stream"):
+            model = body["model"]
+            self.send_stream([chunk(model, {"role": "assistant", "content": text}), chunk(model, {}, "stop"),
+                              usage_chunk(model, 5, 2)])
+            return
+        self.send_json({
+            "id": "chatcmpl-3", "object": "chat.completion", "created": 1760000000, "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+        })
+
+    def call_tool(self, body):
+        """A call of the first tool with {"city": "Lyon"}."""
+        name = body["tools"][0]["function"]["name"]
+        model = body["model"]
+        if body.get("stream"):
+            call = {"index": 0, "id": "call_sdk1", "type": "function", "function": {"name": name, "arguments": ""}}
+            events = [chunk(model, {"role": "assistant", "content": None, "tool_calls": [call]})]
+            for piece in ['{"city":', '"Lyon"}']:
+                events.append(chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
+            events.append(chunk(model, {}, "tool_calls"))
+            events.append(usage_chunk(model, 9, 4))
+            self.send_stream(events)
+            return
+        self.send_json({
+            "id": "chatcmpl-2", "object": "chat.completion", "created": 1760000000, "model": model,
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": None, "tool_calls": [{"id": "call_sdk1", "type": "function",
+                    "function": {"name": name, "arguments": '{"city":"Lyon"}'}}]}}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13},
+        })
+
 
 RECEIVED = FakeUpstream.RECEIVED
+
+WEATHER = [{"type": "function", "name": "get_weather", "description": "Weather of a city", "strict": None,
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+
+
+def raw_events(client, body):
+    """The data of each event of a streamed POST /v1/responses, read without the SDK."""
+    req = urllib.request.Request(f"{client.base_url}responses", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        text = r.read().decode()
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+
+
+class Weather(pydantic.BaseModel):
+    city: str
+    celsius: int
+
+
+def responses_checks(client):
+    resp = client.responses.create(model="gpt41", input="hi", instructions="Be brief.")
+    check(resp.output_text == "echo: hi", f"responses.create() answers, output_text: {resp.output_text!r}")
+    check(resp.id.startswith("resp_") and resp.object == "response" and resp.status == "completed",
+          "a Response object, completed")
+    check(resp.usage.input_tokens == 5 and resp.usage.output_tokens == 2 and resp.usage.total_tokens == 7,
+          "usage in the Responses terms")
+    check(RECEIVED[-1]["body"]["messages"][0] == {"role": "system", "content": "Be brief."},
+          "instructions went upstream as the system message")
+
+    resp = client.responses.create(model="gpt41", input="Weather in Lyon?", tools=WEATHER)
+    call = resp.output[0]
+    check(call.type == "function_call" and call.name == "get_weather"
+          and json.loads(call.arguments) == {"city": "Lyon"}, "tools give a function_call output item")
+    check(RECEIVED[-1]["body"]["tools"][0]["function"]["name"] == "get_weather", "the tool went upstream")
+
+    history = [{"role": "user", "content": "Weather in Lyon?"}] + resp.output
+    history.append({"type": "function_call_output", "call_id": call.call_id, "output": "12 C"})
+    resp = client.responses.create(model="gpt41", input=history, tools=WEATHER)
+    check(resp.output_text == "result: 12 C", "a function_call_output round trip is answered")
+    sent = RECEIVED[-1]["body"]["messages"]
+    check(sent[-2]["tool_calls"][0]["id"] == call.call_id and sent[-1]["role"] == "tool",
+          "the call and its output went upstream as tool_calls and a tool message")
+
+    parsed = client.responses.parse(model="gpt41", input="Weather?", text_format=Weather)
+    check(parsed.output_parsed == Weather(city="Lyon", celsius=12), "responses.parse() with a text_format")
+    check(RECEIVED[-1]["body"]["response_format"]["type"] == "json_schema", "text.format went as response_format")
+
+    deltas = []
+    with client.responses.stream(model="gpt41", input="stream") as stream:
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+        final = stream.get_final_response()
+    check("".join(deltas) == "Hello SDK" and len(deltas) == 3, f"responses.stream() yields text deltas: {deltas}")
+    check(final.output_text == "Hello SDK" and final.status == "completed", "the stream's final response")
+    check(final.usage is not None and final.usage.total_tokens == 8, "the final response carries the usage")
+
+    kinds = [e.type for e in client.responses.create(model="gpt41", input="stream", stream=True)]
+    check(kinds[0] == "response.created" and kinds[-1] == "response.completed"
+          and kinds.count("response.output_text.delta") == 3, f"create(stream=True) events: {kinds}")
+
+    args = []
+    with client.responses.stream(model="gpt41", input="Weather?", tools=WEATHER) as stream:
+        for event in stream:
+            if event.type == "response.function_call_arguments.delta":
+                args.append(event.delta)
+        final = stream.get_final_response()
+    item = final.output[0]
+    check(item.type == "function_call" and item.call_id == "call_sdk1" and "".join(args) == item.arguments
+          and json.loads(item.arguments) == {"city": "Lyon"}, "a streamed function call")
+
+    # The SDK reads leniently; its models, validated strictly, say whether a field is missing.
+    raw = client.responses.with_raw_response.create(model="gpt41", input="Weather?", tools=WEATHER)
+    Response.model_validate(raw.http_response.json())
+    check(True, "a Response with a function call validates against the SDK's model")
+    Response.model_validate(client.responses.with_raw_response.create(
+        model="gpt41", input="hi").http_response.json())
+    for body in [{"input": "stream"}, {"input": "Weather?", "tools": WEATHER}]:
+        events = raw_events(client, dict(body, model="gpt41", stream=True))
+        adapter = pydantic.TypeAdapter(ResponseStreamEvent)
+        for event in events:
+            adapter.validate_python(event)
+        check(len(events) > 4, f"every stream event validates against the SDK's models ({len(events)} events)")
+
+    try:
+        client.responses.create(model="gpt41", input="more", previous_response_id="resp_123")
+        check(False, "previous_response_id raises BadRequestError")
+    except openai.BadRequestError as e:
+        check(e.status_code == 400 and e.code == "invalid_request" and e.param == "previous_response_id"
+              and "stateless" in e.message, "previous_response_id raises BadRequestError saying why")
 
 
 def check_keys(binary):
@@ -79,11 +226,23 @@ def check_keys(binary):
 
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else "target/release/sigorest"
-    with gateway(binary, FakeUpstream) as url:
+    with gateway(binary, FakeUpstream, models="gpt41, claude-h\nkimi\nembedding-small\n") as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
 
         ids = [m.id for m in client.models.list().data]
-        check(ids == ["gpt41", "claude-h", "kimi"], f"models.list() gives the whitelist in order: {ids}")
+        check(ids == ["gpt41", "claude-h", "kimi", "embedding-small"],
+              f"models.list() gives the whitelist in order: {ids}")
+
+        emb = client.embeddings.create(model="embedding-small", input=["one", "two"])
+        check(len(emb.data) == 2 and emb.data[1].embedding == [0.5, -0.25], "embeddings.create() answers")
+        check(emb.usage.prompt_tokens == 3, "embeddings usage passes through")
+        check(RECEIVED[-1]["path"] == "/v1/embeddings" and RECEIVED[-1]["body"]["model"] == "text-embedding-3-small",
+              "the provider got the embeddings request with its model id")
+        try:
+            client.embeddings.create(model="gpt41", input="x")
+            check(False, "a chat model on /v1/embeddings raises BadRequestError")
+        except openai.BadRequestError as e:
+            check(e.status_code == 400, "a chat model on /v1/embeddings raises BadRequestError")
 
         resp = client.chat.completions.create(model="gpt41", messages=[{"role": "user", "content": "hi"}])
         check(resp.choices[0].message.content == "echo: hi", "chat.completions.create() answers")
@@ -133,6 +292,7 @@ def main():
             last = event
         check(last is not None and last.usage is not None and last.usage.total_tokens == 8,
               "with include_usage the last chunk carries usage")
+        responses_checks(client)
     check_keys(binary)
     print("openai SDK compatibility: all checks passed")
 

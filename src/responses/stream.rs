@@ -1,0 +1,397 @@
+//! An OpenAI chat stream turned into the Responses API's events, chunk by chunk. Every
+//! event carries `type` and a `sequence_number` counting up from 0; frames are
+//! `event: <type>\ndata: <json>\n\n`, with no `[DONE]` at the end.
+//!
+//! Order: `response.created` and `response.in_progress` (the response `in_progress`, no
+//! output yet), then per output item `response.output_item.added` → its content →
+//! `response.output_item.done`, then `response.completed` (or `response.incomplete` when the
+//! model stopped at its token limit or a content filter) holding the whole response, usage
+//! included. A text item's content is `response.content_part.added` →
+//! `response.output_text.delta`… → `response.output_text.done` →
+//! `response.content_part.done`; a function call's is
+//! `response.function_call_arguments.delta`… → `response.function_call_arguments.done`.
+//!
+//! The rules the official SDK's stream helper checks: `response.created` first; one id for
+//! the response throughout; each item added once, at the next `output_index`, and done
+//! before the response completes; deltas only for the item being written. Only one item
+//! is open at a time: text after a tool call opens a new message item. A tool call's item
+//! is added once its name is known (its argument pieces wait until then); a piece of a call
+//! whose item was already done (interleaved calls) cannot be sent any more and is dropped.
+//! A failure after the first event ends the stream with `response.failed` (the response
+//! with `status: "failed"`, its `error`, and the output so far).
+
+use serde_json::{Value, json};
+
+use super::answer::{Envelope, State, call_id, function_call_item, message_item, status, usage};
+use crate::chat::answer::Usage;
+use crate::chat::stream::{Chunk, MAX_KEPT, ToolCallDelta};
+use crate::error::Error;
+use crate::util::random_id;
+
+/// One output item as it is written.
+#[derive(Debug)]
+enum Item {
+    Message {
+        id: String,
+        text: String,
+        status: &'static str,
+    },
+    Call {
+        id: String,
+        call_id: String,
+        name: String,
+        arguments: String,
+        status: &'static str,
+        /// The upstream's index of the call.
+        call: usize,
+    },
+}
+
+impl Item {
+    fn render(&self) -> Value {
+        match self {
+            Item::Message { id, text, status } => message_item(id, Some(text), status),
+            Item::Call {
+                id,
+                call_id,
+                name,
+                arguments,
+                status,
+                ..
+            } => function_call_item(id, call_id, name, arguments, status),
+        }
+    }
+}
+
+/// A tool call whose name has not arrived yet.
+#[derive(Debug, Default)]
+struct Pending {
+    call: usize,
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+/// The state of one translated stream.
+#[derive(Debug)]
+pub struct Translator {
+    envelope: Envelope,
+    sequence: u64,
+    started: bool,
+    items: Vec<Item>,
+    /// The last item is still being written.
+    open: bool,
+    /// Upstream tool-call indexes that already had their item.
+    seen_calls: Vec<usize>,
+    pending: Option<Pending>,
+    finish: Option<String>,
+    /// Bytes of text and arguments held for the final events.
+    kept: usize,
+}
+
+/// The answer grew past [`MAX_KEPT`]: the stream is ended with `response.failed`.
+#[derive(Debug, PartialEq)]
+pub struct TooLong;
+
+impl Translator {
+    /// For a stream whose Response objects share `envelope`.
+    pub fn new(envelope: Envelope) -> Translator {
+        Translator {
+            envelope,
+            sequence: 0,
+            started: false,
+            items: Vec::new(),
+            open: false,
+            seen_calls: Vec::new(),
+            pending: None,
+            finish: None,
+            kept: 0,
+        }
+    }
+
+    /// Appends one frame, numbering it.
+    fn emit(&mut self, out: &mut Vec<u8>, kind: &str, mut data: Value) {
+        data["type"] = json!(kind);
+        data["sequence_number"] = json!(self.sequence);
+        self.sequence += 1;
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\ndata: ");
+        out.extend_from_slice(data.to_string().as_bytes());
+        out.extend_from_slice(b"\n\n");
+    }
+
+    fn snapshot(&self, state: State) -> Value {
+        json!({"response": self.envelope.render(state)})
+    }
+
+    /// `response.created` and `response.in_progress`, once.
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        for kind in ["response.created", "response.in_progress"] {
+            let data = self.snapshot(State {
+                status: "in_progress",
+                incomplete_details: Value::Null,
+                error: Value::Null,
+                output: Vec::new(),
+                usage: Value::Null,
+            });
+            self.emit(out, kind, data);
+        }
+    }
+
+    /// Takes in one upstream chunk. `Err` once the answer is too long to hold: the caller
+    /// ends the stream with [`Translator::failed`].
+    pub fn chunk(&mut self, chunk: &Chunk, out: &mut Vec<u8>) -> Result<(), TooLong> {
+        self.start(out);
+        let Some(choice) = chunk.choice() else {
+            return Ok(());
+        };
+        if let Some(delta) = &choice.delta {
+            let text = delta.content.as_deref().unwrap_or("");
+            self.kept += text.len();
+            for call in &delta.tool_calls {
+                let f = call.function.as_ref();
+                self.kept += f.and_then(|f| f.arguments.as_ref()).map_or(0, String::len)
+                    + f.and_then(|f| f.name.as_ref()).map_or(0, String::len);
+            }
+            if self.kept > MAX_KEPT {
+                return Err(TooLong);
+            }
+            if !text.is_empty() {
+                self.text(text, out);
+            }
+            for call in &delta.tool_calls {
+                self.tool(call, out);
+            }
+        }
+        if let Some(reason) = &choice.finish_reason {
+            self.finish = Some(reason.clone());
+        }
+        Ok(())
+    }
+
+    fn text(&mut self, text: &str, out: &mut Vec<u8>) {
+        if !matches!(
+            (self.open, self.items.last()),
+            (true, Some(Item::Message { .. }))
+        ) {
+            self.flush_pending(out);
+            self.close("completed", out);
+            self.begin_message(out);
+        }
+        let index = self.items.len() - 1;
+        let Some(Item::Message { id, text: all, .. }) = self.items.last_mut() else {
+            return;
+        };
+        all.push_str(text);
+        let data = json!({"item_id": id, "output_index": index, "content_index": 0,
+            "delta": text, "logprobs": []});
+        self.emit(out, "response.output_text.delta", data);
+    }
+
+    /// Adds a message item and its one text part.
+    fn begin_message(&mut self, out: &mut Vec<u8>) {
+        let id = random_id("msg_");
+        let index = self.items.len();
+        let data = json!({"output_index": index, "item": message_item(&id, None, "in_progress")});
+        self.emit(out, "response.output_item.added", data);
+        let data = json!({"item_id": id, "output_index": index, "content_index": 0,
+            "part": {"type": "output_text", "text": "", "annotations": []}});
+        self.emit(out, "response.content_part.added", data);
+        self.items.push(Item::Message {
+            id,
+            text: String::new(),
+            status: "in_progress",
+        });
+        self.open = true;
+    }
+
+    fn tool(&mut self, piece: &ToolCallDelta, out: &mut Vec<u8>) {
+        let f = piece.function.as_ref();
+        let name = f.and_then(|f| f.name.as_deref()).unwrap_or("");
+        let args = f.and_then(|f| f.arguments.as_deref()).unwrap_or("");
+        if let (true, Some(Item::Call { call, .. })) = (self.open, self.items.last()) {
+            if *call == piece.index {
+                self.arguments(args, out);
+                return;
+            }
+        }
+        if self.seen_calls.contains(&piece.index) {
+            log::debug!(call = piece.index; "tool-call piece for a finished item dropped");
+            return;
+        }
+        let mut p = match self.pending.take() {
+            Some(p) if p.call == piece.index => p,
+            other => {
+                // Another call starts: the one waiting for its name goes out as it is.
+                self.pending = other;
+                self.flush_pending(out);
+                Pending {
+                    call: piece.index,
+                    ..Pending::default()
+                }
+            }
+        };
+        if let Some(id) = piece.id.as_deref().filter(|id| !id.is_empty()) {
+            p.id = id.to_string();
+        }
+        p.name.push_str(name);
+        p.arguments.push_str(args);
+        if p.name.is_empty() {
+            self.pending = Some(p);
+        } else {
+            self.begin_call(p, out);
+        }
+    }
+
+    /// Adds the item of a tool call, with the argument pieces that waited for it.
+    fn begin_call(&mut self, p: Pending, out: &mut Vec<u8>) {
+        self.close("completed", out);
+        self.seen_calls.push(p.call);
+        let id = random_id("fc_");
+        let call_id = call_id(&p.id);
+        let item = function_call_item(&id, &call_id, &p.name, "", "in_progress");
+        let data = json!({"output_index": self.items.len(), "item": item});
+        self.emit(out, "response.output_item.added", data);
+        self.items.push(Item::Call {
+            id,
+            call_id,
+            name: p.name,
+            arguments: String::new(),
+            status: "in_progress",
+            call: p.call,
+        });
+        self.open = true;
+        self.arguments(&p.arguments, out);
+    }
+
+    /// A piece of the open call's arguments.
+    fn arguments(&mut self, piece: &str, out: &mut Vec<u8>) {
+        if piece.is_empty() {
+            return;
+        }
+        let index = self.items.len() - 1;
+        let Some(Item::Call { id, arguments, .. }) = self.items.last_mut() else {
+            return;
+        };
+        arguments.push_str(piece);
+        let data = json!({"item_id": id, "output_index": index, "delta": piece});
+        self.emit(out, "response.function_call_arguments.delta", data);
+    }
+
+    fn flush_pending(&mut self, out: &mut Vec<u8>) {
+        if let Some(p) = self.pending.take() {
+            self.begin_call(p, out);
+        }
+    }
+
+    /// Finishes the open item with this status: its content's `.done` events, then
+    /// `response.output_item.done` with the whole item.
+    fn close(&mut self, final_status: &'static str, out: &mut Vec<u8>) {
+        if !self.open {
+            return;
+        }
+        self.open = false;
+        let index = self.items.len() - 1;
+        let Some(item) = self.items.last_mut() else {
+            return;
+        };
+        let done = match item {
+            Item::Message { id, text, status } => {
+                *status = final_status;
+                let part = json!({"type": "output_text", "text": text, "annotations": []});
+                vec![
+                    (
+                        "response.output_text.done",
+                        json!({"item_id": id, "output_index": index, "content_index": 0,
+                            "text": text, "logprobs": []}),
+                    ),
+                    (
+                        "response.content_part.done",
+                        json!({"item_id": id, "output_index": index, "content_index": 0,
+                            "part": part}),
+                    ),
+                ]
+            }
+            Item::Call {
+                id,
+                name,
+                arguments,
+                status,
+                ..
+            } => {
+                *status = final_status;
+                vec![(
+                    "response.function_call_arguments.done",
+                    json!({"item_id": id, "output_index": index, "name": name,
+                        "arguments": arguments}),
+                )]
+            }
+        };
+        let item = json!({"output_index": index, "item": item.render()});
+        for (kind, data) in done {
+            self.emit(out, kind, data);
+        }
+        self.emit(out, "response.output_item.done", item);
+    }
+
+    /// The stream is complete: the open item finished (an empty message when there was no
+    /// output at all), then `response.completed` or `response.incomplete` with the whole
+    /// response and the usage the upstream reported.
+    pub fn done(&mut self, reported: &Usage, out: &mut Vec<u8>) {
+        self.start(out);
+        self.flush_pending(out);
+        if self.items.is_empty() {
+            self.begin_message(out);
+        }
+        let (status, incomplete_details) = status(self.finish.as_deref());
+        let item_status = if status == "completed" {
+            "completed"
+        } else {
+            "incomplete"
+        };
+        self.close(item_status, out);
+        let data = self.snapshot(State {
+            status,
+            incomplete_details,
+            error: Value::Null,
+            output: self.items.iter().map(Item::render).collect(),
+            usage: usage(reported),
+        });
+        let kind = if status == "completed" {
+            "response.completed"
+        } else {
+            "response.incomplete"
+        };
+        self.emit(out, kind, data);
+    }
+
+    /// The upstream failed after the stream began: `response.failed`, the item being
+    /// written marked `incomplete`.
+    pub fn failed(&mut self, error: &Error, out: &mut Vec<u8>) {
+        self.start(out);
+        if self.open {
+            if let Some(Item::Message { status, .. } | Item::Call { status, .. }) =
+                self.items.last_mut()
+            {
+                *status = "incomplete";
+            }
+        }
+        let code = match error {
+            Error::RateLimited { .. } => "rate_limit_exceeded",
+            _ => "server_error",
+        };
+        let data = self.snapshot(State {
+            status: "failed",
+            incomplete_details: Value::Null,
+            error: json!({"code": code, "message": error.to_string()}),
+            output: self.items.iter().map(Item::render).collect(),
+            usage: Value::Null,
+        });
+        self.emit(out, "response.failed", data);
+    }
+}
