@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::answer::{stop_reason, tool_id, usage};
 use crate::chat::answer::Usage;
+use crate::chat::sse::named as event;
 use crate::chat::stream::{Chunk, ToolCallDelta};
 use crate::util::random_id;
 
@@ -48,15 +49,6 @@ pub struct Translator {
     pending: Option<Pending>,
     finish: Option<String>,
     had_tools: bool,
-}
-
-/// Appends one frame.
-fn event(out: &mut Vec<u8>, name: &str, data: &Value) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(data.to_string().as_bytes());
-    out.extend_from_slice(b"\n\n");
 }
 
 impl Translator {

@@ -79,6 +79,65 @@ pub(crate) trait StreamFront: Send {
     fn failed(&mut self, error: &Error, sink: &mut dyn Sink) -> io::Result<()>;
 }
 
+/// An API front's translator of chat chunks into its own events, written into a buffer.
+pub(crate) trait Translate: Send {
+    /// One upstream chunk. `Err` with a reason: the answer cannot go on (it has grown past
+    /// a limit); the front ends it with its failure event and the reading stops.
+    fn chunk(&mut self, chunk: &Chunk, out: &mut Vec<u8>) -> Result<(), String>;
+    /// The stream is complete; `usage` is what the upstream reported.
+    fn done(&mut self, usage: &Usage, out: &mut Vec<u8>);
+    /// The upstream failed after the first event.
+    fn failed(&mut self, error: &Error, out: &mut Vec<u8>);
+}
+
+/// A [`Translate`] as a [`StreamFront`]: the frames of one upstream chunk go to the client
+/// in one piece.
+pub(crate) struct Framed<T> {
+    translator: T,
+    buf: Vec<u8>,
+}
+
+impl<T> Framed<T> {
+    pub(crate) fn new(translator: T) -> Framed<T> {
+        Framed {
+            translator,
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, sink: &mut dyn Sink) -> io::Result<()> {
+        let result = if self.buf.is_empty() {
+            Ok(())
+        } else {
+            sink.send(&self.buf)
+        };
+        self.buf.clear();
+        result
+    }
+}
+
+impl<T: Translate> StreamFront for Framed<T> {
+    fn chunk(&mut self, _raw: &str, chunk: &Chunk, sink: &mut dyn Sink) -> io::Result<()> {
+        if let Err(message) = self.translator.chunk(chunk, &mut self.buf) {
+            self.translator
+                .failed(&Error::Upstream { message }, &mut self.buf);
+            self.send(sink)?;
+            return Err(io::Error::other("the answer cannot go on"));
+        }
+        self.send(sink)
+    }
+
+    fn done(&mut self, usage: &Usage, sink: &mut dyn Sink) -> io::Result<()> {
+        self.translator.done(usage, &mut self.buf);
+        self.send(sink)
+    }
+
+    fn failed(&mut self, error: &Error, sink: &mut dyn Sink) -> io::Result<()> {
+        self.translator.failed(error, &mut self.buf);
+        self.send(sink)
+    }
+}
+
 /// Runs one call up to its answer (for a stream: up to its first event): the model asked
 /// for, then — when it cannot answer (its breaker open, its provider failing after the
 /// retries, its context too small) — each fallback in turn, all within the request's one
@@ -204,7 +263,7 @@ pub(crate) fn recorded(
 
 /// What one candidate's turn cost, for the books.
 #[derive(Default)]
-struct Tried {
+pub(super) struct Tried {
     /// Attempts made at the provider.
     attempts: u32,
     /// The model, once resolved.
@@ -212,7 +271,7 @@ struct Tried {
     /// Time with the provider.
     took: Option<Duration>,
     /// How the provider failed, when it did (not when the client left).
-    error: Option<UpstreamError>,
+    pub(super) error: Option<UpstreamError>,
 }
 
 /// What every candidate of one call shares.
@@ -612,7 +671,7 @@ impl Streaming {
 
 /// Records a failed call with the breaker and the model's score, and turns it into the
 /// client's error. A call that failed because its client left says nothing about the model.
-fn fail(
+pub(super) fn fail(
     gw: &Gateway,
     permit: Permit,
     failure: Failure,

@@ -17,9 +17,9 @@ use crate::upstream::Target;
 use crate::upstream::breaker::Outcome;
 use crate::upstream::retry::Failure;
 
-use super::call::MODEL_HEADER;
+use super::call::{MODEL_HEADER, Tried, fail};
 use super::caller::Caller;
-use crate::ledger::{CallRecord, UpstreamError};
+use crate::ledger::CallRecord;
 
 /// `POST /v1/embeddings`.
 pub(super) fn create(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Response, Error> {
@@ -98,17 +98,18 @@ fn answer(
                 .with_header(MODEL_HEADER, model.short))
         }
         Err(f) => {
-            let outcome = if req.hangup.is_fired() {
-                Outcome::Neutral
-            } else {
-                rec.upstream_error = Some(UpstreamError::of(&f));
-                f.breaker_outcome()
-            };
-            if outcome == Outcome::Failure {
-                gw.scores.record(&model.short, false, started.elapsed());
-            }
-            permit.finish(outcome);
-            Err(f.into_error(&model.short))
+            let mut tried = Tried::default();
+            let e = fail(
+                gw,
+                permit,
+                f,
+                &model.short,
+                &req.hangup,
+                started,
+                &mut tried,
+            );
+            rec.upstream_error = tried.error;
+            Err(e)
         }
     }
 }

@@ -4,11 +4,9 @@
 //! chat completions (access, memory first, sessions, retries, breakers), and the answer —
 //! complete or streamed — is translated back. Errors are in Anthropic's shape.
 
-use std::io;
-
 use serde_json::{Map, Value, json};
 
-use super::call::{self, Answered, StreamFront};
+use super::call::{self, Answered, Framed, Translate};
 use super::caller::Caller;
 use crate::anthropic::stream::Translator;
 use crate::anthropic::{answer, error, request};
@@ -18,7 +16,7 @@ use crate::chat::stream::Chunk;
 use crate::chat::tokens;
 use crate::error::Error;
 use crate::gateway::Gateway;
-use crate::http::{LogFields, Request, Response, Sink};
+use crate::http::{LogFields, Request, Response};
 use crate::ledger::CallRecord;
 
 /// `POST /v1/messages`.
@@ -52,10 +50,7 @@ fn answer(
         }
         Answered::Stream(stream) => stream.respond(
             "text/event-stream",
-            Events {
-                translator: Translator::new(&chat.model, estimate),
-                buf: Vec::new(),
-            },
+            Framed::new(Translator::new(&chat.model, estimate)),
         ),
     })
 }
@@ -103,37 +98,17 @@ pub(super) fn count_tokens(
 }
 
 /// Anthropic's events, from the upstream's chunks.
-struct Events {
-    translator: Translator,
-    /// The frames of one chunk, sent in one piece.
-    buf: Vec<u8>,
-}
-
-impl Events {
-    fn send(&mut self, sink: &mut dyn Sink) -> io::Result<()> {
-        let result = if self.buf.is_empty() {
-            Ok(())
-        } else {
-            sink.send(&self.buf)
-        };
-        self.buf.clear();
-        result
-    }
-}
-
-impl StreamFront for Events {
-    fn chunk(&mut self, _raw: &str, chunk: &Chunk, sink: &mut dyn Sink) -> io::Result<()> {
-        self.translator.chunk(chunk, &mut self.buf);
-        self.send(sink)
+impl Translate for Translator {
+    fn chunk(&mut self, chunk: &Chunk, out: &mut Vec<u8>) -> Result<(), String> {
+        Translator::chunk(self, chunk, out);
+        Ok(())
     }
 
-    fn done(&mut self, usage: &Usage, sink: &mut dyn Sink) -> io::Result<()> {
-        self.translator.done(usage, &mut self.buf);
-        self.send(sink)
+    fn done(&mut self, usage: &Usage, out: &mut Vec<u8>) {
+        Translator::done(self, usage, out);
     }
 
-    fn failed(&mut self, e: &Error, sink: &mut dyn Sink) -> io::Result<()> {
-        self.translator.failed(&error::body(e), &mut self.buf);
-        self.send(sink)
+    fn failed(&mut self, e: &Error, out: &mut Vec<u8>) {
+        Translator::failed(self, &error::body(e), out);
     }
 }

@@ -5,16 +5,14 @@
 //! streamed — is translated back into a Response object or the Responses events. Errors
 //! are in OpenAI's shape, as for chat completions.
 
-use std::io;
-
-use super::call::{self, Answered, StreamFront};
+use super::call::{self, Answered, Framed, Translate};
 use super::caller::Caller;
 use crate::chat::answer::Usage;
 use crate::chat::request::{ChatRequest, json_object};
 use crate::chat::stream::Chunk;
 use crate::error::Error;
 use crate::gateway::Gateway;
-use crate::http::{LogFields, Request, Response, Sink};
+use crate::http::{LogFields, Request, Response};
 use crate::ledger::CallRecord;
 use crate::responses::answer::{self, Envelope};
 use crate::responses::request;
@@ -50,84 +48,29 @@ fn respond(
                 serde_json::to_vec(&response).unwrap_or_default(),
             )
         }
-        Answered::Stream(stream) => stream.respond(
-            "text/event-stream",
-            Events {
-                translator: Translator::new(envelope),
-                buf: Vec::new(),
-            },
-        ),
+        Answered::Stream(stream) => {
+            stream.respond("text/event-stream", Framed::new(Translator::new(envelope)))
+        }
     })
 }
 
 /// The Responses events, from the upstream's chunks.
-struct Events {
-    translator: Translator,
-    /// The frames of one chunk, sent in one piece.
-    buf: Vec<u8>,
-}
-
-impl Events {
-    fn send(&mut self, sink: &mut dyn Sink) -> io::Result<()> {
-        let result = if self.buf.is_empty() {
-            Ok(())
-        } else {
-            sink.send(&self.buf)
-        };
-        self.buf.clear();
-        result
-    }
-}
-
-impl StreamFront for Events {
-    fn chunk(&mut self, _raw: &str, chunk: &Chunk, sink: &mut dyn Sink) -> io::Result<()> {
-        if self.translator.chunk(chunk, &mut self.buf).is_err() {
-            // An answer past any model's output limit: the client is told, and the reading
-            // stops (the pipeline sees it as a stop, not as the model's failure).
-            let message = format!(
+impl Translate for Translator {
+    fn chunk(&mut self, chunk: &Chunk, out: &mut Vec<u8>) -> Result<(), String> {
+        // An answer past any model's output limit: the client is told, and the reading stops.
+        Translator::chunk(self, chunk, out).map_err(|_| {
+            format!(
                 "answer longer than {} MiB; stopped",
                 crate::chat::stream::MAX_KEPT / (1024 * 1024)
-            );
-            self.translator
-                .failed(&Error::Upstream { message }, &mut self.buf);
-            self.send(sink)?;
-            return Err(io::Error::other("answer too long"));
-        }
-        self.send(sink)
+            )
+        })
     }
 
-    fn done(&mut self, usage: &Usage, sink: &mut dyn Sink) -> io::Result<()> {
-        self.translator.done(usage, &mut self.buf);
-        self.send(sink)
+    fn done(&mut self, usage: &Usage, out: &mut Vec<u8>) {
+        Translator::done(self, usage, out);
     }
 
-    fn failed(&mut self, e: &Error, sink: &mut dyn Sink) -> io::Result<()> {
-        self.translator.failed(e, &mut self.buf);
-        self.send(sink)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_too_long_answer_ends_with_response_failed_and_stops_the_reading() {
-        let mut events = Events {
-            translator: Translator::new(Envelope::new("m", Default::default())),
-            buf: Vec::new(),
-        };
-        let mut sink: Vec<Vec<u8>> = Vec::new();
-        let big = "x".repeat(crate::chat::stream::MAX_KEPT / 2 + 1);
-        let chunk = Chunk::parse(
-            &serde_json::json!({"choices": [{"delta": {"content": big}}]}).to_string(),
-        )
-        .unwrap();
-        assert!(events.chunk("", &chunk, &mut sink).is_ok());
-        assert!(events.chunk("", &chunk, &mut sink).is_err());
-        let text = String::from_utf8_lossy(&sink.concat()).into_owned();
-        let last = text.trim_end().rsplit("\n\n").next().unwrap();
-        assert!(last.starts_with("event: response.failed\n"), "{last:.200}");
-        assert!(last.contains("MiB"));
+    fn failed(&mut self, e: &Error, out: &mut Vec<u8>) {
+        Translator::failed(self, e, out);
     }
 }

@@ -145,6 +145,17 @@ pub fn frame(payload: &str) -> Vec<u8> {
     out
 }
 
+/// Appends one named event, `event: <name>\ndata: <json>\n\n`, as the Anthropic and
+/// Responses streams frame theirs (JSON text holds no line break, so one `data:` line).
+pub fn named(out: &mut Vec<u8>, name: &str, data: &serde_json::Value) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    // Writing a `Value` into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, data);
+    out.extend_from_slice(b"\n\n");
+}
+
 /// The end of an OpenAI stream.
 pub const DONE: &[u8] = b"data: [DONE]\n\n";
 

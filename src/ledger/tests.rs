@@ -10,19 +10,7 @@ fn model(short: &str) -> Model {
 }
 
 fn ollama(short: &str) -> Model {
-    Model {
-        short: short.to_string(),
-        id: "qwen3:latest".to_string(),
-        provider: Provider::Ollama,
-        context: 0,
-        max_output: 0,
-        input_price: 0.0,
-        output_price: 0.0,
-        min_temp: 0.0,
-        max_temp: 2.0,
-        completion_tokens: false,
-        embedding: false,
-    }
+    Model::local(short, "qwen3:latest", Provider::Ollama, 0)
 }
 
 fn ledger(d: &TestDir) -> Arc<Ledger> {

@@ -114,11 +114,7 @@ impl Translator {
         data["type"] = json!(kind);
         data["sequence_number"] = json!(self.sequence);
         self.sequence += 1;
-        out.extend_from_slice(b"event: ");
-        out.extend_from_slice(kind.as_bytes());
-        out.extend_from_slice(b"\ndata: ");
-        out.extend_from_slice(data.to_string().as_bytes());
-        out.extend_from_slice(b"\n\n");
+        crate::chat::sse::named(out, kind, &data);
     }
 
     fn snapshot(&self, state: State) -> Value {

@@ -163,6 +163,24 @@ pub struct Model {
 }
 
 impl Model {
+    /// A model served on this network (Ollama, llama-server): free, temperature 0..2, no
+    /// output clamp, chat or embeddings as its server can (it answers whether it can).
+    pub fn local(short: &str, id: &str, provider: Provider, context: u64) -> Model {
+        Model {
+            short: short.to_string(),
+            id: id.to_string(),
+            provider,
+            context,
+            max_output: 0,
+            input_price: 0.0,
+            output_price: 0.0,
+            min_temp: 0.0,
+            max_temp: 2.0,
+            completion_tokens: false,
+            embedding: false,
+        }
+    }
+
     /// Whether the upstream is a Claude model (for Anthropic prompt caching).
     pub fn is_claude(&self) -> bool {
         self.id.to_ascii_lowercase().contains("claude")

@@ -91,14 +91,15 @@ def wait_ready(url, deadline=20.0):
 
 
 @contextlib.contextmanager
-def gateway(binary, handler, models="gpt41, claude-h\nkimi\n", files=None):
+def gateway(binary, handler, models="gpt41, claude-h\nkimi\n", files=None, work=None):
     """Runs the fake upstream `handler` and sigorest (Mammouth pointed at the fake, Moonshot
-    deliberately not configured); yields the gateway's base URL. Checks the exit on SIGTERM."""
+    deliberately not configured) in `work` (a new temporary directory if None); yields the
+    gateway's base URL. Checks the exit on SIGTERM."""
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
     port = free_port()
-    work = tempfile.mkdtemp(prefix="sigorest-sdk-")
+    work = work or tempfile.mkdtemp(prefix="sigorest-sdk-")
     with open(os.path.join(work, "models.csv"), "w") as f:
         f.write(models)
     for name, text in (files or {}).items():

@@ -12,88 +12,33 @@ when everything holds.
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import Upstream, check, chunk, gateway, usage_chunk
 
-class FakeUpstream(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
 
-    def log_message(self, *args):
-        pass
+class FakeUpstream(Upstream):
+    RECEIVED = []
 
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-        text = body["messages"][-1]["content"]
-        if text == "fail":
-            self._json(500, {"error": {"message": "provider down", "type": "server_error"}})
+    def answer(self, body):
+        model = body["model"]
+        if body["messages"][-1]["content"] == "fail":
+            self.send_json({"error": {"message": "provider down", "type": "server_error"}}, status=500)
             return
         if body.get("stream"):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            chunk = lambda choices, **extra: dict(
-                {"id": "c1", "object": "chat.completion.chunk", "created": 1760000000,
-                 "model": body["model"], "choices": choices}, **extra)
-            events = [chunk([{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}]),
-                      chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
-                      chunk([], usage={"prompt_tokens": 6, "completion_tokens": 2, "total_tokens": 8})]
-            for e in events:
-                self._chunk(("data: " + json.dumps(e) + "\n\n").encode())
-            self._chunk(b"data: [DONE]\n\n")
-            self._chunk(b"")
+            self.send_stream([chunk(model, {"role": "assistant", "content": "Hi"}),
+                              chunk(model, {}, "stop"), usage_chunk(model, 6, 2)], gap=0)
             return
-        self._json(200, {
-            "id": "c1", "object": "chat.completion", "created": 1760000000, "model": body["model"],
+        self.send_json({
+            "id": "c1", "object": "chat.completion", "created": 1760000000, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
         })
-
-    def _json(self, status, value):
-        data = json.dumps(value).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _chunk(self, data):
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        self.wfile.flush()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url, deadline=20.0):
-    end = time.time() + deadline
-    while time.time() < end:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"sigorest did not answer {url} in {deadline} s")
-
-
-def check(cond, what):
-    if not cond:
-        raise SystemExit("FAIL: " + what)
-    print("ok  ", what)
 
 
 def post(url, body):
@@ -112,22 +57,10 @@ def scrape(base):
 
 
 def main():
-    binary = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/release/sigorest")
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), FakeUpstream)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    port = free_port()
+    binary = sys.argv[1] if len(sys.argv) > 1 else "target/release/sigorest"
     work = tempfile.mkdtemp(prefix="sigorest-prom-")
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and "PROXY" not in k.upper()}
-    env.update({"MAMMOUTH_API_KEY": "sk-prom-test",
-                "MAMMOUTH_BASE_URL": f"http://127.0.0.1:{upstream.server_address[1]}/v1",
-                "OLLAMA_HOST": "127.0.0.1:9"})
-    server = subprocess.Popen(
-        [binary, "-http-port", str(port), "-https-port", "0", "-bind", "127.0.0.1", "-q"],
-        cwd=work, env=env)
-    base = f"http://127.0.0.1:{port}"
-    chat = base + "/v1/chat/completions"
-    try:
-        wait_ready(base + "/api/health")
+    with gateway(binary, FakeUpstream, work=work) as base:
+        chat = base + "/v1/chat/completions"
         msg = lambda text: [{"role": "user", "content": text}]
         check(post(chat, {"model": "gpt41", "messages": msg("hi")})[0] == 200, "a completion")
         status, body = post(chat, {"model": "gpt41", "messages": msg("hi"), "stream": True})
@@ -208,15 +141,6 @@ def main():
         check(max(le for s in families["sigorest_request_duration_seconds"].samples
                   if s.name.endswith("_bucket") for le in [float(s.labels["le"])] if le != float("inf")) >= 300,
               "request buckets reach minutes")
-    finally:
-        server.terminate()
-        try:
-            code = server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise SystemExit("FAIL: sigorest did not stop on SIGTERM within 10 s")
-        upstream.shutdown()
-    check(code == 0, f"sigorest exits 0 on SIGTERM (got {code})")
     check(os.path.exists(os.path.join(work, ".sessions", "usage.json")), "usage written at shutdown")
     shutil.rmtree(work, ignore_errors=True)
     print("prometheus_client parse: all checks passed")

@@ -81,20 +81,12 @@ impl Llama {
                 config.model.display()
             )));
         }
-        let model = Model {
-            short: config.name.clone(),
-            id: config.model_id(),
-            provider: Provider::Llama,
-            context: config.context(),
-            max_output: 0,
-            input_price: 0.0,
-            output_price: 0.0,
-            min_temp: 0.0,
-            max_temp: 2.0,
-            completion_tokens: false,
-            // llama-server embeds when started with --embeddings; it answers whether it can.
-            embedding: false,
-        };
+        let model = Model::local(
+            &config.name,
+            &config.model_id(),
+            Provider::Llama,
+            config.context(),
+        );
         let machine = Machine::new(config.timing.clone(), clock.now());
         let slots = Slots::new(config.parallel, config.queue);
         Ok(Llama {

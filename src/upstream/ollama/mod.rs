@@ -62,20 +62,7 @@ impl OllamaModel {
     /// As a catalog entry: the real Ollama name as the upstream id (what goes upstream as
     /// `model`), provider Ollama, zero prices, temperature 0..2, no output clamp.
     pub fn to_model(&self) -> Model {
-        Model {
-            short: self.short.clone(),
-            id: self.name.clone(),
-            provider: Provider::Ollama,
-            context: self.context,
-            max_output: 0,
-            input_price: 0.0,
-            output_price: 0.0,
-            min_temp: 0.0,
-            max_temp: 2.0,
-            completion_tokens: false,
-            // Ollama does not say; `/v1/embeddings` is passed on and Ollama answers.
-            embedding: false,
-        }
+        Model::local(&self.short, &self.name, Provider::Ollama, self.context)
     }
 }
 
