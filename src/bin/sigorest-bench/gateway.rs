@@ -124,7 +124,7 @@ impl Gateway {
         if older_than_this_program(launch.binary) {
             // `cargo run --bin sigorest-bench` rebuilds only the bench, not the server.
             eprintln!(
-                "sigorest-bench: warning: {} is older than this program; `cargo build --release` first to measure the current code",
+                "sigorest-bench: warning: {} is older than the server's sources; `cargo build --release` first to measure the current code",
                 launch.binary.display()
             );
         }
@@ -241,17 +241,35 @@ impl Drop for Gateway {
     }
 }
 
-/// Whether `binary` was built before the running bench (both come from one crate, so the
-/// server may be stale).
+/// Whether `binary` is older than the server's sources (changed since it was built):
+/// the sources of this checkout (`src/` but the bench's own directory) when they are there,
+/// else the running bench (both come from one crate).
 fn older_than_this_program(binary: &Path) -> bool {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    match (
-        modified(binary),
-        std::env::current_exe().ok().and_then(|e| modified(&e)),
-    ) {
-        (Some(server), Some(bench)) => server < bench,
-        _ => false,
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let newer = match src.is_dir() {
+        true => newest(&src, &src.join("bin").join("sigorest-bench")),
+        false => std::env::current_exe().ok().and_then(|e| modified(&e)),
+    };
+    matches!((modified(binary), newer), (Some(server), Some(newer)) if server < newer)
+}
+
+/// The latest modification time of the files under `dir`, `skip` left out.
+fn newest(dir: &Path, skip: &Path) -> Option<std::time::SystemTime> {
+    let mut latest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        let time = match meta.is_dir() {
+            true if path == skip => None,
+            true => newest(&path, skip),
+            false => meta.modified().ok(),
+        };
+        latest = latest.max(time);
     }
+    latest
 }
 
 /// Whether anything that speaks HTTP answers `GET /` (any status).

@@ -266,9 +266,9 @@ fn targets(o: &mut String, r: &Report) {
     }
     let other = r.settings.compare.as_ref().map(|c| c.name.as_str());
     let _ = writeln!(o, "\nGoals (issue 19):\n");
-    let _ = write!(o, "| goal | target | sigorest | |");
+    let _ = write!(o, "| measure | goal | sigorest | met? |");
     if let Some(other) = other {
-        let _ = write!(o, " {other} | |");
+        let _ = write!(o, " {other} | met? |");
     }
     let _ = writeln!(
         o,
@@ -279,7 +279,7 @@ fn targets(o: &mut String, r: &Report) {
         let _ = write!(
             o,
             "| {} | {} | {} |",
-            g.target,
+            g.measure,
             g.goal(),
             cells(g, g.value, g.met)
         );

@@ -180,7 +180,16 @@ impl Subject {
                 let (addr, pid) = (g.addr, g.pid());
                 (Some(g), addr, Some(pid))
             }
-            Source::Url { addr, pid, .. } => (None, *addr, *pid),
+            Source::Url { addr, pid, .. } => {
+                if let Some(pid) = pid
+                    && gateway::proc_status(*pid).threads == 0
+                {
+                    return Err(BenchError::Usage(format!(
+                        "-compare-pid {pid}: no such process, or its /proc/{pid}/status is not readable"
+                    )));
+                }
+                (None, *addr, *pid)
+            }
         };
         Ok(Subject {
             name: spec.name.clone(),

@@ -10,7 +10,7 @@ use super::report::Report;
 #[derive(Debug, Clone, Serialize)]
 pub struct Goal {
     /// What is measured.
-    pub target: &'static str,
+    pub measure: &'static str,
     pub unit: &'static str,
     pub limit: f64,
     /// The value must be at most `limit` (else at least).
@@ -31,7 +31,7 @@ impl Goal {
     }
 
     fn new(
-        target: &'static str,
+        measure: &'static str,
         unit: &'static str,
         limit: f64,
         at_most: bool,
@@ -39,7 +39,7 @@ impl Goal {
     ) -> Goal {
         let met = |v: Option<f64>| v.map(|v| if at_most { v <= limit } else { v >= limit });
         Goal {
-            target,
+            measure,
             unit,
             limit,
             at_most,
