@@ -15,8 +15,9 @@ pub const PLACEHOLDERS: &str = "{port}, {upstream}, {slow_upstream}, {fake}";
 const SHELL_ONLY: &str = "|&;<>()$`*?";
 
 /// Splits `line` into words. Blanks separate words; `'...'` keeps everything literally;
-/// `"..."` keeps everything but a backslash before `"`, `\`, `$` or `` ` ``; a backslash
-/// outside quotes keeps the next character.
+/// `"..."` keeps everything but a backslash before `"`, `\`, `$` or `` ` `` (and refuses
+/// an unescaped `$` or `` ` ``, which a shell would expand); a backslash outside quotes
+/// keeps the next character.
 pub fn split(line: &str) -> Result<Vec<String>, String> {
     let mut words = Vec::new();
     let mut word: Option<String> = None;
@@ -67,6 +68,11 @@ fn double_quoted(chars: &mut std::str::Chars, w: &mut String) -> Result<(), Stri
                 }
                 None => return Err("a \" quote is not closed".into()),
             },
+            Some(c @ ('$' | '`')) => {
+                return Err(format!(
+                    "{c:?} inside \"...\" would be expanded by a shell, and the command runs without one: write \\{c} or use '...'"
+                ));
+            }
             Some(c) => w.push(c),
             None => return Err("a \" quote is not closed".into()),
         }
@@ -184,7 +190,9 @@ mod tests {
         assert_eq!(words("one \\\ntwo"), ["one", "two"]);
         assert_eq!(words("'|' \"a;b\" \\&"), ["|", "a;b", "&"]);
         assert!(words("").is_empty() && words("   ").is_empty());
+        assert_eq!(words("'$HOME'"), ["$HOME"]);
         for bad in [
+            "gw \"$HOME\"",
             "gw 'open",
             "gw \"open",
             "gw \\",
