@@ -59,9 +59,9 @@ struct Shared {
 }
 
 impl Fake {
-    /// Starts the fake on 127.0.0.1 on a port the kernel picks.
-    pub fn start(profile: Profile) -> io::Result<Fake> {
-        let listener = Arc::new(TcpListener::bind("127.0.0.1:0")?);
+    /// Starts the fake on 127.0.0.1 on `port` (0: one the kernel picks).
+    pub fn start(profile: Profile, port: u16) -> io::Result<Fake> {
+        let listener = Arc::new(TcpListener::bind(("127.0.0.1", port))?);
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             profile,

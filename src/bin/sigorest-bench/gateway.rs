@@ -1,6 +1,7 @@
-//! The gateway under measurement: the release binary started as a child process on a free
-//! loopback port, pointed at the fake upstream, in a temporary working directory, with a
-//! clean environment; its memory and threads read from `/proc/<pid>/status`.
+//! A gateway process under measurement: the sigorest release binary (or another gateway's
+//! command) started as a child on a free loopback port, pointed at the fake upstream, in a
+//! temporary working directory, with a clean environment; its memory and threads read from
+//! `/proc/<pid>/status`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -58,6 +59,41 @@ pub fn default_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/release/sigorest"))
 }
 
+/// The gateway's stdout and stderr, in its work directory.
+const LOG: &str = "output.log";
+
+/// A fresh work directory for one gateway (`tag` tells two apart).
+pub fn work_dir(tag: &str) -> Result<PathBuf, BenchError> {
+    let dir = std::env::temp_dir().join(format!("sigorest-bench-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| BenchError::io("creating a work directory", e))?;
+    Ok(dir)
+}
+
+/// The environment the bench gives a gateway: provider keys that are not real, the
+/// providers' base URLs at the fake (Moonshot's at its slow path), no Ollama.
+pub fn provider_env(upstream: SocketAddr, slow_ms: u64) -> Vec<(String, String)> {
+    [
+        ("MAMMOUTH_API_KEY", "bench".to_string()),
+        ("MAMMOUTH_BASE_URL", format!("http://{upstream}/v1")),
+        ("MOONSHOT_API_KEY", "bench".to_string()),
+        (
+            "MOONSHOT_BASE_URL",
+            format!("http://{upstream}/delay-{slow_ms}/v1"),
+        ),
+        ("OLLAMA_HOST", "127.0.0.1:9".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Resets a process's peak resident size (`VmHWM`), so that the next reading is the peak
+/// since now (Linux 4.0 and later; false where not allowed).
+pub fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
 /// A running gateway process.
 pub struct Gateway {
     child: Child,
@@ -77,7 +113,7 @@ pub struct Launch<'a> {
 }
 
 impl Gateway {
-    /// Starts the gateway and waits until `/api/health` answers 200.
+    /// Starts the sigorest binary and waits until `/api/health` answers 200.
     pub fn start(launch: &Launch) -> Result<Gateway, BenchError> {
         if !launch.binary.is_file() {
             return Err(BenchError::Gateway(format!(
@@ -88,18 +124,15 @@ impl Gateway {
         if older_than_this_program(launch.binary) {
             // `cargo run --bin sigorest-bench` rebuilds only the bench, not the server.
             eprintln!(
-                "sigorest-bench: warning: {} is older than this program; `cargo build --release` first to measure the current code",
+                "sigorest-bench: warning: {} is older than the server's sources; `cargo build --release` first to measure the current code",
                 launch.binary.display()
             );
         }
-        let dir = std::env::temp_dir().join(format!("sigorest-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| BenchError::io("creating a work directory", e))?;
+        let dir = work_dir("sigorest")?;
         // The models the bench calls: gpt41 (instant) and kimi (the slow provider).
         std::fs::write(dir.join("models.csv"), "gpt41,kimi\n")
             .map_err(|e| BenchError::io("writing models.csv", e))?;
         let port = free_port().map_err(|e| BenchError::io("finding a free port", e))?;
-        let up = launch.upstream;
         let mut cmd = Command::new(launch.binary);
         cmd.args(["-http-port", &port.to_string(), "-https-port", "0"])
             .args(["-bind", "127.0.0.1", "-q", "-shutdown-grace", "2"]);
@@ -109,25 +142,39 @@ impl Gateway {
         if let Some(q) = launch.queue {
             cmd.args(["-queue", &q.to_string()]);
         }
-        let stderr = std::fs::File::create(dir.join("stderr.log"))
-            .map_err(|e| BenchError::io("creating the gateway's log file", e))?;
         // A clean environment: no real provider keys, no proxies, no stray settings.
         cmd.env_clear()
-            .env("MAMMOUTH_API_KEY", "bench")
-            .env("MAMMOUTH_BASE_URL", format!("http://{up}/v1"))
-            .env("MOONSHOT_API_KEY", "bench")
-            .env(
-                "MOONSHOT_BASE_URL",
-                format!("http://{up}/delay-{}/v1", launch.slow_ms),
-            )
-            .env("OLLAMA_HOST", "127.0.0.1:9")
-            .current_dir(&dir)
+            .envs(provider_env(launch.upstream, launch.slow_ms));
+        Gateway::spawn(cmd, port, dir, health, "/api/health")
+    }
+
+    /// Starts `cmd` (its environment already set) in `dir` with its output going to a log
+    /// file there, and waits until `ready` says the port answers. `waits_for` names what
+    /// `ready` checks, for the message when it never does.
+    pub fn spawn(
+        mut cmd: Command,
+        port: u16,
+        dir: PathBuf,
+        ready: fn(SocketAddr) -> bool,
+        waits_for: &str,
+    ) -> Result<Gateway, BenchError> {
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let log = std::fs::File::create(dir.join(LOG))
+            .map_err(|e| BenchError::io("creating the gateway's log file", e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| BenchError::io("opening the gateway's log file", e))?;
+        cmd.current_dir(&dir)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        let child = cmd
-            .spawn()
-            .map_err(|e| BenchError::io(&format!("starting {}", launch.binary.display()), e))?;
+            .stdout(log2)
+            .stderr(log);
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(BenchError::io(&format!("starting {program}"), e));
+            }
+        };
         let mut gw = Gateway {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -137,17 +184,19 @@ impl Gateway {
         loop {
             if let Ok(Some(status)) = gw.child.try_wait() {
                 return Err(BenchError::Gateway(format!(
-                    "the gateway exited at start ({status}): {}",
+                    "{program} exited at start ({status}): {}",
                     gw.log().trim()
                 )));
             }
-            if health(gw.addr) {
+            if ready(gw.addr) {
                 return Ok(gw);
             }
             if Instant::now() > deadline {
                 return Err(BenchError::Gateway(format!(
-                    "the gateway did not answer /api/health within {} s",
-                    START_TIMEOUT.as_secs()
+                    "{program} did not answer {waits_for} on {} within {} s: {}",
+                    gw.addr,
+                    START_TIMEOUT.as_secs(),
+                    gw.log().trim()
                 )));
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -158,13 +207,9 @@ impl Gateway {
         self.child.id()
     }
 
-    pub fn status(&self) -> ProcStatus {
-        proc_status(self.pid())
-    }
-
-    /// What the gateway wrote on stderr (errors only, with `-q`).
+    /// What the gateway wrote on stdout and stderr (errors only, for sigorest with `-q`).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join(LOG)).unwrap_or_default()
     }
 
     /// SIGTERM, a few seconds to finish, then SIGKILL.
@@ -196,30 +241,59 @@ impl Drop for Gateway {
     }
 }
 
-/// Whether `binary` was built before the running bench (both come from one crate, so the
-/// server may be stale).
+/// Whether `binary` is older than the server's sources (changed since it was built):
+/// the sources of this checkout (`src/` but the bench's own directory) when they are there,
+/// else the running bench (both come from one crate).
 fn older_than_this_program(binary: &Path) -> bool {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    match (
-        modified(binary),
-        std::env::current_exe().ok().and_then(|e| modified(&e)),
-    ) {
-        (Some(server), Some(bench)) => server < bench,
-        _ => false,
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let newer = match src.is_dir() {
+        true => newest(&src, &src.join("bin").join("sigorest-bench")),
+        false => std::env::current_exe().ok().and_then(|e| modified(&e)),
+    };
+    matches!((modified(binary), newer), (Some(server), Some(newer)) if server < newer)
+}
+
+/// The latest modification time of the files under `dir`, `skip` left out.
+fn newest(dir: &Path, skip: &Path) -> Option<std::time::SystemTime> {
+    let mut latest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        let time = match meta.is_dir() {
+            true if path == skip => None,
+            true => newest(&path, skip),
+            false => meta.modified().ok(),
+        };
+        latest = latest.max(time);
     }
+    latest
+}
+
+/// Whether anything that speaks HTTP answers `GET /` (any status).
+pub fn answers(addr: SocketAddr) -> bool {
+    status_of(addr, "/").is_some()
 }
 
 /// Whether `GET /api/health` answers 200.
 fn health(addr: SocketAddr) -> bool {
-    let Ok(mut tcp) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
-    let sent = tcp.write_all(
-        format!("GET /api/health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    );
+    status_of(addr, "/api/health").as_deref() == Some("200")
+}
+
+/// The status code a `GET path` gets.
+fn status_of(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
     let mut head = [0u8; 12];
-    sent.is_ok() && tcp.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
+    tcp.read_exact(&mut head).ok()?;
+    head.starts_with(b"HTTP/1.")
+        .then(|| String::from_utf8_lossy(&head[9..12]).into_owned())
 }
 
 #[cfg(test)]

@@ -1,11 +1,10 @@
-//! The bench's results: percentiles from the samples, the JSON record, and the markdown
-//! tables printed at the end.
-
-use std::fmt::Write as _;
+//! The bench's results: percentiles from the samples and the JSON record (rendered as
+//! markdown by [`super::markdown`]).
 
 use serde::Serialize;
 
 use super::load::Samples;
+use super::targets::Goal;
 
 /// Everything one run measured; written as JSON so runs can be compared across commits.
 #[derive(Debug, Serialize)]
@@ -20,7 +19,11 @@ pub struct Report {
     pub json: Vec<JsonRow>,
     pub stream: Vec<StreamRow>,
     pub gateway_process: Option<ProcessRow>,
+    /// The other gateway's process, when the bench started it or was given its pid.
+    pub compare_process: Option<ProcessRow>,
     pub parallel: Option<ParallelRow>,
+    /// The goals of issue 19, met or not.
+    pub targets: Vec<Goal>,
 }
 
 #[derive(Debug, Serialize)]
@@ -43,6 +46,23 @@ pub struct Settings {
     pub workers: Option<usize>,
     pub queue: Option<usize>,
     pub gateway: Option<String>,
+    /// The fake upstream's port.
+    pub fake_port: u16,
+    pub compare: Option<CompareSettings>,
+}
+
+/// The other gateway and how it was called.
+#[derive(Debug, Serialize)]
+pub struct CompareSettings {
+    pub name: String,
+    pub url: Option<String>,
+    pub command: Option<String>,
+    /// The names of the variables added to its environment (values left out: they may be
+    /// keys).
+    pub env: Vec<String>,
+    pub path: String,
+    pub model: String,
+    pub slow_model: String,
 }
 
 /// Latencies of one target at one level, in milliseconds.
@@ -60,12 +80,14 @@ pub struct Latency {
 /// The gateway process during one level.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Process {
-    /// `VmHWM` after the level (the peak so far).
+    /// `VmHWM` after the level: its peak (reset before it where the kernel allows, else the
+    /// peak so far).
     pub peak_rss_kb: u64,
     /// Most threads seen while the level ran.
     pub threads_max: u64,
 }
 
+/// One level of chat completions: direct, through sigorest ("gateway"), through the other.
 #[derive(Debug, Serialize)]
 pub struct JsonRow {
     pub concurrency: usize,
@@ -75,6 +97,73 @@ pub struct JsonRow {
     pub added_p50_ms: Option<f64>,
     pub added_p99_ms: Option<f64>,
     pub process: Option<Process>,
+    pub compare: Option<CompareJson>,
+    /// Requests/s through sigorest as a share of direct (1.0 = as fast).
+    pub gateway_share_of_direct: Option<f64>,
+    pub compare_share_of_direct: Option<f64>,
+    /// Requests/s through sigorest divided by those through the other gateway.
+    pub gateway_per_compare: Option<f64>,
+}
+
+/// The other gateway at one level of chat completions.
+#[derive(Debug, Serialize)]
+pub struct CompareJson {
+    #[serde(flatten)]
+    pub latency: Latency,
+    /// It minus direct.
+    pub added_p50_ms: f64,
+    pub added_p99_ms: f64,
+    pub process: Option<Process>,
+}
+
+/// What one gateway did at one level, and its process meanwhile.
+pub type Through<L> = (L, Option<Process>);
+
+impl JsonRow {
+    pub fn new(
+        n: usize,
+        direct: Latency,
+        gateway: Option<Through<Latency>>,
+        compare: Option<Through<Latency>>,
+    ) -> JsonRow {
+        let share = |l: &Latency| ratio(l.per_s, direct.per_s);
+        let (gateway, process) = gateway.unzip();
+        JsonRow {
+            concurrency: n,
+            added_p50_ms: gateway.as_ref().map(|g| g.p50_ms - direct.p50_ms),
+            added_p99_ms: gateway.as_ref().map(|g| g.p99_ms - direct.p99_ms),
+            gateway_share_of_direct: gateway.as_ref().and_then(share),
+            compare_share_of_direct: compare.as_ref().and_then(|(c, _)| share(c)),
+            gateway_per_compare: gateway
+                .as_ref()
+                .zip(compare.as_ref())
+                .and_then(|(g, (c, _))| ratio(g.per_s, c.per_s)),
+            compare: compare.map(|(c, process)| CompareJson {
+                added_p50_ms: c.p50_ms - direct.p50_ms,
+                added_p99_ms: c.p99_ms - direct.p99_ms,
+                latency: c,
+                process,
+            }),
+            process: process.flatten(),
+            gateway,
+            direct,
+        }
+    }
+}
+
+impl JsonRow {
+    /// The process of sigorest, or of the other gateway, during this level.
+    pub fn process_of(&self, compare: bool) -> Option<Process> {
+        match compare {
+            false => self.process,
+            true => self.compare.as_ref().and_then(|c| c.process),
+        }
+    }
+}
+
+/// `a / b`, when `b` is above zero.
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0).then(|| a / b)
 }
 
 /// Streams of one target at one level.
@@ -92,6 +181,7 @@ pub struct StreamLatency {
     pub event_max_ms: f64,
 }
 
+/// One level of streams.
 #[derive(Debug, Serialize)]
 pub struct StreamRow {
     pub concurrency: usize,
@@ -102,14 +192,77 @@ pub struct StreamRow {
     pub added_event_p50_ms: Option<f64>,
     pub added_event_p99_ms: Option<f64>,
     pub process: Option<Process>,
+    pub compare: Option<CompareStream>,
 }
 
+/// The other gateway at one level of streams.
+#[derive(Debug, Serialize)]
+pub struct CompareStream {
+    #[serde(flatten)]
+    pub latency: StreamLatency,
+    pub added_first_event_p50_ms: f64,
+    pub added_event_p50_ms: f64,
+    pub added_event_p99_ms: f64,
+    pub process: Option<Process>,
+}
+
+impl StreamRow {
+    /// The process of sigorest, or of the other gateway, during this level.
+    pub fn process_of(&self, compare: bool) -> Option<Process> {
+        match compare {
+            false => self.process,
+            true => self.compare.as_ref().and_then(|c| c.process),
+        }
+    }
+}
+
+/// What a stream target adds over direct: first event p50, event delay p50 and p99.
+fn stream_added(l: &StreamLatency, direct: &StreamLatency) -> [f64; 3] {
+    [
+        l.first_event_p50_ms - direct.first_event_p50_ms,
+        l.event_p50_ms - direct.event_p50_ms,
+        l.event_p99_ms - direct.event_p99_ms,
+    ]
+}
+
+impl StreamRow {
+    pub fn new(
+        n: usize,
+        direct: StreamLatency,
+        gateway: Option<Through<StreamLatency>>,
+        compare: Option<Through<StreamLatency>>,
+    ) -> StreamRow {
+        let (gateway, process) = gateway.unzip();
+        let added = gateway.as_ref().map(|g| stream_added(g, &direct));
+        StreamRow {
+            concurrency: n,
+            added_first_event_p50_ms: added.map(|a| a[0]),
+            added_event_p50_ms: added.map(|a| a[1]),
+            added_event_p99_ms: added.map(|a| a[2]),
+            compare: compare.map(|(c, process)| {
+                let [first, p50, p99] = stream_added(&c, &direct);
+                CompareStream {
+                    latency: c,
+                    added_first_event_p50_ms: first,
+                    added_event_p50_ms: p50,
+                    added_event_p99_ms: p99,
+                    process,
+                }
+            }),
+            process: process.flatten(),
+            gateway,
+            direct,
+        }
+    }
+}
+
+/// One gateway process over the whole run.
 #[derive(Debug, Serialize)]
 pub struct ProcessRow {
     pub pid: u32,
     pub rss_idle_kb: u64,
     pub threads_idle: u64,
-    /// `VmHWM` at the end of the run.
+    /// The highest `VmHWM` read in the run.
     pub peak_rss_kb: u64,
     pub threads_max: u64,
     pub rss_after_kb: u64,
@@ -123,6 +276,10 @@ pub struct ParallelRow {
     pub direct_errors: u64,
     pub gateway_s: Option<f64>,
     pub gateway_errors: Option<u64>,
+    pub compare_s: Option<f64>,
+    pub compare_errors: Option<u64>,
+    /// Why the other gateway's burst was not run (its slow model did not answer).
+    pub compare_skipped: Option<String>,
 }
 
 /// The value at quantile `q` (nearest rank) of sorted nanoseconds, in milliseconds.
@@ -161,137 +318,6 @@ pub fn stream_latency(mut s: Samples) -> StreamLatency {
         event_p99_ms: quantile_ms(&s.event_delay, 0.99),
         event_max_ms: quantile_ms(&s.event_delay, 1.0),
     }
-}
-
-fn ms(v: f64) -> String {
-    format!("{v:.3}")
-}
-
-fn opt(v: Option<f64>) -> String {
-    v.map_or_else(|| "–".to_string(), ms)
-}
-
-fn mb(kb: u64) -> String {
-    format!("{:.1}", kb as f64 / 1024.0)
-}
-
-/// The markdown tables.
-pub fn markdown(r: &Report) -> String {
-    let mut o = String::new();
-    let s = &r.settings;
-    let _ = writeln!(
-        o,
-        "sigorest {} ({}), {} cores, load {:.2} before / {:.2} after, {} s per level after {} s warm-up\n",
-        r.sigorest,
-        r.commit.as_deref().unwrap_or("no commit"),
-        r.machine.cpus,
-        r.machine.load_before[0],
-        r.machine.load_after[0],
-        s.duration_s,
-        s.warmup_s
-    );
-    let _ = writeln!(o, "Chat completions (JSON), keep-alive connections:\n");
-    let _ = writeln!(
-        o,
-        "| conc. | target | req/s | p50 ms | p90 ms | p99 ms | max ms | added p50 ms | added p99 ms | errors | gateway peak RSS MB | gateway threads |"
-    );
-    let _ = writeln!(
-        o,
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
-    for row in &r.json {
-        let line = |o: &mut String, name: &str, l: &Latency, added: bool| {
-            let (a50, a99, rss, th) = match (added, row.process) {
-                (true, p) => (
-                    opt(row.added_p50_ms),
-                    opt(row.added_p99_ms),
-                    p.map_or("–".into(), |p| mb(p.peak_rss_kb)),
-                    p.map_or("–".into(), |p| p.threads_max.to_string()),
-                ),
-                (false, _) => ("".into(), "".into(), "".into(), "".into()),
-            };
-            let _ = writeln!(
-                o,
-                "| {} | {name} | {:.0} | {} | {} | {} | {} | {a50} | {a99} | {} | {rss} | {th} |",
-                row.concurrency,
-                l.per_s,
-                ms(l.p50_ms),
-                ms(l.p90_ms),
-                ms(l.p99_ms),
-                ms(l.max_ms),
-                l.errors
-            );
-        };
-        line(&mut o, "direct", &row.direct, false);
-        if let Some(g) = &row.gateway {
-            line(&mut o, "gateway", g, true);
-        }
-    }
-    let _ = writeln!(
-        o,
-        "\nStreams ({} events {} ms apart); event delay = sent by the upstream → read by the client:\n",
-        s.stream_events, s.stream_gap_ms
-    );
-    let _ = writeln!(
-        o,
-        "| conc. | target | streams/s | first event p50 ms | first event p99 ms | event delay p50 ms | event delay p99 ms | event delay max ms | added per event p50 ms | added per event p99 ms | errors | gateway peak RSS MB | gateway threads |"
-    );
-    let _ = writeln!(
-        o,
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
-    for row in &r.stream {
-        let line = |o: &mut String, name: &str, l: &StreamLatency, added: bool| {
-            let (a50, a99, rss, th) = match (added, row.process) {
-                (true, p) => (
-                    opt(row.added_event_p50_ms),
-                    opt(row.added_event_p99_ms),
-                    p.map_or("–".into(), |p| mb(p.peak_rss_kb)),
-                    p.map_or("–".into(), |p| p.threads_max.to_string()),
-                ),
-                (false, _) => ("".into(), "".into(), "".into(), "".into()),
-            };
-            let _ = writeln!(
-                o,
-                "| {} | {name} | {:.0} | {} | {} | {} | {} | {} | {a50} | {a99} | {} | {rss} | {th} |",
-                row.concurrency,
-                l.per_s,
-                ms(l.first_event_p50_ms),
-                ms(l.first_event_p99_ms),
-                ms(l.event_p50_ms),
-                ms(l.event_p99_ms),
-                ms(l.event_max_ms),
-                l.errors
-            );
-        };
-        line(&mut o, "direct", &row.direct, false);
-        if let Some(g) = &row.gateway {
-            line(&mut o, "gateway", g, true);
-        }
-    }
-    if let Some(p) = &r.gateway_process {
-        let _ = writeln!(
-            o,
-            "\nGateway process: RSS idle {} MB, peak (VmHWM) {} MB, after the run {} MB; threads idle {}, at most {}.",
-            mb(p.rss_idle_kb),
-            mb(p.peak_rss_kb),
-            mb(p.rss_after_kb),
-            p.threads_idle,
-            p.threads_max
-        );
-    }
-    if let Some(p) = &r.parallel {
-        let gw = match (p.gateway_s, p.gateway_errors) {
-            (Some(s), Some(e)) => format!(", through the gateway {s:.3} s ({e} errors)"),
-            _ => String::new(),
-        };
-        let _ = writeln!(
-            o,
-            "\n{} parallel calls to one model whose upstream takes {} ms: direct {:.3} s ({} errors){gw}.",
-            p.calls, p.upstream_ms, p.direct_s, p.direct_errors
-        );
-    }
-    o
 }
 
 #[cfg(test)]
