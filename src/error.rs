@@ -209,10 +209,31 @@ impl Error {
         }
     }
 
+    /// The message a client sees. The same as [`Display`](fmt::Display), except for errors
+    /// that would show the server's own paths or the operating system's errors (a storage
+    /// failure): those answer a generic message, and [`Error::needs_log`] says that the
+    /// details belong in the log.
+    pub fn client_message(&self) -> String {
+        match self {
+            Error::File { .. } => {
+                "the gateway could not read or write its own files; the details are in its log"
+                    .to_string()
+            }
+            Error::Listen { .. } => "the gateway could not open a port".to_string(),
+            _ => self.to_string(),
+        }
+    }
+
+    /// Whether the client sees less than the whole story ([`Error::client_message`]), so
+    /// that the server logs the error where it answers it.
+    pub fn needs_log(&self) -> bool {
+        matches!(self, Error::File { .. } | Error::Listen { .. })
+    }
+
     /// The body OpenAI's SDKs expect: `{"error": {"message", "type", "param", "code"}}`.
     pub fn body(&self) -> serde_json::Value {
         json!({"error": {
-            "message": self.to_string(),
+            "message": self.client_message(),
             "type": self.kind(),
             "param": self.param(),
             "code": self.code(),
@@ -526,6 +547,21 @@ mod tests {
             &std::io::Error::other("denied"),
         );
         assert_eq!(e.to_string(), "/x/y: denied");
+    }
+
+    #[test]
+    fn storage_errors_answer_without_paths_or_os_errors() {
+        let e = Error::io(
+            std::path::Path::new("/srv/sigorest/.sessions/gpt41@x.json"),
+            &std::io::Error::from_raw_os_error(28),
+        );
+        let message = e.body()["error"]["message"].as_str().unwrap().to_string();
+        assert!(!message.contains("/srv"), "{message}");
+        assert!(!message.contains("os error"), "{message}");
+        assert!(e.needs_log());
+        // The whole story stays available for the log and for start-up errors.
+        assert!(e.to_string().contains("/srv/sigorest") && e.to_string().contains("os error"));
+        assert!(!Error::invalid("x").needs_log());
     }
 
     #[test]

@@ -161,10 +161,10 @@ impl Gateway {
                 )))
             }
             Lookup::Unknown => Err(not_found(match self.catalog.get(name) {
+                // The whitelist's path is the server's business, not the client's.
                 Some(m) => format!(
-                    "'{}' is in the catalog but not enabled in {}",
-                    m.short,
-                    self.settings.models_path.display()
+                    "'{}' is in the catalog but not enabled in the gateway's models.csv",
+                    m.short
                 ),
                 None => "unknown model; GET /v1/models lists the available ones".to_string(),
             })),

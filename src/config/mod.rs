@@ -75,7 +75,9 @@ const DEFAULT_MEMORY: &str = "./memory.json";
 const DEFAULT_SESSIONS: &str = "./.sessions";
 
 const WORKERS_MAX: u64 = 10_000;
-const QUEUE_MAX: u64 = 1_000_000;
+/// The queue is a crossbeam array channel, allocated in full at start: each place holds a
+/// request waiting for a worker (a few hundred bytes), so 16,384 places are about 5 MB.
+const QUEUE_MAX: u64 = 16_384;
 const GRACE_MAX_SECS: u64 = 3600;
 
 fn default_list(s: &str) -> AllowList {

@@ -173,6 +173,10 @@ impl Response {
     /// An error in OpenAI's shape, with its status, headers (`Retry-After`, ...) and its code
     /// in the access log.
     pub fn error(e: &Error) -> Response {
+        if e.needs_log() {
+            // The client gets a generic message; the details (paths, OS errors) go here.
+            log::error!(code = e.code(), error:% = e; "request failed");
+        }
         let mut resp = Response::json(e.status(), &e.body());
         resp.headers.extend(e.headers());
         resp.log.push(("error", e.code().to_string()));

@@ -485,18 +485,16 @@ fn read_failure(e: ureq::Error, remaining: Duration) -> Failure {
 
 fn io_failure(e: &std::io::Error, remaining: Duration, doing: &str) -> Failure {
     use std::io::ErrorKind::*;
+    // The client sees the kind of error ("connection refused"), never the operating
+    // system's own text and number; those go to the debug log.
+    log::debug!(error:% = e, doing = doing; "upstream I/O error");
+    let what = e.kind().to_string();
     match e.kind() {
         TimedOut | WouldBlock => {
             Failure::Timeout(format!("no data within {} while {doing}", secs(remaining)))
         }
-        ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected
-        | AddrNotAvailable | HostUnreachable | NetworkUnreachable
-            if doing == "connecting" =>
-        {
-            Failure::Connect(e.to_string())
-        }
-        _ if doing == "connecting" => Failure::Connect(e.to_string()),
-        _ => Failure::BadAnswer(format!("{doing}: {e}")),
+        _ if doing == "connecting" => Failure::Connect(what),
+        _ => Failure::BadAnswer(format!("{doing}: {what}")),
     }
 }
 

@@ -182,7 +182,10 @@ fn http_date(s: &str) -> Option<SystemTime> {
     let [h, m, sec] = hms.as_slice() else {
         return None;
     };
+    // The year is bounded so that the day arithmetic cannot overflow (a provider could
+    // send any number); a date outside it is not a date we act on.
     if !(1..=31).contains(&day)
+        || !(1970..=9999).contains(&year)
         || !(0..24).contains(h)
         || !(0..60).contains(m)
         || !(0..61).contains(sec)
@@ -363,6 +366,22 @@ mod tests {
             retry_after(None, Some("Sun, 99 Nov 1994 08:49:00 GMT"), now),
             None
         );
+    }
+
+    #[test]
+    fn retry_after_dates_with_absurd_years_are_ignored_without_overflow() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        for year in [
+            "9223372036854775807",
+            "-9223372036854775808",
+            "99999999999",
+            "1969",
+        ] {
+            let v = format!("Sun, 06 Nov {year} 08:49:37 GMT");
+            assert_eq!(retry_after(None, Some(&v), now), None, "{v}");
+        }
+        // The far end of the range still reads (and is capped by the deadline elsewhere).
+        assert!(retry_after(None, Some("Fri, 31 Dec 9999 23:59:59 GMT"), now).is_some());
     }
 
     #[test]
