@@ -131,7 +131,7 @@ fn memory_session_and_clamps_shape_the_upstream_body() {
         ]
     );
 
-    let file = gw.dir.join("sessions/claude-h-trip.json");
+    let file = gw.dir.join("sessions/claude-h@trip.json");
     let stored: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
     let history = stored["history"].as_array().unwrap();
     assert_eq!(history.len(), 4);
@@ -409,7 +409,7 @@ fn concurrent_turns_on_one_session_are_all_kept() {
         assert_eq!(h.join().unwrap(), 200);
     }
     let stored: Value =
-        serde_json::from_slice(&std::fs::read(gw.dir.join("sessions/gpt41-shared.json")).unwrap())
+        serde_json::from_slice(&std::fs::read(gw.dir.join("sessions/gpt41@shared.json")).unwrap())
             .unwrap();
     let history = stored["history"].as_array().unwrap();
     assert_eq!(history.len(), 12, "every turn kept: {history:?}");

@@ -37,10 +37,10 @@ fn answer(gw: &Gateway, req: &Request, log: &mut LogFields) -> Result<Response, 
     let resolved = gw.resolve(&creq.model)?;
     let model = resolved.model;
     log.push(("model", model.short.clone()));
-    if let Some(env) = model.provider.key_env() {
-        if resolved.target.key.is_none() {
-            return Err(Error::ProviderNotConfigured { env });
-        }
+    if let Some(env) = model.provider.key_env()
+        && resolved.target.key.is_none()
+    {
+        return Err(Error::ProviderNotConfigured { env });
     }
     let memory = gw.memory();
     let prepared = Prepared::new(&creq, &model, &memory, &gw.sessions)?;

@@ -251,8 +251,9 @@ default):
                        # starts a comment
   memory.json          {{\"content\": \"...\", \"cache\": true}};
                        replaced by PUT /api/memory
-  <sessions>/<model>-<session_id>.json
-                       session history, the last 20 messages
+  <sessions>/<model>@<session_id>.json
+                       session history: the last 20 messages, at most
+                       2 MiB; at most 1000 sessions (oldest dropped)
   certs/server.crt, certs/server.key
                        TLS certificate and key (key mode 0600)
 

@@ -113,13 +113,13 @@ pub(crate) fn run(
                 return;
             }
             conn.buf.shrink();
-            if conn.buf.is_empty() {
-                if let Err(e) = conn.buf.fill(&mut conn.io, Instant::now() + t.idle, &stop) {
-                    if matches!(e, ReadError::Stopped | ReadError::Timeout) {
-                        conn.io.close(t.write);
-                    }
-                    return;
+            if conn.buf.is_empty()
+                && let Err(e) = conn.buf.fill(&mut conn.io, Instant::now() + t.idle, &stop)
+            {
+                if matches!(e, ReadError::Stopped | ReadError::Timeout) {
+                    conn.io.close(t.write);
                 }
+                return;
             }
             Instant::now() + t.head
         };

@@ -485,10 +485,14 @@ fn read_failure(e: ureq::Error, remaining: Duration) -> Failure {
 
 fn io_failure(e: &std::io::Error, remaining: Duration, doing: &str) -> Failure {
     use std::io::ErrorKind::*;
-    // The client sees the kind of error ("connection refused"), never the operating
-    // system's own text and number; those go to the debug log.
+    // For an operating-system error the client sees its kind ("connection refused"), not
+    // the OS's text and number (those go to the debug log); errors made by a library (a
+    // TLS certificate refused) keep their own words.
     log::debug!(error:% = e, doing = doing; "upstream I/O error");
-    let what = e.kind().to_string();
+    let what = match e.raw_os_error() {
+        Some(_) => e.kind().to_string(),
+        None => e.to_string(),
+    };
     match e.kind() {
         TimedOut | WouldBlock => {
             Failure::Timeout(format!("no data within {} while {doing}", secs(remaining)))
