@@ -56,6 +56,9 @@ pub enum Error {
     UpstreamTimeout { message: String },
     /// A bug of ours (a handler panicked).
     Internal { message: String },
+    /// The client went away before its answer (nobody reads this one; it names the case in
+    /// the access log).
+    ClientGone,
     /// A file could not be read, written or parsed. `line` and `column` are 1-based, 0 when
     /// they do not apply (an I/O error).
     File {
@@ -116,6 +119,8 @@ impl Error {
             Error::RateLimited { .. } => 429,
             Error::Upstream { .. } => 502,
             Error::UpstreamTimeout { .. } => 504,
+            // nginx's "client closed request".
+            Error::ClientGone => 499,
             Error::Internal { .. }
             | Error::File { .. }
             | Error::Usage { .. }
@@ -144,6 +149,7 @@ impl Error {
             Error::Upstream { .. } => "upstream_error",
             Error::UpstreamTimeout { .. } => "upstream_timeout",
             Error::Internal { .. } => "internal_error",
+            Error::ClientGone => "client_gone",
             Error::File { .. } => "storage_error",
             Error::Usage { .. } => "usage",
             Error::Listen { .. } => "listen_failed",
@@ -170,6 +176,7 @@ impl Error {
             | Error::Upstream { .. }
             | Error::UpstreamTimeout { .. }
             | Error::Internal { .. }
+            | Error::ClientGone
             | Error::File { .. }
             | Error::Usage { .. }
             | Error::Listen { .. } => "server_error",
@@ -299,6 +306,7 @@ impl fmt::Display for Error {
             Error::Upstream { message } => write!(f, "upstream error: {message}"),
             Error::UpstreamTimeout { message } => write!(f, "upstream timeout: {message}"),
             Error::Internal { message } => write!(f, "internal error: {message}"),
+            Error::ClientGone => f.write_str("the client went away before the answer"),
             Error::File {
                 path,
                 line: 0,

@@ -31,6 +31,8 @@ pub struct Settings {
     pub sessions_dir: PathBuf,
     pub admin_allow: AllowList,
     pub env: Env,
+    /// The highest `timeout` a request may ask for (`-max-timeout`).
+    pub max_timeout: std::time::Duration,
 }
 
 /// The gateway's state, shared by every request.

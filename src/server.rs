@@ -60,6 +60,7 @@ pub fn start_on(
         sessions_dir: config.sessions.clone(),
         admin_allow: config.admin_allow.clone(),
         env,
+        max_timeout: config.max_timeout,
     };
     let app = Arc::new(Gateway::new(settings, stats.clone())?);
 

@@ -33,7 +33,7 @@ pub(super) fn completions(gw: &Gateway, req: &Request) -> Result<Response, Error
 }
 
 fn answer(gw: &Gateway, req: &Request, log: &mut LogFields) -> Result<Response, Error> {
-    let creq = ChatRequest::parse(&req.body)?;
+    let creq = ChatRequest::parse(&req.body, gw.settings.max_timeout)?;
     let resolved = gw.resolve(&creq.model)?;
     let model = resolved.model;
     log.push(("model", model.short.clone()));

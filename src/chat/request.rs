@@ -20,8 +20,12 @@ use crate::state::session::{self, Message};
 
 /// Default for the `timeout` extension.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
-/// Longest `timeout` a client may ask for.
+/// Longest `timeout` `sigoe` may ask for in direct mode; the server's limit is its
+/// `-max-timeout` flag (default [`DEFAULT_MAX_TIMEOUT`]).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The server's default `-max-timeout`: an abandoned request may hold a worker this long at
+/// most (it is interrupted at once when its client is seen to leave).
+pub const DEFAULT_MAX_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default for the `retries` extension (attempts in all).
 pub const DEFAULT_RETRIES: u32 = 3;
 /// Most attempts a client may ask for.
@@ -45,9 +49,10 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
-    /// Validates a client body. Errors are 400 `invalid_request` with a message that says
-    /// what to fix and, where there is one, the field in `param`.
-    pub fn parse(raw: &[u8]) -> Result<ChatRequest, Error> {
+    /// Validates a client body; `timeout` may be at most `max_timeout`. Errors are 400
+    /// `invalid_request` with a message that says what to fix and, where there is one, the
+    /// field in `param`.
+    pub fn parse(raw: &[u8], max_timeout: Duration) -> Result<ChatRequest, Error> {
         if raw.iter().all(u8::is_ascii_whitespace) {
             return Err(Error::invalid(
                 "request body is empty: send a JSON chat-completions body",
@@ -91,13 +96,13 @@ impl ChatRequest {
         let timeout = match body.remove("timeout") {
             None | Some(Value::Null) => DEFAULT_TIMEOUT,
             Some(Value::Number(n)) => match n.as_f64() {
-                Some(s) if s > 0.0 && s <= MAX_TIMEOUT.as_secs_f64() => Duration::from_secs_f64(s),
+                Some(s) if s > 0.0 && s <= max_timeout.as_secs_f64() => Duration::from_secs_f64(s),
                 _ => {
                     return Err(Error::invalid_param(
                         "timeout",
                         format!(
                             "'timeout' must be a number of seconds above 0 and at most {}",
-                            MAX_TIMEOUT.as_secs()
+                            max_timeout.as_secs()
                         ),
                     ));
                 }
@@ -372,7 +377,7 @@ mod tests {
     }
 
     fn parse(v: Value) -> Result<ChatRequest, Error> {
-        ChatRequest::parse(&serde_json::to_vec(&v).unwrap())
+        ChatRequest::parse(&serde_json::to_vec(&v).unwrap(), MAX_TIMEOUT)
     }
 
     fn hello(model: &str) -> Value {
@@ -414,7 +419,7 @@ mod tests {
             ),
         ];
         for (body, needle) in cases {
-            let err = ChatRequest::parse(body).unwrap_err();
+            let err = ChatRequest::parse(body, MAX_TIMEOUT).unwrap_err();
             assert_eq!(err.status(), 400, "{body:?}");
             assert_eq!(err.code(), "invalid_request");
             assert!(

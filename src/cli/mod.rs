@@ -565,7 +565,7 @@ fn ask_provider(opts: &Options, env: &Env, upstream: &Upstream) -> Result<(), St
     let prompt = read_prompt(opts)?;
     let stream = streams(opts);
     let body = request_body(opts, &prompt, stream).to_string();
-    let req = ChatRequest::parse(body.as_bytes()).map_err(Stop::Usage)?;
+    let req = ChatRequest::parse(body.as_bytes(), MAX_TIMEOUT).map_err(Stop::Usage)?;
     let memory = Memory::load(&opts.memory)
         .map_err(Stop::Usage)?
         .unwrap_or_default();
@@ -641,9 +641,11 @@ fn gateway_failure(failure: Failure, g: &Gateway) -> Stop {
         Failure::Timeout(m) => Error::UpstreamTimeout {
             message: format!("the gateway at {at}: {m}"),
         },
-        Failure::BadAnswer(m) => Error::Upstream {
+        Failure::BadAnswer(m) | Failure::BadCompletion(m) => Error::Upstream {
             message: format!("bad answer from the gateway at {at}: {m}"),
         },
+        // sigoe does not hang up on itself.
+        Failure::Cancelled => Error::ClientGone,
         Failure::Status { status, body, .. } => {
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             let err = &v["error"];

@@ -38,6 +38,13 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Listen address for both ports; `[::]` (dual-stack) unless a test binds loopback.
     pub bind: std::net::IpAddr,
+    /// The highest `timeout` a client may ask for (`-max-timeout`, seconds).
+    pub max_timeout: Duration,
+    /// Open connections from one address (one IPv6 /64) at a time; 0: no cap
+    /// (`-max-conns-per-ip`).
+    pub max_conns_per_ip: usize,
+    /// Request bodies being read or handled at once, in bytes (`-max-body-total`, MiB).
+    pub max_body_total: usize,
 }
 
 impl Default for Config {
@@ -61,6 +68,9 @@ impl Default for Config {
             json_log: false,
             shutdown_grace: Duration::from_secs(30),
             bind: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            max_timeout: crate::chat::request::DEFAULT_MAX_TIMEOUT,
+            max_conns_per_ip: 64,
+            max_body_total: 256 * MIB,
         }
     }
 }
@@ -79,6 +89,11 @@ const WORKERS_MAX: u64 = 10_000;
 /// request waiting for a worker (a few hundred bytes), so 16,384 places are about 5 MB.
 const QUEUE_MAX: u64 = 16_384;
 const GRACE_MAX_SECS: u64 = 3600;
+/// A day: a local model on a small box may be slow, but not slower.
+const MAX_TIMEOUT_MAX_SECS: u64 = 86_400;
+const CONNS_PER_IP_MAX: u64 = 1_000_000;
+const BODY_TOTAL_MAX_MIB: u64 = 1 << 20;
+const MIB: usize = 1024 * 1024;
 
 fn default_list(s: &str) -> AllowList {
     // The defaults are constants checked by a test; an empty list could only come from a typo.
@@ -160,6 +175,17 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
         let secs = number("-shutdown-grace", &v, 0, GRACE_MAX_SECS)?;
         c.shutdown_grace = Duration::from_secs(secs as u64);
     }
+    if let Some(v) = text_value(&mut p, "--max-timeout")? {
+        let secs = number("-max-timeout", &v, 1, MAX_TIMEOUT_MAX_SECS)?;
+        c.max_timeout = Duration::from_secs(secs as u64);
+    }
+    if let Some(v) = text_value(&mut p, "--max-conns-per-ip")? {
+        c.max_conns_per_ip = number("-max-conns-per-ip", &v, 0, CONNS_PER_IP_MAX)?;
+    }
+    if let Some(v) = text_value(&mut p, "--max-body-total")? {
+        let mib = number("-max-body-total", &v, 1, BODY_TOTAL_MAX_MIB)?;
+        c.max_body_total = mib.saturating_mul(MIB);
+    }
     if let Some(v) = text_value(&mut p, "--bind")? {
         c.bind = parse_ip(&v).ok_or_else(|| {
             bad(format!(
@@ -228,6 +254,13 @@ Flags (one dash or two; the value after a space or '='):
                        beyond that: 503 (default {queue})
   -shutdown-grace S    seconds in-flight requests may run on after SIGTERM,
                        0-{grace_max} (default {grace})
+  -max-timeout S       the highest 'timeout' a request may ask for, in
+                       seconds, 1-{max_timeout_max} (default {max_timeout})
+  -max-conns-per-ip N  open connections from one address (an IPv6 /64) at
+                       once; beyond: closed at once; 0: no cap (default {per_ip})
+  -max-body-total MIB  request bodies in flight at once, all together; beyond:
+                       503 overloaded (default {body_total}); a single body is
+                       at most 32 MiB or this, whichever is smaller
   -v LEVEL             log level: debug, info, warn, error (or trace)
                        (default info)
   -q                   quiet: errors only (wins over -v)
@@ -277,6 +310,10 @@ Logs go to stderr. A bad flag or value exits with status 2.
         queue_max = QUEUE_MAX,
         grace = d.shutdown_grace.as_secs(),
         grace_max = GRACE_MAX_SECS,
+        max_timeout = d.max_timeout.as_secs(),
+        max_timeout_max = MAX_TIMEOUT_MAX_SECS,
+        per_ip = d.max_conns_per_ip,
+        body_total = d.max_body_total / MIB,
     )
 }
 

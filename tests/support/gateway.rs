@@ -50,6 +50,9 @@ impl Drop for TempDir {
     }
 }
 
+/// Changes a test makes to the configuration after the harness has set it up.
+pub type Tweak = std::sync::Arc<dyn Fn(&mut Config) + Send + Sync>;
+
 /// How to start a gateway.
 #[derive(Clone)]
 pub struct Options {
@@ -64,6 +67,8 @@ pub struct Options {
     pub http_allow: String,
     pub https_allow: String,
     pub admin_allow: String,
+    /// Run on the configuration last (new flags: `-max-timeout`, `-max-conns-per-ip`...).
+    pub tweaks: Vec<Tweak>,
 }
 
 impl Default for Options {
@@ -78,6 +83,7 @@ impl Default for Options {
             http_allow: "127.0.0.0/8,::1/128".into(),
             https_allow: "127.0.0.0/8,::1/128".into(),
             admin_allow: "127.0.0.0/8,::1/128".into(),
+            tweaks: Vec::new(),
         }
     }
 }
@@ -115,6 +121,12 @@ impl Options {
         self
     }
 
+    /// Changes the configuration as a flag would.
+    pub fn config(mut self, tweak: impl Fn(&mut Config) + Send + Sync + 'static) -> Options {
+        self.tweaks.push(std::sync::Arc::new(tweak));
+        self
+    }
+
     pub fn workers(mut self, workers: usize, queue: usize) -> Options {
         self.workers = workers;
         self.queue = queue;
@@ -146,7 +158,7 @@ impl Gateway {
         }
         // New settings get their defaults (`..Config::default()`) unless a test sets them.
         #[allow(clippy::needless_update)]
-        let config = Config {
+        let mut config = Config {
             http_port: 0,
             https_port: 0,
             cert: dir.join("certs/server.crt"),
@@ -166,6 +178,9 @@ impl Gateway {
             bind: "127.0.0.1".parse().expect("ip"),
             ..Config::default()
         };
+        for tweak in &opts.tweaks {
+            tweak(&mut config);
+        }
         let any_port: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         let https = opts.https.then_some(any_port);
         let running = server::start_on(
