@@ -74,4 +74,17 @@ impl Handler for Router {
             Err(e) => Response::error(&e),
         }
     }
+
+    /// Reading the lists, the health and the memory block (snapshots in memory, no I/O),
+    /// and every 404 and 405, are answered on the connection thread. Chat completions
+    /// (upstream calls) and `PUT /api/memory` (a file write) go to the workers.
+    fn is_quick(&self, req: &Request) -> bool {
+        match Router::endpoint(req) {
+            Err(_) => true,
+            Ok((allow, _)) if !allow.split(", ").any(|m| m == req.method) => true,
+            Ok((allow, _)) => {
+                allow.starts_with("GET") && matches!(req.method.as_str(), "GET" | "HEAD")
+            }
+        }
+    }
 }

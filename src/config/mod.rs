@@ -162,29 +162,9 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
     if let Some(v) = path_value(&mut p, "--sessions")? {
         c.sessions = v;
     }
-    if let Some(v) = text_value(&mut p, "--workers")? {
-        c.workers = number("-workers", &v, 1, WORKERS_MAX)?;
-    }
-    if let Some(v) = text_value(&mut p, "--queue")? {
-        c.queue = number("-queue", &v, 1, QUEUE_MAX)?;
-    }
+    numbers(&mut p, &mut c)?;
     if let Some(v) = text_value(&mut p, "-v")? {
         c.log_level = level("-v", &v)?;
-    }
-    if let Some(v) = text_value(&mut p, "--shutdown-grace")? {
-        let secs = number("-shutdown-grace", &v, 0, GRACE_MAX_SECS)?;
-        c.shutdown_grace = Duration::from_secs(secs as u64);
-    }
-    if let Some(v) = text_value(&mut p, "--max-timeout")? {
-        let secs = number("-max-timeout", &v, 1, MAX_TIMEOUT_MAX_SECS)?;
-        c.max_timeout = Duration::from_secs(secs as u64);
-    }
-    if let Some(v) = text_value(&mut p, "--max-conns-per-ip")? {
-        c.max_conns_per_ip = number("-max-conns-per-ip", &v, 0, CONNS_PER_IP_MAX)?;
-    }
-    if let Some(v) = text_value(&mut p, "--max-body-total")? {
-        let mib = number("-max-body-total", &v, 1, BODY_TOTAL_MAX_MIB)?;
-        c.max_body_total = mib.saturating_mul(MIB);
     }
     if let Some(v) = text_value(&mut p, "--bind")? {
         c.bind = parse_ip(&v).ok_or_else(|| {
@@ -216,6 +196,32 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
         });
     }
     Ok(Command::Run(Box::new(c)))
+}
+
+/// The numeric settings: pool, queue, grace and the limits of one request or client.
+fn numbers(p: &mut pico_args::Arguments, c: &mut Config) -> Result<(), Error> {
+    if let Some(v) = text_value(p, "--workers")? {
+        c.workers = number("-workers", &v, 1, WORKERS_MAX)?;
+    }
+    if let Some(v) = text_value(p, "--queue")? {
+        c.queue = number("-queue", &v, 1, QUEUE_MAX)?;
+    }
+    if let Some(v) = text_value(p, "--shutdown-grace")? {
+        let secs = number("-shutdown-grace", &v, 0, GRACE_MAX_SECS)?;
+        c.shutdown_grace = Duration::from_secs(secs as u64);
+    }
+    if let Some(v) = text_value(p, "--max-timeout")? {
+        let secs = number("-max-timeout", &v, 1, MAX_TIMEOUT_MAX_SECS)?;
+        c.max_timeout = Duration::from_secs(secs as u64);
+    }
+    if let Some(v) = text_value(p, "--max-conns-per-ip")? {
+        c.max_conns_per_ip = number("-max-conns-per-ip", &v, 0, CONNS_PER_IP_MAX)?;
+    }
+    if let Some(v) = text_value(p, "--max-body-total")? {
+        let mib = number("-max-body-total", &v, 1, BODY_TOTAL_MAX_MIB)?;
+        c.max_body_total = mib.saturating_mul(MIB);
+    }
+    Ok(())
 }
 
 /// The `-h` text.
