@@ -38,7 +38,8 @@ pub enum Error {
     ProviderNotConfigured { env: &'static str },
     /// The model's circuit breaker is open.
     CircuitOpen { model: String, retry_after_s: u64 },
-    /// The queue is full, or the request waited too long for a worker.
+    /// The queue is full, the request waited too long for a worker, or the request bodies
+    /// in flight fill the body budget.
     Overloaded { retry_after_s: u64 },
     /// The upstream answered 4xx (not 429): its status and message are passed on.
     UpstreamClient {
@@ -296,7 +297,7 @@ impl fmt::Display for Error {
             Error::Overloaded { retry_after_s } => {
                 write!(
                     f,
-                    "gateway overloaded: too many requests waiting; retry in {retry_after_s} s"
+                    "gateway overloaded: too many requests at once; retry in {retry_after_s} s"
                 )
             }
             Error::UpstreamClient { message, .. } => f.write_str(message),
