@@ -218,7 +218,14 @@ impl ChatRequest {
         memory: &Memory,
         history: &[Message],
     ) -> Map<String, Value> {
-        let mut body = self.body.clone();
+        // Every field but `messages`, which is rebuilt below: cloning it too would copy the
+        // client's messages (images included) once more for nothing.
+        let mut body: Map<String, Value> = self
+            .body
+            .iter()
+            .filter(|(k, _)| k.as_str() != "messages")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         body.insert("model".to_string(), Value::String(model.id.clone()));
 
         let client_messages = self.messages();
