@@ -153,10 +153,10 @@ fn serve(fake: &Fake, stream: TcpStream) {
             if h.is_empty() {
                 break;
             }
-            if let Some((n, v)) = h.split_once(':') {
-                if n.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
+            if let Some((n, v)) = h.split_once(':')
+                && n.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap_or(0);
             }
         }
         let mut body = vec![0; length];
@@ -268,10 +268,10 @@ fn stream(out: &mut TcpStream, model: &str, hold: Option<PathBuf>) -> bool {
     events.push(chunk(json!({}), json!("stop")));
     events.push("[DONE]".to_string());
     for (i, e) in events.iter().enumerate() {
-        if i == 1 {
-            if let Some(file) = &hold {
-                wait_for(file);
-            }
+        if i == 1
+            && let Some(file) = &hold
+        {
+            wait_for(file);
         }
         let data = format!("data: {e}\n\n");
         let piece = format!("{:x}\r\n{data}\r\n", data.len());

@@ -54,7 +54,9 @@ fn number(req: &Request, key: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+type Failure = Box<dyn std::error::Error>;
+
+fn main() -> Result<(), Failure> {
     let level = match std::env::var("ECHO_LOG").as_deref() {
         Ok("debug") => log::LevelFilter::Debug,
         Ok("info") => log::LevelFilter::Info,
@@ -74,6 +76,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address"));
     let allow = AllowList::parse(&allow)?;
 
+    let stats = Arc::new(Stats::default());
+    let config = ServerConfig {
+        listeners: listeners(addr, allow, tls)?,
+        workers,
+        queue: 1024,
+        limits: Default::default(),
+        timeouts: Default::default(),
+        stats: Arc::clone(&stats),
+    };
+    let server = start(config, Arc::new(move |req: &Request| handle(req, &stats)))?;
+    let mut out = std::io::stdout();
+    for (i, a) in server.local_addrs().iter().enumerate() {
+        writeln!(
+            out,
+            "{} {}",
+            if i == 0 { "http" } else { "https" },
+            a.port()
+        )?;
+    }
+    out.flush()?;
+    loop {
+        std::thread::park();
+    }
+}
+
+/// The plain listener on `addr`, and with `tls` an HTTPS one (self-signed for `localhost`)
+/// on another port of the same address.
+fn listeners(
+    addr: SocketAddr,
+    allow: AllowList,
+    tls: bool,
+) -> Result<Vec<ListenerConfig>, Failure> {
     let mut listeners = vec![ListenerConfig {
         addr,
         allow: allow.clone(),
@@ -94,61 +128,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tls: Some(Arc::new(config)),
         });
     }
-    let stats = Arc::new(Stats::default());
-    let config = ServerConfig {
-        listeners,
-        workers,
-        queue: 1024,
-        limits: Default::default(),
-        timeouts: Default::default(),
-        stats: Arc::clone(&stats),
-    };
-    let handler = move |req: &Request| -> Response {
-        match req.path.as_str() {
-            "/echo" => Response::full(200, "application/octet-stream", req.body.clone()),
-            "/slow" => {
-                std::thread::sleep(Duration::from_millis(number(req, "ms", 500)));
-                Response::full(200, "text/plain", b"slow\n".to_vec())
-            }
-            "/stream" => {
-                let (n, ms) = (number(req, "n", 5), number(req, "ms", 200));
-                Response::stream(
-                    200,
-                    "text/event-stream",
-                    Box::new(move |sink, _| {
-                        for i in 0..n {
-                            if i > 0 {
-                                std::thread::sleep(Duration::from_millis(ms));
-                            }
-                            sink.send(format!("data: {i}\n\n").as_bytes())?;
-                        }
-                        Ok(())
-                    }),
-                )
-            }
-            "/stats" => Response::json(
-                200,
-                &json!({
-                    "connections_open": stats.connections_open.load(Ordering::Relaxed),
-                    "workers_busy": stats.workers_busy.load(Ordering::Relaxed),
-                    "queue_depth": stats.queue_depth.load(Ordering::Relaxed),
-                }),
-            ),
-            _ => Response::full(404, "text/plain", b"not found\n".to_vec()),
+    Ok(listeners)
+}
+
+/// The routes.
+fn handle(req: &Request, stats: &Stats) -> Response {
+    match req.path.as_str() {
+        "/echo" => Response::full(200, "application/octet-stream", req.body.clone()),
+        "/slow" => {
+            std::thread::sleep(Duration::from_millis(number(req, "ms", 500)));
+            Response::full(200, "text/plain", b"slow\n".to_vec())
         }
-    };
-    let server = start(config, Arc::new(handler))?;
-    let mut out = std::io::stdout();
-    for (i, a) in server.local_addrs().iter().enumerate() {
-        writeln!(
-            out,
-            "{} {}",
-            if i == 0 { "http" } else { "https" },
-            a.port()
-        )?;
-    }
-    out.flush()?;
-    loop {
-        std::thread::park();
+        "/stream" => {
+            let (n, ms) = (number(req, "n", 5), number(req, "ms", 200));
+            Response::stream(
+                200,
+                "text/event-stream",
+                Box::new(move |sink, _| {
+                    for i in 0..n {
+                        if i > 0 {
+                            std::thread::sleep(Duration::from_millis(ms));
+                        }
+                        sink.send(format!("data: {i}\n\n").as_bytes())?;
+                    }
+                    Ok(())
+                }),
+            )
+        }
+        "/stats" => Response::json(
+            200,
+            &json!({
+                "connections_open": stats.connections_open.load(Ordering::Relaxed),
+                "workers_busy": stats.workers_busy.load(Ordering::Relaxed),
+                "queue_depth": stats.queue_depth.load(Ordering::Relaxed),
+            }),
+        ),
+        _ => Response::full(404, "text/plain", b"not found\n".to_vec()),
     }
 }

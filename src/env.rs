@@ -6,9 +6,19 @@
 use std::collections::HashMap;
 
 /// A snapshot of environment variables.
-#[derive(Debug, Clone, Default)]
+///
+/// Its `Debug` shows the names only: the values include provider keys.
+#[derive(Clone, Default)]
 pub struct Env {
     vars: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.vars.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        f.debug_struct("Env").field("names", &names).finish()
+    }
 }
 
 impl Env {
@@ -53,5 +63,13 @@ mod tests {
         assert_eq!(env.get("B"), None);
         assert_eq!(env.get("C"), None);
         assert_eq!(env.get("D"), None);
+    }
+
+    #[test]
+    fn debug_shows_names_not_values() {
+        let env = Env::from_pairs([("MAMMOUTH_API_KEY", "sk-secret-value")]);
+        let shown = format!("{env:?}");
+        assert!(shown.contains("MAMMOUTH_API_KEY"), "{shown}");
+        assert!(!shown.contains("sk-secret"), "{shown}");
     }
 }

@@ -53,7 +53,8 @@ pub enum Error {
     },
     /// The model's circuit breaker is open.
     CircuitOpen { model: String, retry_after_s: u64 },
-    /// The queue is full, or the request waited too long for a worker.
+    /// The queue is full, the request waited too long for a worker, or the request bodies
+    /// in flight fill the body budget.
     Overloaded { retry_after_s: u64 },
     /// The supervised local model is not ready yet (loading, or restarting); `state` says
     /// what it is doing.
@@ -167,6 +168,7 @@ impl Error {
             Error::ClientGone => 499,
             Error::Upstream { .. } => 502,
             Error::UpstreamTimeout { .. } => 504,
+            // nginx's "client closed request".
             Error::Internal { .. }
             | Error::File { .. }
             | Error::Usage { .. }
@@ -286,10 +288,31 @@ impl Error {
         }
     }
 
+    /// The message a client sees. The same as [`Display`](fmt::Display), except for errors
+    /// that would show the server's own paths or the operating system's errors (a storage
+    /// failure): those answer a generic message, and [`Error::needs_log`] says that the
+    /// details belong in the log.
+    pub fn client_message(&self) -> String {
+        match self {
+            Error::File { .. } => {
+                "the gateway could not read or write its own files; the details are in its log"
+                    .to_string()
+            }
+            Error::Listen { .. } => "the gateway could not open a port".to_string(),
+            _ => self.to_string(),
+        }
+    }
+
+    /// Whether the client sees less than the whole story ([`Error::client_message`]), so
+    /// that the server logs the error where it answers it.
+    pub fn needs_log(&self) -> bool {
+        matches!(self, Error::File { .. } | Error::Listen { .. })
+    }
+
     /// The body OpenAI's SDKs expect: `{"error": {"message", "type", "param", "code"}}`.
     pub fn body(&self) -> serde_json::Value {
         json!({"error": {
-            "message": self.to_string(),
+            "message": self.client_message(),
             "type": self.kind(),
             "param": self.param(),
             "code": self.code(),
@@ -326,7 +349,7 @@ impl Error {
             Error::Overloaded { retry_after_s } => {
                 write!(
                     f,
-                    "gateway overloaded: too many requests waiting; retry in {retry_after_s} s"
+                    "gateway overloaded: too many requests at once; retry in {retry_after_s} s"
                 )
             }
             Error::ModelLoading {
@@ -801,6 +824,21 @@ mod tests {
             &std::io::Error::other("denied"),
         );
         assert_eq!(e.to_string(), "/x/y: denied");
+    }
+
+    #[test]
+    fn storage_errors_answer_without_paths_or_os_errors() {
+        let e = Error::io(
+            std::path::Path::new("/srv/sigorest/.sessions/gpt41@x.json"),
+            &std::io::Error::from_raw_os_error(28),
+        );
+        let message = e.body()["error"]["message"].as_str().unwrap().to_string();
+        assert!(!message.contains("/srv"), "{message}");
+        assert!(!message.contains("os error"), "{message}");
+        assert!(e.needs_log());
+        // The whole story stays available for the log and for start-up errors.
+        assert!(e.to_string().contains("/srv/sigorest") && e.to_string().contains("os error"));
+        assert!(!Error::invalid("x").needs_log());
     }
 
     #[test]

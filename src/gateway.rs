@@ -57,6 +57,8 @@ pub struct Settings {
     pub routing: Routing,
     /// A local llama-server to supervise.
     pub llama: Option<LlamaConfig>,
+    /// The highest `timeout` a request may ask for (`-max-timeout`).
+    pub max_timeout: std::time::Duration,
 }
 
 /// The gateway's state, shared by every request.
@@ -346,10 +348,10 @@ impl Gateway {
                 )))
             }
             Lookup::Unknown => Err(not_found(match self.catalog.get(name) {
+                // The whitelist's path is the server's business, not the client's.
                 Some(m) => format!(
-                    "'{}' is in the catalog but not enabled in {}",
-                    m.short,
-                    self.settings.models_path.display()
+                    "'{}' is in the catalog but not enabled in the gateway's models.csv",
+                    m.short
                 ),
                 None => "unknown model; GET /v1/models lists the available ones".to_string(),
             })),

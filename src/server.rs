@@ -73,31 +73,20 @@ pub fn start_on(
         env,
         routing: config.routing.clone(),
         llama: config.llama.clone(),
+        max_timeout: config.max_timeout,
     };
     let app = Arc::new(Gateway::new(settings, stats.clone())?);
 
-    let mut listeners = Vec::new();
-    if let Some(addr) = http_addr {
-        listeners.push(ListenerConfig {
-            addr,
-            allow: config.http_allow.clone(),
-            tls: None,
-        });
-    }
-    if let Some(addr) = https_addr {
-        let (tls, _generated) =
-            crate::http::tls::load_or_generate(&config.cert, &config.key, &config.cert_hosts)?;
-        listeners.push(ListenerConfig {
-            addr,
-            allow: config.https_allow.clone(),
-            tls: Some(tls),
-        });
-    }
+    let listeners = listeners(config, http_addr, https_addr)?;
     let server_config = ServerConfig {
         listeners: listeners.clone(),
         workers: config.workers,
         queue: config.queue,
-        limits: http::Limits::default(),
+        limits: http::Limits {
+            per_ip: config.max_conns_per_ip,
+            body_total: config.max_body_total,
+            ..http::Limits::default()
+        },
         timeouts: http::Timeouts::default(),
         stats,
     };
@@ -156,11 +145,38 @@ fn log_started(
         workers = config.workers;
         "sigorest started"
     );
-    if let Some(name) = config.llama.as_ref().map(|l| l.name.as_str()) {
-        if let Some(m) = app.catalog.get(name) {
-            log::warn!(name = name, shadowed = m.short.as_str(); "-llama-name is also a cloud model's name; the local model wins");
-        }
+    if let Some(name) = config.llama.as_ref().map(|l| l.name.as_str())
+        && let Some(m) = app.catalog.get(name)
+    {
+        log::warn!(name = name, shadowed = m.short.as_str(); "-llama-name is also a cloud model's name; the local model wins");
     }
+}
+
+/// The listeners asked for: plain HTTP, and HTTPS with its certificate (generated when
+/// missing).
+fn listeners(
+    config: &Config,
+    http_addr: Option<SocketAddr>,
+    https_addr: Option<SocketAddr>,
+) -> Result<Vec<ListenerConfig>, Error> {
+    let mut listeners = Vec::new();
+    if let Some(addr) = http_addr {
+        listeners.push(ListenerConfig {
+            addr,
+            allow: config.http_allow.clone(),
+            tls: None,
+        });
+    }
+    if let Some(addr) = https_addr {
+        let (tls, _generated) =
+            crate::http::tls::load_or_generate(&config.cert, &config.key, &config.cert_hosts)?;
+        listeners.push(ListenerConfig {
+            addr,
+            allow: config.https_allow.clone(),
+            tls: Some(tls),
+        });
+    }
+    Ok(listeners)
 }
 
 /// Runs the server until SIGTERM or SIGINT.

@@ -95,10 +95,8 @@ fn health_reports_what_the_design_lists() {
     assert!(h["uptime_s"].is_u64());
     assert_eq!(h["memory_set"], false);
     assert_eq!(h["workers"]["total"], 7);
-    assert!(
-        h["workers"]["busy"].as_u64().unwrap() >= 1,
-        "this request is being served"
-    );
+    // Health is answered on the connection thread, not by a worker.
+    assert_eq!(h["workers"]["busy"], 0, "{h}");
     assert_eq!(h["queue"]["capacity"], 9);
     assert!(h["queue"]["depth"].is_u64());
     // Five of the six default models are Mammouth's; kimi has no key.

@@ -131,7 +131,7 @@ fn memory_session_and_clamps_shape_the_upstream_body() {
         ]
     );
 
-    let file = gw.dir.join("sessions/claude-h-trip.json");
+    let file = gw.dir.join("sessions/claude-h@trip.json");
     let stored: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
     let history = stored["history"].as_array().unwrap();
     assert_eq!(history.len(), 4);
@@ -277,7 +277,7 @@ fn a_retry_recovers_from_a_5xx_and_from_garbage() {
     let (fake, gw) = setup();
     fake.push(Reply::error(503, "busy"));
     fake.push(Reply::garbage(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nnot j".to_vec(),
+        b"\x00\x01 this is not HTTP\r\n\r\n".to_vec(),
     ));
     fake.push(Reply::chat("third time lucky"));
     let r = gw.chat("gpt41", "x", json!({}));
@@ -295,10 +295,11 @@ fn garbage_after_all_retries_is_502() {
     fake.push(Reply::garbage(
         b"\x00\x01 this is not HTTP\r\n\r\n".to_vec(),
     ));
-    fake.push(Reply::json(200, json!({"not": "a completion"})));
     fake.push(Reply::close());
+    fake.push(Reply::error(502, "bad gateway"));
     gw.chat("gpt41", "x", json!({}))
         .assert_error(502, "upstream_error");
+    assert_eq!(fake.request_count(), 3);
 }
 
 #[test]
@@ -409,7 +410,7 @@ fn concurrent_turns_on_one_session_are_all_kept() {
         assert_eq!(h.join().unwrap(), 200);
     }
     let stored: Value =
-        serde_json::from_slice(&std::fs::read(gw.dir.join("sessions/gpt41-shared.json")).unwrap())
+        serde_json::from_slice(&std::fs::read(gw.dir.join("sessions/gpt41@shared.json")).unwrap())
             .unwrap();
     let history = stored["history"].as_array().unwrap();
     assert_eq!(history.len(), 12, "every turn kept: {history:?}");

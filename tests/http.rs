@@ -23,7 +23,7 @@ use sigorest::http::{
 mod abuse;
 mod lifecycle;
 mod protocol;
-mod tls;
+pub mod tls;
 
 /// Short timeouts, so that tests of them are quick.
 pub fn test_timeouts() -> Timeouts {
@@ -32,6 +32,7 @@ pub fn test_timeouts() -> Timeouts {
         body: Duration::from_secs(2),
         idle: Duration::from_millis(800),
         write: Duration::from_secs(2),
+        stall: Duration::from_secs(2),
         linger: Duration::from_millis(500),
         queue_wait: Duration::from_secs(5),
     }
@@ -147,6 +148,24 @@ fn app(events: Sender<String>) -> Arc<dyn Handler> {
                         }
                         log.push(("pieces", n.to_string()));
                         Ok(())
+                    }),
+                )
+            }
+            "/big" => {
+                let n = number(req, "bytes", 1 << 20) as usize;
+                Response::full(200, "application/octet-stream", vec![b'b'; n])
+            }
+            "/firehose" => {
+                let (n, size) = (number(req, "n", 1000), number(req, "size", 65536) as usize);
+                let events = events.clone();
+                Response::stream(
+                    200,
+                    "application/octet-stream",
+                    Box::new(move |sink, _| {
+                        let piece = vec![b'f'; size];
+                        let sent = (0..n).try_for_each(|_| sink.send(&piece));
+                        let _ = events.send(format!("firehose: {}", sent.is_ok()));
+                        sent
                     }),
                 )
             }

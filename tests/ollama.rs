@@ -516,7 +516,7 @@ mod gateway {
             ]),
             "memory as a plain string (not Claude), then the session, then the request"
         );
-        assert!(gw.dir.join("sessions/ollama-gemma3-4b-s1.json").exists());
+        assert!(gw.dir.join("sessions/ollama-gemma3-4b@s1.json").exists());
     }
 
     #[test]

@@ -118,7 +118,7 @@ fn the_session_is_the_one_of_the_model_asked_for() {
         .filter_map(|m| m["content"].as_str())
         .collect();
     assert_eq!(texts, ["first", "echo: first", "second"]);
-    assert!(gw.dir.join("sessions/gpt41-s1.json").exists());
+    assert!(gw.dir.join("sessions/gpt41@s1.json").exists());
 }
 
 #[test]

@@ -227,7 +227,7 @@ fn a_session_keeps_the_conversation_in_the_servers_files() {
     let dir = TempDir::new("sigoe-session");
     fake.push(Reply::chat("Nice to meet you, Ana."));
     direct(&fake, &dir, &["-s", "notes", "I am Ana"], None).ok();
-    let file = dir.join(".sessions/gpt41-notes.json");
+    let file = dir.join(".sessions/gpt41@notes.json");
     let saved: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(
         saved,
@@ -251,8 +251,9 @@ fn a_session_keeps_the_conversation_in_the_servers_files() {
     let names: Vec<_> = std::fs::read_dir(dir.join(".sessions"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.ends_with(".lock"))
         .collect();
-    assert_eq!(names, ["gpt41-notes.json"]);
+    assert_eq!(names, ["gpt41@notes.json"]);
 
     // -sessions points elsewhere; another model is another file.
     direct(
@@ -270,7 +271,7 @@ fn a_session_keeps_the_conversation_in_the_servers_files() {
         None,
     )
     .ok();
-    assert!(dir.join("elsewhere/claude-h-notes.json").exists());
+    assert!(dir.join("elsewhere/claude-h@notes.json").exists());
 }
 
 #[test]
@@ -284,7 +285,7 @@ fn a_stream_is_printed_as_it_arrives_and_kept_in_the_session() {
     assert_eq!(body["stream"], true);
     assert_eq!(body["stream_options"], json!({"include_usage": true}));
     let saved: Value =
-        serde_json::from_slice(&std::fs::read(dir.join(".sessions/gpt41-s1.json")).unwrap())
+        serde_json::from_slice(&std::fs::read(dir.join(".sessions/gpt41@s1.json")).unwrap())
             .unwrap();
     assert_eq!(
         saved["history"][1],
@@ -350,7 +351,7 @@ fn a_stream_cut_midway_fails_and_keeps_no_turn() {
         run.stdout, "partial\n",
         "what arrived, ended by a line break"
     );
-    assert!(!dir.join(".sessions/gpt41-s1.json").exists());
+    assert!(!dir.join(".sessions/gpt41@s1.json").exists());
 }
 
 #[test]
@@ -585,7 +586,7 @@ fn through_a_gateway_the_extensions_go_along_and_the_gateway_keeps_the_session()
         assert!(body.get(k).is_none(), "{k}");
     }
     assert!(
-        gw.dir.join("sessions/claude-h-lan.json").exists(),
+        gw.dir.join("sessions/claude-h@lan.json").exists(),
         "the gateway's session"
     );
     assert!(!dir.join(".sessions").exists(), "no local session");

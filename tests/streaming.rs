@@ -114,7 +114,7 @@ fn a_complete_stream_is_saved_to_the_session_an_aborted_one_is_not() {
         &Call::post(&body("gpt41", json!({"session_id": "s1"}))),
     );
     assert!(s.complete);
-    let file = gw.dir.join("sessions/gpt41-s1.json");
+    let file = gw.dir.join("sessions/gpt41@s1.json");
     let stored: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(
         stored["history"],
@@ -233,7 +233,7 @@ fn a_client_that_leaves_drops_the_upstream_call() {
         closed_at.saturating_duration_since(left) < Duration::from_secs(2),
         "upstream kept open too long"
     );
-    assert!(!gw.dir.join("sessions/gpt41-gone.json").exists());
+    assert!(!gw.dir.join("sessions/gpt41@gone.json").exists());
     // The worker is free again: the gateway answers.
     assert_eq!(gw.get("/api/health").status, 200);
 }
@@ -287,7 +287,7 @@ fn provider_quirks_are_survived() {
         "a last event without its blank line still counts"
     );
     let stored: Value =
-        serde_json::from_slice(&std::fs::read(gw.dir.join("sessions/gpt41-q.json")).unwrap())
+        serde_json::from_slice(&std::fs::read(gw.dir.join("sessions/gpt41@q.json")).unwrap())
             .unwrap();
     assert_eq!(stored["history"][1]["content"], "AB");
 }
@@ -329,7 +329,7 @@ fn tool_call_fragments_are_relayed_and_gathered() {
     );
     assert_eq!(s.chunks().len(), 3);
     let stored: Value =
-        serde_json::from_slice(&std::fs::read(gw.dir.join("sessions/gpt41-tools.json")).unwrap())
+        serde_json::from_slice(&std::fs::read(gw.dir.join("sessions/gpt41@tools.json")).unwrap())
             .unwrap();
     assert_eq!(
         stored["history"][1]["content"],
@@ -369,18 +369,17 @@ fn the_connection_stays_usable_after_a_stream() {
             .match_indices("http/1.1 ")
             .nth(1)
             .map(|(i, _)| &text[i..])
+            && second.ends_with("\r\n\r\n")
         {
-            if second.ends_with("\r\n\r\n") {
-                let len: usize = second
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .expect("content-length");
-                let mut rest = vec![0; len];
-                r.read_exact(&mut rest).unwrap();
-                all.extend_from_slice(&rest);
-                break;
-            }
+            let len: usize = second
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("content-length");
+            let mut rest = vec![0; len];
+            r.read_exact(&mut rest).unwrap();
+            all.extend_from_slice(&rest);
+            break;
         }
     }
     let text = String::from_utf8_lossy(&all).to_lowercase();

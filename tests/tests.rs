@@ -7,6 +7,7 @@ mod support;
 mod api;
 mod chat;
 mod fake_upstream;
+mod hardening;
 mod http;
 mod keys;
 mod llama;

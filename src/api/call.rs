@@ -536,10 +536,10 @@ fn ready(
             ),
         ));
     }
-    if let Some(env) = model.provider.key_env() {
-        if resolved.target.key.is_none() {
-            return Err(Error::ProviderNotConfigured { env });
-        }
+    if let Some(env) = model.provider.key_env()
+        && resolved.target.key.is_none()
+    {
+        return Err(Error::ProviderNotConfigured { env });
     }
     let memory = gw.memory();
     if more && model.context > 0 {

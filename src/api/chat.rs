@@ -36,7 +36,7 @@ fn answer(
     log: &mut LogFields,
     rec: &mut CallRecord,
 ) -> Result<Response, Error> {
-    let chat = ChatRequest::parse(&req.body)?;
+    let chat = ChatRequest::parse(&req.body, gw.settings.max_timeout)?;
     Ok(match call::run(gw, req, caller, &chat, log, rec)? {
         Answered::Complete(mut done) => {
             let body = std::mem::take(&mut done.body);

@@ -43,7 +43,7 @@ fn answer(
     let mut body = json_object(&req.body, "embeddings")?;
     let name = model_name(body.get("model"))?;
     check_input(body.get("input"))?;
-    let timeout = timeout(body.remove("timeout"))?;
+    let timeout = timeout(body.remove("timeout"), gw.settings.max_timeout)?;
     let retries = retries(body.remove("retries"))?;
     let resolved = gw.resolve(&name)?;
     let model = resolved.model;
@@ -57,10 +57,10 @@ fn answer(
             format!("'{}' is a chat model, not an embedding model", model.short),
         ));
     }
-    if let Some(env) = model.provider.key_env() {
-        if resolved.target.key.is_none() {
-            return Err(Error::ProviderNotConfigured { env });
-        }
+    if let Some(env) = model.provider.key_env()
+        && resolved.target.key.is_none()
+    {
+        return Err(Error::ProviderNotConfigured { env });
     }
     body.insert("model".into(), Value::String(model.id.clone()));
     let sent = serde_json::to_vec(&body).map_err(|e| Error::Internal {

@@ -63,7 +63,7 @@ fn translate(gw: &Gateway, raw: &[u8]) -> Result<(Map<String, Value>, ChatReques
         .and_then(Value::as_str)
         .and_then(|name| gw.listed().get(name).map(|m| m.is_claude()))
         .unwrap_or(false);
-    let chat = ChatRequest::from_object(request::to_chat(&body, claude)?)?;
+    let chat = ChatRequest::from_object(request::to_chat(&body, claude)?, gw.settings.max_timeout)?;
     Ok((body, chat))
 }
 
@@ -88,7 +88,8 @@ pub(super) fn count_tokens(
 ) -> Result<Response, Error> {
     let counted = json_object(&req.body, "count_tokens").and_then(|mut body| {
         body.entry("max_tokens").or_insert(json!(1));
-        let chat = ChatRequest::from_object(request::to_chat(&body, false)?)?;
+        let chat =
+            ChatRequest::from_object(request::to_chat(&body, false)?, gw.settings.max_timeout)?;
         Ok(estimate(gw, &chat, &body))
     });
     Ok(match counted {

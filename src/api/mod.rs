@@ -114,13 +114,12 @@ impl Router {
     }
 
     /// The route for this request's path, if there is one.
-    fn find(req: &Request) -> Option<Route> {
-        let path = req
-            .path
+    fn find(full: &str) -> Option<Route> {
+        let path = full
             .strip_prefix("/v1")
             .filter(|p| p.starts_with('/'))
-            .unwrap_or(&req.path);
-        let bare = req.path == path;
+            .unwrap_or(full);
+        let bare = full == path;
         Some(match path {
             "/chat/completions" => Route::new("POST", chat::completions),
             "/embeddings" => Route::new("POST", embeddings::create),
@@ -289,11 +288,25 @@ impl Handler for Router {
             None => self.answer(req),
         }
     }
+
+    /// Reading the lists, the health and the memory block (snapshots in memory, no I/O),
+    /// and every 404 and 405, are answered on the connection thread. Chat completions
+    /// (upstream calls) and `PUT /api/memory` (a file write) go to the workers.
+    fn is_quick(&self, req: &Request) -> bool {
+        let path = model_in_path(&req.path).map_or(req.path.as_str(), |(_, path)| path);
+        match Router::find(path) {
+            None => true,
+            Some(route) if !route.allow.split(", ").any(|m| m == req.method) => true,
+            Some(route) => {
+                route.allow.starts_with("GET") && matches!(req.method.as_str(), "GET" | "HEAD")
+            }
+        }
+    }
 }
 
 impl Router {
     fn answer(&self, req: &Request) -> Response {
-        let route = Router::find(req);
+        let route = Router::find(&req.path);
         let render = route.map_or_else(|| render_for(&req.path), |r| r.render);
         let mut keyed = Keyed::default();
         let mut resp = match self.route(req, route, &mut keyed) {

@@ -38,7 +38,7 @@ fn respond(
     rec: &mut CallRecord,
 ) -> Result<Response, Error> {
     let body = json_object(&req.body, "Responses")?;
-    let chat = ChatRequest::from_object(request::to_chat(&body)?)?;
+    let chat = ChatRequest::from_object(request::to_chat(&body)?, gw.settings.max_timeout)?;
     let envelope = Envelope::new(&chat.model, request::echo(&body));
     Ok(match call::run(gw, req, caller, &chat, log, rec)? {
         Answered::Complete(done) => {

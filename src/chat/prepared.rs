@@ -93,6 +93,7 @@ pub fn history(
 mod tests {
     use super::*;
     use crate::chat::answer::assistant_message;
+    use crate::chat::request::MAX_TIMEOUT;
     use crate::state::catalog::Catalog;
     use crate::util::fs::testdir::TestDir;
     use serde_json::{Value, json};
@@ -108,7 +109,7 @@ mod tests {
         };
         let body = json!({"model": "claude-h", "session_id": "s1", "max_tokens": 99999,
             "messages": [{"role": "user", "content": "q1"}]});
-        let req = ChatRequest::parse(body.to_string().as_bytes()).unwrap();
+        let req = ChatRequest::parse(body.to_string().as_bytes(), MAX_TIMEOUT).unwrap();
 
         let first = Prepared::new(&req, &model, &memory, &sessions).unwrap();
         let sent: Value = serde_json::from_slice(&first.body).unwrap();
@@ -130,9 +131,11 @@ mod tests {
         assert_eq!(sent["messages"][2]["content"], "a1");
 
         // Without a session nothing is read or written.
-        let plain =
-            ChatRequest::parse(br#"{"model":"x","messages":[{"role":"user","content":"q"}]}"#)
-                .unwrap();
+        let plain = ChatRequest::parse(
+            br#"{"model":"x","messages":[{"role":"user","content":"q"}]}"#,
+            MAX_TIMEOUT,
+        )
+        .unwrap();
         let p = Prepared::new(&plain, &model, &Memory::default(), &sessions).unwrap();
         p.save_turn(&sessions, assistant_message(json!("ignored")));
         assert_eq!(sessions.history("claude-h", "s1").unwrap().len(), 2);

@@ -19,8 +19,11 @@ use crate::state::session::{self, Message};
 
 /// Default for the `timeout` extension.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
-/// Longest `timeout` a client may ask for.
+/// Longest `timeout` `sigoe` may ask for (the server's limit is its `-max-timeout` flag,
+/// default [`DEFAULT_MAX_TIMEOUT`]).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The server's default `-max-timeout`.
+pub const DEFAULT_MAX_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default for the `retries` extension (attempts in all).
 pub const DEFAULT_RETRIES: u32 = 3;
 /// Most attempts a client may ask for.
@@ -48,18 +51,22 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
-    /// Validates a client body. Errors are 400 `invalid_request` with a message that says
-    /// what to fix and, where there is one, the field in `param`.
-    pub fn parse(raw: &[u8]) -> Result<ChatRequest, Error> {
-        ChatRequest::from_object(json_object(raw, "chat-completions")?)
+    /// Validates a client body; `timeout` may be at most `max_timeout`. Errors are 400
+    /// `invalid_request` with a message that says what to fix and, where there is one, the
+    /// field in `param`.
+    pub fn parse(raw: &[u8], max_timeout: Duration) -> Result<ChatRequest, Error> {
+        ChatRequest::from_object(json_object(raw, "chat-completions")?, max_timeout)
     }
 
     /// Validates a body already read as a JSON object (the other APIs' bodies, translated).
-    pub fn from_object(mut body: Map<String, Value>) -> Result<ChatRequest, Error> {
+    pub fn from_object(
+        mut body: Map<String, Value>,
+        max_timeout: Duration,
+    ) -> Result<ChatRequest, Error> {
         let model = model_name(body.get("model"))?;
         check_messages(body.get("messages"))?;
         let session_id = session_id(body.remove("session_id"))?;
-        let timeout = timeout(body.remove("timeout"))?;
+        let timeout = timeout(body.remove("timeout"), max_timeout)?;
         let retries = retries(body.remove("retries"))?;
         let fallbacks = fallbacks(body.remove("fallbacks"))?;
         let stream = match body.get("stream") {
@@ -167,16 +174,16 @@ fn session_id(value: Option<Value>) -> Result<Option<String>, Error> {
     }
 }
 
-pub(crate) fn timeout(value: Option<Value>) -> Result<Duration, Error> {
+pub(crate) fn timeout(value: Option<Value>, max_timeout: Duration) -> Result<Duration, Error> {
     match value {
         None | Some(Value::Null) => Ok(DEFAULT_TIMEOUT),
         Some(Value::Number(n)) => match n.as_f64() {
-            Some(s) if s > 0.0 && s <= MAX_TIMEOUT.as_secs_f64() => Ok(Duration::from_secs_f64(s)),
+            Some(s) if s > 0.0 && s <= max_timeout.as_secs_f64() => Ok(Duration::from_secs_f64(s)),
             _ => Err(Error::invalid_param(
                 "timeout",
                 format!(
                     "'timeout' must be a number of seconds above 0 and at most {}",
-                    MAX_TIMEOUT.as_secs()
+                    max_timeout.as_secs()
                 ),
             )),
         },
@@ -306,7 +313,7 @@ mod tests {
     use serde_json::json;
 
     fn parse(v: Value) -> Result<ChatRequest, Error> {
-        ChatRequest::parse(&serde_json::to_vec(&v).unwrap())
+        ChatRequest::parse(&serde_json::to_vec(&v).unwrap(), MAX_TIMEOUT)
     }
 
     fn hello(model: &str) -> Value {
@@ -348,7 +355,7 @@ mod tests {
             ),
         ];
         for (body, needle) in cases {
-            let err = ChatRequest::parse(body).unwrap_err();
+            let err = ChatRequest::parse(body, MAX_TIMEOUT).unwrap_err();
             assert_eq!(err.status(), 400, "{body:?}");
             assert_eq!(err.code(), "invalid_request");
             assert!(

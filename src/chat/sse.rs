@@ -5,8 +5,14 @@
 //! event (joined with `\n`), events split across reads, and a last event without the blank
 //! line that should end it. Lines are capped, so a provider cannot make the gateway buffer
 //! without bound.
+//!
+//! The wait for each data event can be bounded ([`EventReader::with_waits`]): comments and
+//! other lines do not extend it, so a provider that sends only `: keep-alive` still times
+//! out. The reader checks the deadline itself between lines and tells its source (which
+//! bounds a blocked read by it) through a callback.
 
 use std::io::{self, BufRead};
+use std::time::{Duration, Instant};
 
 /// Longest line the reader accepts (a chunk carrying a big tool-call argument or an image).
 pub const MAX_LINE: usize = 8 * 1024 * 1024;
@@ -20,11 +26,25 @@ pub enum Event {
     Done,
 }
 
+/// Tells the source of the bytes by when the next data event is due (so that a blocked
+/// read returns then); `None`: no bound.
+pub type Arm = Box<dyn FnMut(Option<Instant>) + Send>;
+
 /// Reads events from a byte stream.
 pub struct EventReader<R> {
     inner: R,
     line: Vec<u8>,
     max_line: usize,
+    waits: Option<Waits>,
+}
+
+/// How long each data event may take.
+struct Waits {
+    /// From the start of each wait.
+    gap: Duration,
+    /// The deadline of the next wait, instead of `gap` from its start.
+    next: Option<Instant>,
+    arm: Arm,
 }
 
 impl<R: BufRead> EventReader<R> {
@@ -33,6 +53,7 @@ impl<R: BufRead> EventReader<R> {
             inner,
             line: Vec::new(),
             max_line: MAX_LINE,
+            waits: None,
         }
     }
 
@@ -40,18 +61,81 @@ impl<R: BufRead> EventReader<R> {
     /// With a smaller line cap (tests).
     pub fn with_max_line(inner: R, max_line: usize) -> EventReader<R> {
         EventReader {
-            inner,
-            line: Vec::new(),
             max_line,
+            ..EventReader::new(inner)
         }
+    }
+
+    /// Bounds each wait for a data event by `gap` from its start: past it, `next_event`
+    /// fails with [`io::ErrorKind::TimedOut`], however many other lines arrived meanwhile.
+    /// `arm` is told each deadline before the reading starts.
+    pub fn with_waits(mut self, gap: Duration, arm: Arm) -> EventReader<R> {
+        self.waits = Some(Waits {
+            gap,
+            next: None,
+            arm,
+        });
+        self
+    }
+
+    /// The next wait ends at `at` instead (the first event of a stream, due within the
+    /// request's timeout however long the connection took).
+    pub fn wait_until(&mut self, at: Instant) {
+        if let Some(w) = &mut self.waits {
+            w.next = Some(at);
+        }
+    }
+
+    /// Starts a wait: its deadline, told to the source.
+    fn arm(&mut self) -> Option<Instant> {
+        let w = self.waits.as_mut()?;
+        let deadline = w.next.take().unwrap_or_else(|| Instant::now() + w.gap);
+        (w.arm)(Some(deadline));
+        Some(deadline)
+    }
+
+    /// After `[DONE]`: reads what is left up to the end of the
+    /// stream, within `within` and at most `max` bytes, so that the connection can serve
+    /// another request. True when the end was reached.
+    pub fn drain(&mut self, within: Duration, max: usize) -> bool {
+        if let Some(w) = &mut self.waits {
+            (w.arm)(Some(Instant::now() + within));
+        }
+        let deadline = Instant::now() + within;
+        let mut read = 0;
+        while read <= max && Instant::now() < deadline {
+            match self.inner.fill_buf() {
+                Ok([]) => return true,
+                Ok(buf) => {
+                    let n = buf.len();
+                    self.inner.consume(n);
+                    read += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        false
     }
 
     /// The next event; `Ok(None)` at the end of the stream. An event cut off by the end of
     /// the stream (no blank line) is still returned.
     pub fn next_event(&mut self) -> io::Result<Option<Event>> {
+        let deadline = self.arm();
+        // The source ends a blocked read at the deadline with an error of its own kind; a
+        // few milliseconds of slack allow for a timer that fires a little early.
+        let over = |slack: Duration| deadline.is_some_and(|d| Instant::now() + slack >= d);
+        let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "no event within the timeout");
         let mut data: Option<String> = None;
         loop {
-            let eof = !self.read_line()?;
+            if data.is_none() && over(Duration::ZERO) {
+                return Err(timed_out());
+            }
+            let eof = match self.read_line() {
+                Ok(more) => !more,
+                Err(_) if over(Duration::from_millis(5)) => return Err(timed_out()),
+                Err(e) => return Err(e),
+            };
             let line = trim_eol(&self.line);
             if line.is_empty() {
                 if let Some(d) = data.take() {
@@ -237,6 +321,72 @@ mod tests {
         );
         let mut ok = EventReader::with_max_line(long.as_bytes(), 200);
         assert!(matches!(ok.next_event().unwrap(), Some(Event::Data(d)) if d.len() == 100));
+    }
+
+    /// A source that hands out one line per read, as slowly as asked.
+    struct Slow {
+        lines: Vec<&'static [u8]>,
+        pause: Duration,
+    }
+    impl Read for Slow {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.lines.is_empty() {
+                return Ok(0);
+            }
+            std::thread::sleep(self.pause);
+            let line = self.lines.remove(0);
+            buf[..line.len()].copy_from_slice(line);
+            Ok(line.len())
+        }
+    }
+
+    #[test]
+    fn keep_alive_comments_do_not_extend_the_wait_for_an_event() {
+        let lines: Vec<&'static [u8]> = vec![b": keep-alive\n"; 50];
+        let slow = Slow {
+            lines,
+            pause: Duration::from_millis(10),
+        };
+        let armed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = armed.clone();
+        let arm: Arm = Box::new(move |d| seen.lock().unwrap().push(d));
+        let mut r = EventReader::new(BufReader::with_capacity(64, slow))
+            .with_waits(Duration::from_millis(100), arm);
+        let started = Instant::now();
+        let err = r.next_event().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // 50 comments 10 ms apart would take 500 ms; the wait ended at its 100 ms.
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            armed.lock().unwrap().len(),
+            1,
+            "the source was told the deadline"
+        );
+    }
+
+    #[test]
+    fn events_in_time_pass_and_each_wait_starts_afresh() {
+        let slow = Slow {
+            lines: vec![b"data: a\n", b"\n", b": ka\n", b"data: b\n\n"],
+            pause: Duration::from_millis(5),
+        };
+        let mut r = EventReader::new(BufReader::with_capacity(64, slow))
+            .with_waits(Duration::from_secs(5), Box::new(|_| {}));
+        r.wait_until(Instant::now() + Duration::from_secs(5));
+        assert_eq!(r.next_event().unwrap(), Some(data("a")));
+        assert_eq!(r.next_event().unwrap(), Some(data("b")));
+        assert!(r.drain(Duration::from_secs(1), 1024));
+        // A wait that is already over fails at once.
+        let mut late =
+            EventReader::new(&b"data: x\n\n"[..]).with_waits(Duration::ZERO, Box::new(|_| {}));
+        assert_eq!(
+            late.next_event().unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
     }
 
     #[test]

@@ -219,7 +219,10 @@ mod tests {
     }
 
     fn parse(v: Value) -> Result<ChatRequest, Error> {
-        ChatRequest::parse(&serde_json::to_vec(&v).unwrap())
+        ChatRequest::parse(
+            &serde_json::to_vec(&v).unwrap(),
+            crate::chat::request::MAX_TIMEOUT,
+        )
     }
 
     fn hello(model: &str) -> Value {

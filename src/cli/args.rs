@@ -252,10 +252,10 @@ fn check_together(o: &Options) -> Result<(), Error> {
     } else {
         shows.first().copied()
     };
-    if let Some(flag) = only {
-        if !o.prompt.is_empty() {
-            return Err(bad(format!("{flag} takes no prompt")));
-        }
+    if let Some(flag) = only
+        && !o.prompt.is_empty()
+    {
+        return Err(bad(format!("{flag} takes no prompt")));
     }
     if o.newkey.is_some() && !shows.is_empty() {
         return Err(bad("-newkey does not go with -l, -i or -usage".into()));

@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 use crate::chat::answer::{assistant_message, content_text};
 use crate::chat::prepared::Prepared;
 use crate::chat::provider_error::ProviderError;
-use crate::chat::request::ChatRequest;
+use crate::chat::request::{ChatRequest, MAX_TIMEOUT};
 use crate::chat::stream::{Gathered, StreamEnd};
 use crate::config::quote;
 use crate::env::Env;
@@ -355,7 +355,7 @@ fn ask_provider(opts: &Options, env: &Env, upstream: &Upstream) -> Result<(), St
     let prompt = read_prompt(opts)?;
     let stream = streams(opts);
     let body = request_body(opts, &prompt, stream).to_string();
-    let req = ChatRequest::parse(body.as_bytes()).map_err(Stop::Usage)?;
+    let req = ChatRequest::parse(body.as_bytes(), MAX_TIMEOUT).map_err(Stop::Usage)?;
     let memory = Memory::load(&opts.memory)
         .map_err(Stop::Usage)?
         .unwrap_or_default();
@@ -431,9 +431,11 @@ fn gateway_failure(failure: Failure, g: &Gateway) -> Stop {
         Failure::Timeout(m) => Error::UpstreamTimeout {
             message: format!("the gateway at {at}: {m}"),
         },
-        Failure::BadAnswer(m) => Error::Upstream {
+        Failure::BadAnswer(m) | Failure::BadCompletion(m) => Error::Upstream {
             message: format!("bad answer from the gateway at {at}: {m}"),
         },
+        // sigoe does not hang up on itself.
+        Failure::Cancelled => Error::ClientGone,
         Failure::Status { status, body, .. } => {
             let said = ProviderError::from_body(&body);
             let message = said

@@ -299,7 +299,7 @@ fn request_bodies_carry_what_was_given() {
         assert!(plain.get(k).is_none(), "{k}");
     }
     // What sigoe builds, the server's parser takes.
-    let req = ChatRequest::parse(b.to_string().as_bytes()).unwrap();
+    let req = ChatRequest::parse(b.to_string().as_bytes(), MAX_TIMEOUT).unwrap();
     assert_eq!(
         (req.session_id.as_deref(), req.retries, req.stream),
         (Some("s1"), 2, true)

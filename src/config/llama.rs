@@ -336,10 +336,10 @@ fn last_value<'a>(args: &'a [String], names: &[&str]) -> Option<&'a str> {
             i += 2;
             continue;
         }
-        if let Some((k, v)) = a.split_once('=') {
-            if names.contains(&k) {
-                found = Some(v);
-            }
+        if let Some((k, v)) = a.split_once('=')
+            && names.contains(&k)
+        {
+            found = Some(v);
         }
         i += 1;
     }

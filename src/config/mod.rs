@@ -64,6 +64,13 @@ pub struct Config {
     pub routing: Routing,
     /// A local `llama-server` to supervise (`-llama-server`, `-llama-model`, ...).
     pub llama: Option<LlamaConfig>,
+    /// The highest `timeout` a client may ask for (`-max-timeout`, seconds).
+    pub max_timeout: Duration,
+    /// Open connections from one address (one IPv6 /64) at a time; 0: no cap
+    /// (`-max-conns-per-ip`).
+    pub max_conns_per_ip: usize,
+    /// Request bodies being read or handled at once, in bytes (`-max-body-total`, MiB).
+    pub max_body_total: usize,
 }
 
 impl Default for Config {
@@ -95,6 +102,9 @@ impl Default for Config {
             bind: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             routing: Routing::default(),
             llama: None,
+            max_timeout: crate::chat::request::DEFAULT_MAX_TIMEOUT,
+            max_conns_per_ip: 64,
+            max_body_total: 256 * MIB,
         }
     }
 }
@@ -115,7 +125,14 @@ const USAGE_FILE_NAME: &str = "usage.json";
 
 const WORKERS_MAX: u64 = 10_000;
 const USAGE_FLUSH_MAX_SECS: u64 = 3600;
-const QUEUE_MAX: u64 = 1_000_000;
+/// The queue is a crossbeam array channel, allocated in full at start: each place holds a
+/// request waiting for a worker (a few hundred bytes), so 16,384 places are about 5 MB.
+const QUEUE_MAX: u64 = 16_384;
+/// A day: a local model on a small box may be slow, but not slower.
+const MAX_TIMEOUT_MAX_SECS: u64 = 86_400;
+const CONNS_PER_IP_MAX: u64 = 1_000_000;
+const BODY_TOTAL_MAX_MIB: u64 = 1 << 20;
+const MIB: usize = 1024 * 1024;
 const GRACE_MAX_SECS: u64 = 3600;
 const IP_RATE_MAX: u64 = 1_000_000;
 
@@ -169,6 +186,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
     listener_flags(&mut p, &mut c)?;
     file_flags(&mut p, &mut c)?;
     capacity_flags(&mut p, &mut c)?;
+    request_limit_flags(&mut p, &mut c)?;
     client_limit_flags(&mut p, &mut c)?;
     routing_flags(&mut p, &mut c)?;
     metrics_flags(&mut p, &mut c)?;
@@ -324,6 +342,23 @@ fn metrics_flags(p: &mut pico_args::Arguments, c: &mut Config) -> Result<(), Err
     if let Some(v) = text_value(p, "--usage-flush")? {
         let secs = number("-usage-flush", &v, 1, USAGE_FLUSH_MAX_SECS)?;
         c.usage_flush = Duration::from_secs(secs as u64);
+    }
+    Ok(())
+}
+
+/// The limits of one request or client: `-max-timeout`, `-max-conns-per-ip`,
+/// `-max-body-total`.
+fn request_limit_flags(p: &mut pico_args::Arguments, c: &mut Config) -> Result<(), Error> {
+    if let Some(v) = text_value(p, "--max-timeout")? {
+        let secs = number("-max-timeout", &v, 1, MAX_TIMEOUT_MAX_SECS)?;
+        c.max_timeout = Duration::from_secs(secs as u64);
+    }
+    if let Some(v) = text_value(p, "--max-conns-per-ip")? {
+        c.max_conns_per_ip = number("-max-conns-per-ip", &v, 0, CONNS_PER_IP_MAX)?;
+    }
+    if let Some(v) = text_value(p, "--max-body-total")? {
+        let mib = number("-max-body-total", &v, 1, BODY_TOTAL_MAX_MIB)?;
+        c.max_body_total = mib.saturating_mul(MIB);
     }
     Ok(())
 }

@@ -67,6 +67,9 @@ fn defaults() {
     assert!(!c.json_log);
     assert_eq!(c.shutdown_grace, Duration::from_secs(30));
     assert_eq!(c.bind, "::".parse::<IpAddr>().unwrap());
+    assert_eq!(c.max_timeout, Duration::from_secs(600));
+    assert_eq!(c.max_conns_per_ip, 64);
+    assert_eq!(c.max_body_total, 256 << 20);
     // Every default list parsed (an empty one would mean a typo in a constant).
     let d = Config::default();
     assert!(!d.http_allow.is_empty() && !d.https_allow.is_empty());
@@ -107,7 +110,7 @@ fn every_value_flag_in_every_form() {
     });
     run_forms("workers", "1", |c| assert_eq!(c.workers, 1));
     run_forms("workers", "10000", |c| assert_eq!(c.workers, 10_000));
-    run_forms("queue", "1000000", |c| assert_eq!(c.queue, 1_000_000));
+    run_forms("queue", "16384", |c| assert_eq!(c.queue, 16_384));
     run_forms("v", "DEBUG", |c| {
         assert_eq!(c.log_level, log::LevelFilter::Debug)
     });
@@ -125,6 +128,18 @@ fn every_value_flag_in_every_form() {
     });
     run_forms("shutdown-grace", "3600", |c| {
         assert_eq!(c.shutdown_grace, Duration::from_secs(3600))
+    });
+    run_forms("max-timeout", "30", |c| {
+        assert_eq!(c.max_timeout, Duration::from_secs(30))
+    });
+    run_forms("max-conns-per-ip", "0", |c| {
+        assert_eq!(c.max_conns_per_ip, 0)
+    });
+    run_forms("max-conns-per-ip", "8", |c| {
+        assert_eq!(c.max_conns_per_ip, 8)
+    });
+    run_forms("max-body-total", "64", |c| {
+        assert_eq!(c.max_body_total, 64 << 20)
     });
     run_forms("bind", "127.0.0.1", |c| {
         assert_eq!(c.bind, "127.0.0.1".parse::<IpAddr>().unwrap())
@@ -222,9 +237,11 @@ fn bad_values_name_the_flag() {
     err_forms("workers", "0", "'0' is not a whole number from 1 to 10000");
     err_forms("workers", "10001", "from 1 to 10000");
     err_forms("workers", "many", "from 1 to 10000");
-    err_forms("queue", "0", "from 1 to 1000000");
-    err_forms("queue", "1000001", "from 1 to 1000000");
-    err_forms("queue", "99999999999999999999999", "from 1 to 1000000");
+    err_forms("queue", "0", "from 1 to 16384");
+    // Preallocated at start: a million places would be hundreds of MB.
+    err_forms("queue", "16385", "from 1 to 16384");
+    err_forms("queue", "1000000", "from 1 to 16384");
+    err_forms("queue", "99999999999999999999999", "from 1 to 16384");
     err_forms(
         "v",
         "loud",
@@ -232,6 +249,10 @@ fn bad_values_name_the_flag() {
     );
     err_forms("shutdown-grace", "3601", "from 0 to 3600");
     err_forms("shutdown-grace", "-5", "from 0 to 3600");
+    err_forms("max-timeout", "0", "from 1 to 86400");
+    err_forms("max-timeout", "86401", "from 1 to 86400");
+    err_forms("max-conns-per-ip", "-1", "from 0 to 1000000");
+    err_forms("max-body-total", "0", "from 1 to 1048576");
     err_forms("bind", "localhost", "not an IP address");
     err_forms("bind", "10.0.0.0/8", "not an IP address");
 }
@@ -487,6 +508,9 @@ fn random_argument_lists_never_panic() {
         "version",
         "shutdown-grace",
         "bind",
+        "max-timeout",
+        "max-conns-per-ip",
+        "max-body-total",
         "x",
         "",
         "-",

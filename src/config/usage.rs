@@ -111,6 +111,13 @@ fn limits(d: &Config) -> String {
                        beyond that: 503 (default {queue})
   -shutdown-grace S    seconds in-flight requests may run on after SIGTERM,
                        0-{grace_max} (default {grace})
+  -max-timeout S       the highest 'timeout' a request may ask for, in
+                       seconds, 1-{max_timeout_max} (default {max_timeout})
+  -max-conns-per-ip N  open connections from one address (an IPv6 /64) at
+                       once; beyond: closed at once; 0: no cap (default {per_ip})
+  -max-body-total MIB  request bodies in flight at once, all together; beyond:
+                       503 overloaded (default {body_total}); a single body is
+                       at most 32 MiB or this, whichever is smaller
   -v LEVEL             log level: debug, info, warn, error (or trace)
                        (default info)
   -q                   quiet: errors only (wins over -v)
@@ -126,6 +133,10 @@ fn limits(d: &Config) -> String {
         queue_max = QUEUE_MAX,
         grace = d.shutdown_grace.as_secs(),
         grace_max = GRACE_MAX_SECS,
+        max_timeout = d.max_timeout.as_secs(),
+        max_timeout_max = super::MAX_TIMEOUT_MAX_SECS,
+        per_ip = d.max_conns_per_ip,
+        body_total = d.max_body_total / super::MIB,
     )
 }
 
@@ -150,8 +161,9 @@ default):
                        replaced by PUT /api/memory
   keys.csv             name, sha256:<hex of the key>, models, rpm, concurrency
                        (sigoe -newkey NAME prints a key and its line)
-  <sessions>/<model>-<session_id>.json
-                       session history, the last 20 messages
+  <sessions>/<model>@<session_id>.json
+                       session history: the last 20 messages, at most
+                       2 MiB; at most 1000 sessions (oldest dropped)
   <sessions>/usage.json
                        requests, tokens and cost per key and model (UTC days)
   certs/server.crt, certs/server.key

@@ -1,26 +1,31 @@
-//! One connection thread per accepted connection: TLS handshake, allow-list refusal, then a
-//! loop of reading a request under its deadlines, handing it to the worker pool, and watching
-//! the client while a worker answers it, until the connection ends.
+//! One connection thread per admitted connection: TLS handshake, then a loop of reading a
+//! request under its deadlines, answering it — here for a quick answer, through the worker
+//! pool otherwise, while watching the client — until the connection ends. Also the refusal
+//! of a peer outside the allow list, on a thread of the small refusal budget.
 //!
 //! The thread owns the connection between requests; a worker owns it while it writes the
-//! response and then sends it back on a per-request channel (or closes it). The socket is
-//! shared through an `Arc`, so the thread can watch it (`peek`) while a worker writes on it,
-//! and the server can shut it down at the end of a shutdown's grace, with one descriptor.
+//! response and then sends it back on a per-request channel (or closes it), with whatever
+//! of a complete response the client had not taken yet, which this thread then finishes:
+//! a slow reader holds this cheap thread, not a worker. The socket is shared through an
+//! `Arc`, so the thread can watch it (`peek`) while a worker writes on it, and the server
+//! can shut it down at the end of a shutdown's grace, with one descriptor.
 
 use std::net::{IpAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use rustls::{ServerConnection, StreamOwned};
 
 use super::access::AllowList;
+use super::budget::Lease;
 use super::parse::{InBuf, ReadError, Rejection, read_body, read_head};
 use super::shared::Shared;
 use super::wire::{Io, Sock, Transport, is_transient};
-use super::write::{Reply, access_log, write_response};
-use super::{Hangup, Request, Response};
+use super::worker::call_handler;
+use super::write::{Access, Outcome, Pending, Reply, finish, write_response};
+use super::{Hangup, Request, Response, Version};
 use crate::error::Error;
 
 /// While a worker answers, how often the connection thread looks whether the client left.
@@ -31,6 +36,8 @@ const TLS_ALERT: u8 = 0x15;
 /// alert is the 2 alert bytes, the inner type byte and a 16-byte AEAD tag: 19 bytes.
 const TLS13_RECORD: u8 = 0x17;
 const TLS13_ALERT_LEN: u16 = 2 + 1 + 16;
+/// Everything a refused peer gets: handshake, 403, lingering read, in all.
+pub(crate) const REFUSAL_TIME: Duration = Duration::from_secs(2);
 
 /// A listener's settings, as its connections need them.
 pub(crate) struct ListenerCtx {
@@ -42,10 +49,27 @@ pub(crate) struct ListenerCtx {
 /// A request on its way to a worker, with its connection.
 pub(crate) struct Job {
     pub(crate) req: Request,
+    /// The request body's share of the server's body budget.
+    pub(crate) lease: Lease,
     pub(crate) conn: Conn,
     pub(crate) reply: Reply,
-    /// Where the connection goes back for keep-alive; dropping it closes the connection.
-    pub(crate) back: Sender<Conn>,
+    /// Where the connection goes back; dropping it closes the connection.
+    pub(crate) back: Sender<Back>,
+}
+
+/// What a worker gives back.
+pub(crate) enum Back {
+    /// The answer is out; the connection is ready for the next request.
+    Ready(Conn),
+    /// The client has not taken all of the answer yet: the rest is this thread's to write.
+    Rest(Box<Rest>),
+}
+
+pub(crate) struct Rest {
+    pub(crate) conn: Conn,
+    pub(crate) pending: Pending,
+    pub(crate) out: Outcome,
+    pub(crate) access: Access,
 }
 
 /// A connection between requests: the transport and the bytes read ahead.
@@ -54,180 +78,270 @@ pub(crate) struct Conn {
     buf: InBuf,
 }
 
-/// The connection thread's body. The caller counts the connection (and uncounts it when this
-/// returns, however it returns) and has judged the peer against the allow list (`allowed`).
+/// What the connection thread is serving.
+struct Serving<'a> {
+    shared: &'a Shared,
+    jobs: &'a Sender<Job>,
+    sock: Sock,
+    peer: IpAddr,
+    tls: bool,
+    id: u64,
+    /// Set while the thread waits for a request (handshake, idle, head): a shutdown then
+    /// shuts the socket's read side, which ends the wait at once.
+    waiting: Arc<AtomicBool>,
+}
+
+/// The connection thread's body. The caller has admitted (and counted) the connection and
+/// uncounts it when this returns, however it returns.
 pub(crate) fn run(
     shared: &Shared,
     listener: &ListenerCtx,
     tcp: TcpStream,
-    (peer, allowed): (IpAddr, bool),
+    peer: IpAddr,
     id: u64,
     jobs: &Sender<Job>,
 ) {
     let started = Instant::now();
     let t = &shared.timeouts;
-    let stop = || shared.is_stopping();
     let sock = Sock(Arc::new(tcp));
     let _ = sock.0.set_write_timeout(Some(t.write));
-    // Set while the thread waits for a request (handshake, idle, head): a shutdown then
-    // shuts the socket's read side, which ends the wait at once. Idle connections thus cost
-    // no wake-ups.
     let waiting = shared.track(id, sock.clone());
-    let head_deadline = started + t.head;
+    let stop = || shared.is_stopping();
+    let Some(mut conn) = open(shared, listener, &sock, started + t.head, &stop) else {
+        return;
+    };
+    let s = Serving {
+        shared,
+        jobs,
+        sock,
+        peer,
+        tls: listener.tls.is_some(),
+        id,
+        waiting,
+    };
+    let mut deadline = started + t.head;
+    loop {
+        let Some((req, reply, lease)) = read_request(&s, &mut conn, deadline) else {
+            return;
+        };
+        let Some(c) = answer(&s, conn, req, reply, lease) else {
+            return;
+        };
+        conn = c;
+        let Some(d) = next_request(&s, &mut conn) else {
+            return;
+        };
+        deadline = d;
+    }
+}
+
+/// The transport: clear, or through the TLS handshake (under the head deadline).
+fn open(
+    shared: &Shared,
+    listener: &ListenerCtx,
+    sock: &Sock,
+    deadline: Instant,
+    stop: &dyn Fn() -> bool,
+) -> Option<Conn> {
     let transport = match &listener.tls {
         None => Transport::Plain(sock.clone()),
-        Some(cfg) => match handshake(sock.clone(), cfg, head_deadline, &stop) {
-            Some(s) => Transport::Tls(Box::new(s)),
-            None => return,
-        },
+        Some(cfg) => Transport::Tls(Box::new(handshake(sock.clone(), cfg, deadline, stop)?)),
     };
-    let tls = listener.tls.is_some();
-    let mut conn = Conn {
+    Some(Conn {
         io: Io {
             transport,
             sock: sock.clone(),
             write_timeout: None,
         },
         buf: InBuf::new(&shared.limits),
-    };
-    if !allowed {
-        log::warn!(ip:% = peer, port = listener.port; "ip_not_allowed");
-        let rejection = Rejection {
-            error: Error::IpNotAllowed { ip: peer },
-            method: None,
-            path: None,
-        };
-        refuse(shared, conn, peer, rejection, started, false);
-        return;
+    })
+}
+
+/// Between requests: waits (up to the idle timeout) for the next one's first byte; returns
+/// the deadline of its head. `None`: the connection is over.
+fn next_request(s: &Serving<'_>, conn: &mut Conn) -> Option<Instant> {
+    let t = &s.shared.timeouts;
+    let stop = || s.shared.is_stopping();
+    // Before looking at the flag, so that a shutdown either sees this or is seen here.
+    s.waiting.store(true, Ordering::SeqCst);
+    if stop() {
+        conn.io.close(t.write);
+        return None;
     }
-    let mut first = true;
-    loop {
-        // Before looking at the flag, so that a shutdown either sees this or is seen here.
-        waiting.store(true, Ordering::SeqCst);
-        let deadline = if first {
-            head_deadline
-        } else {
-            // Between requests: wait for the next one's first byte, then time its head.
-            if stop() {
-                conn.io.close(t.write);
-                return;
-            }
-            conn.buf.shrink();
-            if conn.buf.is_empty() {
-                if let Err(e) = conn.buf.fill(&mut conn.io, Instant::now() + t.idle, &stop) {
-                    if matches!(e, ReadError::Stopped | ReadError::Timeout) {
-                        conn.io.close(t.write);
-                    }
-                    return;
-                }
-            }
-            Instant::now() + t.head
-        };
-        first = false;
-        let began = Instant::now();
-        let limits = &shared.limits;
-        let read =
-            read_head(&mut conn.io, &mut conn.buf, limits, deadline, &stop).and_then(|head| {
-                // The request is under way: a shutdown lets it finish.
-                waiting.store(false, Ordering::SeqCst);
-                let body = read_body(&mut conn.io, &mut conn.buf, &head, limits, t.body, t.write)?;
-                Ok((head, body))
-            });
-        let (head, body) = match read {
-            Ok(r) => r,
-            Err(ReadError::Reject(rejection)) => {
-                refuse(shared, conn, peer, *rejection, began, true);
-                return;
-            }
-            Err(e) => {
-                log::debug!(ip:% = peer, reason:? = e; "connection closed without a request");
-                return;
-            }
-        };
-        let reply = Reply {
-            version: head.version,
-            head_only: head.method == "HEAD",
-            keep_alive: head.keep_alive,
-            write_timeout: t.write,
-        };
-        let hangup = Hangup::default();
-        let req = Request {
-            method: head.method,
-            path: head.path,
-            query: head.query,
-            version: head.version,
-            headers: head.headers,
-            body,
-            peer,
-            tls,
-            received: Instant::now(),
-            hangup: hangup.clone(),
-        };
-        let (back, returned) = crossbeam_channel::bounded(1);
-        shared.set_hangup(id, Some(hangup.clone()));
-        match jobs.try_send(Job {
-            req,
-            conn,
-            reply,
-            back,
-        }) {
-            Ok(()) => {
-                shared
-                    .stats
-                    .queue_depth
-                    .store(jobs.len(), Ordering::Relaxed);
-                match wait_for_worker(&returned, &sock, tls, &hangup) {
-                    Some(c) => conn = c,
-                    None => return,
-                }
-            }
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                let Job {
-                    req,
-                    conn: c,
-                    reply,
-                    ..
-                } = job;
-                conn = c;
-                let reply = Reply {
-                    keep_alive: reply.keep_alive && !stop(),
-                    ..reply
-                };
-                shared
-                    .stats
-                    .overloaded_total
-                    .fetch_add(1, Ordering::Relaxed);
-                let resp = Response::error(&Error::Overloaded { retry_after_s: 1 });
-                let out = write_response(&mut conn.io, &reply, resp);
-                access_log(
-                    &req.method,
-                    &req.path,
-                    out.status,
-                    peer,
-                    req.received,
-                    &out.log,
-                );
-                if !out.keep_alive {
-                    conn.io.close(t.write);
-                    return;
-                }
-            }
+    conn.buf.shrink();
+    if conn.buf.is_empty()
+        && let Err(e) = conn.buf.fill(&mut conn.io, Instant::now() + t.idle, &stop)
+    {
+        if matches!(e, ReadError::Stopped | ReadError::Timeout) {
+            conn.io.close(t.write);
         }
-        shared.set_hangup(id, None);
+        return None;
+    }
+    Some(Instant::now() + t.head)
+}
+
+/// Reads one request: its head by `deadline`, then its body within the body timeout and
+/// the body budget. `None`: no request (closed, refused and answered, timed out).
+fn read_request(
+    s: &Serving<'_>,
+    conn: &mut Conn,
+    deadline: Instant,
+) -> Option<(Request, Reply, Lease)> {
+    let shared = s.shared;
+    let (t, limits) = (&shared.timeouts, &shared.limits);
+    let stop = || shared.is_stopping();
+    s.waiting.store(true, Ordering::SeqCst);
+    let began = Instant::now();
+    let mut lease = Lease::new(&shared.bodies);
+    let read = read_head(&mut conn.io, &mut conn.buf, limits, deadline, &stop).and_then(|head| {
+        // The request is under way: a shutdown lets it finish.
+        s.waiting.store(false, Ordering::SeqCst);
+        let mut reserve = |n: usize| lease.grow(n);
+        let body = read_body(
+            &mut conn.io,
+            &mut conn.buf,
+            &head,
+            limits,
+            (t.body, t.write),
+            &mut reserve,
+        )?;
+        Ok((head, body))
+    });
+    let (head, body) = match read {
+        Ok(r) => r,
+        Err(ReadError::Reject(rejection)) => {
+            refuse(shared, conn, s.peer, *rejection, Some(began));
+            return None;
+        }
+        Err(e) => {
+            log::debug!(ip:% = s.peer, reason:? = e; "connection closed without a request");
+            return None;
+        }
+    };
+    let reply = Reply {
+        version: head.version,
+        head_only: head.method == "HEAD",
+        keep_alive: head.keep_alive,
+        write_timeout: t.write,
+        stall: t.stall,
+    };
+    let req = Request {
+        method: head.method,
+        path: head.path,
+        query: head.query,
+        version: head.version,
+        headers: head.headers,
+        body,
+        peer: s.peer,
+        tls: s.tls,
+        received: Instant::now(),
+        hangup: Hangup::default(),
+    };
+    Some((req, reply, lease))
+}
+
+/// Answers a request: a quick one here, any other through a worker (or 503 when the queue
+/// is full). Returns the connection when it may serve another request.
+fn answer(s: &Serving<'_>, conn: Conn, req: Request, reply: Reply, lease: Lease) -> Option<Conn> {
+    let shared = s.shared;
+    if shared.handler.is_quick(&req) {
+        let resp = call_handler(shared, &req);
+        drop(lease);
+        return write_here(shared, conn, &req, reply, resp);
+    }
+    let (back, returned) = crossbeam_channel::bounded(1);
+    let hangup = req.hangup.clone();
+    shared.set_hangup(s.id, Some(hangup.clone()));
+    let sent = s.jobs.try_send(Job {
+        req,
+        lease,
+        conn,
+        reply,
+        back,
+    });
+    let back = match sent {
+        Ok(()) => {
+            let depth = s.jobs.len();
+            shared.stats.queue_depth.store(depth, Ordering::Relaxed);
+            wait_for_worker(&returned, &s.sock, s.tls, &hangup)
+        }
+        Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+            shared.set_hangup(s.id, None);
+            let Job {
+                req, conn, reply, ..
+            } = job;
+            shared
+                .stats
+                .overloaded_total
+                .fetch_add(1, Ordering::Relaxed);
+            let resp = Response::error(&Error::Overloaded { retry_after_s: 1 });
+            return write_here(shared, conn, &req, reply, resp);
+        }
+    };
+    shared.set_hangup(s.id, None);
+    match back? {
+        Back::Ready(conn) => Some(conn),
+        Back::Rest(rest) => finish_rest(shared, *rest),
+    }
+}
+
+/// Writes a response on this thread, logs it, and keeps the connection if it may go on.
+fn write_here(
+    shared: &Shared,
+    mut conn: Conn,
+    req: &Request,
+    reply: Reply,
+    resp: Response,
+) -> Option<Conn> {
+    let reply = Reply {
+        keep_alive: reply.keep_alive && !shared.is_stopping(),
+        ..reply
+    };
+    let out = write_response(&mut conn.io, &reply, resp);
+    super::write::access_log(
+        &req.method,
+        &req.path,
+        out.status,
+        req.peer,
+        req.received,
+        &out.log,
+    );
+    keep(shared, conn, out.keep_alive)
+}
+
+/// Writes what a worker left of an answer, within the write timeout.
+fn finish_rest(shared: &Shared, rest: Rest) -> Option<Conn> {
+    let Rest {
+        mut conn,
+        pending,
+        out,
+        access,
+    } = rest;
+    let out = finish(&mut conn.io, pending, out, shared.timeouts.write);
+    access.log(&out);
+    keep(shared, conn, out.keep_alive)
+}
+
+fn keep(shared: &Shared, mut conn: Conn, keep_alive: bool) -> Option<Conn> {
+    if keep_alive && !shared.is_stopping() {
+        Some(conn)
+    } else {
+        conn.io.close(shared.timeouts.write);
+        None
     }
 }
 
 /// Waits for the worker to give the connection back (`None`: it closed it), and meanwhile
 /// looks every [`POLL`] whether the client has gone, to fire the request's [`Hangup`].
 fn wait_for_worker(
-    returned: &Receiver<Conn>,
+    returned: &Receiver<Back>,
     sock: &Sock,
     tls: bool,
     hangup: &Hangup,
-) -> Option<Conn> {
+) -> Option<Back> {
     loop {
         match returned.recv_timeout(POLL) {
-            Ok(c) => return Some(c),
+            Ok(back) => return Some(back),
             Err(RecvTimeoutError::Disconnected) => return None,
             Err(RecvTimeoutError::Timeout) => {
                 if !hangup.is_fired() && peer_gone(&sock.0, tls) {
@@ -239,8 +353,9 @@ fn wait_for_worker(
 }
 
 /// Whether the client has closed its side: end of stream, a reset, or on TLS an alert record
-/// (`close_notify`, which a TLS client sends before its FIN) waiting. Data waiting (a pipelined request) means it is still there.
-/// Only peeks, so it does not disturb the worker writing on the same socket.
+/// (`close_notify`, which a TLS client sends before its FIN) waiting. Data waiting (a
+/// pipelined request) means it is still there. Only peeks, so it does not disturb the
+/// worker writing on the same socket.
 fn peer_gone(sock: &TcpStream, tls: bool) -> bool {
     if sock
         .set_read_timeout(Some(Duration::from_millis(1)))
@@ -268,14 +383,14 @@ fn tls_alert(peeked: &[u8]) -> bool {
 }
 
 /// Answers a refused request with its error and `Connection: close`, then closes with a
-/// lingering read.
+/// lingering read. `since`: when the request began, for its access log line (`None`: no
+/// line — a refused peer is logged by the accept loop).
 fn refuse(
     shared: &Shared,
-    mut conn: Conn,
+    conn: &mut Conn,
     peer: IpAddr,
     rejection: Rejection,
-    since: Instant,
-    log_access: bool,
+    since: Option<Instant>,
 ) {
     let t = &shared.timeouts;
     let Rejection {
@@ -285,19 +400,50 @@ fn refuse(
     } = rejection;
     log::debug!(ip:% = peer, error:% = error; "request refused");
     let reply = Reply {
-        version: super::Version::Http11,
+        version: Version::Http11,
         head_only: method.as_deref() == Some("HEAD"),
         keep_alive: false,
         write_timeout: t.write,
+        stall: t.stall,
     };
     let out = write_response(&mut conn.io, &reply, Response::error(&error));
-    if log_access {
+    if let Some(since) = since {
         let method = method.as_deref().unwrap_or("-");
         let path = path.as_deref().unwrap_or("-");
-        access_log(method, path, out.status, peer, since, &out.log);
+        super::write::access_log(method, path, out.status, peer, since, &out.log);
     }
     conn.io.close(t.write);
     conn.io.linger(t.linger);
+}
+
+/// A peer outside the listener's allow list, on a thread of the refusal budget: 403 (after
+/// the TLS handshake on HTTPS), then closed — everything within [`REFUSAL_TIME`] (or the
+/// head and linger timeouts, when shorter). It holds no connection slot.
+pub(crate) fn refuse_peer(shared: &Shared, listener: &ListenerCtx, tcp: TcpStream, peer: IpAddr) {
+    let t = &shared.timeouts;
+    let started = Instant::now();
+    let sock = Sock(Arc::new(tcp));
+    let stop = || shared.is_stopping();
+    let handshake_by = started + t.head.min(REFUSAL_TIME / 2);
+    let Some(mut conn) = open(shared, listener, &sock, handshake_by, &stop) else {
+        return;
+    };
+    let left = REFUSAL_TIME.saturating_sub(started.elapsed());
+    let reply = Reply {
+        version: Version::Http11,
+        head_only: false,
+        keep_alive: false,
+        write_timeout: t.write.min(left),
+        stall: Duration::ZERO,
+    };
+    let _ = write_response(
+        &mut conn.io,
+        &reply,
+        Response::error(&Error::IpNotAllowed { ip: peer }),
+    );
+    conn.io.close(reply.write_timeout);
+    let left = REFUSAL_TIME.saturating_sub(started.elapsed());
+    conn.io.linger(t.linger.min(left));
 }
 
 /// The TLS handshake, under the connection's head deadline. `None`: the client failed it,

@@ -36,6 +36,7 @@ fn limits() -> Limits {
         header_lines: 16,
         body_bytes: 512,
         connections: 1,
+        ..Limits::default()
     }
 }
 

@@ -1,15 +1,18 @@
 //! sigorest's own small HTTP/1.1 server, on httparse, std sockets and rustls 0.23.
 //!
-//! Three stages (see `design.md`, "Shape"): an accept thread per listening socket checks the
-//! peer against the listener's allow list at once, admits connections up to the cap and
-//! gives each a capped, cheap connection thread; that thread answers a refused peer with the
-//! 403 before reading anything (on HTTPS after the handshake, so that the 403 can be read),
-//! and for the others reads one request head and body under
-//! deadlines and hard limits and pushes the parsed [`Request`] into one bounded channel; a
-//! fixed pool of worker threads calls the [`Handler`], writes its [`Response`] on the
-//! connection (flushed per piece when streaming) and hands the connection back for keep-alive.
-//! While a worker answers, the connection thread watches the socket and fires the request's
-//! [`Hangup`] when the client leaves.
+//! Three stages (see `design.md`, "Shape"): an accept thread per listening socket judges
+//! the peer against the listener's allow list at once — a refused peer gets its 403 (on
+//! HTTPS after the handshake) from one of a few refusal threads, each done within 2 s, or
+//! is closed at once when they are busy, and never takes a connection slot — and admits the
+//! others up to the caps per address and in all, each on a capped, cheap connection thread.
+//! That thread reads one request head and body under deadlines, hard limits and the body
+//! budget; a quick request ([`Handler::is_quick`]) it answers itself, any other it pushes
+//! into one bounded channel to a fixed pool of worker threads, which call the [`Handler`]
+//! and write its [`Response`]: a complete one as far as the client takes it at once (the
+//! connection thread finishes the rest, so a slow reader holds no worker), a stream piece by
+//! piece (its writes may wait on the client for [`Timeouts::stall`] in all). While a worker
+//! answers, the connection thread watches the socket and fires the request's [`Hangup`]
+//! when the client leaves.
 //!
 //! Handlers never see a socket: they get a [`Request`] and return a [`Response`], whose body is
 //! either complete or a closure that writes pieces to a [`Sink`]. A handler panic becomes a 500.
@@ -39,6 +42,7 @@ pub use crate::util::Hangup;
 pub use access::{AllowList, Cidr};
 
 pub mod access;
+mod budget;
 mod conn;
 #[cfg(test)]
 mod fuzz_tests;
@@ -173,6 +177,10 @@ impl Response {
     /// An error in OpenAI's shape, with its status, headers (`Retry-After`, ...) and its code
     /// in the access log.
     pub fn error(e: &Error) -> Response {
+        if e.needs_log() {
+            // The client gets a generic message; the details (paths, OS errors) go here.
+            log::error!(code = e.code(), error:% = e; "request failed");
+        }
         let mut resp = Response::json(e.status(), &e.body());
         resp.headers.extend(e.headers());
         resp.log.push(("error", e.code().to_string()));
@@ -221,6 +229,14 @@ impl Response {
 /// The application: one call per request, on a worker thread.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: &Request) -> Response;
+
+    /// Whether this request is answered at once, without blocking I/O (a health check, a
+    /// list, a 404): it is then handled on the connection thread itself, sparing the two
+    /// thread hand-offs of the worker pool, and it is answered even while every worker is
+    /// busy. Default: no.
+    fn is_quick(&self, _req: &Request) -> bool {
+        false
+    }
 }
 
 impl<F> Handler for F
@@ -264,8 +280,19 @@ pub struct Limits {
     pub header_lines: usize,
     /// Body, in bytes (declared or chunked).
     pub body_bytes: usize,
-    /// Open connections; beyond this a new connection is closed at once.
+    /// Open connections; beyond this a new connection is closed at once. Refused peers
+    /// (outside the allow list) do not count.
     pub connections: usize,
+    /// Open connections from one address (an IPv6 /64); beyond this a new one is closed at
+    /// once. 0: no cap.
+    pub per_ip: usize,
+    /// Request bodies in flight, all together, in bytes; a body that does not fit any more
+    /// gets 503 `overloaded`. A single body is capped at the smaller of this and
+    /// `body_bytes`.
+    pub body_total: usize,
+    /// Threads answering refused peers at once (403); beyond, a refused peer is closed at
+    /// once.
+    pub refusing: usize,
 }
 
 impl Default for Limits {
@@ -275,6 +302,9 @@ impl Default for Limits {
             header_lines: 100,
             body_bytes: 32 * 1024 * 1024,
             connections: 1024,
+            per_ip: 64,
+            body_total: 256 * 1024 * 1024,
+            refusing: 4,
         }
     }
 }
@@ -289,8 +319,11 @@ pub struct Timeouts {
     pub body: Duration,
     /// How long a kept-alive connection may sit idle before its next request.
     pub idle: Duration,
-    /// Each write to the client.
+    /// Writing a complete response to the client (on its connection thread).
     pub write: Duration,
+    /// How long a stream's writes may wait on a client that does not read, in all, before
+    /// the stream ends: the time a slow reader can hold a worker.
+    pub stall: Duration,
     /// After a 413 on a body still being sent: how long to read (and discard) before closing,
     /// so the client sees the answer instead of a reset.
     pub linger: Duration,
@@ -305,6 +338,7 @@ impl Default for Timeouts {
             body: Duration::from_secs(60),
             idle: Duration::from_secs(30),
             write: Duration::from_secs(30),
+            stall: Duration::from_secs(10),
             linger: Duration::from_secs(2),
             queue_wait: Duration::from_secs(30),
         }

@@ -228,20 +228,33 @@ pub(crate) fn read_request<W: Wire + ?Sized>(
     stop: &dyn Fn() -> bool,
 ) -> Result<(Head, Vec<u8>), ReadError> {
     let head = read_head(w, buf, limits, head_deadline, stop)?;
-    let body = read_body(w, buf, &head, limits, body_timeout, write_timeout)?;
+    let body = read_body(
+        w,
+        buf,
+        &head,
+        limits,
+        (body_timeout, write_timeout),
+        &mut |_| true,
+    )?;
     Ok((head, body))
 }
 
+/// The body budget is spent: 503 `overloaded`, as for a full queue.
+fn over_budget() -> ReadError {
+    reject(Error::Overloaded { retry_after_s: 1 })
+}
+
 /// Reads the body the head announces: refuses one declared over the limit before reading a
-/// byte of it, sends `100 Continue` first when the client waits for it, then reads within
-/// `body_timeout`.
+/// byte of it, takes its size from the server's body budget (`reserve`: the declared
+/// length at once, a chunked body chunk by chunk; refused: 503), sends `100 Continue` first
+/// when the client waits for it, then reads within `body_timeout`.
 pub(crate) fn read_body<W: Wire + ?Sized>(
     w: &mut W,
     buf: &mut InBuf,
     head: &Head,
     limits: &Limits,
-    body_timeout: Duration,
-    write_timeout: Duration,
+    (body_timeout, write_timeout): (Duration, Duration),
+    reserve: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Vec<u8>, ReadError> {
     let with_request = |e: ReadError| match e {
         ReadError::Reject(mut r) => {
@@ -258,6 +271,8 @@ pub(crate) fn read_body<W: Wire + ?Sized>(
                 limit: limits.body_bytes,
             })));
         }
+        // Bounded by the check above.
+        Framing::Length(n) if !reserve(n as usize) => return Err(with_request(over_budget())),
         Framing::Length(_) | Framing::Chunked => true,
     };
     // A client that sent some of the body already is not waiting for the interim answer.
@@ -270,7 +285,9 @@ pub(crate) fn read_body<W: Wire + ?Sized>(
         Framing::Empty => Ok(Vec::new()),
         // Bounded by the check above.
         Framing::Length(n) => read_exact_body(w, buf, n as usize, deadline).map_err(with_request),
-        Framing::Chunked => read_chunked(w, buf, limits.body_bytes, deadline).map_err(with_request),
+        Framing::Chunked => {
+            read_chunked(w, buf, limits.body_bytes, deadline, reserve).map_err(with_request)
+        }
     }
 }
 
@@ -515,12 +532,14 @@ fn append_from<W: Wire + ?Sized>(
     Ok(())
 }
 
-/// Decodes a chunked body of at most `limit` bytes; trailers are read and dropped.
+/// Decodes a chunked body of at most `limit` bytes, each chunk taken from the budget
+/// (`reserve`) before it is read; trailers are read and dropped.
 fn read_chunked<W: Wire + ?Sized>(
     w: &mut W,
     buf: &mut InBuf,
     limit: usize,
     deadline: Instant,
+    reserve: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Vec<u8>, ReadError> {
     let mut body = Vec::new();
     loop {
@@ -532,6 +551,9 @@ fn read_chunked<W: Wire + ?Sized>(
         }
         if size > (limit - body.len()) as u64 {
             return Err(reject(Error::BodyTooLarge { limit }));
+        }
+        if !reserve(size as usize) {
+            return Err(over_budget());
         }
         append_from(w, buf, &mut body, size as usize, limit, deadline)?;
         while buf.len() < 2 {

@@ -11,6 +11,7 @@ fn limits() -> Limits {
         header_lines: 100,
         body_bytes: 1024,
         connections: 10,
+        ..Limits::default()
     }
 }
 

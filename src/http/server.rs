@@ -1,14 +1,18 @@
 //! Listeners, accept threads, the worker pool, and shutdown.
 //!
-//! An accept thread per listening socket admits connections (up to `limits.connections`) and
-//! gives each its own thread ([`super::conn`]). Parsed requests go through one bounded
+//! An accept thread per listening socket judges each peer against the allow list first: a
+//! refused peer gets its 403 on one of a few refusal threads (`limits.refusing`, each done
+//! within `conn::REFUSAL_TIME`) or is closed at once when they are all busy, and never
+//! takes a connection slot. An allowed peer is admitted up to `limits.per_ip` connections
+//! from its address and `limits.connections` in all, and gets its own thread
+//! ([`super::conn`]). Parsed requests go through one bounded
 //! channel to a fixed pool of workers, which call the [`Handler`] (a panic becomes a 500),
 //! write the response and hand the connection back for keep-alive.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -16,6 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
+use super::budget::{BodyBudget, PerIp};
 use super::conn::{self, Job, ListenerCtx};
 use super::shared::{Shared, Slot, Tracked};
 use super::worker::work;
@@ -59,9 +64,15 @@ pub fn start(config: ServerConfig, handler: Arc<dyn Handler>) -> io::Result<Serv
     let workers = config.workers.max(1);
     stats.workers_total.store(workers, Ordering::Relaxed);
     stats.queue_capacity.store(config.queue, Ordering::Relaxed);
+    let mut limits = config.limits.clone();
+    // A body that could never fit the budget is simply too large.
+    limits.body_bytes = limits.body_bytes.min(limits.body_total);
     let shared = Arc::new(Shared {
         handler,
-        limits: config.limits.clone(),
+        per_ip: PerIp::new(limits.per_ip),
+        bodies: BodyBudget::new(limits.body_total),
+        refusing: AtomicUsize::new(0),
+        limits,
         timeouts: config.timeouts.clone(),
         stats: Arc::clone(&stats),
         stopping: AtomicBool::new(false),
@@ -158,6 +169,16 @@ impl Throttle {
     }
 }
 
+/// The warnings of one accept loop, each at most once per [`WARN_EVERY`].
+#[derive(Default)]
+struct Warnings {
+    accept: Throttle,
+    spawn: Throttle,
+    full: Throttle,
+    per_ip: Throttle,
+    refused: Throttle,
+}
+
 fn accept_loop(
     shared: &Arc<Shared>,
     listener: &TcpListener,
@@ -165,9 +186,7 @@ fn accept_loop(
     jobs: &Sender<Job>,
 ) {
     let mut backoff = Duration::ZERO;
-    let mut accept_trouble = Throttle::default();
-    let mut spawn_trouble = Throttle::default();
-    let mut full = Throttle::default();
+    let mut warn = Warnings::default();
     loop {
         let accepted = listener.accept();
         if shared.is_stopping() {
@@ -176,14 +195,26 @@ fn accept_loop(
         match accepted {
             Ok((tcp, addr)) => {
                 backoff = Duration::ZERO;
-                match admit(shared, ctx, jobs, tcp, addr.ip().to_canonical()) {
+                let peer = addr.ip().to_canonical();
+                // Judged here, on the accept thread, before anything is read or counted.
+                if !ctx.allow.allows(peer) {
+                    refuse(shared, ctx, tcp, peer);
+                    let last = format_args!("{peer} on port {}", ctx.port);
+                    warn.refused.warn("ip_not_allowed: refused clients", &last);
+                    continue;
+                }
+                match admit(shared, ctx, jobs, tcp, peer) {
                     Ok(()) => {}
-                    Err(Refused::Full) => full.warn(
+                    Err(Refused::Full) => warn.full.warn(
                         "connection limit reached; new connections are closed",
                         &shared.limits.connections,
                     ),
+                    Err(Refused::PerIp) => warn.per_ip.warn(
+                        "connection limit per address reached; its new connections are closed",
+                        &peer,
+                    ),
                     Err(Refused::Spawn(e)) => {
-                        spawn_trouble.warn("cannot start a connection thread", &e)
+                        warn.spawn.warn("cannot start a connection thread", &e)
                     }
                 }
             }
@@ -191,7 +222,7 @@ fn accept_loop(
             Err(e) => {
                 // Out of descriptors or buffers, or an aborted handshake: the listener is
                 // fine; wait for resources to come back instead of spinning.
-                accept_trouble.warn("accept failed; backing off", &e);
+                warn.accept.warn("accept failed; backing off", &e);
                 backoff = (backoff * 2).clamp(BACKOFF_FIRST, BACKOFF_LAST);
                 thread::sleep(backoff);
             }
@@ -202,10 +233,40 @@ fn accept_loop(
 /// Why a connection was closed at once.
 enum Refused {
     Full,
+    PerIp,
     Spawn(io::Error),
 }
 
-/// Counts the connection and starts its thread, or closes it at once.
+/// A refused peer: its 403 on a refusal thread when one is free, else closed at once.
+fn refuse(shared: &Arc<Shared>, ctx: &Arc<ListenerCtx>, tcp: TcpStream, peer: IpAddr) {
+    let cap = shared.limits.refusing;
+    let counted = shared
+        .refusing
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < cap).then_some(n + 1)
+        });
+    if counted.is_err() {
+        // Dropped: closed without a word.
+        return;
+    }
+    let (shared, ctx) = (Arc::clone(shared), Arc::clone(ctx));
+    let spawned = thread::Builder::new()
+        .name(format!("{}r", shared.prefix))
+        .stack_size(CONN_STACK)
+        .spawn({
+            let shared = Arc::clone(&shared);
+            move || {
+                conn::refuse_peer(&shared, &ctx, tcp, peer);
+                shared.refusing.fetch_sub(1, Ordering::AcqRel);
+            }
+        });
+    if spawned.is_err() {
+        shared.refusing.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts the connection (for its address and in all) and starts its thread, or closes it
+/// at once.
 fn admit(
     shared: &Arc<Shared>,
     ctx: &Arc<ListenerCtx>,
@@ -213,14 +274,21 @@ fn admit(
     tcp: TcpStream,
     peer: IpAddr,
 ) -> Result<(), Refused> {
+    if !shared.per_ip.try_add(peer) {
+        return Err(Refused::PerIp);
+    }
     let cap = shared.limits.connections;
-    shared
-        .stats
-        .connections_open
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < cap).then_some(n + 1)
-        })
-        .map_err(|_| Refused::Full)?;
+    let counted =
+        shared
+            .stats
+            .connections_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            });
+    if counted.is_err() {
+        shared.per_ip.remove(peer);
+        return Err(Refused::Full);
+    }
     let _ = tcp.set_nodelay(true);
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     lock(&shared.open).insert(
@@ -234,10 +302,8 @@ fn admit(
     let slot = Slot {
         shared: Arc::clone(shared),
         id,
+        peer,
     };
-    // The allow list is checked here, on the accept thread, before anything is read; the
-    // connection thread only writes the 403 (after the TLS handshake on an HTTPS port).
-    let allowed = ctx.allow.allows(peer);
     let (ctx, jobs) = (Arc::clone(ctx), jobs.clone());
     // On failure the closure, its slot and the socket are dropped: uncounted and closed.
     thread::Builder::new()
@@ -245,7 +311,7 @@ fn admit(
         .stack_size(CONN_STACK)
         .spawn(move || {
             let slot = slot;
-            conn::run(&slot.shared, &ctx, tcp, (peer, allowed), slot.id, &jobs);
+            conn::run(&slot.shared, &ctx, tcp, peer, slot.id, &jobs);
         })
         .map(drop)
         .map_err(Refused::Spawn)
@@ -295,6 +361,10 @@ impl Server {
             self.shared.force_close();
             wait_while(Instant::now() + FORCE_WAIT, conns_open);
         }
+        // Refusal threads are done within a couple of seconds, even while stopping.
+        wait_while(Instant::now() + FORCE_WAIT, || {
+            self.shared.refusing.load(Ordering::Acquire) > 0
+        });
         // Every sender is gone with the accept and connection threads: workers end.
         let workers_done = join_until(&mut self.workers, Instant::now() + FORCE_WAIT);
         in_time && accepting_done && workers_done

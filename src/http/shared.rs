@@ -1,11 +1,13 @@
 //! What every thread of one server shares: the handler, limits and timeouts, the stopping
-//! flag, and the open connections (so that a shutdown can wake or end them).
+//! flag, the open connections (so that a shutdown can wake or end them), their count per
+//! address and the body budget.
 
 use std::collections::HashMap;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::budget::{BodyBudget, PerIp};
 use super::wire::Sock;
 use super::{Handler, Hangup, Limits, Stats, Timeouts};
 use crate::util::lock;
@@ -21,6 +23,12 @@ pub(crate) struct Shared {
     pub(crate) next_id: AtomicU64,
     /// Open connections, so that shutdown can end them after its grace.
     pub(crate) open: Mutex<HashMap<u64, Tracked>>,
+    /// Open connections per client address.
+    pub(crate) per_ip: PerIp,
+    /// Request bodies in flight, all connections together.
+    pub(crate) bodies: Arc<BodyBudget>,
+    /// Threads answering refused peers now (see `conn::refuse_peer`).
+    pub(crate) refusing: std::sync::atomic::AtomicUsize,
 }
 
 pub(crate) struct Tracked {
@@ -82,11 +90,13 @@ impl Shared {
 pub(crate) struct Slot {
     pub(crate) shared: Arc<Shared>,
     pub(crate) id: u64,
+    pub(crate) peer: std::net::IpAddr,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         lock(&self.shared.open).remove(&self.id);
+        self.shared.per_ip.remove(self.peer);
         self.shared
             .stats
             .connections_open

@@ -20,6 +20,9 @@ pub(crate) struct MemWire {
     pub flushes: usize,
     /// Writes fail with a broken pipe after this many succeeded.
     pub fail_after: Option<usize>,
+    /// A client that stops reading: writes take bytes only up to this many in all, then
+    /// time out.
+    pub take_at_most: Option<usize>,
 }
 
 impl MemWire {
@@ -33,6 +36,7 @@ impl MemWire {
             writes: Vec::new(),
             flushes: 0,
             fail_after: None,
+            take_at_most: None,
         }
     }
 
@@ -80,8 +84,16 @@ impl Write for MemWire {
         if self.fail_after.is_some_and(|n| self.writes.len() >= n) {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
-        self.writes.push(buf.to_vec());
-        Ok(buf.len())
+        let room = match self.take_at_most {
+            Some(max) => max.saturating_sub(self.writes.iter().map(Vec::len).sum()),
+            None => buf.len(),
+        };
+        if room == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = room.min(buf.len());
+        self.writes.push(buf[..n].to_vec());
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.flushes += 1;

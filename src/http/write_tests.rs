@@ -11,6 +11,7 @@ fn reply(version: Version, keep_alive: bool) -> Reply {
         head_only: false,
         keep_alive,
         write_timeout: Duration::from_secs(1),
+        stall: Duration::from_secs(1),
     }
 }
 
@@ -305,4 +306,62 @@ fn access_log_fields_are_the_request_line_and_the_handler_fields() {
     .map(|(k, v)| (*k, v.to_string()))
     .collect();
     assert_eq!(fields, want);
+}
+
+#[test]
+fn a_worker_leaves_what_the_client_does_not_take_for_the_connection_thread() {
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let mut w = MemWire::new(b"");
+    w.take_at_most = Some(1000);
+    let resp = Response::full(200, "application/octet-stream", body.clone());
+    let Written::Rest(rest, out) = write_for_worker(&mut w, &reply(Version::Http11, true), resp)
+    else {
+        panic!("a client that takes 1000 bytes leaves a rest");
+    };
+    assert_eq!(w.output().len(), 1000);
+    // The client reads again: the connection thread writes the rest.
+    w.take_at_most = None;
+    let out = finish(&mut w, rest, out, Duration::from_secs(1));
+    assert!(out.keep_alive);
+    let all = w.output();
+    let split = all.windows(4).position(|x| x == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(&all[split..], &body[..]);
+    assert!(text(&w).starts_with("HTTP/1.1 200 OK\r\n"));
+}
+
+#[test]
+fn a_rest_the_client_never_takes_ends_the_connection() {
+    let mut w = MemWire::new(b"");
+    w.take_at_most = Some(10);
+    let resp = Response::full(200, "text/plain", vec![b'x'; 50_000]);
+    let Written::Rest(rest, out) = write_for_worker(&mut w, &reply(Version::Http11, true), resp)
+    else {
+        panic!("a rest");
+    };
+    let out = finish(&mut w, rest, out, Duration::from_millis(20));
+    assert!(!out.keep_alive);
+    // On the connection thread a complete answer is written in one go, or fails.
+    let mut w = MemWire::new(b"");
+    w.take_at_most = Some(10);
+    let out = write_response(
+        &mut w,
+        &reply(Version::Http11, true),
+        Response::full(200, "text/plain", vec![b'y'; 100]),
+    );
+    assert!(!out.keep_alive);
+}
+
+#[test]
+fn a_stream_the_client_stops_reading_ends_within_its_stall_budget() {
+    let mut w = MemWire::new(b"");
+    w.take_at_most = Some(300);
+    let resp = streaming(
+        &[b"data: one\n\n", &[b'z'; 4096], b"data: never\n\n"],
+        Ok(()),
+    );
+    let Written::Done(out) = write_for_worker(&mut w, &reply(Version::Http11, true), resp) else {
+        panic!("a stream is written by the worker to its end");
+    };
+    assert!(!out.keep_alive, "the stream was cut");
+    assert!(!text(&w).contains("never"));
 }

@@ -68,7 +68,9 @@ impl UpstreamError {
         match failure {
             Failure::Connect(_) => UpstreamError::Connect,
             Failure::Timeout(_) => UpstreamError::Timeout,
-            Failure::BadAnswer(_) => UpstreamError::BadAnswer,
+            Failure::BadAnswer(_) | Failure::BadCompletion(_) => UpstreamError::BadAnswer,
+            // The client left: not the provider's failure (callers do not record it).
+            Failure::Cancelled => UpstreamError::ClientError,
             Failure::Status { status: 429, .. } => UpstreamError::RateLimited,
             Failure::Status { status, .. } if *status >= 500 => UpstreamError::ServerError,
             Failure::Status { .. } => UpstreamError::ClientError,

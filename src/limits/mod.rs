@@ -99,24 +99,24 @@ impl KeyLimits {
                 remaining: s.window.remaining(now, limit),
             })
         };
-        if let Some(limit) = rules.rpm {
-            if let Err(retry_after_s) = s.window.check(now, limit) {
-                return Admission {
-                    result: Err(Refusal::Rpm {
-                        limit,
-                        retry_after_s,
-                    }),
-                    budget: budget(&mut s),
-                };
-            }
+        if let Some(limit) = rules.rpm
+            && let Err(retry_after_s) = s.window.check(now, limit)
+        {
+            return Admission {
+                result: Err(Refusal::Rpm {
+                    limit,
+                    retry_after_s,
+                }),
+                budget: budget(&mut s),
+            };
         }
-        if let Some(limit) = rules.concurrency {
-            if s.in_flight >= limit {
-                return Admission {
-                    result: Err(Refusal::Concurrency { limit }),
-                    budget: budget(&mut s),
-                };
-            }
+        if let Some(limit) = rules.concurrency
+            && s.in_flight >= limit
+        {
+            return Admission {
+                result: Err(Refusal::Concurrency { limit }),
+                budget: budget(&mut s),
+            };
         }
         if rules.rpm.is_some() {
             s.window.record(now);

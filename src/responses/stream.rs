@@ -210,11 +210,11 @@ impl Translator {
         let f = piece.function.as_ref();
         let name = f.and_then(|f| f.name.as_deref()).unwrap_or("");
         let args = f.and_then(|f| f.arguments.as_deref()).unwrap_or("");
-        if let (true, Some(Item::Call { call, .. })) = (self.open, self.items.last()) {
-            if *call == piece.index {
-                self.arguments(args, out);
-                return;
-            }
+        if let (true, Some(Item::Call { call, .. })) = (self.open, self.items.last())
+            && *call == piece.index
+        {
+            self.arguments(args, out);
+            return;
         }
         if self.seen_calls.contains(&piece.index) {
             log::debug!(call = piece.index; "tool-call piece for a finished item dropped");
@@ -370,12 +370,11 @@ impl Translator {
     /// written marked `incomplete`.
     pub fn failed(&mut self, error: &Error, out: &mut Vec<u8>) {
         self.start(out);
-        if self.open {
-            if let Some(Item::Message { status, .. } | Item::Call { status, .. }) =
+        if self.open
+            && let Some(Item::Message { status, .. } | Item::Call { status, .. }) =
                 self.items.last_mut()
-            {
-                *status = "incomplete";
-            }
+        {
+            *status = "incomplete";
         }
         let code = match error {
             Error::RateLimited { .. } => "rate_limit_exceeded",

@@ -245,11 +245,11 @@ impl Breakers {
     /// flight from before cannot reopen it (the generation changes).
     pub fn reset(&self, model: &str) {
         let mut entries = lock(&self.inner.entries);
-        if let Some(e) = entries.get_mut(model) {
-            if e.state != State::Closed || e.consecutive_failures > 0 {
-                e.trial_running = false;
-                e.close();
-            }
+        if let Some(e) = entries.get_mut(model)
+            && (e.state != State::Closed || e.consecutive_failures > 0)
+        {
+            e.trial_running = false;
+            e.close();
         }
     }
 

@@ -81,10 +81,10 @@ impl Resolver for Names {
         let Some(key) = DefaultResolver::host_and_port(scheme, authority) else {
             return self.inner.lookup.resolve(uri, config, timeout);
         };
-        if let Some((at, addrs)) = lock(&self.inner.cache).get(&key) {
-            if at.elapsed() < TTL {
-                return Ok(addrs.clone());
-            }
+        if let Some((at, addrs)) = lock(&self.inner.cache).get(&key)
+            && at.elapsed() < TTL
+        {
+            return Ok(addrs.clone());
         }
         let addrs = self.inner.lookup.resolve(uri, config, timeout)?;
         lock(&self.inner.cache).insert(key, (Instant::now(), addrs.clone()));

@@ -1,7 +1,8 @@
 //! How upstream failures are sorted and retried. Pure: the caller does the waiting.
 //!
 //! Retried: connect errors, timeouts before an answer, 5xx, 429 and bad answers. Not
-//! retried: other 4xx (the request itself is wrong). Waits grow exponentially from
+//! retried: other 4xx (the request itself is wrong), a 2xx that is not a usable answer
+//! (the provider has answered, and may have billed it), and a call the client left. Waits grow exponentially from
 //! [`BASE`] with "equal jitter" (half fixed, half random), capped at [`CAP`], and never less
 //! than what the upstream asked for with `Retry-After` / `retry-after-ms`.
 
@@ -31,8 +32,13 @@ pub enum Failure {
         /// The upstream's error body (up to a limit).
         body: Vec<u8>,
     },
-    /// A 2xx that is not what it should be (not JSON, not a completion, cut short).
+    /// Not an answer at all (not HTTP, a stream that broke before its first event).
     BadAnswer(String),
+    /// A 2xx whose body is not a usable answer (not a completion, an error object, cut
+    /// short): the provider did answer and may bill each try, so it is not retried.
+    BadCompletion(String),
+    /// The client went away and the call was given up: says nothing about the model.
+    Cancelled,
 }
 
 impl Failure {
@@ -40,15 +46,18 @@ impl Failure {
     pub fn retryable(&self) -> bool {
         match self {
             Failure::Connect(_) | Failure::Timeout(_) | Failure::BadAnswer(_) => true,
+            Failure::BadCompletion(_) | Failure::Cancelled => false,
             Failure::Status { status, .. } => *status == 429 || *status >= 500,
         }
     }
 
     /// What the failure means for the model's circuit breaker: transport errors, timeouts,
-    /// 5xx and garbage count; 4xx and 429 say nothing about the model's health.
+    /// 5xx and garbage count; 4xx and 429 say nothing about the model's health, and
+    /// neither does a client that went away.
     pub fn breaker_outcome(&self) -> Outcome {
         match self {
             Failure::Status { status, .. } if *status < 500 => Outcome::Neutral,
+            Failure::Cancelled => Outcome::Neutral,
             _ => Outcome::Failure,
         }
     }
@@ -62,9 +71,10 @@ impl Failure {
             Failure::Timeout(m) => Error::UpstreamTimeout {
                 message: format!("{model}: {m}"),
             },
-            Failure::BadAnswer(m) => Error::Upstream {
+            Failure::BadAnswer(m) | Failure::BadCompletion(m) => Error::Upstream {
                 message: format!("{model}: bad answer from the provider: {m}"),
             },
+            Failure::Cancelled => Error::ClientGone,
             Failure::Status {
                 status: 429,
                 retry_after,
@@ -149,10 +159,11 @@ pub fn retry_after(
     retry_after: Option<&str>,
     now: SystemTime,
 ) -> Option<Duration> {
-    if let Some(ms) = retry_after_ms.and_then(|v| v.trim().parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64((ms / 1000.0).min(86_400.0)));
-        }
+    if let Some(ms) = retry_after_ms.and_then(|v| v.trim().parse::<f64>().ok())
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Some(Duration::from_secs_f64((ms / 1000.0).min(86_400.0)));
     }
     let v = retry_after?.trim();
     if let Ok(secs) = v.parse::<f64>() {
@@ -182,7 +193,10 @@ fn http_date(s: &str) -> Option<SystemTime> {
     let [h, m, sec] = hms.as_slice() else {
         return None;
     };
+    // The year is bounded so that the day arithmetic cannot overflow (a provider could
+    // send any number); a date outside it is not a date we act on.
     if !(1..=31).contains(&day)
+        || !(1970..=9999).contains(&year)
         || !(0..24).contains(h)
         || !(0..60).contains(m)
         || !(0..61).contains(sec)
@@ -229,6 +243,8 @@ mod tests {
         for s in [400, 401, 403, 404, 409, 413, 422] {
             assert!(!status(s, "").retryable(), "{s}");
         }
+        assert!(!Failure::BadCompletion("a 200 error".into()).retryable());
+        assert!(!Failure::Cancelled.retryable());
     }
 
     #[test]
@@ -248,6 +264,11 @@ mod tests {
         assert_eq!(status(500, "").breaker_outcome(), Outcome::Failure);
         assert_eq!(status(429, "").breaker_outcome(), Outcome::Neutral);
         assert_eq!(status(401, "").breaker_outcome(), Outcome::Neutral);
+        assert_eq!(Failure::Cancelled.breaker_outcome(), Outcome::Neutral);
+        assert_eq!(
+            Failure::BadCompletion("x".into()).breaker_outcome(),
+            Outcome::Failure
+        );
     }
 
     #[test]
@@ -363,6 +384,22 @@ mod tests {
             retry_after(None, Some("Sun, 99 Nov 1994 08:49:00 GMT"), now),
             None
         );
+    }
+
+    #[test]
+    fn retry_after_dates_with_absurd_years_are_ignored_without_overflow() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        for year in [
+            "9223372036854775807",
+            "-9223372036854775808",
+            "99999999999",
+            "1969",
+        ] {
+            let v = format!("Sun, 06 Nov {year} 08:49:37 GMT");
+            assert_eq!(retry_after(None, Some(&v), now), None, "{v}");
+        }
+        // The far end of the range still reads (and is capped by the deadline elsewhere).
+        assert!(retry_after(None, Some("Fri, 31 Dec 9999 23:59:59 GMT"), now).is_some());
     }
 
     #[test]

@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Permission bits of a written file when the caller names none.
-const DEFAULT_MODE: u32 = 0o644;
+/// Permission bits asked for a new file when the caller names none; the process's umask
+/// (a systemd unit's `UMask=`) takes bits away, as for any file the process creates.
+const DEFAULT_MODE: u32 = 0o666;
 
 /// How much of the target's name goes into the temporary name: the suffix we add is about
 /// 60 bytes, and most filesystems refuse names over 255 bytes.
@@ -28,8 +29,9 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory (unique
 /// name, so concurrent writers never share one), written, fsynced, renamed over `path`, then
-/// the directory fsynced. `mode` sets the permission bits of the new file (e.g. `0o600` for
-/// the TLS key); `None` gives 0o644. Creates missing parent directories. On error the
+/// the directory fsynced. `mode` sets the permission bits of the new file exactly (e.g.
+/// `0o600` for the TLS key and the sessions); `None` creates it as any new file (0666 less
+/// the umask). Creates missing parent directories. On error the
 /// temporary file is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
     let name = path.file_name().ok_or_else(|| {
@@ -46,7 +48,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<
     fs::create_dir_all(dir)?;
 
     let tmp = dir.join(temp_name(name.as_bytes()));
-    let result = write_and_rename(&tmp, path, bytes, mode.unwrap_or(DEFAULT_MODE));
+    let result = write_and_rename(&tmp, path, bytes, mode);
     if result.is_err() {
         // After a successful rename the name is gone; before it, this is our own file.
         let _ = fs::remove_file(&tmp);
@@ -129,14 +131,16 @@ fn temp_name(target: &[u8]) -> OsString {
     OsString::from_vec(out)
 }
 
-fn write_and_rename(tmp: &Path, path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+fn write_and_rename(tmp: &Path, path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(mode)
+        .mode(mode.unwrap_or(DEFAULT_MODE))
         .open(tmp)?;
-    // The umask may have taken bits away from `mode` at creation; set them as asked.
-    file.set_permissions(Permissions::from_mode(mode))?;
+    if let Some(mode) = mode {
+        // The umask may have taken bits away from `mode` at creation; set them as asked.
+        file.set_permissions(Permissions::from_mode(mode))?;
+    }
     file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);
@@ -255,15 +259,18 @@ mod tests {
     }
 
     #[test]
-    fn default_mode_is_0644_and_0600_is_honoured() {
+    fn the_default_mode_follows_the_umask_and_0600_is_honoured() {
         let d = TestDir::new("fs-mode");
+        // What the umask makes of a plain new file (0644 under the usual 022).
+        let reference = d.path().join("reference");
+        fs::File::create(&reference).unwrap();
         let p = d.path().join("plain");
         write_atomic(&p, b"x", None).unwrap();
-        assert_eq!(mode_of(&p), 0o644);
+        assert_eq!(mode_of(&p), mode_of(&reference));
         let k = d.path().join("server.key");
         write_atomic(&k, b"secret", Some(0o600)).unwrap();
         assert_eq!(mode_of(&k), 0o600);
-        // Replacing a 0644 file with a 0600 one gives the new mode, not the old one.
+        // Replacing a plain file with a 0600 one gives the new mode, not the old one.
         write_atomic(&p, b"y", Some(0o600)).unwrap();
         assert_eq!(mode_of(&p), 0o600);
     }

@@ -7,11 +7,11 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use super::*;
 
-type TlsClient = Client<StreamOwned<ClientConnection, TcpStream>>;
+pub type TlsClient = Client<StreamOwned<ClientConnection, TcpStream>>;
 
 /// A server configuration with a fresh self-signed certificate for `localhost`, and a client
 /// configuration that trusts it (ring, as in the gateway; no process-wide provider).
-fn tls_configs(
+pub fn tls_configs(
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> (Arc<rustls::ServerConfig>, Arc<ClientConfig>) {
     let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
@@ -46,7 +46,7 @@ fn tls_harness(
     (h, client)
 }
 
-fn tls_client(addr: SocketAddr, config: &Arc<ClientConfig>) -> TlsClient {
+pub fn tls_client(addr: SocketAddr, config: &Arc<ClientConfig>) -> TlsClient {
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let name = ServerName::try_from("localhost").unwrap();

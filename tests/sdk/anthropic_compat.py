@@ -80,7 +80,7 @@ def main():
                 pieces.append(text)
             final = stream.get_final_message()
         check("".join(pieces) == "Hello SDK", f"text_stream yields the text: {pieces}")
-        check(len(stamps) == 3 and stamps[-1] - stamps[0] > 0.04, "pieces arrive as they are sent")
+        check(len(stamps) == 3 and stamps[-1] - stamps[0] > 0.04, f"pieces arrive as they are sent: {[round(s - stamps[0], 3) for s in stamps]}")
         check(final.usage.output_tokens == 3 and final.usage.input_tokens == 5, "a stream's usage")
         check(final.stop_reason == "end_turn", "a stream's stop_reason")
         check(RECEIVED[-1]["body"]["stream_options"] == {"include_usage": True}, "upstream asked for usage")

@@ -26,6 +26,13 @@ class Upstream(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     RECEIVED = []
 
+    def setup(self):
+        super().setup()
+        # As real providers do: without it, the head and each chunk of a stream are small
+        # writes that Nagle's algorithm holds back on a kept-alive (pooled) connection until
+        # the gateway's delayed ACK, 40 ms later.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, *args):
         pass
 

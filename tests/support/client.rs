@@ -141,6 +141,38 @@ fn exchange<S: Read + Write>(mut sock: S, addr: SocketAddr, call: &Call) -> Stre
 }
 
 fn read_streamed<R: BufRead>(mut r: R, leave_after: Option<usize>) -> Streamed {
+    let (status, version, headers) = read_head(&mut r);
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let chunked = get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let length = get("content-length").and_then(|v| v.parse::<usize>().ok());
+    let mut body = Body {
+        out: Streamed {
+            status,
+            version,
+            headers,
+            events: Vec::new(),
+            body: Vec::new(),
+            complete: false,
+        },
+        splitter: Splitter::default(),
+        leave_after,
+    };
+    if chunked {
+        body.read_chunked(&mut r);
+    } else if let Some(len) = length {
+        let mut bytes = vec![0; len];
+        if r.read_exact(&mut bytes).is_ok() {
+            body.take(&bytes);
+            body.out.complete = true;
+        }
+    } else {
+        body.read_to_close(&mut r);
+    }
+    body.out
+}
+
+/// The status line and headers (names lower-cased).
+fn read_head<R: BufRead>(r: &mut R) -> (u16, String, Vec<(String, String)>) {
     let mut status_line = String::new();
     r.read_line(&mut status_line).expect("status line");
     let mut parts = status_line.split_whitespace();
@@ -161,73 +193,68 @@ fn read_streamed<R: BufRead>(mut r: R, leave_after: Option<usize>) -> Streamed {
             headers.push((n.trim().to_lowercase(), v.trim().to_string()));
         }
     }
-    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-    let mut out = Streamed {
-        status,
-        version,
-        headers: headers.clone(),
-        events: Vec::new(),
-        body: Vec::new(),
-        complete: false,
-    };
-    let mut splitter = Splitter::default();
-    let mut take = |bytes: &[u8], out: &mut Streamed| -> bool {
-        out.body.extend_from_slice(bytes);
-        for payload in splitter.push(bytes) {
-            out.events.push((Instant::now(), payload));
-            if leave_after.is_some_and(|n| out.events.len() >= n) {
+    (status, version, headers)
+}
+
+/// A streamed body being read: the answer so far and the events split out of it.
+struct Body {
+    out: Streamed,
+    splitter: Splitter,
+    leave_after: Option<usize>,
+}
+
+impl Body {
+    /// Takes in body bytes; false once the caller should stop reading (`leave_after`).
+    fn take(&mut self, bytes: &[u8]) -> bool {
+        self.out.body.extend_from_slice(bytes);
+        for payload in self.splitter.push(bytes) {
+            self.out.events.push((Instant::now(), payload));
+            if self.leave_after.is_some_and(|n| self.out.events.len() >= n) {
                 return false;
             }
         }
         true
-    };
-    if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+    }
+
+    fn read_chunked<R: BufRead>(&mut self, r: &mut R) {
         loop {
             let mut size_line = String::new();
             if r.read_line(&mut size_line).unwrap_or(0) == 0 {
-                return out;
+                return;
             }
             let Ok(size) =
                 usize::from_str_radix(size_line.trim().split(';').next().unwrap_or(""), 16)
             else {
-                return out;
+                return;
             };
             if size == 0 {
                 let mut end = String::new();
                 let _ = r.read_line(&mut end);
-                out.complete = true;
-                return out;
+                self.out.complete = true;
+                return;
             }
             let mut chunk = vec![0; size + 2];
-            if r.read_exact(&mut chunk).is_err() {
-                return out;
-            }
-            if !take(&chunk[..size], &mut out) {
-                return out;
+            if r.read_exact(&mut chunk).is_err() || !self.take(&chunk[..size]) {
+                return;
             }
         }
-    } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        let mut body = vec![0; len];
-        if r.read_exact(&mut body).is_ok() {
-            take(&body, &mut out);
-            out.complete = true;
-        }
-        out
-    } else {
+    }
+
+    fn read_to_close<R: BufRead>(&mut self, r: &mut R) {
         let mut buf = [0u8; 4096];
         loop {
             match r.read(&mut buf) {
                 Ok(0) => {
-                    out.complete = true;
-                    return out;
+                    self.out.complete = true;
+                    return;
                 }
                 Ok(n) => {
-                    if !take(&buf[..n], &mut out) {
-                        return out;
+                    if !self.take(&buf[..n]) {
+                        return;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return out,
+                Err(_) => return,
             }
         }
     }

@@ -135,7 +135,10 @@ impl Gateway {
         let port = free_port().map_err(|e| BenchError::io("finding a free port", e))?;
         let mut cmd = Command::new(launch.binary);
         cmd.args(["-http-port", &port.to_string(), "-https-port", "0"])
-            .args(["-bind", "127.0.0.1", "-q", "-shutdown-grace", "2"]);
+            .args(["-bind", "127.0.0.1", "-q", "-shutdown-grace", "2"])
+            // The load generator is one address with hundreds of connections: the cap per
+            // address (64 by default) is for a LAN of hosts, not for this.
+            .args(["-max-conns-per-ip", "0"]);
         if let Some(w) = launch.workers {
             cmd.args(["-workers", &w.to_string()]);
         }

@@ -445,7 +445,7 @@ fn phase(name: &str, plan: &Plan, pid: Option<u32>) -> (Samples, u64) {
                     threads.fetch_max(gateway::proc_status(pid).threads, Ordering::Relaxed);
                 }
                 tick += 1;
-                if tty && tick % 5 == 0 {
+                if tty && tick.is_multiple_of(5) {
                     let now = Instant::now();
                     let n = progress.done.load(Ordering::Relaxed);
                     let rate = (n - last.1) as f64 / (now - last.0).as_secs_f64().max(1e-9);

@@ -252,12 +252,12 @@ fn usage(message: String) -> Error {
 fn supervise(shared: &Shared, stop: &Receiver<()>) {
     let mut proc: Option<Proc> = None;
     loop {
-        if let Some(p) = &mut proc {
-            if let Some(how) = p.try_wait() {
-                proc = None;
-                shared.ended(&how);
-                continue;
-            }
+        if let Some(p) = &mut proc
+            && let Some(how) = p.try_wait()
+        {
+            proc = None;
+            shared.ended(&how);
+            continue;
         }
         let now = shared.clock.now();
         let (until_start, until_check) = {
@@ -346,9 +346,14 @@ impl Shared {
         let probe = match self.health.get(&target, self.config.timing.check_timeout) {
             Ok(_) => Probe::Ready,
             Err(Failure::Status { .. }) => Probe::Loading,
-            Err(Failure::Connect(m) | Failure::Timeout(m) | Failure::BadAnswer(m)) => {
-                Probe::NoAnswer(m)
-            }
+            Err(
+                Failure::Connect(m)
+                | Failure::Timeout(m)
+                | Failure::BadAnswer(m)
+                | Failure::BadCompletion(m),
+            ) => Probe::NoAnswer(m),
+            // Nobody hangs up on a health check; were it so, it says nothing.
+            Err(Failure::Cancelled) => Probe::NoAnswer("cancelled".into()),
         };
         let verdict = lock(&self.machine).checked(self.clock.now(), probe);
         match verdict {

@@ -22,30 +22,23 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::state::catalog::{Model, Provider};
 use crate::util::clock::Clock;
 use crate::util::lock;
 
+/// How much longer than a discovery a request waits for the background thread's.
+const ON_DEMAND_SLACK: Duration = Duration::from_millis(500);
 /// How often the model list is read again.
 pub const REDISCOVER_EVERY: Duration = Duration::from_secs(60);
 /// The shortest time between two discoveries triggered by requests for unknown models.
 pub const ON_DEMAND_MIN_GAP: Duration = Duration::from_secs(5);
-/// How long one discovery (and one `/api/show`) may take.
-pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest `/api/tags` answer read.
-const MAX_TAGS_BODY: u64 = 8 * 1024 * 1024;
-/// Largest `/api/show` answer read (it carries the whole model file and license).
-const MAX_SHOW_BODY: u64 = 4 * 1024 * 1024;
-/// Longer names, or names with spaces or control characters, are not Ollama's: skipped.
-const MAX_NAME_LEN: usize = 256;
 
 /// One model Ollama reports.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -111,192 +104,6 @@ pub fn assign_short_codes(names: &[String]) -> Vec<String> {
         codes[i] = code;
     }
     codes
-}
-
-/// One entry of `/api/tags`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tag {
-    pub name: String,
-    /// Changes when the model is pulled again (its context length is then read again).
-    pub digest: String,
-}
-
-/// Parses `/api/tags`: `{"models": [{"name", "digest", …}]}`. `"models": null` is an empty
-/// list (Go's nil slice); a body without a `models` list is an error. Entries without a
-/// usable name are skipped; a name reported twice counts once.
-pub fn parse_tags(body: &[u8]) -> Result<Vec<Tag>, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("answer is not JSON ({e})"))?;
-    let entries = match v.get("models") {
-        Some(Value::Array(a)) => a.as_slice(),
-        Some(Value::Null) => &[],
-        _ => return Err("answer has no 'models' list".to_string()),
-    };
-    let mut seen = HashSet::new();
-    let mut tags = Vec::new();
-    for entry in entries {
-        let name = ["name", "model"]
-            .iter()
-            .find_map(|k| entry.get(*k).and_then(Value::as_str))
-            .map(str::trim)
-            .unwrap_or("");
-        let usable = !name.is_empty()
-            && name.len() <= MAX_NAME_LEN
-            && !name.chars().any(|c| c.is_whitespace() || c.is_control());
-        if !usable || !seen.insert(name.to_string()) {
-            continue;
-        }
-        let digest = entry.get("digest").and_then(Value::as_str).unwrap_or("");
-        tags.push(Tag {
-            name: name.to_string(),
-            digest: digest.to_string(),
-        });
-    }
-    Ok(tags)
-}
-
-/// The context length in an `/api/show` answer: `model_info["<arch>.context_length"]` where
-/// `<arch>` is `general.architecture`, else the first key ending in `.context_length`. An
-/// answer without one gives 0 (known to be unknown); one that is not a JSON object is an error.
-pub fn parse_context_length(body: &[u8]) -> Result<u64, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("answer is not JSON ({e})"))?;
-    if !v.is_object() {
-        return Err("answer is not a JSON object".to_string());
-    }
-    let Some(info) = v.get("model_info").and_then(Value::as_object) else {
-        return Ok(0);
-    };
-    let as_len = |v: &Value| {
-        v.as_u64().or_else(|| {
-            v.as_f64()
-                .filter(|f| f.is_finite() && *f >= 0.0)
-                .map(|f| f as u64)
-        })
-    };
-    let by_arch = info
-        .get("general.architecture")
-        .and_then(Value::as_str)
-        .and_then(|arch| info.get(&format!("{arch}.context_length")))
-        .and_then(as_len);
-    let any = || {
-        info.iter()
-            .filter(|(k, _)| k.ends_with(".context_length"))
-            .find_map(|(_, v)| as_len(v))
-    };
-    Ok(by_arch.or_else(any).unwrap_or(0))
-}
-
-/// Why a call to Ollama failed.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Failure {
-    /// Nothing answers there: Ollama has stopped (its models drop out).
-    Down(String),
-    /// It answered too slowly, with an error status, or with something else than expected
-    /// (the last good list stays).
-    Bad(String),
-}
-
-impl Failure {
-    pub fn message(&self) -> &str {
-        match self {
-            Failure::Down(m) | Failure::Bad(m) => m,
-        }
-    }
-
-    fn from_ureq(e: ureq::Error, what: &str) -> Failure {
-        use std::io::ErrorKind::*;
-        match e {
-            ureq::Error::Io(io)
-                if matches!(
-                    io.kind(),
-                    ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable
-                ) =>
-            {
-                Failure::Down(format!("{what}: cannot connect ({io})"))
-            }
-            ureq::Error::HostNotFound => Failure::Down(format!("{what}: host not found")),
-            ureq::Error::ConnectionFailed => Failure::Down(format!("{what}: connection failed")),
-            ureq::Error::Timeout(t) => Failure::Bad(format!(
-                "{what}: no complete answer within {} s ({t})",
-                DISCOVERY_TIMEOUT.as_secs()
-            )),
-            ureq::Error::BodyExceedsLimit(n) => {
-                Failure::Bad(format!("{what}: answer larger than {n} bytes"))
-            }
-            other => Failure::Bad(format!("{what}: {other}")),
-        }
-    }
-}
-
-/// Where the registry gets its facts: Ollama over HTTP, or a script in tests.
-pub trait Source: Send + Sync + 'static {
-    /// `GET /api/tags`.
-    fn tags(&self) -> Result<Vec<Tag>, Failure>;
-    /// `POST /api/show`: the model's context length (0: it does not say).
-    fn context_length(&self, name: &str) -> Result<u64, Failure>;
-}
-
-/// Ollama over HTTP: never through a proxy, statuses as data, 2 s for each call.
-struct Http {
-    base: String,
-    agent: ureq::Agent,
-}
-
-impl Http {
-    fn new(base: String) -> Http {
-        let config = ureq::Agent::config_builder()
-            .proxy(None)
-            .http_status_as_error(false)
-            .timeout_global(Some(DISCOVERY_TIMEOUT))
-            .max_redirects(0)
-            .user_agent(format!("sigorest/{}", crate::VERSION))
-            .build();
-        Http {
-            base,
-            agent: ureq::Agent::new_with_config(config),
-        }
-    }
-
-    /// The status and body of an answer, the body read up to `limit` bytes.
-    fn read(
-        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-        limit: u64,
-        what: &str,
-    ) -> Result<Vec<u8>, Failure> {
-        let mut resp = resp.map_err(|e| Failure::from_ureq(e, what))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(limit)
-            .read_to_vec()
-            .map_err(|e| Failure::from_ureq(e, what))?;
-        if !(200..300).contains(&status) {
-            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            return Err(Failure::Bad(format!("{what}: HTTP {status} {text}")));
-        }
-        Ok(body)
-    }
-}
-
-impl Source for Http {
-    fn tags(&self) -> Result<Vec<Tag>, Failure> {
-        let what = "GET /api/tags";
-        let resp = self.agent.get(format!("{}/api/tags", self.base)).call();
-        let body = Http::read(resp, MAX_TAGS_BODY, what)?;
-        parse_tags(&body).map_err(|e| Failure::Bad(format!("{what}: {e}")))
-    }
-
-    fn context_length(&self, name: &str) -> Result<u64, Failure> {
-        let what = "POST /api/show";
-        let body = serde_json::json!({ "model": name }).to_string();
-        let resp = self
-            .agent
-            .post(format!("{}/api/show", self.base))
-            .header("Content-Type", "application/json")
-            .send(body);
-        let body = Http::read(resp, MAX_SHOW_BODY, what)?;
-        parse_context_length(&body).map_err(|e| Failure::Bad(format!("{what}: {e}")))
-    }
 }
 
 /// What a lookup found.
@@ -387,6 +194,10 @@ struct State {
     /// Discovery has been failing since the last WARN.
     failing: bool,
     last_on_demand: Option<Instant>,
+    /// Discoveries of the list begun and finished (applied or not), for a request that
+    /// waits for one begun after it asked.
+    begun: u64,
+    finished: u64,
 }
 
 impl State {
@@ -507,6 +318,10 @@ pub struct Ollama {
     /// The background thread (never joined by `stop`; kept so tests can see it end).
     handle: Mutex<Option<thread::JoinHandle<()>>>,
     stopping: AtomicBool,
+    /// A request asked the background thread for a discovery now.
+    asked: AtomicBool,
+    /// Notified when a discovery of the list has finished.
+    discovered: Condvar,
 }
 
 impl Ollama {
@@ -529,6 +344,8 @@ impl Ollama {
             worker: Mutex::new(None),
             handle: Mutex::new(None),
             stopping: AtomicBool::new(false),
+            asked: AtomicBool::new(false),
+            discovered: Condvar::new(),
         }
     }
 
@@ -545,7 +362,8 @@ impl Ollama {
     /// Finds a model by short code or Ollama name (case-insensitive; a name without a tag
     /// also finds `name:latest`). An unknown name that starts with `ollama-` triggers a
     /// discovery first (at most once per [`ON_DEMAND_MIN_GAP`], at most
-    /// [`DISCOVERY_TIMEOUT`] long).
+    /// [`DISCOVERY_TIMEOUT`] long): on the background thread when it runs (the caller, a
+    /// worker, only waits for its result, doing no I/O), else here.
     pub fn lookup(&self, name: &str) -> Lookup {
         let name = name.trim();
         if let Some(m) = self.find(name) {
@@ -555,10 +373,17 @@ impl Ollama {
             .get(..7)
             .is_some_and(|p| p.eq_ignore_ascii_case("ollama-"));
         if ollama_code && self.on_demand_due() {
-            // Whether it worked or not is logged and shown by `status`.
-            let _ = self.refresh_list();
-            // Context lengths of new models are read by the background thread, not here.
-            self.wake_worker();
+            if self.background_runs() {
+                let begun = lock(&self.state).begun;
+                self.asked.store(true, Ordering::SeqCst);
+                self.wake_worker();
+                self.wait_for_discovery(begun, DISCOVERY_TIMEOUT + ON_DEMAND_SLACK);
+            } else {
+                // Whether it worked or not is logged and shown by `status`.
+                let _ = self.refresh_list();
+                // Context lengths of new models are read by the background thread, not here.
+                self.wake_worker();
+            }
             if let Some(m) = self.find(name) {
                 return Lookup::Found(m);
             }
@@ -578,6 +403,29 @@ impl Ollama {
     fn find(&self, name: &str) -> Option<OllamaModel> {
         let snapshot = lock(&self.state).snapshot.clone();
         snapshot.find(name).cloned()
+    }
+
+    fn background_runs(&self) -> bool {
+        lock(&self.worker).is_some()
+            && lock(&self.handle)
+                .as_ref()
+                .is_some_and(|h| !h.is_finished())
+    }
+
+    /// Waits (at most `max`) until a discovery begun after `begun` has finished.
+    fn wait_for_discovery(&self, begun: u64, max: Duration) {
+        let deadline = Instant::now() + max;
+        let mut state = lock(&self.state);
+        while state.finished <= begun {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            state = self
+                .discovered
+                .wait_timeout(state, left)
+                .map_or_else(|e| e.into_inner().0, |r| r.0);
+        }
     }
 
     /// Whether an on-demand discovery may run now (and if so, it is counted as run).
@@ -603,6 +451,14 @@ impl Ollama {
 
     /// Reads the list and applies it (unless a newer discovery has been applied meanwhile).
     fn refresh_list(&self) -> Result<usize, String> {
+        lock(&self.state).begun += 1;
+        let result = self.read_list();
+        lock(&self.state).finished += 1;
+        self.discovered.notify_all();
+        result
+    }
+
+    fn read_list(&self) -> Result<usize, String> {
         let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
         let result = self.source.tags();
         let mut state = lock(&self.state);
@@ -754,7 +610,7 @@ fn background(weak: Weak<Ollama>, wake: Receiver<()>) {
         if ollama.stopping.load(Ordering::SeqCst) {
             return;
         }
-        if woken {
+        if woken && !ollama.asked.swap(false, Ordering::SeqCst) {
             ollama.fill_contexts();
             continue;
         }
@@ -763,6 +619,13 @@ fn background(weak: Weak<Ollama>, wake: Receiver<()>) {
         next = Instant::now() + REDISCOVER_EVERY;
     }
 }
+
+mod source;
+
+use source::Http;
+pub use source::{DISCOVERY_TIMEOUT, Failure, Source, Tag};
+#[cfg(test)]
+use source::{parse_context_length, parse_tags};
 
 #[cfg(test)]
 mod tests;

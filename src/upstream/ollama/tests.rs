@@ -11,6 +11,8 @@ struct Script {
     tags: Mutex<Option<Result<Vec<Tag>, Failure>>>,
     contexts: Mutex<HashMap<String, Result<u64, Failure>>>,
     tag_calls: AtomicUsize,
+    /// The name of the thread of each `tags` call.
+    tag_threads: Mutex<Vec<String>>,
     show_calls: Mutex<Vec<String>>,
     /// When set, each `tags` call reports that it started, then answers with what arrives
     /// on the next gate in the queue (one gate per call, in order of calls).
@@ -54,6 +56,8 @@ impl Script {
 impl Source for Arc<Script> {
     fn tags(&self) -> Result<Vec<Tag>, Failure> {
         self.tag_calls.fetch_add(1, Ordering::SeqCst);
+        let me = thread::current().name().unwrap_or("").to_string();
+        lock(&self.tag_threads).push(me);
         let gate = lock(&self.gates).pop_front();
         if let Some(gate) = gate {
             if let Some(started) = lock(&self.started).as_ref() {
@@ -507,10 +511,12 @@ fn the_background_thread_discovers_at_once_and_stops_promptly() {
     }
     assert_eq!(script.tag_calls(), 1);
 
-    // A model found on demand gets its context length from the woken thread.
+    // A model found on demand gets its context length from the woken thread, and the
+    // discovery itself runs there too: the caller (a worker) does no I/O, it only waits.
     script.set(&["gemma3:4b", "qwen3:latest"]);
     script.context("qwen3:latest", Ok(40960));
     assert_eq!(found(o.lookup("ollama-qwen3")).name, "qwen3:latest");
+    assert_eq!(*lock(&script.tag_threads), ["ollama", "ollama"]);
     while found(o.lookup("qwen3")).context == 0 {
         assert!(Instant::now() < deadline, "context read after a wake-up");
         thread::sleep(Duration::from_millis(2));

@@ -1,0 +1,203 @@
+//! Where the Ollama registry gets its facts: the [`Source`] trait, its HTTP implementation
+//! (`GET /api/tags`, `POST /api/show`, each within [`DISCOVERY_TIMEOUT`]), and the pure
+//! parsing of both answers.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// How long one discovery (and one `/api/show`) may take.
+pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest `/api/tags` answer read.
+const MAX_TAGS_BODY: u64 = 8 * 1024 * 1024;
+/// Largest `/api/show` answer read (it carries the whole model file and license).
+const MAX_SHOW_BODY: u64 = 4 * 1024 * 1024;
+/// Longer names, or names with spaces or control characters, are not Ollama's: skipped.
+const MAX_NAME_LEN: usize = 256;
+
+/// One entry of `/api/tags`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tag {
+    pub name: String,
+    /// Changes when the model is pulled again (its context length is then read again).
+    pub digest: String,
+}
+
+/// Parses `/api/tags`: `{"models": [{"name", "digest", …}]}`. `"models": null` is an empty
+/// list (Go's nil slice); a body without a `models` list is an error. Entries without a
+/// usable name are skipped; a name reported twice counts once.
+pub fn parse_tags(body: &[u8]) -> Result<Vec<Tag>, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("answer is not JSON ({e})"))?;
+    let entries = match v.get("models") {
+        Some(Value::Array(a)) => a.as_slice(),
+        Some(Value::Null) => &[],
+        _ => return Err("answer has no 'models' list".to_string()),
+    };
+    let mut seen = HashSet::new();
+    let mut tags = Vec::new();
+    for entry in entries {
+        let name = ["name", "model"]
+            .iter()
+            .find_map(|k| entry.get(*k).and_then(Value::as_str))
+            .map(str::trim)
+            .unwrap_or("");
+        let usable = !name.is_empty()
+            && name.len() <= MAX_NAME_LEN
+            && !name.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !usable || !seen.insert(name.to_string()) {
+            continue;
+        }
+        let digest = entry.get("digest").and_then(Value::as_str).unwrap_or("");
+        tags.push(Tag {
+            name: name.to_string(),
+            digest: digest.to_string(),
+        });
+    }
+    Ok(tags)
+}
+
+/// The context length in an `/api/show` answer: `model_info["<arch>.context_length"]` where
+/// `<arch>` is `general.architecture`, else the first key ending in `.context_length`. An
+/// answer without one gives 0 (known to be unknown); one that is not a JSON object is an error.
+pub fn parse_context_length(body: &[u8]) -> Result<u64, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("answer is not JSON ({e})"))?;
+    if !v.is_object() {
+        return Err("answer is not a JSON object".to_string());
+    }
+    let Some(info) = v.get("model_info").and_then(Value::as_object) else {
+        return Ok(0);
+    };
+    let as_len = |v: &Value| {
+        v.as_u64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(|f| f as u64)
+        })
+    };
+    let by_arch = info
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .and_then(|arch| info.get(&format!("{arch}.context_length")))
+        .and_then(as_len);
+    let any = || {
+        info.iter()
+            .filter(|(k, _)| k.ends_with(".context_length"))
+            .find_map(|(_, v)| as_len(v))
+    };
+    Ok(by_arch.or_else(any).unwrap_or(0))
+}
+
+/// Why a call to Ollama failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// Nothing answers there: Ollama has stopped (its models drop out).
+    Down(String),
+    /// It answered too slowly, with an error status, or with something else than expected
+    /// (the last good list stays).
+    Bad(String),
+}
+
+impl Failure {
+    pub fn message(&self) -> &str {
+        match self {
+            Failure::Down(m) | Failure::Bad(m) => m,
+        }
+    }
+
+    fn from_ureq(e: ureq::Error, what: &str) -> Failure {
+        use std::io::ErrorKind::*;
+        match e {
+            ureq::Error::Io(io)
+                if matches!(
+                    io.kind(),
+                    ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable
+                ) =>
+            {
+                Failure::Down(format!("{what}: cannot connect ({io})"))
+            }
+            ureq::Error::HostNotFound => Failure::Down(format!("{what}: host not found")),
+            ureq::Error::ConnectionFailed => Failure::Down(format!("{what}: connection failed")),
+            ureq::Error::Timeout(t) => Failure::Bad(format!(
+                "{what}: no complete answer within {} s ({t})",
+                DISCOVERY_TIMEOUT.as_secs()
+            )),
+            ureq::Error::BodyExceedsLimit(n) => {
+                Failure::Bad(format!("{what}: answer larger than {n} bytes"))
+            }
+            other => Failure::Bad(format!("{what}: {other}")),
+        }
+    }
+}
+
+/// Where the registry gets its facts: Ollama over HTTP, or a script in tests.
+pub trait Source: Send + Sync + 'static {
+    /// `GET /api/tags`.
+    fn tags(&self) -> Result<Vec<Tag>, Failure>;
+    /// `POST /api/show`: the model's context length (0: it does not say).
+    fn context_length(&self, name: &str) -> Result<u64, Failure>;
+}
+
+/// Ollama over HTTP: never through a proxy, statuses as data, 2 s for each call.
+pub(super) struct Http {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Http {
+    pub(super) fn new(base: String) -> Http {
+        let config = ureq::Agent::config_builder()
+            .proxy(None)
+            .http_status_as_error(false)
+            .timeout_global(Some(DISCOVERY_TIMEOUT))
+            .max_redirects(0)
+            .user_agent(format!("sigorest/{}", crate::VERSION))
+            .build();
+        Http {
+            base,
+            agent: ureq::Agent::new_with_config(config),
+        }
+    }
+
+    /// The status and body of an answer, the body read up to `limit` bytes.
+    fn read(
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        limit: u64,
+        what: &str,
+    ) -> Result<Vec<u8>, Failure> {
+        let mut resp = resp.map_err(|e| Failure::from_ureq(e, what))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(limit)
+            .read_to_vec()
+            .map_err(|e| Failure::from_ureq(e, what))?;
+        if !(200..300).contains(&status) {
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+            return Err(Failure::Bad(format!("{what}: HTTP {status} {text}")));
+        }
+        Ok(body)
+    }
+}
+
+impl Source for Http {
+    fn tags(&self) -> Result<Vec<Tag>, Failure> {
+        let what = "GET /api/tags";
+        let resp = self.agent.get(format!("{}/api/tags", self.base)).call();
+        let body = Http::read(resp, MAX_TAGS_BODY, what)?;
+        parse_tags(&body).map_err(|e| Failure::Bad(format!("{what}: {e}")))
+    }
+
+    fn context_length(&self, name: &str) -> Result<u64, Failure> {
+        let what = "POST /api/show";
+        let body = serde_json::json!({ "model": name }).to_string();
+        let resp = self
+            .agent
+            .post(format!("{}/api/show", self.base))
+            .header("Content-Type", "application/json")
+            .send(body);
+        let body = Http::read(resp, MAX_SHOW_BODY, what)?;
+        parse_context_length(&body).map_err(|e| Failure::Bad(format!("{what}: {e}")))
+    }
+}
