@@ -10,5 +10,6 @@
 
 mod connections;
 mod errors;
+mod half_close;
 mod sessions;
 mod upstream;

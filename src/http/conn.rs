@@ -28,6 +28,13 @@ use super::write::{Access, Outcome, Pending, Reply, finish, write_response};
 use super::{Hangup, Request, Response, Version};
 use crate::error::Error;
 
+/// The interim answer that tells a half-closed client from one that has gone.
+const PROBE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// How long a departed client's reset may take to come back after the probe (loopback and
+/// a LAN: well under this).
+const PROBE_ECHO: Duration = Duration::from_millis(20);
+/// The first look at the client after its request went to a worker.
+const FIRST_LOOK: Duration = Duration::from_millis(20);
 /// While a worker answers, how often the connection thread looks whether the client left.
 const POLL: Duration = Duration::from_millis(250);
 /// A TLS record header's first byte for an alert (a `close_notify`, usually).
@@ -251,6 +258,7 @@ fn answer(s: &Serving<'_>, conn: Conn, req: Request, reply: Reply, lease: Lease)
     }
     let (back, returned) = crossbeam_channel::bounded(1);
     let hangup = req.hangup.clone();
+    let http11 = req.version == super::Version::Http11;
     shared.set_hangup(s.id, Some(hangup.clone()));
     let sent = s.jobs.try_send(Job {
         req,
@@ -263,7 +271,7 @@ fn answer(s: &Serving<'_>, conn: Conn, req: Request, reply: Reply, lease: Lease)
         Ok(()) => {
             let depth = s.jobs.len();
             shared.stats.queue_depth.store(depth, Ordering::Relaxed);
-            wait_for_worker(&returned, &s.sock, s.tls, &hangup)
+            wait_for_worker(&returned, &s.sock, (s.tls, http11), &hangup)
         }
         Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
             shared.set_hangup(s.id, None);
@@ -333,41 +341,107 @@ fn keep(shared: &Shared, mut conn: Conn, keep_alive: bool) -> Option<Conn> {
 
 /// Waits for the worker to give the connection back (`None`: it closed it), and meanwhile
 /// looks every [`POLL`] whether the client has gone, to fire the request's [`Hangup`].
+///
+/// A client that only half-closed its side after sending (`printf … | nc`) is still there
+/// and gets its answer; one that closed both sides has gone. Both look the same — the
+/// end of its data — until something is sent: so on plain HTTP/1.1 the thread then sends
+/// an interim `100 Continue` (which every HTTP/1.1 client must take before the answer),
+/// unless the answer has begun. A client that has gone answers it with a reset, seen at the
+/// next look; one that half-closed reads it and waits. Over TLS a client that leaves sends
+/// `close_notify` first (seen at once); HTTP/1.0 allows no interim answer, and its
+/// half-closed clients are answered.
 fn wait_for_worker(
     returned: &Receiver<Back>,
     sock: &Sock,
-    tls: bool,
+    (tls, http11): (bool, bool),
     hangup: &Hangup,
 ) -> Option<Back> {
+    let mut probed = false;
+    // The first look comes soon: a half-closing client closes right after sending, and is
+    // best told apart before the answer begins.
+    let mut wait = FIRST_LOOK;
     loop {
-        match returned.recv_timeout(POLL) {
+        match returned.recv_timeout(wait) {
             Ok(back) => return Some(back),
             Err(RecvTimeoutError::Disconnected) => return None,
-            Err(RecvTimeoutError::Timeout) => {
-                if !hangup.is_fired() && peer_gone(&sock.0, tls) {
-                    hangup.fire();
+            Err(RecvTimeoutError::Timeout) if hangup.is_fired() => {}
+            Err(RecvTimeoutError::Timeout) => match peer(&sock.0, tls) {
+                Peer::Here => {}
+                Peer::Gone => hangup.fire(),
+                Peer::Ended if tls => hangup.fire(),
+                Peer::Ended if !http11 || probed => {}
+                Peer::Ended => {
+                    probed = true;
+                    match probe(sock, hangup) {
+                        Probe::Here => {}
+                        // Its FIN came once the answer had begun: it left while reading.
+                        Probe::Gone | Probe::TooLate => hangup.fire(),
+                    }
                 }
-            }
+            },
         }
+        wait = POLL;
     }
 }
 
-/// Whether the client has closed its side: end of stream, a reset, or on TLS an alert record
-/// (`close_notify`, which a TLS client sends before its FIN) waiting. Data waiting (a
-/// pipelined request) means it is still there. Only peeks, so it does not disturb the
-/// worker writing on the same socket.
-fn peer_gone(sock: &TcpStream, tls: bool) -> bool {
+/// What a look at the client's side of the connection shows.
+#[derive(Debug, PartialEq, Eq)]
+enum Peer {
+    /// Nothing new, or data (a pipelined request).
+    Here,
+    /// The end of its data: it closed, or only half-closed.
+    Ended,
+    /// A reset, an error, or a TLS alert: it has gone.
+    Gone,
+}
+
+/// Looks at the client's side: peeks only, so it does not disturb the worker writing on
+/// the same socket.
+fn peer(sock: &TcpStream, tls: bool) -> Peer {
     if sock
         .set_read_timeout(Some(Duration::from_millis(1)))
         .is_err()
     {
-        return true;
+        return Peer::Gone;
     }
     let mut first = [0u8; 5];
     match sock.peek(&mut first) {
-        Ok(0) => true,
-        Ok(n) => tls && tls_alert(&first[..n]),
-        Err(e) => !is_transient(&e),
+        Ok(0) => Peer::Ended,
+        Ok(n) if tls && tls_alert(&first[..n]) => Peer::Gone,
+        Ok(_) => Peer::Here,
+        Err(e) if is_transient(&e) => Peer::Here,
+        Err(_) => Peer::Gone,
+    }
+}
+
+/// What the probe of a client whose data has ended says.
+enum Probe {
+    /// It read the interim answer: it only half-closed, and waits for its answer.
+    Here,
+    /// It answered with a reset: it has gone.
+    Gone,
+    /// The answer has begun: nothing more can be sent in between.
+    TooLate,
+}
+
+/// Sends the interim `100 Continue` unless the answer has begun, then waits a moment for a
+/// departed client's reset. A reset after the client's FIN does not show in a read (that
+/// still says end of data); it is the socket's pending error.
+fn probe(sock: &Sock, hangup: &Hangup) -> Probe {
+    let sent = hangup.before_response(|| {
+        // 25 bytes into an empty send buffer (nothing of the answer went out): at once.
+        std::io::Write::write_all(&mut &*sock.0, PROBE)
+    });
+    match sent {
+        None => Probe::TooLate,
+        Some(Err(_)) => Probe::Gone,
+        Some(Ok(())) => {
+            std::thread::sleep(PROBE_ECHO);
+            match sock.0.take_error() {
+                Ok(None) => Probe::Here,
+                _ => Probe::Gone,
+            }
+        }
     }
 }
 

@@ -23,9 +23,13 @@
 //! - `Transfer-Encoding` must be exactly `chunked` and is refused in HTTP/1.0 (400); chunked
 //!   framing must use CRLF (a bare LF is 400; the head accepts LF, as httparse does);
 //!   trailers are read within 16 KiB and dropped.
-//! - A client that half-closes its side after sending a request counts as gone: a peek cannot
-//!   tell a half-close from a close. On TLS 1.3 an encrypted record of exactly an alert's size
-//!   waiting on the socket counts as `close_notify`.
+//! - A client that half-closes its side after sending a request is still there; one that
+//!   closes both sides has gone. A peek cannot tell them apart, so on plain HTTP/1.1 the
+//!   connection thread sends an interim `100 Continue` before the answer begins and looks
+//!   for the reset a departed client answers it with (see `conn`). On TLS a departing client
+//!   sends `close_notify` (on TLS 1.3 an encrypted record of exactly an alert's size waiting
+//!   on the socket counts as one); an HTTP/1.0 half-close is answered; a FIN once the
+//!   answer has begun means the client left.
 //! - The access log's `ms` runs from the end of the request read to the end of the response
 //!   (queue wait, handler, writing); refusals are timed from the start of the request.
 //! - The status line always says `HTTP/1.1` (allowed for HTTP/1.0 clients); the framing

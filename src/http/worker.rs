@@ -74,6 +74,7 @@ fn answer(shared: &Shared, job: Job) {
         keep_alive: reply.keep_alive && !shared.is_stopping(),
         ..reply
     };
+    req.hangup.start_response();
     let written = write_for_worker(&mut conn.io, &reply, resp);
     req.hangup.clear();
     let access = Access {

@@ -1,6 +1,7 @@
 //! A client's departure as a value: the HTTP layer fires it when it sees the connection
 //! closed while a handler still works, and whatever the handler is blocked on (an upstream
-//! call, a wait for a slot) registers a callback that interrupts it.
+//! call, a wait for a slot) registers a callback that interrupts it. It also keeps the
+//! connection thread's one probe of a client and the answer from writing at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,8 @@ pub struct Hangup {
 struct HangupInner {
     fired: AtomicBool,
     callbacks: Mutex<Vec<Callback>>,
+    /// The answer's writing has begun: from then on only it writes on the connection.
+    responding: Mutex<bool>,
 }
 
 impl std::fmt::Debug for Hangup {
@@ -58,6 +61,19 @@ impl Hangup {
         for f in callbacks {
             f();
         }
+    }
+
+    /// The answer is about to be written: nothing else may write on the connection now
+    /// (see [`Hangup::before_response`]).
+    pub fn start_response(&self) {
+        *lock(&self.inner.responding) = true;
+    }
+
+    /// Runs `f` — a write on the connection while the answer is being made — unless the
+    /// answer's writing has begun; the answer waits for `f` to end. `None`: too late.
+    pub fn before_response<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        let responding = lock(&self.inner.responding);
+        (!*responding).then(f)
     }
 
     /// Forgets the registered callbacks (the handler is done with what they would interrupt).
