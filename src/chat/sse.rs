@@ -151,6 +151,13 @@ impl<R: BufRead> EventReader<R> {
             })?;
             if let Some(value) = field(text, "data") {
                 match &mut data {
+                    // Many `data:` lines make one event: it is capped as a line is.
+                    Some(d) if d.len() + 1 + value.len() > self.max_line => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "event stream event too long",
+                        ));
+                    }
                     Some(d) => {
                         d.push('\n');
                         d.push_str(value);
@@ -321,6 +328,13 @@ mod tests {
         );
         let mut ok = EventReader::with_max_line(long.as_bytes(), 200);
         assert!(matches!(ok.next_event().unwrap(), Some(Event::Data(d)) if d.len() == 100));
+        // Many short `data:` lines of one event are capped together.
+        let many = "data: xxxxxxxxxx\n".repeat(30) + "\n";
+        let mut r = EventReader::with_max_line(many.as_bytes(), 200);
+        let e = r.next_event().unwrap_err();
+        assert!(e.to_string().contains("event too long"), "{e}");
+        let mut ok = EventReader::with_max_line(many.as_bytes(), 400);
+        assert!(matches!(ok.next_event().unwrap(), Some(Event::Data(d)) if d.len() == 30 * 11 - 1));
     }
 
     /// A source that hands out one line per read, as slowly as asked.
