@@ -428,6 +428,17 @@ fn concurrent_turns_on_one_session_are_all_kept() {
 /// model run one after another. Here they must overlap: 40 requests to one model whose
 /// upstream takes 500 ms finish together, far from the 20 s a serialised gateway needs.
 #[test]
+fn an_idle_gateway_keeps_a_few_workers() {
+    let gw = Gateway::start(Options::default().workers(64, 128));
+    let health = gw.get("/api/health").json();
+    assert_eq!(health["workers"]["total"], 64);
+    assert!(
+        health["workers"]["started"].as_u64().unwrap() <= 4,
+        "{health}"
+    );
+}
+
+#[test]
 fn requests_to_one_model_run_in_parallel() {
     let fake = FakeUpstream::start();
     let gw = Arc::new(Gateway::start(
@@ -459,6 +470,11 @@ fn requests_to_one_model_run_in_parallel() {
         spread < Duration::from_millis(450),
         "arrivals spread over {spread:?}"
     );
+    // The pool started its workers as the burst needed them, and never beyond its size.
+    let health = gw.get("/api/health").json();
+    let started = health["workers"]["started"].as_u64().unwrap();
+    assert!((40..=64).contains(&started), "{health}");
+    assert_eq!(health["workers"]["total"], 64);
 }
 
 #[test]

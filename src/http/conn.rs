@@ -271,6 +271,8 @@ fn answer(s: &Serving<'_>, conn: Conn, req: Request, reply: Reply, lease: Lease)
         Ok(()) => {
             let depth = s.jobs.len();
             shared.stats.queue_depth.store(depth, Ordering::Relaxed);
+            let busy = shared.stats.workers_busy.load(Ordering::Acquire);
+            shared.pool.grow(busy, shared.is_stopping());
             wait_for_worker(&returned, &s.sock, (s.tls, http11), &hangup)
         }
         Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {

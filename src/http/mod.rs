@@ -255,7 +255,10 @@ where
 /// Live counters, shared with the application for `/api/health`.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// The pool's size (`-workers`).
     pub workers_total: AtomicUsize,
+    /// Workers started so far (they start as requests need them, up to the size).
+    pub workers_started: AtomicUsize,
     pub workers_busy: AtomicUsize,
     pub queue_capacity: AtomicUsize,
     pub queue_depth: AtomicUsize,

@@ -23,7 +23,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use super::budget::{BodyBudget, PerIp};
 use super::conn::{self, Job, ListenerCtx};
 use super::shared::{Shared, Slot, Tracked};
-use super::worker::work;
+use super::worker::Pool;
 use super::{Handler, ServerConfig, Stats};
 use crate::util::lock;
 
@@ -67,7 +67,9 @@ pub fn start(config: ServerConfig, handler: Arc<dyn Handler>) -> io::Result<Serv
     let mut limits = config.limits.clone();
     // A body that could never fit the budget is simply too large.
     limits.body_bytes = limits.body_bytes.min(limits.body_total);
-    let shared = Arc::new(Shared {
+    let (jobs, queue) = crossbeam_channel::bounded::<Job>(config.queue);
+    let shared = Arc::new_cyclic(|me| Shared {
+        pool: Pool::new(queue, workers, me.clone()),
         handler,
         per_ip: PerIp::new(limits.per_ip),
         bodies: BodyBudget::new(limits.body_total),
@@ -90,15 +92,7 @@ pub fn start(config: ServerConfig, handler: Arc<dyn Handler>) -> io::Result<Serv
         stopped: false,
     };
     // On an error below, dropping `server` (and `jobs`) stops what was started.
-    let (jobs, queue) = crossbeam_channel::bounded::<Job>(config.queue);
-    for i in 0..workers {
-        let (shared, queue) = (Arc::clone(&shared), queue.clone());
-        let handle = thread::Builder::new()
-            .name(format!("{}w{i}", shared.prefix))
-            .spawn(move || work(&shared, &queue))?;
-        server.workers.push(handle);
-    }
-    drop(queue);
+    shared.pool.start()?;
     for (i, (listener, l)) in bound.into_iter().enumerate() {
         let addr = listener.local_addr()?;
         let ctx = ListenerCtx {
@@ -366,6 +360,7 @@ impl Server {
             self.shared.refusing.load(Ordering::Acquire) > 0
         });
         // Every sender is gone with the accept and connection threads: workers end.
+        self.workers.extend(self.shared.pool.take_handles());
         let workers_done = join_until(&mut self.workers, Instant::now() + FORCE_WAIT);
         in_time && accepting_done && workers_done
     }

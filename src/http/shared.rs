@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) bodies: Arc<BodyBudget>,
     /// Threads answering refused peers now (see `conn::refuse_peer`).
     pub(crate) refusing: std::sync::atomic::AtomicUsize,
+    /// The workers.
+    pub(crate) pool: super::worker::Pool,
 }
 
 pub(crate) struct Tracked {

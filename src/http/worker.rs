@@ -4,7 +4,9 @@
 //! connection thread to finish.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::Receiver;
 
@@ -14,7 +16,88 @@ use super::write::{Access, Reply, Written, write_for_worker};
 use super::{Request, Response};
 use crate::error::Error;
 
-pub(crate) fn work(shared: &Shared, queue: &Receiver<Job>) {
+/// Workers started with the server; the others start as requests need them.
+const INITIAL_WORKERS: usize = 4;
+
+/// The worker pool: up to its size, its threads start when requests need them (every
+/// started worker busy, or work waiting), and stay. An idle gateway so keeps a few threads
+/// instead of a hundred (about 1 MB of stacks and bookkeeping less, and fewer threads for a
+/// small box to schedule); a burst of slow calls still gets a worker each, at once.
+pub(crate) struct Pool {
+    queue: Receiver<Job>,
+    size: usize,
+    started: AtomicUsize,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    /// The server's shared state, which the new threads take (set at its creation).
+    shared: Weak<Shared>,
+}
+
+impl Pool {
+    pub(crate) fn new(queue: Receiver<Job>, size: usize, shared: Weak<Shared>) -> Pool {
+        Pool {
+            queue,
+            size: size.max(1),
+            started: AtomicUsize::new(0),
+            handles: Mutex::new(Vec::new()),
+            shared,
+        }
+    }
+
+    /// Starts the first workers.
+    pub(crate) fn start(&self) -> std::io::Result<()> {
+        for _ in 0..self.size.min(INITIAL_WORKERS) {
+            self.spawn()?;
+        }
+        Ok(())
+    }
+
+    /// After a request was queued: one more worker when every started one is busy or has
+    /// work waiting, up to the size. (Two connection threads may both see the need; each
+    /// start is counted first, so the size is never passed.)
+    pub(crate) fn grow(&self, busy: usize, stopping: bool) {
+        let started = self.started.load(Ordering::Acquire);
+        if stopping || started >= self.size || busy + self.queue.len() < started {
+            return;
+        }
+        if let Err(e) = self.spawn() {
+            log::warn!(error:% = e, workers = started; "cannot start another worker");
+        }
+    }
+
+    fn spawn(&self) -> std::io::Result<()> {
+        let n = self.started.fetch_add(1, Ordering::AcqRel);
+        if n >= self.size {
+            self.started.fetch_sub(1, Ordering::AcqRel);
+            return Ok(());
+        }
+        let Some(shared) = self.shared.upgrade() else {
+            return Ok(());
+        };
+        let queue = self.queue.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("{}w{n}", shared.prefix))
+            .spawn(move || work(&shared, &queue));
+        match spawned {
+            Ok(handle) => {
+                crate::util::lock(&self.handles).push(handle);
+                Ok(())
+            }
+            // (`started` counts it already; the thread itself reports in `Stats`.)
+            Err(e) => {
+                self.started.fetch_sub(1, Ordering::AcqRel);
+                Err(e)
+            }
+        }
+    }
+
+    /// The started workers' threads, for the server to join when it stops.
+    pub(crate) fn take_handles(&self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut *crate::util::lock(&self.handles))
+    }
+}
+
+fn work(shared: &Arc<Shared>, queue: &Receiver<Job>) {
+    shared.stats.workers_started.fetch_add(1, Ordering::AcqRel);
     while let Ok(job) = queue.recv() {
         shared
             .stats
