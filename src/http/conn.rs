@@ -23,7 +23,6 @@ use super::budget::Lease;
 use super::parse::{InBuf, ReadError, Rejection, read_body, read_head};
 use super::shared::Shared;
 use super::wire::{Io, Sock, Transport, is_transient};
-use super::worker::call_handler;
 use super::write::{Access, Outcome, Pending, Reply, finish, write_response};
 use super::{Hangup, Request, Response, Version};
 use crate::error::Error;
@@ -252,7 +251,7 @@ fn read_request(
 fn answer(s: &Serving<'_>, conn: Conn, req: Request, reply: Reply, lease: Lease) -> Option<Conn> {
     let shared = s.shared;
     if shared.handler.is_quick(&req) {
-        let resp = call_handler(shared, &req);
+        let resp = shared.call_handler(&req);
         drop(lease);
         return write_here(shared, conn, &req, reply, resp);
     }

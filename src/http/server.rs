@@ -69,7 +69,7 @@ pub fn start(config: ServerConfig, handler: Arc<dyn Handler>) -> io::Result<Serv
     limits.body_bytes = limits.body_bytes.min(limits.body_total);
     let (jobs, queue) = crossbeam_channel::bounded::<Job>(config.queue);
     let shared = Arc::new_cyclic(|me| Shared {
-        pool: Pool::new(queue, workers, me.clone()),
+        pool: Box::new(Pool::new(queue, workers, me.clone())),
         handler,
         per_ip: PerIp::new(limits.per_ip),
         bodies: BodyBudget::new(limits.body_total),

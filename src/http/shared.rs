@@ -4,12 +4,14 @@
 
 use std::collections::HashMap;
 use std::net::Shutdown;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::budget::{BodyBudget, PerIp};
 use super::wire::Sock;
-use super::{Handler, Hangup, Limits, Stats, Timeouts};
+use super::{Handler, Hangup, Limits, Request, Response, Stats, Timeouts};
+use crate::error::Error;
 use crate::util::lock;
 
 /// What every thread of one server shares.
@@ -29,8 +31,19 @@ pub(crate) struct Shared {
     pub(crate) bodies: Arc<BodyBudget>,
     /// Threads answering refused peers now (see `conn::refuse_peer`).
     pub(crate) refusing: std::sync::atomic::AtomicUsize,
-    /// The workers.
-    pub(crate) pool: super::worker::Pool,
+    /// The workers (see `worker::Pool`), as the connection threads see them.
+    pub(crate) pool: Box<dyn Workers>,
+}
+
+/// The worker pool, as the rest of the server uses it.
+pub(crate) trait Workers: Send + Sync {
+    /// Starts the first workers.
+    fn start(&self) -> std::io::Result<()>;
+    /// After a request was queued: one more worker when every started one is busy or has
+    /// work waiting, up to the pool's size.
+    fn grow(&self, busy: usize, stopping: bool);
+    /// The started workers' threads, for the server to join when it stops.
+    fn take_handles(&self) -> Vec<std::thread::JoinHandle<()>>;
 }
 
 pub(crate) struct Tracked {
@@ -41,6 +54,24 @@ pub(crate) struct Tracked {
 }
 
 impl Shared {
+    /// Calls the handler; a panic becomes a 500 (logged with what it said).
+    pub(crate) fn call_handler(&self, req: &Request) -> Response {
+        match catch_unwind(AssertUnwindSafe(|| self.handler.handle(req))) {
+            Ok(resp) => resp,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                log::error!(method = req.method.as_str(), path = req.path.as_str(), panic = what.as_str(); "handler panicked");
+                Response::error(&Error::Internal {
+                    message: "internal error: the request handler failed".to_string(),
+                })
+            }
+        }
+    }
+
     pub(crate) fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }

@@ -10,10 +10,10 @@ use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::Receiver;
 
+use super::Response;
 use super::conn::{Back, Job, Rest};
-use super::shared::Shared;
+use super::shared::{Shared, Workers};
 use super::write::{Access, Reply, Written, write_for_worker};
-use super::{Request, Response};
 use crate::error::Error;
 
 /// Workers started with the server; the others start as requests need them.
@@ -43,18 +43,7 @@ impl Pool {
         }
     }
 
-    /// Starts the first workers.
-    pub(crate) fn start(&self) -> std::io::Result<()> {
-        for _ in 0..self.size.min(INITIAL_WORKERS) {
-            self.spawn()?;
-        }
-        Ok(())
-    }
-
-    /// After a request was queued: one more worker when every started one is busy or has
-    /// work waiting, up to the size. (Two connection threads may both see the need; each
-    /// start is counted first, so the size is never passed.)
-    pub(crate) fn grow(&self, busy: usize, stopping: bool) {
+    fn spawn_more(&self, busy: usize, stopping: bool) {
         let started = self.started.load(Ordering::Acquire);
         if stopping || started >= self.size || busy + self.queue.len() < started {
             return;
@@ -89,9 +78,23 @@ impl Pool {
             }
         }
     }
+}
 
-    /// The started workers' threads, for the server to join when it stops.
-    pub(crate) fn take_handles(&self) -> Vec<JoinHandle<()>> {
+impl Workers for Pool {
+    fn start(&self) -> std::io::Result<()> {
+        for _ in 0..self.size.min(INITIAL_WORKERS) {
+            self.spawn()?;
+        }
+        Ok(())
+    }
+
+    /// (Two connection threads may both see the need; each start is counted first, so the
+    /// size is never passed.)
+    fn grow(&self, busy: usize, stopping: bool) {
+        self.spawn_more(busy, stopping);
+    }
+
+    fn take_handles(&self) -> Vec<JoinHandle<()>> {
         std::mem::take(&mut *crate::util::lock(&self.handles))
     }
 }
@@ -112,24 +115,6 @@ fn work(shared: &Arc<Shared>, queue: &Receiver<Job>) {
     }
 }
 
-/// Calls the handler; a panic becomes a 500 (logged with what it said).
-pub(crate) fn call_handler(shared: &Shared, req: &Request) -> Response {
-    match catch_unwind(AssertUnwindSafe(|| shared.handler.handle(req))) {
-        Ok(resp) => resp,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            log::error!(method = req.method.as_str(), path = req.path.as_str(), panic = what.as_str(); "handler panicked");
-            Response::error(&Error::Internal {
-                message: "internal error: the request handler failed".to_string(),
-            })
-        }
-    }
-}
-
 /// Handles one request on a worker and writes its response.
 fn answer(shared: &Shared, job: Job) {
     let Job {
@@ -147,7 +132,7 @@ fn answer(shared: &Shared, job: Job) {
             .fetch_add(1, Ordering::Relaxed);
         Response::error(&Error::Overloaded { retry_after_s: 1 })
     } else {
-        call_handler(shared, &req)
+        shared.call_handler(&req)
     };
     // The body is not needed any more (a stream may run for minutes): it and its share of
     // the body budget go now.
