@@ -7,10 +7,9 @@
 //! The rules other gateways got wrong (`wire-formats-2.md`): a delta only for a block that
 //! was started and not yet stopped; the text block is closed before a tool block starts;
 //! each upstream tool call gets its own block; `message_delta` waits for the end of the
-//! stream, because OpenAI's usage chunk comes after the `finish_reason`. A tool call's
-//! block starts once its name is known (its argument pieces wait until then). Providers
-//! send tool calls one after the other; a piece for a call whose block was already closed
-//! (interleaved calls) cannot be sent any more and is dropped.
+//! stream, because OpenAI's usage chunk comes after the `finish_reason`. Tool calls are
+//! assembled by [`ToolCalls`]: a call's block starts once its name is known, and a piece
+//! for a call whose block was already closed (interleaved calls) is dropped.
 
 use serde_json::{Value, json};
 
@@ -18,22 +17,14 @@ use super::answer::{stop_reason, tool_id, usage};
 use crate::chat::answer::Usage;
 use crate::chat::sse::named as event;
 use crate::chat::stream::{Chunk, ToolCallDelta};
+use crate::chat::tool_calls::{NewCall, Step, ToolCalls};
 use crate::util::random_id;
 
 /// The block being written.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Open {
     Text(usize),
-    Tool { call: usize, index: usize },
-}
-
-/// A tool call whose name has not arrived yet.
-#[derive(Debug, Default)]
-struct Pending {
-    call: usize,
-    id: String,
-    name: String,
-    arguments: String,
+    Tool(usize),
 }
 
 /// The state of one translated stream.
@@ -44,9 +35,7 @@ pub struct Translator {
     started: bool,
     open: Option<Open>,
     next_index: usize,
-    /// Upstream tool-call indexes that already had their block.
-    seen_calls: Vec<usize>,
-    pending: Option<Pending>,
+    calls: ToolCalls,
     finish: Option<String>,
     had_tools: bool,
 }
@@ -61,8 +50,7 @@ impl Translator {
             started: false,
             open: None,
             next_index: 0,
-            seen_calls: Vec::new(),
-            pending: None,
+            calls: ToolCalls::default(),
             finish: None,
             had_tools: false,
         }
@@ -89,7 +77,7 @@ impl Translator {
     fn close(&mut self, out: &mut Vec<u8>) {
         if let Some(open) = self.open.take() {
             let index = match open {
-                Open::Text(i) | Open::Tool { index: i, .. } => i,
+                Open::Text(i) | Open::Tool(i) => i,
             };
             event(
                 out,
@@ -122,6 +110,7 @@ impl Translator {
             _ => {
                 self.flush_pending(out);
                 self.close(out);
+                self.calls.interrupt();
                 let i = self.new_block();
                 event(
                     out,
@@ -149,59 +138,22 @@ impl Translator {
 
     fn tool(&mut self, piece: &ToolCallDelta, out: &mut Vec<u8>) {
         self.had_tools = true;
-        let name = piece
-            .function
-            .as_ref()
-            .and_then(|f| f.name.as_deref())
-            .unwrap_or("");
-        let args = piece
-            .function
-            .as_ref()
-            .and_then(|f| f.arguments.as_deref())
-            .unwrap_or("");
-        match self.open {
-            Some(Open::Tool { call, index }) if call == piece.index => {
-                if !args.is_empty() {
-                    json_delta(out, index, args);
-                }
-                return;
-            }
-            _ => {}
-        }
-        if self.seen_calls.contains(&piece.index) {
-            log::debug!(call = piece.index; "tool-call piece for a closed block dropped");
-            return;
-        }
-        let pending = match self.pending.take() {
-            Some(p) if p.call == piece.index => p,
-            other => {
-                // Another call starts: the one waiting for its name goes out as it is.
-                self.pending = other;
-                self.flush_pending(out);
-                Pending {
-                    call: piece.index,
-                    ..Pending::default()
+        for step in self.calls.take(piece) {
+            match step {
+                Step::Begin(call) => self.begin_tool(call, out),
+                Step::Arguments(args) => {
+                    if let Some(Open::Tool(index)) = self.open {
+                        json_delta(out, index, args);
+                    }
                 }
             }
-        };
-        let mut p = pending;
-        if let Some(id) = piece.id.as_deref().filter(|id| !id.is_empty()) {
-            p.id = id.to_string();
-        }
-        p.name.push_str(name);
-        p.arguments.push_str(args);
-        if p.name.is_empty() {
-            self.pending = Some(p);
-        } else {
-            self.begin_tool(p, out);
         }
     }
 
     /// Starts the block of a tool call, with the argument pieces that waited for it.
-    fn begin_tool(&mut self, p: Pending, out: &mut Vec<u8>) {
+    fn begin_tool(&mut self, p: NewCall, out: &mut Vec<u8>) {
         self.close(out);
         let index = self.new_block();
-        self.seen_calls.push(p.call);
         event(
             out,
             "content_block_start",
@@ -211,14 +163,11 @@ impl Translator {
         if !p.arguments.is_empty() {
             json_delta(out, index, &p.arguments);
         }
-        self.open = Some(Open::Tool {
-            call: p.call,
-            index,
-        });
+        self.open = Some(Open::Tool(index));
     }
 
     fn flush_pending(&mut self, out: &mut Vec<u8>) {
-        if let Some(p) = self.pending.take() {
+        if let Some(p) = self.calls.flush() {
             self.begin_tool(p, out);
         }
     }

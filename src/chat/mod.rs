@@ -9,4 +9,5 @@ pub mod request;
 pub mod sse;
 pub mod stream;
 pub mod tokens;
+pub mod tool_calls;
 pub mod upstream_body;

@@ -14,9 +14,9 @@
 //! The rules the official SDK's stream helper checks: `response.created` first; one id for
 //! the response throughout; each item added once, at the next `output_index`, and done
 //! before the response completes; deltas only for the item being written. Only one item
-//! is open at a time: text after a tool call opens a new message item. A tool call's item
-//! is added once its name is known (its argument pieces wait until then); a piece of a call
-//! whose item was already done (interleaved calls) cannot be sent any more and is dropped.
+//! is open at a time: text after a tool call opens a new message item. Tool calls are
+//! assembled by [`ToolCalls`]: a call's item is added once its name is known, and a piece
+//! of a call whose item was already done (interleaved calls) is dropped.
 //! A failure after the first event ends the stream with `response.failed` (the response
 //! with `status: "failed"`, its `error`, and the output so far).
 
@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use super::answer::{Envelope, State, call_id, function_call_item, message_item, status, usage};
 use crate::chat::answer::Usage;
 use crate::chat::stream::{Chunk, MAX_KEPT, ToolCallDelta};
+use crate::chat::tool_calls::{NewCall, Step, ToolCalls};
 use crate::error::Error;
 use crate::util::random_id;
 
@@ -42,8 +43,6 @@ enum Item {
         name: String,
         arguments: String,
         status: &'static str,
-        /// The upstream's index of the call.
-        call: usize,
     },
 }
 
@@ -57,19 +56,9 @@ impl Item {
                 name,
                 arguments,
                 status,
-                ..
             } => function_call_item(id, call_id, name, arguments, status),
         }
     }
-}
-
-/// A tool call whose name has not arrived yet.
-#[derive(Debug, Default)]
-struct Pending {
-    call: usize,
-    id: String,
-    name: String,
-    arguments: String,
 }
 
 /// The state of one translated stream.
@@ -81,9 +70,7 @@ pub struct Translator {
     items: Vec<Item>,
     /// The last item is still being written.
     open: bool,
-    /// Upstream tool-call indexes that already had their item.
-    seen_calls: Vec<usize>,
-    pending: Option<Pending>,
+    calls: ToolCalls,
     finish: Option<String>,
     /// Bytes of text and arguments held for the final events.
     kept: usize,
@@ -102,8 +89,7 @@ impl Translator {
             started: false,
             items: Vec::new(),
             open: false,
-            seen_calls: Vec::new(),
-            pending: None,
+            calls: ToolCalls::default(),
             finish: None,
             kept: 0,
         }
@@ -177,6 +163,7 @@ impl Translator {
         ) {
             self.flush_pending(out);
             self.close("completed", out);
+            self.calls.interrupt();
             self.begin_message(out);
         }
         let index = self.items.len() - 1;
@@ -207,47 +194,17 @@ impl Translator {
     }
 
     fn tool(&mut self, piece: &ToolCallDelta, out: &mut Vec<u8>) {
-        let f = piece.function.as_ref();
-        let name = f.and_then(|f| f.name.as_deref()).unwrap_or("");
-        let args = f.and_then(|f| f.arguments.as_deref()).unwrap_or("");
-        if let (true, Some(Item::Call { call, .. })) = (self.open, self.items.last())
-            && *call == piece.index
-        {
-            self.arguments(args, out);
-            return;
-        }
-        if self.seen_calls.contains(&piece.index) {
-            log::debug!(call = piece.index; "tool-call piece for a finished item dropped");
-            return;
-        }
-        let mut p = match self.pending.take() {
-            Some(p) if p.call == piece.index => p,
-            other => {
-                // Another call starts: the one waiting for its name goes out as it is.
-                self.pending = other;
-                self.flush_pending(out);
-                Pending {
-                    call: piece.index,
-                    ..Pending::default()
-                }
+        for step in self.calls.take(piece) {
+            match step {
+                Step::Begin(call) => self.begin_call(call, out),
+                Step::Arguments(args) => self.arguments(args, out),
             }
-        };
-        if let Some(id) = piece.id.as_deref().filter(|id| !id.is_empty()) {
-            p.id = id.to_string();
-        }
-        p.name.push_str(name);
-        p.arguments.push_str(args);
-        if p.name.is_empty() {
-            self.pending = Some(p);
-        } else {
-            self.begin_call(p, out);
         }
     }
 
     /// Adds the item of a tool call, with the argument pieces that waited for it.
-    fn begin_call(&mut self, p: Pending, out: &mut Vec<u8>) {
+    fn begin_call(&mut self, p: NewCall, out: &mut Vec<u8>) {
         self.close("completed", out);
-        self.seen_calls.push(p.call);
         let id = random_id("fc_");
         let call_id = call_id(&p.id);
         let item = function_call_item(&id, &call_id, &p.name, "", "in_progress");
@@ -259,7 +216,6 @@ impl Translator {
             name: p.name,
             arguments: String::new(),
             status: "in_progress",
-            call: p.call,
         });
         self.open = true;
         self.arguments(&p.arguments, out);
@@ -280,7 +236,7 @@ impl Translator {
     }
 
     fn flush_pending(&mut self, out: &mut Vec<u8>) {
-        if let Some(p) = self.pending.take() {
+        if let Some(p) = self.calls.flush() {
             self.begin_call(p, out);
         }
     }
