@@ -364,3 +364,32 @@ fn sessions_work_through_responses() {
     assert_eq!(texts, ["hello", "echo: hello", "again"]);
     assert!(up.get("session_id").is_none());
 }
+
+#[test]
+fn input_tokens_is_an_estimate_that_grows_with_the_input() {
+    let (fake, gw) = setup(Options::default());
+    let count = |body: Value| {
+        let r = gw.post_json("/v1/responses/input_tokens", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["object"], "response.input_tokens");
+        v["input_tokens"].as_u64().unwrap()
+    };
+    let short = count(json!({"model": "gpt41", "input": "hi"}));
+    let long = count(json!({"model": "gpt41", "input": "word ".repeat(400)}));
+    assert!(short > 0 && long > short + 400, "{short} {long}");
+    // Tools and instructions count; the model may be left out, as OpenAI allows.
+    let tooled =
+        count(json!({"input": "hi", "instructions": "Be brief.", "tools": weather_tool()}));
+    assert!(tooled > short + 10, "{tooled} {short}");
+    // Through the model-in-path route too.
+    let r = gw.post_json("/gpt41/v1/responses/input_tokens", &json!({"input": "hi"}));
+    assert_eq!(r.json()["input_tokens"].as_u64(), Some(short));
+    assert_eq!(fake.request_count(), 0, "nothing goes upstream");
+    gw.post_json("/v1/responses/input_tokens", &json!({"model": "gpt41"}))
+        .assert_error(400, "invalid_request");
+    gw.post("/v1/responses/input_tokens", b"[1]")
+        .assert_error(400, "invalid_request");
+    gw.get("/v1/responses/input_tokens")
+        .assert_error(405, "method_not_allowed");
+}

@@ -36,6 +36,17 @@ use crate::util::slots::SlotGuard;
 /// The response header naming the model that answered (its short code).
 pub(crate) const MODEL_HEADER: &str = "x-sigorest-model";
 
+/// The prompt's tokens, estimated (see [`tokens`]): the memory block, the messages and the
+/// tools, in the client's shape (the session history, read later, is not counted).
+pub(super) fn prompt_estimate(gw: &Gateway, chat: &ChatRequest, tools: Option<&Value>) -> u64 {
+    let memory = gw.memory();
+    let mut messages = chat.messages().to_vec();
+    if !memory.content.is_empty() {
+        messages.push(json!({"role": "system", "content": memory.content}));
+    }
+    tokens::estimate(&messages, tools)
+}
+
 /// What a call gave (boxed: both are a few hundred bytes, moved around by value).
 pub(crate) enum Answered {
     Complete(Box<Completed>),

@@ -13,7 +13,6 @@ use crate::anthropic::{answer, error, request};
 use crate::chat::answer::Usage;
 use crate::chat::request::{ChatRequest, json_object};
 use crate::chat::stream::Chunk;
-use crate::chat::tokens;
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::http::{LogFields, Request, Response};
@@ -39,7 +38,7 @@ fn answer(
     rec: &mut CallRecord,
 ) -> Result<Response, Error> {
     let (body, chat) = translate(gw, &req.body)?;
-    let estimate = estimate(gw, &chat, &body);
+    let estimate = call::prompt_estimate(gw, &chat, body.get("tools"));
     Ok(match call::run(gw, req, caller, &chat, log, rec)? {
         Answered::Complete(done) => {
             let message = answer::message(&done.answer, &chat.model);
@@ -67,17 +66,6 @@ fn translate(gw: &Gateway, raw: &[u8]) -> Result<(Map<String, Value>, ChatReques
     Ok((body, chat))
 }
 
-/// The prompt's tokens, estimated: the memory block, the messages and the tools (the
-/// session history, read later, is not counted).
-fn estimate(gw: &Gateway, chat: &ChatRequest, body: &Map<String, Value>) -> u64 {
-    let memory = gw.memory();
-    let mut messages = chat.messages().to_vec();
-    if !memory.content.is_empty() {
-        messages.push(json!({"role": "system", "content": memory.content}));
-    }
-    tokens::estimate(&messages, body.get("tools"))
-}
-
 /// `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, an estimate (see
 /// `chat::tokens`) of what the request would send, memory block included. `max_tokens` is
 /// not needed here.
@@ -90,7 +78,7 @@ pub(super) fn count_tokens(
         body.entry("max_tokens").or_insert(json!(1));
         let chat =
             ChatRequest::from_object(request::to_chat(&body, false)?, gw.settings.max_timeout)?;
-        Ok(estimate(gw, &chat, &body))
+        Ok(call::prompt_estimate(gw, &chat, body.get("tools")))
     });
     Ok(match counted {
         Ok(n) => Response::json(200, &json!({"input_tokens": n})),

@@ -5,7 +5,7 @@
 //! | `POST /v1/chat/completions` | [`chat`] (OpenAI) |
 //! | `POST /v1/messages`, `POST /v1/messages/count_tokens` | [`messages`] (Anthropic) |
 //! | `POST /v1/embeddings` | [`embeddings`] |
-//! | `POST /v1/responses` | [`responses`] (OpenAI Responses, stateless) |
+//! | `POST /v1/responses`, `POST /v1/responses/input_tokens` | [`responses`] (OpenAI Responses, stateless) |
 //! | `GET /v1/models`, `GET /api/models` | [`models`] |
 //! | `GET /api/health`, `GET`/`PUT /api/memory` | [`admin`] |
 //! | `GET /metrics`, `GET /api/usage` | [`metrics`] |
@@ -132,6 +132,7 @@ impl Router {
                 ..Route::new("POST", messages::count_tokens)
             },
             "/responses" => Route::new("POST", responses::create),
+            "/responses/input_tokens" => Route::new("POST", responses::input_tokens),
             "/models" => Route::new("GET, HEAD", models::openai),
             "/api/models" if bare => Route::new("GET, HEAD", models::detailed),
             "/api/health" if bare => Route {
@@ -331,6 +332,7 @@ fn model_in_path(path: &str) -> Option<(String, &str)> {
             | "messages/count_tokens"
             | "embeddings"
             | "responses"
+            | "responses/input_tokens"
             | "models"
     );
     if !routed || segment.is_empty() || segment == "v1" || segment == "api" {

@@ -5,6 +5,8 @@
 //! streamed — is translated back into a Response object or the Responses events. Errors
 //! are in OpenAI's shape, as for chat completions.
 
+use serde_json::json;
+
 use super::call::{self, Answered, Framed, Translate};
 use super::caller::Caller;
 use crate::chat::answer::Usage;
@@ -52,6 +54,25 @@ fn respond(
             stream.respond("text/event-stream", Framed::new(Translator::new(envelope)))
         }
     })
+}
+
+/// `POST /v1/responses/input_tokens`: `{"object": "response.input_tokens", "input_tokens": N}`
+/// for a body that `POST /v1/responses` would take, an estimate (see `chat::tokens`) of what
+/// it would send, memory block included, as for Anthropic's `count_tokens`. The model may be
+/// left out here (OpenAI's own endpoint allows that): the estimate does not depend on it.
+pub(super) fn input_tokens(
+    gw: &Gateway,
+    req: &Request,
+    _caller: &Caller,
+) -> Result<Response, Error> {
+    let mut body = json_object(&req.body, "input_tokens")?;
+    body.entry("model").or_insert(json!("-"));
+    let chat = ChatRequest::from_object(request::to_chat(&body)?, gw.settings.max_timeout)?;
+    let n = call::prompt_estimate(gw, &chat, body.get("tools"));
+    Ok(Response::json(
+        200,
+        &json!({"object": "response.input_tokens", "input_tokens": n}),
+    ))
 }
 
 /// The Responses events, from the upstream's chunks.

@@ -138,6 +138,10 @@ def responses_checks(client):
     check(sent[-2]["tool_calls"][0]["id"] == call.call_id and sent[-1]["role"] == "tool",
           "the call and its output went upstream as tool_calls and a tool message")
 
+    counted = client.responses.input_tokens.count(model="gpt41", input="Weather in Lyon?", tools=WEATHER)
+    check(counted.object == "response.input_tokens" and counted.input_tokens > 5,
+          f"responses.input_tokens.count() estimates: {counted.input_tokens}")
+
     parsed = client.responses.parse(model="gpt41", input="Weather?", text_format=Weather)
     check(parsed.output_parsed == Weather(city="Lyon", celsius=12), "responses.parse() with a text_format")
     check(RECEIVED[-1]["body"]["response_format"]["type"] == "json_schema", "text.format went as response_format")
