@@ -358,3 +358,62 @@ fn anthropic_clients_see_anthropics_model_list_fields() {
     let plain = gw.get("/v1/models").json();
     assert!(plain.get("has_more").is_none() && plain["data"][0].get("type").is_none());
 }
+
+#[test]
+fn errors_of_the_server_itself_are_in_anthropics_shape_too() {
+    // A full queue: 529 overloaded_error at once, with Retry-After.
+    let (fake, gw) = setup(Options::default().workers(1, 1));
+    fake.set_default(Reply::chat("slow").delay(Duration::from_millis(800)));
+    let gw = std::sync::Arc::new(gw);
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let gw = gw.clone();
+            std::thread::spawn(move || post(&gw, "/v1/messages", &hello("gpt41")))
+        })
+        .collect();
+    let answers: Vec<Answer> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let refused: Vec<&Answer> = answers.iter().filter(|r| r.status != 200).collect();
+    assert!(
+        refused.len() >= 3,
+        "the surplus is refused: {}",
+        refused.len()
+    );
+    for r in refused {
+        assert_anthropic_error(r, 529, "overloaded_error");
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    // A body over the limit, refused from its head: 413 in Anthropic's shape, also with
+    // the model in the path; OpenAI's shape on chat completions.
+    let too_large = |path: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(gw.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 900000000\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").expect("an answer");
+        assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+        serde_json::from_str::<Value>(body).expect("a JSON body")
+    };
+    for path in [
+        "/v1/messages",
+        "/gpt41/v1/messages",
+        "/v1/messages/count_tokens",
+    ] {
+        let v = too_large(path);
+        assert_eq!(
+            (v["type"].as_str(), v["error"]["type"].as_str()),
+            (Some("error"), Some("request_too_large")),
+            "{path}: {v}"
+        );
+    }
+    let v = too_large("/v1/chat/completions");
+    assert!(
+        v["error"]["code"].is_string() && v.get("type").is_none(),
+        "{v}"
+    );
+}

@@ -283,7 +283,8 @@ fn answer(s: &Serving<'_>, conn: Conn, req: Request, reply: Reply, lease: Lease)
                 .stats
                 .overloaded_total
                 .fetch_add(1, Ordering::Relaxed);
-            let resp = Response::error(&Error::Overloaded { retry_after_s: 1 });
+            let overloaded = Error::Overloaded { retry_after_s: 1 };
+            let resp = shared.handler.error_response(&req.path, &overloaded);
             return write_here(shared, conn, &req, reply, resp);
         }
     };
@@ -481,7 +482,10 @@ fn refuse(
         write_timeout: t.write,
         stall: t.stall,
     };
-    let out = write_response(&mut conn.io, &reply, Response::error(&error));
+    let resp = shared
+        .handler
+        .error_response(path.as_deref().unwrap_or(""), &error);
+    let out = write_response(&mut conn.io, &reply, resp);
     if let Some(since) = since {
         let method = method.as_deref().unwrap_or("-");
         let path = path.as_deref().unwrap_or("-");

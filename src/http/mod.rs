@@ -241,6 +241,13 @@ pub trait Handler: Send + Sync + 'static {
     fn is_quick(&self, _req: &Request) -> bool {
         false
     }
+
+    /// The answer for an error the server itself meets on a request for `path` (the queue
+    /// full, a body too large, a malformed head): in the shape of the API at that path.
+    /// Default: OpenAI's.
+    fn error_response(&self, _path: &str, e: &crate::error::Error) -> Response {
+        Response::error(e)
+    }
 }
 
 impl<F> Handler for F

@@ -10,7 +10,6 @@ use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::Receiver;
 
-use super::Response;
 use super::conn::{Back, Job, Rest};
 use super::shared::{Shared, Workers};
 use super::write::{Access, Reply, Written, write_for_worker};
@@ -130,7 +129,8 @@ fn answer(shared: &Shared, job: Job) {
             .stats
             .overloaded_total
             .fetch_add(1, Ordering::Relaxed);
-        Response::error(&Error::Overloaded { retry_after_s: 1 })
+        let overloaded = Error::Overloaded { retry_after_s: 1 };
+        shared.handler.error_response(&req.path, &overloaded)
     } else {
         shared.call_handler(&req)
     };
