@@ -417,3 +417,58 @@ fn errors_of_the_server_itself_are_in_anthropics_shape_too() {
         "{v}"
     );
 }
+
+#[test]
+fn a_providers_reasoning_comes_as_thinking_when_thinking_is_enabled() {
+    let (fake, gw) = setup(Options::default());
+    // Complete: a thinking block first, then the text; nothing of it without `thinking`.
+    let answer = json!({"id": "x", "object": "chat.completion", "choices": [{"index": 0,
+        "message": {"role": "assistant", "content": "12 C.", "reasoning_content": "Look it up."},
+        "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 3}});
+    fake.push(Reply::json(200, answer.clone()));
+    let mut body = hello("gpt41");
+    body["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
+    let v = post(&gw, "/v1/messages", &body).json();
+    assert_eq!(
+        v["content"],
+        json!([{"type": "thinking", "thinking": "Look it up.", "signature": ""},
+            {"type": "text", "text": "12 C."}])
+    );
+    assert!(
+        fake.last_json().unwrap().get("thinking").is_none(),
+        "not sent upstream"
+    );
+    fake.push(Reply::json(200, answer));
+    let v = post(&gw, "/v1/messages", &hello("gpt41")).json();
+    assert_eq!(v["content"], json!([{"type": "text", "text": "12 C."}]));
+    // Streamed (GLM and Kimi think first): a thinking block, then the text block.
+    let delta = |d: Value| json!({"choices": [{"index": 0, "delta": d}]}).to_string();
+    fake.push(Reply::stream([
+        delta(json!({"role": "assistant", "reasoning_content": "Look "})),
+        delta(json!({"reasoning_content": "it up."})),
+        delta(json!({"content": "12 C."})),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}).to_string(),
+        "[DONE]".to_string(),
+    ]));
+    body["stream"] = json!(true);
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let mut call = Call::post(&bytes);
+    call.path = "/v1/messages";
+    let ev = client::stream(gw.http, &call).chunks();
+    let blocks: Vec<(u64, &str)> = ev
+        .iter()
+        .filter(|e| e["type"] == "content_block_start")
+        .map(|e| {
+            (
+                e["index"].as_u64().unwrap(),
+                e["content_block"]["type"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(blocks, [(0, "thinking"), (1, "text")]);
+    let thought: String = ev
+        .iter()
+        .filter_map(|e| e["delta"]["thinking"].as_str())
+        .collect();
+    assert_eq!(thought, "Look it up.");
+}

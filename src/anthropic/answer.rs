@@ -1,5 +1,6 @@
-//! A chat completion turned into an Anthropic Messages response: the text first (one `text`
-//! block, when there is any), then one `tool_use` block per tool call with its arguments
+//! A chat completion turned into an Anthropic Messages response: the model's reasoning first
+//! (one `thinking` block, when the client enabled thinking and the provider sent its
+//! reasoning apart), the text (one `text` block, when there is any), then one `tool_use` block per tool call with its arguments
 //! parsed into an `input` object (`{}` when the model wrote something that does not parse),
 //! `stop_reason` from `finish_reason`, and the usage with cached prompt tokens apart.
 
@@ -31,6 +32,15 @@ pub fn usage(u: &Usage) -> Value {
     })
 }
 
+/// Whether a Messages request enabled extended thinking (`{"type": "enabled", ...}`, or
+/// any type but `disabled`): only then do answers carry `thinking` blocks.
+pub fn wants_thinking(body: &serde_json::Map<String, Value>) -> bool {
+    body.get("thinking")
+        .and_then(|t| t.get("type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| t != "disabled")
+}
+
 /// A tool call's arguments as an `input` object.
 pub fn tool_input(arguments: &str) -> Value {
     match serde_json::from_str::<Value>(arguments) {
@@ -49,8 +59,13 @@ pub fn tool_id(id: &str) -> String {
 }
 
 /// The whole Messages response for `model` (the name the client asked for).
-pub fn message(answer: &Answer, model: &str) -> Value {
+pub fn message(answer: &Answer, model: &str, thinking: bool) -> Value {
     let mut content = Vec::new();
+    if thinking && !answer.reasoning.is_empty() {
+        // No signature: one would be Anthropic's, over Anthropic's own thinking. A client
+        // sending the block back is fine: thinking blocks are dropped on the way in.
+        content.push(json!({"type": "thinking", "thinking": answer.reasoning, "signature": ""}));
+    }
     let text = content_text(&answer.content);
     if !text.is_empty() {
         content.push(json!({"type": "text", "text": text}));

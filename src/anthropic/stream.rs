@@ -23,6 +23,7 @@ use crate::util::random_id;
 /// The block being written.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Open {
+    Thinking(usize),
     Text(usize),
     Tool(usize),
 }
@@ -38,6 +39,8 @@ pub struct Translator {
     calls: ToolCalls,
     finish: Option<String>,
     had_tools: bool,
+    /// The client enabled thinking: the provider's reasoning goes out as `thinking` blocks.
+    thinking: bool,
 }
 
 impl Translator {
@@ -53,7 +56,14 @@ impl Translator {
             calls: ToolCalls::default(),
             finish: None,
             had_tools: false,
+            thinking: false,
         }
+    }
+
+    /// With the provider's reasoning sent as `thinking` blocks (dropped otherwise).
+    pub fn thinking(mut self, on: bool) -> Translator {
+        self.thinking = on;
+        self
     }
 
     /// `message_start` and a `ping`, once.
@@ -77,7 +87,7 @@ impl Translator {
     fn close(&mut self, out: &mut Vec<u8>) {
         if let Some(open) = self.open.take() {
             let index = match open {
-                Open::Text(i) | Open::Tool(i) => i,
+                Open::Thinking(i) | Open::Text(i) | Open::Tool(i) => i,
             };
             event(
                 out,
@@ -92,6 +102,9 @@ impl Translator {
         self.start(out);
         let Some(choice) = chunk.choice() else { return };
         if let Some(delta) = &choice.delta {
+            if let Some(reasoning) = delta.reasoning().filter(|_| self.thinking) {
+                self.reasoning(reasoning, out);
+            }
             if let Some(text) = delta.content.as_deref().filter(|t| !t.is_empty()) {
                 self.text(text, out);
             }
@@ -107,20 +120,7 @@ impl Translator {
     fn text(&mut self, text: &str, out: &mut Vec<u8>) {
         let index = match self.open {
             Some(Open::Text(i)) => i,
-            _ => {
-                self.flush_pending(out);
-                self.close(out);
-                self.calls.interrupt();
-                let i = self.new_block();
-                event(
-                    out,
-                    "content_block_start",
-                    &json!({"type": "content_block_start", "index": i,
-                    "content_block": {"type": "text", "text": ""}}),
-                );
-                self.open = Some(Open::Text(i));
-                i
-            }
+            _ => self.begin(Open::Text, json!({"type": "text", "text": ""}), out),
         };
         event(
             out,
@@ -128,6 +128,41 @@ impl Translator {
             &json!({"type": "content_block_delta", "index": index,
             "delta": {"type": "text_delta", "text": text}}),
         );
+    }
+
+    /// A piece of the model's reasoning, in a `thinking` block (without a signature: see
+    /// [`super::answer::message`]).
+    fn reasoning(&mut self, text: &str, out: &mut Vec<u8>) {
+        let index = match self.open {
+            Some(Open::Thinking(i)) => i,
+            _ => self.begin(
+                Open::Thinking,
+                json!({"type": "thinking", "thinking": "", "signature": ""}),
+                out,
+            ),
+        };
+        event(
+            out,
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index,
+            "delta": {"type": "thinking_delta", "thinking": text}}),
+        );
+    }
+
+    /// Closes what is open (a tool call waiting for its name goes out first) and starts a
+    /// text or thinking block; returns its index.
+    fn begin(&mut self, kind: fn(usize) -> Open, block: Value, out: &mut Vec<u8>) -> usize {
+        self.flush_pending(out);
+        self.close(out);
+        self.calls.interrupt();
+        let i = self.new_block();
+        event(
+            out,
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": i, "content_block": block}),
+        );
+        self.open = Some(kind(i));
+        i
     }
 
     fn new_block(&mut self) -> usize {

@@ -244,8 +244,10 @@ fn answers_become_messages() {
                 cached_tokens: Some(60),
             }),
         },
+        reasoning: "Let me think.".into(),
     };
-    let m = message(&answer, "claude-h");
+    // Without thinking enabled, the reasoning is left out.
+    let m = message(&answer, "claude-h", false);
     assert!(m["id"].as_str().unwrap().starts_with("msg_"));
     assert_eq!(
         (m["type"].clone(), m["role"].clone(), m["model"].clone()),
@@ -272,7 +274,13 @@ fn answers_become_messages() {
     assert_eq!(m["usage"]["input_tokens"], 40, "cached tokens apart");
     assert_eq!(m["usage"]["cache_read_input_tokens"], 60);
     assert_eq!(m["usage"]["output_tokens"], 7);
-    let empty = message(&Answer::default(), "x");
+    let thought = message(&answer, "claude-h", true);
+    assert_eq!(
+        thought["content"][0],
+        json!({"type": "thinking", "thinking": "Let me think.", "signature": ""})
+    );
+    assert_eq!(thought["content"][1], m["content"][0]);
+    let empty = message(&Answer::default(), "x", true);
     assert_eq!(empty["content"], json!([]));
     assert_eq!(empty["stop_reason"], "end_turn");
     for (f, tools, want) in [
@@ -289,7 +297,10 @@ fn answers_become_messages() {
 
 /// The events a translator writes for these chunks, then the end.
 fn events(chunks: &[Value], usage: Usage) -> Vec<(String, Value)> {
-    let mut t = Translator::new("claude-h", 42);
+    events_of(Translator::new("claude-h", 42), chunks, usage)
+}
+
+fn events_of(mut t: Translator, chunks: &[Value], usage: Usage) -> Vec<(String, Value)> {
     let mut out = Vec::new();
     for c in chunks {
         t.chunk(&Chunk::parse(&c.to_string()).unwrap(), &mut out);
@@ -615,4 +626,63 @@ fn errors_in_anthropics_shape_and_statuses() {
         retry_after_s: 3,
     });
     assert_eq!(open.header("retry-after"), Some("3"));
+}
+
+#[test]
+fn reasoning_becomes_a_thinking_block_when_thinking_is_enabled() {
+    let delta = |d: Value| json!({"choices": [{"index": 0, "delta": d}]});
+    let chunks = [
+        delta(json!({"role": "assistant", "reasoning_content": "Hmm, "})),
+        delta(json!({"reasoning_content": "weather."})),
+        // Ollama and OpenRouter call it `reasoning`; vLLM sends both (read once).
+        delta(json!({"reasoning": " Lyon?", "reasoning_content": null})),
+        delta(json!({"content": "Checking.", "reasoning_content": ""})),
+        delta(
+            json!({"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "w", "arguments": "{}"}}]}),
+        ),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+    ];
+    let ev = events_of(
+        Translator::new("m", 1).thinking(true),
+        &chunks,
+        Usage::default(),
+    );
+    assert_well_formed(&ev);
+    let starts: Vec<&Value> = ev
+        .iter()
+        .filter(|(n, _)| n == "content_block_start")
+        .map(|(_, d)| &d["content_block"])
+        .collect();
+    assert_eq!(
+        starts[0],
+        &json!({"type": "thinking", "thinking": "", "signature": ""})
+    );
+    assert_eq!(
+        (starts[1]["type"].as_str(), starts[2]["type"].as_str()),
+        (Some("text"), Some("tool_use"))
+    );
+    let thinking: String = ev
+        .iter()
+        .filter(|(_, d)| d["delta"]["type"] == "thinking_delta")
+        .map(|(_, d)| {
+            assert_eq!(d["index"], 0);
+            d["delta"]["thinking"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(thinking, "Hmm, weather. Lyon?");
+    // Not enabled: no thinking block; the text is block 0.
+    let ev = events(&chunks, Usage::default());
+    assert_well_formed(&ev);
+    assert!(
+        ev.iter()
+            .all(|(_, d)| d["delta"]["type"] != "thinking_delta")
+    );
+    let first = ev.iter().find(|(n, _)| n == "content_block_start").unwrap();
+    assert_eq!(
+        (
+            first.1["index"].as_u64(),
+            first.1["content_block"]["type"].as_str()
+        ),
+        (Some(0), Some("text"))
+    );
 }

@@ -39,9 +39,10 @@ fn answer(
 ) -> Result<Response, Error> {
     let (body, chat) = translate(gw, &req.body)?;
     let estimate = call::prompt_estimate(gw, &chat, body.get("tools"));
+    let thinking = answer::wants_thinking(&body);
     Ok(match call::run(gw, req, caller, &chat, log, rec)? {
         Answered::Complete(done) => {
-            let message = answer::message(&done.answer, &chat.model);
+            let message = answer::message(&done.answer, &chat.model, thinking);
             done.respond(
                 "application/json",
                 serde_json::to_vec(&message).unwrap_or_default(),
@@ -49,7 +50,7 @@ fn answer(
         }
         Answered::Stream(stream) => stream.respond(
             "text/event-stream",
-            Framed::new(Translator::new(&chat.model, estimate)),
+            Framed::new(Translator::new(&chat.model, estimate).thinking(thinking)),
         ),
     })
 }

@@ -1,6 +1,7 @@
 //! A non-streamed answer from a provider: what the gateway reads of it (the assistant's
 //! content and the token usage), and the assistant's turn that goes into a session.
 
+use super::stream::reasoning_text;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -77,6 +78,8 @@ pub struct Answer {
     pub tool_calls: Vec<ToolCall>,
     pub finish_reason: Option<String>,
     pub usage: Usage,
+    /// The model's reasoning, when the provider sent it apart (empty otherwise).
+    pub reasoning: String,
 }
 
 /// Reads an upstream 2xx body: it must be a JSON object with a `choices` array; anything else
@@ -103,6 +106,10 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
         content: Value,
         #[serde(default)]
         tool_calls: Value,
+        #[serde(default)]
+        reasoning_content: Value,
+        #[serde(default)]
+        reasoning: Value,
     }
     let raw: Raw = serde_json::from_slice(body).map_err(|e| {
         let kind = if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
@@ -118,6 +125,11 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
         .and_then(|c| c.finish_reason.as_str())
         .map(str::to_string);
     let message = choice.and_then(|c| c.message);
+    let reasoning = message
+        .as_ref()
+        .and_then(|m| reasoning_text(&m.reasoning_content, &m.reasoning))
+        .unwrap_or("")
+        .to_string();
     let (content, calls) =
         message.map_or((Value::Null, Value::Null), |m| (m.content, m.tool_calls));
     let tool_calls = match calls {
@@ -129,6 +141,7 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
         tool_calls,
         finish_reason,
         usage: raw.usage.unwrap_or_default(),
+        reasoning,
     })
 }
 
@@ -171,6 +184,21 @@ mod tests {
             (json!("Hi"), Some(9), Some(2))
         );
         assert_eq!(a.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(a.reasoning, "");
+        for message in [
+            r#"{"content":"Hi","reasoning_content":"Because."}"#,
+            r#"{"content":"Hi","reasoning":"Because."}"#,
+            r#"{"content":"Hi","reasoning_content":"","reasoning":"Because."}"#,
+            r#"{"content":"Hi","reasoning_content":{"odd":1},"reasoning":"Because."}"#,
+        ] {
+            let body = format!(r#"{{"choices":[{{"message":{message}}}]}}"#);
+            let a = parse_answer(body.as_bytes()).unwrap();
+            assert_eq!(
+                (a.reasoning.as_str(), a.content),
+                ("Because.", json!("Hi")),
+                "{message}"
+            );
+        }
         let tools = parse_answer(
             br#"{"choices":[{"message":{"role":"assistant","content":null,"tool_calls":[]}}]}"#,
         )

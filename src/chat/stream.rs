@@ -102,6 +102,31 @@ pub struct Delta {
     pub content: Option<String>,
     #[serde(default)]
     pub tool_calls: Vec<ToolCallDelta>,
+    /// The model's reasoning, as DeepSeek, Kimi, GLM, vLLM and llama-server send it (any
+    /// type read: only a string is used).
+    #[serde(default)]
+    reasoning_content: Value,
+    /// The same, as Ollama and OpenRouter name it (vLLM sends both).
+    #[serde(default)]
+    reasoning: Value,
+}
+
+impl Delta {
+    /// The piece of reasoning this delta carries, if any.
+    pub fn reasoning(&self) -> Option<&str> {
+        reasoning_text(&self.reasoning_content, &self.reasoning)
+    }
+}
+
+/// The reasoning text of a message or delta: `reasoning_content`, else `reasoning`, when a
+/// non-empty string.
+pub(crate) fn reasoning_text<'a>(
+    reasoning_content: &'a Value,
+    reasoning: &'a Value,
+) -> Option<&'a str> {
+    [reasoning_content, reasoning]
+        .into_iter()
+        .find_map(|v| v.as_str().filter(|s| !s.is_empty()))
 }
 
 /// A piece of a tool call: the first piece of a call usually carries its `id` and name,

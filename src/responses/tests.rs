@@ -439,6 +439,7 @@ fn answers_become_response_objects() {
                 cached_tokens: Some(60),
             }),
         },
+        ..Answer::default()
     };
     let env = envelope();
     let r = answer::response(&answer, &env);

@@ -34,8 +34,11 @@ class FakeUpstream(Upstream):
         else:
             text, calls = ("Hello SDK" if body.get("stream") else "echo: " + last["content"]), []
         finish = "tool_calls" if calls else "stop"
+        # A thinking model (GLM, Kimi, DeepSeek): its reasoning apart, before the answer.
+        reasoning = ["Let me ", "see."] if "think" in json.dumps(last["content"]) else []
         if body.get("stream"):
             events = [chunk(model, {"role": "assistant", "content": ""})]
+            events += [chunk(model, {"reasoning_content": p}) for p in reasoning]
             if text:
                 events += [chunk(model, {"content": p}) for p in ["Hel", "lo ", "SDK"]]
             for c in calls:
@@ -48,6 +51,8 @@ class FakeUpstream(Upstream):
             self.send_stream(events, gap=0.03)
             return
         message = {"role": "assistant", "content": text or None}
+        if reasoning:
+            message["reasoning_content"] = "".join(reasoning)
         if calls:
             message["tool_calls"] = calls
         self.send_json({"id": "chatcmpl-1", "object": "chat.completion", "created": 1760000000, "model": model,
@@ -84,6 +89,19 @@ def main():
         check(final.usage.output_tokens == 3 and final.usage.input_tokens == 5, "a stream's usage")
         check(final.stop_reason == "end_turn", "a stream's stop_reason")
         check(RECEIVED[-1]["body"]["stream_options"] == {"include_usage": True}, "upstream asked for usage")
+
+        think = [{"role": "user", "content": "think"}]
+        thinking = {"type": "enabled", "budget_tokens": 1024}
+        msg = client.messages.create(model="claude-h", max_tokens=2048, messages=think, thinking=thinking)
+        check([b.type for b in msg.content] == ["thinking", "text"] and msg.content[0].thinking == "Let me see.",
+              f"a provider's reasoning is a thinking block: {msg.content}")
+        msg = client.messages.create(model="claude-h", max_tokens=2048, messages=think)
+        check([b.type for b in msg.content] == ["text"], "and none without thinking enabled")
+        with client.messages.stream(model="claude-h", max_tokens=2048, messages=think, thinking=thinking) as stream:
+            thought = "".join(e.thinking for e in stream if e.type == "thinking")
+            final = stream.get_final_message()
+        check(thought == "Let me see." and [b.type for b in final.content] == ["thinking", "text"]
+              and final.content[1].text == "Hello SDK", f"streamed thinking, then the text: {final.content}")
 
         ask = [{"role": "user", "content": "What is the weather in Lyon?"}]
         msg = client.messages.create(model="claude-h", max_tokens=100, messages=ask, tools=[WEATHER],
