@@ -43,6 +43,16 @@ pub fn message_item(id: &str, text: Option<&str>, status: &str) -> Value {
     json!({"type": "message", "id": id, "status": status, "role": "assistant", "content": content})
 }
 
+/// A `reasoning` item: the model's reasoning as the provider sent it apart, in one
+/// `reasoning_text` part (as open-weight models give it), with no summary.
+pub fn reasoning_item(id: &str, text: Option<&str>, status: &str) -> Value {
+    let content = match text {
+        Some(t) => json!([{"type": "reasoning_text", "text": t}]),
+        None => json!([]),
+    };
+    json!({"type": "reasoning", "id": id, "summary": [], "content": content, "status": status})
+}
+
 /// A `function_call` item.
 pub fn function_call_item(
     id: &str,
@@ -129,6 +139,13 @@ pub fn response(answer: &Answer, envelope: &Envelope) -> Value {
         "incomplete"
     };
     let mut output = Vec::new();
+    if !answer.reasoning.is_empty() {
+        output.push(reasoning_item(
+            &random_id("rs_"),
+            Some(&answer.reasoning),
+            item_status,
+        ));
+    }
     let text = content_text(&answer.content);
     if !text.is_empty() || answer.tool_calls.is_empty() {
         output.push(message_item(&random_id("msg_"), Some(&text), item_status));

@@ -9,7 +9,10 @@
 //! included. A text item's content is `response.content_part.added` →
 //! `response.output_text.delta`… → `response.output_text.done` →
 //! `response.content_part.done`; a function call's is
-//! `response.function_call_arguments.delta`… → `response.function_call_arguments.done`.
+//! `response.function_call_arguments.delta`… → `response.function_call_arguments.done`; a
+//! reasoning item's (the provider's reasoning, sent apart) is `response.content_part.added`
+//! → `response.reasoning_text.delta`… → `response.reasoning_text.done` →
+//! `response.content_part.done`.
 //!
 //! The rules the official SDK's stream helper checks: `response.created` first; one id for
 //! the response throughout; each item added once, at the next `output_index`, and done
@@ -22,7 +25,9 @@
 
 use serde_json::{Value, json};
 
-use super::answer::{Envelope, State, call_id, function_call_item, message_item, status, usage};
+use super::answer::{
+    Envelope, State, call_id, function_call_item, message_item, reasoning_item, status, usage,
+};
 use crate::chat::answer::Usage;
 use crate::chat::stream::{Chunk, MAX_KEPT, ToolCallDelta};
 use crate::chat::tool_calls::{NewCall, Step, ToolCalls};
@@ -32,6 +37,11 @@ use crate::util::random_id;
 /// One output item as it is written.
 #[derive(Debug)]
 enum Item {
+    Reasoning {
+        id: String,
+        text: String,
+        status: &'static str,
+    },
     Message {
         id: String,
         text: String,
@@ -49,6 +59,7 @@ enum Item {
 impl Item {
     fn render(&self) -> Value {
         match self {
+            Item::Reasoning { id, text, status } => reasoning_item(id, Some(text), status),
             Item::Message { id, text, status } => message_item(id, Some(text), status),
             Item::Call {
                 id,
@@ -134,7 +145,8 @@ impl Translator {
         };
         if let Some(delta) = &choice.delta {
             let text = delta.content.as_deref().unwrap_or("");
-            self.kept += text.len();
+            let reasoning = delta.reasoning().unwrap_or("");
+            self.kept += text.len() + reasoning.len();
             for call in &delta.tool_calls {
                 let f = call.function.as_ref();
                 self.kept += f.and_then(|f| f.arguments.as_ref()).map_or(0, String::len)
@@ -142,6 +154,9 @@ impl Translator {
             }
             if self.kept > MAX_KEPT {
                 return Err(TooLong);
+            }
+            if !reasoning.is_empty() {
+                self.reasoning(reasoning, out);
             }
             if !text.is_empty() {
                 self.text(text, out);
@@ -174,6 +189,41 @@ impl Translator {
         let data = json!({"item_id": id, "output_index": index, "content_index": 0,
             "delta": text, "logprobs": []});
         self.emit(out, "response.output_text.delta", data);
+    }
+
+    /// A piece of the model's reasoning, in a `reasoning` item of its own (opened when the
+    /// open item is another one).
+    fn reasoning(&mut self, piece: &str, out: &mut Vec<u8>) {
+        if !matches!(
+            (self.open, self.items.last()),
+            (true, Some(Item::Reasoning { .. }))
+        ) {
+            self.flush_pending(out);
+            self.close("completed", out);
+            self.calls.interrupt();
+            let id = random_id("rs_");
+            let index = self.items.len();
+            let data =
+                json!({"output_index": index, "item": reasoning_item(&id, None, "in_progress")});
+            self.emit(out, "response.output_item.added", data);
+            let data = json!({"item_id": id, "output_index": index, "content_index": 0,
+                "part": {"type": "reasoning_text", "text": ""}});
+            self.emit(out, "response.content_part.added", data);
+            self.items.push(Item::Reasoning {
+                id,
+                text: String::new(),
+                status: "in_progress",
+            });
+            self.open = true;
+        }
+        let index = self.items.len() - 1;
+        let Some(Item::Reasoning { id, text, .. }) = self.items.last_mut() else {
+            return;
+        };
+        text.push_str(piece);
+        let data = json!({"item_id": id, "output_index": index, "content_index": 0,
+            "delta": piece});
+        self.emit(out, "response.reasoning_text.delta", data);
     }
 
     /// Adds a message item and its one text part.
@@ -253,6 +303,22 @@ impl Translator {
             return;
         };
         let done = match item {
+            Item::Reasoning { id, text, status } => {
+                *status = final_status;
+                let part = json!({"type": "reasoning_text", "text": text});
+                vec![
+                    (
+                        "response.reasoning_text.done",
+                        json!({"item_id": id, "output_index": index, "content_index": 0,
+                            "text": text}),
+                    ),
+                    (
+                        "response.content_part.done",
+                        json!({"item_id": id, "output_index": index, "content_index": 0,
+                            "part": part}),
+                    ),
+                ]
+            }
             Item::Message { id, text, status } => {
                 *status = final_status;
                 let part = json!({"type": "output_text", "text": text, "annotations": []});
@@ -327,8 +393,11 @@ impl Translator {
     pub fn failed(&mut self, error: &Error, out: &mut Vec<u8>) {
         self.start(out);
         if self.open
-            && let Some(Item::Message { status, .. } | Item::Call { status, .. }) =
-                self.items.last_mut()
+            && let Some(
+                Item::Reasoning { status, .. }
+                | Item::Message { status, .. }
+                | Item::Call { status, .. },
+            ) = self.items.last_mut()
         {
             *status = "incomplete";
         }

@@ -74,7 +74,9 @@ fn assert_well_formed(ev: &[(String, Value)]) -> Value {
                 assert_eq!(open.as_ref().map(|o| o.0), index);
                 assert_eq!(data["content_index"], 0);
             }
-            "response.output_text.delta" | "response.function_call_arguments.delta" => {
+            "response.output_text.delta"
+            | "response.function_call_arguments.delta"
+            | "response.reasoning_text.delta" => {
                 let (i, id) = open.clone().expect("a delta with no open item");
                 assert_eq!(
                     (Some(i), Some(id)),
@@ -83,7 +85,9 @@ fn assert_well_formed(ev: &[(String, Value)]) -> Value {
                 );
                 text.push_str(data["delta"].as_str().unwrap());
             }
-            "response.output_text.done" => assert_eq!(data["text"], text.as_str()),
+            "response.output_text.done" | "response.reasoning_text.done" => {
+                assert_eq!(data["text"], text.as_str())
+            }
             "response.function_call_arguments.done" => {
                 assert_eq!(data["arguments"], text.as_str())
             }
@@ -93,7 +97,7 @@ fn assert_well_formed(ev: &[(String, Value)]) -> Value {
                 assert_eq!(data["item"]["id"], id.as_str());
                 let item = &data["item"];
                 let written = match item["type"].as_str() {
-                    Some("message") => &item["content"][0]["text"],
+                    Some("message" | "reasoning") => &item["content"][0]["text"],
                     _ => &item["arguments"],
                 };
                 assert_eq!(written, text.as_str(), "the item holds what was streamed");
@@ -343,4 +347,45 @@ fn a_failure_mid_stream_is_response_failed_with_the_output_so_far() {
         ]
     );
     assert_eq!(ev[2].1["response"]["error"]["code"], "rate_limit_exceeded");
+}
+
+#[test]
+fn reasoning_is_an_item_of_its_own_before_the_message() {
+    let reason = |r: &str| json!({"choices": [{"index": 0, "delta": {"reasoning_content": r}}]});
+    let ev = events(
+        &[
+            reason("Think"),
+            reason("ing."),
+            text_chunk("Hi"),
+            tool_chunk(0, Some("c1"), Some("f"), "{}"),
+            finish("tool_calls"),
+        ],
+        Usage::default(),
+    );
+    let last = assert_well_formed(&ev);
+    let types: Vec<&str> = last["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["reasoning", "message", "function_call"]);
+    let reasoning = &last["output"][0];
+    assert!(reasoning["id"].as_str().unwrap().starts_with("rs_"));
+    assert_eq!(
+        (&reasoning["summary"], &reasoning["content"]),
+        (
+            &json!([]),
+            &json!([{"type": "reasoning_text", "text": "Thinking."}])
+        )
+    );
+    assert_eq!(
+        names(&ev)[2..6],
+        [
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.reasoning_text.delta",
+            "response.reasoning_text.delta"
+        ]
+    );
 }

@@ -522,4 +522,24 @@ fn answers_become_response_objects() {
     let r = answer::response(&Answer::default(), &env);
     assert_eq!(r["output"][0]["content"][0]["text"], "");
     assert_eq!(r["usage"]["total_tokens"], 0);
+    let thought = answer::response(
+        &Answer {
+            content: json!("Hi"),
+            reasoning: "Because.".into(),
+            ..Answer::default()
+        },
+        &envelope(),
+    );
+    assert_eq!(
+        (
+            &thought["output"][0]["type"],
+            &thought["output"][0]["content"]
+        ),
+        (
+            &json!("reasoning"),
+            &json!([{"type": "reasoning_text", "text": "Because."}])
+        )
+    );
+    assert_eq!(thought["output"][1]["type"], "message");
+    assert_eq!(thought["output"][1]["content"][0]["text"], "Hi");
 }

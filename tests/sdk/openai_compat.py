@@ -45,6 +45,9 @@ class FakeUpstream(Upstream):
             self.reply(body, json.dumps({"city": "Lyon", "celsius": 12}))
             return
         text = last["content"]
+        if text == "think":
+            self.think(body)
+            return
         if body.get("stream"):
             model = body["model"]
             events = [chunk(model, {"role": "assistant", "content": ""})]
@@ -70,6 +73,22 @@ class FakeUpstream(Upstream):
             "id": "chatcmpl-3", "object": "chat.completion", "created": 1760000000, "model": body["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+        })
+
+    def think(self, body):
+        """A thinking model's answer: its reasoning apart (as DeepSeek, Kimi, GLM send it)."""
+        model = body["model"]
+        if body.get("stream"):
+            events = [chunk(model, {"role": "assistant", "reasoning_content": "Let me "}),
+                      chunk(model, {"reasoning_content": "see."}), chunk(model, {"content": "Done."}),
+                      chunk(model, {}, "stop"), usage_chunk(model, 5, 3)]
+            self.send_stream(events)
+            return
+        self.send_json({
+            "id": "chatcmpl-4", "object": "chat.completion", "created": 1760000000, "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                "role": "assistant", "content": "Done.", "reasoning_content": "Let me see."}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
         })
 
     def call_tool(self, body):
@@ -137,6 +156,15 @@ def responses_checks(client):
     sent = RECEIVED[-1]["body"]["messages"]
     check(sent[-2]["tool_calls"][0]["id"] == call.call_id and sent[-1]["role"] == "tool",
           "the call and its output went upstream as tool_calls and a tool message")
+
+    resp = client.responses.create(model="gpt41", input="think")
+    check([i.type for i in resp.output] == ["reasoning", "message"] and resp.output_text == "Done."
+          and resp.output[0].content[0].text == "Let me see.", f"a provider's reasoning is a reasoning item: {resp.output}")
+    with client.responses.stream(model="gpt41", input="think") as stream:
+        thought = "".join(e.delta for e in stream if e.type == "response.reasoning_text.delta")
+        final = stream.get_final_response()
+    check(thought == "Let me see." and [i.type for i in final.output] == ["reasoning", "message"]
+          and final.output_text == "Done.", f"streamed reasoning, then the message: {final.output}")
 
     counted = client.responses.input_tokens.count(model="gpt41", input="Weather in Lyon?", tools=WEATHER)
     check(counted.object == "response.input_tokens" and counted.input_tokens > 5,
