@@ -1,7 +1,6 @@
 //! A non-streamed answer from a provider: what the gateway reads of it (the assistant's
 //! content and the token usage), and the assistant's turn that goes into a session.
 
-use super::stream::reasoning_text;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -143,6 +142,17 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
         usage: raw.usage.unwrap_or_default(),
         reasoning,
     })
+}
+
+/// The reasoning text of a message or delta: `reasoning_content`, else `reasoning`, when a
+/// non-empty string.
+pub(crate) fn reasoning_text<'a>(
+    reasoning_content: &'a Value,
+    reasoning: &'a Value,
+) -> Option<&'a str> {
+    [reasoning_content, reasoning]
+        .into_iter()
+        .find_map(|v| v.as_str().filter(|s| !s.is_empty()))
 }
 
 /// The assistant's side of a session turn.

@@ -7,7 +7,7 @@ use std::io::{self, BufRead};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::answer::assistant_message;
+use super::answer::{assistant_message, reasoning_text};
 use super::provider_error::{error_in, member_message, reported};
 use super::sse::{Event, EventReader};
 use crate::state::session::Message;
@@ -116,17 +116,6 @@ impl Delta {
     pub fn reasoning(&self) -> Option<&str> {
         reasoning_text(&self.reasoning_content, &self.reasoning)
     }
-}
-
-/// The reasoning text of a message or delta: `reasoning_content`, else `reasoning`, when a
-/// non-empty string.
-pub(crate) fn reasoning_text<'a>(
-    reasoning_content: &'a Value,
-    reasoning: &'a Value,
-) -> Option<&'a str> {
-    [reasoning_content, reasoning]
-        .into_iter()
-        .find_map(|v| v.as_str().filter(|s| !s.is_empty()))
 }
 
 /// A piece of a tool call: the first piece of a call usually carries its `id` and name,
