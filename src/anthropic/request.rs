@@ -172,7 +172,11 @@ fn user_turn(i: usize, blocks: &[Value], claude: bool, out: &mut Vec<Value>) -> 
                 parts.push(text_part(text, b, claude));
             }
             Some("image") => parts.push(image_part(b.get("source")).map_err(|w| bad(&w))?),
-            Some("tool_result") => out.push(tool_result(b).map_err(|w| bad(&w))?),
+            Some("tool_result") => {
+                let (message, images) = tool_result(b).map_err(|w| bad(&w))?;
+                out.push(message);
+                parts.extend(images);
+            }
             Some("document") => {
                 match (b["source"]["type"].as_str(), b["source"]["data"].as_str()) {
                     (Some("text"), Some(text)) => parts.push(text_part(text, b, claude)),
@@ -215,30 +219,47 @@ fn image_part(source: Option<&Value>) -> Result<Value, String> {
     Ok(json!({"type": "image_url", "image_url": {"url": url}}))
 }
 
-/// A `tool_result` block as a `tool` message; its content (a string or blocks) as text.
-fn tool_result(b: &Value) -> Result<Value, String> {
+/// A `tool_result` block as a `tool` message, its content (a string or blocks) as text,
+/// and the images among its blocks (a screenshot, an image file read) as parts for the user
+/// message that follows: an OpenAI `tool` message holds text only, and a vision model
+/// should still see them.
+fn tool_result(b: &Value) -> Result<(Value, Vec<Value>), String> {
     let id = b
         .get("tool_use_id")
         .and_then(Value::as_str)
         .ok_or("tool_use_id is required")?;
+    let mut images = Vec::new();
     let mut text = match b.get("content") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(blocks)) => blocks
-            .iter()
-            .map(|c| match c.get("type").and_then(Value::as_str) {
-                Some("text") => c["text"].as_str().unwrap_or("").to_string(),
-                Some("image") => "[image]".to_string(),
-                _ => c.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
+        Some(Value::Array(blocks)) => {
+            let mut lines = Vec::new();
+            for c in blocks {
+                lines.push(match c.get("type").and_then(Value::as_str) {
+                    Some("text") => c["text"].as_str().unwrap_or("").to_string(),
+                    Some("image") => {
+                        let image = image_part(c.get("source"))?;
+                        if images.is_empty() {
+                            images.push(json!({"type": "text",
+                                "text": format!("The images the tool call {id} returned:")}));
+                        }
+                        images.push(image);
+                        "[image: in the next message]".to_string()
+                    }
+                    _ => c.to_string(),
+                });
+            }
+            lines.join("\n")
+        }
         Some(_) => return Err("content must be a string or a list of blocks".into()),
     };
     if b.get("is_error") == Some(&Value::Bool(true)) {
         text = format!("Error: {text}");
     }
-    Ok(json!({"role": "tool", "tool_call_id": id, "content": text}))
+    Ok((
+        json!({"role": "tool", "tool_call_id": id, "content": text}),
+        images,
+    ))
 }
 
 /// An assistant turn: its text, and its `tool_use` blocks as `tool_calls`.

@@ -139,6 +139,39 @@ fn content_blocks_images_tools_and_results() {
 }
 
 #[test]
+fn images_a_tool_returned_follow_in_a_user_message() {
+    let out = chat(json!({"max_tokens": 5, "messages": [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "read", "input": {}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t1", "content": [
+                {"type": "text", "text": "shot.png"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]},
+            {"type": "text", "text": "what is on it?"}]}]}));
+    let m = out["messages"].as_array().unwrap();
+    assert_eq!(
+        m[1],
+        json!({"role": "tool", "tool_call_id": "t1",
+            "content": "shot.png\n[image: in the next message]"})
+    );
+    assert_eq!(
+        m[2],
+        json!({"role": "user", "content": [
+            {"type": "text", "text": "The images the tool call t1 returned:"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            {"type": "text", "text": "what is on it?"}]})
+    );
+    assert_eq!(m.len(), 3);
+    // A broken image in a tool result is the client's error, said as such.
+    let e = to_chat(
+        &obj(json!({"max_tokens": 5, "messages": [{"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "image", "source": {}}]}]}]})),
+        false,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("messages.0.content.0"), "{e}");
+}
+
+#[test]
 fn tools_and_tool_choice() {
     let tools = json!([{"name": "f", "description": "d", "input_schema": {"type": "object"}},
         {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]);
