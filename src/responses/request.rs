@@ -94,8 +94,17 @@ fn input(value: Option<&Value>, out: &mut Vec<Value>) -> Result<(), Error> {
             "input: at least one item is required",
         )),
         Some(Value::Array(items)) => {
+            // Images that function outputs returned, for the user message after their run
+            // of tool messages (a user message between two of them would be refused).
+            let mut images = Vec::new();
             for (i, item) in items.iter().enumerate() {
-                input_item(i, item, out)?;
+                input_item(i, item, out, &mut images)?;
+                let output_next = items
+                    .get(i + 1)
+                    .is_some_and(|n| n.get("type") == Some(&json!("function_call_output")));
+                if !output_next && !images.is_empty() {
+                    out.push(json!({"role": "user", "content": std::mem::take(&mut images)}));
+                }
             }
             Ok(())
         }
@@ -112,15 +121,21 @@ fn bad_item(i: usize, what: &str) -> Error {
     Error::invalid_param("input", format!("input[{i}]: {what}"))
 }
 
-/// One input item, appended to `out` as chat messages.
-fn input_item(i: usize, item: &Value, out: &mut Vec<Value>) -> Result<(), Error> {
+/// One input item, appended to `out` as chat messages (and to `images`, the images a
+/// function output returned).
+fn input_item(
+    i: usize,
+    item: &Value,
+    out: &mut Vec<Value>,
+    images: &mut Vec<Value>,
+) -> Result<(), Error> {
     let Value::Object(o) = item else {
         return Err(bad_item(i, "must be an object"));
     };
     match o.get("type").and_then(Value::as_str) {
         None | Some("message") => out.push(message(i, o)?),
         Some("function_call") => function_call(i, o, out)?,
-        Some("function_call_output") => out.push(function_call_output(i, o)?),
+        Some("function_call_output") => out.push(function_call_output(i, o, images)?),
         // Reasoning of earlier turns has no chat form (as `thinking` blocks for Messages).
         Some("reasoning") => {}
         Some("item_reference") => {
@@ -272,7 +287,14 @@ fn function_call(i: usize, o: &Map<String, Value>, out: &mut Vec<Value>) -> Resu
 
 /// A `function_call_output` item as a `tool` message; an output given as parts becomes
 /// their text (`[image]`, `[file]` for the others: a tool message holds text).
-fn function_call_output(i: usize, o: &Map<String, Value>) -> Result<Value, Error> {
+/// A `function_call_output` item as a `tool` message. A `tool` message holds text only: the
+/// images of an output (a screenshot) go to `images`, for a user message after it, so that
+/// a vision model still sees them.
+fn function_call_output(
+    i: usize,
+    o: &Map<String, Value>,
+    images: &mut Vec<Value>,
+) -> Result<Value, Error> {
     let call_id = o
         .get("call_id")
         .and_then(Value::as_str)
@@ -280,18 +302,26 @@ fn function_call_output(i: usize, o: &Map<String, Value>) -> Result<Value, Error
         .ok_or_else(|| bad_item(i, "function_call_output needs call_id"))?;
     let text = match o.get("output") {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .map(|p| match p.get("type").and_then(Value::as_str) {
-                Some("input_text" | "output_text" | "text") => {
-                    p["text"].as_str().unwrap_or("").to_string()
-                }
-                Some("input_image") => "[image]".to_string(),
-                Some("input_file") => "[file]".to_string(),
-                _ => p.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
+        Some(Value::Array(parts)) => {
+            let mut lines = Vec::new();
+            for p in parts {
+                lines.push(match p.get("type").and_then(Value::as_str) {
+                    Some("input_text" | "output_text" | "text") => {
+                        p["text"].as_str().unwrap_or("").to_string()
+                    }
+                    Some("input_image") => {
+                        let image = content_part(p).map_err(|e| bad_item(i, &e))?;
+                        images.push(json!({"type": "text",
+                            "text": format!("An image the function call {call_id} returned:")}));
+                        images.push(image);
+                        "[image: in the next message]".to_string()
+                    }
+                    Some("input_file") => "[file]".to_string(),
+                    _ => p.to_string(),
+                });
+            }
+            lines.join("\n")
+        }
         None | Some(Value::Null) => {
             return Err(bad_item(i, "function_call_output needs output"));
         }

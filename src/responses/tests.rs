@@ -134,15 +134,17 @@ fn function_calls_and_their_outputs() {
     );
     assert_eq!(
         m[3],
-        json!({"role": "tool", "tool_call_id": "call_b", "content": "9 C\n[image]"})
+        json!({"role": "tool", "tool_call_id": "call_b", "content": "9 C\n[image: in the next message]"})
     );
+    assert_eq!(m[4]["role"], "user", "the image the tool returned");
+    assert_eq!(m[4]["content"][1]["image_url"]["url"], "x");
     assert_eq!(
-        m[4],
+        m[5],
         json!({"role": "assistant", "content": null, "tool_calls": [
             {"id": "call_c", "type": "function", "function": {"name": "done", "arguments": "{}"}}]}),
         "after a tool message, a new assistant message"
     );
-    assert_eq!(m.len(), 5);
+    assert_eq!(m.len(), 6);
 }
 
 #[test]
@@ -542,4 +544,30 @@ fn answers_become_response_objects() {
     );
     assert_eq!(thought["output"][1]["type"], "message");
     assert_eq!(thought["output"][1]["content"][0]["text"], "Hi");
+}
+
+#[test]
+fn images_a_function_returned_follow_its_run_of_tool_messages() {
+    let image = json!({"type": "input_image", "image_url": "data:image/png;base64,AAAA"});
+    let out = chat(json!({"model": "m", "input": [
+        {"role": "user", "content": "look"},
+        {"type": "function_call", "call_id": "c1", "name": "shot", "arguments": "{}"},
+        {"type": "function_call", "call_id": "c2", "name": "ls", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": [{"type": "input_text", "text": "done"}, image]},
+        {"type": "function_call_output", "call_id": "c2", "output": "a.txt"},
+        {"role": "user", "content": "what is on it?"}]}));
+    let m = out["messages"].as_array().unwrap();
+    let roles: Vec<&str> = m.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "assistant", "tool", "tool", "user", "user"]);
+    assert_eq!(m[2]["content"], "done\n[image: in the next message]");
+    assert_eq!(
+        m[4]["content"],
+        json!([{"type": "text", "text": "An image the function call c1 returned:"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}])
+    );
+    assert_eq!(m[5]["content"], "what is on it?");
+    // An image without a URL is the client's error.
+    let e = bad(json!({"model": "m", "input": [
+        {"type": "function_call_output", "call_id": "c1", "output": [{"type": "input_image", "file_id": "f"}]}]}));
+    assert!(e.to_string().contains("input[0]"), "{e}");
 }
