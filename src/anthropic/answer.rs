@@ -66,7 +66,11 @@ pub fn message(answer: &Answer, model: &str, thinking: bool) -> Value {
         // sending the block back is fine: thinking blocks are dropped on the way in.
         content.push(json!({"type": "thinking", "thinking": answer.reasoning, "signature": ""}));
     }
-    let text = content_text(&answer.content);
+    let mut text = content_text(&answer.content);
+    if text.is_empty() {
+        // A refusal (OpenAI's, with structured outputs) is what the model said.
+        text.clone_from(&answer.refusal);
+    }
     if !text.is_empty() {
         content.push(json!({"type": "text", "text": text}));
     }
@@ -82,7 +86,11 @@ pub fn message(answer: &Answer, model: &str, thinking: bool) -> Value {
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": stop_reason(answer.finish_reason.as_deref(), !answer.tool_calls.is_empty()),
+        "stop_reason": if answer.refusal.is_empty() {
+            stop_reason(answer.finish_reason.as_deref(), !answer.tool_calls.is_empty())
+        } else {
+            "refusal"
+        },
         "stop_sequence": null,
         "usage": usage(&answer.usage),
     })

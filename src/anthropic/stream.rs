@@ -41,6 +41,8 @@ pub struct Translator {
     had_tools: bool,
     /// The client enabled thinking: the provider's reasoning goes out as `thinking` blocks.
     thinking: bool,
+    /// The model refused (its refusal went out as text).
+    refused: bool,
 }
 
 impl Translator {
@@ -57,6 +59,7 @@ impl Translator {
             finish: None,
             had_tools: false,
             thinking: false,
+            refused: false,
         }
     }
 
@@ -107,6 +110,10 @@ impl Translator {
             }
             if let Some(text) = delta.content.as_deref().filter(|t| !t.is_empty()) {
                 self.text(text, out);
+            }
+            if let Some(refusal) = delta.refusal() {
+                self.refused = true;
+                self.text(refusal, out);
             }
             for call in &delta.tool_calls {
                 self.tool(call, out);
@@ -224,10 +231,18 @@ impl Translator {
             out,
             "message_delta",
             &json!({"type": "message_delta",
-            "delta": {"stop_reason": stop_reason(self.finish.as_deref(), self.had_tools), "stop_sequence": null},
+            "delta": {"stop_reason": self.stop_reason(), "stop_sequence": null},
             "usage": u}),
         );
         event(out, "message_stop", &json!({"type": "message_stop"}));
+    }
+
+    fn stop_reason(&self) -> &'static str {
+        if self.refused {
+            "refusal"
+        } else {
+            stop_reason(self.finish.as_deref(), self.had_tools)
+        }
     }
 
     /// The upstream failed after the stream began: an `error` event (`error` is the body

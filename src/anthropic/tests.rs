@@ -278,6 +278,7 @@ fn answers_become_messages() {
             }),
         },
         reasoning: "Let me think.".into(),
+        refusal: String::new(),
     };
     // Without thinking enabled, the reasoning is left out.
     let m = message(&answer, "claude-h", false);
@@ -718,4 +719,39 @@ fn reasoning_becomes_a_thinking_block_when_thinking_is_enabled() {
         ),
         (Some(0), Some("text"))
     );
+}
+
+#[test]
+fn a_refusal_is_text_with_the_refusal_stop_reason() {
+    let refused = Answer {
+        refusal: "I can't help with that.".into(),
+        finish_reason: Some("stop".into()),
+        ..Answer::default()
+    };
+    let m = message(&refused, "m", false);
+    assert_eq!(
+        (&m["content"], &m["stop_reason"]),
+        (
+            &json!([{"type": "text", "text": "I can't help with that."}]),
+            &json!("refusal")
+        )
+    );
+    let delta = |d: Value| json!({"choices": [{"index": 0, "delta": d}]});
+    let ev = events(
+        &[
+            delta(json!({"role": "assistant", "content": null, "refusal": ""})),
+            delta(json!({"refusal": "I can't "})),
+            delta(json!({"refusal": "help."})),
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        ],
+        Usage::default(),
+    );
+    assert_well_formed(&ev);
+    let text: String = ev
+        .iter()
+        .filter_map(|(_, d)| d["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(text, "I can't help.");
+    let end = ev.iter().find(|(n, _)| n == "message_delta").unwrap();
+    assert_eq!(end.1["delta"]["stop_reason"], "refusal");
 }

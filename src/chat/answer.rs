@@ -79,6 +79,8 @@ pub struct Answer {
     pub usage: Usage,
     /// The model's reasoning, when the provider sent it apart (empty otherwise).
     pub reasoning: String,
+    /// The model's refusal (OpenAI's `message.refusal`; empty when it did not refuse).
+    pub refusal: String,
 }
 
 /// Reads an upstream 2xx body: it must be a JSON object with a `choices` array; anything else
@@ -109,6 +111,8 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
         reasoning_content: Value,
         #[serde(default)]
         reasoning: Value,
+        #[serde(default)]
+        refusal: Value,
     }
     let raw: Raw = serde_json::from_slice(body).map_err(|e| {
         let kind = if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
@@ -129,6 +133,11 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
         .and_then(|m| reasoning_text(&m.reasoning_content, &m.reasoning))
         .unwrap_or("")
         .to_string();
+    let refusal = message
+        .as_ref()
+        .and_then(|m| m.refusal.as_str())
+        .unwrap_or("")
+        .to_string();
     let (content, calls) =
         message.map_or((Value::Null, Value::Null), |m| (m.content, m.tool_calls));
     let tool_calls = match calls {
@@ -141,6 +150,7 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
         finish_reason,
         usage: raw.usage.unwrap_or_default(),
         reasoning,
+        refusal,
     })
 }
 
@@ -194,7 +204,12 @@ mod tests {
             (json!("Hi"), Some(9), Some(2))
         );
         assert_eq!(a.finish_reason.as_deref(), Some("stop"));
-        assert_eq!(a.reasoning, "");
+        assert_eq!((a.reasoning.as_str(), a.refusal.as_str()), ("", ""));
+        let refused = parse_answer(
+            br#"{"choices":[{"message":{"content":null,"refusal":"I can't."},"finish_reason":"stop"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(refused.refusal, "I can't.");
         for message in [
             r#"{"content":"Hi","reasoning_content":"Because."}"#,
             r#"{"content":"Hi","reasoning":"Because."}"#,

@@ -109,12 +109,20 @@ pub struct Delta {
     /// The same, as Ollama and OpenRouter name it (vLLM sends both).
     #[serde(default)]
     reasoning: Value,
+    /// A refusal (OpenAI's models, with structured outputs), instead of content.
+    #[serde(default)]
+    refusal: Value,
 }
 
 impl Delta {
     /// The piece of reasoning this delta carries, if any.
     pub fn reasoning(&self) -> Option<&str> {
         reasoning_text(&self.reasoning_content, &self.reasoning)
+    }
+
+    /// The piece of a refusal this delta carries, if any.
+    pub fn refusal(&self) -> Option<&str> {
+        self.refusal.as_str().filter(|s| !s.is_empty())
     }
 }
 

@@ -53,6 +53,15 @@ pub fn reasoning_item(id: &str, text: Option<&str>, status: &str) -> Value {
     json!({"type": "reasoning", "id": id, "summary": [], "content": content, "status": status})
 }
 
+/// A `message` item holding a refusal, in one `refusal` part.
+pub fn refusal_item(id: &str, refusal: Option<&str>, status: &str) -> Value {
+    let content = match refusal {
+        Some(r) => json!([{"type": "refusal", "refusal": r}]),
+        None => json!([]),
+    };
+    json!({"type": "message", "id": id, "status": status, "role": "assistant", "content": content})
+}
+
 /// A `function_call` item.
 pub fn function_call_item(
     id: &str,
@@ -147,8 +156,15 @@ pub fn response(answer: &Answer, envelope: &Envelope) -> Value {
         ));
     }
     let text = content_text(&answer.content);
-    if !text.is_empty() || answer.tool_calls.is_empty() {
+    if !text.is_empty() || (answer.tool_calls.is_empty() && answer.refusal.is_empty()) {
         output.push(message_item(&random_id("msg_"), Some(&text), item_status));
+    }
+    if !answer.refusal.is_empty() {
+        output.push(refusal_item(
+            &random_id("msg_"),
+            Some(&answer.refusal),
+            item_status,
+        ));
     }
     for call in &answer.tool_calls {
         output.push(function_call_item(

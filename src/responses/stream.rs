@@ -26,7 +26,8 @@
 use serde_json::{Value, json};
 
 use super::answer::{
-    Envelope, State, call_id, function_call_item, message_item, reasoning_item, status, usage,
+    Envelope, State, call_id, function_call_item, message_item, reasoning_item, refusal_item,
+    status, usage,
 };
 use crate::chat::answer::Usage;
 use crate::chat::stream::{Chunk, MAX_KEPT, ToolCallDelta};
@@ -37,7 +38,9 @@ use crate::util::random_id;
 /// One output item as it is written.
 #[derive(Debug)]
 enum Item {
-    Reasoning {
+    /// A reasoning item, or a message item holding a refusal: one part, streamed.
+    Aside {
+        kind: Aside,
         id: String,
         text: String,
         status: &'static str,
@@ -59,7 +62,12 @@ enum Item {
 impl Item {
     fn render(&self) -> Value {
         match self {
-            Item::Reasoning { id, text, status } => reasoning_item(id, Some(text), status),
+            Item::Aside {
+                kind,
+                id,
+                text,
+                status,
+            } => kind.item(id, Some(text), status),
             Item::Message { id, text, status } => message_item(id, Some(text), status),
             Item::Call {
                 id,
@@ -68,6 +76,43 @@ impl Item {
                 arguments,
                 status,
             } => function_call_item(id, call_id, name, arguments, status),
+        }
+    }
+}
+
+/// What an [`Item::Aside`] holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Aside {
+    /// The provider's reasoning: a `reasoning` item with a `reasoning_text` part.
+    Reasoning,
+    /// A refusal: a `message` item with a `refusal` part.
+    Refusal,
+}
+
+impl Aside {
+    fn item(self, id: &str, text: Option<&str>, status: &str) -> Value {
+        match self {
+            Aside::Reasoning => reasoning_item(id, text, status),
+            Aside::Refusal => refusal_item(id, text, status),
+        }
+    }
+
+    fn part(self, text: &str) -> Value {
+        match self {
+            Aside::Reasoning => json!({"type": "reasoning_text", "text": text}),
+            Aside::Refusal => json!({"type": "refusal", "refusal": text}),
+        }
+    }
+
+    /// Its delta event, its done event, and the done event's field for the whole text.
+    fn events(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Aside::Reasoning => (
+                "response.reasoning_text.delta",
+                "response.reasoning_text.done",
+                "text",
+            ),
+            Aside::Refusal => ("response.refusal.delta", "response.refusal.done", "refusal"),
         }
     }
 }
@@ -146,7 +191,8 @@ impl Translator {
         if let Some(delta) = &choice.delta {
             let text = delta.content.as_deref().unwrap_or("");
             let reasoning = delta.reasoning().unwrap_or("");
-            self.kept += text.len() + reasoning.len();
+            let refusal = delta.refusal().map_or(0, str::len);
+            self.kept += text.len() + reasoning.len() + refusal;
             for call in &delta.tool_calls {
                 let f = call.function.as_ref();
                 self.kept += f.and_then(|f| f.arguments.as_ref()).map_or(0, String::len)
@@ -156,7 +202,10 @@ impl Translator {
                 return Err(TooLong);
             }
             if !reasoning.is_empty() {
-                self.reasoning(reasoning, out);
+                self.aside(Aside::Reasoning, reasoning, out);
+            }
+            if let Some(refusal) = delta.refusal() {
+                self.aside(Aside::Refusal, refusal, out);
             }
             if !text.is_empty() {
                 self.text(text, out);
@@ -191,25 +240,31 @@ impl Translator {
         self.emit(out, "response.output_text.delta", data);
     }
 
-    /// A piece of the model's reasoning, in a `reasoning` item of its own (opened when the
+    /// A piece of the model's reasoning or refusal, in an item of its own (opened when the
     /// open item is another one).
-    fn reasoning(&mut self, piece: &str, out: &mut Vec<u8>) {
-        if !matches!(
+    fn aside(&mut self, kind: Aside, piece: &str, out: &mut Vec<u8>) {
+        let open = matches!(
             (self.open, self.items.last()),
-            (true, Some(Item::Reasoning { .. }))
-        ) {
+            (true, Some(Item::Aside { kind: k, .. })) if *k == kind
+        );
+        if !open {
             self.flush_pending(out);
             self.close("completed", out);
             self.calls.interrupt();
-            let id = random_id("rs_");
+            let prefix = if kind == Aside::Reasoning {
+                "rs_"
+            } else {
+                "msg_"
+            };
+            let id = random_id(prefix);
             let index = self.items.len();
-            let data =
-                json!({"output_index": index, "item": reasoning_item(&id, None, "in_progress")});
+            let data = json!({"output_index": index, "item": kind.item(&id, None, "in_progress")});
             self.emit(out, "response.output_item.added", data);
             let data = json!({"item_id": id, "output_index": index, "content_index": 0,
-                "part": {"type": "reasoning_text", "text": ""}});
+                "part": kind.part("")});
             self.emit(out, "response.content_part.added", data);
-            self.items.push(Item::Reasoning {
+            self.items.push(Item::Aside {
+                kind,
                 id,
                 text: String::new(),
                 status: "in_progress",
@@ -217,13 +272,13 @@ impl Translator {
             self.open = true;
         }
         let index = self.items.len() - 1;
-        let Some(Item::Reasoning { id, text, .. }) = self.items.last_mut() else {
+        let Some(Item::Aside { id, text, .. }) = self.items.last_mut() else {
             return;
         };
         text.push_str(piece);
         let data = json!({"item_id": id, "output_index": index, "content_index": 0,
             "delta": piece});
-        self.emit(out, "response.reasoning_text.delta", data);
+        self.emit(out, kind.events().0, data);
     }
 
     /// Adds a message item and its one text part.
@@ -303,15 +358,19 @@ impl Translator {
             return;
         };
         let done = match item {
-            Item::Reasoning { id, text, status } => {
+            Item::Aside {
+                kind,
+                id,
+                text,
+                status,
+            } => {
                 *status = final_status;
-                let part = json!({"type": "reasoning_text", "text": text});
+                let part = kind.part(text);
+                let (_, done, field) = kind.events();
+                let mut data = json!({"item_id": id, "output_index": index, "content_index": 0});
+                data[field] = json!(text);
                 vec![
-                    (
-                        "response.reasoning_text.done",
-                        json!({"item_id": id, "output_index": index, "content_index": 0,
-                            "text": text}),
-                    ),
+                    (done, data),
                     (
                         "response.content_part.done",
                         json!({"item_id": id, "output_index": index, "content_index": 0,
@@ -394,7 +453,7 @@ impl Translator {
         self.start(out);
         if self.open
             && let Some(
-                Item::Reasoning { status, .. }
+                Item::Aside { status, .. }
                 | Item::Message { status, .. }
                 | Item::Call { status, .. },
             ) = self.items.last_mut()

@@ -76,7 +76,8 @@ fn assert_well_formed(ev: &[(String, Value)]) -> Value {
             }
             "response.output_text.delta"
             | "response.function_call_arguments.delta"
-            | "response.reasoning_text.delta" => {
+            | "response.reasoning_text.delta"
+            | "response.refusal.delta" => {
                 let (i, id) = open.clone().expect("a delta with no open item");
                 assert_eq!(
                     (Some(i), Some(id)),
@@ -88,6 +89,7 @@ fn assert_well_formed(ev: &[(String, Value)]) -> Value {
             "response.output_text.done" | "response.reasoning_text.done" => {
                 assert_eq!(data["text"], text.as_str())
             }
+            "response.refusal.done" => assert_eq!(data["refusal"], text.as_str()),
             "response.function_call_arguments.done" => {
                 assert_eq!(data["arguments"], text.as_str())
             }
@@ -97,6 +99,7 @@ fn assert_well_formed(ev: &[(String, Value)]) -> Value {
                 assert_eq!(data["item"]["id"], id.as_str());
                 let item = &data["item"];
                 let written = match item["type"].as_str() {
+                    _ if item["content"][0]["type"] == "refusal" => &item["content"][0]["refusal"],
                     Some("message" | "reasoning") => &item["content"][0]["text"],
                     _ => &item["arguments"],
                 };
@@ -388,4 +391,29 @@ fn reasoning_is_an_item_of_its_own_before_the_message() {
             "response.reasoning_text.delta"
         ]
     );
+}
+
+#[test]
+fn a_refusal_is_a_message_with_a_refusal_part() {
+    let refuse = |r: &str| json!({"choices": [{"index": 0, "delta": {"refusal": r}}]});
+    let ev = events(
+        &[
+            json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": null, "refusal": null}}]}),
+            refuse("I can't "),
+            refuse("help."),
+            finish("stop"),
+        ],
+        Usage::default(),
+    );
+    let last = assert_well_formed(&ev);
+    assert_eq!(last["output"].as_array().unwrap().len(), 1);
+    let item = &last["output"][0];
+    assert_eq!(
+        (&item["type"], &item["content"]),
+        (
+            &json!("message"),
+            &json!([{"type": "refusal", "refusal": "I can't help."}])
+        )
+    );
+    assert!(names(&ev).contains(&"response.refusal.delta"));
 }

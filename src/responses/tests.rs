@@ -544,6 +544,18 @@ fn answers_become_response_objects() {
     );
     assert_eq!(thought["output"][1]["type"], "message");
     assert_eq!(thought["output"][1]["content"][0]["text"], "Hi");
+    let refused = answer::response(
+        &Answer {
+            refusal: "No.".into(),
+            ..Answer::default()
+        },
+        &envelope(),
+    );
+    assert_eq!(
+        refused["output"],
+        json!([{"type": "message", "id": refused["output"][0]["id"], "status": "completed",
+            "role": "assistant", "content": [{"type": "refusal", "refusal": "No."}]}])
+    );
 }
 
 #[test]

@@ -48,6 +48,9 @@ class FakeUpstream(Upstream):
         if text == "think":
             self.think(body)
             return
+        if text == "refuse":
+            self.refuse(body)
+            return
         if body.get("stream"):
             model = body["model"]
             events = [chunk(model, {"role": "assistant", "content": ""})]
@@ -88,6 +91,21 @@ class FakeUpstream(Upstream):
             "id": "chatcmpl-4", "object": "chat.completion", "created": 1760000000, "model": model,
             "choices": [{"index": 0, "finish_reason": "stop", "message": {
                 "role": "assistant", "content": "Done.", "reasoning_content": "Let me see."}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+        })
+
+    def refuse(self, body):
+        """OpenAI's refusal: `refusal` instead of content."""
+        model = body["model"]
+        if body.get("stream"):
+            self.send_stream([chunk(model, {"role": "assistant", "content": None, "refusal": ""}),
+                              chunk(model, {"refusal": "I can't "}), chunk(model, {"refusal": "help."}),
+                              chunk(model, {}, "stop"), usage_chunk(model, 5, 3)])
+            return
+        self.send_json({
+            "id": "chatcmpl-5", "object": "chat.completion", "created": 1760000000, "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                "role": "assistant", "content": None, "refusal": "I can't help."}}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
         })
 
@@ -165,6 +183,16 @@ def responses_checks(client):
         final = stream.get_final_response()
     check(thought == "Let me see." and [i.type for i in final.output] == ["reasoning", "message"]
           and final.output_text == "Done.", f"streamed reasoning, then the message: {final.output}")
+
+    resp = client.responses.create(model="gpt41", input="refuse")
+    part = resp.output[0].content[0]
+    check(len(resp.output) == 1 and part.type == "refusal" and part.refusal == "I can't help.",
+          f"a refusal is a refusal part: {resp.output}")
+    with client.responses.stream(model="gpt41", input="refuse") as stream:
+        pieces = [e.delta for e in stream if e.type == "response.refusal.delta"]
+        final = stream.get_final_response()
+    check(pieces == ["I can't ", "help."] and final.output[0].content[0].refusal == "I can't help.",
+          f"a streamed refusal: {pieces}, {final.output}")
 
     counted = client.responses.input_tokens.count(model="gpt41", input="Weather in Lyon?", tools=WEATHER)
     check(counted.object == "response.input_tokens" and counted.input_tokens > 5,
