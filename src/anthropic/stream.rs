@@ -43,7 +43,14 @@ pub struct Translator {
     thinking: bool,
     /// The model refused (its refusal went out as text).
     refused: bool,
+    /// Pieces of reasoning left out (thinking not enabled): a `ping` every
+    /// [`PING_EVERY`], so that a long silent reasoning still shows a live stream to the
+    /// client and to any proxy with an idle timeout.
+    unsent: usize,
 }
+
+/// Reasoning pieces left out between two `ping`s (tokens: a few seconds of reasoning).
+const PING_EVERY: usize = 64;
 
 impl Translator {
     /// For a stream answering `model` (the name the client asked for), whose prompt is
@@ -60,6 +67,7 @@ impl Translator {
             had_tools: false,
             thinking: false,
             refused: false,
+            unsent: 0,
         }
     }
 
@@ -105,8 +113,15 @@ impl Translator {
         self.start(out);
         let Some(choice) = chunk.choice() else { return };
         if let Some(delta) = &choice.delta {
-            if let Some(reasoning) = delta.reasoning().filter(|_| self.thinking) {
-                self.reasoning(reasoning, out);
+            match delta.reasoning() {
+                Some(reasoning) if self.thinking => self.reasoning(reasoning, out),
+                Some(_) => {
+                    self.unsent += 1;
+                    if self.unsent.is_multiple_of(PING_EVERY) {
+                        event(out, "ping", &json!({"type": "ping"}));
+                    }
+                }
+                None => {}
             }
             if let Some(text) = delta.content.as_deref().filter(|t| !t.is_empty()) {
                 self.text(text, out);

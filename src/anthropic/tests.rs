@@ -704,7 +704,14 @@ fn reasoning_becomes_a_thinking_block_when_thinking_is_enabled() {
         })
         .collect();
     assert_eq!(thinking, "Hmm, weather. Lyon?");
-    // Not enabled: no thinking block; the text is block 0.
+    // Not enabled: no thinking block; the text is block 0; a long reasoning left out
+    // still shows as pings.
+    let mut long: Vec<Value> = (0..130)
+        .map(|_| delta(json!({"reasoning_content": "hmm "})))
+        .collect();
+    long.extend(chunks.iter().cloned());
+    let ev = events(&long, Usage::default());
+    assert_eq!(ev.iter().filter(|(n, _)| n == "ping").count(), 1 + 2);
     let ev = events(&chunks, Usage::default());
     assert_well_formed(&ev);
     assert!(
