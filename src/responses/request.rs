@@ -9,8 +9,9 @@
 //! `role: "tool"` messages; `reasoning` items are dropped. Function tools become chat tools;
 //! the hosted tools (`web_search`, `file_search`, `code_interpreter`, `mcp`, `custom`...)
 //! have no chat form and are skipped. `max_output_tokens` is sent as `max_tokens`,
-//! `text.format` as `response_format`; `temperature`, `top_p`, `user`, `stream` and
-//! sigorest's extensions (`session_id`, `timeout`, `retries`) keep their names.
+//! `text.format` as `response_format`, `reasoning.effort` as `reasoning_effort`;
+//! `temperature`, `top_p`, `user`, `stream` and sigorest's extensions (`session_id`,
+//! `timeout`, `retries`) keep their names.
 //!
 //! The gateway keeps no responses: `previous_response_id`, `conversation`, `background` and
 //! stored `prompt`s are refused with a 400 that says what to send instead; `store` is
@@ -436,8 +437,24 @@ fn tool_choice(choice: Option<&Value>) -> Result<Option<Value>, Error> {
     }
 }
 
-/// The sampling options, the output format, `user`, `stream` and sigorest's extensions.
+/// The sampling options, the reasoning effort, the output format, `user`, `stream` and
+/// sigorest's extensions.
 fn options(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), Error> {
+    // `reasoning.effort` is chat's `reasoning_effort` (OpenAI's reasoning models, Gemini,
+    // Grok); a model that has no such setting says so, as OpenAI itself would. The summary
+    // has no chat form.
+    match body.get("reasoning").map(|r| r.get("effort")) {
+        None | Some(None | Some(Value::Null)) => {}
+        Some(Some(v @ Value::String(_))) => {
+            out.insert("reasoning_effort".into(), v.clone());
+        }
+        Some(Some(_)) => {
+            return Err(Error::invalid_param(
+                "reasoning",
+                "reasoning.effort: must be a string ('minimal', 'low', 'medium' or 'high')",
+            ));
+        }
+    }
     match body.get("max_output_tokens") {
         None | Some(Value::Null) => {}
         Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v > 0) => {
@@ -551,7 +568,16 @@ pub fn echo(body: &Map<String, Value>) -> Map<String, Value> {
             given("parallel_tool_calls", json!(true)),
         ),
         ("previous_response_id", Value::Null),
-        ("reasoning", Value::Null),
+        (
+            "reasoning",
+            match body.get("reasoning") {
+                Some(r @ Value::Object(_)) => {
+                    json!({"effort": r.get("effort").cloned().unwrap_or(Value::Null),
+                        "summary": r.get("summary").cloned().unwrap_or(Value::Null)})
+                }
+                _ => Value::Null,
+            },
+        ),
         ("store", json!(false)),
         ("temperature", given("temperature", Value::Null)),
         ("text", given("text", json!({"format": {"type": "text"}}))),

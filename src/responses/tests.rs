@@ -43,6 +43,7 @@ fn a_string_input_with_instructions_and_options() {
         ("session_id", json!("s1")),
         ("timeout", json!(30)),
         ("retries", json!(2)),
+        ("reasoning_effort", json!("low")),
     ] {
         assert_eq!(out[k], v, "{k}");
     }
@@ -66,6 +67,21 @@ fn a_string_input_with_instructions_and_options() {
     assert_eq!(
         plain["messages"],
         json!([{"role": "user", "content": "hi"}])
+    );
+    let e = bad(json!({"model": "m", "input": "x", "reasoning": {"effort": 3}}));
+    assert!(e.to_string().contains("reasoning.effort"), "{e}");
+    let plain = chat(json!({"model": "m", "input": "x", "reasoning": {"summary": "auto"}}));
+    assert!(plain.get("reasoning_effort").is_none());
+    let echoed = echo(&obj(
+        json!({"model": "m", "input": "x", "reasoning": {"effort": "high"}}),
+    ));
+    assert_eq!(
+        echoed["reasoning"],
+        json!({"effort": "high", "summary": null})
+    );
+    assert_eq!(
+        echo(&obj(json!({"model": "m", "input": "x"})))["reasoning"],
+        Value::Null
     );
 }
 

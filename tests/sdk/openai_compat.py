@@ -184,6 +184,10 @@ def responses_checks(client):
     check(thought == "Let me see." and [i.type for i in final.output] == ["reasoning", "message"]
           and final.output_text == "Done.", f"streamed reasoning, then the message: {final.output}")
 
+    resp = client.responses.create(model="gpt41", input="hi", reasoning={"effort": "low"})
+    check(RECEIVED[-1]["body"].get("reasoning_effort") == "low" and resp.reasoning.effort == "low",
+          "reasoning.effort went upstream as reasoning_effort, and is echoed")
+
     resp = client.responses.create(model="gpt41", input="refuse")
     part = resp.output[0].content[0]
     check(len(resp.output) == 1 and part.type == "refusal" and part.refusal == "I can't help.",
