@@ -472,3 +472,35 @@ fn a_providers_reasoning_comes_as_thinking_when_thinking_is_enabled() {
         .collect();
     assert_eq!(thought, "Look it up.");
 }
+
+#[test]
+fn z_ai_gets_the_thinking_switch_and_no_one_else_does() {
+    let (fake, gw) = setup(Options::default().models("gpt41,zai-glm46"));
+    let sent_thinking = |model: &str, thinking: Option<Value>| {
+        let mut body = hello(model);
+        if let Some(t) = thinking {
+            body["thinking"] = t;
+        }
+        let r = post(&gw, "/v1/messages", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        fake.last_json().unwrap().get("thinking").cloned()
+    };
+    // Anthropic's meaning: no thinking unless enabled (Z.ai's GLM-4.7 thinks by default).
+    assert_eq!(
+        sent_thinking("zai-glm46", None),
+        Some(json!({"type": "disabled"}))
+    );
+    let enabled = json!({"type": "enabled", "budget_tokens": 2048});
+    assert_eq!(
+        sent_thinking("zai-glm46", Some(enabled.clone())),
+        Some(json!({"type": "enabled"}))
+    );
+    assert_eq!(
+        sent_thinking("gpt41", Some(enabled)),
+        None,
+        "only Z.ai takes it"
+    );
+    // Chat completions are passed on as they are.
+    gw.chat("zai-glm46", "hi", json!({}));
+    assert!(fake.last_json().unwrap().get("thinking").is_none());
+}

@@ -63,7 +63,9 @@ fn translate(gw: &Gateway, raw: &[u8]) -> Result<(Map<String, Value>, ChatReques
         .and_then(Value::as_str)
         .and_then(|name| gw.listed().get(name).map(|m| m.is_claude()))
         .unwrap_or(false);
-    let chat = ChatRequest::from_object(request::to_chat(&body, claude)?, gw.settings.max_timeout)?;
+    let mut chat =
+        ChatRequest::from_object(request::to_chat(&body, claude)?, gw.settings.max_timeout)?;
+    chat.thinking = Some(answer::wants_thinking(&body));
     Ok((body, chat))
 }
 

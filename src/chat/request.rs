@@ -46,6 +46,9 @@ pub struct ChatRequest {
     pub client_wants_usage: bool,
     /// Models to try, in order, when the model asked for cannot answer (`fallbacks`).
     pub fallbacks: Vec<String>,
+    /// A Messages request's extended thinking, on or off (`None` for the other APIs): sent
+    /// as Z.ai's `thinking` switch to a Z.ai model only, whichever model ends up answering.
+    pub thinking: Option<bool>,
     /// The body without the extensions; `model` and `messages` still as the client sent them.
     pub(super) body: Map<String, Value>,
 }
@@ -98,6 +101,7 @@ impl ChatRequest {
             stream,
             client_wants_usage,
             fallbacks,
+            thinking: None,
             body,
         })
     }

@@ -8,7 +8,7 @@ use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Value, json};
 
 use super::request::{ChatRequest, MAX_CACHE_MARKS};
-use crate::state::catalog::Model;
+use crate::state::catalog::{Model, Provider};
 use crate::state::memory::Memory;
 use crate::state::session::Message;
 
@@ -64,6 +64,14 @@ impl ChatRequest {
             }
         }
         let dropped = clamp_tokens(body, model, &mut set);
+        // Z.ai thinks by default (GLM-4.7 on); a Messages client that did not enable
+        // thinking would pay for reasoning it never sees.
+        if let Some(on) = self.thinking
+            && model.provider == Provider::Zai
+        {
+            let kind = if on { "enabled" } else { "disabled" };
+            set.insert("thinking".to_string(), json!({"type": kind}));
+        }
         if self.stream {
             let mut opts = match body.get("stream_options") {
                 Some(Value::Object(o)) => o.clone(),
