@@ -1,8 +1,9 @@
 //! A chat completion turned into an Anthropic Messages response: the model's reasoning first
 //! (one `thinking` block, when the client enabled thinking and the provider sent its
-//! reasoning apart), the text (one `text` block, when there is any), then one `tool_use` block per tool call with its arguments
-//! parsed into an `input` object (`{}` when the model wrote something that does not parse),
-//! `stop_reason` from `finish_reason`, and the usage with cached prompt tokens apart.
+//! reasoning apart), the text (one `text` block, when there is any; a refusal is the text),
+//! then one `tool_use` block per tool call with its arguments parsed into an `input` object
+//! (`{}` when the model wrote something that does not parse), `stop_reason` from
+//! `finish_reason` (`refusal` for a refusal), and the usage with cached prompt tokens apart.
 
 use serde_json::{Value, json};
 

@@ -290,9 +290,6 @@ impl Handler for Router {
         }
     }
 
-    /// Reading the lists, the health and the memory block (snapshots in memory, no I/O),
-    /// and every 404 and 405, are answered on the connection thread. Chat completions
-    /// (upstream calls) and `PUT /api/memory` (a file write) go to the workers.
     /// Anthropic's shape under `/v1/messages` (also with the model in the path), OpenAI's
     /// elsewhere.
     fn error_response(&self, path: &str, e: &Error) -> Response {
@@ -300,6 +297,9 @@ impl Handler for Router {
         render_for(path)(e)
     }
 
+    /// Reading the lists, the health and the memory block (snapshots in memory, no I/O),
+    /// and every 404 and 405, are answered on the connection thread. Chat completions
+    /// (upstream calls) and `PUT /api/memory` (a file write) go to the workers.
     fn is_quick(&self, req: &Request) -> bool {
         let path = model_in_path(&req.path).map_or(req.path.as_str(), |(_, path)| path);
         match Router::find(path) {
