@@ -8,9 +8,10 @@
 //! tools are skipped); `tool_choice`, `max_tokens`, `stop_sequences`, `temperature`,
 //! `top_p` and `metadata.user_id` map onto their OpenAI names; `top_k` and other
 //! Anthropic-only fields are accepted and not sent (`thinking` only as Z.ai's switch, set by
-//! the Messages front on the chat request and written for a Z.ai model alone). sigorest's own extensions (`session_id`,
-//! `timeout`, `retries`, `fallbacks`) pass through. `cache_control` marks are kept only for a Claude
-//! upstream, which understands them; other providers could refuse the unknown key.
+//! the Messages front on the chat request and written for a Z.ai model alone). sigorest's
+//! own extensions (`session_id`, `timeout`, `retries`, `fallbacks`) pass through.
+//! `cache_control` marks are kept only for a Claude upstream, which understands them; other
+//! providers could refuse the unknown key.
 
 use serde_json::{Map, Value, json};
 
