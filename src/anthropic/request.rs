@@ -15,6 +15,7 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::chat::request::sampling;
 use crate::error::Error;
 
 /// OpenAI takes at most this many stop sequences.
@@ -357,20 +358,7 @@ fn tools(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), 
 
 /// The sampling options, `metadata.user_id`, `stream`, and sigorest's extensions.
 fn options(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), Error> {
-    for field in ["temperature", "top_p"] {
-        match body.get(field) {
-            None | Some(Value::Null) => {}
-            Some(v @ Value::Number(_)) => {
-                out.insert(field.into(), v.clone());
-            }
-            Some(_) => {
-                return Err(Error::invalid_param(
-                    field,
-                    format!("{field}: must be a number"),
-                ));
-            }
-        }
-    }
+    sampling(body, out)?;
     match body.get("stop_sequences") {
         None | Some(Value::Null) => {}
         Some(Value::Array(list)) if list.iter().all(Value::is_string) => {

@@ -133,6 +133,29 @@ impl ChatRequest {
     }
 }
 
+/// `temperature` and `top_p` of another API's body, copied into the chat body `out` when
+/// they are numbers (the translators of Messages and Responses share it).
+pub(crate) fn sampling(
+    body: &Map<String, Value>,
+    out: &mut Map<String, Value>,
+) -> Result<(), Error> {
+    for field in ["temperature", "top_p"] {
+        match body.get(field) {
+            None | Some(Value::Null) => {}
+            Some(v @ Value::Number(_)) => {
+                out.insert(field.into(), v.clone());
+            }
+            Some(_) => {
+                return Err(Error::invalid_param(
+                    field,
+                    format!("{field}: must be a number"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A request body that must be one JSON object (`what` names the API, for the message).
 pub fn json_object(raw: &[u8], what: &str) -> Result<Map<String, Value>, Error> {
     if raw.iter().all(u8::is_ascii_whitespace) {

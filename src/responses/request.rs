@@ -19,6 +19,7 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::chat::request::sampling;
 use crate::error::Error;
 
 /// Translates a Responses body.
@@ -467,20 +468,7 @@ fn options(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<()
             ));
         }
     }
-    for field in ["temperature", "top_p"] {
-        match body.get(field) {
-            None | Some(Value::Null) => {}
-            Some(v @ Value::Number(_)) => {
-                out.insert(field.into(), v.clone());
-            }
-            Some(_) => {
-                return Err(Error::invalid_param(
-                    field,
-                    format!("{field}: must be a number"),
-                ));
-            }
-        }
-    }
+    sampling(body, out)?;
     match body.get("user") {
         None | Some(Value::Null) => {}
         Some(v @ Value::String(_)) => {
