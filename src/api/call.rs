@@ -40,11 +40,9 @@ pub(crate) const MODEL_HEADER: &str = "x-sigorest-model";
 /// tools, in the client's shape (the session history, read later, is not counted).
 pub(super) fn prompt_estimate(gw: &Gateway, chat: &ChatRequest, tools: Option<&Value>) -> u64 {
     let memory = gw.memory();
-    let mut messages = chat.messages().to_vec();
-    if !memory.content.is_empty() {
-        messages.push(json!({"role": "system", "content": memory.content}));
-    }
-    tokens::estimate(&messages, tools)
+    let system =
+        (!memory.content.is_empty()).then(|| json!({"role": "system", "content": memory.content}));
+    tokens::estimate(chat.messages().iter().chain(&system), tools)
 }
 
 /// What a call gave (boxed: both are a few hundred bytes, moved around by value).
@@ -554,14 +552,14 @@ fn ready(
     }
     let memory = gw.memory();
     if more && model.context > 0 {
-        let mut messages: Vec<Value> = plan
+        let history: Vec<Value> = plan
             .history
             .iter()
             .map(|m| json!({"role": m.role, "content": m.content}))
             .collect();
-        messages.extend(chat.messages().iter().cloned());
-        messages.push(json!({"role": "system", "content": memory.content}));
-        let tokens = tokens::estimate(&messages, chat.tools());
+        let system = json!({"role": "system", "content": memory.content});
+        let messages = history.iter().chain(chat.messages()).chain([&system]);
+        let tokens = tokens::estimate(messages, chat.tools());
         if tokens > model.context {
             return Err(Error::ContextTooLong {
                 model: model.short.clone(),

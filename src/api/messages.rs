@@ -39,7 +39,8 @@ fn answer(
 ) -> Result<Response, Error> {
     let (body, chat) = translate(gw, &req.body)?;
     let estimate = call::prompt_estimate(gw, &chat, body.get("tools"));
-    let thinking = answer::wants_thinking(&body);
+    // (Read from the body once, by `translate`.)
+    let thinking = chat.thinking == Some(true);
     Ok(match call::run(gw, req, caller, &chat, log, rec)? {
         Answered::Complete(done) => {
             let message = answer::message(&done.answer, &chat.model, thinking);

@@ -13,7 +13,7 @@ const PER_MESSAGE: u64 = 4;
 const PER_IMAGE: u64 = 765;
 
 /// The estimated tokens of a list of OpenAI chat messages and, when given, its tools.
-pub fn estimate(messages: &[Value], tools: Option<&Value>) -> u64 {
+pub fn estimate<'a>(messages: impl IntoIterator<Item = &'a Value>, tools: Option<&Value>) -> u64 {
     let mut total = 3; // the reply's priming
     for m in messages {
         total += PER_MESSAGE + text_tokens(m);
