@@ -362,6 +362,14 @@ fn parse_frames(out: &[u8]) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// The `content_block` of each `content_block_start`, in order.
+fn block_starts(ev: &[(String, Value)]) -> Vec<&Value> {
+    ev.iter()
+        .filter(|(n, _)| n == "content_block_start")
+        .map(|(_, d)| &d["content_block"])
+        .collect()
+}
+
 /// Checks the rules: deltas only for started, open blocks; one open block at a time.
 fn assert_well_formed(ev: &[(String, Value)]) {
     let mut open: Option<u64> = None;
@@ -475,11 +483,7 @@ fn text_then_parallel_tool_calls_each_in_its_own_block() {
         Usage::default(),
     );
     assert_well_formed(&ev);
-    let starts: Vec<&Value> = ev
-        .iter()
-        .filter(|(n, _)| n == "content_block_start")
-        .map(|(_, d)| &d["content_block"])
-        .collect();
+    let starts = block_starts(&ev);
     assert_eq!(starts[0]["type"], "text");
     assert_eq!(
         starts[1],
@@ -527,10 +531,9 @@ fn odd_streams_stay_well_formed() {
         Usage::default(),
     );
     assert_well_formed(&ev);
-    let kinds: Vec<&str> = ev
+    let kinds: Vec<&str> = block_starts(&ev)
         .iter()
-        .filter(|(n, _)| n == "content_block_start")
-        .map(|(_, d)| d["content_block"]["type"].as_str().unwrap())
+        .map(|b| b["type"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["tool_use", "text", "tool_use"]);
     assert!(
@@ -682,11 +685,7 @@ fn reasoning_becomes_a_thinking_block_when_thinking_is_enabled() {
         Usage::default(),
     );
     assert_well_formed(&ev);
-    let starts: Vec<&Value> = ev
-        .iter()
-        .filter(|(n, _)| n == "content_block_start")
-        .map(|(_, d)| &d["content_block"])
-        .collect();
+    let starts = block_starts(&ev);
     assert_eq!(
         starts[0],
         &json!({"type": "thinking", "thinking": "", "signature": ""})
