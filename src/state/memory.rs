@@ -75,14 +75,7 @@ impl Memory {
 
     /// Writes the file atomically (pretty JSON, trailing newline).
     pub fn save(&self, path: &Path) -> Result<(), Error> {
-        let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::File {
-            path: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: e.to_string(),
-        })?;
-        bytes.push(b'\n');
-        crate::util::fs::write_atomic(path, &bytes, None).map_err(|e| Error::io(path, &e))
+        super::write_json(path, self, None)
     }
 }
 

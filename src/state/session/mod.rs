@@ -154,15 +154,7 @@ impl SessionStore {
     }
 
     fn write(&self, path: &Path, history: &[Message]) -> Result<(), Error> {
-        let mut bytes =
-            serde_json::to_vec_pretty(&HistoryFileRef { history }).map_err(|e| Error::File {
-                path: path.to_path_buf(),
-                line: 0,
-                column: 0,
-                message: e.to_string(),
-            })?;
-        bytes.push(b'\n');
-        crate::util::fs::write_atomic(path, &bytes, Some(0o600)).map_err(|e| Error::io(path, &e))
+        super::write_json(path, &HistoryFileRef { history }, Some(0o600))
     }
 
     /// Runs `f` holding this process's lock of the session file `path`.
