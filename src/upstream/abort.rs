@@ -4,7 +4,7 @@
 //! ureq's `Agent::shutdown` closes every connection of the agent, for good. So that one
 //! shared agent can serve every request, pooled connections included, while a client that
 //! goes away still interrupts its own blocked call at once, the agents use [`Connector`]:
-//! it wraps ureq's default chain (TCP, CONNECT proxy, TLS) and keeps, for each connection,
+//! it wraps the connector chain (CONNECT proxy, our TCP, TLS) and keeps, for each connection,
 //! the socket's shutdown handle. Each request has an [`Abort`]; while code runs inside
 //! [`Abort::scope`], every transport that does I/O on this thread marks itself as used by
 //! that request. [`Abort::fire`] (a hang-up) shuts down the socket the request is using
@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector as UreqConnector, DefaultConnector, NextTimeout,
-    ShutdownHandle, Transport,
+    Buffers, ChainedConnector, ConnectProxyConnector, ConnectionDetails,
+    Connector as UreqConnector, NextTimeout, RustlsConnector, ShutdownHandle, Transport,
 };
 
 use crate::util::lock;
@@ -174,10 +174,29 @@ fn claim(socket: &Arc<Socket>) -> Option<Instant> {
     })
 }
 
-/// ureq's default connector chain, with each connection's socket kept for [`Abort`].
-#[derive(Debug, Default)]
+/// ureq's default chain without SOCKS (not built in): a CONNECT proxy if one is set, TCP
+/// (ours, see `tcp`), TLS for `https`.
+type Chain = ChainedConnector<
+    (),
+    ChainedConnector<(), ChainedConnector<(), (), ConnectProxyConnector>, super::tcp::TcpConnector>,
+    RustlsConnector,
+>;
+
+/// The connector chain, with each connection's socket kept for [`Abort`].
+#[derive(Debug)]
 pub struct Connector {
-    inner: DefaultConnector,
+    inner: Chain,
+}
+
+impl Default for Connector {
+    fn default() -> Self {
+        Connector {
+            inner:
+                ().chain(ConnectProxyConnector::default())
+                    .chain(super::tcp::TcpConnector)
+                    .chain(RustlsConnector::default()),
+        }
+    }
 }
 
 impl UreqConnector<()> for Connector {
@@ -217,7 +236,10 @@ impl UreqConnector<()> for Connector {
         let Some(inner) = self.inner.connect(&mine, chained)? else {
             return Ok(None);
         };
-        Ok(Some(AbortTransport { inner, socket }))
+        Ok(Some(AbortTransport {
+            inner: Box::new(inner),
+            socket,
+        }))
     }
 }
 

@@ -30,6 +30,7 @@ mod call;
 mod resolver;
 mod stream;
 mod target;
+mod tcp;
 
 use resolver::Names;
 pub use stream::{OpenStream, read_open_stream};
