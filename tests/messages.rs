@@ -504,3 +504,37 @@ fn z_ai_gets_the_thinking_switch_and_no_one_else_does() {
     gw.chat("zai-glm46", "hi", json!({}));
     assert!(fake.last_json().unwrap().get("thinking").is_none());
 }
+
+#[test]
+fn cache_marks_kept_for_claude_are_not_sent_to_a_fallback_of_another_provider() {
+    let (fake, gw) = setup(Options::default().models("gpt41,claude-h"));
+    fake.push(Reply::status(503));
+    let mark = json!({"type": "ephemeral"});
+    let mut body = hello("claude-h");
+    body["system"] = json!([{"type": "text", "text": "You are terse.", "cache_control": mark}]);
+    body["messages"] = json!([{"role": "user", "content": [
+        {"type": "text", "text": "hello", "cache_control": mark}]}]);
+    body["fallbacks"] = json!(["gpt41"]);
+    body["retries"] = json!(1);
+    let r = post(&gw, "/v1/messages", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-sigorest-model"), Some("gpt41"));
+    let sent: Vec<String> = fake
+        .requests_to("/v1/chat/completions")
+        .iter()
+        .map(|r| r.json.clone().unwrap_or_default()["messages"].to_string())
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(
+        sent[0].matches("cache_control").count(),
+        2,
+        "Claude: {}",
+        sent[0]
+    );
+    assert!(
+        !sent[1].contains("cache_control"),
+        "the fallback: {}",
+        sent[1]
+    );
+    assert!(sent[1].contains("You are terse.") && sent[1].contains("hello"));
+}

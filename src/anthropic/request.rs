@@ -11,7 +11,8 @@
 //! the Messages front on the chat request and written for a Z.ai model alone). sigorest's
 //! own extensions (`session_id`, `timeout`, `retries`, `fallbacks`) pass through.
 //! `cache_control` marks are kept only for a Claude upstream, which understands them; other
-//! providers could refuse the unknown key.
+//! providers could refuse the unknown key (the chat request's `cache_marks` then leaves them
+//! out for a fallback to another provider).
 
 use serde_json::{Map, Value, json};
 

@@ -67,6 +67,7 @@ fn translate(gw: &Gateway, raw: &[u8]) -> Result<(Map<String, Value>, ChatReques
     let mut chat =
         ChatRequest::from_object(request::to_chat(&body, claude)?, gw.settings.max_timeout)?;
     chat.thinking = Some(answer::wants_thinking(&body));
+    chat.cache_marks = claude;
     Ok((body, chat))
 }
 

@@ -49,6 +49,10 @@ pub struct ChatRequest {
     /// A Messages request's extended thinking, on or off (`None` for the other APIs): sent
     /// as Z.ai's `thinking` switch to a Z.ai model only, whichever model ends up answering.
     pub thinking: Option<bool>,
+    /// The messages carry `cache_control` marks that the gateway itself kept (a Messages
+    /// request to a Claude model): written to a Claude upstream only, so a fallback to
+    /// another provider does not get a key it may refuse.
+    pub cache_marks: bool,
     /// The body without the extensions; `model` and `messages` still as the client sent them.
     pub(super) body: Map<String, Value>,
 }
@@ -102,6 +106,7 @@ impl ChatRequest {
             client_wants_usage,
             fallbacks,
             thinking: None,
+            cache_marks: false,
             body,
         })
     }

@@ -40,6 +40,7 @@ impl ChatRequest {
                 memory,
                 history,
                 client: client_messages,
+                unmark: self.cache_marks && !model.is_claude(),
             },
             set,
             dropped,
@@ -179,6 +180,8 @@ struct Messages<'a> {
     memory: Option<Value>,
     history: &'a [Message],
     client: &'a [Value],
+    /// Leave the client's `cache_control` marks out (see `ChatRequest::cache_marks`).
+    unmark: bool,
 }
 
 impl Serialize for Messages<'_> {
@@ -191,9 +194,38 @@ impl Serialize for Messages<'_> {
             seq.serialize_element(&HistoryEntry(m))?;
         }
         for m in self.client {
-            seq.serialize_element(m)?;
+            if self.unmark {
+                seq.serialize_element(&Unmarked(m))?;
+            } else {
+                seq.serialize_element(m)?;
+            }
         }
         seq.end()
+    }
+}
+
+/// A value written without its `cache_control` keys, at any depth (no copy is made).
+struct Unmarked<'a>(&'a Value);
+
+impl Serialize for Unmarked<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Object(o) => {
+                let mut map = s.serialize_map(None)?;
+                for (k, v) in o.iter().filter(|(k, _)| *k != "cache_control") {
+                    map.serialize_entry(k, &Unmarked(v))?;
+                }
+                map.end()
+            }
+            Value::Array(a) => {
+                let mut seq = s.serialize_seq(Some(a.len()))?;
+                for v in a {
+                    seq.serialize_element(&Unmarked(v))?;
+                }
+                seq.end()
+            }
+            other => other.serialize(s),
+        }
     }
 }
 
@@ -308,6 +340,34 @@ mod tests {
                 .unwrap()
                 .upstream_body(&model("gpt41"), &mem("facts", true), &[]);
         assert_eq!(up["messages"][0]["content"], "facts");
+    }
+
+    #[test]
+    fn marks_the_gateway_kept_reach_only_a_claude() {
+        let marked = json!({"model": "claude-h", "messages": [
+            {"role": "system", "content": [
+                {"type": "text", "text": "rules", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "user", "content": [
+                {"type": "text", "text": "q", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]}]});
+        let mut req = parse(marked.clone()).unwrap();
+        req.cache_marks = true;
+        let claude = req.upstream_body(&model("claude-h"), &Memory::default(), &[]);
+        assert_eq!(claude["messages"], marked["messages"], "kept for Claude");
+        let other = req.upstream_body(&model("gpt41"), &Memory::default(), &[]);
+        assert_eq!(
+            other["messages"],
+            json!([
+                {"role": "system", "content": [{"type": "text", "text": "rules"}]},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "q"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]}]),
+            "left out for a fallback to another provider, the rest as it was"
+        );
+        // Marks a chat client wrote itself are its own business: passed on as sent.
+        let own = parse(marked.clone()).unwrap();
+        let up = own.upstream_body(&model("gpt41"), &Memory::default(), &[]);
+        assert_eq!(up["messages"], marked["messages"]);
     }
 
     #[test]
