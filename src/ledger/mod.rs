@@ -28,6 +28,7 @@ use crate::util::{lock, unix_now};
 use registry::{CounterVec, Exposition, HistogramVec};
 use usage::{Loaded, Report, Totals, Usage};
 
+mod labels;
 pub mod registry;
 pub mod usage;
 
@@ -323,8 +324,7 @@ impl Ledger {
         let mut guard = lock(&self.state);
         let state = &mut *guard;
         let m = &mut state.metrics;
-        m.requests
-            .inc([rec.route, short, provider, status.as_str(), key]);
+        m.requests.inc([rec.route, short, provider, status, key]);
         m.duration
             .observe([rec.route, short], rec.duration.as_secs_f64());
         if let Some(t) = rec.first_token {
@@ -476,11 +476,12 @@ impl Ledger {
 }
 
 /// The `status` label: the three-digit code (`"200"`, `"404"`, `"499"`…).
-fn status_label(status: u16) -> String {
-    if (100..=599).contains(&status) {
-        status.to_string()
-    } else {
-        "other".to_string()
+fn status_label(status: u16) -> &'static str {
+    static LABELS: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| (100..=599u16).map(|s| s.to_string()).collect());
+    match LABELS.get(usize::from(status).wrapping_sub(100)) {
+        Some(label) => label,
+        None => "other",
     }
 }
 

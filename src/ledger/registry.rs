@@ -11,6 +11,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::labels;
+
 /// Most label sets one family keeps.
 pub const MAX_SERIES: usize = 2000;
 /// Every label value of the set that takes the samples beyond [`MAX_SERIES`].
@@ -25,17 +27,18 @@ struct Meta<const N: usize> {
     max_series: usize,
 }
 
-/// The key of `values` in `series`, or the overflow key when the family is full.
-fn key_for<const N: usize, V>(
-    series: &BTreeMap<[String; N], V>,
+/// The series of `values`, made with `new` if there is none — under the overflow set's
+/// key when the family is full.
+fn series_for<'s, const N: usize, V>(
+    series: &'s mut BTreeMap<[String; N], V>,
     values: [&str; N],
     max: usize,
-) -> [String; N] {
-    let key = values.map(str::to_string);
-    if series.len() < max || series.contains_key(&key) {
-        key
+    new: impl FnOnce() -> V,
+) -> &'s mut V {
+    if series.len() < max || labels::contains(series, values) {
+        labels::entry(series, values, new)
     } else {
-        [(); N].map(|()| OVERFLOW.to_string())
+        labels::entry(series, [OVERFLOW; N], new)
     }
 }
 
@@ -72,8 +75,7 @@ impl<const N: usize> CounterVec<N> {
         if !(by.is_finite() && by >= 0.0) {
             return;
         }
-        let key = key_for(&self.series, values, self.meta.max_series);
-        *self.series.entry(key).or_insert(0.0) += by;
+        *series_for(&mut self.series, values, self.meta.max_series, || 0.0) += by;
     }
 
     pub fn inc(&mut self, values: [&str; N]) {
@@ -83,10 +85,7 @@ impl<const N: usize> CounterVec<N> {
     /// The value of one label set (0 when never counted).
     #[cfg(test)]
     pub fn get(&self, values: [&str; N]) -> f64 {
-        self.series
-            .get(&values.map(str::to_string))
-            .copied()
-            .unwrap_or(0.0)
+        labels::get(&self.series, values).copied().unwrap_or(0.0)
     }
 
     /// Every label set and its value, in label order.
@@ -122,8 +121,7 @@ impl<const N: usize> GaugeVec<N> {
     }
 
     pub fn set(&mut self, values: [&str; N], value: f64) {
-        let key = key_for(&self.series, values, self.meta.max_series);
-        self.series.insert(key, value);
+        *series_for(&mut self.series, values, self.meta.max_series, || 0.0) = value;
     }
 }
 
@@ -170,9 +168,8 @@ impl<const N: usize> HistogramVec<N> {
             return;
         }
         let v = v.max(0.0);
-        let key = key_for(&self.series, values, self.meta.max_series);
         let n = self.bounds.len();
-        let h = self.series.entry(key).or_insert_with(|| Hist {
+        let h = series_for(&mut self.series, values, self.meta.max_series, || Hist {
             buckets: vec![0; n],
             sum: 0.0,
             count: 0,
@@ -187,9 +184,7 @@ impl<const N: usize> HistogramVec<N> {
     /// How many observations one label set has.
     #[cfg(test)]
     pub fn count(&self, values: [&str; N]) -> u64 {
-        self.series
-            .get(&values.map(str::to_string))
-            .map_or(0, |h| h.count)
+        labels::get(&self.series, values).map_or(0, |h| h.count)
     }
 
     #[cfg(test)]

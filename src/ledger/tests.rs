@@ -265,6 +265,9 @@ fn upstream_failures_sort_into_kinds() {
     );
     assert_eq!(status_label(200), "200");
     assert_eq!(status_label(1000), "other");
+    assert_eq!(status_label(99), "other");
+    assert_eq!(status_label(599), "599");
+    assert_eq!(status_label(600), "other");
 }
 
 #[test]

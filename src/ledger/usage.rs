@@ -52,7 +52,7 @@ pub struct Row {
 }
 
 impl Row {
-    fn new((key, model): &(String, String), t: &Totals) -> Row {
+    fn new([key, model]: &[String; 2], t: &Totals) -> Row {
         Row {
             key: (!key.is_empty()).then(|| key.clone()),
             model: model.clone(),
@@ -96,7 +96,8 @@ pub struct Report {
 }
 
 /// (key name or "", model short code) → totals.
-type Table = BTreeMap<(String, String), Totals>;
+/// Keyed by [key name, model]; looked up without allocating (`labels`).
+type Table = BTreeMap<[String; 2], Totals>;
 
 /// The totals of the three periods.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -135,9 +136,8 @@ impl Usage {
     pub fn add(&mut self, key: &str, model: &str, t: &Totals, now: u64) {
         self.roll(now);
         self.since.get_or_insert(now);
-        let k = (key.to_string(), model.to_string());
         for table in [&mut self.today, &mut self.month, &mut self.all_time] {
-            table.entry(k.clone()).or_default().add(t);
+            super::labels::entry(table, [key, model], Totals::default).add(t);
         }
     }
 
@@ -181,7 +181,7 @@ impl Usage {
     pub fn today_by_model(&mut self, now: u64) -> BTreeMap<String, Totals> {
         self.roll(now);
         let mut out: BTreeMap<String, Totals> = BTreeMap::new();
-        for ((_, model), t) in &self.today {
+        for ([_, model], t) in &self.today {
             out.entry(model.clone()).or_default().add(t);
         }
         out
@@ -217,7 +217,7 @@ impl Usage {
         let table = |rows: Vec<Row>| -> Table {
             let mut t = Table::new();
             for r in rows {
-                let k = (r.key.clone().unwrap_or_default(), r.model.clone());
+                let k = [r.key.clone().unwrap_or_default(), r.model.clone()];
                 t.entry(k).or_default().add(&r.totals());
             }
             t
