@@ -158,6 +158,7 @@ fn open(
             transport,
             sock: sock.clone(),
             write_timeout: None,
+            read_timeout: None,
         },
         buf: InBuf::new(&shared.limits),
     })
@@ -289,7 +290,16 @@ fn answer(s: &Serving<'_>, conn: Conn, req: Request, reply: Reply, lease: Lease)
         }
     };
     shared.set_hangup(s.id, None);
-    match back? {
+    let (back, looked) = back;
+    let mut back = back?;
+    if looked {
+        // `peer` set a read timeout of its own on the socket.
+        match &mut back {
+            Back::Ready(conn) => conn.io.read_timeout = None,
+            Back::Rest(rest) => rest.conn.io.read_timeout = None,
+        }
+    }
+    match back {
         Back::Ready(conn) => Some(conn),
         Back::Rest(rest) => finish_rest(shared, *rest),
     }
@@ -342,7 +352,8 @@ fn keep(shared: &Shared, mut conn: Conn, keep_alive: bool) -> Option<Conn> {
 }
 
 /// Waits for the worker to give the connection back (`None`: it closed it), and meanwhile
-/// looks every [`POLL`] whether the client has gone, to fire the request's [`Hangup`].
+/// looks every [`POLL`] whether the client has gone, to fire the request's [`Hangup`];
+/// says whether it looked (which sets the socket's read timeout).
 ///
 /// A client that only half-closed its side after sending (`printf … | nc`) is still there
 /// and gets its answer; one that closed both sides has gone. Both look the same — the
@@ -357,30 +368,34 @@ fn wait_for_worker(
     sock: &Sock,
     (tls, http11): (bool, bool),
     hangup: &Hangup,
-) -> Option<Back> {
+) -> (Option<Back>, bool) {
     let mut probed = false;
+    let mut looked = false;
     // The first look comes soon: a half-closing client closes right after sending, and is
     // best told apart before the answer begins.
     let mut wait = FIRST_LOOK;
     loop {
         match returned.recv_timeout(wait) {
-            Ok(back) => return Some(back),
-            Err(RecvTimeoutError::Disconnected) => return None,
+            Ok(back) => return (Some(back), looked),
+            Err(RecvTimeoutError::Disconnected) => return (None, looked),
             Err(RecvTimeoutError::Timeout) if hangup.is_fired() => {}
-            Err(RecvTimeoutError::Timeout) => match peer(&sock.0, tls) {
-                Peer::Here => {}
-                Peer::Gone => hangup.fire(),
-                Peer::Ended if tls => hangup.fire(),
-                Peer::Ended if !http11 || probed => {}
-                Peer::Ended => {
-                    probed = true;
-                    match probe(sock, hangup) {
-                        Probe::Here => {}
-                        // Its FIN came once the answer had begun: it left while reading.
-                        Probe::Gone | Probe::TooLate => hangup.fire(),
+            Err(RecvTimeoutError::Timeout) => {
+                looked = true;
+                match peer(&sock.0, tls) {
+                    Peer::Here => {}
+                    Peer::Gone => hangup.fire(),
+                    Peer::Ended if tls => hangup.fire(),
+                    Peer::Ended if !http11 || probed => {}
+                    Peer::Ended => {
+                        probed = true;
+                        match probe(sock, hangup) {
+                            Probe::Here => {}
+                            // Its FIN came once the answer had begun: it left while reading.
+                            Probe::Gone | Probe::TooLate => hangup.fire(),
+                        }
                     }
                 }
-            },
+            }
         }
         wait = POLL;
     }

@@ -84,11 +84,12 @@ pub(crate) enum Transport {
     Tls(Box<StreamOwned<ServerConnection, Sock>>),
 }
 
-/// How far the socket's write timeout may be from the one asked for before it is set again.
+/// How far the socket's timeouts may be from the ones asked for before they are set again.
 /// `write_all_within` arms the timeout before every write and flush with what is left of its
 /// deadline, which moves by microseconds between calls: setting it each time cost two
-/// `setsockopt` calls per response and per stream event (sigorest-bench, strace).
-const WRITE_TIMEOUT_SLACK: Duration = Duration::from_millis(1);
+/// `setsockopt` calls per response and per stream event (sigorest-bench, strace); the read
+/// timeout, one per request.
+const TIMEOUT_SLACK: Duration = Duration::from_millis(1);
 
 /// Bytes to and from the client, in clear or through TLS.
 pub(crate) struct Io {
@@ -96,6 +97,8 @@ pub(crate) struct Io {
     pub(crate) sock: Sock,
     /// The write timeout last set on the socket through this `Io` (`None`: unknown).
     pub(crate) write_timeout: Option<Duration>,
+    /// The same for the read timeout. Whoever sets one on the socket directly forgets this.
+    pub(crate) read_timeout: Option<Duration>,
 }
 
 impl Read for Io {
@@ -123,13 +126,25 @@ impl Write for Io {
 }
 
 impl Wire for Io {
+    /// Kept while within the slack of the one asked for: a read that times out early is
+    /// only tried again (`read_timed`), and the one between requests (what is left of the
+    /// idle timeout) moves by the length of a request each time.
     fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        self.sock.0.set_read_timeout(Some(timeout))
+        if self
+            .read_timeout
+            .is_some_and(|t| t.abs_diff(timeout) <= TIMEOUT_SLACK)
+        {
+            return Ok(());
+        }
+        self.read_timeout = None;
+        self.sock.0.set_read_timeout(Some(timeout))?;
+        self.read_timeout = Some(timeout);
+        Ok(())
     }
     fn set_write_timeout(&mut self, timeout: Duration) -> io::Result<()> {
         if self
             .write_timeout
-            .is_some_and(|t| t.abs_diff(timeout) <= WRITE_TIMEOUT_SLACK)
+            .is_some_and(|t| t.abs_diff(timeout) <= TIMEOUT_SLACK)
         {
             return Ok(());
         }
@@ -166,6 +181,7 @@ impl Io {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 break;
             };
+            self.read_timeout = None;
             if left.is_zero() || self.sock.0.set_read_timeout(Some(left)).is_err() {
                 break;
             }
@@ -193,6 +209,7 @@ mod tests {
             transport: Transport::Plain(sock.clone()),
             sock: sock.clone(),
             write_timeout: None,
+            read_timeout: None,
         };
         let in_force = || sock.0.write_timeout().unwrap();
         let secs = Duration::from_secs;
@@ -202,8 +219,7 @@ mod tests {
         io.set_write_timeout(secs(30) - Duration::from_micros(300))
             .unwrap();
         assert_eq!(in_force(), Some(secs(30)));
-        io.set_write_timeout(secs(30) + WRITE_TIMEOUT_SLACK)
-            .unwrap();
+        io.set_write_timeout(secs(30) + TIMEOUT_SLACK).unwrap();
         assert_eq!(in_force(), Some(secs(30)));
         // Beyond the slack, either way, it is set.
         io.set_write_timeout(secs(29)).unwrap();
@@ -215,5 +231,36 @@ mod tests {
         sock.0.set_write_timeout(Some(secs(1))).unwrap();
         io.set_write_timeout(secs(30)).unwrap();
         assert_eq!(in_force(), Some(secs(30)));
+    }
+
+    #[test]
+    fn the_read_timeout_is_kept_within_the_slack_and_set_again_once_forgotten() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let sock = Sock(Arc::new(tcp));
+        let mut io = Io {
+            transport: Transport::Plain(sock.clone()),
+            sock: sock.clone(),
+            write_timeout: None,
+            read_timeout: None,
+        };
+        let in_force = || sock.0.read_timeout().unwrap();
+        let secs = Duration::from_secs;
+        io.set_read_timeout(secs(60)).unwrap();
+        assert_eq!(in_force(), Some(secs(60)));
+        // The next idle wait, a request later: kept.
+        io.set_read_timeout(secs(60) - Duration::from_micros(200))
+            .unwrap();
+        assert_eq!(in_force(), Some(secs(60)));
+        io.set_read_timeout(secs(10)).unwrap();
+        assert_eq!(in_force(), Some(secs(10)));
+        // The connection thread's look at the client sets 1 ms behind the cache's back, and
+        // forgets it: the next wait sets its own again (else every read would end in 1 ms).
+        sock.0
+            .set_read_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
+        io.read_timeout = None;
+        io.set_read_timeout(secs(10)).unwrap();
+        assert_eq!(in_force(), Some(secs(10)));
     }
 }
