@@ -130,6 +130,29 @@ fn header_lines_are_limited() {
 }
 
 #[test]
+fn a_header_limit_beyond_the_stack_slots_is_kept_too() {
+    for lines in [STACK_HEADER_SLOTS, STACK_HEADER_SLOTS + 72] {
+        let limits = Limits {
+            header_lines: lines,
+            ..limits()
+        };
+        let read = |n: usize| {
+            let mut w = MemWire::new(&with_headers(n));
+            status(read_with(&mut w, &mut InBuf::new(&limits), &limits))
+        };
+        assert_eq!(read(lines), "ok", "{lines}");
+        assert_eq!(read(lines + 1), "431", "{lines}");
+    }
+    let mut w = MemWire::new(&with_headers(150));
+    let limits = Limits {
+        header_lines: 200,
+        ..limits()
+    };
+    let (head, _) = read_with(&mut w, &mut InBuf::new(&limits), &limits).unwrap();
+    assert_eq!(head.headers.len(), 150);
+}
+
+#[test]
 fn refuses_garbage_and_bad_targets() {
     for input in [
         &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"[..],
