@@ -225,7 +225,13 @@ impl UreqConnector<()> for Connector {
             uri: details.uri,
             addrs: details.addrs.clone(),
             config: details.config,
-            request_level: details.request_level,
+            // Every call sets its timeouts per request, which makes its whole config
+            // "request level", and ureq's TLS connector then builds a new rustls config for
+            // each connection instead of keeping the agent's (ureq 3.5: it caches only at
+            // agent level, so that a TLS config set per request is honoured): a root store
+            // per connection, and no session resumption. No call sets a TLS config of its
+            // own — the agent's is the one in force — so the connection is agent level here.
+            request_level: false,
             resolver: details.resolver,
             now: details.now,
             timeout: details.timeout,
