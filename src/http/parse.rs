@@ -362,6 +362,11 @@ pub(crate) fn parse_head(
         }
         Err(e) => return Err(invalid(&format!("malformed request head: {e}"))),
     };
+    Ok(Some((head_of(&req)?, used)))
+}
+
+/// The head a complete parse found.
+fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(invalid("malformed request line"));
     };
@@ -405,7 +410,7 @@ pub(crate) fn parse_head(
         expect_continue,
         keep_alive,
     };
-    Ok(Some((head, used)))
+    Ok(head)
 }
 
 /// Splits a request target into path and query. Origin form (`/p?q`), absolute form
