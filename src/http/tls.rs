@@ -239,7 +239,7 @@ fn load(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Error> {
     })
 }
 
-fn server_config(
+pub(crate) fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {

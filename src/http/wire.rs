@@ -130,29 +130,33 @@ impl Wire for Io {
     /// only tried again (`read_timed`), and the one between requests (what is left of the
     /// idle timeout) moves by the length of a request each time.
     fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        if self
-            .read_timeout
-            .is_some_and(|t| t.abs_diff(timeout) <= TIMEOUT_SLACK)
-        {
-            return Ok(());
-        }
-        self.read_timeout = None;
-        self.sock.0.set_read_timeout(Some(timeout))?;
-        self.read_timeout = Some(timeout);
-        Ok(())
+        let sock = &self.sock.0;
+        set_cached(&mut self.read_timeout, timeout, |t| {
+            sock.set_read_timeout(t)
+        })
     }
     fn set_write_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        if self
-            .write_timeout
-            .is_some_and(|t| t.abs_diff(timeout) <= TIMEOUT_SLACK)
-        {
-            return Ok(());
-        }
-        self.write_timeout = None;
-        self.sock.0.set_write_timeout(Some(timeout))?;
-        self.write_timeout = Some(timeout);
-        Ok(())
+        let sock = &self.sock.0;
+        set_cached(&mut self.write_timeout, timeout, |t| {
+            sock.set_write_timeout(t)
+        })
     }
+}
+
+/// Sets a socket timeout through `set` unless `cached` (the one last set) is within
+/// [`TIMEOUT_SLACK`] of it; `cached` is unknown (`None`) when setting fails.
+fn set_cached(
+    cached: &mut Option<Duration>,
+    timeout: Duration,
+    set: impl FnOnce(Option<Duration>) -> io::Result<()>,
+) -> io::Result<()> {
+    if cached.is_some_and(|t| t.abs_diff(timeout) <= TIMEOUT_SLACK) {
+        return Ok(());
+    }
+    *cached = None;
+    set(Some(timeout))?;
+    *cached = Some(timeout);
+    Ok(())
 }
 
 impl Io {
@@ -200,17 +204,23 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    #[test]
-    fn the_write_timeout_is_set_again_only_when_it_moves_past_the_slack() {
+    /// An `Io` on a connected loopback socket (the listener keeps the other end's backlog).
+    fn plain_io() -> (TcpListener, Sock, Io) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let sock = Sock(Arc::new(tcp));
-        let mut io = Io {
+        let io = Io {
             transport: Transport::Plain(sock.clone()),
             sock: sock.clone(),
             write_timeout: None,
             read_timeout: None,
         };
+        (listener, sock, io)
+    }
+
+    #[test]
+    fn the_write_timeout_is_set_again_only_when_it_moves_past_the_slack() {
+        let (_listener, sock, mut io) = plain_io();
         let in_force = || sock.0.write_timeout().unwrap();
         let secs = Duration::from_secs;
         io.set_write_timeout(secs(30)).unwrap();
@@ -235,15 +245,7 @@ mod tests {
 
     #[test]
     fn the_read_timeout_is_kept_within_the_slack_and_set_again_once_forgotten() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let sock = Sock(Arc::new(tcp));
-        let mut io = Io {
-            transport: Transport::Plain(sock.clone()),
-            sock: sock.clone(),
-            write_timeout: None,
-            read_timeout: None,
-        };
+        let (_listener, sock, mut io) = plain_io();
         let in_force = || sock.0.read_timeout().unwrap();
         let secs = Duration::from_secs;
         io.set_read_timeout(secs(60)).unwrap();
