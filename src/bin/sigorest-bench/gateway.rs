@@ -1,7 +1,7 @@
 //! A gateway process under measurement: the sigorest release binary (or another gateway's
 //! command) started as a child on a free loopback port, pointed at the fake upstream, in a
 //! temporary working directory, with a clean environment; its memory and threads read from
-//! `/proc/<pid>/status`.
+//! `/proc/<pid>/status`, its CPU time from `/proc/<pid>/stat`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -43,6 +43,70 @@ pub fn parse_status(text: &str) -> ProcStatus {
         hwm_kb: field("VmHWM:"),
         threads: field("Threads:"),
     }
+}
+
+/// Clock ticks per second of the times in `/proc/<pid>/stat`: `USER_HZ`, which Linux fixes
+/// at 100 for user space on x86 and ARM whatever the kernel's own tick rate.
+const TICKS_PER_S: f64 = 100.0;
+
+/// The fields of `/proc/<pid>/stat` the bench uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    pid: u32,
+    ppid: u32,
+    /// User plus system time, in clock ticks, over all its threads (living or gone).
+    ticks: u64,
+}
+
+/// Parses a `/proc/<pid>/stat` line. The command name (field 2) may hold spaces and
+/// parentheses, so the fields are counted from its last `)`.
+fn parse_stat(text: &str) -> Option<Stat> {
+    let (head, rest) = text.rsplit_once(')')?;
+    let pid = head.split('(').next()?.trim().parse().ok()?;
+    // After the name: state (3), ppid (4), ... utime (14), stime (15).
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let number = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some(Stat {
+        pid,
+        ppid: u32::try_from(number(1)?).ok()?,
+        ticks: number(11)? + number(12)?,
+    })
+}
+
+fn stat_of(pid: u32) -> Option<Stat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The CPU time (user + system) a process has used so far, in microseconds; with `tree`,
+/// that of its living descendants too (a gateway of several processes, as nginx's master
+/// and workers). None when the process is gone or unreadable.
+pub fn cpu_us(pid: u32, tree: bool) -> Option<f64> {
+    let own = stat_of(pid)?;
+    let mut ticks = own.ticks;
+    if tree {
+        let all: Vec<Stat> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(stat_of)
+            .collect();
+        ticks += descendant_ticks(&all, pid);
+    }
+    Some(ticks as f64 * 1e6 / TICKS_PER_S)
+}
+
+/// The ticks of every process below `root` in `all`.
+fn descendant_ticks(all: &[Stat], root: u32) -> u64 {
+    let mut below = vec![root];
+    let mut ticks = 0;
+    while let Some(parent) = below.pop() {
+        for s in all.iter().filter(|s| s.ppid == parent && s.pid != root) {
+            ticks += s.ticks;
+            below.push(s.pid);
+        }
+    }
+    ticks
 }
 
 /// A port that was free a moment ago on 127.0.0.1 (the gateway takes 0 as "disabled", so
@@ -318,5 +382,48 @@ mod tests {
         );
         let me = proc_status(std::process::id());
         assert!(me.rss_kb > 0 && me.threads >= 1);
+    }
+
+    #[test]
+    fn stat_lines_are_read_past_a_name_with_spaces_and_parentheses() {
+        let line = "4242 (nginx: worker (x) ) S 4241 4241 4241 0 -1 4194624 120 0 0 0 37 15 0 0 20 0 1 0 555 1000 200";
+        assert_eq!(
+            parse_stat(line),
+            Some(Stat {
+                pid: 4242,
+                ppid: 4241,
+                ticks: 52
+            })
+        );
+        assert_eq!(parse_stat("4242 (cut"), None);
+        assert_eq!(parse_stat("4242 (short) S 1 2 3"), None);
+    }
+
+    #[test]
+    fn a_tree_counts_children_and_their_children_once() {
+        let s = |pid, ppid, ticks| Stat { pid, ppid, ticks };
+        let all = [
+            s(1, 0, 1000),
+            s(10, 1, 5),
+            s(11, 10, 7),
+            s(12, 10, 11),
+            s(13, 11, 13),
+            s(20, 1, 17),
+        ];
+        assert_eq!(descendant_ticks(&all, 10), 7 + 11 + 13);
+        assert_eq!(descendant_ticks(&all, 13), 0);
+    }
+
+    #[test]
+    fn this_process_has_used_some_cpu() {
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(30) {
+            std::hint::black_box(spin.elapsed());
+        }
+        let me = std::process::id();
+        let own = cpu_us(me, false).unwrap_or(0.0);
+        assert!(own >= 10_000.0, "{own} µs");
+        assert!(cpu_us(me, true).unwrap_or(0.0) >= own);
+        assert_eq!(cpu_us(u32::MAX, false), None);
     }
 }

@@ -55,6 +55,9 @@ pub struct Samples {
     pub errors: u64,
     /// The measuring window.
     pub window: Duration,
+    /// CPU time of the bench's own process (the load and the fake upstream) per answer,
+    /// warm-up included, in µs: set by the caller, which reads it around the run.
+    pub bench_cpu_us: Option<f64>,
 }
 
 /// Builds a `POST` request with a JSON body.

@@ -23,11 +23,17 @@ fn percent(v: Option<f64>) -> String {
     v.map_or_else(|| "–".to_string(), |v| format!("{:.0}%", v * 100.0))
 }
 
-/// The peak RSS and threads columns of a row through a gateway.
-fn process_cells(p: Option<Process>) -> (String, String) {
+/// CPU microseconds per request, or a dash.
+fn us(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_string(), |v| format!("{v:.1}"))
+}
+
+/// The peak RSS, threads and CPU columns of a row through a gateway.
+fn process_cells(p: Option<Process>) -> (String, String, String) {
     (
         p.map_or("–".into(), |p| mb(p.peak_rss_kb)),
         p.map_or("–".into(), |p| p.threads_max.to_string()),
+        us(p.and_then(|p| p.cpu_us)),
     )
 }
 
@@ -89,36 +95,37 @@ fn json_table(o: &mut String, r: &Report) {
     let _ = writeln!(o, "Chat completions (JSON), keep-alive connections:\n");
     let _ = writeln!(
         o,
-        "| conc. | target | req/s | p50 ms | p90 ms | p99 ms | max ms | added p50 ms | added p99 ms | errors | peak RSS MB | threads |"
+        "| conc. | target | req/s | p50 ms | p90 ms | p99 ms | max ms | added p50 ms | added p99 ms | errors | peak RSS MB | threads | gateway CPU µs/req | load + fake CPU µs/req |"
     );
     let _ = writeln!(
         o,
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
-    let line = |o: &mut String, n: usize, name: &str, l: &Latency, extra: Option<[String; 4]>| {
-        let [a50, a99, rss, th] = extra.unwrap_or_default();
+    let line = |o: &mut String, n: usize, name: &str, l: &Latency, extra: Option<[String; 5]>| {
+        let [a50, a99, rss, th, cpu] = extra.unwrap_or_default();
         let _ = writeln!(
             o,
-            "| {n} | {name} | {:.0} | {} | {} | {} | {} | {a50} | {a99} | {} | {rss} | {th} |",
+            "| {n} | {name} | {:.0} | {} | {} | {} | {} | {a50} | {a99} | {} | {rss} | {th} | {cpu} | {} |",
             l.per_s,
             ms(l.p50_ms),
             ms(l.p90_ms),
             ms(l.p99_ms),
             ms(l.max_ms),
-            l.errors
+            l.errors,
+            us(l.bench_cpu_us)
         );
     };
     for row in &r.json {
         let n = row.concurrency;
         line(o, n, "direct", &row.direct, None);
         if let Some(g) = &row.gateway {
-            let (rss, th) = process_cells(row.process);
-            let extra = [opt(row.added_p50_ms), opt(row.added_p99_ms), rss, th];
+            let (rss, th, cpu) = process_cells(row.process);
+            let extra = [opt(row.added_p50_ms), opt(row.added_p99_ms), rss, th, cpu];
             line(o, n, SIGOREST, g, Some(extra));
         }
         if let Some(c) = &row.compare {
-            let (rss, th) = process_cells(c.process);
-            let extra = [ms(c.added_p50_ms), ms(c.added_p99_ms), rss, th];
+            let (rss, th, cpu) = process_cells(c.process);
+            let extra = [ms(c.added_p50_ms), ms(c.added_p99_ms), rss, th, cpu];
             line(o, n, compare_name(r), &c.latency, Some(extra));
         }
     }
@@ -134,14 +141,14 @@ fn compare_table(o: &mut String, r: &Report) {
     let _ = writeln!(o, "\nsigorest compared with {other} (chat completions):\n");
     let _ = writeln!(
         o,
-        "| conc. | sigorest req/s | {other} req/s | sigorest / {other} | sigorest share of direct | {other} share of direct | sigorest added p50 ms | {other} added p50 ms |"
+        "| conc. | sigorest req/s | {other} req/s | sigorest / {other} | sigorest share of direct | {other} share of direct | sigorest added p50 ms | {other} added p50 ms | sigorest CPU µs/req | {other} CPU µs/req |"
     );
-    let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &r.json {
         let per_s = |l: Option<&Latency>| l.map_or("–".into(), |l| format!("{:.0}", l.per_s));
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.concurrency,
             per_s(row.gateway.as_ref()),
             per_s(row.compare.as_ref().map(|c| &c.latency)),
@@ -151,6 +158,8 @@ fn compare_table(o: &mut String, r: &Report) {
             percent(row.compare_share_of_direct),
             opt(row.added_p50_ms),
             opt(row.compare.as_ref().map(|c| c.added_p50_ms)),
+            us(row.process.and_then(|p| p.cpu_us)),
+            us(row.compare.as_ref().and_then(|c| c.process?.cpu_us)),
         );
     }
 }
@@ -164,46 +173,54 @@ fn stream_table(o: &mut String, r: &Report) {
     );
     let _ = writeln!(
         o,
-        "| conc. | target | streams/s | first event p50 ms | first event p99 ms | event delay p50 ms | event delay p99 ms | event delay max ms | added per event p50 ms | added per event p99 ms | errors | peak RSS MB | threads |"
+        "| conc. | target | streams/s | first event p50 ms | first event p99 ms | event delay p50 ms | event delay p99 ms | event delay max ms | added per event p50 ms | added per event p99 ms | errors | peak RSS MB | threads | gateway CPU µs/stream | load + fake CPU µs/stream |"
     );
     let _ = writeln!(
         o,
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let line = |o: &mut String,
                 n: usize,
                 name: &str,
                 l: &StreamLatency,
-                extra: Option<[String; 4]>| {
-        let [a50, a99, rss, th] = extra.unwrap_or_default();
+                extra: Option<[String; 5]>| {
+        let [a50, a99, rss, th, cpu] = extra.unwrap_or_default();
         let _ = writeln!(
             o,
-            "| {n} | {name} | {:.0} | {} | {} | {} | {} | {} | {a50} | {a99} | {} | {rss} | {th} |",
+            "| {n} | {name} | {:.0} | {} | {} | {} | {} | {} | {a50} | {a99} | {} | {rss} | {th} | {cpu} | {} |",
             l.per_s,
             ms(l.first_event_p50_ms),
             ms(l.first_event_p99_ms),
             ms(l.event_p50_ms),
             ms(l.event_p99_ms),
             ms(l.event_max_ms),
-            l.errors
+            l.errors,
+            us(l.bench_cpu_us)
         );
     };
     for row in &r.stream {
         let n = row.concurrency;
         line(o, n, "direct", &row.direct, None);
         if let Some(g) = &row.gateway {
-            let (rss, th) = process_cells(row.process);
+            let (rss, th, cpu) = process_cells(row.process);
             let extra = [
                 opt(row.added_event_p50_ms),
                 opt(row.added_event_p99_ms),
                 rss,
                 th,
+                cpu,
             ];
             line(o, n, SIGOREST, g, Some(extra));
         }
         if let Some(c) = &row.compare {
-            let (rss, th) = process_cells(c.process);
-            let extra = [ms(c.added_event_p50_ms), ms(c.added_event_p99_ms), rss, th];
+            let (rss, th, cpu) = process_cells(c.process);
+            let extra = [
+                ms(c.added_event_p50_ms),
+                ms(c.added_event_p99_ms),
+                rss,
+                th,
+                cpu,
+            ];
             line(o, n, compare_name(r), &c.latency, Some(extra));
         }
     }

@@ -75,6 +75,9 @@ pub struct Latency {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// CPU time per request of the load generator and the fake upstream (the bench's own
+    /// process), µs.
+    pub bench_cpu_us: Option<f64>,
 }
 
 /// The gateway process during one level.
@@ -85,6 +88,9 @@ pub struct Process {
     pub peak_rss_kb: u64,
     /// Most threads seen while the level ran.
     pub threads_max: u64,
+    /// CPU time (user + system, its child processes included) per answer, warm-up
+    /// included, in µs.
+    pub cpu_us: Option<f64>,
 }
 
 /// One level of chat completions: direct, through sigorest ("gateway"), through the other.
@@ -179,6 +185,8 @@ pub struct StreamLatency {
     pub event_p50_ms: f64,
     pub event_p99_ms: f64,
     pub event_max_ms: f64,
+    /// CPU time per stream of the load generator and the fake upstream, µs.
+    pub bench_cpu_us: Option<f64>,
 }
 
 /// One level of streams.
@@ -302,6 +310,7 @@ pub fn latency(mut s: Samples) -> Latency {
         p90_ms: quantile_ms(l, 0.90),
         p99_ms: quantile_ms(l, 0.99),
         max_ms: quantile_ms(l, 1.0),
+        bench_cpu_us: s.bench_cpu_us,
     }
 }
 
@@ -317,6 +326,7 @@ pub fn stream_latency(mut s: Samples) -> StreamLatency {
         event_p50_ms: quantile_ms(&s.event_delay, 0.50),
         event_p99_ms: quantile_ms(&s.event_delay, 0.99),
         event_max_ms: quantile_ms(&s.event_delay, 1.0),
+        bench_cpu_us: s.bench_cpu_us,
     }
 }
 

@@ -388,10 +388,11 @@ fn measure<L>(s: &Subject, name: &str, plan: &Plan, read: fn(Samples) -> L) -> T
     if let Some(pid) = s.pid() {
         gateway::reset_peak(pid);
     }
-    let (samples, threads) = phase(name, plan, s.pid());
+    let (samples, threads, cpu_us) = phase(name, plan, s.pid());
     let process = s.status().map(|st| Process {
         peak_rss_kb: st.hwm_kb,
         threads_max: threads.max(st.threads),
+        cpu_us,
     });
     (read(samples), process)
 }
@@ -424,9 +425,10 @@ fn process_row(
     })
 }
 
-/// Runs one load phase with a progress line; with a gateway pid, also samples its threads
-/// and returns the most seen.
-fn phase(name: &str, plan: &Plan, pid: Option<u32>) -> (Samples, u64) {
+/// Runs one load phase with a progress line, and reads the bench's own CPU time per answer
+/// into the samples; with a gateway pid, also samples its threads and returns the most
+/// seen, and its CPU time per answer.
+fn phase(name: &str, plan: &Plan, pid: Option<u32>) -> (Samples, u64, Option<f64>) {
     let progress = Arc::new(Progress::default());
     let done = Arc::new(AtomicBool::new(false));
     let threads = Arc::new(AtomicU64::new(0));
@@ -464,10 +466,27 @@ fn phase(name: &str, plan: &Plan, pid: Option<u32>) -> (Samples, u64) {
     if !std::io::stderr().is_terminal() {
         eprintln!("{name} ({:.1} s)", total.as_secs_f64());
     }
-    let samples = load::run(plan, &progress);
+    let me = std::process::id();
+    let cpu = || {
+        (
+            gateway::cpu_us(me, false),
+            pid.and_then(|p| gateway::cpu_us(p, true)),
+        )
+    };
+    let before = cpu();
+    let mut samples = load::run(plan, &progress);
+    let after = cpu();
     done.store(true, Ordering::Release);
     let _ = ticker.join();
-    (samples, threads.load(Ordering::Relaxed))
+    let answers = progress.done.load(Ordering::Relaxed) as f64;
+    let per_answer = |a: Option<f64>, b: Option<f64>| {
+        a.zip(b)
+            .filter(|_| answers > 0.0)
+            .map(|(a, b)| (b - a) / answers)
+    };
+    samples.bench_cpu_us = per_answer(before.0, after.0);
+    let gateway_cpu = per_answer(before.1, after.1);
+    (samples, threads.load(Ordering::Relaxed), gateway_cpu)
 }
 
 /// A progress note for a step without a counter.

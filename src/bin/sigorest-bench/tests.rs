@@ -364,6 +364,11 @@ fn compare_mode_measures_both_gateways() {
     assert!(saved["json"][0]["compare"]["per_s"].is_number());
     assert!(saved["json"][0]["compare"]["added_p50_ms"].is_number());
     assert!(saved["json"][0]["gateway_per_compare"].is_number());
+    let bench_cpu = saved["json"][0]["direct"]["bench_cpu_us"].as_f64();
+    assert!(bench_cpu.is_some_and(|us| us > 0.0), "{bench_cpu:?}");
+    let other_cpu = saved["json"][0]["compare"]["process"]["cpu_us"].as_f64();
+    assert!(other_cpu.is_some_and(|us| us >= 0.0), "{other_cpu:?}");
+    assert!(tables.contains("| standin CPU µs/req |"), "{tables}");
     assert!(saved["stream"][1]["compare"]["event_p99_ms"].is_number());
     assert!(saved["targets"][0]["met"].is_boolean());
 }
