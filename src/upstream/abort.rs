@@ -182,19 +182,21 @@ type Chain = ChainedConnector<
     RustlsConnector,
 >;
 
-/// The connector chain, with each connection's socket kept for [`Abort`].
-#[derive(Debug)]
+/// The connector chain, with each connection's socket kept for [`Abort`]. Its clones share
+/// the chain, and so its TLS configuration and session cache.
+#[derive(Debug, Clone)]
 pub struct Connector {
-    inner: Chain,
+    inner: Arc<Chain>,
 }
 
 impl Default for Connector {
     fn default() -> Self {
         Connector {
-            inner:
+            inner: Arc::new(
                 ().chain(ConnectProxyConnector::default())
                     .chain(super::tcp::TcpConnector)
                     .chain(RustlsConnector::default()),
+            ),
         }
     }
 }

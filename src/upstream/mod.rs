@@ -2,9 +2,10 @@
 //! and streams alike, statuses read as data, retries with backoff inside the request's
 //! deadline.
 //!
-//! Two agents: one honours the proxy settings of the environment (for cloud providers), one
-//! goes direct (for Ollama and any upstream on a loopback address, which a proxy could not
-//! reach). Every call runs under its request's [`abort::Abort`], so that a client who goes
+//! Two kinds of agent: one honours the proxy settings of the environment (for cloud
+//! providers), one goes direct (for Ollama and any upstream on a loopback address, which a
+//! proxy could not reach); each kind is a few agents that calls in parallel spread over
+//! (see `shards`). Every call runs under its request's [`abort::Abort`], so that a client who goes
 //! away interrupts its own call at once — a blocked send or read on a pooled connection
 //! included — without touching the others.
 
@@ -28,11 +29,13 @@ pub mod scores;
 mod abort;
 mod call;
 mod resolver;
+mod shards;
 mod stream;
 mod target;
 mod tcp;
 
 use resolver::Names;
+use shards::Shards;
 pub use stream::{OpenStream, read_open_stream};
 pub use target::{Attempted, Target};
 
@@ -50,8 +53,8 @@ pub struct Completion {
 
 /// The ureq side of the gateway.
 pub struct Upstream {
-    proxied: Agent,
-    direct: Agent,
+    proxied: Shards,
+    direct: Shards,
     /// One resolver for every agent, so a name is looked up once for all of them.
     names: Names,
 }
@@ -92,16 +95,16 @@ impl Upstream {
     fn with_tls(tls: Option<ureq::tls::TlsConfig>) -> Upstream {
         let names = Names::default();
         Upstream {
-            proxied: agent(
-                base_config(ureq::Proxy::try_from_env(), tls.clone()),
+            proxied: Shards::new(
+                &base_config(ureq::Proxy::try_from_env(), tls.clone()),
                 &names,
             ),
-            direct: agent(base_config(None, tls), &names),
+            direct: Shards::new(&base_config(None, tls), &names),
             names,
         }
     }
 
-    fn agent(&self, target: &Target) -> &Agent {
+    fn shards(&self, target: &Target) -> &Shards {
         if target.direct {
             &self.direct
         } else {
@@ -140,7 +143,7 @@ impl Upstream {
         hangup: &Hangup,
         read: impl Fn(Vec<u8>) -> Result<T, Failure>,
     ) -> Attempted<T> {
-        let agent = self.agent(target);
+        let (agent, _slot) = self.shards(target).take();
         let abort = Abort::new();
         let interrupt = abort.clone();
         hangup.on_hangup(move || interrupt.fire());
@@ -171,7 +174,8 @@ impl Upstream {
     /// `/api/models` this way).
     pub fn get(&self, target: &Target, timeout: Duration) -> Result<Vec<u8>, Failure> {
         let mut request = self
-            .agent(target)
+            .shards(target)
+            .first()
             .get(&target.url)
             .config()
             .timeout_global(Some(timeout))
@@ -211,20 +215,15 @@ impl Upstream {
         retries: u32,
         hangup: &Hangup,
     ) -> Attempted<OpenStream> {
+        let (agent, slot) = self.shards(target).take();
         let call = stream::Call {
-            agent: self.agent(target),
+            agent,
             names: &self.names,
             target,
             body,
         };
-        stream::open(&call, first_wait, gap, retries, hangup)
+        stream::open(&call, slot, first_wait, gap, retries, hangup)
     }
-}
-
-/// An agent with the shared resolver (see `resolver`: no thread per request) and the
-/// connector that lets one request interrupt its own connection (see `abort`).
-fn agent(config: Config, names: &Names) -> Agent {
-    Agent::with_parts(config, abort::Connector::default(), names.clone())
 }
 
 fn base_config(proxy: Option<ureq::Proxy>, tls: Option<ureq::tls::TlsConfig>) -> Config {
@@ -346,5 +345,67 @@ mod tests {
         // One rustls config for the agent (ureq builds one per connection for a call
         // configured per request): the second and third handshakes are resumptions.
         assert_eq!(server.join().unwrap(), [false, true, true]);
+    }
+
+    #[test]
+    fn the_agents_of_a_kind_share_one_tls_session_cache() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (url, server) = tls_server_once_per_connection(&cert, 2);
+        let upstream = Upstream::trusting(cert.cert.pem().as_bytes()).unwrap();
+        let shards = upstream.shards(&Target::direct(url.clone()));
+        // The first call's agent, then (its 16 slots held) the next one's.
+        let (first, _) = shards.take();
+        assert!(first.get(&url).call().is_ok());
+        let held: Vec<_> = (0..shards::PER_SHARD).map(|_| shards.take()).collect();
+        let (second, _) = shards.take();
+        assert!(!std::ptr::eq(first, second));
+        assert!(second.get(&url).call().is_ok());
+        drop(held);
+        assert_eq!(server.join().unwrap(), [false, true]);
+    }
+
+    #[test]
+    fn a_stream_holds_its_slot_until_it_is_read_to_the_end() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://{}/v1/chat/completions",
+            listener.local_addr().unwrap()
+        );
+        let (go_on, wait) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut tcp, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(2).any(|w| w == b"{}") {
+                let n = tcp.read(&mut buf).unwrap();
+                assert!(n > 0, "the request came whole");
+                got.extend_from_slice(&buf[..n]);
+            }
+            let event = |data: &str| format!("{:x}\r\ndata: {data}\n\n\r\n", data.len() + 8);
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let first = event(r#"{"choices":[{"delta":{"content":"a"}}]}"#);
+            tcp.write_all(format!("{head}{first}").as_bytes()).unwrap();
+            wait.recv().unwrap();
+            let rest = format!("{}0\r\n\r\n", event("[DONE]"));
+            tcp.write_all(rest.as_bytes()).unwrap();
+        });
+        let upstream = Upstream::new();
+        let target = Target::direct(url);
+        let open = upstream.open_stream(
+            &target,
+            b"{}",
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            0,
+            &Hangup::default(),
+        );
+        let open = open.result.expect("the stream opens");
+        assert_eq!(upstream.direct.taken(), 1, "held while the stream runs");
+        go_on.send(()).unwrap();
+        let mut gathered = crate::chat::stream::Gathered::default();
+        read_open_stream(open, &mut gathered, |_, _| Ok(()));
+        assert_eq!(upstream.direct.taken(), 0, "given back at its end");
+        server.join().unwrap();
     }
 }

@@ -17,6 +17,7 @@ use super::abort::Abort;
 use super::call::{CONNECT_TIMEOUT, MAX_ERROR_BODY, io_failure, send, with_retries};
 use super::resolver::Names;
 use super::retry::Failure;
+use super::shards::Slot;
 use super::target::{Attempted, Target};
 use crate::chat::provider_error::{error_in, reported};
 use crate::chat::sse::{Event, EventReader};
@@ -40,6 +41,8 @@ pub struct OpenStream {
     pub events: EventReader<BufReader<ureq::BodyReader<'static>>>,
     /// The request's claim on its connection (see [`Abort`]).
     abort: Abort,
+    /// The call's slot, which chose its agent (see `shards`): held while the stream runs.
+    slot: Option<Slot>,
 }
 
 /// Reads an opened stream to its end (see [`read_stream`]). A complete stream's connection
@@ -53,6 +56,7 @@ pub fn read_open_stream(
         first,
         mut events,
         abort,
+        slot,
     } = stream;
     let end = abort.scope(|| {
         let end = read_stream(first, &mut events, gathered, each);
@@ -66,6 +70,7 @@ pub fn read_open_stream(
     // one cut short; only then is the request's claim on it over.
     drop(events);
     abort.finish();
+    drop(slot);
     end
 }
 
@@ -82,6 +87,7 @@ pub(super) struct Call<'a> {
 /// later one.
 pub(super) fn open(
     call: &Call<'_>,
+    slot: Slot,
     first_wait: Duration,
     gap: Duration,
     retries: u32,
@@ -91,12 +97,13 @@ pub(super) fn open(
     let interrupt = abort.clone();
     hangup.on_hangup(move || interrupt.fire());
     let deadline = Instant::now() + first_wait;
-    let opened = with_retries(deadline, retries, hangup, |remaining| {
+    let mut opened = with_retries(deadline, retries, hangup, |remaining| {
         abort.set_deadline(Some(Instant::now() + remaining));
         abort.scope(|| attempt(call, &abort, remaining, gap))
     });
-    if opened.result.is_err() {
-        abort.finish();
+    match &mut opened.result {
+        Ok(open) => open.slot = Some(slot),
+        Err(_) => abort.finish(),
     }
     opened
 }
@@ -155,6 +162,7 @@ fn attempt(
         first,
         events,
         abort: abort.clone(),
+        slot: None,
     })
 }
 
