@@ -15,6 +15,8 @@ pub struct Options {
     /// Measuring window per level and target.
     pub duration: Duration,
     pub levels: Vec<usize>,
+    /// How many times each level is measured (the gateways taking turns at going first).
+    pub rounds: usize,
     pub json: PathBuf,
     /// sigorest: its binary (`-gateway`); the bench's tests put a stand-in at a URL here.
     pub gateway: Source,
@@ -57,6 +59,9 @@ tables and writes the numbers as JSON.
   -duration SECS        measuring time per level and target (default 5)
   -quick                1 s per level (a smoke run)
   -levels LIST          concurrency levels, comma-separated (default 1,10,100)
+  -rounds N             measure each level N times, sigorest and the other gateway
+                        taking turns at going first; report each target's median round
+                        and the range of the rounds (default 1, at most 20)
   -json PATH            where to write the results (default bench.json)
   -gateway PATH         the sigorest binary (default: next to this one)
   -direct-only          measure the fake upstream only, without a gateway
@@ -94,6 +99,7 @@ Comparing with another gateway (same fake upstream, load and bodies):
 struct Raw {
     duration: Option<f64>,
     levels: Option<String>,
+    rounds: Option<usize>,
     json: Option<PathBuf>,
     gateway: Option<PathBuf>,
     events: Option<usize>,
@@ -159,6 +165,7 @@ fn take(a: &mut pico_args::Arguments) -> Result<Raw, pico_args::Error> {
     Ok(Raw {
         duration: a.opt_value_from_str("--duration")?,
         levels: a.opt_value_from_str("--levels")?,
+        rounds: a.opt_value_from_str("--rounds")?,
         json: a.opt_value_from_str("--json")?,
         gateway: a.opt_value_from_str("--gateway")?,
         events: a.opt_value_from_str("--stream-events")?,
@@ -194,6 +201,10 @@ fn check(raw: Raw) -> Result<Options, BenchError> {
             "-stream-events must be from 1 to 10000".into(),
         ));
     }
+    let rounds = raw.rounds.unwrap_or(1);
+    if !(1..=20).contains(&rounds) {
+        return Err(BenchError::Usage("-rounds must be from 1 to 20".into()));
+    }
     let parallel = raw.parallel.unwrap_or(100);
     if parallel > 1000 {
         return Err(BenchError::Usage("-parallel must be at most 1000".into()));
@@ -208,6 +219,7 @@ fn check(raw: Raw) -> Result<Options, BenchError> {
     Ok(Options {
         duration: duration(raw.quick, raw.duration)?,
         levels: levels(raw.levels.as_deref())?,
+        rounds,
         json: raw.json.unwrap_or_else(|| PathBuf::from("bench.json")),
         gateway: Source::Sigorest(raw.gateway.unwrap_or_else(gateway::default_binary)),
         direct_only: raw.direct_only,

@@ -9,7 +9,8 @@
 //! and threads; and the wall time of many parallel calls to a slow model ([`report`],
 //! [`markdown`]), against the goals of issue 19 ([`targets`]). Another gateway, given by
 //! URL or by command ([`subject`], [`cmdline`]), can be measured beside sigorest with the
-//! same fake upstream, load and bodies ([`run`]).
+//! same fake upstream, load and bodies ([`run`]), each level several times if asked
+//! ([`rounds`]).
 
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -22,6 +23,7 @@ mod gateway;
 mod load;
 mod markdown;
 mod report;
+mod rounds;
 mod run;
 mod subject;
 mod targets;

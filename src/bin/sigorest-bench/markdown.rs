@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use super::report::{Latency, Process, ProcessRow, Report, StreamLatency};
+use super::rounds::Spread;
 use super::targets::Goal;
 
 fn ms(v: f64) -> String {
@@ -21,6 +22,22 @@ fn mb(kb: u64) -> String {
 
 fn percent(v: Option<f64>) -> String {
     v.map_or_else(|| "–".to_string(), |v| format!("{:.0}%", v * 100.0))
+}
+
+/// `value`, and with several rounds the range of theirs: `22% (20–25%)`.
+fn ranged(value: String, spread: Option<Spread>, cell: fn(f64) -> String) -> String {
+    match spread {
+        Some(s) if s.min < s.max => format!("{value} ({}–{})", cell(s.min), cell(s.max)),
+        _ => value,
+    }
+}
+
+fn share_cell(v: f64) -> String {
+    percent(Some(v))
+}
+
+fn times_cell(v: f64) -> String {
+    format!("{v:.2}×")
 }
 
 /// CPU microseconds per request, or a dash.
@@ -46,6 +63,7 @@ pub fn markdown(r: &Report) -> String {
     header(&mut o, r);
     if !r.json.is_empty() {
         json_table(&mut o, r);
+        rounds_table(&mut o, r);
         compare_table(&mut o, r);
     }
     if !r.stream.is_empty() {
@@ -77,6 +95,17 @@ fn header(o: &mut String, r: &Report) {
         s.duration_s,
         s.warmup_s
     );
+    if s.rounds > 1 {
+        let gateways = match &s.compare {
+            Some(c) => format!(", sigorest and {} taking turns at going first", c.name),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            o,
+            "{} rounds per level{gateways}. Each row below is its target's median round (by requests/s); the shares of direct, the ratio and the added p50 are the medians of each round's own, their range in brackets.\n",
+            s.rounds
+        );
+    }
     if let Some(c) = &s.compare {
         let how = match (&c.url, &c.command) {
             (Some(url), _) => format!("running at {url}"),
@@ -145,6 +174,7 @@ fn compare_table(o: &mut String, r: &Report) {
     );
     let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &r.json {
+        let rounds = row.rounds.as_ref();
         let per_s = |l: Option<&Latency>| l.map_or("–".into(), |l| format!("{:.0}", l.per_s));
         let _ = writeln!(
             o,
@@ -152,15 +182,78 @@ fn compare_table(o: &mut String, r: &Report) {
             row.concurrency,
             per_s(row.gateway.as_ref()),
             per_s(row.compare.as_ref().map(|c| &c.latency)),
-            row.gateway_per_compare
-                .map_or("–".into(), |x| format!("{x:.2}×")),
-            percent(row.gateway_share_of_direct),
-            percent(row.compare_share_of_direct),
-            opt(row.added_p50_ms),
-            opt(row.compare.as_ref().map(|c| c.added_p50_ms)),
+            ranged(
+                row.gateway_per_compare.map_or("–".into(), times_cell),
+                rounds.and_then(|r| r.gateway_per_compare),
+                times_cell
+            ),
+            ranged(
+                percent(row.gateway_share_of_direct),
+                rounds.and_then(|r| r.gateway_share_of_direct),
+                share_cell
+            ),
+            ranged(
+                percent(row.compare_share_of_direct),
+                rounds.and_then(|r| r.compare_share_of_direct),
+                share_cell
+            ),
+            ranged(
+                opt(row.added_p50_ms),
+                rounds.and_then(|r| r.gateway_added_p50_ms),
+                ms
+            ),
+            ranged(
+                opt(row.compare.as_ref().map(|c| c.added_p50_ms)),
+                rounds.and_then(|r| r.compare_added_p50_ms),
+                ms
+            ),
             us(row.process.and_then(|p| p.cpu_us)),
             us(row.compare.as_ref().and_then(|c| c.process?.cpu_us)),
         );
+    }
+}
+
+/// With several rounds: every round's requests/s per level and target, and the share of
+/// direct (median and range).
+fn rounds_table(o: &mut String, r: &Report) {
+    if r.json.iter().all(|row| row.rounds.is_none()) {
+        return;
+    }
+    let _ = writeln!(o, "\nRequests/s by round, in the order run:\n");
+    let _ = writeln!(
+        o,
+        "| conc. | target | requests/s by round | share of direct |"
+    );
+    let _ = writeln!(o, "|---:|---|---|---:|");
+    for row in &r.json {
+        let Some(rounds) = &row.rounds else {
+            continue;
+        };
+        let list = |v: &[f64]| {
+            let v: Vec<String> = v.iter().map(|x| format!("{x:.0}")).collect();
+            v.join(", ")
+        };
+        let n = row.concurrency;
+        let _ = writeln!(o, "| {n} | direct | {} | |", list(&rounds.direct_per_s));
+        let targets = [
+            (
+                SIGOREST,
+                &rounds.gateway_per_s,
+                rounds.gateway_share_of_direct,
+            ),
+            (
+                compare_name(r),
+                &rounds.compare_per_s,
+                rounds.compare_share_of_direct,
+            ),
+        ];
+        for (name, rates, share) in targets {
+            let Some(rates) = rates else {
+                continue;
+            };
+            let cell = ranged(percent(share.map(|s| s.median)), share, share_cell);
+            let _ = writeln!(o, "| {n} | {name} | {} | {cell} |", list(rates));
+        }
     }
 }
 

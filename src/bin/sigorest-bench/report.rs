@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::load::Samples;
+use super::rounds::Rounds;
 use super::targets::Goal;
 
 /// Everything one run measured; written as JSON so runs can be compared across commits.
@@ -40,6 +41,7 @@ pub struct Settings {
     pub duration_s: f64,
     pub warmup_s: f64,
     pub levels: Vec<usize>,
+    pub rounds: usize,
     pub stream_events: usize,
     pub stream_gap_ms: u64,
     pub upstream_delay_ms: u64,
@@ -81,7 +83,7 @@ pub struct Latency {
 }
 
 /// The gateway process during one level.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Process {
     /// `VmHWM` after the level: its peak (reset before it where the kernel allows, else the
     /// peak so far).
@@ -109,6 +111,10 @@ pub struct JsonRow {
     pub compare_share_of_direct: Option<f64>,
     /// Requests/s through sigorest divided by those through the other gateway.
     pub gateway_per_compare: Option<f64>,
+    /// With `-rounds N` above 1: every round's rates and ratios. The latencies above are
+    /// then each target's median round; the shares, the ratio and the added p50 are the
+    /// medians of the rounds' own.
+    pub rounds: Option<Rounds>,
 }
 
 /// The other gateway at one level of chat completions.
@@ -153,7 +159,23 @@ impl JsonRow {
             process: process.flatten(),
             gateway,
             direct,
+            rounds: None,
         }
+    }
+
+    /// The figures of several rounds: their medians in place of the median rounds' own.
+    pub fn with_rounds(mut self, rounds: Option<Rounds>) -> JsonRow {
+        if let Some(r) = &rounds {
+            self.gateway_share_of_direct = r.gateway_share_of_direct.map(|s| s.median);
+            self.compare_share_of_direct = r.compare_share_of_direct.map(|s| s.median);
+            self.gateway_per_compare = r.gateway_per_compare.map(|s| s.median);
+            self.added_p50_ms = r.gateway_added_p50_ms.map(|s| s.median);
+            if let (Some(c), Some(added)) = (&mut self.compare, r.compare_added_p50_ms) {
+                c.added_p50_ms = added.median;
+            }
+        }
+        self.rounds = rounds;
+        self
     }
 }
 
@@ -201,6 +223,9 @@ pub struct StreamRow {
     pub added_event_p99_ms: Option<f64>,
     pub process: Option<Process>,
     pub compare: Option<CompareStream>,
+    /// With `-rounds N` above 1, as for completions (streams/s; the added latency is the
+    /// first event's).
+    pub rounds: Option<Rounds>,
 }
 
 /// The other gateway at one level of streams.
@@ -260,7 +285,20 @@ impl StreamRow {
             process: process.flatten(),
             gateway,
             direct,
+            rounds: None,
         }
+    }
+
+    /// The figures of several rounds: the first event's added p50 their median.
+    pub fn with_rounds(mut self, rounds: Option<Rounds>) -> StreamRow {
+        if let Some(r) = &rounds {
+            self.added_first_event_p50_ms = r.gateway_added_p50_ms.map(|s| s.median);
+            if let (Some(c), Some(added)) = (&mut self.compare, r.compare_added_p50_ms) {
+                c.added_first_event_p50_ms = added.median;
+            }
+        }
+        self.rounds = rounds;
+        self
     }
 }
 

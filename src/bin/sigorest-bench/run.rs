@@ -13,6 +13,7 @@ use super::fake::{self, Fake};
 use super::gateway::{self, ProcStatus};
 use super::load::{self, Plan, Progress, Samples};
 use super::report::{self, JsonRow, ParallelRow, Process, ProcessRow, Report, StreamRow, Through};
+use super::rounds::{self, Leveled, Rate, Round};
 use super::subject::{CHAT_PATH, Calls, Source, Spec, Subject, Upstream};
 use super::{BenchError, body, epoch, markdown, targets};
 
@@ -109,6 +110,7 @@ fn settings(opts: &Options, up: Upstream) -> report::Settings {
         duration_s: opts.duration.as_secs_f64(),
         warmup_s: warmup(opts).as_secs_f64(),
         levels: opts.levels.clone(),
+        rounds: opts.rounds,
         stream_events: opts.stream_events,
         stream_gap_ms: opts.stream_gap.as_millis() as u64,
         upstream_delay_ms: opts.upstream_delay.as_millis() as u64,
@@ -252,32 +254,44 @@ impl<'a> Bench<'a> {
         }
     }
 
-    /// One level for one kind of request: direct, then through each gateway.
-    fn level<L>(
+    /// One level for one kind of request, each round direct and then through each
+    /// gateway (in turns, which goes first); each target's median round and, with more
+    /// than one, the rounds' figures.
+    fn level<L: Rate + Clone>(
         &self,
         n: usize,
         stream: bool,
         read: fn(Samples) -> L,
-    ) -> (L, [Option<Through<L>>; 2]) {
+    ) -> Option<Leveled<L>> {
         let kind = if stream { "stream" } else { "json" };
-        let direct = self.plan((self.fake.addr, CHAT_PATH, DIRECT_MODEL), n, stream);
-        let direct = read(phase(&format!("c={n} direct {kind}"), &direct, None).0);
-        let through = [&self.sigorest, &self.other].map(|s| {
-            s.as_ref().map(|s| {
-                let plan = self.plan((s.addr, &s.calls.path, &s.calls.model), n, stream);
-                measure(s, &format!("c={n} {} {kind}", s.name), &plan, read)
-            })
+        let total = self.opts.rounds.max(1);
+        let gateways = [&self.sigorest, &self.other];
+        let rounds = (0..total).map(|i| {
+            let tag = match total {
+                1 => String::new(),
+                _ => format!(", round {}/{total}", i + 1),
+            };
+            let direct = self.plan((self.fake.addr, CHAT_PATH, DIRECT_MODEL), n, stream);
+            let direct = read(phase(&format!("c={n} direct {kind}{tag}"), &direct, None).0);
+            let mut through = [None, None];
+            for g in rounds::order(i) {
+                through[g] = gateways[g].as_ref().map(|s| {
+                    let plan = self.plan((s.addr, &s.calls.path, &s.calls.model), n, stream);
+                    measure(s, &format!("c={n} {} {kind}{tag}", s.name), &plan, read)
+                });
+            }
+            Round { direct, through }
         });
-        (direct, through)
+        rounds::combine(rounds.collect())
     }
 
     fn json_levels(&self) -> Vec<JsonRow> {
         if self.opts.no_completions {
             return Vec::new();
         }
-        let rows = self.opts.levels.iter().map(|&n| {
-            let (direct, [gateway, compare]) = self.level(n, false, report::latency);
-            JsonRow::new(n, direct, gateway, compare)
+        let rows = self.opts.levels.iter().filter_map(|&n| {
+            let (direct, [gateway, compare], rounds) = self.level(n, false, report::latency)?;
+            Some(JsonRow::new(n, direct, gateway, compare).with_rounds(rounds))
         });
         rows.collect()
     }
@@ -286,9 +300,10 @@ impl<'a> Bench<'a> {
         if self.opts.no_stream {
             return Vec::new();
         }
-        let rows = self.opts.levels.iter().map(|&n| {
-            let (direct, [gateway, compare]) = self.level(n, true, report::stream_latency);
-            StreamRow::new(n, direct, gateway, compare)
+        let rows = self.opts.levels.iter().filter_map(|&n| {
+            let (direct, [gateway, compare], rounds) =
+                self.level(n, true, report::stream_latency)?;
+            Some(StreamRow::new(n, direct, gateway, compare).with_rounds(rounds))
         });
         rows.collect()
     }

@@ -50,6 +50,7 @@ fn flags_are_checked() {
     assert_eq!(o.parallel, 100);
     assert!(matches!(parse_args(args(&["-help"])), Ok(Command::Help)));
     assert!(o.compare.is_none() && o.fake_port == 0);
+    assert_eq!(o.rounds, 1);
     assert!(matches!(o.gateway, Source::Sigorest(_)));
     for bad in [
         &["-levels", "0"][..],
@@ -58,6 +59,8 @@ fn flags_are_checked() {
         &["-stream-events", "0"],
         &["-bogus"],
         &["-fake-port", "70000"],
+        &["-rounds", "0"],
+        &["-rounds", "21"],
     ] {
         assert!(
             matches!(parse_args(args(bad)), Err(BenchError::Usage(_))),
@@ -430,4 +433,75 @@ fn a_compare_gateway_that_does_not_answer_is_reported() {
         !std::path::Path::new(&json).exists(),
         "no report without a run"
     );
+}
+
+#[test]
+fn rounds_measure_every_level_again_and_report_the_medians() {
+    let dir = TempDir::new("rounds");
+    let json = dir.join("bench.json").to_string_lossy().into_owned();
+    let fake_port = free_port().expect("a free port");
+    let sigorest = stand_in_sigorest(fake_port);
+    let other = stand_in_sigorest(fake_port);
+    let url = format!("http://{}", other.addr);
+    let mut opts = short_run(
+        fake_port,
+        &json,
+        &["-rounds", "3", "-no-stream", "-compare-url", &url],
+    );
+    opts.gateway = at_url(&sigorest);
+    let mut out = Vec::new();
+    let report = run(&opts, &mut out).expect("the bench runs");
+    let tables = String::from_utf8(out).unwrap();
+
+    assert_eq!(report.json.len(), 2);
+    for row in &report.json {
+        let r = row.rounds.as_ref().expect("three rounds are summed up");
+        let (g, c) = (r.gateway_per_s.as_ref(), r.compare_per_s.as_ref());
+        assert_eq!(
+            (r.direct_per_s.len(), g.map(Vec::len), c.map(Vec::len)),
+            (3, Some(3), Some(3)),
+            "{r:?}"
+        );
+        // The row is the median round of each target.
+        let mut rates = g.unwrap().clone();
+        rates.sort_by(f64::total_cmp);
+        assert_eq!(row.gateway.as_ref().unwrap().per_s, rates[1], "{r:?}");
+        let mut direct = r.direct_per_s.clone();
+        direct.sort_by(f64::total_cmp);
+        assert_eq!(row.direct.per_s, direct[1], "{r:?}");
+        // The shares and the ratio are the medians of the rounds' own.
+        let share = r.gateway_share_of_direct.expect("a share each round");
+        assert_eq!(row.gateway_share_of_direct, Some(share.median));
+        assert!(share.min <= share.median && share.median <= share.max);
+        let per = r.gateway_per_compare.expect("a ratio each round");
+        assert_eq!(row.gateway_per_compare, Some(per.median));
+        assert_eq!(row.added_p50_ms, r.gateway_added_p50_ms.map(|s| s.median));
+        assert_eq!(
+            row.compare.as_ref().map(|c| c.added_p50_ms),
+            r.compare_added_p50_ms.map(|s| s.median)
+        );
+        assert_eq!(
+            (row.direct.errors, row.gateway.as_ref().unwrap().errors),
+            (0, 0)
+        );
+        let n = row.concurrency;
+        assert!(tables.contains(&format!("| {n} | other | ")), "{tables}");
+    }
+    assert!(
+        tables.contains("3 rounds per level, sigorest and other taking turns at going first"),
+        "{tables}"
+    );
+    assert!(
+        tables.contains("Requests/s by round, in the order run:"),
+        "{tables}"
+    );
+    let saved: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(saved["settings"]["rounds"], 3);
+    assert_eq!(
+        saved["json"][0]["rounds"]["direct_per_s"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    assert!(saved["json"][1]["rounds"]["gateway_per_compare"]["median"].is_number());
 }
