@@ -67,12 +67,11 @@ impl Spread {
     /// `None` for no values. An even count takes the lower of the middle two, a value that
     /// was measured.
     pub fn of(values: &[f64]) -> Option<Spread> {
-        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-        v.sort_by(f64::total_cmp);
+        let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
         Some(Spread {
-            median: *v.get((v.len().checked_sub(1)?) / 2)?,
-            min: *v.first()?,
-            max: *v.last()?,
+            median: *v.get(median_round(&v)?)?,
+            min: v.iter().copied().reduce(f64::min)?,
+            max: v.iter().copied().reduce(f64::max)?,
         })
     }
 }
