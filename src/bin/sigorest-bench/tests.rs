@@ -36,6 +36,11 @@ impl Drop for TempDir {
     }
 }
 
+/// The bench's JSON file, read back.
+fn saved(path: impl AsRef<std::path::Path>) -> Value {
+    serde_json::from_slice(&std::fs::read(path).expect("the JSON file")).expect("JSON")
+}
+
 fn args(list: &[&str]) -> Vec<OsString> {
     list.iter().map(OsString::from).collect()
 }
@@ -211,7 +216,7 @@ fn a_quick_direct_run_measures_the_fake_upstream() {
     assert!(report.gateway_process.is_none());
 
     // The JSON file holds the same numbers, for comparing runs.
-    let saved: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let saved = saved(&json);
     assert_eq!(saved["settings"]["levels"], serde_json::json!([1, 3]));
     assert_eq!(saved["json"][1]["concurrency"], 3);
     assert_eq!(
@@ -357,7 +362,7 @@ fn compare_mode_measures_both_gateways() {
         "{tables}"
     );
 
-    let saved: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let saved = saved(&json);
     assert_eq!(saved["settings"]["compare"]["name"], "standin");
     assert_eq!(
         saved["settings"]["compare"]["env"],
@@ -495,7 +500,7 @@ fn rounds_measure_every_level_again_and_report_the_medians() {
         tables.contains("Requests/s by round, in the order run:"),
         "{tables}"
     );
-    let saved: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let saved = saved(&json);
     assert_eq!(saved["settings"]["rounds"], 3);
     assert_eq!(
         saved["json"][0]["rounds"]["direct_per_s"]
