@@ -35,6 +35,7 @@ pub fn test_timeouts() -> Timeouts {
         stall: Duration::from_secs(2),
         linger: Duration::from_millis(500),
         queue_wait: Duration::from_secs(5),
+        worker_idle: Duration::from_secs(60),
     }
 }
 

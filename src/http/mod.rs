@@ -343,6 +343,9 @@ pub struct Timeouts {
     pub linger: Duration,
     /// A request that waited longer than this for a worker gets 503 `overloaded`.
     pub queue_wait: Duration,
+    /// A worker beyond the first few that has had nothing to do for this long ends, so that
+    /// after a burst the gateway goes back to its idle threads and memory.
+    pub worker_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -355,6 +358,7 @@ impl Default for Timeouts {
             stall: Duration::from_secs(10),
             linger: Duration::from_secs(2),
             queue_wait: Duration::from_secs(30),
+            worker_idle: Duration::from_secs(60),
         }
     }
 }

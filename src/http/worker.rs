@@ -4,11 +4,11 @@
 //! connection thread to finish.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::{self, JoinHandle};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::conn::{Back, Job, Rest};
 use super::shared::{Shared, Workers};
@@ -19,13 +19,16 @@ use crate::error::Error;
 const INITIAL_WORKERS: usize = 4;
 
 /// The worker pool: up to its size, its threads start when requests need them (every
-/// started worker busy, or work waiting), and stay. An idle gateway so keeps a few threads
-/// instead of a hundred (about 1 MB of stacks and bookkeeping less, and fewer threads for a
-/// small box to schedule); a burst of slow calls still gets a worker each, at once.
+/// started worker busy, or work waiting), and those beyond the first [`INITIAL_WORKERS`]
+/// end after [`Timeouts::worker_idle`](super::Timeouts::worker_idle) without work. An idle
+/// gateway so keeps a few threads instead of a hundred, also after a burst (their stacks and
+/// bookkeeping back, and fewer threads for a small box to schedule); a burst of slow calls
+/// still gets a worker each, at once.
 pub(crate) struct Pool {
     queue: Receiver<Job>,
     size: usize,
-    started: AtomicUsize,
+    /// Workers running (or being started).
+    started: Arc<AtomicUsize>,
     handles: Mutex<Vec<JoinHandle<()>>>,
     /// The server's shared state, which the new threads take (set at its creation).
     shared: Weak<Shared>,
@@ -36,14 +39,16 @@ impl Pool {
         Pool {
             queue,
             size: size.max(1),
-            started: AtomicUsize::new(0),
+            started: Arc::new(AtomicUsize::new(0)),
             handles: Mutex::new(Vec::new()),
             shared,
         }
     }
 
     fn spawn_more(&self, busy: usize, stopping: bool) {
-        let started = self.started.load(Ordering::Acquire);
+        // Between the caller's queueing and this read (see `retire`).
+        fence(Ordering::SeqCst);
+        let started = self.started.load(Ordering::SeqCst);
         if stopping || started >= self.size || busy + self.queue.len() < started {
             return;
         }
@@ -62,12 +67,17 @@ impl Pool {
             return Ok(());
         };
         let queue = self.queue.clone();
+        let (started, size) = (self.started.clone(), self.size);
         let spawned = thread::Builder::new()
             .name(format!("{}w{n}", shared.prefix))
-            .spawn(move || work(&shared, &queue));
+            .spawn(move || work(&shared, &queue, &started, size));
         match spawned {
             Ok(handle) => {
-                crate::util::lock(&self.handles).push(handle);
+                let mut handles = crate::util::lock(&self.handles);
+                // Workers that retired are done: their handles go, so that bursts over months
+                // do not pile them up.
+                handles.retain(|h| !h.is_finished());
+                handles.push(handle);
                 Ok(())
             }
             // (`started` counts it already; the thread itself reports in `Stats`.)
@@ -98,9 +108,20 @@ impl Workers for Pool {
     }
 }
 
-fn work(shared: &Arc<Shared>, queue: &Receiver<Job>) {
+fn work(shared: &Arc<Shared>, queue: &Receiver<Job>, started: &AtomicUsize, size: usize) {
     shared.stats.workers_started.fetch_add(1, Ordering::AcqRel);
-    while let Ok(job) = queue.recv() {
+    loop {
+        let job = match queue.recv_timeout(shared.timeouts.worker_idle) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) if retire(started, queue, size) => break,
+            // One of the workers that stay: it waits without waking up, so that an idle
+            // gateway stays still.
+            Err(RecvTimeoutError::Timeout) => match queue.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         shared
             .stats
             .queue_depth
@@ -112,6 +133,35 @@ fn work(shared: &Arc<Shared>, queue: &Receiver<Job>) {
         }
         shared.stats.workers_busy.fetch_sub(1, Ordering::AcqRel);
     }
+    shared.stats.workers_started.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Counts an idle worker out unless it is one of the first [`INITIAL_WORKERS`]: true when it
+/// should end.
+///
+/// A request queued while this worker decides must not be left to wait for a busy one: the
+/// connection thread queues, then reads `started` to see whether to start a worker; this
+/// worker lowers `started`, then looks at the queue. With a full fence between each side's
+/// write and read, at least one of them sees the other: the connection thread starts a
+/// worker, or this one stays (counted back in, unless that would pass the pool's size).
+fn retire(started: &AtomicUsize, queue: &Receiver<Job>, size: usize) -> bool {
+    let out = started
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n > INITIAL_WORKERS).then(|| n - 1)
+        })
+        .is_ok();
+    if !out {
+        return false;
+    }
+    fence(Ordering::SeqCst);
+    if queue.is_empty() {
+        return true;
+    }
+    started
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < size).then_some(n + 1)
+        })
+        .is_err()
 }
 
 /// Handles one request on a worker and writes its response.

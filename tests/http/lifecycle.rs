@@ -289,3 +289,50 @@ fn many_servers_start_and_stop() {
         assert!(h.stop(Duration::from_secs(1)));
     }
 }
+
+#[test]
+fn workers_started_for_a_burst_end_when_idle_and_start_again_for_the_next() {
+    let h = Harness::start(|c| {
+        c.workers = 8;
+        c.timeouts.worker_idle = Duration::from_millis(300);
+    });
+    let stats = h.stats();
+    let started = || stats.workers_started.load(Ordering::Acquire);
+    assert!(
+        wait_for(Duration::from_secs(2), || started() == 4),
+        "{}",
+        started()
+    );
+    for burst in 0..2 {
+        let mut clients: Vec<_> = (0..8)
+            .map(|_| {
+                let mut c = h.client();
+                send_get(&mut c, "/slow?ms=500");
+                c
+            })
+            .collect();
+        // All eight at once: a worker each, the pool grown to its size again.
+        assert!(
+            wait_for(Duration::from_secs(3), || stats
+                .workers_busy
+                .load(Ordering::Acquire)
+                == 8),
+            "burst {burst}: {} busy",
+            stats.workers_busy.load(Ordering::Acquire)
+        );
+        assert_eq!(started(), 8);
+        for c in &mut clients {
+            assert_eq!(c.response().unwrap().status, 200);
+        }
+        // Idle past `worker_idle`: back to the first four, which stay.
+        assert!(
+            wait_for(Duration::from_secs(5), || started() == 4),
+            "burst {burst}: {} started",
+            started()
+        );
+        thread::sleep(Duration::from_millis(700));
+        assert_eq!(started(), 4, "the first workers stay");
+        // And they still answer.
+        assert_eq!(h.client().get("/echo").status, 200);
+    }
+}
