@@ -40,6 +40,8 @@ pub struct Options {
     pub fake_port: u16,
     /// The other gateway to compare with.
     pub compare: Option<Spec>,
+    /// Only serve the fake upstream, until killed (for other load tools).
+    pub serve_fake: bool,
 }
 
 /// What the command line asks for.
@@ -74,6 +76,9 @@ tables and writes the numbers as JSON.
   -slow-ms N            how long the slow model's upstream takes (default 1000)
   -workers N, -queue N  passed to the gateway (default: the gateway's own)
   -fake-port N          the fake upstream's port on 127.0.0.1 (default: any free one)
+  -serve-fake           only start the fake upstream, print its address and serve until
+                        killed (to drive it and gateways in front of it with wrk or
+                        another load tool)
 
 Comparing with another gateway (same fake upstream, load and bodies):
   -compare-url URL      one already running at http://HOST:PORT, whose OpenAI-compatible
@@ -114,6 +119,7 @@ struct Raw {
     direct_only: bool,
     no_stream: bool,
     no_completions: bool,
+    serve_fake: bool,
     compare: RawCompare,
 }
 
@@ -180,6 +186,7 @@ fn take(a: &mut pico_args::Arguments) -> Result<Raw, pico_args::Error> {
         direct_only: a.contains("--direct-only"),
         no_stream: a.contains("--no-stream"),
         no_completions: a.contains("--no-completions"),
+        serve_fake: a.contains("--serve-fake"),
         compare: RawCompare {
             url: a.opt_value_from_str("--compare-url")?,
             cmd: a.opt_value_from_str("--compare-cmd")?,
@@ -216,7 +223,13 @@ fn check(raw: Raw) -> Result<Options, BenchError> {
             "-direct-only measures no gateway: it cannot compare one".into(),
         ));
     }
+    if raw.serve_fake && (compare.is_some() || raw.direct_only) {
+        return Err(BenchError::Usage(
+            "-serve-fake only serves the fake upstream: it measures nothing".into(),
+        ));
+    }
     Ok(Options {
+        serve_fake: raw.serve_fake,
         duration: duration(raw.quick, raw.duration)?,
         levels: levels(raw.levels.as_deref())?,
         rounds,

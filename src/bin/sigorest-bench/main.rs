@@ -31,7 +31,7 @@ mod targets;
 mod tests;
 
 pub use args::{Command, Options, parse_args, usage};
-pub use run::run;
+pub use run::{run, serve_fake};
 
 /// Why the bench could not run.
 #[derive(Debug)]
@@ -103,8 +103,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&opts, &mut std::io::stdout().lock()) {
-        Ok(_) => ExitCode::SUCCESS,
+    let out = &mut std::io::stdout().lock();
+    let done = match opts.serve_fake {
+        true => serve_fake(&opts, out, &std::sync::atomic::AtomicBool::new(false)),
+        false => run(&opts, out).map(drop),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sigorest-bench: {e}");
             match e {

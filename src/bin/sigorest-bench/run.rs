@@ -27,21 +27,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report, BenchError> {
     epoch();
     let load_before = loadavg();
-    let fake = Fake::start(
-        fake::Profile {
-            delay: opts.upstream_delay,
-            events: opts.stream_events,
-            gap: opts.stream_gap,
-        },
-        opts.fake_port,
-    )
-    .map_err(|e| {
-        let on = match opts.fake_port {
-            0 => String::new(),
-            p => format!(" on port {p}"),
-        };
-        BenchError::io(&format!("starting the fake upstream{on}"), e)
-    })?;
+    let fake = start_fake(opts)?;
     let up = Upstream {
         addr: fake.addr(),
         slow_ms: opts.slow.as_millis() as u64,
@@ -545,4 +531,46 @@ fn commit() -> Option<String> {
     let dirty =
         git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     Some(if dirty { format!("{head}-dirty") } else { head })
+}
+
+/// The fake upstream, with the profile and on the port `opts` ask for.
+fn start_fake(opts: &Options) -> Result<Fake, BenchError> {
+    Fake::start(
+        fake::Profile {
+            delay: opts.upstream_delay,
+            events: opts.stream_events,
+            gap: opts.stream_gap,
+        },
+        opts.fake_port,
+    )
+    .map_err(|e| {
+        let on = match opts.fake_port {
+            0 => String::new(),
+            p => format!(" on port {p}"),
+        };
+        BenchError::io(&format!("starting the fake upstream{on}"), e)
+    })
+}
+
+/// `-serve-fake`: the fake upstream alone, its address on `out`, until `stop` is set (the
+/// command line never sets it: the process serves until it is killed).
+pub fn serve_fake(
+    opts: &Options,
+    out: &mut dyn Write,
+    stop: &AtomicBool,
+) -> Result<(), BenchError> {
+    let fake = start_fake(opts)?;
+    writeln!(
+        out,
+        "fake upstream at http://{addr}/v1 (POST /v1/chat/completions; under \
+         http://{addr}/delay-<ms>/v1 it answers <ms> later); serving until killed",
+        addr = fake.addr()
+    )
+    .and_then(|()| out.flush())
+    .map_err(|e| BenchError::io("writing the fake's address", e))?;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+    fake.stop();
+    Ok(())
 }

@@ -510,3 +510,80 @@ fn rounds_measure_every_level_again_and_report_the_medians() {
     );
     assert!(saved["json"][1]["rounds"]["gateway_per_compare"]["median"].is_number());
 }
+
+/// What `serve_fake` writes, sent on to the test as it comes.
+struct Lines(std::sync::mpsc::Sender<Vec<u8>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.send(buf.to_vec());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn serve_fake_serves_the_fake_alone_until_stopped() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let port = free_port().expect("a free port");
+    let Ok(Command::Run(opts)) =
+        parse_args(args(&["-serve-fake", "-fake-port", &port.to_string()]))
+    else {
+        panic!("-serve-fake should parse");
+    };
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let serving = {
+        let stop = stop.clone();
+        std::thread::spawn(move || crate::serve_fake(&opts, &mut Lines(tx), &stop))
+    };
+    let mut said = Vec::new();
+    while !said.ends_with(b"\n") {
+        let part = rx.recv_timeout(std::time::Duration::from_secs(10));
+        said.extend(part.expect("the fake's address, one line"));
+    }
+    let said = String::from_utf8(said).expect("text");
+    assert!(
+        said.contains(&format!("http://127.0.0.1:{port}/v1")),
+        "{said}"
+    );
+
+    let body = crate::body("gpt41", false);
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        tcp,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).expect("read the answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""object":"chat.completion""#), "{answer}");
+
+    stop.store(true, Ordering::Relaxed);
+    serving.join().expect("no panic").expect("served");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the fake stopped listening"
+    );
+}
+
+#[test]
+fn serve_fake_measures_nothing() {
+    for bad in [
+        &["-serve-fake", "-direct-only"][..],
+        &["-serve-fake", "-compare-cmd", "x {port}"],
+    ] {
+        assert!(
+            matches!(parse_args(args(bad)), Err(BenchError::Usage(_))),
+            "{bad:?} should be refused"
+        );
+    }
+}
