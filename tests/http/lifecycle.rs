@@ -336,3 +336,39 @@ fn workers_started_for_a_burst_end_when_idle_and_start_again_for_the_next() {
         assert_eq!(h.client().get("/echo").status, 200);
     }
 }
+
+/// Workers that end after a millisecond idle, and bursts that arrive while they are ending:
+/// every request of a burst must still get a worker of its own at once (a request left
+/// queued behind busy workers would keep the busy count below the burst's size).
+#[test]
+fn requests_arriving_while_workers_end_each_get_a_worker_at_once() {
+    let h = Harness::start(|c| {
+        c.workers = 8;
+        c.timeouts.worker_idle = Duration::from_millis(1);
+    });
+    let stats = h.stats();
+    for burst in 0..12 {
+        // Gaps from 0 to 5 ms: the extra workers are ending, or about to, when it comes.
+        thread::sleep(Duration::from_millis(burst % 6));
+        let mut clients: Vec<_> = (0..8)
+            .map(|_| {
+                let mut c = h.client();
+                send_get(&mut c, "/slow?ms=250");
+                c
+            })
+            .collect();
+        assert!(
+            wait_for(Duration::from_millis(200), || stats
+                .workers_busy
+                .load(Ordering::Acquire)
+                == 8),
+            "burst {burst}: only {} busy",
+            stats.workers_busy.load(Ordering::Acquire)
+        );
+        for c in &mut clients {
+            assert_eq!(c.response().unwrap().status, 200);
+        }
+    }
+    let started = stats.workers_started.load(Ordering::Acquire);
+    assert!((4..=8).contains(&started), "{started} workers");
+}
