@@ -64,7 +64,11 @@ for t in $targets; do
     -d '{"model":"gpt41","messages":[{"role":"user","content":"hi"}]}' \
     "http://127.0.0.1:$port/v1/chat/completions" 2>/dev/null)" = 200 ]; do
     i=$((i + 1))
-    [ $i -lt 50 ] || { echo "wrk-compare: ${t%%:*} did not answer; logs in $work" >&2; trap - EXIT; exit 1; }
+    if [ $i -ge 50 ]; then
+      echo "wrk-compare: ${t%%:*} did not answer with 200 in 5 s; its log:" >&2
+      tail -n 20 "$work"/*.log >&2
+      exit 1
+    fi
     sleep 0.1
   done
 done

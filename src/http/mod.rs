@@ -344,7 +344,7 @@ pub struct Timeouts {
     /// A request that waited longer than this for a worker gets 503 `overloaded`.
     pub queue_wait: Duration,
     /// A worker beyond the first few that has had nothing to do for this long ends, so that
-    /// after a burst the gateway goes back to its idle threads and memory.
+    /// after a burst the gateway goes back to its idle threads.
     pub worker_idle: Duration,
 }
 
