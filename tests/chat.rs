@@ -510,3 +510,40 @@ fn overload_answers_503_at_once_and_nothing_hangs() {
     }
     assert_eq!(gw.get("/api/health").status, 200, "healthy afterwards");
 }
+
+#[test]
+fn a_non_streamed_answer_with_tool_calls_keeps_them_in_the_session_on_every_api() {
+    let (fake, gw) = setup();
+    let answer = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant",
+            "content": "Checking", "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}});
+    let calls = [
+        (
+            "/v1/chat/completions",
+            "c",
+            json!({"messages": [{"role": "user", "content": "w?"}]}),
+        ),
+        (
+            "/v1/messages",
+            "m",
+            json!({"max_tokens": 100, "messages": [{"role": "user", "content": "w?"}]}),
+        ),
+        ("/v1/responses", "r", json!({"input": "w?"})),
+    ];
+    for (path, session, mut body) in calls {
+        fake.push(Reply::json(200, answer.clone()));
+        body["model"] = json!("gpt41");
+        body["session_id"] = json!(session);
+        let r = gw.post_json(path, &body);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let file = gw.dir.join(&format!("sessions/gpt41@{session}.json"));
+        let stored: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        assert_eq!(
+            stored["history"][1]["content"],
+            "Checking\n[tool call get_weather({\"city\":\"Paris\"})]",
+            "{path}"
+        );
+    }
+}

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::caller::Caller;
-use crate::chat::answer::{Answer, Usage, assistant_message};
+use crate::chat::answer::{Answer, Usage};
 use crate::chat::prepared::{self, Prepared};
 use crate::chat::request::ChatRequest;
 use crate::chat::stream::{Chunk, Gathered, StreamEnd};
@@ -503,7 +503,7 @@ impl Upcall<'_> {
             Ok(done) => {
                 permit.finish(Outcome::Success);
                 gw.scores.record(&model.short, true, started.elapsed());
-                prepared.save_turn(&gw.sessions, assistant_message(done.answer.content.clone()));
+                prepared.save_turn(&gw.sessions, done.answer.assistant());
                 Ok(Answered::Complete(Box::new(Completed {
                     body: done.body,
                     answer: done.answer,

@@ -165,6 +165,36 @@ pub(crate) fn reasoning_text<'a>(
         .find_map(|v| v.as_str().filter(|s| !s.is_empty()))
 }
 
+impl Answer {
+    /// The assistant's turn for the session: the content as it came; with tool calls, its
+    /// text followed by a line `[tool call NAME(ARGUMENTS)]` per call, as a stream's turn.
+    pub fn assistant(&self) -> Message {
+        if self.tool_calls.is_empty() {
+            return assistant_message(self.content.clone());
+        }
+        let calls = self
+            .tool_calls
+            .iter()
+            .map(|c| (c.name.as_str(), c.arguments.as_str()));
+        assistant_message(Value::String(turn_text(content_text(&self.content), calls)))
+    }
+}
+
+/// A session turn's text: `text`, then a line `[tool call NAME(ARGUMENTS)]` per call (session
+/// files hold role and content only).
+pub(crate) fn turn_text<'a>(
+    mut text: String,
+    calls: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    for (name, args) in calls {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&format!("[tool call {name}({args})]"));
+    }
+    text
+}
+
 /// The assistant's side of a session turn.
 pub fn assistant_message(content: Value) -> Message {
     let content = if content.is_null() {
@@ -258,7 +288,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!((odd.finish_reason, odd.tool_calls.len()), (None, 0));
-        assert_eq!(assistant_message(tools.content).content, json!(""));
+        assert_eq!(assistant_message(tools.content.clone()).content, json!(""));
+        assert_eq!(tools.assistant().content, json!(""));
+        assert_eq!(
+            calls.assistant().content,
+            json!("[tool call f({\"x\":1})]\n[tool call g({\"y\":2})]\n[tool call ()]"),
+            "the calls kept in the session turn"
+        );
+        let both = parse_answer(
+            br#"{"choices":[{"message":{"content":[{"type":"text","text":"Checking"}],
+            "tool_calls":[{"id":"c","function":{"name":"w","arguments":"{}"}}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            both.assistant().content,
+            json!("Checking\n[tool call w({})]")
+        );
+        let parts =
+            parse_answer(br#"{"choices":[{"message":{"content":[{"type":"text","text":"x"}]}}]}"#)
+                .unwrap();
+        assert_eq!(
+            parts.assistant().content,
+            json!([{"type":"text","text":"x"}]),
+            "as it came"
+        );
         assert!(parse_answer(b"not json").unwrap_err().contains("not JSON"));
         assert!(
             parse_answer(b"{\"error\":{}}")

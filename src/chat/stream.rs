@@ -7,7 +7,7 @@ use std::io::{self, BufRead};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::answer::{assistant_message, reasoning_text};
+use super::answer::{assistant_message, reasoning_text, turn_text};
 use super::provider_error::{error_in, member_message, reported};
 use super::sse::{Event, EventReader};
 use crate::state::session::Message;
@@ -285,14 +285,11 @@ impl Gathered {
 
     /// The assistant's turn for the session: its text, and its tool calls as text lines.
     pub fn assistant(&self) -> Message {
-        let mut content = self.text.clone();
-        for (name, args) in &self.tool_calls {
-            if !content.is_empty() {
-                content.push('\n');
-            }
-            content.push_str(&format!("[tool call {name}({args})]"));
-        }
-        assistant_message(Value::String(content))
+        let calls = self
+            .tool_calls
+            .iter()
+            .map(|(name, args)| (name.as_str(), args.as_str()));
+        assistant_message(Value::String(turn_text(self.text.clone(), calls)))
     }
 }
 
