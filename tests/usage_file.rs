@@ -99,6 +99,12 @@ fn usage_survives_a_restart_and_sigoe_prints_it() {
     server.signal("TERM");
     assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
     assert_eq!(requests_in(&file), Ok(2), "written at shutdown");
+    // Key names and costs are private: the directory it created 0700, the file 0600, as
+    // the sessions (no session request came first to create the directory).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&server.dir.join(".sessions")), 0o700);
+    assert_eq!(mode(&file), 0o600);
 
     let server = start(take_dir(&mut server), &fake, &[]);
     assert_eq!(chat(server.addr), 200);

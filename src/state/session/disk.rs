@@ -3,9 +3,9 @@
 //! directory (mode 0700) and its pruning to the newest [`MAX_SESSIONS`] sessions.
 
 use std::ffi::OsString;
-use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -82,11 +82,7 @@ fn move_aside(path: &Path) -> Result<PathBuf, Error> {
 /// Creates the sessions directory with mode 0700 when it is missing (an existing one keeps
 /// its mode: the administrator's choice).
 pub(super) fn ensure_dir(dir: &Path) -> Result<(), Error> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::io(dir, &e))
+    crate::util::fs::create_private_dir(dir).map_err(|e| Error::io(dir, &e))
 }
 
 /// The lock file of a session file: `.<name>.lock` beside it. The session file itself is
