@@ -488,3 +488,31 @@ fn clients_that_leave_a_stream_never_open_the_breaker() {
     assert_eq!(errors, 0.0, "{s:#?}");
     assert_eq!(gw.chat("gpt41", "still there?", json!({})).status, 200);
 }
+
+#[test]
+fn a_fallback_counts_the_failed_models_errors_and_retries_against_its_own_provider() {
+    let (fake, gw) = setup();
+    // kimi (Moonshot) fails its three attempts, gpt41 (Mammouth) answers.
+    fake.push_n(3, Reply::status(500));
+    let r = gw.chat("kimi", "x", json!({"fallbacks": ["gpt41"]}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-sigorest-model"), Some("gpt41"));
+    let s = scrape(&gw);
+    assert_eq!(
+        s.get("sigorest_upstream_errors_total{provider=\"moonshot\",kind=\"server_error\"}"),
+        Some(&1.0)
+    );
+    assert_eq!(
+        s.get("sigorest_upstream_retries_total{provider=\"moonshot\"}"),
+        Some(&2.0)
+    );
+    let mammouth: Vec<_> = s
+        .iter()
+        .filter(|(k, _)| k.starts_with("sigorest_upstream_") && k.contains("mammouth"))
+        .collect();
+    assert!(
+        mammouth.is_empty(),
+        "the provider that answered did not fail: {mammouth:?}"
+    );
+    assert_eq!(s[&requests("gpt41", "mammouth", 200)], 1.0);
+}

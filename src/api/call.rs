@@ -178,30 +178,39 @@ pub(crate) fn run(
         let (result, t) = attempt(gw, req, caller, chat, name, more, &plan);
         attempts += t.attempts;
         tried.push(name.as_str());
-        // The books: the model last tried (or that answered), time with the providers, and
-        // the last provider failure.
-        rec.model = t.model.or(rec.model.take());
+        // The books: the model last tried (or that answered), time with the providers.
         rec.upstream_time = match (rec.upstream_time, t.took) {
             (Some(a), Some(b)) => Some(a + b),
             (a, b) => a.or(b),
         };
-        if t.error.is_some() {
-            rec.upstream_error = t.error;
-        }
-        match result {
+        let next = match result {
             Err(e) if i > 0 && skipped(&e) => {
                 if !more {
                     outcome = Err(real.take().unwrap_or(e));
                 }
+                more
             }
             Err(e) if more && !req.hangup.is_fired() && falls_back(&e, i) => {
                 log::info!(model = name.as_str(), error = e.code(); "model cannot answer; trying the next one");
                 real = Some(e);
+                true
             }
             other => {
                 outcome = other;
-                break;
+                false
             }
+        };
+        // A provider's failures and retries count against that provider: a model left for
+        // the next one is counted now, the last one with the call's record.
+        if next {
+            let provider = t.model.as_ref().map_or("", |m| m.provider.name());
+            gw.ledger.count_attempts(provider, t.error, t.attempts);
+            rec.model = t.model.or(rec.model.take());
+        } else {
+            rec.model = t.model.or(rec.model.take());
+            rec.upstream_error = t.error;
+            rec.attempts = t.attempts;
+            break;
         }
     }
     account(gw, req, &mut outcome, &tried, attempts, log, rec);
@@ -230,7 +239,6 @@ fn account(
         log.push(("tried", tried.join("|")));
     }
     log.push(("attempts", attempts.to_string()));
-    rec.attempts = attempts;
     match outcome {
         Ok(Answered::Complete(done)) => {
             log_tokens(log, &done.answer.usage);

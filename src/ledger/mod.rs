@@ -232,6 +232,17 @@ impl Metrics {
         }
     }
 
+    /// One model's turn at its provider: how it failed (after the retries), and the
+    /// attempts beyond the first.
+    fn count_attempts(&mut self, provider: &str, error: Option<UpstreamError>, attempts: u32) {
+        if let Some(kind) = error {
+            self.upstream_errors.inc([provider, kind.name()]);
+        }
+        if attempts > 1 {
+            self.retries.add([provider], f64::from(attempts - 1));
+        }
+    }
+
     fn render(&self, e: &mut Exposition) {
         e.counter(&self.requests);
         e.histogram(&self.duration);
@@ -334,12 +345,7 @@ impl Ledger {
             let overhead = rec.duration.saturating_sub(u);
             m.overhead.observe([rec.route], overhead.as_secs_f64());
         }
-        if let Some(kind) = rec.upstream_error {
-            m.upstream_errors.inc([provider, kind.name()]);
-        }
-        if rec.attempts > 1 {
-            m.retries.add([provider], f64::from(rec.attempts - 1));
-        }
+        m.count_attempts(provider, rec.upstream_error, rec.attempts);
         let Some(model) = model else { return };
         m.tokens.add([short, "prompt", key], prompt as f64);
         m.tokens.add([short, "completion", key], completion as f64);
@@ -353,6 +359,14 @@ impl Ledger {
         };
         state.usage.add(key, &model.short, &totals, now);
         state.dirty = true;
+    }
+
+    /// A provider's failure and retries on a model the call then left for the next one
+    /// (the model that answered, or failed last, is counted with the call's record).
+    pub fn count_attempts(&self, provider: &str, error: Option<UpstreamError>, attempts: u32) {
+        lock(&self.state)
+            .metrics
+            .count_attempts(provider, error, attempts);
     }
 
     /// A stream's record, to be finished when the stream ends (see [`PendingCall`]).
