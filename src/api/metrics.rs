@@ -100,7 +100,7 @@ fn gauges(gw: &Gateway, e: &mut Exposition) {
     );
     let mut overloaded = CounterVec::new(
         "sigorest_overloaded_total",
-        "Requests refused with 503 overloaded (queue full, or waited too long for a worker).",
+        "Requests refused with 503 overloaded (queue full, waited too long for a worker, or the request bodies in flight at -max-body-total).",
         [],
     );
     overloaded.add([], s.overloaded_total.load(Relaxed) as f64);

@@ -490,6 +490,13 @@ fn refuse(
         path,
     } = rejection;
     log::debug!(ip:% = peer, error:% = error; "request refused");
+    if matches!(error, Error::Overloaded { .. }) {
+        // The body budget spent: refused as a full queue is, and counted with it.
+        shared
+            .stats
+            .overloaded_total
+            .fetch_add(1, Ordering::Relaxed);
+    }
     let reply = Reply {
         version: Version::Http11,
         head_only: method.as_deref() == Some("HEAD"),

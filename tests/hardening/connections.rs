@@ -162,6 +162,13 @@ fn request_bodies_in_flight_share_one_budget() {
     assert_eq!((r.status, r.error_code().as_str()), (503, "overloaded"));
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(
+        h.stats()
+            .overloaded_total
+            .load(std::sync::atomic::Ordering::Acquire),
+        1,
+        "counted as overloaded"
+    );
     // A small one still fits.
     let mut small = h.client();
     small
