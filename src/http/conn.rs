@@ -61,6 +61,8 @@ pub(crate) struct Job {
     pub(crate) reply: Reply,
     /// Where the connection goes back; dropping it closes the connection.
     pub(crate) back: Sender<Back>,
+    /// Its place in the queue ([`Shared::queued`](super::shared::Shared)).
+    pub(crate) seq: u64,
 }
 
 /// What a worker gives back.
@@ -260,12 +262,15 @@ fn answer(s: &Serving<'_>, conn: Conn, req: Request, reply: Reply, lease: Lease)
     let hangup = req.hangup.clone();
     let http11 = req.version == super::Version::Http11;
     shared.set_hangup(s.id, Some(hangup.clone()));
+    let seq = shared.queued.fetch_add(1, Ordering::SeqCst) + 1;
+    let received = req.received;
     let sent = s.jobs.try_send(Job {
         req,
         lease,
         conn,
         reply,
         back,
+        seq,
     });
     let back = match sent {
         Ok(()) => {
@@ -273,7 +278,12 @@ fn answer(s: &Serving<'_>, conn: Conn, req: Request, reply: Reply, lease: Lease)
             shared.stats.queue_depth.store(depth, Ordering::Relaxed);
             let busy = shared.stats.workers_busy.load(Ordering::Acquire);
             shared.pool.grow(busy, shared.is_stopping());
-            wait_for_worker(&returned, &s.sock, (s.tls, http11), &hangup)
+            let queued = Queued {
+                shared,
+                seq,
+                received,
+            };
+            wait_for_worker(&returned, &s.sock, (s.tls, http11), &hangup, &queued)
         }
         Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
             shared.set_hangup(s.id, None);
@@ -368,6 +378,7 @@ fn wait_for_worker(
     sock: &Sock,
     (tls, http11): (bool, bool),
     hangup: &Hangup,
+    queued: &Queued<'_>,
 ) -> (Option<Back>, bool) {
     let mut probed = false;
     let mut looked = false;
@@ -378,6 +389,11 @@ fn wait_for_worker(
         match returned.recv_timeout(wait) {
             Ok(back) => return (Some(back), looked),
             Err(RecvTimeoutError::Disconnected) => return (None, looked),
+            Err(RecvTimeoutError::Timeout) if queued.expired() => {
+                // Every worker busy for longer than the queue may wait: the oldest waiting
+                // request (this one, or one queued before it) gets its 503 now.
+                queued.shared.pool.refuse_oldest();
+            }
             Err(RecvTimeoutError::Timeout) if hangup.is_fired() => {}
             Err(RecvTimeoutError::Timeout) => {
                 looked = true;
@@ -398,6 +414,21 @@ fn wait_for_worker(
             }
         }
         wait = POLL;
+    }
+}
+
+/// A request in the workers' queue, as its connection thread follows it.
+struct Queued<'a> {
+    shared: &'a Shared,
+    seq: u64,
+    received: Instant,
+}
+
+impl Queued<'_> {
+    /// Still queued after `queue_wait`.
+    fn expired(&self) -> bool {
+        self.received.elapsed() > self.shared.timeouts.queue_wait
+            && self.shared.taken.load(Ordering::SeqCst) < self.seq
     }
 }
 

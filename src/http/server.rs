@@ -81,6 +81,8 @@ pub fn start(config: ServerConfig, handler: Arc<dyn Handler>) -> io::Result<Serv
         prefix,
         next_id: AtomicU64::new(0),
         open: Mutex::new(HashMap::new()),
+        queued: AtomicU64::new(0),
+        taken: AtomicU64::new(0),
     });
     let mut server = Server {
         addrs: Vec::new(),

@@ -33,6 +33,12 @@ pub(crate) struct Shared {
     pub(crate) refusing: std::sync::atomic::AtomicUsize,
     /// The workers (see `worker::Pool`), as the connection threads see them.
     pub(crate) pool: Box<dyn Workers>,
+    /// Jobs queued so far: each job's `seq` is its number in this count.
+    pub(crate) queued: AtomicU64,
+    /// The highest `seq` a worker (or a refusal) has taken off the queue. The queue is
+    /// first in, first out, so a job whose `seq` is above it is still waiting (or was taken
+    /// just now).
+    pub(crate) taken: AtomicU64,
 }
 
 /// The worker pool, as the rest of the server uses it.
@@ -44,6 +50,10 @@ pub(crate) trait Workers: Send + Sync {
     fn grow(&self, busy: usize, stopping: bool);
     /// The started workers' threads, for the server to join when it stops.
     fn take_handles(&self) -> Vec<std::thread::JoinHandle<()>>;
+    /// Takes the oldest job off the queue, if any, and answers it 503 `overloaded` here: a
+    /// connection thread whose own request has waited past `queue_wait` calls it, so that
+    /// the wait is bounded while every worker is busy with long calls.
+    fn refuse_oldest(&self);
 }
 
 pub(crate) struct Tracked {

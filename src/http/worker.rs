@@ -106,6 +106,22 @@ impl Workers for Pool {
     fn take_handles(&self) -> Vec<JoinHandle<()>> {
         std::mem::take(&mut *crate::util::lock(&self.handles))
     }
+
+    fn refuse_oldest(&self) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        if let Ok(job) = self.queue.try_recv() {
+            shared.taken.fetch_max(job.seq, Ordering::SeqCst);
+            shared
+                .stats
+                .queue_depth
+                .store(self.queue.len(), Ordering::Relaxed);
+            if catch_unwind(AssertUnwindSafe(|| answer(&shared, job, true))).is_err() {
+                log::error!("recovered from a panic while refusing a request");
+            }
+        }
+    }
 }
 
 fn work(shared: &Arc<Shared>, queue: &Receiver<Job>, started: &AtomicUsize, size: usize) {
@@ -122,13 +138,14 @@ fn work(shared: &Arc<Shared>, queue: &Receiver<Job>, started: &AtomicUsize, size
             },
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        shared.taken.fetch_max(job.seq, Ordering::SeqCst);
         shared
             .stats
             .queue_depth
             .store(queue.len(), Ordering::Relaxed);
         shared.stats.workers_busy.fetch_add(1, Ordering::AcqRel);
         // `call_handler` catches the handler's panics; this only guards against our own bugs.
-        if catch_unwind(AssertUnwindSafe(|| answer(shared, job))).is_err() {
+        if catch_unwind(AssertUnwindSafe(|| answer(shared, job, false))).is_err() {
             log::error!("worker recovered from a panic while answering");
         }
         shared.stats.workers_busy.fetch_sub(1, Ordering::AcqRel);
@@ -164,17 +181,19 @@ fn retire(started: &AtomicUsize, queue: &Receiver<Job>, size: usize) -> bool {
         .is_err()
 }
 
-/// Handles one request on a worker and writes its response.
-fn answer(shared: &Shared, job: Job) {
+/// Handles one request on a worker and writes its response; `refused`: 503 `overloaded`
+/// without asking the handler (as for any request that waited past `queue_wait`).
+fn answer(shared: &Shared, job: Job, refused: bool) {
     let Job {
         mut req,
         lease,
         mut conn,
         reply,
         back,
+        seq: _,
     } = job;
     let t = &shared.timeouts;
-    let resp = if req.received.elapsed() > t.queue_wait {
+    let resp = if refused || req.received.elapsed() > t.queue_wait {
         shared
             .stats
             .overloaded_total

@@ -68,6 +68,42 @@ fn a_request_that_waited_too_long_for_a_worker_gets_503() {
 }
 
 #[test]
+fn the_wait_for_a_worker_is_bounded_while_every_worker_is_busy_for_long() {
+    let h = Harness::start(|c| {
+        c.workers = 1;
+        c.timeouts.queue_wait = Duration::from_millis(200);
+    });
+    let stats = h.stats();
+    let mut busy = h.client();
+    send_get(&mut busy, "/slow?ms=3500");
+    assert!(wait_for(Duration::from_secs(2), || stats
+        .workers_busy
+        .load(Ordering::Acquire)
+        == 1));
+    // Two requests queued behind the one worker, which stays busy for 3.5 s: each gets its
+    // 503 soon after the 200 ms it may wait, not when the worker is free again.
+    let from = Instant::now();
+    let mut first = h.client();
+    send_get(&mut first, "/echo");
+    let mut second = h.client();
+    send_get(&mut second, "/echo");
+    for c in [&mut first, &mut second] {
+        let r = c.response().unwrap();
+        assert_eq!((r.status, r.error_code().as_str()), (503, "overloaded"));
+    }
+    assert!(
+        from.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        from.elapsed()
+    );
+    assert_eq!(stats.overloaded_total.load(Ordering::Acquire), 2);
+    assert_eq!(stats.queue_depth.load(Ordering::Acquire), 0);
+    // The worker's own request is unharmed, and the server answers as before.
+    assert_eq!(busy.response().unwrap().status, 200);
+    assert_eq!(h.client().get("/echo").status, 200);
+}
+
+#[test]
 fn a_client_leaving_fires_the_hangup() {
     let h = Harness::start(|_| {});
     // While the handler works.
