@@ -228,6 +228,23 @@ fn embeddings_pass_through_to_the_provider() {
         &json!({"model": "embedding-small", "input": []}),
     )
     .assert_error(400, "invalid_request");
+    // The chat extensions that mean nothing here are refused, not sent to the provider.
+    for (field, value) in [
+        ("session_id", json!("s")),
+        ("fallbacks", json!(["embedding-large"])),
+    ] {
+        let mut b = json!({"model": "embedding-small", "input": "a"});
+        b[field] = value;
+        let msg = gw
+            .post_json("/v1/embeddings", &b)
+            .assert_error(400, "invalid_request");
+        assert!(msg.contains(field), "{msg}");
+    }
+    assert_eq!(
+        fake.requests_to("/v1/embeddings").len(),
+        2,
+        "none of them went on"
+    );
 }
 
 #[test]

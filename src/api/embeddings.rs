@@ -43,6 +43,20 @@ fn answer(
     let mut body = json_object(&req.body, "embeddings")?;
     let name = model_name(body.get("model"))?;
     check_input(body.get("input"))?;
+    // sigorest's chat extensions that have no meaning here are refused, not sent on (a
+    // provider would refuse the unknown field, or ignore it without a word).
+    if body.contains_key("session_id") {
+        return Err(Error::invalid_param(
+            "session_id",
+            "embeddings take no 'session_id': an embedding is of its input alone",
+        ));
+    }
+    if body.contains_key("fallbacks") {
+        return Err(Error::invalid_param(
+            "fallbacks",
+            "embeddings take no 'fallbacks': another model's vectors would not compare with this one's",
+        ));
+    }
     let timeout = timeout(body.remove("timeout"), gw.settings.max_timeout)?;
     let retries = retries(body.remove("retries"))?;
     let resolved = gw.resolve(&name)?;
