@@ -304,6 +304,7 @@ fn sessions_work_through_messages() {
     let (fake, gw) = setup(Options::default());
     let mut body = hello("gpt41");
     body["session_id"] = json!("notes");
+    body["system"] = json!("Be brief.");
     assert_eq!(post(&gw, "/v1/messages", &body).status, 200);
     body["messages"] = json!([{"role": "user", "content": "again"}]);
     assert_eq!(post(&gw, "/v1/messages", &body).status, 200);
@@ -314,7 +315,9 @@ fn sessions_work_through_messages() {
         .iter()
         .filter_map(|m| m["content"].as_str())
         .collect();
-    assert_eq!(texts, ["hello", "echo: hello", "again"]);
+    // The system prompt first, then the session, then the new turn.
+    assert_eq!(texts, ["Be brief.", "hello", "echo: hello", "again"]);
+    assert_eq!(up["messages"][0]["role"], "system");
     assert!(up.get("session_id").is_none());
 }
 

@@ -350,7 +350,8 @@ fn errors_are_in_openais_shape() {
 #[test]
 fn sessions_work_through_responses() {
     let (fake, gw) = setup(Options::default());
-    let mut body = json!({"model": "gpt41", "input": "hello", "session_id": "notes"});
+    let mut body = json!({"model": "gpt41", "input": "hello", "session_id": "notes",
+        "instructions": "Be brief."});
     assert_eq!(post(&gw, &body).status, 200);
     body["input"] = json!([{"role": "user", "content": [{"type": "input_text", "text": "again"}]}]);
     assert_eq!(post(&gw, &body).status, 200);
@@ -361,7 +362,8 @@ fn sessions_work_through_responses() {
         .iter()
         .filter_map(|m| m["content"].as_str())
         .collect();
-    assert_eq!(texts, ["hello", "echo: hello", "again"]);
+    // The instructions first, then the session, then the new turn.
+    assert_eq!(texts, ["Be brief.", "hello", "echo: hello", "again"]);
     assert!(up.get("session_id").is_none());
 }
 

@@ -190,15 +190,31 @@ impl Serialize for Messages<'_> {
         if let Some(m) = &self.memory {
             seq.serialize_element(m)?;
         }
+        // The client's leading system (or developer) messages — the system prompt a client
+        // sends with every request, and the Anthropic `system` and Responses `instructions`
+        // translated — come before the session's history, not in the middle of the
+        // conversation.
+        let lead = self
+            .client
+            .iter()
+            .take_while(|m| matches!(m["role"].as_str(), Some("system" | "developer")))
+            .count();
+        let (lead, rest) = self.client.split_at(lead);
+        let client = |seq: &mut S::SerializeSeq, m: &Value| {
+            if self.unmark {
+                seq.serialize_element(&Unmarked(m))
+            } else {
+                seq.serialize_element(m)
+            }
+        };
+        for m in lead {
+            client(&mut seq, m)?;
+        }
         for m in self.history {
             seq.serialize_element(&HistoryEntry(m))?;
         }
-        for m in self.client {
-            if self.unmark {
-                seq.serialize_element(&Unmarked(m))?;
-            } else {
-                seq.serialize_element(m)?;
-            }
+        for m in rest {
+            client(&mut seq, m)?;
         }
         seq.end()
     }
