@@ -302,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn messages_in_order_memory_history_client() {
+    fn messages_in_order_memory_system_history_client() {
         let req = parse(json!({"model": "gpt41", "messages": [
             {"role": "system", "content": "be brief"},
             {"role": "user", "content": [{"type": "text", "text": "what?"},
@@ -323,10 +323,26 @@ mod tests {
         let msgs = up["messages"].as_array().unwrap();
         assert_eq!(msgs.len(), 5);
         assert_eq!(msgs[0], json!({"role": "system", "content": "I am memory"}));
-        assert_eq!(msgs[1]["content"], "earlier");
-        assert_eq!(msgs[2]["content"], "answer");
-        assert_eq!(msgs[3], req.messages()[0]);
+        assert_eq!(
+            msgs[1],
+            req.messages()[0],
+            "the client's system prompt before the history"
+        );
+        assert_eq!(msgs[2]["content"], "earlier");
+        assert_eq!(msgs[3]["content"], "answer");
         assert_eq!(msgs[4], req.messages()[1], "content parts pass unchanged");
+        // A system message after the conversation began stays where the client put it.
+        let later = parse(json!({"model": "gpt41", "messages": [
+            {"role": "user", "content": "a"}, {"role": "system", "content": "now terse"}]}))
+        .unwrap();
+        let up = later.upstream_body(&model("gpt41"), &mem("", false), &history);
+        let roles: Vec<&str> = up["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(roles, ["user", "assistant", "user", "system"]);
     }
 
     #[test]
