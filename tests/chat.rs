@@ -547,3 +547,12 @@ fn a_non_streamed_answer_with_tool_calls_keeps_them_in_the_session_on_every_api(
         );
     }
 }
+
+#[test]
+fn an_upstream_redirect_is_a_502_naming_the_base_url() {
+    let (fake, gw) = setup();
+    fake.push(Reply::status(307));
+    let r = gw.chat("gpt41", "hi", json!({"retries": 1}));
+    let msg = r.assert_error(502, "upstream_error");
+    assert!(msg.contains("307") && msg.contains("base URL"), "{msg}");
+}
