@@ -395,3 +395,31 @@ fn input_tokens_is_an_estimate_that_grows_with_the_input() {
     gw.get("/v1/responses/input_tokens")
         .assert_error(405, "method_not_allowed");
 }
+
+#[test]
+fn a_stream_past_the_answer_limit_fails_cleanly_and_is_counted_as_a_bad_answer() {
+    let (fake, gw) = setup(Options::default());
+    // Nine chunks of 1 MiB: past the 8 MiB an answer may grow to.
+    let big = "x".repeat(1024 * 1024);
+    let chunk = json!({"choices": [{"index": 0, "delta": {"content": big}}]}).to_string();
+    let mut events: Vec<String> = std::iter::repeat_n(chunk, 9).collect();
+    events.push("[DONE]".to_string());
+    fake.push(Reply::stream(events));
+    let s = stream(&gw, &json!({"model": "gpt41", "input": "Write a lot."}));
+    assert_eq!(s.status, 200);
+    assert!(s.complete, "the stream ends properly, not cut");
+    let last = s.chunks().pop().expect("events");
+    assert_eq!(last["type"], "response.failed", "{}", last["type"]);
+    let metrics = gw.get("/metrics").text();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("sigorest_requests_total{route=\"responses\""))
+        .unwrap_or("");
+    assert!(line.contains("status=\"502\""), "{line}");
+    assert!(
+        metrics.contains(
+            "sigorest_upstream_errors_total{provider=\"mammouth\",kind=\"bad_answer\"} 1"
+        ),
+        "{metrics}"
+    );
+}

@@ -125,13 +125,32 @@ impl<T> Framed<T> {
     }
 }
 
+/// Why a front stopped reading on its own: the answer grew past a limit (its failure event
+/// is out), which is neither the client leaving nor the provider failing.
+#[derive(Debug)]
+pub(crate) struct CannotGoOn;
+
+impl std::fmt::Display for CannotGoOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the answer cannot go on")
+    }
+}
+
+impl std::error::Error for CannotGoOn {}
+
+impl CannotGoOn {
+    fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<CannotGoOn>())
+    }
+}
+
 impl<T: Translate> StreamFront for Framed<T> {
     fn chunk(&mut self, _raw: &str, chunk: &Chunk, sink: &mut dyn Sink) -> io::Result<()> {
         if let Err(message) = self.translator.chunk(chunk, &mut self.buf) {
             self.translator
                 .failed(&Error::Upstream { message }, &mut self.buf);
             self.send(sink)?;
-            return Err(io::Error::other("the answer cannot go on"));
+            return Err(io::Error::other(CannotGoOn));
         }
         self.send(sink)
     }
@@ -666,6 +685,16 @@ impl Streaming {
                         p.call.upstream_error = Some(UpstreamError::StreamFailed);
                     }
                     (error.status(), front.failed(&error, sink))
+                }
+                // The answer grew past a limit: the client has its failure event, and the
+                // provider did nothing wrong.
+                StreamEnd::Stopped(e) if CannotGoOn::is(&e) => {
+                    permit.finish(Outcome::Neutral);
+                    log.push(("error", "answer_too_long".to_string()));
+                    if let Some(p) = pending.as_mut() {
+                        p.call.upstream_error = Some(UpstreamError::BadAnswer);
+                    }
+                    (502, Ok(()))
                 }
                 StreamEnd::Stopped(e) => {
                     permit.finish(Outcome::Neutral);
