@@ -163,6 +163,10 @@ fn the_model_can_come_from_the_path() {
         .filter_map(|m| m["id"].as_str())
         .collect();
     assert_eq!(ids, ["claude-h"]);
+    // Named by its upstream id, in another case: the same one model.
+    let list = gw.get("/Kimi-K2.5/v1/models").json();
+    assert_eq!(list["data"][0]["id"], "kimi", "{list}");
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(1));
     let msg = serde_json::to_vec(
         &json!({"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
     )

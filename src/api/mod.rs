@@ -281,7 +281,9 @@ impl Handler for Router {
                 let req = with_model(req, &model, path);
                 let resp = self.answer(&req);
                 if req.path.ends_with("/models") {
-                    only_model(resp, &model)
+                    // The list names models by short code; the path may name one by its
+                    // upstream id or its Ollama name, in any case.
+                    only_model(resp, &self.gateway.short_code(&model))
                 } else {
                     resp
                 }
