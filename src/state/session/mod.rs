@@ -135,9 +135,16 @@ impl SessionStore {
                 },
             };
             history.extend_from_slice(messages);
+            let full = history.len();
             let excess = history.len().saturating_sub(MAX_MESSAGES);
             history.drain(..excess);
             disk::trim_to_bytes(&mut history);
+            if history.len() < full {
+                // Trimmed: the history starts at a user message, not with the rest of a
+                // turn (an answer, a tool result) whose question is gone.
+                let first_user = history.iter().position(|m| m.role == "user");
+                history.drain(..first_user.unwrap_or(0));
+            }
             if history.len() < messages.len().min(MAX_MESSAGES) {
                 log::warn!(model = model, session = id, limit = MAX_SESSION_BYTES; "turn larger than a session may hold; not kept");
                 return Ok(());

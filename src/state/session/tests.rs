@@ -93,6 +93,30 @@ fn keeps_the_newest_twenty() {
 }
 
 #[test]
+fn trimming_starts_the_history_at_a_user_message() {
+    let d = TestDir::new("session-trim-turns");
+    let s = SessionStore::new(d.path());
+    // A turn of one message (an answer to a tool result, no new user message) puts the
+    // turns out of step with the count of 20.
+    for n in 0..10 {
+        if n == 5 {
+            s.append("gpt41", "t", &[msg("assistant", "alone")])
+                .unwrap();
+        }
+        s.append("gpt41", "t", &turn(n)).unwrap();
+    }
+    // 21 messages: the oldest, question 0, goes; its answer goes with it.
+    let h = s.history("gpt41", "t").unwrap();
+    assert_eq!(
+        h[0],
+        msg("user", "question 1"),
+        "not the answer of question 0"
+    );
+    assert_eq!(h.len(), 19);
+    assert_eq!(h[18], msg("assistant", "answer 9"));
+}
+
+#[test]
 fn corrupt_file_is_moved_aside_and_kept() {
     let d = TestDir::new("session-corrupt");
     let s = SessionStore::new(d.path());
