@@ -30,6 +30,8 @@ pub enum Error {
     BodyTooLarge { limit: usize },
     /// The request head is larger than the limit.
     HeadTooLarge { limit: usize },
+    /// The request head has more header lines than the limit.
+    TooManyHeaders { limit: usize },
     /// The client's address is not in the listener's allow list.
     IpNotAllowed { ip: IpAddr },
     /// A state-changing call from an address outside `-admin-allow`.
@@ -151,7 +153,7 @@ impl Error {
             Error::ModelNotFound { .. } | Error::NotFound { .. } => 404,
             Error::MethodNotAllowed { .. } => 405,
             Error::BodyTooLarge { .. } => 413,
-            Error::HeadTooLarge { .. } => 431,
+            Error::HeadTooLarge { .. } | Error::TooManyHeaders { .. } => 431,
             Error::IpNotAllowed { .. }
             | Error::AdminOnly { .. }
             | Error::MetricsOnly { .. }
@@ -185,7 +187,7 @@ impl Error {
             Error::NotFound { .. } => "not_found",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::BodyTooLarge { .. } => "body_too_large",
-            Error::HeadTooLarge { .. } => "header_too_large",
+            Error::HeadTooLarge { .. } | Error::TooManyHeaders { .. } => "header_too_large",
             Error::IpNotAllowed { .. } => "ip_not_allowed",
             Error::AdminOnly { .. } => "admin_only",
             Error::InvalidApiKey { .. } => "invalid_api_key",
@@ -221,6 +223,7 @@ impl Error {
             | Error::MethodNotAllowed { .. }
             | Error::BodyTooLarge { .. }
             | Error::HeadTooLarge { .. }
+            | Error::TooManyHeaders { .. }
             | Error::ClientGone
             | Error::InvalidApiKey { .. } => "invalid_request_error",
             Error::IpNotAllowed { .. }
@@ -391,6 +394,9 @@ impl fmt::Display for Error {
                     "request body too large: the limit is {} MiB",
                     limit / (1024 * 1024)
                 )
+            }
+            Error::TooManyHeaders { limit } => {
+                write!(f, "too many header lines: the limit is {limit}")
             }
             Error::HeadTooLarge { limit } => {
                 write!(

@@ -17,6 +17,7 @@ fn all() -> Vec<Error> {
         },
         Error::BodyTooLarge { limit: 32 << 20 },
         Error::HeadTooLarge { limit: 64 << 10 },
+        Error::TooManyHeaders { limit: 100 },
         Error::IpNotAllowed { ip },
         Error::AdminOnly { ip },
         Error::InvalidApiKey { missing: true },

@@ -356,8 +356,8 @@ pub(crate) fn parse_head(
         Ok(httparse::Status::Complete(n)) if n > limits.head_bytes => return Err(too_large()),
         Ok(httparse::Status::Complete(n)) => n,
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(reject(Error::HeadTooLarge {
-                limit: limits.head_bytes,
+            return Err(reject(Error::TooManyHeaders {
+                limit: limits.header_lines,
             }));
         }
         Err(e) => return Err(invalid(&format!("malformed request head: {e}"))),
