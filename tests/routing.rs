@@ -163,6 +163,10 @@ fn the_model_can_come_from_the_path() {
         .filter_map(|m| m["id"].as_str())
         .collect();
     assert_eq!(ids, ["claude-h"]);
+    // A wrong method there is a plain 405, with nothing of a list in it.
+    let r = request(&gw.url("/claude-h/v1/models"), "POST", Some(b"{}"), &[]);
+    assert_eq!(r.status, 405);
+    assert!(r.json().get("data").is_none(), "{}", r.text());
     // Named by its upstream id, in another case: the same one model.
     let list = gw.get("/Kimi-K2.5/v1/models").json();
     assert_eq!(list["data"][0]["id"], "kimi", "{list}");

@@ -280,7 +280,7 @@ impl Handler for Router {
             Some((model, path)) => {
                 let req = with_model(req, &model, path);
                 let resp = self.answer(&req);
-                if req.path.ends_with("/models") {
+                if req.path.ends_with("/models") && resp.status == 200 {
                     // The list names models by short code; the path may name one by its
                     // upstream id or its Ollama name, in any case.
                     only_model(resp, &self.gateway.short_code(&model))

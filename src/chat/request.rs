@@ -30,6 +30,9 @@ pub const DEFAULT_RETRIES: u32 = 3;
 pub const MAX_RETRIES: u32 = 10;
 /// Most models a request may name in `fallbacks`.
 pub const MAX_FALLBACKS: usize = 8;
+/// Longest model name a request may give (no provider's id comes near it); a longer one
+/// is refused instead of being echoed into error bodies and log lines.
+pub const MAX_MODEL_NAME: usize = 256;
 /// Anthropic allows this many `cache_control` marks in one request.
 pub const MAX_CACHE_MARKS: usize = 4;
 
@@ -185,6 +188,10 @@ pub fn json_object(raw: &[u8], what: &str) -> Result<Map<String, Value>, Error> 
 
 pub(crate) fn model_name(model: Option<&Value>) -> Result<String, Error> {
     match model {
+        Some(Value::String(m)) if m.trim().len() > MAX_MODEL_NAME => Err(Error::invalid_param(
+            "model",
+            format!("'model' is longer than {MAX_MODEL_NAME} bytes"),
+        )),
         Some(Value::String(m)) if !m.trim().is_empty() => Ok(m.trim().to_string()),
         Some(Value::String(_)) => Err(Error::invalid_param("model", "'model' is empty")),
         Some(_) => Err(Error::invalid_param("model", "'model' must be a string")),
@@ -256,7 +263,9 @@ fn fallbacks(value: Option<Value>) -> Result<Vec<String>, Error> {
         Some(Value::Array(list)) if list.len() <= MAX_FALLBACKS => list
             .into_iter()
             .map(|v| match v {
-                Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+                Value::String(s) if !s.trim().is_empty() && s.trim().len() <= MAX_MODEL_NAME => {
+                    Ok(s.trim().to_string())
+                }
                 _ => Err(bad()),
             })
             .collect(),
@@ -427,6 +436,8 @@ mod tests {
             ("fallbacks", json!("kimi")),
             ("fallbacks", json!([5])),
             ("fallbacks", json!([""])),
+            ("fallbacks", json!(["m".repeat(MAX_MODEL_NAME + 1)])),
+            ("model", json!("m".repeat(MAX_MODEL_NAME + 1))),
             (
                 "fallbacks",
                 json!(["a", "b", "c", "d", "e", "f", "g", "h", "i"]),
