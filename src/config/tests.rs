@@ -358,6 +358,9 @@ fn help_and_version() {
 #[test]
 fn usage_names_every_flag_variable_and_file() {
     let u = usage();
+    // Every flag indented as the others (a string continuation once ate three indents).
+    let flush: Vec<&str> = u.lines().filter(|l| l.starts_with('-')).collect();
+    assert!(flush.is_empty(), "{flush:?}");
     for word in [
         "-http-port",
         "-https-port",

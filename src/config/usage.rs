@@ -71,16 +71,14 @@ Flags (one dash or two; the value after a space or '='):
     )
 }
 
-const ROUTING: &str = "\
-  -fallback RULES      models tried next when one cannot answer, e.g.
+const ROUTING: &str = "  -fallback RULES      models tried next when one cannot answer, e.g.
                        gpt41=kimi|zai-glm46,claude-h=claude-s45
   -auto LIST           models the name \"auto\" picks from, healthiest first
 ";
 
 fn llama() -> String {
     format!(
-        "\
-  -llama-server PATH   a llama.cpp llama-server to start and watch (a path, or
+        "  -llama-server PATH   a llama.cpp llama-server to start and watch (a path, or
                        a program in PATH); needs -llama-model
   -llama-model FILE    the .gguf model it serves (passed as -m)
   -llama-args \"ARGS\"   more arguments for it, split like a shell line; not
@@ -99,8 +97,7 @@ fn llama() -> String {
 
 fn limits(d: &Config) -> String {
     format!(
-        "\
-  -keys PATH           client keys (default {keys}); when the file exists,
+        "  -keys PATH           client keys (default {keys}); when the file exists,
                        every API call but /api/health needs one of its keys
   -ip-rate N           requests a minute per client address, 0-{ip_max};
                        0: no per-IP limit (default 0)
