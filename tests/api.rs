@@ -34,6 +34,26 @@ fn openai_models_list_is_the_whitelist_in_order() {
 }
 
 #[test]
+fn one_model_by_any_of_its_names() {
+    let gw = Gateway::start(Options::default().models("kimi, gpt41\n"));
+    for name in ["gpt41", "GPT41", "gpt-4.1", "gpt%2D4.1"] {
+        let r = gw.get(&format!("/v1/models/{name}"));
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        assert_eq!(r.json()["id"], "gpt41", "{name}");
+        assert_eq!(r.json()["object"], "model");
+    }
+    assert_eq!(gw.get("/models/kimi").json()["owned_by"], "moonshot");
+    // Not in the list (in the catalog, but not listed), or not a model at all: 404.
+    for name in ["claude-h", "no-such"] {
+        gw.get(&format!("/v1/models/{name}"))
+            .assert_error(404, "model_not_found");
+    }
+    // Deeper paths are no route.
+    assert_eq!(gw.get("/v1/models/gpt41/x").status, 404);
+    assert_eq!(gw.post("/v1/models/gpt41", b"{}").status, 405);
+}
+
+#[test]
 fn embedded_whitelist_without_a_file() {
     let gw = Gateway::start(Options::default());
     let ids: Vec<String> = gw.get("/v1/models").json()["data"]

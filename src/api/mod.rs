@@ -134,6 +134,12 @@ impl Router {
             "/responses" => Route::new("POST", responses::create),
             "/responses/input_tokens" => Route::new("POST", responses::input_tokens),
             "/models" => Route::new("GET, HEAD", models::openai),
+            p if p.len() > "/models/".len()
+                && p.starts_with("/models/")
+                && !p[8..].contains('/') =>
+            {
+                Route::new("GET, HEAD", models::one)
+            }
             "/api/models" if bare => Route::new("GET, HEAD", models::detailed),
             "/api/health" if bare => Route {
                 open: true,
@@ -352,7 +358,7 @@ fn model_in_path(path: &str) -> Option<(String, &str)> {
 }
 
 /// `%XX` escapes decoded; `None` for a bad escape or bytes that are not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+pub(super) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

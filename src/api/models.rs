@@ -17,6 +17,47 @@ use crate::state::catalog::Model;
 /// fields (`type`, `display_name`, `created_at`; `has_more`, `first_id`, `last_id`).
 pub(super) fn openai(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Response, Error> {
     let anthropic = req.header("anthropic-version").is_some();
+    let data = entries(gw, anthropic, caller);
+    let mut list = json!({"object": "list", "data": data});
+    if anthropic {
+        list["has_more"] = json!(false);
+        list["first_id"] = list["data"][0]["id"].clone();
+        list["last_id"] = list["data"]
+            .as_array()
+            .and_then(|d| d.last())
+            .map_or(Value::Null, |e| e["id"].clone());
+    }
+    Ok(Response::json(200, &list))
+}
+
+/// `GET /v1/models/{id}`: one entry of the list (the SDKs' `models.retrieve`), found by
+/// short code, upstream id or Ollama name in any case; 404 for a model this caller cannot
+/// see.
+pub(super) fn one(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Response, Error> {
+    let anthropic = req.header("anthropic-version").is_some();
+    let asked = req
+        .path
+        .rsplit_once("/models/")
+        .and_then(|(_, id)| super::percent_decode(id))
+        .unwrap_or_default();
+    let short = gw.short_code(&asked);
+    entries(gw, anthropic, caller)
+        .into_iter()
+        .find(|e| {
+            e["id"]
+                .as_str()
+                .is_some_and(|id| id.eq_ignore_ascii_case(&short))
+        })
+        .map(|e| Response::json(200, &e))
+        .ok_or_else(|| Error::ModelNotFound {
+            model: asked.chars().take(256).collect(),
+            reason: "not in this gateway's model list".to_string(),
+        })
+}
+
+/// The list's entries this caller may see: the listed models, Ollama's, the local
+/// llama-server's.
+fn entries(gw: &Gateway, anthropic: bool, caller: &Caller) -> Vec<Value> {
     let created_at = crate::logging::rfc3339(gw.started_unix);
     let entry = |short: &str, owner: &str| {
         let mut e =
@@ -45,16 +86,7 @@ pub(super) fn openai(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Res
     if let Some(l) = gw.llama().filter(|l| caller.allows(&l.model().short)) {
         data.push(entry(&l.model().short, l.model().provider.name()));
     }
-    let mut list = json!({"object": "list", "data": data});
-    if anthropic {
-        list["has_more"] = json!(false);
-        list["first_id"] = list["data"][0]["id"].clone();
-        list["last_id"] = list["data"]
-            .as_array()
-            .and_then(|d| d.last())
-            .map_or(Value::Null, |e| e["id"].clone());
-    }
-    Ok(Response::json(200, &list))
+    data
 }
 
 /// `GET /api/models`: short code, upstream id, provider, limits, prices, temperature range,

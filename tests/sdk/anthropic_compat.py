@@ -135,6 +135,8 @@ def main():
 
         ids = [m.id for m in client.models.list().data]
         check("claude-h" in ids, f"models.list() lists the gateway's models: {ids}")
+        one = client.models.retrieve("claude-h")
+        check(one.id == "claude-h" and one.type == "model", f"models.retrieve() gives one model: {one}")
 
         try:
             client.messages.create(model="no-such-model", max_tokens=10, messages=hi)

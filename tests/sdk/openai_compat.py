@@ -296,6 +296,14 @@ def main():
         ids = [m.id for m in client.models.list().data]
         check(ids == ["gpt41", "claude-h", "kimi", "embedding-small"],
               f"models.list() gives the whitelist in order: {ids}")
+        one = client.models.retrieve("gpt-4.1")
+        check(one.id == "gpt41" and one.owned_by == "mammouth",
+              f"models.retrieve() finds a model by its upstream id: {one}")
+        try:
+            client.models.retrieve("no-such-model")
+            check(False, "models.retrieve() of an unknown model raises")
+        except openai.NotFoundError as e:
+            check(e.body.get("code") == "model_not_found", f"models.retrieve() unknown: 404 model_not_found ({e.body})")
 
         emb = client.embeddings.create(model="embedding-small", input=["one", "two"])
         check(len(emb.data) == 2 and emb.data[1].embedding == [0.5, -0.25], "embeddings.create() answers")
