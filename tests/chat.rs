@@ -556,3 +556,15 @@ fn an_upstream_redirect_is_a_502_naming_the_base_url() {
     let msg = r.assert_error(502, "upstream_error");
     assert!(msg.contains("307") && msg.contains("base URL"), "{msg}");
 }
+
+#[test]
+fn an_answer_without_choices_is_a_bad_answer_not_an_empty_one() {
+    let (fake, gw) = setup();
+    fake.push(Reply::json(
+        200,
+        json!({"id": "x", "object": "chat.completion", "choices": []}),
+    ));
+    let r = gw.chat("gpt41", "hi", json!({"retries": 1}));
+    let msg = r.assert_error(502, "upstream_error");
+    assert!(msg.contains("no choices"), "{msg}");
+}

@@ -97,6 +97,8 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
     #[derive(Deserialize)]
     struct Choice {
         #[serde(default)]
+        index: Value,
+        #[serde(default)]
         message: Option<Msg>,
         #[serde(default)]
         finish_reason: Value,
@@ -122,7 +124,17 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
         };
         format!("answer is {kind}: {e}")
     })?;
-    let choice = raw.choices.into_iter().next();
+    // The first choice (`index` 0 where the provider numbers them; with `n` > 1 they need
+    // not come in order). None at all is no answer, not an empty one.
+    if raw.choices.is_empty() {
+        return Err("answer has no choices".to_string());
+    }
+    let first = raw
+        .choices
+        .iter()
+        .position(|c| c.index.as_u64() == Some(0))
+        .unwrap_or(0);
+    let choice = raw.choices.into_iter().nth(first);
     let finish_reason = choice
         .as_ref()
         .and_then(|c| c.finish_reason.as_str())
@@ -313,6 +325,17 @@ mod tests {
             "as it came"
         );
         assert!(parse_answer(b"not json").unwrap_err().contains("not JSON"));
+        assert!(
+            parse_answer(br#"{"choices":[]}"#)
+                .unwrap_err()
+                .contains("no choices")
+        );
+        let two = parse_answer(
+            br#"{"choices":[{"index":1,"message":{"content":"second"}},
+            {"index":0,"message":{"content":"first"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(two.content, json!("first"), "index 0, wherever it is");
         assert!(
             parse_answer(b"{\"error\":{}}")
                 .unwrap_err()
