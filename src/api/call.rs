@@ -221,16 +221,14 @@ pub(crate) fn run(
         };
         // A provider's failures and retries count against that provider: a model left for
         // the next one is counted now, the last one with the call's record.
-        if next {
-            let provider = t.model.as_ref().map_or("", |m| m.provider.name());
-            gw.ledger.count_attempts(provider, t.error, t.attempts);
-            rec.model = t.model.or(rec.model.take());
-        } else {
-            rec.model = t.model.or(rec.model.take());
+        let provider = t.model.as_ref().map_or("", |m| m.provider.name());
+        rec.model = t.model.or(rec.model.take());
+        if !next {
             rec.upstream_error = t.error;
             rec.attempts = t.attempts;
             break;
         }
+        gw.ledger.count_attempts(provider, t.error, t.attempts);
     }
     account(gw, req, &mut outcome, &tried, attempts, log, rec);
     outcome
