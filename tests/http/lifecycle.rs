@@ -326,6 +326,31 @@ fn many_servers_start_and_stop() {
     }
 }
 
+/// Eight clients asking `/slow?ms=<ms>` at once; asserts that all eight are being answered
+/// by workers within `within` (burst number `n`, for the message).
+fn burst_of_eight(h: &Harness, ms: u64, within: Duration, n: u64) -> Vec<Client<TcpStream>> {
+    let clients = (0..8)
+        .map(|_| {
+            let mut c = h.client();
+            send_get(&mut c, &format!("/slow?ms={ms}"));
+            c
+        })
+        .collect();
+    let busy = || h.stats().workers_busy.load(Ordering::Acquire);
+    assert!(
+        wait_for(within, || busy() == 8),
+        "burst {n}: only {} busy",
+        busy()
+    );
+    clients
+}
+
+fn answered(clients: Vec<Client<TcpStream>>) {
+    for mut c in clients {
+        assert_eq!(c.response().unwrap().status, 200);
+    }
+}
+
 #[test]
 fn workers_started_for_a_burst_end_when_idle_and_start_again_for_the_next() {
     let h = Harness::start(|c| {
@@ -340,26 +365,10 @@ fn workers_started_for_a_burst_end_when_idle_and_start_again_for_the_next() {
         started()
     );
     for burst in 0..2 {
-        let mut clients: Vec<_> = (0..8)
-            .map(|_| {
-                let mut c = h.client();
-                send_get(&mut c, "/slow?ms=500");
-                c
-            })
-            .collect();
         // All eight at once: a worker each, the pool grown to its size again.
-        assert!(
-            wait_for(Duration::from_secs(3), || stats
-                .workers_busy
-                .load(Ordering::Acquire)
-                == 8),
-            "burst {burst}: {} busy",
-            stats.workers_busy.load(Ordering::Acquire)
-        );
+        let clients = burst_of_eight(&h, 500, Duration::from_secs(3), burst);
         assert_eq!(started(), 8);
-        for c in &mut clients {
-            assert_eq!(c.response().unwrap().status, 200);
-        }
+        answered(clients);
         // Idle past `worker_idle`: back to the first four, which stay.
         assert!(
             wait_for(Duration::from_secs(5), || started() == 4),
@@ -386,24 +395,7 @@ fn requests_arriving_while_workers_end_each_get_a_worker_at_once() {
     for burst in 0..12 {
         // Gaps from 0 to 5 ms: the extra workers are ending, or about to, when it comes.
         thread::sleep(Duration::from_millis(burst % 6));
-        let mut clients: Vec<_> = (0..8)
-            .map(|_| {
-                let mut c = h.client();
-                send_get(&mut c, "/slow?ms=250");
-                c
-            })
-            .collect();
-        assert!(
-            wait_for(Duration::from_millis(200), || stats
-                .workers_busy
-                .load(Ordering::Acquire)
-                == 8),
-            "burst {burst}: only {} busy",
-            stats.workers_busy.load(Ordering::Acquire)
-        );
-        for c in &mut clients {
-            assert_eq!(c.response().unwrap().status, 200);
-        }
+        answered(burst_of_eight(&h, 250, Duration::from_millis(200), burst));
     }
     let started = stats.workers_started.load(Ordering::Acquire);
     assert!((4..=8).contains(&started), "{started} workers");
