@@ -421,11 +421,8 @@ impl Ledger {
         };
         // Key names and what they spent: private, as the sessions beside it (a missing
         // directory is created 0700, the file 0600).
-        let written = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            Some(dir) => crate::util::fs::create_private_dir(dir),
-            None => Ok(()),
-        }
-        .and_then(|()| crate::util::fs::write_atomic(path, &bytes, Some(0o600)));
+        let written = crate::util::fs::create_private_dir(crate::util::fs::parent_dir(path))
+            .and_then(|()| crate::util::fs::write_atomic(path, &bytes, Some(0o600)));
         if let Err(e) = written {
             lock(&self.state).dirty = true;
             return Err(e);

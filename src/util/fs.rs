@@ -40,11 +40,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<
             format!("{}: not a file name", path.display()),
         )
     })?;
-    // `Path::parent` of a bare name is `Some("")`, which no syscall accepts.
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = parent_dir(path);
     fs::create_dir_all(dir)?;
 
     let tmp = dir.join(temp_name(name.as_bytes()));
@@ -61,6 +57,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// The directory `path` is in: `.` for a bare name (whose `Path::parent` is `Some("")`,
+/// which no syscall accepts).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 /// Creates `dir` and its missing parents with mode 0700 (for files that are nobody else's
