@@ -50,7 +50,10 @@ pub(super) fn one(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Respon
         })
         .map(|e| Response::json(200, &e))
         .ok_or_else(|| Error::ModelNotFound {
-            model: asked.chars().take(256).collect(),
+            model: asked
+                .chars()
+                .take(crate::chat::request::MAX_MODEL_NAME)
+                .collect(),
             reason: "not in this gateway's model list".to_string(),
         })
 }
