@@ -112,11 +112,7 @@ impl Workers for Pool {
             return;
         };
         if let Ok(job) = self.queue.try_recv() {
-            shared.taken.fetch_max(job.seq, Ordering::SeqCst);
-            shared
-                .stats
-                .queue_depth
-                .store(self.queue.len(), Ordering::Relaxed);
+            taken_off(&shared, &job, &self.queue);
             if catch_unwind(AssertUnwindSafe(|| answer(&shared, job, true))).is_err() {
                 log::error!("recovered from a panic while refusing a request");
             }
@@ -138,11 +134,7 @@ fn work(shared: &Arc<Shared>, queue: &Receiver<Job>, started: &AtomicUsize, size
             },
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        shared.taken.fetch_max(job.seq, Ordering::SeqCst);
-        shared
-            .stats
-            .queue_depth
-            .store(queue.len(), Ordering::Relaxed);
+        taken_off(shared, &job, queue);
         shared.stats.workers_busy.fetch_add(1, Ordering::AcqRel);
         // `call_handler` catches the handler's panics; this only guards against our own bugs.
         if catch_unwind(AssertUnwindSafe(|| answer(shared, job, false))).is_err() {
@@ -151,6 +143,16 @@ fn work(shared: &Arc<Shared>, queue: &Receiver<Job>, started: &AtomicUsize, size
         shared.stats.workers_busy.fetch_sub(1, Ordering::AcqRel);
     }
     shared.stats.workers_started.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Books a job taken off the queue (by a worker, or refused): its place for the connection
+/// threads that watch theirs, and the queue's depth.
+fn taken_off(shared: &Shared, job: &Job, queue: &Receiver<Job>) {
+    shared.taken.fetch_max(job.seq, Ordering::SeqCst);
+    shared
+        .stats
+        .queue_depth
+        .store(queue.len(), Ordering::Relaxed);
 }
 
 /// Counts an idle worker out unless it is one of the first [`INITIAL_WORKERS`]: true when it
