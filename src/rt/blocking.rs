@@ -1,0 +1,180 @@
+//! Threads for work that blocks (files, name lookups, a handler written for threads), so
+//! that it never holds an event loop. Threads start as work needs them, up to a maximum;
+//! beyond the first few, a thread that had nothing to do for a while ends.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::oneshot;
+use crate::util::lock;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+enum Msg {
+    Run(Job),
+    /// One thread ends (see [`Pool::stop`]).
+    Exit,
+}
+
+/// A pool of threads for blocking work; clones share it.
+#[derive(Clone)]
+pub(crate) struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    jobs: Sender<Msg>,
+    queue: Receiver<Msg>,
+    name: String,
+    max: usize,
+    keep: usize,
+    idle_time: Duration,
+    stack: usize,
+    /// Threads running (or being started).
+    started: AtomicUsize,
+    /// Jobs sent and not taken yet, minus threads waiting for one: above 0, a thread more
+    /// is wanted.
+    waiting: AtomicUsize,
+    idle: AtomicUsize,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Pool {
+    /// At most `max` threads named `name`; `keep` of them stay when idle, the others end
+    /// after `idle_time` without work.
+    pub(crate) fn new(name: &str, max: usize, keep: usize, idle_time: Duration) -> Pool {
+        Pool::with_stack(name, max, keep, idle_time, 256 * 1024)
+    }
+
+    pub(crate) fn with_stack(
+        name: &str,
+        max: usize,
+        keep: usize,
+        idle_time: Duration,
+        stack: usize,
+    ) -> Pool {
+        let (jobs, queue) = crossbeam_channel::unbounded();
+        Pool {
+            inner: Arc::new(Inner {
+                jobs,
+                queue,
+                name: name.to_string(),
+                max: max.max(1),
+                keep,
+                idle_time,
+                stack,
+                started: AtomicUsize::new(0),
+                waiting: AtomicUsize::new(0),
+                idle: AtomicUsize::new(0),
+                handles: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Runs `f` on a thread of the pool; the receiver gets its result (`None` if it
+    /// panicked).
+    pub(crate) fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> oneshot::Receiver<T> {
+        let (tx, rx) = oneshot::channel();
+        self.execute(Box::new(move || {
+            if let Ok(v) = catch_unwind(AssertUnwindSafe(f)) {
+                let _ = tx.send(v);
+            } else {
+                log::error!("a blocking job panicked");
+            }
+        }));
+        rx
+    }
+
+    fn execute(&self, job: Job) {
+        let inner = &self.inner;
+        inner.waiting.fetch_add(1, Ordering::SeqCst);
+        // The channel is unbounded and the pool holds its receiver: sending cannot fail.
+        let _ = inner.jobs.send(Msg::Run(job));
+        if inner.idle.load(Ordering::SeqCst) < inner.waiting.load(Ordering::SeqCst) {
+            self.spawn();
+        }
+    }
+
+    fn spawn(&self) {
+        let inner = &self.inner;
+        let n = inner.started.fetch_add(1, Ordering::SeqCst);
+        if n >= inner.max {
+            inner.started.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let pool = Arc::clone(inner);
+        let spawned = thread::Builder::new()
+            .name(inner.name.clone())
+            .stack_size(inner.stack)
+            .spawn(move || work(&pool));
+        match spawned {
+            Ok(h) => {
+                let mut handles = lock(&inner.handles);
+                handles.retain(|h| !h.is_finished());
+                handles.push(h);
+            }
+            Err(e) => {
+                inner.started.fetch_sub(1, Ordering::SeqCst);
+                log::warn!(error:% = e; "cannot start a thread for blocking work");
+            }
+        }
+    }
+
+    /// Threads running now.
+    pub(crate) fn threads(&self) -> usize {
+        self.inner.started.load(Ordering::SeqCst)
+    }
+
+    /// Tells every thread to end once the work sent before is done; returns their handles
+    /// to join.
+    pub(crate) fn stop(&self) -> Vec<JoinHandle<()>> {
+        let handles = std::mem::take(&mut *lock(&self.inner.handles));
+        for _ in 0..handles.len() {
+            let _ = self.inner.jobs.send(Msg::Exit);
+        }
+        handles
+    }
+}
+
+fn work(pool: &Inner) {
+    loop {
+        pool.idle.fetch_add(1, Ordering::SeqCst);
+        let got = pool.queue.recv_timeout(pool.idle_time);
+        pool.idle.fetch_sub(1, Ordering::SeqCst);
+        match got {
+            Ok(Msg::Run(job)) => {
+                pool.waiting.fetch_sub(1, Ordering::SeqCst);
+                job();
+            }
+            Ok(Msg::Exit) => {
+                pool.started.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let out = pool
+                    .started
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                        (n > pool.keep).then(|| n - 1)
+                    })
+                    .is_ok();
+                if out {
+                    // A job sent meanwhile finds no idle thread and starts one.
+                    if !pool.queue.is_empty() && pool.idle.load(Ordering::SeqCst) == 0 {
+                        pool.started.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}

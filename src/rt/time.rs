@@ -1,0 +1,103 @@
+//! Timers on an event loop: a future that completes at a deadline, and a deadline on any
+//! future.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use super::core::Core;
+
+/// Completes at its deadline. Dropped before, it leaves no timer behind.
+pub(crate) struct Sleep {
+    at: Instant,
+    timer: Option<(Rc<Core>, (Instant, u64))>,
+}
+
+/// A future that completes at `at`.
+pub(crate) fn sleep_until(at: Instant) -> Sleep {
+    Sleep { at, timer: None }
+}
+
+/// A future that completes after `d`.
+pub(crate) fn sleep(d: Duration) -> Sleep {
+    sleep_until(Instant::now() + d)
+}
+
+impl Sleep {
+    pub(crate) fn deadline(&self) -> Instant {
+        self.at
+    }
+
+    /// Moves the deadline.
+    pub(crate) fn reset(&mut self, at: Instant) {
+        self.cancel();
+        self.at = at;
+    }
+
+    fn cancel(&mut self) {
+        if let Some((core, key)) = self.timer.take() {
+            core.remove_timer(key);
+        }
+    }
+
+    pub(crate) fn is_elapsed(&self) -> bool {
+        Instant::now() >= self.at
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if Instant::now() >= this.at {
+            this.cancel();
+            return Poll::Ready(());
+        }
+        if let Some((core, key)) = &this.timer
+            && core.renew_timer(*key, cx.waker())
+        {
+            return Poll::Pending;
+        }
+        // No loop on this thread: the future can only say it is not due yet.
+        let Some(core) = Core::current() else {
+            return Poll::Pending;
+        };
+        let key = core.add_timer(this.at, cx.waker().clone());
+        this.timer = Some((core, key));
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// The deadline passed before the future completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Elapsed;
+
+/// Runs `future` until `at`; past it, the future is dropped and [`Elapsed`] returned.
+pub(crate) async fn timeout_at<F: Future>(at: Instant, future: F) -> Result<F::Output, Elapsed> {
+    let mut future = std::pin::pin!(future);
+    let mut sleep = sleep_until(at);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = future.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        match Pin::new(&mut sleep).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Runs `future` for at most `d`.
+pub(crate) async fn timeout<F: Future>(d: Duration, future: F) -> Result<F::Output, Elapsed> {
+    timeout_at(Instant::now() + d, future).await
+}
