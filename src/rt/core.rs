@@ -132,6 +132,11 @@ struct TaskSlot {
 struct IoSlot {
     readable: bool,
     writable: bool,
+    /// The peer's end of data (or an error) has been seen: final, never cleared, so that a
+    /// read that takes the last bytes and leaves the end for the next call does not wait
+    /// for an event that will not come again.
+    read_closed: bool,
+    write_closed: bool,
     read: Option<Waker>,
     write: Option<Waker>,
 }
@@ -368,26 +373,26 @@ impl Core {
                 if event.token() == WAKER {
                     continue;
                 }
-                let read = event.is_readable() || event.is_read_closed() || event.is_error();
-                let write = event.is_writable() || event.is_write_closed() || event.is_error();
-                self.dispatch(event.token().0, read, write);
+                self.dispatch(event);
             }
             self.fire_timers(Instant::now());
         }
     }
 
-    fn dispatch(&self, token: usize, read: bool, write: bool) {
+    fn dispatch(&self, event: &mio::event::Event) {
         let (r, w) = {
             let mut io = self.io.borrow_mut();
-            let Some(slot) = io.get_mut(token) else {
+            let Some(slot) = io.get_mut(event.token().0) else {
                 return;
             };
             let mut wakers = (None, None);
-            if read {
+            slot.read_closed |= event.is_read_closed() || event.is_error();
+            slot.write_closed |= event.is_write_closed() || event.is_error();
+            if event.is_readable() || slot.read_closed {
                 slot.readable = true;
                 wakers.0 = slot.read.take();
             }
-            if write {
+            if event.is_writable() || slot.write_closed {
                 slot.writable = true;
                 wakers.1 = slot.write.take();
             }
@@ -437,8 +442,8 @@ impl Core {
             return Poll::Ready(());
         };
         let (flag, waker) = match dir {
-            Ready::Read => (slot.readable, &mut slot.read),
-            Ready::Write => (slot.writable, &mut slot.write),
+            Ready::Read => (slot.readable || slot.read_closed, &mut slot.read),
+            Ready::Write => (slot.writable || slot.write_closed, &mut slot.write),
         };
         if flag {
             return Poll::Ready(());
@@ -448,6 +453,14 @@ impl Core {
             _ => *waker = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+
+    /// Whether the socket was last seen ready in `dir` (no waker is kept).
+    pub(crate) fn is_ready(&self, token: usize, dir: Ready) -> bool {
+        self.io.borrow().get(token).is_some_and(|slot| match dir {
+            Ready::Read => slot.readable || slot.read_closed,
+            Ready::Write => slot.writable || slot.write_closed,
+        })
     }
 
     /// The socket is not ready in `dir` any more (a call would block): the next event says

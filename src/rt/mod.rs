@@ -27,6 +27,7 @@ pub(crate) mod net;
 pub(crate) mod oneshot;
 mod slab;
 pub(crate) mod time;
+pub(crate) mod tls;
 
 pub(crate) use self::core::Job;
 use self::core::{Core, Main, Parts, Shared};

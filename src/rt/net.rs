@@ -158,6 +158,17 @@ impl TcpStream {
         self.core.poll_ready(self.token, Ready::Read, cx)
     }
 
+    /// Whether an event said the socket has something to read since it was last found
+    /// empty (without a system call and without waiting).
+    pub(crate) fn maybe_readable(&self) -> bool {
+        self.core.is_ready(self.token, Ready::Read)
+    }
+
+    /// Waits until the socket takes more bytes (or has failed).
+    pub(crate) fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.core.poll_ready(self.token, Ready::Write, cx)
+    }
+
     /// Forgets that the socket was readable: the task waits for the next event. For a
     /// watcher that has looked (with [`TcpStream::peek`]) and leaves the bytes where they are.
     pub(crate) fn wait_next_read_event(&self) {

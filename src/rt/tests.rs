@@ -198,3 +198,27 @@ fn block_on_refuses_to_run_inside_a_loop() {
     assert!(rx.recv_timeout(Duration::from_secs(5)).unwrap());
     rt.stop();
 }
+
+#[test]
+fn the_end_that_came_with_the_last_bytes_is_seen_without_another_event() {
+    for _ in 0..20 {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            // Data and FIN together, before the client reads.
+            s.write_all(b"abc").unwrap();
+        });
+        let got = block_on(async {
+            let s = TcpStream::connect(addr).await.unwrap();
+            server.join().unwrap();
+            sleep(Duration::from_millis(2)).await;
+            let mut buf = [0u8; 1024];
+            let first = s.read(&mut buf).await.unwrap();
+            let end = timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+            (first, end.map(Result::unwrap))
+        })
+        .unwrap();
+        assert_eq!(got, (3, Ok(0)));
+    }
+}

@@ -1,0 +1,570 @@
+//! sigorest's HTTP/1.1 client for providers, on the event loops: a call is a task that
+//! waits for its sockets instead of holding a thread, on pooled keep-alive connections
+//! (per loop and destination), clear or TLS (rustls, the web's roots or given ones),
+//! directly or through the environment's HTTP proxy (CONNECT).
+//!
+//! The request goes out in one write (head and body together up to [`ONE_WRITE`]); the
+//! answer's head is parsed with httparse, its body framed by `Content-Length`, chunks or
+//! the connection's end. A body read to its end gives the connection back to the pool; one
+//! dropped before (a stream the client left, a deadline) closes it. A pooled connection
+//! that turns out closed by the server before any byte of the answer is replaced by a new
+//! one, once.
+//!
+//! Deadlines are the caller's: it bounds a call with [`crate::rt::time::timeout_at`];
+//! the client itself only bounds connecting ([`CONNECT_TIMEOUT`], split between a name's
+//! addresses).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::env::Env;
+use crate::rt::net::TcpStream;
+use crate::rt::time::timeout_at;
+use crate::rt::tls::Stream;
+
+mod conn;
+mod names;
+mod pool;
+mod proxy;
+mod response;
+mod url;
+
+use conn::Conn;
+use names::Names;
+pub(crate) use pool::Key;
+use proxy::Proxy;
+pub(crate) use response::{Framing, Head};
+pub(crate) use url::Url;
+
+/// Connecting (TCP, proxy tunnel, TLS) may take this long at most.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Head and body up to this size go out in one write.
+const ONE_WRITE: usize = 64 * 1024;
+/// Largest answer head.
+const MAX_HEAD: usize = 64 * 1024;
+/// The shortest time one of several addresses is given to connect.
+const MIN_PER_ADDRESS: Duration = Duration::from_millis(10);
+
+static CLIENTS: AtomicU64 = AtomicU64::new(0);
+
+/// The client; clones share its TLS settings, names and pools.
+#[derive(Clone)]
+pub(crate) struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: u64,
+    tls: Arc<rustls::ClientConfig>,
+    proxy: Option<Proxy>,
+    names: Names,
+    user_agent: String,
+}
+
+/// One request.
+pub(crate) struct Request<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) url: &'a Url,
+    /// Besides `Host`, `User-Agent`, `Accept` and `Content-Length`, which the client writes.
+    pub(crate) headers: &'a [(&'a str, &'a str)],
+    pub(crate) body: &'a [u8],
+    /// Never through the proxy (Ollama, loopback upstreams).
+    pub(crate) direct: bool,
+}
+
+/// Why a call got no answer.
+#[derive(Debug)]
+pub(crate) enum Error {
+    /// No connection: the name, TCP, the proxy's tunnel or the TLS handshake failed.
+    Connect(io::Error),
+    /// The proxy refused the tunnel with this status.
+    Proxy(u16),
+    /// The request could not be sent.
+    Send(io::Error),
+    /// The connection failed or ended before the answer's head was complete.
+    Receive(io::Error),
+    /// What came back is not an HTTP answer.
+    Protocol(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Connect(e) => write!(f, "cannot connect: {e}"),
+            Error::Proxy(status) => write!(f, "the proxy refused the tunnel ({status})"),
+            Error::Send(e) => write!(f, "sending the request: {e}"),
+            Error::Receive(e) => write!(f, "waiting for the answer: {e}"),
+            Error::Protocol(m) => f.write_str(m),
+        }
+    }
+}
+
+/// An answer: its head, and its body to read.
+pub(crate) struct Response {
+    pub(crate) head: Head,
+    pub(crate) body: Body,
+}
+
+impl Client {
+    /// A client trusting the web's root certificates, with the proxy of the process
+    /// environment.
+    pub(crate) fn new() -> Client {
+        Client::with_roots(None, &Env::from_process())
+    }
+
+    /// A client trusting only `certs` when given (`sigoe -cacert`), with the proxy `env`
+    /// names.
+    pub(crate) fn with_roots(
+        certs: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+        env: &Env,
+    ) -> Client {
+        let mut roots = rustls::RootCertStore::empty();
+        match certs {
+            Some(certs) => {
+                for c in certs {
+                    if let Err(e) = roots.add(c) {
+                        log::warn!(error:% = e; "a trusted certificate was not usable");
+                    }
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+            // The ring provider supports the default versions: this cannot fail.
+            .unwrap_or_else(|_| {
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            });
+        Client {
+            inner: Arc::new(Inner {
+                id: CLIENTS.fetch_add(1, Ordering::Relaxed),
+                tls: Arc::new(tls),
+                proxy: Proxy::from_env(env),
+                names: Names::default(),
+                user_agent: format!("sigorest/{}", crate::VERSION),
+            }),
+        }
+    }
+
+    /// Sends `req` and waits for the head of its answer (any status). The body is read
+    /// from the response.
+    pub(crate) async fn send(&self, req: &Request<'_>) -> Result<Response, Error> {
+        let proxy = self
+            .inner
+            .proxy
+            .as_ref()
+            .filter(|p| !req.direct && p.applies_to(&req.url.host));
+        let key = Key {
+            client: self.inner.id,
+            https: req.url.https,
+            host: req.url.host.to_ascii_lowercase(),
+            port: req.url.port,
+            proxied: proxy.is_some(),
+        };
+        let bytes = self.request_bytes(req);
+        let head_only = req.method.eq_ignore_ascii_case("HEAD");
+        let mut reused = pool::take(&key);
+        loop {
+            let was_reused = reused.is_some();
+            let mut conn = match reused.take() {
+                Some(conn) => conn,
+                None => self.connect(req.url, proxy).await?,
+            };
+            match exchange(&mut conn, &bytes, req.body, head_only).await {
+                Ok(head) => {
+                    let body = Body::new(conn, &head, key);
+                    return Ok(Response { head, body });
+                }
+                // The server closed the idle connection just before: a new one.
+                Err(e) if was_reused && e.stale => {
+                    log::debug!(error:% = e.error; "a pooled connection had been closed; reconnecting");
+                }
+                Err(e) => return Err(e.error),
+            }
+        }
+    }
+
+    /// The request head (and the body, when small) as one buffer.
+    fn request_bytes(&self, req: &Request<'_>) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut out = Vec::with_capacity(256 + req.body.len().min(ONE_WRITE));
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            out,
+            "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\nAccept: */*\r\n",
+            req.method,
+            req.url.target,
+            req.url.authority(),
+            self.inner.user_agent
+        );
+        for (n, v) in req.headers {
+            let _ = write!(out, "{n}: {v}\r\n");
+        }
+        if !req.body.is_empty() || !matches!(req.method, "GET" | "HEAD") {
+            let _ = write!(out, "Content-Length: {}\r\n", req.body.len());
+        }
+        out.extend_from_slice(b"\r\n");
+        if req.body.len() <= ONE_WRITE {
+            out.extend_from_slice(req.body);
+        }
+        out
+    }
+
+    /// A new connection to `url`: through the proxy's tunnel when given, then TLS for
+    /// `https`, all within [`CONNECT_TIMEOUT`].
+    async fn connect(&self, url: &Url, proxy: Option<&Proxy>) -> Result<Conn, Error> {
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let made = timeout_at(deadline, async {
+            let (host, port) = match proxy {
+                Some(p) => (p.host.as_str(), p.port),
+                None => (url.host.as_str(), url.port),
+            };
+            let addrs = self.inner.names.resolve(host, port).await.map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound || e.raw_os_error().is_none() {
+                    io::Error::new(io::ErrorKind::NotFound, "host not found")
+                } else {
+                    e
+                }
+            })?;
+            let tcp = connect_any(&addrs, deadline).await.inspect_err(|_| {
+                // The remembered addresses may be stale: look the name up again next time.
+                self.inner.names.forget();
+            })?;
+            let _ = tcp.set_nodelay(true);
+            let mut conn = Conn::new(Stream::plain(tcp));
+            if let Some(p) = proxy {
+                tunnel(&mut conn, url, p).await?;
+            }
+            if !url.https {
+                return Ok(conn);
+            }
+            let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let session = rustls::ClientConnection::new(Arc::clone(&self.inner.tls), name)
+                .map_err(io::Error::other)?;
+            let Conn { stream, .. } = conn;
+            let tcp = stream_into_tcp(stream);
+            let mut stream = Stream::tls(tcp, session);
+            stream.handshake().await?;
+            Ok(Conn::new(stream))
+        })
+        .await;
+        match made {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(ConnectError::Io(e))) => Err(Error::Connect(e)),
+            Ok(Err(ConnectError::Proxy(status))) => Err(Error::Proxy(status)),
+            Err(_) => Err(Error::Connect(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no connection within the connect timeout",
+            ))),
+        }
+    }
+}
+
+/// A connection attempt's failure.
+enum ConnectError {
+    Io(io::Error),
+    Proxy(u16),
+}
+
+impl From<io::Error> for ConnectError {
+    fn from(e: io::Error) -> Self {
+        ConnectError::Io(e)
+    }
+}
+
+/// The socket of a stream that has no TLS on it yet (a proxy's tunnel before the handshake).
+fn stream_into_tcp(stream: Stream) -> TcpStream {
+    stream.into_tcp()
+}
+
+/// Connects to the first address that answers; each but the last gets half of the time
+/// left (at least [`MIN_PER_ADDRESS`]).
+async fn connect_any(addrs: &[SocketAddr], deadline: Instant) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "host not found");
+    for (i, addr) in addrs.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let share = if i + 1 == addrs.len() {
+            left
+        } else {
+            (left / 2).max(MIN_PER_ADDRESS)
+        };
+        match timeout_at(Instant::now() + share, TcpStream::connect(*addr)).await {
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(e)) => last = e,
+            Err(_) => {
+                last = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Opens the proxy's tunnel to `url` (CONNECT).
+async fn tunnel(conn: &mut Conn, url: &Url, proxy: &Proxy) -> Result<(), ConnectError> {
+    let target = url.host_port();
+    let mut ask = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    if let Some(auth) = &proxy.authorization {
+        ask.push_str("Proxy-Authorization: ");
+        ask.push_str(auth);
+        ask.push_str("\r\n");
+    }
+    ask.push_str("\r\n");
+    conn.stream.write_all(ask.as_bytes()).await?;
+    let head = read_head(conn, true).await.map_err(|e| match e {
+        HeadError::Io(e) => ConnectError::Io(e),
+        HeadError::Protocol(m) => ConnectError::Io(io::Error::new(io::ErrorKind::InvalidData, m)),
+    })?;
+    if !(200..300).contains(&head.status) {
+        return Err(ConnectError::Proxy(head.status));
+    }
+    if !conn.buffered().is_empty() {
+        return Err(ConnectError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the proxy sent bytes before the tunnel was used",
+        )));
+    }
+    Ok(())
+}
+
+/// A failed exchange, and whether it looks like a pooled connection the server had
+/// closed (nothing of an answer came back).
+struct Failed {
+    error: Error,
+    stale: bool,
+}
+
+/// Writes the request and reads the head of its answer (skipping interim 1xx heads).
+async fn exchange(
+    conn: &mut Conn,
+    bytes: &[u8],
+    body: &[u8],
+    head_only: bool,
+) -> Result<Head, Failed> {
+    let write = async {
+        conn.stream.write_all(bytes).await?;
+        if body.len() > ONE_WRITE {
+            conn.stream.write_all(body).await?;
+        }
+        Ok::<(), io::Error>(())
+    };
+    if let Err(e) = write.await {
+        let stale = is_reset(&e);
+        return Err(Failed {
+            error: Error::Send(e),
+            stale,
+        });
+    }
+    loop {
+        let head = read_head(conn, head_only).await.map_err(|e| match e {
+            HeadError::Io(e) => Failed {
+                stale: is_reset(&e),
+                error: Error::Receive(e),
+            },
+            HeadError::Protocol(m) => Failed {
+                error: Error::Protocol(m),
+                stale: false,
+            },
+        })?;
+        if (100..200).contains(&head.status) && head.status != 101 {
+            continue;
+        }
+        return Ok(head);
+    }
+}
+
+/// The connection reset or ended with nothing received.
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
+enum HeadError {
+    Io(io::Error),
+    Protocol(String),
+}
+
+async fn read_head(conn: &mut Conn, head_only: bool) -> Result<Head, HeadError> {
+    loop {
+        if !conn.buffered().is_empty()
+            && let Some((head, used)) =
+                response::parse_head(conn.buffered(), head_only).map_err(HeadError::Protocol)?
+        {
+            conn.consume(used);
+            return Ok(head);
+        }
+        if conn.buffered().len() > MAX_HEAD {
+            return Err(HeadError::Protocol(format!(
+                "not HTTP: the answer's head is larger than {} KiB",
+                MAX_HEAD / 1024
+            )));
+        }
+        let had = conn.buffered().len();
+        if conn.fill().await.map_err(HeadError::Io)? == 0 {
+            let e = if had == 0 {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed")
+            } else {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "the answer's head was cut")
+            };
+            return Err(HeadError::Io(e));
+        }
+    }
+}
+
+/// Why a body could not be read.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    Io(io::Error),
+    /// The framing is broken (a bad chunk).
+    Protocol(String),
+    /// Larger than the limit given.
+    TooLarge(u64),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Io(e) => write!(f, "{e}"),
+            BodyError::Protocol(m) => f.write_str(m),
+            BodyError::TooLarge(n) => write!(f, "answer larger than {n} bytes"),
+        }
+    }
+}
+
+/// An answer's body, read as it comes. Read to its end, its connection goes back to the
+/// pool when the body is dropped; dropped before, the connection is closed.
+pub(crate) struct Body {
+    conn: Option<Conn>,
+    framing: Framing,
+    /// Bytes left of a `Content-Length` body.
+    left: u64,
+    chunked: response::Chunked,
+    done: bool,
+    keep_alive: bool,
+    key: Key,
+}
+
+impl Body {
+    fn new(conn: Conn, head: &Head, key: Key) -> Body {
+        let (left, done) = match head.framing {
+            Framing::Empty => (0, true),
+            Framing::Length(n) => (n, n == 0),
+            Framing::Chunked | Framing::UntilClose => (0, false),
+        };
+        Body {
+            conn: Some(conn),
+            framing: head.framing,
+            left,
+            chunked: response::Chunked::default(),
+            done,
+            keep_alive: head.keep_alive,
+            key,
+        }
+    }
+
+    /// Whether the whole body has been read.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Appends the next bytes of the body to `out`, waiting for them; false at its end.
+    pub(crate) async fn next(&mut self, out: &mut Vec<u8>) -> Result<bool, BodyError> {
+        loop {
+            if self.done {
+                return Ok(false);
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                return Ok(false);
+            };
+            let before = out.len();
+            if !conn.buffered().is_empty() {
+                match self.framing {
+                    Framing::Empty => self.done = true,
+                    Framing::Length(_) => {
+                        let n = (self.left.min(conn.buffered().len() as u64)) as usize;
+                        out.extend_from_slice(&conn.buffered()[..n]);
+                        conn.consume(n);
+                        self.left -= n as u64;
+                        self.done = self.left == 0;
+                    }
+                    Framing::Chunked => {
+                        let used = self
+                            .chunked
+                            .decode(conn.buffered(), out)
+                            .map_err(BodyError::Protocol)?;
+                        conn.consume(used);
+                        self.done = self.chunked.is_done();
+                    }
+                    Framing::UntilClose => {
+                        out.extend_from_slice(conn.buffered());
+                        let n = conn.buffered().len();
+                        conn.consume(n);
+                    }
+                }
+                if out.len() > before || self.done {
+                    return Ok(!self.done || out.len() > before);
+                }
+            }
+            let n = conn.fill().await.map_err(BodyError::Io)?;
+            if n == 0 {
+                if self.framing == Framing::UntilClose {
+                    self.done = true;
+                    self.keep_alive = false;
+                    return Ok(false);
+                }
+                return Err(BodyError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the answer was cut short",
+                )));
+            }
+        }
+    }
+
+    /// Reads the whole body, refusing one over `limit` bytes.
+    pub(crate) async fn read_all(&mut self, limit: u64) -> Result<Vec<u8>, BodyError> {
+        if let Framing::Length(n) = self.framing
+            && n > limit
+        {
+            return Err(BodyError::TooLarge(limit));
+        }
+        let mut out = Vec::with_capacity(match self.framing {
+            Framing::Length(n) => n as usize,
+            _ => 1024,
+        });
+        while self.next(&mut out).await? {
+            if out.len() as u64 > limit {
+                return Err(BodyError::TooLarge(limit));
+            }
+        }
+        if out.len() as u64 > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && self.done
+            && self.keep_alive
+        {
+            pool::put(self.key.clone(), conn);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+//! Idle connections, kept per event loop (a socket belongs to the loop that made it) and
+//! per destination, newest first. A connection that has been idle too long, or whose
+//! server closed it meanwhile (seen without a system call, from the loop's last events),
+//! is dropped instead of reused. A task on each loop closes connections that outstay the
+//! idle time while no request comes.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::conn::Conn;
+
+/// How long an idle connection is kept.
+pub(crate) const IDLE_TIME: Duration = Duration::from_secs(30);
+/// Idle connections per destination and loop.
+const PER_KEY: usize = 128;
+/// Idle connections per loop, all destinations.
+const PER_LOOP: usize = 256;
+
+/// Where a connection leads: the client that made it, the destination, and the way.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Key {
+    pub(crate) client: u64,
+    pub(crate) https: bool,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) proxied: bool,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Pool {
+    idle: HashMap<Key, Vec<Idle>>,
+    count: usize,
+    sweeping: bool,
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
+/// An idle connection to `key`'s destination, if one is fit for reuse.
+pub(crate) fn take(key: &Key) -> Option<Conn> {
+    let mut dropped = Vec::new();
+    let found = POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        let pool = &mut *pool;
+        let list = pool.idle.get_mut(key)?;
+        let mut found = None;
+        while let Some(idle) = list.pop() {
+            pool.count -= 1;
+            let mut idle = idle;
+            if idle.since.elapsed() < IDLE_TIME && usable(&mut idle.conn) {
+                found = Some(idle.conn);
+                break;
+            }
+            dropped.push(idle.conn);
+        }
+        if list.is_empty() {
+            pool.idle.remove(key);
+        }
+        found
+    });
+    // Closed outside the pool's borrow (a socket's drop touches the loop).
+    drop(dropped);
+    found
+}
+
+/// Whether a pooled connection can carry another request: on the same loop, and nothing
+/// arrived on it while it was idle (a server's close, or garbage).
+fn usable(conn: &mut Conn) -> bool {
+    conn.stream.tcp().is_on_this_loop() && conn.stream.check_idle()
+}
+
+/// Keeps a connection whose answer was read to its end, for the next request to `key`.
+pub(crate) fn put(key: Key, mut conn: Conn) {
+    if !conn.idle() {
+        return;
+    }
+    let start_sweep = POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        if pool.count >= PER_LOOP {
+            return None;
+        }
+        let list = pool.idle.entry(key).or_default();
+        if list.len() >= PER_KEY {
+            return None;
+        }
+        list.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+        pool.count += 1;
+        let start = !pool.sweeping;
+        pool.sweeping = true;
+        Some(start)
+    });
+    if start_sweep == Some(true) {
+        crate::rt::spawn(sweep());
+    }
+}
+
+/// Closes connections idle past [`IDLE_TIME`], every half of it, while there are any.
+async fn sweep() {
+    loop {
+        crate::rt::time::sleep(IDLE_TIME / 2).await;
+        let (expired, empty) = POOL.with(|p| {
+            let mut pool = p.borrow_mut();
+            let mut expired = Vec::new();
+            for list in pool.idle.values_mut() {
+                let (old, young): (Vec<Idle>, Vec<Idle>) =
+                    list.drain(..).partition(|i| i.since.elapsed() >= IDLE_TIME);
+                *list = young;
+                expired.extend(old);
+            }
+            pool.idle.retain(|_, l| !l.is_empty());
+            pool.count -= expired.len();
+            let empty = pool.count == 0;
+            if empty {
+                pool.sweeping = false;
+            }
+            (expired, empty)
+        });
+        drop(expired);
+        if empty {
+            return;
+        }
+    }
+}
+
+/// Idle connections on this loop (tests).
+#[cfg(test)]
+pub(crate) fn idle_here() -> usize {
+    POOL.with(|p| p.borrow().count)
+}
