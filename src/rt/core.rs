@@ -107,13 +107,15 @@ impl Wake for TaskWaker {
         if self.queued.swap(true, Ordering::AcqRel) {
             return;
         }
-        let here = CURRENT.with(|c| match &*c.borrow() {
-            Some(core) if Arc::ptr_eq(&core.shared, &self.shared) => {
-                core.ready.borrow_mut().push_back(self.task);
-                true
-            }
-            _ => false,
-        });
+        let here = CURRENT
+            .try_with(|c| match &*c.borrow() {
+                Some(core) if Arc::ptr_eq(&core.shared, &self.shared) => {
+                    core.ready.borrow_mut().push_back(self.task);
+                    true
+                }
+                _ => false,
+            })
+            .unwrap_or(false);
         if !here {
             lock(&self.shared.remote).wakes.push(self.task);
             self.shared.nudge();
@@ -156,8 +158,12 @@ pub(crate) trait Main {
     fn poll(&mut self) -> bool;
 }
 
+static LOOPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// One loop's state, on its thread.
 pub(crate) struct Core {
+    /// Unique in the process: sockets and timers name their loop by it.
+    pub(crate) id: u64,
     pub(crate) shared: Arc<Shared>,
     registry: mio::Registry,
     tasks: RefCell<Slab<TaskSlot>>,
@@ -193,7 +199,28 @@ impl Parts {
 impl Core {
     /// The loop running on this thread.
     pub(crate) fn current() -> Option<Rc<Core>> {
-        CURRENT.with(|c| c.borrow().clone())
+        CURRENT.try_with(|c| c.borrow().clone()).ok().flatten()
+    }
+
+    /// Runs `f` with this thread's loop if it is loop `id`; `None` on any other thread.
+    pub(crate) fn with<R>(id: u64, f: impl FnOnce(&Core) -> R) -> Option<R> {
+        CURRENT
+            .try_with(|c| c.borrow().as_deref().filter(|core| core.id == id).map(f))
+            .ok()
+            .flatten()
+    }
+
+    /// The id of this thread's loop, if it has one.
+    pub(crate) fn current_id() -> Option<u64> {
+        CURRENT
+            .try_with(|c| c.borrow().as_ref().map(|core| core.id))
+            .ok()
+            .flatten()
+    }
+
+    /// Whether this thread is ending (its loop, if it had one, is gone with it).
+    pub(crate) fn thread_ending() -> bool {
+        CURRENT.try_with(|_| ()).is_err()
     }
 
     /// The loop of this thread, made now (and kept for the thread) when there is none: for
@@ -210,6 +237,7 @@ impl Core {
     /// Makes the loop of `parts` this thread's current one.
     pub(crate) fn install(parts: &Parts) -> io::Result<Rc<Core>> {
         let core = Rc::new(Core {
+            id: LOOPS.fetch_add(1, Ordering::Relaxed),
             shared: Arc::clone(&parts.shared),
             registry: parts.poll.registry().try_clone()?,
             tasks: RefCell::new(Slab::default()),
@@ -225,7 +253,7 @@ impl Core {
 
     /// Forgets this thread's loop (its tasks are dropped).
     pub(crate) fn uninstall() {
-        let core = CURRENT.with(|c| c.borrow_mut().take());
+        let core = CURRENT.try_with(|c| c.borrow_mut().take()).ok().flatten();
         if let Some(core) = core {
             core.drop_tasks();
         }

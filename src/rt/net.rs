@@ -8,15 +8,17 @@
 use std::future::poll_fn;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use super::core::{Core, Ready};
 
-/// A connected TCP socket, registered with the event loop of the thread that made it.
+/// A connected TCP socket, registered with the event loop of the thread that made it. It
+/// may be moved between threads as a value (inside a response, say), but only used on its
+/// loop: anywhere else its calls fail.
 pub(crate) struct TcpStream {
     io: mio::net::TcpStream,
-    core: Rc<Core>,
+    /// Its loop ([`Core::id`]).
+    home: u64,
     token: usize,
 }
 
@@ -32,6 +34,10 @@ fn no_loop() -> io::Error {
     io::Error::other("no event loop on this thread")
 }
 
+fn off_loop() -> io::Error {
+    io::Error::other("a socket was used off its event loop")
+}
+
 impl TcpStream {
     /// Takes over a connected std socket (made non-blocking here).
     pub(crate) fn from_std(std: std::net::TcpStream) -> io::Result<TcpStream> {
@@ -42,7 +48,27 @@ impl TcpStream {
     fn register(mut io: mio::net::TcpStream) -> io::Result<TcpStream> {
         let core = Core::current().ok_or_else(no_loop)?;
         let token = core.register(&mut io)?;
-        Ok(TcpStream { io, core, token })
+        Ok(TcpStream {
+            io,
+            home: core.id,
+            token,
+        })
+    }
+
+    /// Runs `f` with the socket's loop; an error off it.
+    fn on_loop<R>(&self, f: impl FnOnce(&Core) -> R) -> io::Result<R> {
+        Core::with(self.home, f).ok_or_else(off_loop)
+    }
+
+    fn clear(&self, dir: Ready) {
+        let _ = self.on_loop(|core| core.clear_ready(self.token, dir));
+    }
+
+    /// Whether the socket is ready in `dir` (else the task is woken when it is); off its
+    /// loop, ready, so that the call that follows fails.
+    fn poll_ready(&self, dir: Ready, cx: &mut Context<'_>) -> Poll<()> {
+        self.on_loop(|core| core.poll_ready(self.token, dir, cx))
+            .unwrap_or(Poll::Ready(()))
     }
 
     /// Connects to `addr`, waiting for the handshake without blocking the loop. (Bound the
@@ -50,8 +76,8 @@ impl TcpStream {
     pub(crate) async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
         let stream = TcpStream::register(mio::net::TcpStream::connect(addr)?)?;
         // Writable once the handshake is over, either way.
-        stream.core.clear_ready(stream.token, Ready::Write);
-        poll_fn(|cx| stream.core.poll_ready(stream.token, Ready::Write, cx)).await;
+        stream.clear(Ready::Write);
+        poll_fn(|cx| stream.poll_ready(Ready::Write, cx)).await;
         if let Some(e) = stream.io.take_error()? {
             return Err(e);
         }
@@ -59,8 +85,8 @@ impl TcpStream {
             Ok(_) => Ok(stream),
             Err(e) if e.kind() == io::ErrorKind::NotConnected => {
                 // Woken before the handshake ended (a spurious event): wait for the next.
-                stream.core.clear_ready(stream.token, Ready::Write);
-                poll_fn(|cx| stream.core.poll_ready(stream.token, Ready::Write, cx)).await;
+                stream.clear(Ready::Write);
+                poll_fn(|cx| stream.poll_ready(Ready::Write, cx)).await;
                 if let Some(e) = stream.io.take_error()? {
                     return Err(e);
                 }
@@ -78,11 +104,7 @@ impl TcpStream {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         loop {
-            if self
-                .core
-                .poll_ready(self.token, Ready::Read, cx)
-                .is_pending()
-            {
+            if self.poll_ready(Ready::Read, cx).is_pending() {
                 return Poll::Pending;
             }
             match self.try_read(buf) {
@@ -95,18 +117,19 @@ impl TcpStream {
     /// One read without waiting: `WouldBlock` when there is nothing (the socket is then
     /// marked not readable).
     pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.on_loop(|_| ())?;
         loop {
             match (&self.io).read(buf) {
                 Ok(n) => {
                     if n > 0 && n < buf.len() {
-                        self.core.clear_ready(self.token, Ready::Read);
+                        self.clear(Ready::Read);
                     }
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     if e.kind() == io::ErrorKind::WouldBlock {
-                        self.core.clear_ready(self.token, Ready::Read);
+                        self.clear(Ready::Read);
                     }
                     return Err(e);
                 }
@@ -117,11 +140,7 @@ impl TcpStream {
     /// Writes what the socket takes, waiting until it takes something.
     pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         loop {
-            if self
-                .core
-                .poll_ready(self.token, Ready::Write, cx)
-                .is_pending()
-            {
+            if self.poll_ready(Ready::Write, cx).is_pending() {
                 return Poll::Pending;
             }
             match self.try_write(buf) {
@@ -133,18 +152,19 @@ impl TcpStream {
 
     /// One write without waiting (`WouldBlock`: the send buffer is full).
     pub(crate) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        self.on_loop(|_| ())?;
         loop {
             match (&self.io).write(buf) {
                 Ok(n) => {
                     if n < buf.len() {
-                        self.core.clear_ready(self.token, Ready::Write);
+                        self.clear(Ready::Write);
                     }
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     if e.kind() == io::ErrorKind::WouldBlock {
-                        self.core.clear_ready(self.token, Ready::Write);
+                        self.clear(Ready::Write);
                     }
                     return Err(e);
                 }
@@ -155,24 +175,25 @@ impl TcpStream {
     /// Waits until the socket has something to read (data, its end, or an error), without
     /// reading it.
     pub(crate) fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.core.poll_ready(self.token, Ready::Read, cx)
+        self.poll_ready(Ready::Read, cx)
     }
 
     /// Whether an event said the socket has something to read since it was last found
     /// empty (without a system call and without waiting).
     pub(crate) fn maybe_readable(&self) -> bool {
-        self.core.is_ready(self.token, Ready::Read)
+        self.on_loop(|core| core.is_ready(self.token, Ready::Read))
+            .unwrap_or(true)
     }
 
     /// Waits until the socket takes more bytes (or has failed).
     pub(crate) fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.core.poll_ready(self.token, Ready::Write, cx)
+        self.poll_ready(Ready::Write, cx)
     }
 
     /// Forgets that the socket was readable: the task waits for the next event. For a
     /// watcher that has looked (with [`TcpStream::peek`]) and leaves the bytes where they are.
     pub(crate) fn wait_next_read_event(&self) {
-        self.core.clear_ready(self.token, Ready::Read);
+        self.clear(Ready::Read);
     }
 
     pub(crate) async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -218,13 +239,20 @@ impl TcpStream {
     /// Whether this socket belongs to the loop running now (a pooled connection must not
     /// move to another thread's loop).
     pub(crate) fn is_on_this_loop(&self) -> bool {
-        Core::current().is_some_and(|c| Rc::ptr_eq(&c, &self.core))
+        Core::current_id() == Some(self.home)
     }
 }
 
 impl Drop for TcpStream {
     fn drop(&mut self) {
-        self.core.deregister(&mut self.io, self.token);
+        let (io, token) = (&mut self.io, self.token);
+        if Core::with(self.home, |core| core.deregister(io, token)).is_none()
+            && !Core::thread_ending()
+        {
+            // Dropped on another thread (a bug): closing the socket takes it out of the
+            // loop's poll; its slot there stays taken.
+            log::error!("a socket was dropped off its event loop");
+        }
     }
 }
 

@@ -3,16 +3,17 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::core::Core;
 
-/// Completes at its deadline. Dropped before, it leaves no timer behind.
+/// Completes at its deadline. Dropped before, it leaves no timer behind. Like a socket, it
+/// belongs to the loop that first polled it.
 pub(crate) struct Sleep {
     at: Instant,
-    timer: Option<(Rc<Core>, (Instant, u64))>,
+    /// The loop and the key of its timer.
+    timer: Option<(u64, (Instant, u64))>,
 }
 
 /// A future that completes at `at`.
@@ -37,8 +38,8 @@ impl Sleep {
     }
 
     fn cancel(&mut self) {
-        if let Some((core, key)) = self.timer.take() {
-            core.remove_timer(key);
+        if let Some((home, key)) = self.timer.take() {
+            Core::with(home, |core| core.remove_timer(key));
         }
     }
 
@@ -56,17 +57,18 @@ impl Future for Sleep {
             this.cancel();
             return Poll::Ready(());
         }
-        if let Some((core, key)) = &this.timer
-            && core.renew_timer(*key, cx.waker())
+        if let Some((home, key)) = this.timer
+            && Core::with(home, |core| core.renew_timer(key, cx.waker())) == Some(true)
         {
             return Poll::Pending;
         }
+        this.cancel();
         // No loop on this thread: the future can only say it is not due yet.
         let Some(core) = Core::current() else {
             return Poll::Pending;
         };
         let key = core.add_timer(this.at, cx.waker().clone());
-        this.timer = Some((core, key));
+        this.timer = Some((core.id, key));
         Poll::Pending
     }
 }

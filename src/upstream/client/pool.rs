@@ -46,7 +46,7 @@ thread_local! {
 /// An idle connection to `key`'s destination, if one is fit for reuse.
 pub(crate) fn take(key: &Key) -> Option<Conn> {
     let mut dropped = Vec::new();
-    let found = POOL.with(|p| {
+    let found = POOL.try_with(|p| {
         let mut pool = p.borrow_mut();
         let pool = &mut *pool;
         let list = pool.idle.get_mut(key)?;
@@ -65,6 +65,7 @@ pub(crate) fn take(key: &Key) -> Option<Conn> {
         }
         found
     });
+    let found = found.ok().flatten();
     // Closed outside the pool's borrow (a socket's drop touches the loop).
     drop(dropped);
     found
@@ -81,7 +82,7 @@ pub(crate) fn put(key: Key, mut conn: Conn) {
     if !conn.idle() {
         return;
     }
-    let start_sweep = POOL.with(|p| {
+    let start_sweep = POOL.try_with(|p| {
         let mut pool = p.borrow_mut();
         if pool.count >= PER_LOOP {
             return None;
@@ -99,7 +100,8 @@ pub(crate) fn put(key: Key, mut conn: Conn) {
         pool.sweeping = true;
         Some(start)
     });
-    if start_sweep == Some(true) {
+    // (At the thread's end the connection is simply closed.)
+    if start_sweep == Ok(Some(true)) {
         crate::rt::spawn(sweep());
     }
 }
@@ -108,7 +110,7 @@ pub(crate) fn put(key: Key, mut conn: Conn) {
 async fn sweep() {
     loop {
         crate::rt::time::sleep(IDLE_TIME / 2).await;
-        let (expired, empty) = POOL.with(|p| {
+        let swept = POOL.try_with(|p| {
             let mut pool = p.borrow_mut();
             let mut expired = Vec::new();
             for list in pool.idle.values_mut() {
@@ -125,6 +127,9 @@ async fn sweep() {
             }
             (expired, empty)
         });
+        let Ok((expired, empty)) = swept else {
+            return;
+        };
         drop(expired);
         if empty {
             return;
