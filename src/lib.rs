@@ -28,7 +28,7 @@ mod ledger;
 mod limits;
 pub mod logging;
 mod responses;
-// Until the HTTP layer and the upstream client move onto the event loops.
+// Until the upstream client (and `block_on`, for sigoe and the background threads) is used.
 #[allow(dead_code)]
 mod rt;
 pub mod server;

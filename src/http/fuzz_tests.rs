@@ -6,8 +6,9 @@
 use std::time::{Duration, Instant};
 
 use super::Limits;
-use super::parse::{InBuf, ReadError, never, read_request};
+use super::parse::{InBuf, ReadError, read_request};
 use super::testwire::MemWire;
+use crate::rt::block_on;
 
 /// xorshift64*: small, seeded, good enough to spread cases.
 struct Rng(u64);
@@ -110,15 +111,15 @@ fn drain(input: &[u8], step: usize) -> usize {
     loop {
         let before = w.consumed() + buf.len();
         let far = Instant::now() + Duration::from_secs(10);
-        let r = read_request(
+        let r = block_on(read_request(
             &mut w,
             &mut buf,
             &limits,
             far,
             Duration::from_secs(10),
             Duration::from_secs(1),
-            &never,
-        );
+        ))
+        .expect("an event loop");
         assert!(buf.len() <= buf.cap(), "buffer over its cap");
         match r {
             Ok((head, body)) => {
@@ -207,15 +208,15 @@ fn chunked_bodies_round_trip_however_they_are_cut() {
         let mut buf = InBuf::new(&limits);
         let far = Instant::now() + Duration::from_secs(10);
         let read = |w: &mut MemWire, buf: &mut InBuf| {
-            read_request(
+            block_on(read_request(
                 w,
                 buf,
                 &limits,
                 far,
                 Duration::from_secs(10),
                 Duration::from_secs(1),
-                &never,
-            )
+            ))
+            .expect("an event loop")
         };
         let (_, got) = read(&mut w, &mut buf).unwrap();
         assert_eq!(got, body);

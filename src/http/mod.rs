@@ -1,21 +1,25 @@
-//! sigorest's own small HTTP/1.1 server, on httparse, std sockets and rustls 0.23.
+//! sigorest's own small HTTP/1.1 server, on httparse, mio and rustls 0.23.
 //!
-//! Three stages (see `design.md`, "Shape"): an accept thread per listening socket judges
-//! the peer against the listener's allow list at once — a refused peer gets its 403 (on
-//! HTTPS after the handshake) from one of a few refusal threads, each done within 2 s, or
-//! is closed at once when they are busy, and never takes a connection slot — and admits the
-//! others up to the caps per address and in all, each on a capped, cheap connection thread.
-//! That thread reads one request head and body under deadlines, hard limits and the body
-//! budget; a quick request ([`Handler::is_quick`]) it answers itself, any other it pushes
-//! into one bounded channel to a fixed pool of worker threads, which call the [`Handler`]
-//! and write its [`Response`]: a complete one as far as the client takes it at once (the
-//! connection thread finishes the rest, so a slow reader holds no worker), a stream piece by
-//! piece (its writes may wait on the client for [`Timeouts::stall`] in all). While a worker
-//! answers, the connection thread watches the socket and fires the request's [`Hangup`]
-//! when the client leaves.
+//! An accept thread per listening socket judges each peer against the listener's allow list
+//! at once — a refused peer gets its 403 (on HTTPS after the handshake) within 2 s, a few at
+//! a time, or is closed at once when they are busy, and never takes a connection slot — and
+//! admits the others up to the caps per address and in all, handing each to the event loop
+//! that has the fewest (see [`crate::rt`]). There a task per connection reads one request
+//! head and body under deadlines, hard limits and the body budget, and answers it:
+//! - a quick request ([`Handler::is_quick`]) at once, on the loop;
+//! - any other once it has one of the `-workers` places (the others wait in a bounded
+//!   line): on the loop itself when the handler can answer without blocking
+//!   ([`Handler::answer`], a future that awaits its upstream), else on a worker thread
+//!   ([`Handler::handle`]).
+//!
+//! While a request is handled, its task watches the client and fires the request's
+//! [`Hangup`] when it leaves. The answer is written by the same task: a complete one within
+//! the write timeout, a stream piece by piece as its producer makes them (its writes may wait
+//! on the client for [`Timeouts::stall`] in all). A slow reader holds nothing but its task.
 //!
 //! Handlers never see a socket: they get a [`Request`] and return a [`Response`], whose body is
-//! either complete or a closure that writes pieces to a [`Sink`]. A handler panic becomes a 500.
+//! complete, a closure that writes pieces to a [`Sink`] on a worker thread, or a task that
+//! fills a [`Pipe`] on the loop. A handler panic becomes a 500.
 //!
 //! Decisions where the design is silent:
 //! - `Host` is not required; targets may be origin form, absolute form (the path is kept) or
@@ -25,8 +29,8 @@
 //!   trailers are read within 16 KiB and dropped.
 //! - A client that half-closes its side after sending a request is still there; one that
 //!   closes both sides has gone. A peek cannot tell them apart, so on plain HTTP/1.1 the
-//!   connection thread sends an interim `100 Continue` before the answer begins and looks
-//!   for the reset a departed client answers it with (see `conn`). On TLS a departing client
+//!   connection sends an interim `100 Continue` before the answer begins and looks for the
+//!   reset a departed client answers it with (see `conn`). On TLS a departing client
 //!   sends `close_notify` (on TLS 1.3 an encrypted record of exactly an alert's size waiting
 //!   on the socket counts as one); an HTTP/1.0 half-close is answered; a FIN once the
 //!   answer has begun means the client left.
@@ -35,8 +39,10 @@
 //! - The status line always says `HTTP/1.1` (allowed for HTTP/1.0 clients); the framing
 //!   follows the request's version.
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
@@ -50,16 +56,19 @@ mod budget;
 mod conn;
 #[cfg(test)]
 mod fuzz_tests;
+mod gate;
 mod parse;
+mod pipe;
 mod server;
 mod shared;
 #[cfg(test)]
 mod testwire;
 pub mod tls;
+mod watch;
 mod wire;
-mod worker;
 mod write;
 
+pub use pipe::Pipe;
 pub use server::{Server, start};
 
 /// HTTP version of a request, which decides the framing of its response.
@@ -110,10 +119,23 @@ impl Request {
 /// (model, attempts, tokens...).
 pub type LogFields = Vec<(&'static str, String)>;
 
-/// A streamed body: called once on the worker with the sink for the pieces and the access-log
-/// fields, which it may extend (for example with the token usage seen at the end of a stream).
-/// Returning an error (usually from the sink, when the client has gone) ends the connection.
+/// A streamed body made on a worker thread: called once with the sink for the pieces and the
+/// access-log fields, which it may extend (for example with the token usage seen at the end
+/// of a stream). Returning an error (usually from the sink, when the client has gone) ends
+/// the connection.
 pub type StreamBody = Box<dyn FnOnce(&mut dyn Sink, &mut LogFields) -> io::Result<()> + Send>;
+
+/// The task that makes a streamed body on the event loop: it ends with its result and the
+/// access-log fields it adds.
+pub type Producer = Pin<Box<dyn Future<Output = (io::Result<()>, LogFields)>>>;
+
+/// A streamed body made on the event loop: called once, on the connection's loop, with the
+/// [`Pipe`] the pieces go to; returns the task that fills it. Between pieces the task waits
+/// for [`Pipe::room`], so a client that does not read holds its stream back.
+pub type PipedBody = Box<dyn FnOnce(Pipe) -> Producer + Send>;
+
+/// An answer being made on the event loop (see [`Handler::answer`]).
+pub type Answering = Pin<Box<dyn Future<Output = Response>>>;
 
 /// Where a streamed body goes: each `send` is written as one piece (a chunk in HTTP/1.1) and
 /// flushed to the client before it returns.
@@ -133,8 +155,11 @@ impl Sink for Vec<Vec<u8>> {
 pub enum Body {
     /// Written with a `Content-Length`, head and body in one write.
     Full(Vec<u8>),
-    /// Written chunked (HTTP/1.1) or close-delimited (HTTP/1.0), one flush per piece.
+    /// Written chunked (HTTP/1.1) or close-delimited (HTTP/1.0), one write per piece; the
+    /// pieces made by a closure on a worker thread.
     Stream(StreamBody),
+    /// The same, the pieces made by a task on the event loop.
+    Piped(PipedBody),
 }
 
 impl std::fmt::Debug for Body {
@@ -142,6 +167,7 @@ impl std::fmt::Debug for Body {
         match self {
             Body::Full(b) => write!(f, "Full({} bytes)", b.len()),
             Body::Stream(_) => f.write_str("Stream(..)"),
+            Body::Piped(_) => f.write_str("Piped(..)"),
         }
     }
 }
@@ -202,16 +228,35 @@ impl Response {
         }
     }
 
+    /// A streamed response whose pieces a task on the event loop makes (see [`PipedBody`]).
+    pub fn piped(status: u16, content_type: &str, body: PipedBody) -> Response {
+        Response {
+            status,
+            headers: vec![("Content-Type".to_string(), content_type.to_string())],
+            body: Body::Piped(body),
+            log: Vec::new(),
+            close: false,
+        }
+    }
+
     /// Keeps `value` alive until the body has been written: a streamed body takes it into
-    /// its closure (a slot of a local model is held until the stream ends); a complete
-    /// body drops it here, the answer being done.
+    /// its closure or task (a slot of a local model is held until the stream ends); a
+    /// complete body drops it here, the answer being done.
     pub fn keep_until_sent<T: Send + 'static>(mut self, value: T) -> Response {
-        if let Body::Stream(body) = self.body {
-            self.body = Body::Stream(Box::new(move |sink, log| {
+        self.body = match self.body {
+            Body::Stream(body) => Body::Stream(Box::new(move |sink, log| {
                 let _kept = value;
                 body(sink, log)
-            }));
-        }
+            })),
+            Body::Piped(body) => Body::Piped(Box::new(move |pipe| {
+                let producer = body(pipe);
+                Box::pin(async move {
+                    let _kept = value;
+                    producer.await
+                })
+            })),
+            full => full,
+        };
         self
     }
 
@@ -230,16 +275,33 @@ impl Response {
     }
 }
 
-/// The application: one call per request, on a worker thread.
+/// The application: one call per request.
 pub trait Handler: Send + Sync + 'static {
+    /// Answers on a worker thread: it may block.
     fn handle(&self, req: &Request) -> Response;
 
     /// Whether this request is answered at once, without blocking I/O (a health check, a
-    /// list, a 404): it is then handled on the connection thread itself, sparing the two
-    /// thread hand-offs of the worker pool, and it is answered even while every worker is
-    /// busy. Default: no.
+    /// list, a 404): it is then handled on the event loop, without a worker's place, and it
+    /// is answered even while every place is taken. Default: no.
     fn is_quick(&self, _req: &Request) -> bool {
         false
+    }
+
+    /// Whether this request is answered on the event loop by [`Handler::answer`] — a future
+    /// that awaits its I/O (an upstream call) and never blocks — instead of on a worker
+    /// thread. Either way it first takes a worker's place. Default: no.
+    fn answers_on_loop(&self, _req: &Request) -> bool {
+        false
+    }
+
+    /// The answer on the event loop of a request that [`Handler::answers_on_loop`] took.
+    /// Default: a 500 (a handler that answers on the loop must give this).
+    fn answer(self: Arc<Self>, _req: Request) -> Answering {
+        Box::pin(async {
+            Response::error(&crate::error::Error::Internal {
+                message: "internal error: no answer on the event loop".to_string(),
+            })
+        })
     }
 
     /// The answer for an error the server itself meets on a request for `path` (the queue
@@ -262,14 +324,18 @@ where
 /// Live counters, shared with the application for `/api/health`.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// The pool's size (`-workers`).
+    /// Requests handled at once, at most (`-workers`).
     pub workers_total: AtomicUsize,
-    /// Workers started so far (they start as requests need them, up to the size).
+    /// Worker threads running (for handlers that block; they start as requests need them,
+    /// up to `-workers`).
     pub workers_started: AtomicUsize,
+    /// Requests being handled now (on a worker thread or on an event loop).
     pub workers_busy: AtomicUsize,
     pub queue_capacity: AtomicUsize,
     pub queue_depth: AtomicUsize,
     pub connections_open: AtomicUsize,
+    /// Event-loop threads.
+    pub loops: AtomicUsize,
     /// Requests refused with 503 `overloaded` (queue full, or waited too long for a worker).
     pub overloaded_total: AtomicU64,
 }

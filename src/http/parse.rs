@@ -1,8 +1,8 @@
 //! Reading one request off a connection: the head with httparse, then the body (fixed length
 //! or chunked), all under deadlines and hard limits.
 //!
-//! Everything here is generic over [`Wire`] (a `Read + Write` whose next blocking call can be
-//! bounded), so the framing rules are tested on in-memory bytes. Nothing allocates more than a
+//! Everything here is generic over [`Wire`] (any non-blocking byte stream), so the framing
+//! rules are tested on in-memory bytes; deadlines are timers of the event loop. Nothing allocates more than a
 //! limit allows: the input buffer never grows past [`InBuf`]'s cap, a body never past
 //! `limits.body_bytes`, and a declared body over the limit is refused before a byte of it is
 //! read.
@@ -10,9 +10,10 @@
 use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
-use super::wire::{Wire, is_transient, write_all_within};
+use super::wire::{Wire, read, write_all};
 use super::{Limits, Version};
 use crate::error::Error;
+use crate::rt::time::timeout_at;
 
 /// Bytes asked of the socket by one read into the input buffer.
 const READ_CHUNK: usize = 16 * 1024;
@@ -34,8 +35,6 @@ pub(crate) enum ReadError {
     Closed,
     /// A deadline passed: close silently.
     Timeout,
-    /// The server is shutting down and the request had not arrived: close silently.
-    Stopped,
     /// The request is refused: answer with this error, then close.
     Reject(Box<Rejection>),
 }
@@ -143,11 +142,10 @@ impl InBuf {
 
     /// Reads once more from the wire, appending at most up to the cap. Returns the number of
     /// bytes added (at least one).
-    pub(crate) fn fill<W: Wire + ?Sized>(
+    pub(crate) async fn fill<W: Wire + ?Sized>(
         &mut self,
         w: &mut W,
         deadline: Instant,
-        stop: &dyn Fn() -> bool,
     ) -> Result<usize, ReadError> {
         // Fill the storage there is; grow it (doubling) only when full, so that the usual
         // small head costs a small buffer.
@@ -167,7 +165,7 @@ impl InBuf {
             let zeroed = self.store.capacity().min(self.cap);
             self.store.resize(zeroed, 0);
         }
-        let n = read_timed(w, &mut self.store[self.end..want], deadline, stop)?;
+        let n = read_timed(w, &mut self.store[self.end..want], deadline).await?;
         self.end += n;
         Ok(n)
     }
@@ -183,52 +181,30 @@ fn grow_within(v: &mut Vec<u8>, want: usize, cap: usize) {
     v.reserve_exact(target - v.len());
 }
 
-/// One read bounded by `deadline`; `stop` is looked at before it (a shutdown wakes a blocked
-/// read by shutting the socket's read side). End of stream is [`ReadError::Closed`].
-pub(crate) fn read_timed<W: Wire + ?Sized>(
+/// One read bounded by `deadline`. End of stream is [`ReadError::Closed`].
+pub(crate) async fn read_timed<W: Wire + ?Sized>(
     w: &mut W,
     dst: &mut [u8],
     deadline: Instant,
-    stop: &dyn Fn() -> bool,
 ) -> Result<usize, ReadError> {
-    loop {
-        if stop() {
-            return Err(ReadError::Stopped);
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(ReadError::Timeout);
-        }
-        let slice = (deadline - now).max(Duration::from_millis(1));
-        if w.set_read_timeout(slice).is_err() {
-            return Err(ReadError::Closed);
-        }
-        match w.read(dst) {
-            Ok(0) => return Err(ReadError::Closed),
-            Ok(n) => return Ok(n),
-            Err(e) if is_transient(&e) => {}
-            Err(_) => return Err(ReadError::Closed),
-        }
+    match timeout_at(deadline, read(w, dst)).await {
+        Err(_) => Err(ReadError::Timeout),
+        Ok(Ok(0)) | Ok(Err(_)) => Err(ReadError::Closed),
+        Ok(Ok(n)) => Ok(n),
     }
-}
-
-/// Never stops: for bodies, whose requests are in flight once their head is read.
-pub(crate) fn never() -> bool {
-    false
 }
 
 /// Reads one whole request: [`read_head`], then [`read_body`].
 #[cfg(test)]
-pub(crate) fn read_request<W: Wire + ?Sized>(
+pub(crate) async fn read_request<W: Wire + ?Sized>(
     w: &mut W,
     buf: &mut InBuf,
     limits: &Limits,
     head_deadline: Instant,
     body_timeout: Duration,
     write_timeout: Duration,
-    stop: &dyn Fn() -> bool,
 ) -> Result<(Head, Vec<u8>), ReadError> {
-    let head = read_head(w, buf, limits, head_deadline, stop)?;
+    let head = read_head(w, buf, limits, head_deadline).await?;
     let body = read_body(
         w,
         buf,
@@ -236,7 +212,8 @@ pub(crate) fn read_request<W: Wire + ?Sized>(
         limits,
         (body_timeout, write_timeout),
         &mut |_| true,
-    )?;
+    )
+    .await?;
     Ok((head, body))
 }
 
@@ -249,7 +226,7 @@ fn over_budget() -> ReadError {
 /// byte of it, takes its size from the server's body budget (`reserve`: the declared
 /// length at once, a chunked body chunk by chunk; refused: 503), sends `100 Continue` first
 /// when the client waits for it, then reads within `body_timeout`.
-pub(crate) fn read_body<W: Wire + ?Sized>(
+pub(crate) async fn read_body<W: Wire + ?Sized>(
     w: &mut W,
     buf: &mut InBuf,
     head: &Head,
@@ -278,27 +255,34 @@ pub(crate) fn read_body<W: Wire + ?Sized>(
     };
     // A client that sent some of the body already is not waiting for the interim answer.
     if head.expect_continue && wants_body && buf.is_empty() {
-        write_all_within(w, b"HTTP/1.1 100 Continue\r\n\r\n", write_timeout)
-            .map_err(|_| ReadError::Closed)?;
+        let sent = timeout_at(
+            Instant::now() + write_timeout,
+            write_all(w, b"HTTP/1.1 100 Continue\r\n\r\n"),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return Err(ReadError::Closed);
+        }
     }
     let deadline = Instant::now() + body_timeout;
     match head.framing {
         Framing::Empty => Ok(Vec::new()),
         // Bounded by the check above.
-        Framing::Length(n) => read_exact_body(w, buf, n as usize, deadline).map_err(with_request),
-        Framing::Chunked => {
-            read_chunked(w, buf, limits.body_bytes, deadline, reserve).map_err(with_request)
-        }
+        Framing::Length(n) => read_exact_body(w, buf, n as usize, deadline)
+            .await
+            .map_err(with_request),
+        Framing::Chunked => read_chunked(w, buf, limits.body_bytes, deadline, reserve)
+            .await
+            .map_err(with_request),
     }
 }
 
 /// Reads until a complete head is in the buffer, parses it and removes it from the buffer.
-pub(crate) fn read_head<W: Wire + ?Sized>(
+pub(crate) async fn read_head<W: Wire + ?Sized>(
     w: &mut W,
     buf: &mut InBuf,
     limits: &Limits,
     deadline: Instant,
-    stop: &dyn Fn() -> bool,
 ) -> Result<Head, ReadError> {
     // A head can only end, or gain a header line, at a newline: parsing again only when new
     // bytes bring one keeps a client that sends one byte at a time from costing quadratic CPU.
@@ -315,7 +299,7 @@ pub(crate) fn read_head<W: Wire + ?Sized>(
             }));
         }
         let before = buf.len();
-        buf.fill(w, deadline, stop)?;
+        buf.fill(w, deadline).await?;
         parse = buf.bytes()[before..].contains(&b'\n');
     }
 }
@@ -506,7 +490,7 @@ fn parse_length(v: &str) -> Result<Framing, ReadError> {
 }
 
 /// Reads exactly `n` body bytes: first what is buffered, then straight from the wire.
-fn read_exact_body<W: Wire + ?Sized>(
+async fn read_exact_body<W: Wire + ?Sized>(
     w: &mut W,
     buf: &mut InBuf,
     n: usize,
@@ -514,13 +498,13 @@ fn read_exact_body<W: Wire + ?Sized>(
 ) -> Result<Vec<u8>, ReadError> {
     let mut body = Vec::new();
     body.reserve_exact(n.min(BODY_CHUNK));
-    append_from(w, buf, &mut body, n, n, deadline)?;
+    append_from(w, buf, &mut body, n, n, deadline).await?;
     Ok(body)
 }
 
 /// Appends `n` bytes to `body`, never letting its capacity pass `cap`. Storage is zeroed
 /// only as it grows, so a client sending one byte at a time costs no more than one read each.
-fn append_from<W: Wire + ?Sized>(
+async fn append_from<W: Wire + ?Sized>(
     w: &mut W,
     buf: &mut InBuf,
     body: &mut Vec<u8>,
@@ -541,7 +525,7 @@ fn append_from<W: Wire + ?Sized>(
             let zeroed = body.capacity().min(end);
             body.resize(zeroed, 0);
         }
-        match read_timed(w, &mut body[filled..upto], deadline, &never) {
+        match read_timed(w, &mut body[filled..upto], deadline).await {
             Ok(got) => filled += got,
             Err(e) => {
                 body.truncate(filled);
@@ -555,7 +539,7 @@ fn append_from<W: Wire + ?Sized>(
 
 /// Decodes a chunked body of at most `limit` bytes, each chunk taken from the budget
 /// (`reserve`) before it is read; trailers are read and dropped.
-fn read_chunked<W: Wire + ?Sized>(
+async fn read_chunked<W: Wire + ?Sized>(
     w: &mut W,
     buf: &mut InBuf,
     limit: usize,
@@ -564,7 +548,7 @@ fn read_chunked<W: Wire + ?Sized>(
 ) -> Result<Vec<u8>, ReadError> {
     let mut body = Vec::new();
     loop {
-        let line = read_line(w, buf, MAX_CHUNK_LINE, deadline)?;
+        let line = read_line(w, buf, MAX_CHUNK_LINE, deadline).await?;
         let size = parse_chunk_size(&buf.bytes()[..line - 2])?;
         buf.consume(line);
         if size == 0 {
@@ -576,9 +560,9 @@ fn read_chunked<W: Wire + ?Sized>(
         if !reserve(size as usize) {
             return Err(over_budget());
         }
-        append_from(w, buf, &mut body, size as usize, limit, deadline)?;
+        append_from(w, buf, &mut body, size as usize, limit, deadline).await?;
         while buf.len() < 2 {
-            buf.fill(w, deadline, &never)?;
+            buf.fill(w, deadline).await?;
         }
         if &buf.bytes()[..2] != b"\r\n" {
             return Err(invalid("chunk data not followed by CRLF"));
@@ -587,7 +571,7 @@ fn read_chunked<W: Wire + ?Sized>(
     }
     let mut trailers = 0;
     loop {
-        let line = read_line(w, buf, MAX_CHUNK_LINE, deadline)?;
+        let line = read_line(w, buf, MAX_CHUNK_LINE, deadline).await?;
         trailers += line;
         if trailers > MAX_TRAILERS {
             return Err(invalid("chunked trailer section too large"));
@@ -601,7 +585,7 @@ fn read_chunked<W: Wire + ?Sized>(
 
 /// Waits for a CRLF-terminated line at the start of the buffer, at most `max` bytes long;
 /// returns its length including the CRLF. A bare LF is refused.
-fn read_line<W: Wire + ?Sized>(
+async fn read_line<W: Wire + ?Sized>(
     w: &mut W,
     buf: &mut InBuf,
     max: usize,
@@ -621,7 +605,7 @@ fn read_line<W: Wire + ?Sized>(
             return Err(invalid("chunk-size or trailer line too long"));
         }
         scanned = window.len();
-        buf.fill(w, deadline, &never)?;
+        buf.fill(w, deadline).await?;
     }
 }
 

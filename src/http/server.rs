@@ -1,35 +1,35 @@
-//! Listeners, accept threads, the worker pool, and shutdown.
+//! Listeners, accept threads, the event loops and the worker threads, and shutdown.
 //!
 //! An accept thread per listening socket judges each peer against the allow list first: a
-//! refused peer gets its 403 on one of a few refusal threads (`limits.refusing`, each done
+//! refused peer gets its 403 from a task of its own (`limits.refusing` at once, each done
 //! within `conn::REFUSAL_TIME`) or is closed at once when they are all busy, and never
 //! takes a connection slot. An allowed peer is admitted up to `limits.per_ip` connections
-//! from its address and `limits.connections` in all, and gets its own thread
-//! ([`super::conn`]). Parsed requests go through one bounded
-//! channel to a fixed pool of workers, which call the [`Handler`] (a panic becomes a 500),
-//! write the response and hand the connection back for keep-alive.
+//! from its address and `limits.connections` in all, and handed to the event loop with the
+//! fewest connections, where a task serves it ([`super::conn`]). Handlers that block run on
+//! worker threads, started as requests need them.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use super::budget::{BodyBudget, PerIp};
-use super::conn::{self, Job, ListenerCtx};
-use super::shared::{Shared, Slot, Tracked};
-use super::worker::Pool;
+use super::conn::{self, ListenerCtx, Refusing};
+use super::gate::Gate;
+use super::shared::{self as shared_mod, Shared, Slot};
 use super::{Handler, ServerConfig, Stats};
-use crate::util::lock;
+use crate::rt::blocking::Pool;
+use crate::rt::{LoopHandle, Runtime};
 
-/// Stack of a connection thread: it parses and does TLS, nothing deep.
-const CONN_STACK: usize = 256 * 1024;
-/// How long shutdown waits, after the grace, for threads it has forced to end.
+/// Worker threads started with the server; the others start as requests need them.
+const INITIAL_WORKERS: usize = 4;
+/// Event loops at most, whatever the number of cores.
+const MAX_LOOPS: usize = 8;
+/// How long shutdown waits, after the grace, for what it has forced to end.
 const FORCE_WAIT: Duration = Duration::from_secs(2);
 /// Accept errors (out of descriptors...) back off from the first to the last step.
 const BACKOFF_FIRST: Duration = Duration::from_millis(10);
@@ -46,13 +46,20 @@ pub struct Server {
     shared: Arc<Shared>,
     listeners: Vec<Arc<TcpListener>>,
     accept_threads: Vec<JoinHandle<()>>,
-    workers: Vec<JoinHandle<()>>,
+    runtime: Option<Runtime>,
     stopped: bool,
 }
 
-/// Binds every listener (dual-stack when the address is `[::]`), starts the accept threads
-/// and the worker pool, and returns at once. A port that cannot be bound is an error here,
-/// not later.
+/// One event loop per core (at most [`MAX_LOOPS`]).
+fn loops_wanted() -> usize {
+    thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_LOOPS)
+}
+
+/// Binds every listener (dual-stack when the address is `[::]`), starts the event loops,
+/// the first worker threads and the accept threads, and returns at once. A port that cannot
+/// be bound is an error here, not later.
 pub fn start(config: ServerConfig, handler: Arc<dyn Handler>) -> io::Result<Server> {
     let prefix = format!("sr{}-", SERVERS.fetch_add(1, Ordering::Relaxed));
     let mut bound = Vec::new();
@@ -67,22 +74,36 @@ pub fn start(config: ServerConfig, handler: Arc<dyn Handler>) -> io::Result<Serv
     let mut limits = config.limits.clone();
     // A body that could never fit the budget is simply too large.
     limits.body_bytes = limits.body_bytes.min(limits.body_total);
-    let (jobs, queue) = crossbeam_channel::bounded::<Job>(config.queue);
-    let shared = Arc::new_cyclic(|me| Shared {
-        pool: Box::new(Pool::new(queue, workers, me.clone())),
+    let runtime = Runtime::start(loops_wanted(), &format!("{prefix}l"))?;
+    stats.loops.store(runtime.loops().len(), Ordering::Relaxed);
+    let counted = Arc::clone(&stats);
+    let pool = Pool::with_stack(
+        &format!("{prefix}w"),
+        workers,
+        INITIAL_WORKERS.min(workers),
+        config.timeouts.worker_idle,
+        0,
+    )
+    .counting(Box::new(move |n| {
+        counted.workers_started.store(n, Ordering::Release);
+    }));
+    let shared = Arc::new(Shared {
         handler,
         per_ip: PerIp::new(limits.per_ip),
         bodies: BodyBudget::new(limits.body_total),
         refusing: AtomicUsize::new(0),
         limits,
         timeouts: config.timeouts.clone(),
+        gate: Gate::new(workers, config.queue, Arc::clone(&stats)),
+        workers: pool,
+        loads: runtime
+            .loops()
+            .iter()
+            .map(|_| AtomicUsize::new(0))
+            .collect(),
         stats: Arc::clone(&stats),
         stopping: AtomicBool::new(false),
         prefix,
-        next_id: AtomicU64::new(0),
-        open: Mutex::new(HashMap::new()),
-        queued: AtomicU64::new(0),
-        taken: AtomicU64::new(0),
     });
     let mut server = Server {
         addrs: Vec::new(),
@@ -90,11 +111,17 @@ pub fn start(config: ServerConfig, handler: Arc<dyn Handler>) -> io::Result<Serv
         shared: Arc::clone(&shared),
         listeners: Vec::new(),
         accept_threads: Vec::new(),
-        workers: Vec::new(),
+        runtime: Some(runtime),
         stopped: false,
     };
-    // On an error below, dropping `server` (and `jobs`) stops what was started.
-    shared.pool.start()?;
+    // On an error below, dropping `server` stops what was started.
+    shared.workers.start_kept()?;
+    let loops: Arc<[LoopHandle]> = server
+        .runtime
+        .as_ref()
+        .map(|r| r.loops().to_vec())
+        .unwrap_or_default()
+        .into();
     for (i, (listener, l)) in bound.into_iter().enumerate() {
         let addr = listener.local_addr()?;
         let ctx = ListenerCtx {
@@ -102,10 +129,14 @@ pub fn start(config: ServerConfig, handler: Arc<dyn Handler>) -> io::Result<Serv
             tls: l.tls.clone(),
             port: addr.port(),
         };
-        let (shared, jobs, accepting) = (Arc::clone(&shared), jobs.clone(), Arc::clone(&listener));
+        let (shared, accepting, loops) = (
+            Arc::clone(&shared),
+            Arc::clone(&listener),
+            Arc::clone(&loops),
+        );
         let handle = thread::Builder::new()
             .name(format!("{}a{i}", shared.prefix))
-            .spawn(move || accept_loop(&shared, &accepting, &Arc::new(ctx), &jobs))?;
+            .spawn(move || accept_loop(&shared, &accepting, &Arc::new(ctx), &loops))?;
         server.addrs.push(addr);
         server.listeners.push(listener);
         server.accept_threads.push(handle);
@@ -179,7 +210,7 @@ fn accept_loop(
     shared: &Arc<Shared>,
     listener: &TcpListener,
     ctx: &Arc<ListenerCtx>,
-    jobs: &Sender<Job>,
+    loops: &[LoopHandle],
 ) {
     let mut backoff = Duration::ZERO;
     let mut warn = Warnings::default();
@@ -194,12 +225,12 @@ fn accept_loop(
                 let peer = addr.ip().to_canonical();
                 // Judged here, on the accept thread, before anything is read or counted.
                 if !ctx.allow.allows(peer) {
-                    refuse(shared, ctx, tcp, peer);
+                    refuse(shared, ctx, loops, tcp, peer);
                     let last = format_args!("{peer} on port {}", ctx.port);
                     warn.refused.warn("ip_not_allowed: refused clients", &last);
                     continue;
                 }
-                match admit(shared, ctx, jobs, tcp, peer) {
+                match admit(shared, ctx, loops, tcp, peer) {
                     Ok(()) => {}
                     Err(Refused::Full) => warn.full.warn(
                         "connection limit reached; new connections are closed",
@@ -209,9 +240,7 @@ fn accept_loop(
                         "connection limit per address reached; its new connections are closed",
                         &peer,
                     ),
-                    Err(Refused::Spawn(e)) => {
-                        warn.spawn.warn("cannot start a connection thread", &e)
-                    }
+                    Err(Refused::Setup(e)) => warn.spawn.warn("cannot set a new connection up", &e),
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -230,11 +259,28 @@ fn accept_loop(
 enum Refused {
     Full,
     PerIp,
-    Spawn(io::Error),
+    Setup(io::Error),
 }
 
-/// A refused peer: its 403 on a refusal thread when one is free, else closed at once.
-fn refuse(shared: &Arc<Shared>, ctx: &Arc<ListenerCtx>, tcp: TcpStream, peer: IpAddr) {
+/// The loop with the fewest connections (the first of equals).
+fn least_busy(shared: &Shared) -> usize {
+    shared
+        .loads
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, n)| n.load(Ordering::Acquire))
+        .map_or(0, |(i, _)| i)
+}
+
+/// A refused peer: its 403 from a task of its own when the refusals allow one more, else
+/// closed at once.
+fn refuse(
+    shared: &Arc<Shared>,
+    ctx: &Arc<ListenerCtx>,
+    loops: &[LoopHandle],
+    tcp: TcpStream,
+    peer: IpAddr,
+) {
     let cap = shared.limits.refusing;
     let counted = shared
         .refusing
@@ -245,28 +291,25 @@ fn refuse(shared: &Arc<Shared>, ctx: &Arc<ListenerCtx>, tcp: TcpStream, peer: Ip
         // Dropped: closed without a word.
         return;
     }
-    let (shared, ctx) = (Arc::clone(shared), Arc::clone(ctx));
-    let spawned = thread::Builder::new()
-        .name(format!("{}r", shared.prefix))
-        .stack_size(CONN_STACK)
-        .spawn({
-            let shared = Arc::clone(&shared);
-            move || {
-                conn::refuse_peer(&shared, &ctx, tcp, peer);
-                shared.refusing.fetch_sub(1, Ordering::AcqRel);
-            }
-        });
-    if spawned.is_err() {
-        shared.refusing.fetch_sub(1, Ordering::AcqRel);
-    }
+    let counted = Refusing(Arc::clone(shared));
+    let Some(on) = loops.get(least_busy(shared)) else {
+        return;
+    };
+    let ctx = Arc::clone(ctx);
+    on.send(Box::new(
+        move || match crate::rt::net::TcpStream::from_std(tcp) {
+            Ok(tcp) => crate::rt::spawn(conn::refuse_peer(counted, ctx, tcp, peer)),
+            Err(e) => log::debug!(error:% = e; "a refused peer's socket could not be set up"),
+        },
+    ));
 }
 
-/// Counts the connection (for its address and in all) and starts its thread, or closes it
-/// at once.
+/// Counts the connection (for its address, its loop and in all) and hands it to its loop,
+/// or closes it at once.
 fn admit(
     shared: &Arc<Shared>,
     ctx: &Arc<ListenerCtx>,
-    jobs: &Sender<Job>,
+    loops: &[LoopHandle],
     tcp: TcpStream,
     peer: IpAddr,
 ) -> Result<(), Refused> {
@@ -285,32 +328,30 @@ fn admit(
         shared.per_ip.remove(peer);
         return Err(Refused::Full);
     }
-    let _ = tcp.set_nodelay(true);
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    lock(&shared.open).insert(
-        id,
-        Tracked {
-            sock: None,
-            hangup: None,
-            waiting: Arc::new(AtomicBool::new(true)),
-        },
-    );
+    let on = least_busy(shared);
+    if let Some(load) = shared.loads.get(on) {
+        load.fetch_add(1, Ordering::AcqRel);
+    }
+    // From here the slot uncounts the connection however it ends.
     let slot = Slot {
         shared: Arc::clone(shared),
-        id,
         peer,
+        on,
     };
-    let (ctx, jobs) = (Arc::clone(ctx), jobs.clone());
-    // On failure the closure, its slot and the socket are dropped: uncounted and closed.
-    thread::Builder::new()
-        .name(format!("{}c", shared.prefix))
-        .stack_size(CONN_STACK)
-        .spawn(move || {
-            let slot = slot;
-            conn::run(&slot.shared, &ctx, tcp, peer, slot.id, &jobs);
-        })
-        .map(drop)
-        .map_err(Refused::Spawn)
+    if let Err(e) = tcp.set_nodelay(true) {
+        return Err(Refused::Setup(e));
+    }
+    let Some(home) = loops.get(on) else {
+        return Err(Refused::Setup(io::Error::other("no event loop")));
+    };
+    let ctx = Arc::clone(ctx);
+    home.send(Box::new(
+        move || match crate::rt::net::TcpStream::from_std(tcp) {
+            Ok(tcp) => crate::rt::spawn(conn::serve(ctx, tcp, slot)),
+            Err(e) => log::warn!(error:% = e; "a new connection could not be set up"),
+        },
+    ));
+    Ok(())
 }
 
 impl Server {
@@ -329,11 +370,25 @@ impl Server {
         &self.shared.prefix
     }
 
+    /// The event-loop threads.
+    pub fn loops(&self) -> usize {
+        self.stats.loops.load(Ordering::Acquire)
+    }
+
     /// Stops accepting, closes idle connections, lets requests in flight (streams included)
     /// finish for up to `grace`, then closes the rest. Returns whether everything finished in
     /// time. Every thread the server started has ended or is ending when it returns.
     pub fn shutdown(mut self, grace: Duration) -> bool {
         self.stop(grace)
+    }
+
+    /// Runs `job` on every event loop.
+    fn on_every_loop(&self, job: fn()) {
+        if let Some(r) = &self.runtime {
+            for l in r.loops() {
+                l.send(Box::new(job));
+            }
+        }
     }
 
     fn stop(&mut self, grace: Duration) -> bool {
@@ -349,22 +404,25 @@ impl Server {
         let accepting_done = join_until(&mut self.accept_threads, Instant::now() + FORCE_WAIT);
         self.listeners.clear();
         // Connections waiting for a request end now; answers in flight go out with
-        // `Connection: close`, after which their threads end.
-        self.shared.wake_waiting();
+        // `Connection: close`, after which their tasks end.
+        self.on_every_loop(shared_mod::wake_waiting);
         let conns_open = || self.stats.connections_open.load(Ordering::Acquire) > 0;
         let in_time = wait_while(deadline, conns_open);
         if !in_time {
-            self.shared.force_close();
+            self.on_every_loop(shared_mod::force_close);
             wait_while(Instant::now() + FORCE_WAIT, conns_open);
         }
-        // Refusal threads are done within a couple of seconds, even while stopping.
+        // Refusals are done within a couple of seconds, even while stopping.
         wait_while(Instant::now() + FORCE_WAIT, || {
             self.shared.refusing.load(Ordering::Acquire) > 0
         });
-        // Every sender is gone with the accept and connection threads: workers end.
-        self.workers.extend(self.shared.pool.take_handles());
-        let workers_done = join_until(&mut self.workers, Instant::now() + FORCE_WAIT);
-        in_time && accepting_done && workers_done
+        let mut workers = self.shared.workers.stop();
+        let workers_done = join_until(&mut workers, Instant::now() + FORCE_WAIT);
+        let loops_done = match self.runtime.take() {
+            Some(mut r) => r.stop_within(Instant::now() + FORCE_WAIT),
+            None => true,
+        };
+        in_time && accepting_done && workers_done && loops_done
     }
 }
 

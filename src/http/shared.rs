@@ -1,20 +1,23 @@
-//! What every thread of one server shares: the handler, limits and timeouts, the stopping
-//! flag, the open connections (so that a shutdown can wake or end them), their count per
-//! address and the body budget.
+//! What every part of one server shares: the handler, limits and timeouts, the stopping
+//! flag, the connections per address and per loop, the body budget, the workers' places and
+//! threads. And, on each event loop, the connections it runs, so that a shutdown can wake
+//! or end them there.
 
-use std::collections::HashMap;
-use std::net::Shutdown;
+use std::cell::RefCell;
+use std::net::IpAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::Waker;
 
 use super::budget::{BodyBudget, PerIp};
-use super::wire::Sock;
+use super::gate::Gate;
 use super::{Handler, Hangup, Limits, Request, Response, Stats, Timeouts};
 use crate::error::Error;
-use crate::util::lock;
+use crate::rt::blocking::Pool;
+use crate::rt::slab::Slab;
 
-/// What every thread of one server shares.
+/// What every part of one server shares.
 pub(crate) struct Shared {
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) limits: Limits,
@@ -22,45 +25,18 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     pub(crate) stopping: AtomicBool,
     pub(crate) prefix: String,
-    pub(crate) next_id: AtomicU64,
-    /// Open connections, so that shutdown can end them after its grace.
-    pub(crate) open: Mutex<HashMap<u64, Tracked>>,
     /// Open connections per client address.
     pub(crate) per_ip: PerIp,
     /// Request bodies in flight, all connections together.
     pub(crate) bodies: Arc<BodyBudget>,
-    /// Threads answering refused peers now (see `conn::refuse_peer`).
-    pub(crate) refusing: std::sync::atomic::AtomicUsize,
-    /// The workers (see `worker::Pool`), as the connection threads see them.
-    pub(crate) pool: Box<dyn Workers>,
-    /// Jobs queued so far: each job's `seq` is its number in this count.
-    pub(crate) queued: AtomicU64,
-    /// The highest `seq` a worker (or a refusal) has taken off the queue. The queue is
-    /// first in, first out, so a job whose `seq` is above it is still waiting (or was taken
-    /// just now).
-    pub(crate) taken: AtomicU64,
-}
-
-/// The worker pool, as the rest of the server uses it.
-pub(crate) trait Workers: Send + Sync {
-    /// Starts the first workers.
-    fn start(&self) -> std::io::Result<()>;
-    /// After a request was queued: one more worker when every started one is busy or has
-    /// work waiting, up to the pool's size.
-    fn grow(&self, busy: usize, stopping: bool);
-    /// The started workers' threads, for the server to join when it stops.
-    fn take_handles(&self) -> Vec<std::thread::JoinHandle<()>>;
-    /// Takes the oldest job off the queue, if any, and answers it 503 `overloaded` here: a
-    /// connection thread whose own request has waited past `queue_wait` calls it, so that
-    /// the wait is bounded while every worker is busy with long calls.
-    fn refuse_oldest(&self);
-}
-
-pub(crate) struct Tracked {
-    pub(crate) sock: Option<Sock>,
-    pub(crate) hangup: Option<Hangup>,
-    /// The connection waits for a request (see [`Shared::wake_waiting`]).
-    pub(crate) waiting: Arc<AtomicBool>,
+    /// Refused peers being answered now (see `conn::refuse_peer`).
+    pub(crate) refusing: AtomicUsize,
+    /// The workers' places.
+    pub(crate) gate: Gate,
+    /// Threads for handlers that block.
+    pub(crate) workers: Pool,
+    /// Connections on each event loop, to hand a new one to the least busy.
+    pub(crate) loads: Vec<AtomicUsize>,
 }
 
 impl Shared {
@@ -68,81 +44,154 @@ impl Shared {
     pub(crate) fn call_handler(&self, req: &Request) -> Response {
         match catch_unwind(AssertUnwindSafe(|| self.handler.handle(req))) {
             Ok(resp) => resp,
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                log::error!(method = req.method.as_str(), path = req.path.as_str(), panic = what.as_str(); "handler panicked");
-                Response::error(&Error::Internal {
-                    message: "internal error: the request handler failed".to_string(),
-                })
-            }
+            Err(panic) => panicked(req, &*panic),
         }
     }
 
     pub(crate) fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
-
-    /// Registers the connection's socket; returns its "waiting for a request" flag.
-    pub(crate) fn track(&self, id: u64, sock: Sock) -> Arc<AtomicBool> {
-        let waiting = Arc::new(AtomicBool::new(true));
-        if let Some(t) = lock(&self.open).get_mut(&id) {
-            t.sock = Some(sock);
-            t.waiting = Arc::clone(&waiting);
-        }
-        waiting
-    }
-
-    /// Ends every wait for a request (idle keep-alive, handshake, head) by shutting the read
-    /// side of its socket: the blocked read returns at once. Requests under way are left alone.
-    pub(crate) fn wake_waiting(&self) {
-        let open = lock(&self.open);
-        for t in open.values().filter(|t| t.waiting.load(Ordering::SeqCst)) {
-            if let Some(s) = &t.sock {
-                let _ = s.0.shutdown(Shutdown::Read);
-            }
-        }
-    }
-
-    pub(crate) fn set_hangup(&self, id: u64, hangup: Option<Hangup>) {
-        if let Some(t) = lock(&self.open).get_mut(&id) {
-            t.hangup = hangup;
-        }
-    }
-
-    /// Shuts every open socket down (their threads see errors at once) and tells running
-    /// handlers that their clients are gone.
-    pub(crate) fn force_close(&self) {
-        let hangups: Vec<Hangup> = {
-            let open = lock(&self.open);
-            for s in open.values().filter_map(|t| t.sock.as_ref()) {
-                let _ = s.0.shutdown(Shutdown::Both);
-            }
-            open.values().filter_map(|t| t.hangup.clone()).collect()
-        };
-        for h in hangups {
-            h.fire();
-        }
-    }
 }
 
-/// One counted connection; uncounts it when dropped, on whatever path its thread ends.
+/// What a panic said (its message, when it is text).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+/// The 500 for a handler that panicked, logged with what it said.
+fn panicked(req: &Request, panic: &(dyn std::any::Any + Send)) -> Response {
+    let what = panic_message(panic);
+    log::error!(method = req.method.as_str(), path = req.path.as_str(), panic = what.as_str(); "handler panicked");
+    Response::error(&Error::Internal {
+        message: "internal error: the request handler failed".to_string(),
+    })
+}
+
+/// One counted connection; uncounts it when dropped, however its task ends.
 pub(crate) struct Slot {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) id: u64,
-    pub(crate) peer: std::net::IpAddr,
+    pub(crate) peer: IpAddr,
+    /// Its event loop.
+    pub(crate) on: usize,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        lock(&self.shared.open).remove(&self.id);
         self.shared.per_ip.remove(self.peer);
+        if let Some(load) = self.shared.loads.get(self.on) {
+            load.fetch_sub(1, Ordering::AcqRel);
+        }
         self.shared
             .stats
             .connections_open
             .fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection as its loop's shutdown jobs see it.
+#[derive(Default)]
+struct Tracked {
+    /// It waits for a request (handshake, idle, head): a shutdown ends the wait.
+    waiting: bool,
+    /// Its request's hang-up while a handler works.
+    hangup: Option<Hangup>,
+    /// Ended by a forced shutdown.
+    killed: bool,
+    waker: Option<Waker>,
+}
+
+thread_local! {
+    /// The connections of this loop (one server's loops run nothing else).
+    static OPEN: RefCell<Slab<Tracked>> = RefCell::new(Slab::default());
+}
+
+/// A connection's entry in its loop's list; removed when dropped.
+pub(crate) struct Tracking(usize);
+
+impl Tracking {
+    pub(crate) fn new() -> Tracking {
+        Tracking(OPEN.with(|o| o.borrow_mut().insert(Tracked::default())))
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Tracked) -> R) -> Option<R> {
+        OPEN.try_with(|o| o.borrow_mut().get_mut(self.0).map(f))
+            .ok()
+            .flatten()
+    }
+
+    pub(crate) fn set_waiting(&self, waiting: bool) {
+        self.with(|t| t.waiting = waiting);
+    }
+
+    pub(crate) fn set_hangup(&self, hangup: Option<Hangup>) {
+        self.with(|t| t.hangup = hangup);
+    }
+
+    /// Whether a forced shutdown ended it; else keeps `waker` to be woken by one.
+    pub(crate) fn killed(&self, waker: &Waker) -> bool {
+        self.with(|t| {
+            if !t.killed {
+                match &t.waker {
+                    Some(w) if w.will_wake(waker) => {}
+                    _ => t.waker = Some(waker.clone()),
+                }
+            }
+            t.killed
+        })
+        .unwrap_or(true)
+    }
+}
+
+impl Drop for Tracking {
+    fn drop(&mut self) {
+        let _ = OPEN.try_with(|o| o.borrow_mut().remove(self.0));
+    }
+}
+
+/// On a loop, in a shutdown: wakes every connection that waits for a request (it sees the
+/// stopping flag and ends).
+pub(crate) fn wake_waiting() {
+    let wakers: Vec<Waker> = OPEN.with(|o| {
+        let mut open = o.borrow_mut();
+        let mut wakers = Vec::new();
+        for i in 0..open.capacity() {
+            if let Some(t) = open.get_mut(i)
+                && t.waiting
+                && let Some(w) = t.waker.clone()
+            {
+                wakers.push(w);
+            }
+        }
+        wakers
+    });
+    for w in wakers {
+        w.wake();
+    }
+}
+
+/// On a loop, at the end of a shutdown's grace: tells running handlers that their clients
+/// are gone and ends every connection.
+pub(crate) fn force_close() {
+    let (hangups, wakers): (Vec<Hangup>, Vec<Waker>) = OPEN.with(|o| {
+        let mut open = o.borrow_mut();
+        let (mut hangups, mut wakers) = (Vec::new(), Vec::new());
+        for i in 0..open.capacity() {
+            if let Some(t) = open.get_mut(i) {
+                t.killed = true;
+                hangups.extend(t.hangup.take());
+                wakers.extend(t.waker.take());
+            }
+        }
+        (hangups, wakers)
+    });
+    for h in hangups {
+        h.fire();
+    }
+    for w in wakers {
+        w.wake();
     }
 }

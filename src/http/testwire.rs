@@ -1,9 +1,9 @@
 //! An in-memory [`Wire`] for the framing tests: hands its input out in small reads, records
 //! every write and flush, and at the end of its input either reports end of stream or stalls
-//! like a silent socket (sleeps for the read timeout, then `WouldBlock`).
+//! like a silent socket (pending until the reader's deadline passes).
 
-use std::io::{self, Read, Write};
-use std::time::Duration;
+use std::io;
+use std::task::{Context, Poll};
 
 use super::wire::Wire;
 
@@ -14,7 +14,6 @@ pub(crate) struct MemWire {
     step: usize,
     /// At the end of the input: end of stream (`true`) or a stall (`false`).
     eof: bool,
-    read_timeout: Duration,
     /// Every write call's bytes, in order.
     pub writes: Vec<Vec<u8>>,
     pub flushes: usize,
@@ -32,7 +31,6 @@ impl MemWire {
             pos: 0,
             step: 4096,
             eof: true,
-            read_timeout: Duration::from_millis(10),
             writes: Vec::new(),
             flushes: 0,
             fail_after: None,
@@ -63,50 +61,40 @@ impl MemWire {
     }
 }
 
-impl Read for MemWire {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl Wire for MemWire {
+    fn poll_read(&mut self, _cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         if self.pos == self.input.len() {
             if self.eof {
-                return Ok(0);
+                return Poll::Ready(Ok(0));
             }
-            std::thread::sleep(self.read_timeout);
-            return Err(io::ErrorKind::WouldBlock.into());
+            // A silent peer: only the reader's own timer ends the wait.
+            return Poll::Pending;
         }
         let n = buf.len().min(self.step).min(self.input.len() - self.pos);
         buf[..n].copy_from_slice(&self.input[self.pos..self.pos + n]);
         self.pos += n;
-        Ok(n)
+        Poll::Ready(Ok(n))
     }
-}
 
-impl Write for MemWire {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+    fn poll_write(&mut self, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if self.fail_after.is_some_and(|n| self.writes.len() >= n) {
-            return Err(io::ErrorKind::BrokenPipe.into());
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         let room = match self.take_at_most {
             Some(max) => max.saturating_sub(self.writes.iter().map(Vec::len).sum()),
             None => buf.len(),
         };
         if room == 0 {
-            return Err(io::ErrorKind::WouldBlock.into());
+            // A client that stopped reading: only the writer's own timer ends the wait.
+            return Poll::Pending;
         }
         let n = room.min(buf.len());
         self.writes.push(buf[..n].to_vec());
-        Ok(n)
+        Poll::Ready(Ok(n))
     }
-    fn flush(&mut self) -> io::Result<()> {
-        self.flushes += 1;
-        Ok(())
-    }
-}
 
-impl Wire for MemWire {
-    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        self.read_timeout = timeout;
-        Ok(())
-    }
-    fn set_write_timeout(&mut self, _: Duration) -> io::Result<()> {
-        Ok(())
+    fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.flushes += 1;
+        Poll::Ready(Ok(()))
     }
 }

@@ -1,32 +1,40 @@
 //! Writing a [`Response`]: status line and headers, then the body with a `Content-Length`
 //! (a small body in the same buffer: one write), or as chunks (HTTP/1.1) or close-delimited
-//! (HTTP/1.0), one write and one flush per piece. Also the access log line.
+//! (HTTP/1.0), one write per piece. Also the access log line.
 //!
 //! The server owns the framing headers (`Content-Length`, `Transfer-Encoding`, `Connection`):
 //! a handler's own are dropped, and so is any header that could split the response.
 //!
-//! A slow reader must not hold a worker (see `design.md`): the worker writes a complete
-//! response only as far as the client takes it at once ([`write_for_worker`]) and hands
-//! the rest ([`Pending`]) to the connection thread, which finishes it within the write
-//! timeout. A stream has to be written by the worker, piece by piece as its body produces
-//! them; its writes may wait on the client for [`Reply::stall`] in all, then the stream ends
-//! and the connection closes.
+//! A response is written by its connection's task on the event loop, so a slow reader holds
+//! nothing but that task: a complete answer may take [`Reply::write_timeout`] in all; a
+//! stream's writes may wait on the client for [`Reply::stall`] in all, then the stream ends
+//! (its producer's next piece fails) and the connection closes.
 
-use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
 use std::io::{self, Write};
 use std::net::IpAddr;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use super::wire::Wire;
-use super::{Body, LogFields, Response, Sink, StreamBody, Version};
+use super::pipe::{Next, Pipe};
+use super::wire::{Wire, write_all};
+use super::{Hangup, LogFields, Version};
+use crate::rt::time::{Sleep, sleep_until, timeout_at};
 
-/// How long a worker's write of a complete response may wait for the client before the
-/// connection thread takes over the rest.
-const WORKER_TRY: Duration = Duration::from_millis(1);
+/// How long a stream's producer on the loop may take to notice that its client has gone
+/// (the pipe failed, the hang-up fired) and finish its books, before it is dropped.
+const WIND_DOWN: Duration = Duration::from_secs(5);
+
+/// Looks after the client while a stream is written (see `watch`): called at every turn.
+pub(crate) type WatchFn<'a, W> = &'a mut dyn FnMut(&mut Context<'_>, &W);
+
 /// A body up to this size is copied behind the head, for one write; a larger one is written
 /// after it as it is.
 const COPY_BODY: usize = 16 * 1024;
+
+/// The task that makes a streamed body's pieces on the event loop (see [`super::Body::Piped`]).
+pub(crate) type Producer = Pin<Box<dyn Future<Output = (io::Result<()>, LogFields)>>>;
 
 /// How a response is to be written, from its request.
 #[derive(Debug, Clone, Copy)]
@@ -50,79 +58,6 @@ pub(crate) struct Outcome {
     pub keep_alive: bool,
     /// The handler's log fields (a stream may have added some).
     pub log: LogFields,
-}
-
-/// A response as the worker left it.
-pub(crate) enum Written {
-    Done(Outcome),
-    /// The client has not taken all of it yet: the rest, for the connection thread.
-    Rest(Pending, Outcome),
-}
-
-/// Bytes still to go to the client, in order, the first buffer from `at`. Flushed last.
-#[derive(Debug, Default)]
-pub(crate) struct Pending {
-    bufs: VecDeque<Vec<u8>>,
-    at: usize,
-}
-
-impl Pending {
-    fn push(&mut self, bytes: Vec<u8>) {
-        if !bytes.is_empty() {
-            self.bufs.push_back(bytes);
-        }
-    }
-
-    /// Writes (and flushes) until everything is out or `deadline` passes. `Ok(false)`: the
-    /// client has not taken it all by then, and what is left stays here; `Err`: the
-    /// connection failed.
-    pub(crate) fn write_until<W: Wire + ?Sized>(
-        &mut self,
-        w: &mut W,
-        deadline: Instant,
-    ) -> io::Result<bool> {
-        let arm = |w: &mut W| -> io::Result<bool> {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(false);
-            }
-            w.set_write_timeout(left.max(Duration::from_millis(1)))?;
-            Ok(true)
-        };
-        while let Some(front) = self.bufs.front() {
-            if self.at >= front.len() {
-                self.bufs.pop_front();
-                self.at = 0;
-                continue;
-            }
-            if !arm(w)? {
-                return Ok(false);
-            }
-            match w.write(&front[self.at..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.at += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_full(&e) => return Ok(false),
-                Err(e) => return Err(e),
-            }
-        }
-        if !arm(w)? {
-            return Ok(false);
-        }
-        match w.flush() {
-            Ok(()) => Ok(true),
-            Err(e) if is_full(&e) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// A write that timed out: the client is not reading (fast enough).
-fn is_full(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }
 
 /// Reason phrases for the statuses sigorest and its handlers use.
@@ -218,21 +153,38 @@ fn head(
     out
 }
 
+/// A response's body as the connection writes it.
+pub(crate) enum OutBody {
+    Full(Vec<u8>),
+    /// Pieces from a pipe, made by a producer on this loop (or on a worker thread, which
+    /// then feeds the pipe itself).
+    Piped(Pipe, Option<Producer>),
+}
+
+/// A response as the connection writes it: its head's parts and its body.
+pub(crate) struct Out {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: OutBody,
+    pub log: LogFields,
+    pub close: bool,
+}
+
 /// A response framed for its request: the head, and the body to follow it.
-struct Framed {
-    status: u16,
-    head: Vec<u8>,
-    body: Body,
+pub(crate) struct Framed {
+    pub(crate) status: u16,
+    pub(crate) head: Vec<u8>,
+    pub(crate) body: OutBody,
     /// The body is not sent (HEAD, 204, 304).
-    silent: bool,
-    chunked: bool,
-    keep_alive: bool,
-    log: LogFields,
+    pub(crate) silent: bool,
+    pub(crate) chunked: bool,
+    pub(crate) keep_alive: bool,
+    pub(crate) log: LogFields,
 }
 
 /// Decides status, framing and `Connection` for `resp`, and renders its head.
-fn frame(reply: &Reply, resp: Response) -> Framed {
-    let Response {
+pub(crate) fn frame(reply: &Reply, resp: Out) -> Framed {
+    let Out {
         status,
         headers,
         body,
@@ -248,9 +200,9 @@ fn frame(reply: &Reply, resp: Response) -> Framed {
     let no_body = status == 204 || status == 304;
     let framing = match (&body, reply.version) {
         _ if no_body => Framing::None,
-        (Body::Full(b), _) => Framing::Length(b.len()),
-        (Body::Stream(_), Version::Http11) => Framing::Chunked,
-        (Body::Stream(_), Version::Http10) => Framing::UntilClose,
+        (OutBody::Full(b), _) => Framing::Length(b.len()),
+        (OutBody::Piped(..), Version::Http11) => Framing::Chunked,
+        (OutBody::Piped(..), Version::Http10) => Framing::UntilClose,
     };
     let keep_alive =
         reply.keep_alive && !close && (framing != Framing::UntilClose || reply.head_only);
@@ -270,179 +222,249 @@ fn frame(reply: &Reply, resp: Response) -> Framed {
     }
 }
 
-/// Writes `resp` completely (within the write timeout), on the connection thread. Never
-/// panics, even when a stream closure does; a failed write ends keep-alive.
-pub(crate) fn write_response<W: Wire + ?Sized>(
+/// Writes a response completely: a complete one within the write timeout, a stream to its
+/// end within its stall budget, with `watch` looking after the client meanwhile. A failed
+/// or unfinished write ends keep-alive; for a stream it also fires `hangup` and fails the
+/// pipe, which ends its producer.
+pub(crate) async fn write_response<W: Wire + ?Sized>(
     w: &mut W,
     reply: &Reply,
-    resp: Response,
+    resp: Out,
+    hangup: &Hangup,
+    watch: WatchFn<'_, W>,
 ) -> Outcome {
-    match start(w, reply, resp, reply.write_timeout) {
-        Written::Done(out) => out,
-        // The whole write timeout is gone: the client is not reading.
-        Written::Rest(_, out) => failed(out),
-    }
-}
-
-/// Writes `resp` on a worker: a complete response as far as the client takes it at once
-/// (the rest is returned for the connection thread), a stream to its end.
-pub(crate) fn write_for_worker<W: Wire + ?Sized>(
-    w: &mut W,
-    reply: &Reply,
-    resp: Response,
-) -> Written {
-    start(w, reply, resp, WORKER_TRY)
-}
-
-/// Finishes what a worker left (on the connection thread).
-pub(crate) fn finish<W: Wire + ?Sized>(
-    w: &mut W,
-    mut rest: Pending,
-    out: Outcome,
-    timeout: Duration,
-) -> Outcome {
-    match rest.write_until(w, Instant::now() + timeout) {
-        Ok(true) => out,
-        _ => failed(out),
-    }
-}
-
-fn failed(out: Outcome) -> Outcome {
-    Outcome {
-        keep_alive: false,
-        ..out
-    }
-}
-
-/// A complete body gets `first_try` to go out before the rest is handed back.
-fn start<W: Wire + ?Sized>(
-    w: &mut W,
-    reply: &Reply,
-    resp: Response,
-    first_try: Duration,
-) -> Written {
     let f = frame(reply, resp);
-    let out = Outcome {
+    let mut out = Outcome {
         status: f.status,
         keep_alive: f.keep_alive,
         log: f.log,
     };
-    let mut pending = Pending::default();
     let mut head = f.head;
-    match f.body {
-        Body::Stream(body) if !f.silent => {
-            return Written::Done(write_stream(w, reply, head, f.chunked, body, out));
+    let written = match f.body {
+        OutBody::Piped(pipe, producer) if !f.silent => {
+            let stream = Stream {
+                reply,
+                chunked: f.chunked,
+                pipe: &pipe,
+                hangup,
+            };
+            let (written, log) = write_piped(w, head, stream, producer, watch).await;
+            out.log.extend(log);
+            written
         }
-        Body::Full(b) if !f.silent && b.len() <= COPY_BODY => {
+        OutBody::Piped(pipe, producer) => {
+            // HEAD: the producer is not run; a worker feeding the pipe stops at its next piece.
+            drop(producer);
+            pipe.fail(io::ErrorKind::BrokenPipe);
+            write_within(w, &head, reply.write_timeout).await
+        }
+        OutBody::Full(b) if !f.silent && b.len() <= COPY_BODY => {
             head.extend_from_slice(&b);
-            pending.push(head);
+            write_within(w, &head, reply.write_timeout).await
         }
-        Body::Full(b) if !f.silent => {
-            pending.push(head);
-            pending.push(b);
+        OutBody::Full(b) if !f.silent => {
+            let deadline = Instant::now() + reply.write_timeout;
+            match timeout_at(deadline, write_all(w, &head)).await {
+                Ok(Ok(())) => {
+                    write_within(w, &b, deadline.saturating_duration_since(Instant::now())).await
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(io::ErrorKind::TimedOut.into()),
+            }
         }
-        Body::Full(_) | Body::Stream(_) => pending.push(head),
-    }
-    match pending.write_until(w, Instant::now() + first_try) {
-        Ok(true) => Written::Done(out),
-        Ok(false) => Written::Rest(pending, out),
-        Err(_) => Written::Done(failed(out)),
-    }
-}
-
-/// Writes a stream's head and runs its body into a [`PieceSink`].
-fn write_stream<W: Wire + ?Sized>(
-    w: &mut W,
-    reply: &Reply,
-    head: Vec<u8>,
-    chunked: bool,
-    body: StreamBody,
-    mut out: Outcome,
-) -> Outcome {
-    let mut sink = PieceSink {
-        w: &mut *w,
-        chunked,
-        write_timeout: reply.write_timeout,
-        stall_left: reply.stall,
-        failed: false,
+        OutBody::Full(_) => write_within(w, &head, reply.write_timeout).await,
     };
-    if sink.put(head).is_err() {
-        return failed(out);
+    if let Err(e) = written {
+        log::debug!(error:% = e, status = out.status; "response not written whole");
+        out.keep_alive = false;
     }
-    let result = catch_unwind(AssertUnwindSafe(|| body(&mut sink, &mut out.log)));
-    match result {
-        Ok(Ok(())) if chunked => {
-            if sink.put(b"0\r\n\r\n".to_vec()).is_err() {
-                return failed(out);
-            }
-            out
-        }
-        Ok(Ok(())) => out,
-        Ok(Err(e)) => {
-            log::debug!(error:% = e; "stream ended early");
-            failed(out)
-        }
-        Err(_) => {
-            log::error!(status = out.status; "stream body panicked; connection closed");
-            failed(out)
-        }
+    out
+}
+
+/// Writes all of `bytes` within `timeout`.
+async fn write_within<W: Wire + ?Sized>(
+    w: &mut W,
+    bytes: &[u8],
+    timeout: Duration,
+) -> io::Result<()> {
+    match timeout_at(Instant::now() + timeout, write_all(w, bytes)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client does not read",
+        )),
     }
 }
 
-/// The [`Sink`] a stream closure writes to. Its writes may wait on the client for
-/// `stall_left` in all (and one write for the write timeout at most).
-struct PieceSink<'a, W: Wire + ?Sized> {
-    w: &'a mut W,
+/// A piece framed for the wire: a chunk in HTTP/1.1, as it is otherwise.
+fn framed_piece(piece: Vec<u8>, chunked: bool) -> Vec<u8> {
+    if !chunked {
+        return piece;
+    }
+    let mut out = Vec::with_capacity(piece.len() + 20);
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{:x}\r\n", piece.len());
+    out.extend_from_slice(&piece);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// What a stream is written with.
+struct Stream<'a> {
+    reply: &'a Reply,
     chunked: bool,
-    write_timeout: Duration,
-    stall_left: Duration,
-    failed: bool,
+    pipe: &'a Pipe,
+    hangup: &'a Hangup,
 }
 
-impl<W: Wire + ?Sized> PieceSink<'_, W> {
-    /// Writes these bytes as they are, within what is left of the stall budget.
-    fn put(&mut self, bytes: Vec<u8>) -> io::Result<()> {
-        let began = Instant::now();
-        let mut pending = Pending::default();
-        pending.push(bytes);
-        let bound = self.write_timeout.min(self.stall_left);
-        let result = pending.write_until(self.w, began + bound);
-        self.stall_left = self.stall_left.saturating_sub(began.elapsed());
-        match result {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                self.failed = true;
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the client does not read the stream",
-                ))
+/// Writes a stream: the head, then each piece as it comes out of the pipe, running the
+/// producer (when it lives on this loop) as it goes. The client may keep the writes waiting
+/// for `reply.stall` in all. Past it, or when a write fails, the hang-up fires and the pipe
+/// is failed, and a producer on this loop gets [`WIND_DOWN`] to finish its books. Returns
+/// how the stream ended and the producer's log fields.
+async fn write_piped<W: Wire + ?Sized>(
+    w: &mut W,
+    head: Vec<u8>,
+    s: Stream<'_>,
+    mut producer: Option<Producer>,
+    watch: WatchFn<'_, W>,
+) -> (io::Result<()>, LogFields) {
+    let mut pending = head;
+    let mut at = 0;
+    let mut flushed = false;
+    let mut ended: Option<(io::Result<()>, LogFields)> = None;
+    let mut stall_left = s.reply.stall;
+    // While the client keeps a write waiting: since when, and the alarm for the budget.
+    let mut blocked: Option<(Instant, Sleep)> = None;
+    // The stream has failed: why, and the alarm that ends the producer's wind-down.
+    let mut failed: Option<(io::Error, Sleep)> = None;
+    let result = poll_fn(|cx| {
+        loop {
+            if let Some(p) = producer.as_mut()
+                && let Poll::Ready((result, log)) = p.as_mut().poll(cx)
+            {
+                producer = None;
+                s.pipe.finish(result, log);
             }
-            Err(e) => {
-                self.failed = true;
-                Err(e)
+            if let Some((e, alarm)) = failed.as_mut() {
+                if producer.is_some() && Pin::new(alarm).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // Whatever the producer said last, the stream is cut.
+                if let Poll::Ready(Next::End(result, log)) = s.pipe.poll_next(cx) {
+                    ended = Some((result, log));
+                }
+                return Poll::Ready(Err(io::Error::new(e.kind(), e.to_string())));
             }
+            watch(cx, w);
+            let step = write_step(w, cx, (&mut pending, &mut at, &mut flushed), &mut ended, &s);
+            let error = match step {
+                Step::Again => continue,
+                Step::Wait => {
+                    let (_, alarm) = blocked.get_or_insert_with(|| {
+                        let now = Instant::now();
+                        (now, sleep_until(now + stall_left))
+                    });
+                    if Pin::new(alarm).poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client does not read the stream",
+                    )
+                }
+                Step::Wrote => {
+                    if let Some((since, _)) = blocked.take() {
+                        stall_left = stall_left.saturating_sub(since.elapsed());
+                    }
+                    continue;
+                }
+                Step::Idle => return Poll::Pending,
+                Step::Done(r) => return Poll::Ready(r),
+                Step::Failed(e) => e,
+            };
+            s.hangup.fire();
+            s.pipe.fail(io::ErrorKind::BrokenPipe);
+            failed = Some((error, sleep_until(Instant::now() + WIND_DOWN)));
+        }
+    })
+    .await;
+    if let Err(e) = &result {
+        log::debug!(error:% = e; "stream ended early");
+    }
+    let log = ended.map(|(_, log)| log).unwrap_or_default();
+    (result, log)
+}
+
+/// One turn of a stream's writing.
+enum Step {
+    /// Progress: look again.
+    Again,
+    /// Some bytes went out.
+    Wrote,
+    /// The client keeps a write waiting.
+    Wait,
+    /// Waiting for the producer.
+    Idle,
+    /// The stream is over, with this result.
+    Done(io::Result<()>),
+    /// A write failed.
+    Failed(io::Error),
+}
+
+/// The bytes being written: the buffer, how far it went, and whether what went is flushed.
+type Writing<'a> = (&'a mut Vec<u8>, &'a mut usize, &'a mut bool);
+
+fn write_step<W: Wire + ?Sized>(
+    w: &mut W,
+    cx: &mut Context<'_>,
+    (pending, at, flushed): Writing<'_>,
+    ended: &mut Option<(io::Result<()>, LogFields)>,
+    s: &Stream<'_>,
+) -> Step {
+    if *at < pending.len() {
+        return match w.poll_write(cx, &pending[*at..]) {
+            Poll::Ready(Ok(0)) => Step::Failed(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => {
+                *at += n;
+                *flushed = false;
+                Step::Wrote
+            }
+            Poll::Ready(Err(e)) => Step::Failed(e),
+            Poll::Pending => Step::Wait,
+        };
+    }
+    if !*flushed {
+        match w.poll_flush(cx) {
+            Poll::Ready(Ok(())) => *flushed = true,
+            Poll::Ready(Err(e)) => return Step::Failed(e),
+            Poll::Pending => return Step::Wait,
         }
     }
-}
-
-impl<W: Wire + ?Sized> Sink for PieceSink<'_, W> {
-    fn send(&mut self, piece: &[u8]) -> io::Result<()> {
-        if self.failed {
-            return Err(io::ErrorKind::BrokenPipe.into());
+    if let Some((result, _)) = ended {
+        return Step::Done(match result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        });
+    }
+    match s.pipe.poll_next(cx) {
+        Poll::Ready(Next::Piece(p)) => {
+            // An empty chunk would end the body.
+            if !p.is_empty() {
+                *pending = framed_piece(p, s.chunked);
+                *at = 0;
+            }
+            Step::Again
         }
-        // An empty chunk would end the body.
-        if piece.is_empty() {
-            return Ok(());
+        Poll::Ready(Next::End(result, log)) => {
+            if result.is_ok() && s.chunked {
+                *pending = b"0\r\n\r\n".to_vec();
+                *at = 0;
+            }
+            *ended = Some((result, log));
+            Step::Again
         }
-        if self.chunked {
-            let mut out = Vec::with_capacity(piece.len() + 20);
-            let _ = write!(out, "{:x}\r\n", piece.len());
-            out.extend_from_slice(piece);
-            out.extend_from_slice(b"\r\n");
-            self.put(out)
-        } else {
-            self.put(piece.to_vec())
-        }
+        Poll::Pending => Step::Idle,
     }
 }
 

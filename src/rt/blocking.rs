@@ -42,15 +42,18 @@ struct Inner {
     waiting: AtomicUsize,
     idle: AtomicUsize,
     handles: Mutex<Vec<JoinHandle<()>>>,
+    /// Told the number of threads whenever it changes.
+    on_threads: Option<Box<dyn Fn(usize) + Send + Sync>>,
 }
 
 impl Pool {
     /// At most `max` threads named `name`; `keep` of them stay when idle, the others end
-    /// after `idle_time` without work.
+    /// after `idle_time` without work. Their stacks are 256 KiB.
     pub(crate) fn new(name: &str, max: usize, keep: usize, idle_time: Duration) -> Pool {
         Pool::with_stack(name, max, keep, idle_time, 256 * 1024)
     }
 
+    /// The same with stacks of `stack` bytes (0: the platform's default).
     pub(crate) fn with_stack(
         name: &str,
         max: usize,
@@ -72,8 +75,25 @@ impl Pool {
                 waiting: AtomicUsize::new(0),
                 idle: AtomicUsize::new(0),
                 handles: Mutex::new(Vec::new()),
+                on_threads: None,
             }),
         }
+    }
+
+    /// Tells `hook` the number of threads whenever it changes (for a gauge).
+    pub(crate) fn counting(mut self, hook: Box<dyn Fn(usize) + Send + Sync>) -> Pool {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.on_threads = Some(hook);
+        }
+        self
+    }
+
+    /// Starts the threads that stay (`keep`) now.
+    pub(crate) fn start_kept(&self) -> std::io::Result<()> {
+        for _ in 0..self.inner.keep {
+            self.try_spawn()?;
+        }
+        Ok(())
     }
 
     /// Runs `f` on a thread of the pool; the receiver gets its result (`None` if it
@@ -104,26 +124,35 @@ impl Pool {
     }
 
     fn spawn(&self) {
+        if let Err(e) = self.try_spawn() {
+            log::warn!(error:% = e; "cannot start a thread for blocking work");
+        }
+    }
+
+    fn try_spawn(&self) -> std::io::Result<()> {
         let inner = &self.inner;
         let n = inner.started.fetch_add(1, Ordering::SeqCst);
         if n >= inner.max {
             inner.started.fetch_sub(1, Ordering::SeqCst);
-            return;
+            return Ok(());
         }
+        inner.counted(n + 1);
         let pool = Arc::clone(inner);
-        let spawned = thread::Builder::new()
-            .name(inner.name.clone())
-            .stack_size(inner.stack)
-            .spawn(move || work(&pool));
-        match spawned {
+        let mut builder = thread::Builder::new().name(inner.name.clone());
+        if inner.stack > 0 {
+            builder = builder.stack_size(inner.stack);
+        }
+        match builder.spawn(move || work(&pool)) {
             Ok(h) => {
                 let mut handles = lock(&inner.handles);
                 handles.retain(|h| !h.is_finished());
                 handles.push(h);
+                Ok(())
             }
             Err(e) => {
-                inner.started.fetch_sub(1, Ordering::SeqCst);
-                log::warn!(error:% = e; "cannot start a thread for blocking work");
+                let n = inner.started.fetch_sub(1, Ordering::SeqCst);
+                inner.counted(n - 1);
+                Err(e)
             }
         }
     }
@@ -144,6 +173,14 @@ impl Pool {
     }
 }
 
+impl Inner {
+    fn counted(&self, n: usize) {
+        if let Some(hook) = &self.on_threads {
+            hook(n);
+        }
+    }
+}
+
 fn work(pool: &Inner) {
     loop {
         pool.idle.fetch_add(1, Ordering::SeqCst);
@@ -155,7 +192,8 @@ fn work(pool: &Inner) {
                 job();
             }
             Ok(Msg::Exit) => {
-                pool.started.fetch_sub(1, Ordering::SeqCst);
+                let n = pool.started.fetch_sub(1, Ordering::SeqCst);
+                pool.counted(n - 1);
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {
@@ -163,14 +201,15 @@ fn work(pool: &Inner) {
                     .started
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                         (n > pool.keep).then(|| n - 1)
-                    })
-                    .is_ok();
-                if out {
-                    // A job sent meanwhile finds no idle thread and starts one.
+                    });
+                if let Ok(n) = out {
+                    // A job sent meanwhile, that saw this thread idle and started none,
+                    // would wait: stay for it.
                     if !pool.queue.is_empty() && pool.idle.load(Ordering::SeqCst) == 0 {
                         pool.started.fetch_add(1, Ordering::SeqCst);
                         continue;
                     }
+                    pool.counted(n - 1);
                     return;
                 }
             }

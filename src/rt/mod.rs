@@ -25,7 +25,7 @@ pub(crate) mod blocking;
 mod core;
 pub(crate) mod net;
 pub(crate) mod oneshot;
-mod slab;
+pub(crate) mod slab;
 pub(crate) mod time;
 pub(crate) mod tls;
 
@@ -97,6 +97,27 @@ impl Runtime {
             let _ = t.join();
         }
     }
+
+    /// Ends every loop and waits for the threads until `deadline`; true when all ended
+    /// (the others are left to end on their own).
+    pub(crate) fn stop_within(&mut self, deadline: std::time::Instant) -> bool {
+        for l in &self.loops {
+            l.shared.stop();
+        }
+        while self.threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline
+        {
+            thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let mut all = true;
+        for t in self.threads.drain(..) {
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                all = false;
+            }
+        }
+        all
+    }
 }
 
 impl Drop for Runtime {
@@ -127,11 +148,6 @@ pub(crate) fn spawn(future: impl Future<Output = ()> + 'static) {
         Some(core) => core.spawn(future),
         None => log::error!("a task was started outside an event loop and dropped"),
     }
-}
-
-/// Tasks alive on this thread's loop (0 outside one).
-pub(crate) fn tasks_here() -> usize {
-    Core::current().map_or(0, |c| c.task_count())
 }
 
 struct MainWaker {

@@ -228,14 +228,6 @@ impl TcpStream {
         self.io.set_nodelay(on)
     }
 
-    pub(crate) fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.io.peer_addr()
-    }
-
-    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.local_addr()
-    }
-
     /// Whether this socket belongs to the loop running now (a pooled connection must not
     /// move to another thread's loop).
     pub(crate) fn is_on_this_loop(&self) -> bool {

@@ -56,11 +56,6 @@ impl<T> Sender<T> {
         }
         Ok(())
     }
-
-    /// Whether the receiver has gone (nobody waits for the value any more).
-    pub(crate) fn is_closed(&self) -> bool {
-        lock(&self.state).receiver_gone
-    }
 }
 
 impl<T> Drop for Sender<T> {
@@ -73,13 +68,6 @@ impl<T> Drop for Sender<T> {
         if let Some(w) = waker {
             w.wake();
         }
-    }
-}
-
-impl<T> Receiver<T> {
-    /// The value, if it has come.
-    pub(crate) fn try_take(&mut self) -> Option<T> {
-        lock(&self.state).value.take()
     }
 }
 

@@ -60,6 +60,11 @@ impl<T> Slab<T> {
         self.len
     }
 
+    /// One past the highest index in use (every index below may be looked up).
+    pub(crate) fn capacity(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Takes every entry out, leaving the slab empty.
     pub(crate) fn drain(&mut self) -> Vec<T> {
         self.free.clear();

@@ -27,24 +27,10 @@ pub(crate) fn sleep(d: Duration) -> Sleep {
 }
 
 impl Sleep {
-    pub(crate) fn deadline(&self) -> Instant {
-        self.at
-    }
-
-    /// Moves the deadline.
-    pub(crate) fn reset(&mut self, at: Instant) {
-        self.cancel();
-        self.at = at;
-    }
-
     fn cancel(&mut self) {
         if let Some((home, key)) = self.timer.take() {
             Core::with(home, |core| core.remove_timer(key));
         }
-    }
-
-    pub(crate) fn is_elapsed(&self) -> bool {
-        Instant::now() >= self.at
     }
 }
 

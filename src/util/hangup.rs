@@ -1,10 +1,13 @@
 //! A client's departure as a value: the HTTP layer fires it when it sees the connection
-//! closed while a handler still works, and whatever the handler is blocked on (an upstream
-//! call, a wait for a slot) registers a callback that interrupts it. It also keeps the
-//! connection thread's one probe of a client and the answer from writing at once.
+//! closed while a handler still works, and whatever the handler waits for (an upstream
+//! call, a wait for a slot) ends: a task awaits [`Hangup::fired`], a blocked thread
+//! registers a callback that interrupts it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use super::lock;
 
@@ -22,8 +25,8 @@ pub struct Hangup {
 struct HangupInner {
     fired: AtomicBool,
     callbacks: Mutex<Vec<Callback>>,
-    /// The answer's writing has begun: from then on only it writes on the connection.
-    responding: Mutex<bool>,
+    /// Tasks waiting in [`Hangup::fired`].
+    wakers: Mutex<Vec<Waker>>,
 }
 
 impl std::fmt::Debug for Hangup {
@@ -49,7 +52,8 @@ impl Hangup {
         }
     }
 
-    /// Marks the client as gone and runs the registered callbacks (once).
+    /// Marks the client as gone, runs the registered callbacks and wakes the waiting tasks
+    /// (once).
     pub fn fire(&self) {
         let callbacks = {
             let mut guard = lock(&self.inner.callbacks);
@@ -61,23 +65,37 @@ impl Hangup {
         for f in callbacks {
             f();
         }
+        let wakers = std::mem::take(&mut *lock(&self.inner.wakers));
+        for w in wakers {
+            w.wake();
+        }
     }
 
-    /// The answer is about to be written: nothing else may write on the connection now
-    /// (see [`Hangup::before_response`]).
-    pub fn start_response(&self) {
-        *lock(&self.inner.responding) = true;
+    /// Completes when the client has gone (at once if it has).
+    pub fn fired(&self) -> Fired<'_> {
+        Fired(self)
     }
+}
 
-    /// Runs `f` — a write on the connection while the answer is being made — unless the
-    /// answer's writing has begun; the answer waits for `f` to end. `None`: too late.
-    pub fn before_response<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
-        let responding = lock(&self.inner.responding);
-        (!*responding).then(f)
-    }
+/// See [`Hangup::fired`].
+pub struct Fired<'a>(&'a Hangup);
 
-    /// Forgets the registered callbacks (the handler is done with what they would interrupt).
-    pub fn clear(&self) {
-        lock(&self.inner.callbacks).clear();
+impl Future for Fired<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let inner = &self.0.inner;
+        if inner.fired.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        let mut wakers = lock(&inner.wakers);
+        // Checked again under the lock: `fire` takes the wakers after setting the flag.
+        if inner.fired.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
