@@ -299,6 +299,16 @@ impl Gateway {
         (ranked, blocked)
     }
 
+    /// Whether [`Gateway::resolve`] answers without a discovery (which may ask Ollama and
+    /// wait): every name but an `ollama-…` one not known yet.
+    pub(crate) fn resolves_at_once(&self, name: &str) -> bool {
+        let name = name.trim();
+        let ollama_code = name
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("ollama-"));
+        !ollama_code || self.ollama.lookup_known(name).is_some()
+    }
+
     /// Finds a model: the local llama-server's (503 `model_loading` until it is ready), a
     /// listed cloud model by short code or id, else a discovered Ollama model.
     pub(crate) fn resolve(&self, name: &str) -> Result<Resolved, Error> {

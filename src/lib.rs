@@ -28,8 +28,6 @@ mod ledger;
 mod limits;
 pub mod logging;
 mod responses;
-// Until the upstream client (and `block_on`, for sigoe and the background threads) is used.
-#[allow(dead_code)]
 mod rt;
 pub mod server;
 mod state;

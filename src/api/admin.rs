@@ -68,7 +68,7 @@ pub(super) fn health(gw: &Gateway, _req: &Request, _caller: &Caller) -> Result<R
         "uptime_s": gw.started.elapsed().as_secs(),
         "available_models": available,
         "memory_set": !gw.memory().content.is_empty(),
-        "workers": {"total": stats.workers_total.load(Relaxed), "started": stats.workers_started.load(Relaxed), "busy": stats.workers_busy.load(Relaxed)},
+        "workers": {"total": stats.workers_total.load(Relaxed), "started": stats.workers_started.load(Relaxed), "busy": stats.workers_busy.load(Relaxed), "event_loops": stats.loops.load(Relaxed)},
         "queue": {"depth": stats.queue_depth.load(Relaxed), "capacity": stats.queue_capacity.load(Relaxed)},
         "connections": stats.connections_open.load(Relaxed),
         "circuit_breakers": breakers,

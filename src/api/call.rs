@@ -18,14 +18,15 @@ use serde_json::{Value, json};
 
 use super::caller::Caller;
 use crate::chat::answer::{Answer, Usage};
-use crate::chat::prepared::{self, Prepared};
+use crate::chat::prepared::Prepared;
 use crate::chat::request::ChatRequest;
 use crate::chat::stream::{Chunk, Gathered, StreamEnd};
 use crate::chat::tokens;
 use crate::error::Error;
 use crate::gateway::{Gateway, Resolved};
-use crate::http::{Body, Hangup, LogFields, Request, Response, Sink};
+use crate::http::{Body, Hangup, LogFields, Pipe, Request, Response, Sink};
 use crate::ledger::{CLIENT_GONE, CallRecord, PendingCall, UpstreamError};
+use crate::rt::blocking;
 use crate::state::catalog::Model;
 use crate::state::session::{Message, SessionStore};
 use crate::upstream::breaker::{Outcome, Permit};
@@ -170,8 +171,8 @@ impl<T: Translate> StreamFront for Framed<T> {
 /// for, then — when it cannot answer (its breaker open, its provider failing after the
 /// retries, its context too small) — each fallback in turn, all within the request's one
 /// `timeout`. The session is the one of the model asked for, whichever model answers.
-pub(crate) fn run(
-    gw: &Gateway,
+pub(crate) async fn run(
+    gw: &Arc<Gateway>,
     req: &Request,
     caller: &Caller,
     chat: &ChatRequest,
@@ -180,7 +181,7 @@ pub(crate) fn run(
 ) -> Result<Answered, Error> {
     let candidates = candidates(gw, caller, chat)?;
     let session_model = gw.short_code(&chat.model);
-    let history = prepared::history(chat, &session_model, &gw.sessions)?;
+    let history = history(gw, chat, &session_model).await?;
     let plan = Plan {
         deadline: Instant::now() + chat.timeout,
         history,
@@ -194,7 +195,7 @@ pub(crate) fn run(
     let mut real: Option<Error> = None;
     for (i, name) in candidates.iter().enumerate() {
         let more = i + 1 < candidates.len();
-        let (result, t) = attempt(gw, req, caller, chat, name, more, &plan);
+        let (result, t) = attempt(gw, req, caller, chat, name, more, &plan).await;
         attempts += t.attempts;
         tried.push(name.as_str());
         // The books: the model last tried (or that answered), time with the providers.
@@ -275,18 +276,20 @@ fn account(
 /// Runs an endpoint's work with its ledger record (the route and the caller's key set) and
 /// the access-log fields it gathers, which go with its answer whether it worked or not.
 /// A complete answer is counted here; a stream counts itself when it ends.
-pub(crate) fn recorded(
+pub(crate) async fn recorded(
     gw: &Gateway,
     req: &Request,
     caller: &Caller,
     route: &'static str,
     render: fn(&Error) -> Response,
-    work: impl FnOnce(&mut CallRecord, &mut LogFields) -> Result<Response, Error>,
+    work: impl AsyncFnOnce(&mut CallRecord, &mut LogFields) -> Result<Response, Error>,
 ) -> Response {
     let mut log: LogFields = Vec::new();
     let mut rec = CallRecord::new(route);
     rec.key = caller.key_name().map(str::to_string);
-    let mut resp = work(&mut rec, &mut log).unwrap_or_else(|e| render(&e));
+    let mut resp = work(&mut rec, &mut log)
+        .await
+        .unwrap_or_else(|e| render(&e));
     resp.log.splice(0..0, log);
     if !matches!(resp.body, Body::Stream(_)) {
         rec.finish(resp.status, req.received, req.hangup.is_fired());
@@ -389,8 +392,8 @@ fn skipped(e: &Error) -> bool {
 
 /// One model's turn: resolved, checked, its breaker asked, called. Returns the attempts
 /// made at the provider.
-fn attempt(
-    gw: &Gateway,
+async fn attempt(
+    gw: &Arc<Gateway>,
     req: &Request,
     caller: &Caller,
     chat: &ChatRequest,
@@ -398,7 +401,7 @@ fn attempt(
     more: bool,
     plan: &Plan,
 ) -> (Result<Answered, Error>, Tried) {
-    let resolved = match gw.resolve(name) {
+    let resolved = match resolve(gw, name).await {
         Ok(r) => r,
         Err(e) => return (Err(e), Tried::default()),
     };
@@ -411,7 +414,7 @@ fn attempt(
         Err(e) => return (Err(e), tried),
     };
     // A local model's slot: held for the whole answer (a stream's until it ends).
-    let slot = match gw.local_slot(&resolved.model, &req.hangup) {
+    let slot = match local_slot(gw, &resolved.model, &req.hangup).await {
         Ok(slot) => slot,
         Err(e) => return (Err(e), tried),
     };
@@ -425,16 +428,16 @@ fn attempt(
         started: Instant::now(),
     };
     let result = if chat.stream {
-        call.stream(plan, slot, &mut tried)
+        call.stream(plan, slot, &mut tried).await
     } else {
-        call.complete(plan, &mut tried)
+        call.complete(plan, &mut tried).await
     };
     (result, tried)
 }
 
 /// One candidate's upstream call, everything before it done.
 struct Upcall<'a> {
-    gw: &'a Gateway,
+    gw: &'a Arc<Gateway>,
     req: &'a Request,
     chat: &'a ChatRequest,
     resolved: Resolved,
@@ -446,7 +449,7 @@ struct Upcall<'a> {
 impl Upcall<'_> {
     /// Opens the stream (retried up to its first event); its slot, when it has one, goes
     /// with it.
-    fn stream(
+    async fn stream(
         self,
         plan: &Plan,
         slot: Option<SlotGuard>,
@@ -462,14 +465,17 @@ impl Upcall<'_> {
             started,
         } = self;
         let remaining = plan.deadline.saturating_duration_since(started);
-        let opened = gw.upstream.open_stream(
-            &resolved.target,
-            &prepared.body,
-            remaining,
-            chat.timeout,
-            chat.retries,
-            &req.hangup,
-        );
+        let opened = gw
+            .upstream
+            .open_stream(
+                &resolved.target,
+                &prepared.body,
+                remaining,
+                chat.timeout,
+                chat.retries,
+                &req.hangup,
+            )
+            .await;
         tried.attempts = opened.attempts;
         tried.took = Some(started.elapsed());
         let model = resolved.model;
@@ -504,7 +510,7 @@ impl Upcall<'_> {
     }
 
     /// The whole answer, with the session turn kept.
-    fn complete(self, plan: &Plan, tried: &mut Tried) -> Result<Answered, Error> {
+    async fn complete(self, plan: &Plan, tried: &mut Tried) -> Result<Answered, Error> {
         let Upcall {
             gw,
             req,
@@ -514,13 +520,16 @@ impl Upcall<'_> {
             permit,
             started,
         } = self;
-        let done = gw.upstream.complete(
-            &resolved.target,
-            &prepared.body,
-            plan.deadline,
-            chat.retries,
-            &req.hangup,
-        );
+        let done = gw
+            .upstream
+            .complete(
+                &resolved.target,
+                &prepared.body,
+                plan.deadline,
+                chat.retries,
+                &req.hangup,
+            )
+            .await;
         tried.attempts = done.attempts;
         tried.took = Some(started.elapsed());
         let model = resolved.model;
@@ -528,7 +537,7 @@ impl Upcall<'_> {
             Ok(done) => {
                 permit.finish(Outcome::Success);
                 gw.scores.record(&model.short, true, started.elapsed());
-                prepared.save_turn(&gw.sessions, done.answer.assistant());
+                save_turn(&prepared, &gw.sessions, done.answer.assistant()).await;
                 Ok(Answered::Complete(Box::new(Completed {
                     body: done.body,
                     answer: done.answer,
@@ -629,88 +638,164 @@ impl Streaming {
     pub(crate) fn respond(
         self: Box<Self>,
         content_type: &str,
-        mut front: impl StreamFront + 'static,
+        front: impl StreamFront + 'static,
     ) -> Response {
+        let mut this = self;
+        let short = this.model.short.clone();
+        let held = std::mem::take(&mut this.held);
+        let body = Box::new(move |pipe: Pipe| -> crate::http::Producer {
+            Box::pin(this.relay(front, pipe))
+        });
+        Response::piped(200, content_type, body)
+            .with_header(MODEL_HEADER, short)
+            .with_header("Cache-Control", "no-cache")
+            .with_header("X-Accel-Buffering", "no")
+            .keep_until_sent(held)
+    }
+
+    /// The rest of the stream, through `front` into the pipe, as the client takes it; then
+    /// the books.
+    async fn relay(
+        self: Box<Self>,
+        mut front: impl StreamFront,
+        pipe: Pipe,
+    ) -> (io::Result<()>, LogFields) {
         let Streaming {
             stream,
             permit,
             mut prepared,
             sessions,
             model,
-            held,
+            held: _,
             pending,
             hangup,
         } = *self;
-        let short = model.short.clone();
+        let mut log = LogFields::new();
         // The request body is not needed any more; a stream may run for minutes.
         prepared.body = Vec::new();
-        let body = Box::new(move |sink: &mut dyn Sink, log: &mut LogFields| {
-            let relaying = Instant::now();
-            let mut pending = pending;
-            let mut gathered = Gathered::keeping(prepared.keeps_session());
-            let end = read_open_stream(stream, &mut gathered, |raw, chunk| {
-                front.chunk(raw, chunk, sink)
-            });
-            // A client that left interrupts the upstream read (see `open_stream`): the
-            // stream then looks broken, but the provider did nothing wrong.
-            let end = match end {
-                StreamEnd::Failed(_) if hangup.is_fired() => StreamEnd::Stopped(
-                    std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "client gone"),
-                ),
-                other => other,
-            };
-            let usage = gathered.usage();
-            log_tokens(log, usage);
-            if let Some(p) = pending.as_mut() {
-                p.call.prompt_tokens = usage.prompt_tokens;
-                p.call.completion_tokens = usage.completion_tokens;
-                p.call.upstream_time = p.call.upstream_time.map(|t| t + relaying.elapsed());
+        let relaying = Instant::now();
+        let mut pending = pending;
+        let mut gathered = Gathered::keeping(prepared.keeps_session());
+        let mut sink = pipe.clone();
+        let end = read_open_stream(
+            stream,
+            &mut gathered,
+            &hangup,
+            |raw, chunk| front.chunk(raw, chunk, &mut sink),
+            async || pipe.room().await,
+        )
+        .await;
+        let mut sink = pipe;
+        let usage = gathered.usage();
+        log_tokens(&mut log, usage);
+        if let Some(p) = pending.as_mut() {
+            p.call.prompt_tokens = usage.prompt_tokens;
+            p.call.completion_tokens = usage.completion_tokens;
+            p.call.upstream_time = p.call.upstream_time.map(|t| t + relaying.elapsed());
+        }
+        let (status, result) = match end {
+            StreamEnd::Done => {
+                permit.finish(Outcome::Success);
+                save_turn(&prepared, &sessions, gathered.assistant()).await;
+                let sent = front.done(usage, &mut sink);
+                (if sent.is_ok() { 200 } else { CLIENT_GONE }, sent)
             }
-            let (status, result) = match end {
-                StreamEnd::Done => {
-                    permit.finish(Outcome::Success);
-                    prepared.save_turn(&sessions, gathered.assistant());
-                    let sent = front.done(usage, sink);
-                    (if sent.is_ok() { 200 } else { CLIENT_GONE }, sent)
+            StreamEnd::Failed(message) => {
+                permit.finish(Outcome::Failure);
+                log.push(("error", "upstream_error".to_string()));
+                let error = Error::Upstream {
+                    message: format!("{}: {message}", model.short),
+                };
+                if let Some(p) = pending.as_mut() {
+                    p.call.upstream_error = Some(UpstreamError::StreamFailed);
                 }
-                StreamEnd::Failed(message) => {
-                    permit.finish(Outcome::Failure);
-                    log.push(("error", "upstream_error".to_string()));
-                    let error = Error::Upstream {
-                        message: format!("{}: {message}", model.short),
-                    };
-                    if let Some(p) = pending.as_mut() {
-                        p.call.upstream_error = Some(UpstreamError::StreamFailed);
-                    }
-                    (error.status(), front.failed(&error, sink))
-                }
-                // The answer grew past a limit: the client has its failure event, and the
-                // provider did nothing wrong.
-                StreamEnd::Stopped(e) if CannotGoOn::is(&e) => {
-                    permit.finish(Outcome::Neutral);
-                    log.push(("error", "answer_too_long".to_string()));
-                    if let Some(p) = pending.as_mut() {
-                        p.call.upstream_error = Some(UpstreamError::BadAnswer);
-                    }
-                    (502, Ok(()))
-                }
-                StreamEnd::Stopped(e) => {
-                    permit.finish(Outcome::Neutral);
-                    log.push(("error", "client_gone".to_string()));
-                    (CLIENT_GONE, Err(e))
-                }
-            };
-            if let Some(p) = pending {
-                p.finish(status);
+                (error.status(), front.failed(&error, &mut sink))
             }
-            result
-        });
-        Response::stream(200, content_type, body)
-            .with_header(MODEL_HEADER, short)
-            .with_header("Cache-Control", "no-cache")
-            .with_header("X-Accel-Buffering", "no")
-            .keep_until_sent(held)
+            // The answer grew past a limit: the client has its failure event, and the
+            // provider did nothing wrong.
+            StreamEnd::Stopped(e) if CannotGoOn::is(&e) => {
+                permit.finish(Outcome::Neutral);
+                log.push(("error", "answer_too_long".to_string()));
+                if let Some(p) = pending.as_mut() {
+                    p.call.upstream_error = Some(UpstreamError::BadAnswer);
+                }
+                (502, Ok(()))
+            }
+            StreamEnd::Stopped(e) => {
+                permit.finish(Outcome::Neutral);
+                log.push(("error", "client_gone".to_string()));
+                (CLIENT_GONE, Err(e))
+            }
+        };
+        if let Some(p) = pending {
+            p.finish(status);
+        }
+        (result, log)
     }
+}
+
+/// The history of the request's session with `session_model` (empty without a session),
+/// read on a blocking thread: it is a file.
+async fn history(
+    gw: &Gateway,
+    chat: &ChatRequest,
+    session_model: &str,
+) -> Result<Vec<Message>, Error> {
+    let Some(id) = chat.session_id.clone() else {
+        return Ok(Vec::new());
+    };
+    let (sessions, short) = (Arc::clone(&gw.sessions), session_model.to_string());
+    blocking::io()
+        .run(move || sessions.history(&short, &id))
+        .await
+        .unwrap_or_else(|| Err(blocking_failed("reading the session")))
+}
+
+/// Keeps the session turn of an answer, on a blocking thread (a file write); done when it
+/// is written (or its failure logged).
+async fn save_turn(prepared: &Prepared, sessions: &Arc<SessionStore>, assistant: Message) {
+    let Some(turn) = prepared.turn(assistant) else {
+        return;
+    };
+    let sessions = Arc::clone(sessions);
+    let _ = blocking::io().run(move || turn.save(&sessions)).await;
+}
+
+/// The error for a blocking job that could not run (it panicked).
+fn blocking_failed(doing: &str) -> Error {
+    Error::Internal {
+        message: format!("internal error while {doing}"),
+    }
+}
+
+/// Finds a model: at once when no discovery is needed, else (an `ollama-…` name not known
+/// yet, which may ask Ollama) on a blocking thread.
+pub(super) async fn resolve(gw: &Arc<Gateway>, name: &str) -> Result<Resolved, Error> {
+    if gw.resolves_at_once(name) {
+        return gw.resolve(name);
+    }
+    let (g, name) = (Arc::clone(gw), name.to_string());
+    blocking::io()
+        .run(move || g.resolve(&name))
+        .await
+        .unwrap_or_else(|| Err(blocking_failed("looking the model up")))
+}
+
+/// A slot of the local model (see [`Gateway::local_slot`]), waited for on a blocking thread
+/// (its queue may take a while); at once for any other model.
+pub(super) async fn local_slot(
+    gw: &Arc<Gateway>,
+    model: &Model,
+    hangup: &Hangup,
+) -> Result<Option<SlotGuard>, Error> {
+    if model.provider != crate::state::catalog::Provider::Llama {
+        return Ok(None);
+    }
+    let (g, model, hangup) = (Arc::clone(gw), model.clone(), hangup.clone());
+    blocking::io()
+        .run(move || g.local_slot(&model, &hangup))
+        .await
+        .unwrap_or_else(|| Err(blocking_failed("waiting for a local model's slot")))
 }
 
 /// Records a failed call with the breaker and the model's score, and turns it into the

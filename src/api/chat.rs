@@ -5,6 +5,7 @@
 //! `data: {"error": ...}` event when the upstream fails after the first event.
 
 use std::io;
+use std::sync::Arc;
 
 use super::call::{self, Answered, StreamFront};
 use super::caller::Caller;
@@ -18,26 +19,31 @@ use crate::http::{LogFields, Request, Response, Sink};
 use crate::ledger::CallRecord;
 
 /// `POST /v1/chat/completions`.
-pub(super) fn completions(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Response, Error> {
+pub(super) async fn completions(
+    gw: &Arc<Gateway>,
+    req: &Request,
+    caller: &Caller,
+) -> Result<Response, Error> {
     Ok(call::recorded(
         gw,
         req,
         caller,
         "chat",
         Response::error,
-        |rec, log| answer(gw, req, caller, log, rec),
-    ))
+        async |rec, log| answer(gw, req, caller, log, rec).await,
+    )
+    .await)
 }
 
-fn answer(
-    gw: &Gateway,
+async fn answer(
+    gw: &Arc<Gateway>,
     req: &Request,
     caller: &Caller,
     log: &mut LogFields,
     rec: &mut CallRecord,
 ) -> Result<Response, Error> {
     let chat = ChatRequest::parse(&req.body, gw.settings.max_timeout)?;
-    Ok(match call::run(gw, req, caller, &chat, log, rec)? {
+    Ok(match call::run(gw, req, caller, &chat, log, rec).await? {
         Answered::Complete(mut done) => {
             let body = std::mem::take(&mut done.body);
             done.respond("application/json", body)

@@ -4,6 +4,7 @@
 //! block, no sessions: an embedding is of the input alone. sigorest's `timeout` and
 //! `retries` extensions are taken, as for chat.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
@@ -22,19 +23,24 @@ use super::caller::Caller;
 use crate::ledger::CallRecord;
 
 /// `POST /v1/embeddings`.
-pub(super) fn create(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Response, Error> {
+pub(super) async fn create(
+    gw: &Arc<Gateway>,
+    req: &Request,
+    caller: &Caller,
+) -> Result<Response, Error> {
     Ok(super::call::recorded(
         gw,
         req,
         caller,
         "embeddings",
         Response::error,
-        |rec, log| answer(gw, req, caller, log, rec),
-    ))
+        async |rec, log| answer(gw, req, caller, log, rec).await,
+    )
+    .await)
 }
 
-fn answer(
-    gw: &Gateway,
+async fn answer(
+    gw: &Arc<Gateway>,
     req: &Request,
     caller: &Caller,
     log: &mut LogFields,
@@ -59,7 +65,7 @@ fn answer(
     }
     let timeout = timeout(body.remove("timeout"), gw.settings.max_timeout)?;
     let retries = retries(body.remove("retries"))?;
-    let resolved = gw.resolve(&name)?;
+    let resolved = super::call::resolve(gw, &name).await?;
     let model = resolved.model;
     log.push(("model", model.short.clone()));
     rec.model = Some(model.clone());
@@ -91,12 +97,13 @@ fn answer(
             model: model.short.clone(),
             retry_after_s,
         })?;
-    let _slot = gw.local_slot(&model, &req.hangup)?;
+    let _slot = super::call::local_slot(gw, &model, &req.hangup).await?;
     let started = Instant::now();
     let deadline = started + timeout;
     let done = gw
         .upstream
-        .post(&target, &sent, deadline, retries, &req.hangup, check);
+        .post(&target, &sent, deadline, retries, &req.hangup, check)
+        .await;
     log.push(("attempts", done.attempts.to_string()));
     rec.attempts = done.attempts;
     rec.upstream_time = Some(started.elapsed());

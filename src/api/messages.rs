@@ -4,6 +4,8 @@
 //! chat completions (access, memory first, sessions, retries, breakers), and the answer —
 //! complete or streamed — is translated back. Errors are in Anthropic's shape.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value, json};
 
 use super::call::{self, Answered, Framed, Translate};
@@ -19,19 +21,24 @@ use crate::http::{LogFields, Request, Response};
 use crate::ledger::CallRecord;
 
 /// `POST /v1/messages`.
-pub(super) fn create(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Response, Error> {
+pub(super) async fn create(
+    gw: &Arc<Gateway>,
+    req: &Request,
+    caller: &Caller,
+) -> Result<Response, Error> {
     Ok(call::recorded(
         gw,
         req,
         caller,
         "messages",
         error::response,
-        |rec, log| answer(gw, req, caller, log, rec),
-    ))
+        async |rec, log| answer(gw, req, caller, log, rec).await,
+    )
+    .await)
 }
 
-fn answer(
-    gw: &Gateway,
+async fn answer(
+    gw: &Arc<Gateway>,
     req: &Request,
     caller: &Caller,
     log: &mut LogFields,
@@ -41,7 +48,7 @@ fn answer(
     let estimate = call::prompt_estimate(gw, &chat, body.get("tools"));
     // (Read from the body once, by `translate`.)
     let thinking = chat.thinking == Some(true);
-    Ok(match call::run(gw, req, caller, &chat, log, rec)? {
+    Ok(match call::run(gw, req, caller, &chat, log, rec).await? {
         Answered::Complete(done) => {
             let message = answer::message(&done.answer, &chat.model, thinking);
             done.respond(

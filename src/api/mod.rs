@@ -16,7 +16,10 @@
 //! name: their base URL names it). Every handler takes the shared [`Gateway`], the request
 //! and the [`Caller`] and returns a response; errors are rendered here, once, by the route's
 //! [`Render`] function, in the shape of the route's API family (Anthropic's for
-//! `/v1/messages`, also for its unknown sub-paths).
+//! `/v1/messages`, also for its unknown sub-paths). The routes that call a provider
+//! (chat, messages, responses, embeddings) answer on the event loop, awaiting their upstream
+//! ([`Handler::answers_on_loop`]); a write of a file (`PUT /api/memory`) goes to a worker
+//! thread; reading a list or the health is answered at once.
 //!
 //! Before an endpoint runs, the router applies the client rules to every route but the open
 //! ones (`/api/health`), so that no endpoint, present or future, can forget them: the per-IP
@@ -26,11 +29,14 @@
 //! its in-flight slot until it has been written (a stream: until it ends or the client
 //! leaves).
 
+use std::future::Future;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use crate::error::{Error, Limit};
 use crate::gateway::Gateway;
-use crate::http::{Handler, Request, Response};
+use crate::http::{Answering, Handler, Request, Response};
 use crate::limits::{Budget, KeyRules, Refusal, Slot};
 
 mod admin;
@@ -46,8 +52,35 @@ mod status;
 
 pub(crate) use caller::Caller;
 
+/// An endpoint that answers without waiting for a provider.
+type Now = fn(&Gateway, &Request, &Caller) -> Result<Response, Error>;
+
+/// The answer of an endpoint that calls a provider.
+type Later<'a> = Pin<Box<dyn Future<Output = Result<Response, Error>> + 'a>>;
+
 /// An endpoint's handler.
-type Endpoint = fn(&Gateway, &Request, &Caller) -> Result<Response, Error>;
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Now(Now),
+    /// Awaits its upstream on the event loop.
+    Later(for<'a> fn(&'a Arc<Gateway>, &'a Request, &'a Caller) -> Later<'a>),
+}
+
+fn chat_completions<'a>(gw: &'a Arc<Gateway>, req: &'a Request, c: &'a Caller) -> Later<'a> {
+    Box::pin(chat::completions(gw, req, c))
+}
+
+fn embeddings_create<'a>(gw: &'a Arc<Gateway>, req: &'a Request, c: &'a Caller) -> Later<'a> {
+    Box::pin(embeddings::create(gw, req, c))
+}
+
+fn messages_create<'a>(gw: &'a Arc<Gateway>, req: &'a Request, c: &'a Caller) -> Later<'a> {
+    Box::pin(messages::create(gw, req, c))
+}
+
+fn responses_create<'a>(gw: &'a Arc<Gateway>, req: &'a Request, c: &'a Caller) -> Later<'a> {
+    Box::pin(responses::create(gw, req, c))
+}
 
 /// How a route's errors look on the wire.
 type Render = fn(&Error) -> Response;
@@ -65,10 +98,23 @@ struct Route {
 }
 
 impl Route {
-    fn new(allow: &'static str, endpoint: Endpoint) -> Route {
+    fn new(allow: &'static str, endpoint: Now) -> Route {
         Route {
             allow,
-            endpoint,
+            endpoint: Endpoint::Now(endpoint),
+            render: openai_error,
+            open: false,
+        }
+    }
+
+    /// A route that calls a provider (answered on the event loop).
+    fn upstream(
+        allow: &'static str,
+        endpoint: for<'a> fn(&'a Arc<Gateway>, &'a Request, &'a Caller) -> Later<'a>,
+    ) -> Route {
+        Route {
+            allow,
+            endpoint: Endpoint::Later(endpoint),
             render: openai_error,
             open: false,
         }
@@ -121,17 +167,17 @@ impl Router {
             .unwrap_or(full);
         let bare = full == path;
         Some(match path {
-            "/chat/completions" => Route::new("POST", chat::completions),
-            "/embeddings" => Route::new("POST", embeddings::create),
+            "/chat/completions" => Route::upstream("POST", chat_completions),
+            "/embeddings" => Route::upstream("POST", embeddings_create),
             "/messages" => Route {
                 render: anthropic_error,
-                ..Route::new("POST", messages::create)
+                ..Route::upstream("POST", messages_create)
             },
             "/messages/count_tokens" => Route {
                 render: anthropic_error,
                 ..Route::new("POST", messages::count_tokens)
             },
-            "/responses" => Route::new("POST", responses::create),
+            "/responses" => Route::upstream("POST", responses_create),
             "/responses/input_tokens" => Route::new("POST", responses::input_tokens),
             "/models" => Route::new("GET, HEAD", models::openai),
             p if p.len() > "/models/".len()
@@ -164,7 +210,7 @@ impl Router {
         })
     }
 
-    fn route(
+    async fn route(
         &self,
         req: &Request,
         route: Option<Route>,
@@ -189,7 +235,10 @@ impl Router {
         } else {
             self.identify(req, keyed)?
         };
-        (route.endpoint)(&self.gateway, req, &caller)
+        match route.endpoint {
+            Endpoint::Now(f) => f(&self.gateway, req, &caller),
+            Endpoint::Later(f) => f(&self.gateway, req, &caller).await,
+        }
     }
 
     /// The per-IP limit (`-ip-rate`), when it is on.
@@ -281,21 +330,33 @@ impl Keyed {
 }
 
 impl Handler for Router {
+    /// The routes that reach a worker thread (or are quick) answer without waiting for a
+    /// provider: their answer is ready at its first poll. (A route that awaits one would be
+    /// run to its end here, on a worker thread.)
     fn handle(&self, req: &Request) -> Response {
-        match model_in_path(&req.path) {
-            Some((model, path)) => {
-                let req = with_model(req, &model, path);
-                let resp = self.answer(&req);
-                if req.path.ends_with("/models") && resp.status == 200 {
-                    // The list names models by short code; the path may name one by its
-                    // upstream id or its Ollama name, in any case.
-                    only_model(resp, &self.gateway.short_code(&model))
-                } else {
-                    resp
-                }
-            }
-            None => self.answer(req),
+        let mut answer = pin!(self.respond(req));
+        match answer
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Ready(resp) => resp,
+            Poll::Pending => crate::rt::block_on(answer).unwrap_or_else(|e| {
+                Response::error(&Error::Internal {
+                    message: format!("internal error: {e}"),
+                })
+            }),
         }
+    }
+
+    fn answers_on_loop(&self, req: &Request) -> bool {
+        let path = model_in_path(&req.path).map_or(req.path.as_str(), |(_, path)| path);
+        Router::find(path).is_some_and(|r| {
+            matches!(r.endpoint, Endpoint::Later(_)) && r.allow.split(", ").any(|m| m == req.method)
+        })
+    }
+
+    fn answer(self: Arc<Self>, req: Request) -> Answering {
+        Box::pin(async move { self.respond(&req).await })
     }
 
     /// Anthropic's shape under `/v1/messages` (also with the model in the path), OpenAI's
@@ -306,8 +367,9 @@ impl Handler for Router {
     }
 
     /// Reading the lists, the health and the memory block (snapshots in memory, no I/O),
-    /// and every 404 and 405, are answered on the connection thread. Chat completions
-    /// (upstream calls) and `PUT /api/memory` (a file write) go to the workers.
+    /// and every 404 and 405, are answered at once on the event loop. Calls to a provider
+    /// take a worker's place and answer on the loop; `PUT /api/memory` (a file write) goes
+    /// to a worker thread.
     fn is_quick(&self, req: &Request) -> bool {
         let path = model_in_path(&req.path).map_or(req.path.as_str(), |(_, path)| path);
         match Router::find(path) {
@@ -321,11 +383,29 @@ impl Handler for Router {
 }
 
 impl Router {
-    fn answer(&self, req: &Request) -> Response {
+    /// The answer: the model taken from the path when it names one, then the route's.
+    async fn respond(&self, req: &Request) -> Response {
+        match model_in_path(&req.path) {
+            Some((model, path)) => {
+                let req = with_model(req, &model, path);
+                let resp = self.answer_route(&req).await;
+                if req.path.ends_with("/models") && resp.status == 200 {
+                    // The list names models by short code; the path may name one by its
+                    // upstream id or its Ollama name, in any case.
+                    only_model(resp, &self.gateway.short_code(&model))
+                } else {
+                    resp
+                }
+            }
+            None => self.answer_route(req).await,
+        }
+    }
+
+    async fn answer_route(&self, req: &Request) -> Response {
         let route = Router::find(&req.path);
         let render = route.map_or_else(|| render_for(&req.path), |r| r.render);
         let mut keyed = Keyed::default();
-        let mut resp = match self.route(req, route, &mut keyed) {
+        let mut resp = match self.route(req, route, &mut keyed).await {
             Ok(resp) => resp,
             Err(e) => render(&e),
         };

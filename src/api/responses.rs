@@ -5,6 +5,8 @@
 //! streamed — is translated back into a Response object or the Responses events. Errors
 //! are in OpenAI's shape, as for chat completions.
 
+use std::sync::Arc;
+
 use serde_json::json;
 
 use super::call::{self, Answered, Framed, Translate};
@@ -21,19 +23,24 @@ use crate::responses::request;
 use crate::responses::stream::Translator;
 
 /// `POST /v1/responses`.
-pub(super) fn create(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Response, Error> {
+pub(super) async fn create(
+    gw: &Arc<Gateway>,
+    req: &Request,
+    caller: &Caller,
+) -> Result<Response, Error> {
     Ok(call::recorded(
         gw,
         req,
         caller,
         "responses",
         Response::error,
-        |rec, log| respond(gw, req, caller, log, rec),
-    ))
+        async |rec, log| respond(gw, req, caller, log, rec).await,
+    )
+    .await)
 }
 
-fn respond(
-    gw: &Gateway,
+async fn respond(
+    gw: &Arc<Gateway>,
     req: &Request,
     caller: &Caller,
     log: &mut LogFields,
@@ -42,7 +49,7 @@ fn respond(
     let body = json_object(&req.body, "Responses")?;
     let chat = ChatRequest::from_object(request::to_chat(&body)?, gw.settings.max_timeout)?;
     let envelope = Envelope::new(&chat.model, request::echo(&body));
-    Ok(match call::run(gw, req, caller, &chat, log, rec)? {
+    Ok(match call::run(gw, req, caller, &chat, log, rec).await? {
         Answered::Complete(done) => {
             let response = answer::response(&done.answer, &envelope);
             done.respond(

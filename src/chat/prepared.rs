@@ -67,12 +67,35 @@ impl Prepared {
     /// to write is logged, not returned: the answer is there all the same, and the old
     /// session file is intact (writes are atomic).
     pub fn save_turn(&self, sessions: &SessionStore, assistant: Message) {
-        let Some((id, user)) = &self.session else {
-            return;
-        };
-        let turn: Vec<Message> = user.clone().into_iter().chain(Some(assistant)).collect();
-        if let Err(e) = sessions.append(&self.short, id, &turn) {
-            log::error!(model = self.short.as_str(), session = id.as_str(), error = e.to_string().as_str(); "session not saved");
+        if let Some(turn) = self.turn(assistant) {
+            turn.save(sessions);
+        }
+    }
+
+    /// The session turn an answer makes (`None` without a session), to save apart.
+    pub fn turn(&self, assistant: Message) -> Option<Turn> {
+        let (id, user) = self.session.as_ref()?;
+        Some(Turn {
+            short: self.short.clone(),
+            id: id.clone(),
+            messages: user.clone().into_iter().chain(Some(assistant)).collect(),
+        })
+    }
+}
+
+/// One turn of a session (the user's message and the answer), to append to its file.
+#[derive(Debug)]
+pub struct Turn {
+    short: String,
+    id: String,
+    messages: Vec<Message>,
+}
+
+impl Turn {
+    /// Appends it; a failure is logged (see [`Prepared::save_turn`]).
+    pub fn save(self, sessions: &SessionStore) {
+        if let Err(e) = sessions.append(&self.short, &self.id, &self.messages) {
+            log::error!(model = self.short.as_str(), session = self.id.as_str(), error = e.to_string().as_str(); "session not saved");
         }
     }
 }

@@ -1,20 +1,15 @@
 //! Server-Sent Events as providers send them, and as the gateway relays them.
 //!
-//! The reader takes what providers really send: `\n` or `\r\n` line ends, `:` comment lines
+//! The parser takes what providers really send: `\n` or `\r\n` line ends, `:` comment lines
 //! (keep-alives), `event:`, `id:` and `retry:` lines (ignored), several `data:` lines in one
 //! event (joined with `\n`), events split across reads, and a last event without the blank
 //! line that should end it. Lines are capped, so a provider cannot make the gateway buffer
-//! without bound.
-//!
-//! The wait for each data event can be bounded ([`EventReader::with_waits`]): comments and
-//! other lines do not extend it, so a provider that sends only `: keep-alive` still times
-//! out. The reader checks the deadline itself between lines and tells its source (which
-//! bounds a blocked read by it) through a callback.
+//! without bound. It does no I/O: bytes are fed to it as they come, and whoever reads them
+//! decides how long to wait for the next event (comments do not extend that wait).
 
-use std::io::{self, BufRead};
-use std::time::{Duration, Instant};
+use std::io;
 
-/// Longest line the reader accepts (a chunk carrying a big tool-call argument or an image).
+/// Longest line the parser accepts (a chunk carrying a big tool-call argument or an image).
 pub const MAX_LINE: usize = 8 * 1024 * 1024;
 
 /// One event's payload.
@@ -26,180 +21,111 @@ pub enum Event {
     Done,
 }
 
-/// Tells the source of the bytes by when the next data event is due (so that a blocked
-/// read returns then); `None`: no bound.
-pub type Arm = Box<dyn FnMut(Option<Instant>) + Send>;
-
-/// Reads events from a byte stream.
-pub struct EventReader<R> {
-    inner: R,
-    line: Vec<u8>,
+/// Turns bytes, fed as they come, into events.
+#[derive(Debug)]
+pub struct EventParser {
+    buf: Vec<u8>,
+    /// Where the unread bytes of `buf` start.
+    pos: usize,
+    /// The event being gathered (its `data:` lines so far).
+    data: Option<String>,
     max_line: usize,
-    waits: Option<Waits>,
 }
 
-/// How long each data event may take.
-struct Waits {
-    /// From the start of each wait.
-    gap: Duration,
-    /// The deadline of the next wait, instead of `gap` from its start.
-    next: Option<Instant>,
-    arm: Arm,
+impl Default for EventParser {
+    fn default() -> Self {
+        EventParser::new()
+    }
 }
 
-impl<R: BufRead> EventReader<R> {
-    pub fn new(inner: R) -> EventReader<R> {
-        EventReader {
-            inner,
-            line: Vec::new(),
-            max_line: MAX_LINE,
-            waits: None,
-        }
+fn invalid(message: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.to_string())
+}
+
+impl EventParser {
+    pub fn new() -> EventParser {
+        EventParser::with_max_line(MAX_LINE)
     }
 
-    #[cfg(test)]
     /// With a smaller line cap (tests).
-    pub fn with_max_line(inner: R, max_line: usize) -> EventReader<R> {
-        EventReader {
+    pub fn with_max_line(max_line: usize) -> EventParser {
+        EventParser {
+            buf: Vec::new(),
+            pos: 0,
+            data: None,
             max_line,
-            ..EventReader::new(inner)
         }
     }
 
-    /// Bounds each wait for a data event by `gap` from its start: past it, `next_event`
-    /// fails with [`io::ErrorKind::TimedOut`], however many other lines arrived meanwhile.
-    /// `arm` is told each deadline before the reading starts.
-    pub fn with_waits(mut self, gap: Duration, arm: Arm) -> EventReader<R> {
-        self.waits = Some(Waits {
-            gap,
-            next: None,
-            arm,
-        });
-        self
-    }
-
-    /// The next wait ends at `at` instead (the first event of a stream, due within the
-    /// request's timeout however long the connection took).
-    pub fn wait_until(&mut self, at: Instant) {
-        if let Some(w) = &mut self.waits {
-            w.next = Some(at);
+    /// Takes more bytes of the stream.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
         }
+        self.buf.extend_from_slice(bytes);
     }
 
-    /// Starts a wait: its deadline, told to the source.
-    fn arm(&mut self) -> Option<Instant> {
-        let w = self.waits.as_mut()?;
-        let deadline = w.next.take().unwrap_or_else(|| Instant::now() + w.gap);
-        (w.arm)(Some(deadline));
-        Some(deadline)
-    }
-
-    /// After `[DONE]`: reads what is left up to the end of the
-    /// stream, within `within` and at most `max` bytes, so that the connection can serve
-    /// another request. True when the end was reached.
-    pub fn drain(&mut self, within: Duration, max: usize) -> bool {
-        if let Some(w) = &mut self.waits {
-            (w.arm)(Some(Instant::now() + within));
-        }
-        let deadline = Instant::now() + within;
-        let mut read = 0;
-        while read <= max && Instant::now() < deadline {
-            match self.inner.fill_buf() {
-                Ok([]) => return true,
-                Ok(buf) => {
-                    let n = buf.len();
-                    self.inner.consume(n);
-                    read += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        false
-    }
-
-    /// The next event; `Ok(None)` at the end of the stream. An event cut off by the end of
-    /// the stream (no blank line) is still returned.
+    /// The next complete event; `Ok(None)` when more bytes are needed. An error for a line
+    /// or event over the cap, or bytes that are not UTF-8.
     pub fn next_event(&mut self) -> io::Result<Option<Event>> {
-        let deadline = self.arm();
-        // The source ends a blocked read at the deadline with an error of its own kind; a
-        // few milliseconds of slack allow for a timer that fires a little early.
-        let over = |slack: Duration| deadline.is_some_and(|d| Instant::now() + slack >= d);
-        let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "no event within the timeout");
-        let mut data: Option<String> = None;
         loop {
-            if data.is_none() && over(Duration::ZERO) {
-                return Err(timed_out());
-            }
-            let eof = match self.read_line() {
-                Ok(more) => !more,
-                Err(_) if over(Duration::from_millis(5)) => return Err(timed_out()),
-                Err(e) => return Err(e),
+            let rest = &self.buf[self.pos..];
+            let Some(i) = rest.iter().position(|&b| b == b'\n') else {
+                if rest.len() > self.max_line {
+                    return Err(invalid("event stream line too long"));
+                }
+                // Keep only the unfinished line.
+                self.buf.drain(..self.pos);
+                self.pos = 0;
+                return Ok(None);
             };
-            let line = trim_eol(&self.line);
-            if line.is_empty() {
-                if let Some(d) = data.take() {
-                    return Ok(Some(to_event(d)));
-                }
-                if eof {
-                    return Ok(None);
-                }
-                continue;
-            }
-            let text = std::str::from_utf8(line).map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidData, "event stream is not UTF-8")
-            })?;
-            if let Some(value) = field(text, "data") {
-                match &mut data {
-                    // Many `data:` lines make one event: it is capped as a line is.
-                    Some(d) if d.len() + 1 + value.len() > self.max_line => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "event stream event too long",
-                        ));
-                    }
-                    Some(d) => {
-                        d.push('\n');
-                        d.push_str(value);
-                    }
-                    None => data = Some(value.to_string()),
-                }
-            }
-            // Comments (":...") and other fields (event, id, retry) carry nothing we relay.
-            if eof {
-                return Ok(data.map(to_event));
+            let line = rest[..=i].to_vec();
+            self.pos += i + 1;
+            if let Some(event) = self.line(&line)? {
+                return Ok(Some(event));
             }
         }
     }
 
-    /// Reads one line (with its end) into `self.line`; `false` at the end of the stream.
-    fn read_line(&mut self) -> io::Result<bool> {
-        self.line.clear();
-        loop {
-            let buf = match self.inner.fill_buf() {
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if buf.is_empty() {
-                return Ok(!self.line.is_empty());
-            }
-            let (take, done) = match buf.iter().position(|&b| b == b'\n') {
-                Some(i) => (i + 1, true),
-                None => (buf.len(), false),
-            };
-            if self.line.len() + take > self.max_line {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "event stream line too long",
-                ));
-            }
-            self.line.extend_from_slice(&buf[..take]);
-            self.inner.consume(take);
-            if done {
-                return Ok(true);
+    /// At the end of the stream: the last event, when it was cut off without its blank line.
+    pub fn finish(&mut self) -> io::Result<Option<Event>> {
+        let rest = self.buf[self.pos..].to_vec();
+        self.buf.clear();
+        self.pos = 0;
+        if !rest.is_empty()
+            && let Some(event) = self.line(&rest)?
+        {
+            return Ok(Some(event));
+        }
+        Ok(self.data.take().map(to_event))
+    }
+
+    /// One line (its end included or not): an event when it is the blank line ending one.
+    fn line(&mut self, raw: &[u8]) -> io::Result<Option<Event>> {
+        let line = trim_eol(raw);
+        if line.len() > self.max_line {
+            return Err(invalid("event stream line too long"));
+        }
+        if line.is_empty() {
+            return Ok(self.data.take().map(to_event));
+        }
+        let text = std::str::from_utf8(line).map_err(|_| invalid("event stream is not UTF-8"))?;
+        if let Some(value) = field(text, "data") {
+            match &mut self.data {
+                // Many `data:` lines make one event: it is capped as a line is.
+                Some(d) if d.len() + 1 + value.len() > self.max_line => {
+                    return Err(invalid("event stream event too long"));
+                }
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => self.data = Some(value.to_string()),
             }
         }
+        // Comments (":...") and other fields (event, id, retry) carry nothing we relay.
+        Ok(None)
     }
 }
 
@@ -253,15 +179,25 @@ pub const DONE: &[u8] = b"data: [DONE]\n\n";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufReader, Read};
 
-    fn events(input: &[u8]) -> Vec<Event> {
-        let mut r = EventReader::new(input);
+    /// Every event of `input`, fed in pieces of `step` bytes, then the end.
+    fn events_in(input: &[u8], step: usize) -> io::Result<Vec<Event>> {
+        let mut p = EventParser::new();
         let mut out = Vec::new();
-        while let Some(e) = r.next_event().unwrap() {
+        for piece in input.chunks(step.max(1)) {
+            p.feed(piece);
+            while let Some(e) = p.next_event()? {
+                out.push(e);
+            }
+        }
+        if let Some(e) = p.finish()? {
             out.push(e);
         }
-        out
+        Ok(out)
+    }
+
+    fn events(input: &[u8]) -> Vec<Event> {
+        events_in(input, 4096).unwrap()
     }
 
     fn data(s: &str) -> Event {
@@ -296,124 +232,66 @@ mod tests {
         assert_eq!(events(b"\n\n: only comments\n"), Vec::<Event>::new());
     }
 
-    /// A reader that hands out one byte per read, like a stream split at every position.
-    struct Trickle<'a>(&'a [u8]);
-    impl Read for Trickle<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            if self.0.is_empty() || buf.is_empty() {
-                return Ok(0);
-            }
-            buf[0] = self.0[0];
-            self.0 = &self.0[1..];
-            Ok(1)
-        }
-    }
-
     #[test]
-    fn events_split_across_reads() {
+    fn events_split_anywhere() {
         let input = b"data: {\"long\":\"value\"}\r\n\r\ndata: [DONE]\r\n\r\n";
-        let mut r = EventReader::new(BufReader::with_capacity(1, Trickle(input)));
-        assert_eq!(r.next_event().unwrap(), Some(data("{\"long\":\"value\"}")));
-        assert_eq!(r.next_event().unwrap(), Some(Event::Done));
-        assert_eq!(r.next_event().unwrap(), None);
+        for step in 1..input.len() {
+            assert_eq!(
+                events_in(input, step).unwrap(),
+                [data("{\"long\":\"value\"}"), Event::Done],
+                "step {step}"
+            );
+        }
     }
 
     #[test]
     fn lines_are_capped() {
         let long = format!("data: {}\n\n", "x".repeat(100));
-        let mut r = EventReader::with_max_line(long.as_bytes(), 50);
+        let mut p = EventParser::with_max_line(50);
+        p.feed(long.as_bytes());
         assert_eq!(
-            r.next_event().unwrap_err().kind(),
+            p.next_event().unwrap_err().kind(),
             io::ErrorKind::InvalidData
         );
-        let mut ok = EventReader::with_max_line(long.as_bytes(), 200);
+        // Without a line end yet, a line over the cap is refused as soon as it is.
+        let mut p = EventParser::with_max_line(50);
+        p.feed(&[b'x'; 60]);
+        assert!(p.next_event().is_err());
+        let mut ok = EventParser::with_max_line(200);
+        ok.feed(long.as_bytes());
         assert!(matches!(ok.next_event().unwrap(), Some(Event::Data(d)) if d.len() == 100));
         // Many short `data:` lines of one event are capped together.
         let many = "data: xxxxxxxxxx\n".repeat(30) + "\n";
-        let mut r = EventReader::with_max_line(many.as_bytes(), 200);
-        let e = r.next_event().unwrap_err();
+        let mut p = EventParser::with_max_line(200);
+        p.feed(many.as_bytes());
+        let e = p.next_event().unwrap_err();
         assert!(e.to_string().contains("event too long"), "{e}");
-        let mut ok = EventReader::with_max_line(many.as_bytes(), 400);
+        let mut ok = EventParser::with_max_line(400);
+        ok.feed(many.as_bytes());
         assert!(matches!(ok.next_event().unwrap(), Some(Event::Data(d)) if d.len() == 30 * 11 - 1));
     }
 
-    /// A source that hands out one line per read, as slowly as asked.
-    struct Slow {
-        lines: Vec<&'static [u8]>,
-        pause: Duration,
-    }
-    impl Read for Slow {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            if self.lines.is_empty() {
-                return Ok(0);
-            }
-            std::thread::sleep(self.pause);
-            let line = self.lines.remove(0);
-            buf[..line.len()].copy_from_slice(line);
-            Ok(line.len())
+    #[test]
+    fn the_buffer_keeps_only_the_unfinished_line() {
+        let mut p = EventParser::new();
+        for _ in 0..1000 {
+            p.feed(b"data: x\n\n: ka\n");
+            assert_eq!(p.next_event().unwrap(), Some(data("x")));
+            assert_eq!(p.next_event().unwrap(), None);
         }
-    }
-
-    #[test]
-    fn keep_alive_comments_do_not_extend_the_wait_for_an_event() {
-        let lines: Vec<&'static [u8]> = vec![b": keep-alive\n"; 50];
-        let slow = Slow {
-            lines,
-            pause: Duration::from_millis(10),
-        };
-        let armed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = armed.clone();
-        let arm: Arm = Box::new(move |d| seen.lock().unwrap().push(d));
-        let mut r = EventReader::new(BufReader::with_capacity(64, slow))
-            .with_waits(Duration::from_millis(100), arm);
-        let started = Instant::now();
-        let err = r.next_event().unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        // 50 comments 10 ms apart would take 500 ms; the wait ended at its 100 ms.
-        assert!(
-            started.elapsed() < Duration::from_millis(400),
-            "{:?}",
-            started.elapsed()
-        );
-        assert_eq!(
-            armed.lock().unwrap().len(),
-            1,
-            "the source was told the deadline"
-        );
-    }
-
-    #[test]
-    fn events_in_time_pass_and_each_wait_starts_afresh() {
-        let slow = Slow {
-            lines: vec![b"data: a\n", b"\n", b": ka\n", b"data: b\n\n"],
-            pause: Duration::from_millis(5),
-        };
-        let mut r = EventReader::new(BufReader::with_capacity(64, slow))
-            .with_waits(Duration::from_secs(5), Box::new(|_| {}));
-        r.wait_until(Instant::now() + Duration::from_secs(5));
-        assert_eq!(r.next_event().unwrap(), Some(data("a")));
-        assert_eq!(r.next_event().unwrap(), Some(data("b")));
-        assert!(r.drain(Duration::from_secs(1), 1024));
-        // A wait that is already over fails at once.
-        let mut late =
-            EventReader::new(&b"data: x\n\n"[..]).with_waits(Duration::ZERO, Box::new(|_| {}));
-        assert_eq!(
-            late.next_event().unwrap_err().kind(),
-            io::ErrorKind::TimedOut
-        );
+        assert!(p.buf.len() < 64, "{}", p.buf.len());
     }
 
     #[test]
     fn non_utf8_is_an_error_not_a_panic() {
-        let mut r = EventReader::new(&b"data: \xff\xfe\n\n"[..]);
-        assert!(r.next_event().is_err());
+        assert!(events_in(b"data: \xff\xfe\n\n", 100).is_err());
     }
 
     #[test]
     fn frames() {
         assert_eq!(frame("{\"a\":1}"), b"data: {\"a\":1}\n\n");
         assert_eq!(frame("a\nb"), b"data: a\ndata: b\n\n");
-        // What the writer writes, the reader reads back.
+        // What the writer writes, the parser reads back.
         let payload = "line1\nline2";
         assert_eq!(events(&frame(payload)), [data(payload)]);
         assert_eq!(events(DONE), [Event::Done]);

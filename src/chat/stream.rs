@@ -2,14 +2,14 @@
 //! into text, tool calls and usage, errors inside it seen in the same parse, and its end
 //! told apart from a cut. Pure: the events come from any reader.
 
-use std::io::{self, BufRead};
+use std::io;
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::answer::{assistant_message, reasoning_text, turn_text};
 use super::provider_error::{error_in, member_message, reported};
-use super::sse::{Event, EventReader};
+use super::sse::Event;
 use crate::state::session::Message;
 
 /// How reading a stream ended.
@@ -27,46 +27,45 @@ pub enum StreamEnd {
 /// model's output limit; past it the stream ends with an error instead of growing.
 pub const MAX_KEPT: usize = 8 * 1024 * 1024;
 
-/// Reads a stream to its end, starting with its `first` event: each data event is parsed
-/// once, taken in by `gathered`, then handed to `each` with its parse. An error from `each`
-/// stops the reading ([`StreamEnd::Stopped`]); the caller closes the connection.
-pub fn read_stream<R: BufRead>(
-    first: Event,
-    events: &mut EventReader<R>,
+/// What one event of a stream does: each data event is parsed once, taken in by
+/// `gathered`, then handed to `each` with its parse. `None` while the stream goes on, else
+/// how it ended. An error from `each` stops the reading ([`StreamEnd::Stopped`]); the
+/// caller closes the connection.
+pub fn take_event(
+    event: io::Result<Option<Event>>,
     gathered: &mut Gathered,
-    mut each: impl FnMut(&str, &Chunk) -> io::Result<()>,
-) -> StreamEnd {
-    let mut next = Some(Ok(Some(first)));
-    loop {
-        let event = next.take().unwrap_or_else(|| events.next_event());
-        match event {
-            Ok(Some(Event::Data(payload))) => {
-                let chunk = match Chunk::parse(&payload) {
-                    Ok(chunk) => chunk,
-                    Err(message) => return StreamEnd::Failed(reported(&message)),
-                };
-                if let Err(why) = gathered.take(&chunk) {
-                    return StreamEnd::Failed(why);
-                }
-                if let Err(e) = each(&payload, &chunk) {
-                    return StreamEnd::Stopped(e);
-                }
+    each: impl FnOnce(&str, &Chunk) -> io::Result<()>,
+) -> Option<StreamEnd> {
+    match event {
+        Ok(Some(Event::Data(payload))) => {
+            let chunk = match Chunk::parse(&payload) {
+                Ok(chunk) => chunk,
+                Err(message) => return Some(StreamEnd::Failed(reported(&message))),
+            };
+            if let Err(why) = gathered.take(&chunk) {
+                return Some(StreamEnd::Failed(why));
             }
-            Ok(Some(Event::Done)) => return StreamEnd::Done,
-            // A clean end after the model said it had finished is a complete stream (some
-            // servers omit `[DONE]`); otherwise it was cut.
-            Ok(None) if gathered.finished => return StreamEnd::Done,
-            Ok(None) => return StreamEnd::Failed("stream ended before it was complete".into()),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-                ) =>
-            {
-                return StreamEnd::Failed("no event within the timeout".into());
+            if let Err(e) = each(&payload, &chunk) {
+                return Some(StreamEnd::Stopped(e));
             }
-            Err(e) => return StreamEnd::Failed(format!("stream broken: {e}")),
+            None
         }
+        Ok(Some(Event::Done)) => Some(StreamEnd::Done),
+        // A clean end after the model said it had finished is a complete stream (some
+        // servers omit `[DONE]`); otherwise it was cut.
+        Ok(None) if gathered.finished => Some(StreamEnd::Done),
+        Ok(None) => Some(StreamEnd::Failed(
+            "stream ended before it was complete".into(),
+        )),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ) =>
+        {
+            Some(StreamEnd::Failed("no event within the timeout".into()))
+        }
+        Err(e) => Some(StreamEnd::Failed(format!("stream broken: {e}"))),
     }
 }
 
@@ -416,11 +415,31 @@ mod tests {
         read_bytes(first, rest.as_bytes())
     }
 
+    /// Reads a stream to its end: `first`, then the events of `rest`.
+    fn read_stream(
+        first: Event,
+        rest: &[u8],
+        gathered: &mut Gathered,
+        mut each: impl FnMut(&str, &Chunk) -> io::Result<()>,
+    ) -> StreamEnd {
+        let mut parser = crate::chat::sse::EventParser::new();
+        parser.feed(rest);
+        let mut event = Ok(Some(first));
+        loop {
+            if let Some(end) = take_event(event, gathered, &mut each) {
+                return end;
+            }
+            event = match parser.next_event() {
+                Ok(None) => parser.finish(),
+                other => other,
+            };
+        }
+    }
+
     fn read_bytes(first: Event, rest: &[u8]) -> (StreamEnd, Vec<(String, bool)>, Gathered) {
-        let mut events = EventReader::new(rest);
         let mut gathered = Gathered::default();
         let mut seen = Vec::new();
-        let end = read_stream(first, &mut events, &mut gathered, |_, chunk| {
+        let end = read_stream(first, rest, &mut gathered, |_, chunk| {
             seen.push((chunk.text().to_string(), chunk.usage_only()));
             Ok(())
         });
@@ -472,10 +491,9 @@ mod tests {
     #[test]
     fn a_consumer_error_stops_the_reading() {
         let rest = format!("data: {}\n\ndata: [DONE]\n\n", chunk("b"));
-        let mut events = EventReader::new(rest.as_bytes());
         let mut g = Gathered::default();
         let mut calls = 0;
-        let end = read_stream(Event::Data(chunk("a")), &mut events, &mut g, |_, _| {
+        let end = read_stream(Event::Data(chunk("a")), rest.as_bytes(), &mut g, |_, _| {
             calls += 1;
             Err(io::Error::from(io::ErrorKind::BrokenPipe))
         });

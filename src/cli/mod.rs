@@ -231,7 +231,7 @@ pub fn run(opts: &Options, env: &Env) -> Result<(), Stop> {
     if opts.usage {
         let report = match &gateway {
             Some(g) => {
-                let body = upstream.get(&g.target("/api/usage"), LIST_TIMEOUT);
+                let body = upstream.get_blocking(&g.target("/api/usage"), LIST_TIMEOUT);
                 let body = body.map_err(|f| gateway_failure(f, g))?;
                 usage::from_gateway(&body, &g.base)
                     .map_err(|message| Stop::Failed(Error::Upstream { message }))?
@@ -299,7 +299,7 @@ fn catalog_models(env: &Env) -> Vec<(Model, KeyState)> {
 /// The gateway's models, from its `GET /api/models`.
 fn gateway_models(g: &Gateway, upstream: &Upstream) -> Result<Vec<(Model, KeyState)>, Stop> {
     let body = upstream
-        .get(&g.target("/api/models"), LIST_TIMEOUT)
+        .get_blocking(&g.target("/api/models"), LIST_TIMEOUT)
         .map_err(|f| gateway_failure(f, g))?;
     models::from_gateway(&body).map_err(|m| {
         Stop::Failed(Error::Upstream {
@@ -365,14 +365,14 @@ fn ask_provider(opts: &Options, env: &Env, upstream: &Upstream) -> Result<(), St
     let fail = |f: Failure| Stop::Failed(f.into_error(&model.short));
     let hangup = Hangup::default();
     if stream {
-        let opened = upstream.open_stream(
+        let opened = wait(upstream.open_stream(
             &target,
             &prepared.body,
             req.timeout,
             req.timeout,
             req.retries,
             &hangup,
-        );
+        ))?;
         let Some(gathered) = print_stream(opened.result.map_err(fail)?, &model.short)? else {
             return Ok(());
         };
@@ -380,8 +380,7 @@ fn ask_provider(opts: &Options, env: &Env, upstream: &Upstream) -> Result<(), St
         return Ok(());
     }
     let deadline = Instant::now() + req.timeout;
-    let done = upstream
-        .complete(&target, &prepared.body, deadline, req.retries, &hangup)
+    let done = wait(upstream.complete(&target, &prepared.body, deadline, req.retries, &hangup))?
         .result
         .map_err(fail)?;
     let (answer, parsed) = (done.body, done.answer);
@@ -400,15 +399,16 @@ fn ask_gateway(opts: &Options, g: &Gateway, upstream: &Upstream) -> Result<(), S
     let wait = opts.timeout + GATEWAY_GRACE;
     let hangup = Hangup::default();
     if stream {
-        let opened = upstream.open_stream(&target, body.as_bytes(), wait, wait, 1, &hangup);
+        let opened =
+            self::wait(upstream.open_stream(&target, body.as_bytes(), wait, wait, 1, &hangup))?;
         let stream = opened.result.map_err(|f| gateway_failure(f, g))?;
         print_stream(stream, &opts.model)?;
         return Ok(());
     }
-    let done = upstream
-        .complete(&target, body.as_bytes(), Instant::now() + wait, 1, &hangup)
-        .result
-        .map_err(|f| gateway_failure(f, g))?;
+    let done =
+        self::wait(upstream.complete(&target, body.as_bytes(), Instant::now() + wait, 1, &hangup))?
+            .result
+            .map_err(|f| gateway_failure(f, g))?;
     let (answer, parsed) = (done.body, done.answer);
     print_answer(opts, &answer, &content_text(&parsed.content))
 }
@@ -480,6 +480,15 @@ fn read_prompt(opts: &Options) -> Result<String, Stop> {
         .ok_or_else(|| usage_error("no prompt: give it as arguments or on stdin (see -h)".into()))
 }
 
+/// Runs an upstream call to its end on this thread (sigoe has nothing else to do meanwhile).
+fn wait<F: std::future::Future>(call: F) -> Result<F::Output, Stop> {
+    crate::rt::block_on(call).map_err(|e| {
+        Stop::Failed(Error::Internal {
+            message: format!("cannot wait for the network: {e}"),
+        })
+    })
+}
+
 /// Prints a stream's text as it arrives, flushing each piece. `None` when stdout went away
 /// (a reader like `head` that stopped early): sigoe ends quietly then, without keeping the
 /// turn.
@@ -487,15 +496,22 @@ fn print_stream(stream: OpenStream, short: &str) -> Result<Option<Gathered>, Sto
     let mut gathered = Gathered::default();
     let mut out = std::io::stdout().lock();
     let mut last = None;
-    let end = crate::upstream::read_open_stream(stream, &mut gathered, |_, chunk| {
-        let text = chunk.text();
-        if text.is_empty() {
-            return Ok(());
-        }
-        last = text.chars().last();
-        out.write_all(text.as_bytes())?;
-        out.flush()
-    });
+    let hangup = Hangup::default();
+    let end = wait(crate::upstream::read_open_stream(
+        stream,
+        &mut gathered,
+        &hangup,
+        |_, chunk| {
+            let text = chunk.text();
+            if text.is_empty() {
+                return Ok(());
+            }
+            last = text.chars().last();
+            out.write_all(text.as_bytes())?;
+            out.flush()
+        },
+        async || Ok(()),
+    ))?;
     // Whatever was printed ends with a line break, so the shell prompt (or the reason of a
     // failure on stderr) starts on a line of its own.
     if last.is_some_and(|c| c != '\n') && !matches!(end, StreamEnd::Stopped(_)) {

@@ -4,7 +4,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -19,6 +19,14 @@ enum Msg {
     Run(Job),
     /// One thread ends (see [`Pool::stop`]).
     Exit,
+}
+
+/// The threads for the blocking steps of requests on the event loops (session files, name
+/// lookups, a model discovery, a wait for a local model's slot): many may wait at once,
+/// none stays when idle.
+pub(crate) fn io() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| Pool::new("sigorest-io", 64, 0, Duration::from_secs(10)))
 }
 
 /// A pool of threads for blocking work; clones share it.
@@ -158,6 +166,7 @@ impl Pool {
     }
 
     /// Threads running now.
+    #[cfg(test)]
     pub(crate) fn threads(&self) -> usize {
         self.inner.started.load(Ordering::SeqCst)
     }

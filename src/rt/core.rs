@@ -283,6 +283,7 @@ impl Core {
     }
 
     /// Tasks alive on this loop.
+    #[cfg(test)]
     pub(crate) fn task_count(&self) -> usize {
         self.tasks.borrow().len()
     }

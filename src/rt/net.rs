@@ -196,10 +196,12 @@ impl TcpStream {
         self.clear(Ready::Read);
     }
 
+    #[cfg(test)]
     pub(crate) async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         poll_fn(|cx| self.poll_read(cx, buf)).await
     }
 
+    #[cfg(test)]
     pub(crate) async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {
             let n = poll_fn(|cx| self.poll_write(cx, buf)).await?;

@@ -56,6 +56,7 @@ impl<T> Slab<T> {
         taken
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }

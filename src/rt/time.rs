@@ -86,6 +86,7 @@ pub(crate) async fn timeout_at<F: Future>(at: Instant, future: F) -> Result<F::O
 }
 
 /// Runs `future` for at most `d`.
+#[cfg(test)]
 pub(crate) async fn timeout<F: Future>(d: Duration, future: F) -> Result<F::Output, Elapsed> {
     timeout_at(Instant::now() + d, future).await
 }

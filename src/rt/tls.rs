@@ -54,11 +54,6 @@ impl Stream {
         self.tls.is_some()
     }
 
-    /// The TLS session, if any.
-    pub(crate) fn session(&self) -> Option<&rustls::Connection> {
-        self.tls.as_deref()
-    }
-
     /// Runs the TLS handshake to its end (at once in clear). Bound it with a deadline.
     pub(crate) async fn handshake(&mut self) -> io::Result<()> {
         poll_fn(|cx| self.poll_handshake(cx)).await

@@ -1,28 +1,49 @@
 //! One upstream call's plumbing, shared by completions and streams: the retry loop, sending
-//! a request with its key, and sorting ureq's errors into [`Failure`]s.
+//! a request with its key, and sorting the client's errors into [`Failure`]s.
 
-use std::thread;
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
-use ureq::http::Response;
-
-use super::resolver::Names;
+use super::client::{self, BodyError, Client, Response, Url};
 use super::retry::{self, Failure};
 use super::target::{Attempted, Target};
+use crate::rt::time::{sleep, timeout_at};
 use crate::util::Hangup;
 
-/// Connect timeout (within the request's own deadline).
-pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest upstream error body kept for the error message.
 pub(super) const MAX_ERROR_BODY: u64 = 64 * 1024;
 
-/// Runs `attempt` up to `retries` times within `deadline`, backing off between attempts.
-pub(super) fn with_retries<T>(
+/// Runs `fut` unless the client hangs up first ([`Failure::Cancelled`] then).
+pub(super) async fn unless_gone<T>(
+    hangup: &Hangup,
+    fut: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    let mut fut = pin!(fut);
+    let mut gone = pin!(hangup.fired());
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        gone.as_mut().poll(cx).map(|()| Err(Failure::Cancelled))
+    })
+    .await
+}
+
+/// Runs `attempt` up to `retries` times within `deadline`, backing off between attempts;
+/// the client's hang-up ends it all at once.
+pub(super) async fn with_retries<T, F, Fut>(
     deadline: Instant,
     retries: u32,
     hangup: &Hangup,
-    mut attempt: impl FnMut(Duration) -> Result<T, Failure>,
-) -> Attempted<T> {
+    mut attempt: F,
+) -> Attempted<T>
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: Future<Output = Result<T, Failure>>,
+{
     let mut attempts = 0;
     loop {
         if hangup.is_fired() {
@@ -38,7 +59,7 @@ pub(super) fn with_retries<T>(
                 "no answer within the request's timeout".into(),
             ))
         } else {
-            attempt(remaining)
+            unless_gone(hangup, attempt(remaining)).await
         };
         let failure = match result {
             Ok(v) => {
@@ -47,7 +68,7 @@ pub(super) fn with_retries<T>(
                     attempts,
                 };
             }
-            // The client left (and its call was interrupted): not the model's doing.
+            // The client left (and its call was given up): not the model's doing.
             Err(_) if hangup.is_fired() => Failure::Cancelled,
             Err(f) => f,
         };
@@ -64,51 +85,82 @@ pub(super) fn with_retries<T>(
             };
         }
         log::debug!(attempt = attempts, wait_ms = wait.as_millis() as u64; "retrying upstream call");
-        thread::sleep(wait);
+        let waited = unless_gone(hangup, async {
+            sleep(wait).await;
+            Ok(())
+        })
+        .await;
+        if waited.is_err() {
+            return Attempted {
+                result: Err(Failure::Cancelled),
+                attempts,
+            };
+        }
     }
 }
 
-/// Sends the request. A 2xx comes back as the response; anything else as a [`Failure`].
-pub(super) fn send(
-    request: ureq::RequestBuilder<ureq::typestate::WithBody>,
+/// Sends `body` to the target (POST, JSON, with its key). A 2xx comes back as the
+/// response; anything else as a [`Failure`] (an error status with its body, read within
+/// `deadline`).
+pub(super) async fn send(
+    client: &Client,
     target: &Target,
     body: &[u8],
-    remaining: Duration,
-    names: &Names,
-) -> Result<Response<ureq::Body>, Failure> {
-    let mut request = request.header("Content-Type", "application/json");
-    if let Some(key) = &target.key {
-        request = request.header("Authorization", format!("Bearer {key}"));
+    deadline: Instant,
+) -> Result<Response, Failure> {
+    send_as(client, "POST", target, body, deadline).await
+}
+
+/// The same with any method (`GET` for documents).
+pub(super) async fn send_as(
+    client: &Client,
+    method: &str,
+    target: &Target,
+    body: &[u8],
+    deadline: Instant,
+) -> Result<Response, Failure> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let url = Url::parse(&target.url).map_err(Failure::Connect)?;
+    let auth = target.key.as_ref().map(|k| format!("Bearer {k}"));
+    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2);
+    if method == "POST" {
+        headers.push(("Content-Type", "application/json"));
     }
-    let mut resp = request.send(body).map_err(|e| {
-        let failure = call_failure(e, remaining);
-        if matches!(failure, Failure::Connect(_)) {
-            // The remembered addresses may be stale: look the name up again next time.
-            names.forget();
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a));
+    }
+    let req = client::Request {
+        method,
+        url: &url,
+        headers: &headers,
+        body,
+        direct: target.direct,
+    };
+    let sent = timeout_at(deadline, client.send(&req)).await;
+    let mut resp = match sent {
+        Err(_) => {
+            return Err(Failure::Timeout(format!(
+                "no answer within {}",
+                secs(remaining)
+            )));
         }
-        failure
-    })?;
-    let status = resp.status().as_u16();
+        Ok(Err(e)) => return Err(call_failure(e, remaining)),
+        Ok(Ok(resp)) => resp,
+    };
+    let status = resp.head.status;
     if (200..300).contains(&status) {
         return Ok(resp);
     }
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
     let retry_after = retry::retry_after(
-        header("retry-after-ms").as_deref(),
-        header("retry-after").as_deref(),
+        resp.head.header("retry-after-ms"),
+        resp.head.header("retry-after"),
         SystemTime::now(),
     );
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(MAX_ERROR_BODY)
-        .read_to_vec()
-        .unwrap_or_default();
+    let error_body = timeout_at(deadline, resp.body.read_all(MAX_ERROR_BODY)).await;
+    let body = match error_body {
+        Ok(Ok(b)) => b,
+        _ => Vec::new(),
+    };
     Err(Failure::Status {
         status,
         retry_after,
@@ -116,39 +168,41 @@ pub(super) fn send(
     })
 }
 
-/// Sorts a ureq error from sending the request or waiting for its head.
-pub(super) fn call_failure(e: ureq::Error, remaining: Duration) -> Failure {
+/// Sorts a client error from connecting, sending the request or waiting for its head.
+pub(super) fn call_failure(e: client::Error, remaining: Duration) -> Failure {
     match e {
-        ureq::Error::Timeout(t) => {
-            Failure::Timeout(format!("no answer within {} ({t})", secs(remaining)))
+        client::Error::Connect(io) if io.kind() == io::ErrorKind::NotFound => {
+            Failure::Connect("host not found".into())
         }
-        ureq::Error::Io(io) => io_failure(&io, remaining, "connecting"),
-        ureq::Error::Protocol(p) => Failure::BadAnswer(format!("not HTTP: {p}")),
-        ureq::Error::HostNotFound => Failure::Connect("host not found".into()),
-        ureq::Error::ConnectionFailed => Failure::Connect("connection failed".into()),
-        other => Failure::Connect(other.to_string()),
+        client::Error::Connect(io) | client::Error::Send(io) | client::Error::Receive(io) => {
+            io_failure(&io, remaining, "connecting")
+        }
+        client::Error::Proxy(status) => {
+            Failure::Connect(format!("the proxy refused the tunnel ({status})"))
+        }
+        client::Error::Protocol(m) => Failure::BadAnswer(m),
     }
 }
 
-/// Sorts a ureq error from reading a 2xx body. The provider has answered (and may bill
-/// it), so only running out of time is worth another try — and the deadline is gone then.
-pub(super) fn read_failure(e: ureq::Error, remaining: Duration) -> Failure {
+/// Sorts an error from reading a 2xx body. The provider has answered (and may bill it), so
+/// only running out of time is worth another try — and the deadline is gone then.
+pub(super) fn read_failure(e: BodyError, remaining: Duration) -> Failure {
     match e {
-        ureq::Error::Timeout(_) => {
-            Failure::Timeout(format!("answer not complete within {}", secs(remaining)))
-        }
-        ureq::Error::Io(io) => match io_failure(&io, remaining, "reading the answer") {
+        BodyError::Io(io) => match io_failure(&io, remaining, "reading the answer") {
             Failure::BadAnswer(m) => Failure::BadCompletion(m),
             other => other,
         },
-        ureq::Error::BodyExceedsLimit(n) => {
-            Failure::BadCompletion(format!("answer larger than {n} bytes"))
-        }
-        other => Failure::BadCompletion(other.to_string()),
+        BodyError::Protocol(m) => Failure::BadCompletion(m),
+        BodyError::TooLarge(n) => Failure::BadCompletion(format!("answer larger than {n} bytes")),
     }
 }
 
-pub(super) fn io_failure(e: &std::io::Error, remaining: Duration, doing: &str) -> Failure {
+/// A body that did not come in time.
+pub(super) fn read_timeout(remaining: Duration) -> Failure {
+    Failure::Timeout(format!("answer not complete within {}", secs(remaining)))
+}
+
+pub(super) fn io_failure(e: &io::Error, remaining: Duration, doing: &str) -> Failure {
     use std::io::ErrorKind::*;
     // For an operating-system error the client sees its kind ("connection refused"), not
     // the OS's text and number (those go to the debug log); errors made by a library (a
@@ -174,20 +228,35 @@ pub(super) fn secs(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rt::block_on;
+
+    fn run<T>(
+        deadline: Instant,
+        retries: u32,
+        hangup: &Hangup,
+        attempt: impl FnMut(Duration) -> Result<T, Failure>,
+    ) -> Attempted<T> {
+        let attempt = std::cell::RefCell::new(attempt);
+        block_on(with_retries(deadline, retries, hangup, |left| {
+            let r = (attempt.borrow_mut())(left);
+            async move { r }
+        }))
+        .unwrap()
+    }
 
     #[test]
     fn retries_stop_at_the_count_and_on_fatal_errors() {
         let hangup = Hangup::default();
         let far = Instant::now() + Duration::from_secs(60);
         let mut calls = 0;
-        let r: Attempted<()> = with_retries(far, 1, &hangup, |_| {
+        let r: Attempted<()> = run(far, 1, &hangup, |_| {
             calls += 1;
             Err(Failure::Connect("x".into()))
         });
         assert_eq!((r.attempts, calls), (1, 1));
 
         let mut calls = 0;
-        let r: Attempted<()> = with_retries(far, 3, &hangup, |_| {
+        let r: Attempted<()> = run(far, 3, &hangup, |_| {
             calls += 1;
             Err(Failure::Status {
                 status: 400,
@@ -198,7 +267,7 @@ mod tests {
         assert_eq!((r.attempts, calls), (1, 1), "4xx is not retried");
 
         let mut calls = 0;
-        let r = with_retries(far, 3, &hangup, |_| {
+        let r = run(far, 3, &hangup, |_| {
             calls += 1;
             if calls < 3 {
                 Err(Failure::Status {
@@ -218,7 +287,7 @@ mod tests {
         let hangup = Hangup::default();
         let soon = Instant::now() + Duration::from_millis(50);
         let started = Instant::now();
-        let r: Attempted<()> = with_retries(soon, 10, &hangup, |_| {
+        let r: Attempted<()> = run(soon, 10, &hangup, |_| {
             Err(Failure::Status {
                 status: 429,
                 retry_after: Some(Duration::from_secs(30)),
@@ -237,7 +306,7 @@ mod tests {
         let hangup = Hangup::default();
         hangup.fire();
         let far = Instant::now() + Duration::from_secs(60);
-        let r: Attempted<()> = with_retries(far, 5, &hangup, |_| Err(Failure::Connect("x".into())));
+        let r: Attempted<()> = run(far, 5, &hangup, |_| Err(Failure::Connect("x".into())));
         assert_eq!(r.attempts, 1);
     }
 
@@ -245,11 +314,33 @@ mod tests {
     fn a_call_the_client_left_is_cancelled_not_failed() {
         let hangup = Hangup::default();
         let far = Instant::now() + Duration::from_secs(60);
-        let r: Attempted<()> = with_retries(far, 5, &hangup, |_| {
+        let r: Attempted<()> = run(far, 5, &hangup, |_| {
             hangup.fire();
             Err(Failure::Connect("interrupted".into()))
         });
         assert_eq!(r.attempts, 1);
         assert_eq!(r.result.unwrap_err(), Failure::Cancelled);
+    }
+
+    #[test]
+    fn a_hang_up_ends_a_call_that_waits() {
+        let hangup = Hangup::default();
+        let far = Instant::now() + Duration::from_secs(60);
+        let fire = hangup.clone();
+        let started = Instant::now();
+        let r: Attempted<()> = block_on(async {
+            crate::rt::spawn(async move {
+                sleep(Duration::from_millis(20)).await;
+                fire.fire();
+            });
+            with_retries(far, 3, &hangup, |_| async {
+                sleep(Duration::from_secs(30)).await;
+                Ok(())
+            })
+            .await
+        })
+        .unwrap();
+        assert_eq!(r.result.unwrap_err(), Failure::Cancelled);
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

@@ -1,23 +1,19 @@
-//! Calls to providers, through ureq: shared agents with pooled connections for completions
-//! and streams alike, statuses read as data, retries with backoff inside the request's
-//! deadline.
+//! Calls to providers, through our HTTP client on the event loops (`client`): pooled
+//! connections for completions and streams alike, statuses read as data, retries with
+//! backoff inside the request's deadline. A call is a task that waits for its sockets; the
+//! client's hang-up ends it at once, whatever it waits for, without touching the others.
 //!
-//! Two kinds of agent: one honours the proxy settings of the environment (for cloud
-//! providers), one goes direct (for Ollama and any upstream on a loopback address, which a
-//! proxy could not reach); each kind is a few agents that calls in parallel spread over
-//! (see `shards`). Every call runs under its request's [`abort::Abort`], so that a client who goes
-//! away interrupts its own call at once — a blocked send or read on a pooled connection
-//! included — without touching the others.
+//! Calls to cloud providers honour the proxy settings of the environment; calls to Ollama
+//! and to any upstream on a loopback address never do. Threads that are not event loops
+//! (sigoe, the background threads) run a call to its end with [`crate::rt::block_on`].
 
 use std::time::{Duration, Instant};
 
-use ureq::Agent;
-use ureq::config::Config;
-
 use crate::chat::provider_error::{error_in, reported};
+use crate::rt::time::timeout_at;
 use crate::util::Hangup;
-use abort::Abort;
-use call::{CONNECT_TIMEOUT, call_failure, read_failure, send, with_retries};
+use call::{read_failure, read_timeout, send, send_as, with_retries};
+use client::Client;
 use retry::Failure;
 
 pub mod breaker;
@@ -26,19 +22,11 @@ pub mod ollama;
 pub mod retry;
 pub mod scores;
 
-mod abort;
 mod call;
-// Until the gateway's calls move onto the event loops.
-#[allow(dead_code)]
 pub(crate) mod client;
-mod resolver;
-mod shards;
 mod stream;
 mod target;
-mod tcp;
 
-use resolver::Names;
-use shards::Shards;
 pub use stream::{OpenStream, read_open_stream};
 pub use target::{Attempted, Target};
 
@@ -54,12 +42,9 @@ pub struct Completion {
     pub answer: crate::chat::answer::Answer,
 }
 
-/// The ureq side of the gateway.
+/// The gateway's side of its providers.
 pub struct Upstream {
-    proxied: Shards,
-    direct: Shards,
-    /// One resolver for every agent, so a name is looked up once for all of them.
-    names: Names,
+    client: Client,
 }
 
 impl Default for Upstream {
@@ -70,7 +55,9 @@ impl Default for Upstream {
 
 impl Upstream {
     pub fn new() -> Upstream {
-        Upstream::with_tls(None)
+        Upstream {
+            client: Client::new(),
+        }
     }
 
     /// An upstream whose HTTPS connections trust only the certificates in `pem` (PEM text
@@ -78,10 +65,11 @@ impl Upstream {
     /// web roots: `sigoe -cacert`, for a gateway with a self-signed certificate. The error
     /// says what is wrong with the text.
     pub fn trusting(pem: &[u8]) -> Result<Upstream, String> {
+        use rustls::pki_types::pem::{PemObject, SectionKind};
         let mut certs = Vec::new();
-        for item in ureq::tls::parse_pem(pem) {
+        for item in <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(pem) {
             match item {
-                Ok(ureq::tls::PemItem::Certificate(cert)) => certs.push(cert),
+                Ok((SectionKind::Certificate, der)) => certs.push(der.into()),
                 Ok(_) => {}
                 Err(e) => return Err(format!("not valid PEM: {e}")),
             }
@@ -89,36 +77,15 @@ impl Upstream {
         if certs.is_empty() {
             return Err("no certificate in it (expected -----BEGIN CERTIFICATE-----)".into());
         }
-        let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
-            .build();
-        Ok(Upstream::with_tls(Some(tls)))
-    }
-
-    fn with_tls(tls: Option<ureq::tls::TlsConfig>) -> Upstream {
-        let names = Names::default();
-        Upstream {
-            proxied: Shards::new(
-                &base_config(ureq::Proxy::try_from_env(), tls.clone()),
-                &names,
-            ),
-            direct: Shards::new(&base_config(None, tls), &names),
-            names,
-        }
-    }
-
-    fn shards(&self, target: &Target) -> &Shards {
-        if target.direct {
-            &self.direct
-        } else {
-            &self.proxied
-        }
+        Ok(Upstream {
+            client: Client::with_roots(Some(certs), &crate::env::Env::from_process()),
+        })
     }
 
     /// A non-streamed completion: the upstream's 2xx body (checked, and read once for the
-    /// session and the log), or the last failure. The client's hang-up interrupts it at
-    /// once ([`Failure::Cancelled`]); `deadline` bounds it all, sending included.
-    pub fn complete(
+    /// session and the log), or the last failure. The client's hang-up ends it at once
+    /// ([`Failure::Cancelled`]); `deadline` bounds it all, sending included.
+    pub async fn complete(
         &self,
         target: &Target,
         body: &[u8],
@@ -132,12 +99,13 @@ impl Upstream {
                 answer: parsed,
             })
         })
+        .await
     }
 
     /// A POST of a JSON body whose 2xx answer `read` checks (a bad answer is a
-    /// [`Failure::BadAnswer`], not retried: the provider may have billed it), with retries
-    /// within `deadline`, interrupted at once by the client's hang-up.
-    pub fn post<T>(
+    /// [`Failure::BadCompletion`], not retried: the provider may have billed it), with
+    /// retries within `deadline`, ended at once by the client's hang-up.
+    pub async fn post<T>(
         &self,
         target: &Target,
         body: &[u8],
@@ -146,70 +114,43 @@ impl Upstream {
         hangup: &Hangup,
         read: impl Fn(Vec<u8>) -> Result<T, Failure>,
     ) -> Attempted<T> {
-        let (agent, _slot) = self.shards(target).take();
-        let abort = Abort::new();
-        let interrupt = abort.clone();
-        hangup.on_hangup(move || interrupt.fire());
-        let done = with_retries(deadline, retries, hangup, |remaining| {
-            abort.scope(|| {
-                let request = agent
-                    .post(&target.url)
-                    .config()
-                    .timeout_global(Some(remaining))
-                    .timeout_connect(Some(remaining.min(CONNECT_TIMEOUT)))
-                    .build();
-                let mut resp = send(request, target, body, remaining, &self.names)?;
-                let answer = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(MAX_ANSWER)
-                    .read_to_vec()
-                    .map_err(|e| read_failure(e, remaining))?;
-                read(answer)
-            })
-        });
-        abort.finish();
-        done
+        let read = &read;
+        with_retries(deadline, retries, hangup, move |remaining| async move {
+            let until = Instant::now() + remaining;
+            let mut resp = send(&self.client, target, body, until).await?;
+            let answer = match timeout_at(until, resp.body.read_all(MAX_ANSWER)).await {
+                Err(_) => return Err(read_timeout(remaining)),
+                Ok(Err(e)) => return Err(read_failure(e, remaining)),
+                Ok(Ok(a)) => a,
+            };
+            read(answer)
+        })
+        .await
     }
 
     /// A GET of a small JSON document (at most [`MAX_DOCUMENT`] bytes), one attempt within
     /// `timeout`: the 2xx body, or why not (`sigoe -server URL -l` reads the gateway's
     /// `/api/models` this way).
-    pub fn get(&self, target: &Target, timeout: Duration) -> Result<Vec<u8>, Failure> {
-        let mut request = self
-            .shards(target)
-            .first()
-            .get(&target.url)
-            .config()
-            .timeout_global(Some(timeout))
-            .timeout_connect(Some(timeout.min(CONNECT_TIMEOUT)))
-            .build();
-        if let Some(key) = &target.key {
-            request = request.header("Authorization", format!("Bearer {key}"));
+    pub async fn get(&self, target: &Target, timeout: Duration) -> Result<Vec<u8>, Failure> {
+        let until = Instant::now() + timeout;
+        let mut resp = send_as(&self.client, "GET", target, &[], until).await?;
+        match timeout_at(until, resp.body.read_all(MAX_DOCUMENT)).await {
+            Err(_) => Err(read_timeout(timeout)),
+            Ok(Err(e)) => Err(read_failure(e, timeout)),
+            Ok(Ok(body)) => Ok(body),
         }
-        let mut resp = request.call().map_err(|e| call_failure(e, timeout))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_DOCUMENT)
-            .read_to_vec()
-            .map_err(|e| read_failure(e, timeout))?;
-        if (200..300).contains(&status) {
-            Ok(body)
-        } else {
-            Err(Failure::Status {
-                status,
-                retry_after: None,
-                body,
-            })
-        }
+    }
+
+    /// [`Upstream::get`] on a thread that is not an event loop.
+    pub fn get_blocking(&self, target: &Target, timeout: Duration) -> Result<Vec<u8>, Failure> {
+        crate::rt::block_on(self.get(target, timeout))
+            .unwrap_or_else(|e| Err(Failure::Connect(e.to_string())))
     }
 
     /// Starts a stream on a pooled connection: retried until the first event has arrived
     /// (never after). `first_wait` bounds the wait for the first event and `gap` each later
     /// gap; keep-alive comments extend neither.
-    pub fn open_stream(
+    pub async fn open_stream(
         &self,
         target: &Target,
         body: &[u8],
@@ -218,35 +159,16 @@ impl Upstream {
         retries: u32,
         hangup: &Hangup,
     ) -> Attempted<OpenStream> {
-        let (agent, slot) = self.shards(target).take();
-        let call = stream::Call {
-            agent,
-            names: &self.names,
+        stream::open(
+            &self.client,
             target,
             body,
-        };
-        stream::open(&call, slot, first_wait, gap, retries, hangup)
+            (first_wait, gap),
+            retries,
+            hangup,
+        )
+        .await
     }
-}
-
-fn base_config(proxy: Option<ureq::Proxy>, tls: Option<ureq::tls::TlsConfig>) -> Config {
-    let builder = Agent::config_builder();
-    let builder = match tls {
-        Some(tls) => builder.tls_config(tls),
-        None => builder,
-    };
-    builder
-        .http_status_as_error(false)
-        .proxy(proxy)
-        .user_agent(format!("sigorest/{}", crate::VERSION))
-        .max_redirects(0)
-        .max_idle_connections(256)
-        .max_idle_connections_per_host(128)
-        // Crate notes: 16 KiB instead of 128 KiB halves the peak RSS of 100 streams.
-        .input_buffer_size(16 * 1024)
-        .output_buffer_size(16 * 1024)
-        .timeout_connect(Some(CONNECT_TIMEOUT))
-        .build()
 }
 
 /// A 2xx body must be a chat completion; a JSON error in a 200 is reported as such. Either
@@ -339,36 +261,19 @@ mod tests {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let (url, server) = tls_server_once_per_connection(&cert, 3);
         let upstream = Upstream::trusting(cert.cert.pem().as_bytes()).unwrap();
-        // `localhost` resolves through the shared resolver; the agent is the direct one.
         let target = Target::direct(url);
         for _ in 0..3 {
-            let body = upstream.get(&target, Duration::from_secs(5)).unwrap();
+            let body = upstream
+                .get_blocking(&target, Duration::from_secs(5))
+                .unwrap();
             assert_eq!(body, b"{}");
         }
-        // One rustls config for the agent (ureq builds one per connection for a call
-        // configured per request): the second and third handshakes are resumptions.
+        // One rustls config for the client: the second and third handshakes are resumptions.
         assert_eq!(server.join().unwrap(), [false, true, true]);
     }
 
     #[test]
-    fn the_agents_of_a_kind_share_one_tls_session_cache() {
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let (url, server) = tls_server_once_per_connection(&cert, 2);
-        let upstream = Upstream::trusting(cert.cert.pem().as_bytes()).unwrap();
-        let shards = upstream.shards(&Target::direct(url.clone()));
-        // The first call's agent, then (its 16 slots held) the next one's.
-        let (first, _) = shards.take();
-        assert!(first.get(&url).call().is_ok());
-        let held: Vec<_> = (0..shards::PER_SHARD).map(|_| shards.take()).collect();
-        let (second, _) = shards.take();
-        assert!(!std::ptr::eq(first, second));
-        assert!(second.get(&url).call().is_ok());
-        drop(held);
-        assert_eq!(server.join().unwrap(), [false, true]);
-    }
-
-    #[test]
-    fn a_stream_holds_its_slot_until_it_is_read_to_the_end() {
+    fn a_stream_read_to_its_end_gives_its_connection_back() {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!(
@@ -392,23 +297,41 @@ mod tests {
             wait.recv().unwrap();
             let rest = format!("{}0\r\n\r\n", event("[DONE]"));
             tcp.write_all(rest.as_bytes()).unwrap();
+            // Kept open a moment: the gateway may send its next request on it.
+            tcp.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let _ = tcp.read(&mut buf);
         });
         let upstream = Upstream::new();
         let target = Target::direct(url);
-        let open = upstream.open_stream(
-            &target,
-            b"{}",
-            Duration::from_secs(5),
-            Duration::from_secs(5),
-            0,
-            &Hangup::default(),
+        let hangup = Hangup::default();
+        let (end, text, idle) = crate::rt::block_on(async {
+            let open = upstream
+                .open_stream(
+                    &target,
+                    b"{}",
+                    Duration::from_secs(5),
+                    Duration::from_secs(5),
+                    0,
+                    &hangup,
+                )
+                .await;
+            let open = open.result.expect("the stream opens");
+            go_on.send(()).unwrap();
+            let mut gathered = crate::chat::stream::Gathered::keeping(true);
+            let end =
+                read_open_stream(open, &mut gathered, &hangup, |_, _| Ok(()), async || Ok(()))
+                    .await;
+            (end, gathered.text().to_string(), client::idle_here())
+        })
+        .unwrap();
+        assert!(
+            matches!(end, crate::chat::stream::StreamEnd::Done),
+            "{end:?}"
         );
-        let open = open.result.expect("the stream opens");
-        assert_eq!(upstream.direct.taken(), 1, "held while the stream runs");
-        go_on.send(()).unwrap();
-        let mut gathered = crate::chat::stream::Gathered::default();
-        read_open_stream(open, &mut gathered, |_, _| Ok(()));
-        assert_eq!(upstream.direct.taken(), 0, "given back at its end");
+        assert_eq!(text, "a");
+        assert_eq!(idle, 1, "the connection went back to the pool");
+        drop(upstream);
         server.join().unwrap();
     }
 }

@@ -1,33 +1,25 @@
 //! Streams from a provider: opening one (retried until its first event, never after), and
-//! reading it to its end, on the agents' pooled connections.
+//! reading it to its end, on pooled connections.
 //!
-//! The request's [`Abort`] makes a client's departure interrupt a blocked send or read at
-//! once, and carries the deadline of each wait: the first event is due within the
-//! request's `timeout` (connecting and sending included), and each later event within
-//! `timeout` of the one before — keep-alive comments in between do not count. After
-//! `[DONE]` the rest of the body is read (briefly), so that the connection goes back to the
-//! pool for the next request.
+//! The first event is due within the request's `timeout` (connecting and sending included),
+//! and each later event within `timeout` of the one before — keep-alive comments in between
+//! do not count. After `[DONE]` the rest of the body is read (briefly), so that the
+//! connection goes back to the pool for the next request. A client that leaves ends the
+//! reading at once (its hang-up is raced against every wait).
 
-use std::io::{BufReader, Read};
+use std::io;
 use std::time::{Duration, Instant};
 
-use ureq::Agent;
-
-use super::abort::Abort;
-use super::call::{CONNECT_TIMEOUT, MAX_ERROR_BODY, io_failure, send, with_retries};
-use super::resolver::Names;
+use super::call::{MAX_ERROR_BODY, io_failure, send, unless_gone, with_retries};
+use super::client::{self, Client};
 use super::retry::Failure;
-use super::shards::Slot;
 use super::target::{Attempted, Target};
 use crate::chat::provider_error::{error_in, reported};
-use crate::chat::sse::{Event, EventReader};
-use crate::chat::stream::{Chunk, Gathered, StreamEnd, read_stream};
+use crate::chat::sse::{Event, EventParser};
+use crate::chat::stream::{Chunk, Gathered, StreamEnd, take_event};
+use crate::rt::time::timeout_at;
 use crate::util::Hangup;
 
-/// Read buffer of a stream, over ureq's own 16 KiB input buffer: events are usually a few
-/// hundred bytes, and longer ones are simply read in several pieces. (16 KiB here cost
-/// 1.2 MB of peak memory at 100 concurrent streams.)
-const STREAM_BUFFER: usize = 4 * 1024;
 /// After `[DONE]`: how long, and how many bytes, the end of the body may take before the
 /// connection is dropped instead of pooled.
 const DRAIN_TIME: Duration = Duration::from_secs(1);
@@ -37,113 +29,153 @@ const DRAIN_BYTES: usize = 64 * 1024;
 pub struct OpenStream {
     /// The first event.
     pub first: Event,
-    /// The rest of the events.
-    pub events: EventReader<BufReader<ureq::BodyReader<'static>>>,
-    /// The request's claim on its connection (see [`Abort`]).
-    abort: Abort,
-    /// The call's slot, which chose its agent (see `shards`): held while the stream runs.
-    slot: Option<Slot>,
+    body: client::Body,
+    parser: EventParser,
+    /// Bytes read and not parsed yet.
+    buf: Vec<u8>,
+    /// Each event within this of the one before.
+    gap: Duration,
+    /// The deadline of the next wait, when not `gap` from its start.
+    next: Option<Instant>,
 }
 
-/// Reads an opened stream to its end (see [`read_stream`]). A complete stream's connection
-/// goes back to the pool; any other is closed.
-pub fn read_open_stream(
-    stream: OpenStream,
-    gathered: &mut Gathered,
-    each: impl FnMut(&str, &Chunk) -> std::io::Result<()>,
-) -> StreamEnd {
-    let OpenStream {
-        first,
-        mut events,
-        abort,
-        slot,
-    } = stream;
-    let end = abort.scope(|| {
-        let end = read_stream(first, &mut events, gathered, each);
-        if matches!(end, StreamEnd::Done) {
-            // Whether the rest came or not, the answer is complete.
-            events.drain(DRAIN_TIME, DRAIN_BYTES);
+impl OpenStream {
+    /// The next event; `Ok(None)` at the end of the stream. Comments and other lines do not
+    /// extend the wait for it.
+    pub async fn next_event(&mut self) -> io::Result<Option<Event>> {
+        let deadline = self
+            .next
+            .take()
+            .unwrap_or_else(|| Instant::now() + self.gap);
+        loop {
+            if let Some(event) = self.parser.next_event()? {
+                return Ok(Some(event));
+            }
+            self.buf.clear();
+            match timeout_at(deadline, self.body.next(&mut self.buf)).await {
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no event within the timeout",
+                    ));
+                }
+                Ok(Err(e)) => return Err(io::Error::other(e.to_string())),
+                Ok(Ok(false)) => return self.parser.finish(),
+                Ok(Ok(true)) => self.parser.feed(&self.buf),
+            }
         }
-        end
-    });
-    // Dropping the reader gives a fully read connection back to ureq's pool, and closes
-    // one cut short; only then is the request's claim on it over.
-    drop(events);
-    abort.finish();
-    drop(slot);
-    end
+    }
+
+    /// After `[DONE]`: reads the rest of the body (within [`DRAIN_TIME`] and
+    /// [`DRAIN_BYTES`]) so that the connection can serve another request.
+    async fn drain(&mut self) {
+        let until = Instant::now() + DRAIN_TIME;
+        let mut read = 0;
+        while read <= DRAIN_BYTES && !self.body.is_done() {
+            self.buf.clear();
+            match timeout_at(until, self.body.next(&mut self.buf)).await {
+                Ok(Ok(true)) => read += self.buf.len(),
+                _ => return,
+            }
+        }
+    }
 }
 
-/// What one attempt needs.
-pub(super) struct Call<'a> {
-    pub agent: &'a Agent,
-    pub names: &'a Names,
-    pub target: &'a Target,
-    pub body: &'a [u8],
+/// Reads an opened stream to its end (see [`take_event`]): each data event goes to `each`,
+/// and before the next is read `room` may hold the reading back (a client that reads
+/// slowly). A complete stream's connection goes back to the pool; any other is closed. The
+/// client's hang-up ends the reading at once ([`StreamEnd::Stopped`]).
+pub async fn read_open_stream(
+    mut stream: OpenStream,
+    gathered: &mut Gathered,
+    hangup: &Hangup,
+    mut each: impl FnMut(&str, &Chunk) -> io::Result<()>,
+    mut room: impl AsyncFnMut() -> io::Result<()>,
+) -> StreamEnd {
+    let mut event = Ok(Some(std::mem::replace(&mut stream.first, Event::Done)));
+    loop {
+        if let Some(end) = take_event(event, gathered, &mut each) {
+            if matches!(end, StreamEnd::Done) {
+                // Whether the rest came or not, the answer is complete.
+                stream.drain().await;
+            }
+            return end;
+        }
+        if let Err(e) = room().await {
+            return StreamEnd::Stopped(e);
+        }
+        event = match stream_next(&mut stream, hangup).await {
+            Some(e) => e,
+            None => {
+                return StreamEnd::Stopped(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "client gone",
+                ));
+            }
+        };
+    }
+}
+
+/// The stream's next event, or `None` when the client hangs up first.
+async fn stream_next(
+    stream: &mut OpenStream,
+    hangup: &Hangup,
+) -> Option<io::Result<Option<Event>>> {
+    unless_gone(hangup, async { Ok(stream.next_event().await) })
+        .await
+        .ok()
 }
 
 /// Starts a stream: retried until the first event has arrived (never after).
 /// `first_wait` bounds the wait for the first event (all attempts together) and `gap` each
 /// later one.
-pub(super) fn open(
-    call: &Call<'_>,
-    slot: Slot,
-    first_wait: Duration,
-    gap: Duration,
+pub(super) async fn open(
+    client: &Client,
+    target: &Target,
+    body: &[u8],
+    (first_wait, gap): (Duration, Duration),
     retries: u32,
     hangup: &Hangup,
 ) -> Attempted<OpenStream> {
-    let abort = Abort::new();
-    let interrupt = abort.clone();
-    hangup.on_hangup(move || interrupt.fire());
     let deadline = Instant::now() + first_wait;
-    let mut opened = with_retries(deadline, retries, hangup, |remaining| {
-        abort.set_deadline(Some(Instant::now() + remaining));
-        abort.scope(|| attempt(call, &abort, remaining, gap))
-    });
-    match &mut opened.result {
-        Ok(open) => open.slot = Some(slot),
-        Err(_) => abort.finish(),
-    }
-    opened
+    with_retries(deadline, retries, hangup, move |remaining| {
+        attempt(client, target, body, remaining, gap)
+    })
+    .await
 }
 
 /// One attempt: send, check the head, wait for the first event.
-fn attempt(
-    call: &Call<'_>,
-    abort: &Abort,
+async fn attempt(
+    client: &Client,
+    target: &Target,
+    body: &[u8],
     remaining: Duration,
     gap: Duration,
 ) -> Result<OpenStream, Failure> {
-    let request = call
-        .agent
-        .post(&call.target.url)
-        .config()
-        // Sending is bounded too: a proxy that stops reading must not hold a worker.
-        .timeout_send_request(Some(remaining))
-        .timeout_send_body(Some(remaining))
-        .timeout_recv_response(Some(remaining))
-        .timeout_connect(Some(remaining.min(CONNECT_TIMEOUT)))
-        .build();
-    let resp = send(request, call.target, call.body, remaining, call.names)?;
+    let deadline = Instant::now() + remaining;
+    let mut resp = send(client, target, body, deadline).await?;
     let is_json = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
+        .head
+        .header("content-type")
         .is_some_and(|ct| ct.contains("json"));
-    let reader = resp.into_body().into_reader();
     if is_json {
         // A 200 carrying JSON instead of a stream: an error (or a provider that ignores
         // `stream`); either way not something to relay as events, nor to ask again for.
-        let mut text = Vec::new();
-        let _ = reader.take(MAX_ERROR_BODY).read_to_end(&mut text);
+        let text = match timeout_at(deadline, resp.body.read_all(MAX_ERROR_BODY)).await {
+            Ok(Ok(t)) => t,
+            _ => Vec::new(),
+        };
         return Err(Failure::BadCompletion(json_instead_of_stream(&text)));
     }
-    let arm = abort.clone();
-    let mut events = EventReader::new(BufReader::with_capacity(STREAM_BUFFER, reader))
-        .with_waits(gap, Box::new(move |at| arm.set_deadline(at)));
-    events.wait_until(Instant::now() + remaining);
-    let first = match events.next_event() {
+    let mut stream = OpenStream {
+        first: Event::Done,
+        body: resp.body,
+        parser: EventParser::new(),
+        buf: Vec::new(),
+        gap,
+        next: Some(deadline),
+    };
+    stream.first = match stream.next_event().await {
         Ok(Some(Event::Data(d))) => {
             if let Some(msg) = error_in(&d) {
                 return Err(Failure::BadAnswer(reported(&msg)));
@@ -158,12 +190,7 @@ fn attempt(
         }
         Err(e) => return Err(io_failure(&e, remaining, "waiting for the first event")),
     };
-    Ok(OpenStream {
-        first,
-        events,
-        abort: abort.clone(),
-        slot: None,
-    })
+    Ok(stream)
 }
 
 fn json_instead_of_stream(body: &[u8]) -> String {

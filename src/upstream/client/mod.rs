@@ -566,5 +566,11 @@ impl Drop for Body {
     }
 }
 
+/// Idle connections on this thread's loop (tests).
+#[cfg(test)]
+pub(crate) fn idle_here() -> usize {
+    pool::idle_here()
+}
+
 #[cfg(test)]
 mod tests;

@@ -6,20 +6,13 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::rt::blocking::Pool;
 use crate::util::lock;
 
 /// How long the addresses of a name are reused.
 pub(crate) const TTL: Duration = Duration::from_secs(30);
-
-/// Threads that run lookups: few, and none when idle.
-fn lookups() -> &'static Pool {
-    static POOL: OnceLock<Pool> = OnceLock::new();
-    POOL.get_or_init(|| Pool::new("sigorest-dns", 8, 0, Duration::from_secs(10)))
-}
 
 /// A name's addresses and when they were looked up, by name and port.
 type Cache = HashMap<(String, u16), (Instant, Arc<[SocketAddr]>)>;
@@ -43,7 +36,7 @@ impl Names {
             return Ok(Arc::clone(addrs));
         }
         let name = key.0.clone();
-        let found = lookups()
+        let found = crate::rt::blocking::io()
             .run(move || (name.as_str(), port).to_socket_addrs().map(Vec::from_iter))
             .await
             .ok_or_else(|| io::Error::other("the name lookup failed"))??;

@@ -343,7 +343,10 @@ impl Shared {
         let port = self.port.load(Ordering::Acquire);
         let target = Target::direct(format!("http://127.0.0.1:{port}/health"));
         let started = Instant::now();
-        let probe = match self.health.get(&target, self.config.timing.check_timeout) {
+        let probe = match self
+            .health
+            .get_blocking(&target, self.config.timing.check_timeout)
+        {
             Ok(_) => Probe::Ready,
             Err(Failure::Status { .. }) => Probe::Loading,
             Err(
