@@ -428,7 +428,9 @@ async fn attempt(
         started: Instant::now(),
     };
     let result = if chat.stream {
-        call.stream(plan, slot, &mut tried).await
+        // Boxed: a stream's future is large and lives long; inline, it would grow every
+        // completion's future too.
+        Box::pin(call.stream(plan, slot, &mut tried)).await
     } else {
         call.complete(plan, &mut tried).await
     };

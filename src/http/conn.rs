@@ -128,7 +128,12 @@ async fn open(
     };
     let session = ServerConnection::new(Arc::clone(cfg)).ok()?;
     let mut stream = Stream::tls(tcp, session);
-    match until_stopped(shared, timeout_at(deadline, stream.handshake())).await {
+    let shaken = until_stopped(
+        shared,
+        timeout_at(deadline, std::pin::pin!(stream.handshake())),
+    )
+    .await;
+    match shaken {
         Some(Ok(Ok(()))) => Some(stream),
         Some(Ok(Err(e))) => {
             log::debug!(error:% = e; "TLS handshake failed");
@@ -203,7 +208,8 @@ async fn read_request(
     let (head, body) = match read.await {
         Ok(r) => r,
         Err(ReadError::Reject(rejection)) => {
-            refuse(shared, conn, *rejection, Some(began)).await;
+            // Boxed: rare, and it would grow every connection's future.
+            Box::pin(refuse(shared, conn, *rejection, Some(began))).await;
             return None;
         }
         Err(e) => {
@@ -307,7 +313,13 @@ async fn handle(
         Err(Full::Queue) => return (overloaded(&req.path), None),
     };
     let until = req.received + shared.timeouts.queue_wait;
-    let waited = watched(tcp, watch, hangup, timeout_at(until, entering.wait())).await;
+    let waited = watched(
+        tcp,
+        watch,
+        hangup,
+        timeout_at(until, std::pin::pin!(entering.wait())),
+    )
+    .await;
     drop(entering);
     let Ok(place) = waited else {
         return (overloaded(&req.path), None);
@@ -488,10 +500,10 @@ async fn write_full(stream: &mut Stream, reply: &Reply, resp: Response) -> super
 /// After a close: reads and drops what the client still sends until `until` or
 /// [`LINGER_BYTES`], so that it reads our answer instead of a reset. Never a full drain.
 async fn linger(stream: &mut Stream, until: Instant) {
-    let mut scratch = [0u8; 8192];
+    let mut scratch = vec![0u8; 8192];
     let mut total = 0;
     while total < LINGER_BYTES {
-        match timeout_at(until, read(stream, &mut scratch)).await {
+        match timeout_at(until, std::pin::pin!(read(stream, &mut scratch))).await {
             Ok(Ok(n)) if n > 0 => total += n,
             _ => return,
         }

@@ -187,7 +187,7 @@ pub(crate) async fn read_timed<W: Wire + ?Sized>(
     dst: &mut [u8],
     deadline: Instant,
 ) -> Result<usize, ReadError> {
-    match timeout_at(deadline, read(w, dst)).await {
+    match timeout_at(deadline, std::pin::pin!(read(w, dst))).await {
         Err(_) => Err(ReadError::Timeout),
         Ok(Ok(0)) | Ok(Err(_)) => Err(ReadError::Closed),
         Ok(Ok(n)) => Ok(n),
@@ -257,7 +257,7 @@ pub(crate) async fn read_body<W: Wire + ?Sized>(
     if head.expect_continue && wants_body && buf.is_empty() {
         let sent = timeout_at(
             Instant::now() + write_timeout,
-            write_all(w, b"HTTP/1.1 100 Continue\r\n\r\n"),
+            std::pin::pin!(write_all(w, b"HTTP/1.1 100 Continue\r\n\r\n")),
         )
         .await;
         if !matches!(sent, Ok(Ok(()))) {

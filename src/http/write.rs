@@ -264,7 +264,8 @@ pub(crate) async fn write_response<W: Wire + ?Sized>(
         }
         OutBody::Full(b) if !f.silent => {
             let deadline = Instant::now() + reply.write_timeout;
-            match timeout_at(deadline, write_all(w, &head)).await {
+            let head_written = timeout_at(deadline, std::pin::pin!(write_all(w, &head))).await;
+            match head_written {
                 Ok(Ok(())) => {
                     write_within(w, &b, deadline.saturating_duration_since(Instant::now())).await
                 }
@@ -287,7 +288,12 @@ async fn write_within<W: Wire + ?Sized>(
     bytes: &[u8],
     timeout: Duration,
 ) -> io::Result<()> {
-    match timeout_at(Instant::now() + timeout, write_all(w, bytes)).await {
+    match timeout_at(
+        Instant::now() + timeout,
+        std::pin::pin!(write_all(w, bytes)),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,

@@ -69,9 +69,14 @@ impl Drop for Sleep {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Elapsed;
 
-/// Runs `future` until `at`; past it, the future is dropped and [`Elapsed`] returned.
-pub(crate) async fn timeout_at<F: Future>(at: Instant, future: F) -> Result<F::Output, Elapsed> {
-    let mut future = std::pin::pin!(future);
+/// Runs `future` until `at`; past it, [`Elapsed`] is returned (the caller drops the
+/// future). The future is pinned by the caller (`pin!`): taken by value, an async fn would
+/// hold it twice (its argument and its pinned copy), which doubles the size of every
+/// future that waits with a deadline.
+pub(crate) async fn timeout_at<F: Future + ?Sized>(
+    at: Instant,
+    mut future: Pin<&mut F>,
+) -> Result<F::Output, Elapsed> {
     let mut sleep = sleep_until(at);
     std::future::poll_fn(|cx| {
         if let Poll::Ready(v) = future.as_mut().poll(cx) {
@@ -88,5 +93,5 @@ pub(crate) async fn timeout_at<F: Future>(at: Instant, future: F) -> Result<F::O
 /// Runs `future` for at most `d`.
 #[cfg(test)]
 pub(crate) async fn timeout<F: Future>(d: Duration, future: F) -> Result<F::Output, Elapsed> {
-    timeout_at(Instant::now() + d, future).await
+    timeout_at(Instant::now() + d, std::pin::pin!(future)).await
 }

@@ -16,12 +16,12 @@ use crate::util::Hangup;
 /// Largest upstream error body kept for the error message.
 pub(super) const MAX_ERROR_BODY: u64 = 64 * 1024;
 
-/// Runs `fut` unless the client hangs up first ([`Failure::Cancelled`] then).
-pub(super) async fn unless_gone<T>(
+/// Runs `fut` unless the client hangs up first ([`Failure::Cancelled`] then). Pinned by
+/// the caller, for the reason `timeout_at` gives.
+pub(super) async fn unless_gone<T, F: Future<Output = Result<T, Failure>> + ?Sized>(
     hangup: &Hangup,
-    fut: impl Future<Output = Result<T, Failure>>,
+    mut fut: std::pin::Pin<&mut F>,
 ) -> Result<T, Failure> {
-    let mut fut = pin!(fut);
     let mut gone = pin!(hangup.fired());
     std::future::poll_fn(|cx| {
         if let Poll::Ready(r) = fut.as_mut().poll(cx) {
@@ -59,7 +59,7 @@ where
                 "no answer within the request's timeout".into(),
             ))
         } else {
-            unless_gone(hangup, attempt(remaining)).await
+            unless_gone(hangup, std::pin::pin!(attempt(remaining))).await
         };
         let failure = match result {
             Ok(v) => {
@@ -85,10 +85,13 @@ where
             };
         }
         log::debug!(attempt = attempts, wait_ms = wait.as_millis() as u64; "retrying upstream call");
-        let waited = unless_gone(hangup, async {
-            sleep(wait).await;
-            Ok(())
-        })
+        let waited = unless_gone(
+            hangup,
+            std::pin::pin!(async {
+                sleep(wait).await;
+                Ok(())
+            }),
+        )
         .await;
         if waited.is_err() {
             return Attempted {
@@ -136,7 +139,7 @@ pub(super) async fn send_as(
         body,
         direct: target.direct,
     };
-    let sent = timeout_at(deadline, client.send(&req)).await;
+    let sent = timeout_at(deadline, std::pin::pin!(client.send(&req))).await;
     let mut resp = match sent {
         Err(_) => {
             return Err(Failure::Timeout(format!(
@@ -156,7 +159,7 @@ pub(super) async fn send_as(
         resp.head.header("retry-after"),
         SystemTime::now(),
     );
-    let error_body = timeout_at(deadline, resp.body.read_all(MAX_ERROR_BODY)).await;
+    let error_body = timeout_at(deadline, std::pin::pin!(resp.body.read_all(MAX_ERROR_BODY))).await;
     let body = match error_body {
         Ok(Ok(b)) => b,
         _ => Vec::new(),

@@ -118,11 +118,12 @@ impl Upstream {
         with_retries(deadline, retries, hangup, move |remaining| async move {
             let until = Instant::now() + remaining;
             let mut resp = send(&self.client, target, body, until).await?;
-            let answer = match timeout_at(until, resp.body.read_all(MAX_ANSWER)).await {
-                Err(_) => return Err(read_timeout(remaining)),
-                Ok(Err(e)) => return Err(read_failure(e, remaining)),
-                Ok(Ok(a)) => a,
-            };
+            let answer =
+                match timeout_at(until, std::pin::pin!(resp.body.read_all(MAX_ANSWER))).await {
+                    Err(_) => return Err(read_timeout(remaining)),
+                    Ok(Err(e)) => return Err(read_failure(e, remaining)),
+                    Ok(Ok(a)) => a,
+                };
             read(answer)
         })
         .await
@@ -134,7 +135,7 @@ impl Upstream {
     pub async fn get(&self, target: &Target, timeout: Duration) -> Result<Vec<u8>, Failure> {
         let until = Instant::now() + timeout;
         let mut resp = send_as(&self.client, "GET", target, &[], until).await?;
-        match timeout_at(until, resp.body.read_all(MAX_DOCUMENT)).await {
+        match timeout_at(until, std::pin::pin!(resp.body.read_all(MAX_DOCUMENT))).await {
             Err(_) => Err(read_timeout(timeout)),
             Ok(Err(e)) => Err(read_failure(e, timeout)),
             Ok(Ok(body)) => Ok(body),

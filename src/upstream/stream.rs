@@ -52,7 +52,8 @@ impl OpenStream {
                 return Ok(Some(event));
             }
             self.buf.clear();
-            match timeout_at(deadline, self.body.next(&mut self.buf)).await {
+            let read = timeout_at(deadline, std::pin::pin!(self.body.next(&mut self.buf))).await;
+            match read {
                 Err(_) => {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -73,7 +74,8 @@ impl OpenStream {
         let mut read = 0;
         while read <= DRAIN_BYTES && !self.body.is_done() {
             self.buf.clear();
-            match timeout_at(until, self.body.next(&mut self.buf)).await {
+            let more = timeout_at(until, std::pin::pin!(self.body.next(&mut self.buf))).await;
+            match more {
                 Ok(Ok(true)) => read += self.buf.len(),
                 _ => return,
             }
@@ -121,9 +123,12 @@ async fn stream_next(
     stream: &mut OpenStream,
     hangup: &Hangup,
 ) -> Option<io::Result<Option<Event>>> {
-    unless_gone(hangup, async { Ok(stream.next_event().await) })
-        .await
-        .ok()
+    unless_gone(
+        hangup,
+        std::pin::pin!(async { Ok(stream.next_event().await) }),
+    )
+    .await
+    .ok()
 }
 
 /// Starts a stream: retried until the first event has arrived (never after).
@@ -161,10 +166,11 @@ async fn attempt(
     if is_json {
         // A 200 carrying JSON instead of a stream: an error (or a provider that ignores
         // `stream`); either way not something to relay as events, nor to ask again for.
-        let text = match timeout_at(deadline, resp.body.read_all(MAX_ERROR_BODY)).await {
-            Ok(Ok(t)) => t,
-            _ => Vec::new(),
-        };
+        let text =
+            match timeout_at(deadline, std::pin::pin!(resp.body.read_all(MAX_ERROR_BODY))).await {
+                Ok(Ok(t)) => t,
+                _ => Vec::new(),
+            };
         return Err(Failure::BadCompletion(json_instead_of_stream(&text)));
     }
     let mut stream = OpenStream {

@@ -175,7 +175,9 @@ impl Client {
             let was_reused = reused.is_some();
             let mut conn = match reused.take() {
                 Some(conn) => conn,
-                None => self.connect(req.url, proxy).await?,
+                // Boxed: connecting is rare (connections are pooled) and its future large;
+                // inline it would grow every call's future.
+                None => Box::pin(self.connect(req.url, proxy)).await?,
             };
             match exchange(&mut conn, &bytes, req.body, head_only).await {
                 Ok(head) => {
@@ -221,40 +223,43 @@ impl Client {
     /// `https`, all within [`CONNECT_TIMEOUT`].
     async fn connect(&self, url: &Url, proxy: Option<&Proxy>) -> Result<Conn, Error> {
         let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let made = timeout_at(deadline, async {
-            let (host, port) = match proxy {
-                Some(p) => (p.host.as_str(), p.port),
-                None => (url.host.as_str(), url.port),
-            };
-            let addrs = self.inner.names.resolve(host, port).await.map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound || e.raw_os_error().is_none() {
-                    io::Error::new(io::ErrorKind::NotFound, "host not found")
-                } else {
-                    e
+        let made = timeout_at(
+            deadline,
+            std::pin::pin!(async {
+                let (host, port) = match proxy {
+                    Some(p) => (p.host.as_str(), p.port),
+                    None => (url.host.as_str(), url.port),
+                };
+                let addrs = self.inner.names.resolve(host, port).await.map_err(|e| {
+                    if e.kind() == io::ErrorKind::NotFound || e.raw_os_error().is_none() {
+                        io::Error::new(io::ErrorKind::NotFound, "host not found")
+                    } else {
+                        e
+                    }
+                })?;
+                let tcp = connect_any(&addrs, deadline).await.inspect_err(|_| {
+                    // The remembered addresses may be stale: look the name up again next time.
+                    self.inner.names.forget();
+                })?;
+                let _ = tcp.set_nodelay(true);
+                let mut conn = Conn::new(Stream::plain(tcp));
+                if let Some(p) = proxy {
+                    tunnel(&mut conn, url, p).await?;
                 }
-            })?;
-            let tcp = connect_any(&addrs, deadline).await.inspect_err(|_| {
-                // The remembered addresses may be stale: look the name up again next time.
-                self.inner.names.forget();
-            })?;
-            let _ = tcp.set_nodelay(true);
-            let mut conn = Conn::new(Stream::plain(tcp));
-            if let Some(p) = proxy {
-                tunnel(&mut conn, url, p).await?;
-            }
-            if !url.https {
-                return Ok(conn);
-            }
-            let name = rustls::pki_types::ServerName::try_from(url.host.clone())
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            let session = rustls::ClientConnection::new(Arc::clone(&self.inner.tls), name)
-                .map_err(io::Error::other)?;
-            let Conn { stream, .. } = conn;
-            let tcp = stream_into_tcp(stream);
-            let mut stream = Stream::tls(tcp, session);
-            stream.handshake().await?;
-            Ok(Conn::new(stream))
-        })
+                if !url.https {
+                    return Ok(conn);
+                }
+                let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let session = rustls::ClientConnection::new(Arc::clone(&self.inner.tls), name)
+                    .map_err(io::Error::other)?;
+                let Conn { stream, .. } = conn;
+                let tcp = stream_into_tcp(stream);
+                let mut stream = Stream::tls(tcp, session);
+                stream.handshake().await?;
+                Ok(Conn::new(stream))
+            }),
+        )
         .await;
         match made {
             Ok(Ok(conn)) => Ok(conn),
@@ -296,7 +301,12 @@ async fn connect_any(addrs: &[SocketAddr], deadline: Instant) -> io::Result<TcpS
         } else {
             (left / 2).max(MIN_PER_ADDRESS)
         };
-        match timeout_at(Instant::now() + share, TcpStream::connect(*addr)).await {
+        match timeout_at(
+            Instant::now() + share,
+            std::pin::pin!(TcpStream::connect(*addr)),
+        )
+        .await
+        {
             Ok(Ok(tcp)) => return Ok(tcp),
             Ok(Err(e)) => last = e,
             Err(_) => {
