@@ -85,6 +85,16 @@ pub struct Gateway {
     pub(crate) stats: Arc<Stats>,
     /// Metrics and usage: every model call is recorded there once.
     pub(crate) ledger: Arc<Ledger>,
+    /// Each cloud provider's and Ollama's API base and chat target, made once (the
+    /// environment does not change while the server runs).
+    endpoints: Vec<(Provider, Endpoint)>,
+}
+
+/// Where a provider's requests go.
+#[derive(Clone)]
+struct Endpoint {
+    base: Arc<str>,
+    chat: Target,
 }
 
 /// What a reload changed.
@@ -104,7 +114,7 @@ pub(crate) struct Resolved {
     /// Its chat-completions endpoint.
     pub target: Target,
     /// The base of its OpenAI-compatible API (`{base}/embeddings`, ...).
-    pub base: String,
+    pub base: Arc<str>,
 }
 
 impl Gateway {
@@ -142,6 +152,27 @@ impl Gateway {
                 clock.clone(),
             )
         });
+        let endpoints = Provider::CLOUD
+            .into_iter()
+            .chain([Provider::Ollama])
+            .map(|p| {
+                let base = p.api_base(&settings.env);
+                let url = format!("{base}/chat/completions");
+                let chat = match p {
+                    // The real Ollama name goes upstream, with no key and never through a
+                    // proxy.
+                    Provider::Ollama => Target::direct(url),
+                    _ => Target::new(url, p.key(&settings.env).map(str::to_string)),
+                };
+                (
+                    p,
+                    Endpoint {
+                        base: Arc::from(base),
+                        chat,
+                    },
+                )
+            })
+            .collect();
         Ok(Gateway {
             env: settings.env.clone(),
             catalog,
@@ -164,6 +195,7 @@ impl Gateway {
                 settings.usage_flush,
             )),
             settings,
+            endpoints,
         })
     }
 
@@ -299,6 +331,24 @@ impl Gateway {
         (ranked, blocked)
     }
 
+    /// Where a provider's requests go (made once at start-up; made now for a provider that
+    /// has none there, the local llama-server's being resolved apart).
+    fn endpoint(&self, provider: Provider) -> Endpoint {
+        match self.endpoints.iter().find(|(p, _)| *p == provider) {
+            Some((_, e)) => e.clone(),
+            None => {
+                let base = provider.api_base(&self.env);
+                Endpoint {
+                    chat: Target::new(
+                        format!("{base}/chat/completions"),
+                        provider.key(&self.env).map(str::to_string),
+                    ),
+                    base: Arc::from(base),
+                }
+            }
+        }
+    }
+
     /// Whether [`Gateway::resolve`] answers without a discovery (which may ask Ollama and
     /// wait): every name but an `ollama-…` one not known yet.
     pub(crate) fn resolves_at_once(&self, name: &str) -> bool {
@@ -316,20 +366,16 @@ impl Gateway {
             let target = l.chat_target()?;
             return Ok(Resolved {
                 model: l.model().clone(),
-                base: l.api_base().unwrap_or_default(),
+                base: Arc::from(l.api_base().unwrap_or_default()),
                 target,
             });
         }
         if let Some(model) = self.listed().get(name) {
-            let base = model.provider.api_base(&self.env);
-            let target = Target::new(
-                format!("{base}/chat/completions"),
-                model.provider.key(&self.env).map(str::to_string),
-            );
+            let e = self.endpoint(model.provider);
             return Ok(Resolved {
                 model: model.clone(),
-                target,
-                base,
+                target: e.chat,
+                base: e.base,
             });
         }
         let not_found = |reason: String| Error::ModelNotFound {
@@ -340,11 +386,11 @@ impl Gateway {
             // The real Ollama name goes upstream (`to_model` makes it the id), with no key
             // and never through a proxy.
             Lookup::Found(m) => {
-                let base = Provider::Ollama.api_base(&self.env);
+                let e = self.endpoint(Provider::Ollama);
                 Ok(Resolved {
                     model: m.to_model(),
-                    target: Target::direct(format!("{base}/chat/completions")),
-                    base,
+                    target: e.chat,
+                    base: e.base,
                 })
             }
             Lookup::Gone => Err(not_found(format!(

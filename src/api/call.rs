@@ -189,7 +189,7 @@ pub(crate) async fn run(
     };
     let mut attempts = 0;
     let mut tried = Vec::new();
-    let mut outcome = Err(Error::invalid("no model to try"));
+    let mut outcome: Option<Result<Answered, Error>> = None;
     // The error of the last model that could have answered: a fallback that is merely
     // skipped (not offered, not this key's) does not replace it as the answer.
     let mut real: Option<Error> = None;
@@ -206,7 +206,7 @@ pub(crate) async fn run(
         let next = match result {
             Err(e) if i > 0 && skipped(&e) => {
                 if !more {
-                    outcome = Err(real.take().unwrap_or(e));
+                    outcome = Some(Err(real.take().unwrap_or(e)));
                 }
                 more
             }
@@ -216,7 +216,7 @@ pub(crate) async fn run(
                 true
             }
             other => {
-                outcome = other;
+                outcome = Some(other);
                 false
             }
         };
@@ -231,6 +231,7 @@ pub(crate) async fn run(
         }
         gw.ledger.count_attempts(provider, t.error, t.attempts);
     }
+    let mut outcome = outcome.unwrap_or_else(|| Err(Error::invalid("no model to try")));
     account(gw, req, &mut outcome, &tried, attempts, log, rec);
     outcome
 }
@@ -246,17 +247,20 @@ fn account(
     log: &mut LogFields,
     rec: &mut CallRecord,
 ) {
-    log.push((
-        "model",
-        outcome.as_ref().map_or_else(
-            |_| tried.last().copied().unwrap_or("").to_string(),
-            |a| a.model().short.clone(),
-        ),
-    ));
-    if tried.len() > 1 {
-        log.push(("tried", tried.join("|")));
+    // The fields are for the access log only: none are made when it is off (`-q`).
+    if log::log_enabled!(log::Level::Info) {
+        log.push((
+            "model",
+            outcome.as_ref().map_or_else(
+                |_| tried.last().copied().unwrap_or("").to_string(),
+                |a| a.model().short.clone(),
+            ),
+        ));
+        if tried.len() > 1 {
+            log.push(("tried", tried.join("|")));
+        }
+        log.push(("attempts", attempts.to_string()));
     }
-    log.push(("attempts", attempts.to_string()));
     match outcome {
         Ok(Answered::Complete(done)) => {
             log_tokens(log, &done.answer.usage);
@@ -349,18 +353,25 @@ fn candidates(gw: &Gateway, caller: &Caller, chat: &ChatRequest) -> Result<Vec<S
         } else {
             &chat.fallbacks[..]
         };
+        if next.is_empty() {
+            // The usual call: one model, nothing to weed out.
+            return Ok(vec![chat.model.clone()]);
+        }
         std::iter::once(chat.model.clone())
             .chain(next.iter().cloned())
             .collect()
     };
-    let mut seen: Vec<String> = Vec::new();
-    list.retain(|m| {
-        let key = m.to_ascii_lowercase();
-        !seen.contains(&key) && {
-            seen.push(key);
-            true
+    let mut kept = 0;
+    for i in 0..list.len() {
+        let repeated = list[..kept]
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(&list[i]));
+        if !repeated {
+            list.swap(kept, i);
+            kept += 1;
         }
-    });
+    }
+    list.truncate(kept);
     Ok(list)
 }
 
@@ -530,6 +541,8 @@ impl Upcall<'_> {
                 plan.deadline,
                 chat.retries,
                 &req.hangup,
+                // All of the answer only where it is read: a session turn, a translation.
+                prepared.keeps_session() || chat.translated,
             )
             .await;
         tried.attempts = done.attempts;
@@ -582,7 +595,7 @@ fn ready(
         ));
     }
     if let Some(env) = model.provider.key_env()
-        && resolved.target.key.is_none()
+        && resolved.target.key().is_none()
     {
         return Err(Error::ProviderNotConfigured { env });
     }
@@ -826,6 +839,9 @@ pub(super) fn fail(
 
 /// Adds the token usage, where the provider reported it, to the access log line.
 fn log_tokens(log: &mut LogFields, usage: &Usage) {
+    if !log::log_enabled!(log::Level::Info) {
+        return;
+    }
     if let Some(n) = usage.prompt_tokens {
         log.push(("prompt_tokens", n.to_string()));
     }

@@ -77,10 +77,7 @@ mod tests {
             path: "/v1/models".into(),
             query: None,
             version: crate::http::Version::Http11,
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
-                .collect(),
+            headers: crate::http::Headers::from_pairs(headers.iter().copied()),
             body: Vec::new(),
             peer: "127.0.0.1".parse().unwrap(),
             tls: false,

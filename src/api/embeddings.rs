@@ -14,7 +14,6 @@ use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::http::{LogFields, Request, Response};
 use crate::state::catalog::Provider;
-use crate::upstream::Target;
 use crate::upstream::breaker::Outcome;
 use crate::upstream::retry::Failure;
 
@@ -78,7 +77,7 @@ async fn answer(
         ));
     }
     if let Some(env) = model.provider.key_env()
-        && resolved.target.key.is_none()
+        && resolved.target.key().is_none()
     {
         return Err(Error::ProviderNotConfigured { env });
     }
@@ -86,10 +85,7 @@ async fn answer(
     let sent = serde_json::to_vec(&body).map_err(|e| Error::Internal {
         message: e.to_string(),
     })?;
-    let target = Target {
-        url: format!("{}/embeddings", resolved.base),
-        ..resolved.target
-    };
+    let target = resolved.target.at(format!("{}/embeddings", resolved.base));
     let permit = gw
         .breakers
         .admit(&model.short)

@@ -75,6 +75,7 @@ fn translate(gw: &Gateway, raw: &[u8]) -> Result<(Map<String, Value>, ChatReques
         ChatRequest::from_object(request::to_chat(&body, claude)?, gw.settings.max_timeout)?;
     chat.thinking = Some(answer::wants_thinking(&body));
     chat.cache_marks = claude;
+    chat.translated = true;
     Ok((body, chat))
 }
 

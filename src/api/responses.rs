@@ -47,7 +47,8 @@ async fn respond(
     rec: &mut CallRecord,
 ) -> Result<Response, Error> {
     let body = json_object(&req.body, "Responses")?;
-    let chat = ChatRequest::from_object(request::to_chat(&body)?, gw.settings.max_timeout)?;
+    let mut chat = ChatRequest::from_object(request::to_chat(&body)?, gw.settings.max_timeout)?;
+    chat.translated = true;
     let envelope = Envelope::new(&chat.model, request::echo(&body));
     Ok(match call::run(gw, req, caller, &chat, log, rec).await? {
         Answered::Complete(done) => {

@@ -116,14 +116,7 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
         #[serde(default)]
         refusal: Value,
     }
-    let raw: Raw = serde_json::from_slice(body).map_err(|e| {
-        let kind = if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
-            "not a chat completion"
-        } else {
-            "not JSON"
-        };
-        format!("answer is {kind}: {e}")
-    })?;
+    let raw: Raw = serde_json::from_slice(body).map_err(|e| not_an_answer(body, &e))?;
     // The first choice (`index` 0 where the provider numbers them; with `n` > 1 they need
     // not come in order). None at all is no answer, not an empty one.
     if raw.choices.is_empty() {
@@ -164,6 +157,37 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
         reasoning,
         refusal,
     })
+}
+
+/// Reads only what the books need of an upstream 2xx body — its usage — checking, as
+/// [`parse_answer`] does, that it is a chat completion with a choice: for an answer that
+/// goes to the client as it came, with no session turn to keep. Much cheaper than the
+/// whole read (no content is copied out).
+pub fn parse_usage(body: &[u8]) -> Result<Answer, String> {
+    #[derive(Deserialize)]
+    struct Raw {
+        choices: Vec<serde::de::IgnoredAny>,
+        #[serde(default)]
+        usage: Option<Usage>,
+    }
+    let raw: Raw = serde_json::from_slice(body).map_err(|e| not_an_answer(body, &e))?;
+    if raw.choices.is_empty() {
+        return Err("answer has no choices".to_string());
+    }
+    Ok(Answer {
+        usage: raw.usage.unwrap_or_default(),
+        ..Answer::default()
+    })
+}
+
+/// Why a body is not a chat completion: not JSON at all, or JSON of another shape.
+fn not_an_answer(body: &[u8], e: &serde_json::Error) -> String {
+    let kind = if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        "not a chat completion"
+    } else {
+        "not JSON"
+    };
+    format!("answer is {kind}: {e}")
 }
 
 /// The reasoning text of a message or delta: `reasoning_content`, else `reasoning`, when a

@@ -56,6 +56,9 @@ pub struct ChatRequest {
     /// request to a Claude model): written to a Claude upstream only, so a fallback to
     /// another provider does not get a key it may refuse.
     pub cache_marks: bool,
+    /// The answer is translated for another API (Messages, Responses), so all of it is
+    /// read; a chat completion's goes to the client as it came.
+    pub translated: bool,
     /// The body without the extensions; `model` and `messages` still as the client sent them.
     pub(super) body: Map<String, Value>,
 }
@@ -110,6 +113,7 @@ impl ChatRequest {
             fallbacks,
             thinking: None,
             cache_marks: false,
+            translated: false,
             body,
         })
     }

@@ -380,9 +380,16 @@ fn ask_provider(opts: &Options, env: &Env, upstream: &Upstream) -> Result<(), St
         return Ok(());
     }
     let deadline = Instant::now() + req.timeout;
-    let done = wait(upstream.complete(&target, &prepared.body, deadline, req.retries, &hangup))?
-        .result
-        .map_err(fail)?;
+    let done = wait(upstream.complete(
+        &target,
+        &prepared.body,
+        deadline,
+        req.retries,
+        &hangup,
+        true,
+    ))?
+    .result
+    .map_err(fail)?;
     let (answer, parsed) = (done.body, done.answer);
     let text = content_text(&parsed.content);
     prepared.save_turn(&sessions, assistant_message(parsed.content));
@@ -405,10 +412,16 @@ fn ask_gateway(opts: &Options, g: &Gateway, upstream: &Upstream) -> Result<(), S
         print_stream(stream, &opts.model)?;
         return Ok(());
     }
-    let done =
-        self::wait(upstream.complete(&target, body.as_bytes(), Instant::now() + wait, 1, &hangup))?
-            .result
-            .map_err(|f| gateway_failure(f, g))?;
+    let done = self::wait(upstream.complete(
+        &target,
+        body.as_bytes(),
+        Instant::now() + wait,
+        1,
+        &hangup,
+        true,
+    ))?
+    .result
+    .map_err(|f| gateway_failure(f, g))?;
     let (answer, parsed) = (done.body, done.answer);
     print_answer(opts, &answer, &content_text(&parsed.content))
 }

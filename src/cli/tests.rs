@@ -337,13 +337,13 @@ fn gateway_urls() {
         Gateway::parse("http://127.0.0.1:9080")
             .unwrap()
             .target("/x")
-            .direct
+            .is_direct()
     );
     assert!(
         !Gateway::parse("http://192.168.1.2:9080")
             .unwrap()
             .target("/x")
-            .direct
+            .is_direct()
     );
 }
 
@@ -583,12 +583,12 @@ fn the_gateway_key_goes_in_the_target_and_never_in_debug() {
     let g = Gateway::parse("http://127.0.0.1:9080")
         .unwrap()
         .with_key(Some(" sk-sigo-abc "));
-    assert_eq!(g.target("/v1/models").key.as_deref(), Some("sk-sigo-abc"));
+    assert_eq!(g.target("/v1/models").key(), Some("sk-sigo-abc"));
     assert!(!format!("{g:?}").contains("sk-sigo-abc"), "{g:?}");
     let none = Gateway::parse("http://127.0.0.1:9080")
         .unwrap()
         .with_key(Some(""));
-    assert!(none.target("/x").key.is_none());
+    assert!(none.target("/x").key().is_none());
 }
 
 #[test]

@@ -253,12 +253,13 @@ async fn answer(
     lease: Lease,
     tracking: &Tracking,
 ) -> bool {
-    let access = Access {
+    // (Nothing of it is kept when the access log is off, `-q`.)
+    let access = log::log_enabled!(log::Level::Info).then(|| Access {
         method: req.method.clone(),
         path: req.path.clone(),
         ip: req.peer,
         since: req.received,
-    };
+    });
     let hangup = req.hangup.clone();
     tracking.set_hangup(Some(hangup.clone()));
     let mut watch = Watch::new(conn.stream.is_tls(), req.version == Version::Http11);
@@ -285,7 +286,9 @@ async fn answer(
     watch.answering();
     let mut looking = |cx: &mut Context<'_>, s: &Stream| watch.poll(cx, s.tcp(), &hangup);
     let out = write_response(&mut conn.stream, &reply, out, &hangup, &mut looking).await;
-    access.log(&out);
+    if let Some(access) = &access {
+        access.log(&out);
+    }
     drop(place);
     tracking.set_hangup(None);
     out.keep_alive && !shared.is_stopping()

@@ -57,6 +57,7 @@ mod conn;
 #[cfg(test)]
 mod fuzz_tests;
 mod gate;
+mod headers;
 mod parse;
 mod pipe;
 mod server;
@@ -68,8 +69,10 @@ mod watch;
 mod wire;
 mod write;
 
+pub use headers::Headers;
 pub use pipe::Pipe;
 pub use server::{Server, start};
+pub(crate) use write::push_decimal;
 
 /// HTTP version of a request, which decides the framing of its response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +95,7 @@ pub struct Request {
     pub query: Option<String>,
     pub version: Version,
     /// Header names in lower case, values as sent (lossy UTF-8), in order.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     /// The whole body (after de-chunking).
     pub body: Vec<u8>,
     /// The client's address; IPv4-mapped IPv6 addresses are already turned into IPv4.
@@ -108,10 +111,7 @@ pub struct Request {
 impl Request {
     /// The first header with this name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 }
 

@@ -11,7 +11,7 @@ use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
 use super::wire::{Wire, read, write_all};
-use super::{Limits, Version};
+use super::{Headers, Limits, Version};
 use crate::error::Error;
 use crate::rt::time::timeout_at;
 
@@ -78,7 +78,7 @@ pub(crate) struct Head {
     pub query: Option<String>,
     pub version: Version,
     /// Names in lower case, values lossy UTF-8, in order.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     pub framing: Framing,
     /// `Expect: 100-continue` on an HTTP/1.1 request.
     pub expect_continue: bool,
@@ -359,16 +359,15 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
     } else {
         Version::Http11
     };
-    let headers: Vec<(String, String)> = req
+    let bytes: usize = req
         .headers
         .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).trim().to_string(),
-            )
-        })
-        .collect();
+        .map(|h| h.name.len() + h.value.len())
+        .sum();
+    let mut headers = Headers::with_capacity(req.headers.len(), bytes);
+    for h in req.headers.iter() {
+        headers.push(h.name, String::from_utf8_lossy(h.value).trim());
+    }
     let with_names = |e: ReadError| match e {
         ReadError::Reject(mut r) => {
             r.method = Some(method.to_string());
@@ -427,11 +426,11 @@ fn split_target(target: &str) -> Result<(String, Option<String>), ReadError> {
 
 /// Whether the client wants the connection kept open: HTTP/1.1 unless `Connection: close`,
 /// HTTP/1.0 only with `Connection: keep-alive`.
-pub(crate) fn keep_alive(version: Version, headers: &[(String, String)]) -> bool {
+pub(crate) fn keep_alive(version: Version, headers: &Headers) -> bool {
     let has = |token: &str| {
         headers
             .iter()
-            .filter(|(n, _)| n == "connection")
+            .filter(|(n, _)| *n == "connection")
             .flat_map(|(_, v)| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
@@ -445,30 +444,25 @@ pub(crate) fn keep_alive(version: Version, headers: &[(String, String)]) -> bool
 /// `Content-Length`, a length that is not a plain decimal number, or a transfer coding other
 /// than exactly `chunked` are refused: each is a way to make two parsers disagree on where a
 /// request ends (request smuggling).
-pub(crate) fn framing(
-    version: Version,
-    headers: &[(String, String)],
-) -> Result<Framing, ReadError> {
-    let lengths: Vec<&str> = headers
-        .iter()
-        .filter(|(n, _)| n == "content-length")
-        .map(|(_, v)| v.as_str())
-        .collect();
-    let codings: Vec<&str> = headers
-        .iter()
-        .filter(|(n, _)| n == "transfer-encoding")
+pub(crate) fn framing(version: Version, headers: &Headers) -> Result<Framing, ReadError> {
+    let named = |name: &'static str| headers.iter().filter(move |(n, _)| *n == name);
+    let mut lengths = named("content-length").map(|(_, v)| v);
+    let (length, more_lengths) = (lengths.next(), lengths.next().is_some());
+    let has_te = named("transfer-encoding").next().is_some();
+    let mut codings = named("transfer-encoding")
         .flat_map(|(_, v)| v.split(','))
         .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .collect();
-    let has_te = headers.iter().any(|(n, _)| n == "transfer-encoding");
-    match (lengths.as_slice(), has_te) {
-        ([], false) => Ok(Framing::Empty),
-        (_, true) if !lengths.is_empty() => Err(invalid(
+        .filter(|t| !t.is_empty());
+    let (coding, more_codings) = (codings.next(), codings.next().is_some());
+    match (length, has_te) {
+        (None, false) => Ok(Framing::Empty),
+        (Some(_), true) => Err(invalid(
             "both Content-Length and Transfer-Encoding: send only one",
         )),
-        (_, true) => match (version, codings.as_slice()) {
-            (Version::Http11, [only]) if only.eq_ignore_ascii_case("chunked") => {
+        (None, true) => match (version, coding) {
+            (Version::Http11, Some(only))
+                if !more_codings && only.eq_ignore_ascii_case("chunked") =>
+            {
                 Ok(Framing::Chunked)
             }
             (Version::Http10, _) => Err(invalid("Transfer-Encoding is not allowed in HTTP/1.0")),
@@ -476,8 +470,8 @@ pub(crate) fn framing(
                 "unsupported Transfer-Encoding: only 'chunked' is accepted",
             )),
         },
-        ([one], false) => parse_length(one),
-        (_, false) => Err(invalid("more than one Content-Length header")),
+        (Some(one), false) if !more_lengths => parse_length(one),
+        (Some(_), false) => Err(invalid("more than one Content-Length header")),
     }
 }
 

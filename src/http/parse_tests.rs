@@ -47,10 +47,6 @@ fn status(r: Result<(Head, Vec<u8>), ReadError>) -> String {
     }
 }
 
-fn header(name: &str, value: &str) -> (String, String) {
-    (name.to_string(), value.to_string())
-}
-
 #[test]
 fn parses_a_simple_get() {
     let (head, body) =
@@ -60,8 +56,8 @@ fn parses_a_simple_get() {
     assert_eq!(head.query.as_deref(), Some("x=1&y"));
     assert_eq!(head.version, Version::Http11);
     assert_eq!(
-        head.headers,
-        vec![header("host", "a"), header("x-thing", "v")]
+        head.headers.iter().collect::<Vec<_>>(),
+        [("host", "a"), ("x-thing", "v")]
     );
     assert_eq!(head.framing, Framing::Empty);
     assert!(head.keep_alive);
@@ -283,7 +279,7 @@ fn body_framing_rules() {
         (&[("transfer-encoding", "chunked")], Version::Http10, "400"),
     ];
     for (headers, version, want) in cases {
-        let headers: Vec<_> = headers.iter().map(|(n, v)| header(n, v)).collect();
+        let headers = Headers::from_pairs(headers.iter().copied());
         let got = match framing(*version, &headers) {
             Ok(f) => format!("{f:?}"),
             Err(ReadError::Reject(r)) => r.error.status().to_string(),
@@ -440,11 +436,12 @@ fn sends_100_continue_only_when_the_body_is_wanted_and_awaited() {
 fn keep_alive_rules() {
     let v11 = Version::Http11;
     let v10 = Version::Http10;
-    let conn = |v: &str| vec![header("connection", v)];
-    assert!(keep_alive(v11, &[]));
+    let conn = |v: &str| Headers::from_pairs([("connection", v)]);
+    let none = Headers::new();
+    assert!(keep_alive(v11, &none));
     assert!(!keep_alive(v11, &conn("close")));
     assert!(!keep_alive(v11, &conn("Upgrade, Close")));
-    assert!(!keep_alive(v10, &[]));
+    assert!(!keep_alive(v10, &none));
     assert!(keep_alive(v10, &conn("keep-alive")));
     assert!(keep_alive(v10, &conn("Keep-Alive, Upgrade")));
     assert!(!keep_alive(v10, &conn("keep-alive, close")));

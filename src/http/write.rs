@@ -11,7 +11,7 @@
 //! (its producer's next piece fails) and the connection closes.
 
 use std::future::{Future, poll_fn};
-use std::io::{self, Write};
+use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -126,31 +126,77 @@ fn header_ok(name: &str, value: &str) -> bool {
             .any(|n| name.eq_ignore_ascii_case(n))
 }
 
-/// The status line and headers, ending with the blank line.
+/// The status line and headers, ending with the blank line. (Written byte by byte, not
+/// through `format!`: this runs for every response.)
 fn head(
     status: u16,
     headers: &[(String, String)],
     framing: Framing,
     connection: Option<&str>,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
+    let mut out = Vec::with_capacity(
+        128 + headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 4)
+            .sum::<usize>(),
+    );
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(&mut out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
     for (n, v) in headers.iter().filter(|(n, v)| header_ok(n, v)) {
-        let _ = write!(out, "{n}: {v}\r\n");
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     match framing {
         Framing::Length(n) => {
-            let _ = write!(out, "Content-Length: {n}\r\n");
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(&mut out, n as u64);
+            out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         Framing::UntilClose | Framing::None => {}
     }
     if let Some(c) = connection {
-        let _ = write!(out, "Connection: {c}\r\n");
+        out.extend_from_slice(b"Connection: ");
+        out.extend_from_slice(c.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// Appends `n` in decimal.
+pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends `n` in lower-case hexadecimal (a chunk's size).
+fn push_hex(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[(n & 15) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// A response's body as the connection writes it.
@@ -308,8 +354,8 @@ fn framed_piece(piece: Vec<u8>, chunked: bool) -> Vec<u8> {
         return piece;
     }
     let mut out = Vec::with_capacity(piece.len() + 20);
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{:x}\r\n", piece.len());
+    push_hex(&mut out, piece.len() as u64);
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&piece);
     out.extend_from_slice(b"\r\n");
     out

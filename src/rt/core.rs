@@ -218,11 +218,6 @@ impl Core {
             .flatten()
     }
 
-    /// Whether this thread is ending (its loop, if it had one, is gone with it).
-    pub(crate) fn thread_ending() -> bool {
-        CURRENT.try_with(|_| ()).is_err()
-    }
-
     /// The loop of this thread, made now (and kept for the thread) when there is none: for
     /// [`super::block_on`] on threads that are not event loops.
     pub(crate) fn current_or_new() -> io::Result<(Rc<Core>, Option<mio::Poll>)> {

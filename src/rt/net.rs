@@ -241,10 +241,11 @@ impl Drop for TcpStream {
     fn drop(&mut self) {
         let (io, token) = (&mut self.io, self.token);
         if Core::with(self.home, |core| core.deregister(io, token)).is_none()
-            && !Core::thread_ending()
+            && Core::current_id().is_some()
         {
-            // Dropped on another thread (a bug): closing the socket takes it out of the
-            // loop's poll; its slot there stays taken.
+            // Dropped on another loop (a bug): closing the socket takes it out of its own
+            // loop's poll; its slot there stays taken. (With no loop on this thread, its
+            // loop has ended: the pool of a stopped loop is dropped this way.)
             log::error!("a socket was dropped off its event loop");
         }
     }

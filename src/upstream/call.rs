@@ -7,9 +7,9 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::client::{self, BodyError, Client, Response, Url};
+use super::client::{self, BodyError, Client, Response};
 use super::retry::{self, Failure};
-use super::target::{Attempted, Target};
+use super::target::{Attempted, Target, request_head};
 use crate::rt::time::{sleep, timeout_at};
 use crate::util::Hangup;
 
@@ -123,21 +123,24 @@ pub(super) async fn send_as(
     deadline: Instant,
 ) -> Result<Response, Failure> {
     let remaining = deadline.saturating_duration_since(Instant::now());
-    let url = Url::parse(&target.url).map_err(Failure::Connect)?;
-    let auth = target.key.as_ref().map(|k| format!("Bearer {k}"));
-    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2);
-    if method == "POST" {
-        headers.push(("Content-Type", "application/json"));
-    }
-    if let Some(a) = &auth {
-        headers.push(("Authorization", a));
-    }
+    let url = target
+        .parsed()
+        .map_err(|e| Failure::Connect(e.to_string()))?;
+    // A POST's head is the target's own, made once; any other is made here.
+    let other;
+    let head = if method == "POST" {
+        target.post_head()
+    } else {
+        other = request_head(method, url, target.key(), false);
+        &other
+    };
     let req = client::Request {
-        method,
-        url: &url,
-        headers: &headers,
+        head,
+        url,
         body,
-        direct: target.direct,
+        length: method == "POST",
+        head_request: method == "HEAD",
+        direct: target.is_direct(),
     };
     let sent = timeout_at(deadline, std::pin::pin!(client.send(&req))).await;
     let mut resp = match sent {
@@ -155,8 +158,8 @@ pub(super) async fn send_as(
         return Ok(resp);
     }
     let retry_after = retry::retry_after(
-        resp.head.header("retry-after-ms"),
-        resp.head.header("retry-after"),
+        resp.head.retry_after_ms.as_deref(),
+        resp.head.retry_after.as_deref(),
         SystemTime::now(),
     );
     let error_body = timeout_at(deadline, std::pin::pin!(resp.body.read_all(MAX_ERROR_BODY))).await;

@@ -83,8 +83,9 @@ impl Upstream {
     }
 
     /// A non-streamed completion: the upstream's 2xx body (checked, and read once for the
-    /// session and the log), or the last failure. The client's hang-up ends it at once
-    /// ([`Failure::Cancelled`]); `deadline` bounds it all, sending included.
+    /// session and the log: all of it when `whole`, else its usage), or the last failure.
+    /// The client's hang-up ends it at once ([`Failure::Cancelled`]); `deadline` bounds it
+    /// all, sending included.
     pub async fn complete(
         &self,
         target: &Target,
@@ -92,9 +93,10 @@ impl Upstream {
         deadline: Instant,
         retries: u32,
         hangup: &Hangup,
+        whole: bool,
     ) -> Attempted<Completion> {
         self.post(target, body, deadline, retries, hangup, |answer| {
-            check_answer(&answer).map(|parsed| Completion {
+            check_answer(&answer, whole).map(|parsed| Completion {
                 body: answer,
                 answer: parsed,
             })
@@ -173,9 +175,15 @@ impl Upstream {
 }
 
 /// A 2xx body must be a chat completion; a JSON error in a 200 is reported as such. Either
-/// way it is not asked for again: the provider answered, and may bill each try.
-fn check_answer(body: &[u8]) -> Result<crate::chat::answer::Answer, Failure> {
-    match crate::chat::answer::parse_answer(body) {
+/// way it is not asked for again: the provider answered, and may bill each try. Read whole
+/// when `whole`, else only its usage.
+fn check_answer(body: &[u8], whole: bool) -> Result<crate::chat::answer::Answer, Failure> {
+    let read = if whole {
+        crate::chat::answer::parse_answer(body)
+    } else {
+        crate::chat::answer::parse_usage(body)
+    };
+    match read {
         Ok(answer) => Ok(answer),
         Err(why) => Err(Failure::BadCompletion(
             match error_in(&String::from_utf8_lossy(body)) {
@@ -192,9 +200,27 @@ mod tests {
 
     #[test]
     fn error_answers() {
-        assert!(matches!(check_answer(br#"{"error":{"message":"quota"}}"#),
-            Err(Failure::BadCompletion(m)) if m.contains("quota")));
-        assert!(check_answer(br#"{"choices":[{"message":{"content":"x"}}]}"#).is_ok());
+        for whole in [true, false] {
+            assert!(
+                matches!(check_answer(br#"{"error":{"message":"quota"}}"#, whole),
+                Err(Failure::BadCompletion(m)) if m.contains("quota"))
+            );
+            assert!(check_answer(br#"{"choices":[{"message":{"content":"x"}}]}"#, whole).is_ok());
+            assert!(matches!(check_answer(br#"{"choices":[]}"#, whole),
+                Err(Failure::BadCompletion(m)) if m.contains("no choices")));
+            assert!(matches!(check_answer(b"<html>", whole),
+                Err(Failure::BadCompletion(m)) if m.contains("not JSON")));
+        }
+        let usage = check_answer(
+            br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+            false,
+        )
+        .unwrap()
+        .usage;
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens),
+            (Some(3), Some(4))
+        );
     }
 
     #[test]

@@ -159,11 +159,7 @@ async fn attempt(
 ) -> Result<OpenStream, Failure> {
     let deadline = Instant::now() + remaining;
     let mut resp = send(client, target, body, deadline).await?;
-    let is_json = resp
-        .head
-        .header("content-type")
-        .is_some_and(|ct| ct.contains("json"));
-    if is_json {
+    if resp.head.json {
         // A 200 carrying JSON instead of a stream: an error (or a provider that ignores
         // `stream`); either way not something to relay as events, nor to ask again for.
         let text =

@@ -61,16 +61,19 @@ struct Inner {
     tls: Arc<rustls::ClientConfig>,
     proxy: Option<Proxy>,
     names: Names,
-    user_agent: String,
 }
 
 /// One request.
 pub(crate) struct Request<'a> {
-    pub(crate) method: &'a str,
+    /// Its head up to its `Content-Length`: the request line and headers, each ending with
+    /// CRLF (see [`crate::upstream::target::request_head`]).
+    pub(crate) head: &'a [u8],
     pub(crate) url: &'a Url,
-    /// Besides `Host`, `User-Agent`, `Accept` and `Content-Length`, which the client writes.
-    pub(crate) headers: &'a [(&'a str, &'a str)],
     pub(crate) body: &'a [u8],
+    /// A `Content-Length` goes out (a POST, or any request with a body).
+    pub(crate) length: bool,
+    /// A HEAD request (its answer has no body whatever its headers say).
+    pub(crate) head_request: bool,
     /// Never through the proxy (Ollama, loopback upstreams).
     pub(crate) direct: bool,
 }
@@ -148,7 +151,6 @@ impl Client {
                 tls: Arc::new(tls),
                 proxy: Proxy::from_env(env),
                 names: Names::default(),
-                user_agent: format!("sigorest/{}", crate::VERSION),
             }),
         }
     }
@@ -168,8 +170,8 @@ impl Client {
             port: req.url.port,
             proxied: proxy.is_some(),
         };
-        let bytes = self.request_bytes(req);
-        let head_only = req.method.eq_ignore_ascii_case("HEAD");
+        let bytes = request_bytes(req);
+        let head_only = req.head_request;
         let mut reused = pool::take(&key);
         loop {
             let was_reused = reused.is_some();
@@ -191,32 +193,6 @@ impl Client {
                 Err(e) => return Err(e.error),
             }
         }
-    }
-
-    /// The request head (and the body, when small) as one buffer.
-    fn request_bytes(&self, req: &Request<'_>) -> Vec<u8> {
-        use std::io::Write as _;
-        let mut out = Vec::with_capacity(256 + req.body.len().min(ONE_WRITE));
-        // Writing into a Vec cannot fail.
-        let _ = write!(
-            out,
-            "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\nAccept: */*\r\n",
-            req.method,
-            req.url.target,
-            req.url.authority(),
-            self.inner.user_agent
-        );
-        for (n, v) in req.headers {
-            let _ = write!(out, "{n}: {v}\r\n");
-        }
-        if !req.body.is_empty() || !matches!(req.method, "GET" | "HEAD") {
-            let _ = write!(out, "Content-Length: {}\r\n", req.body.len());
-        }
-        out.extend_from_slice(b"\r\n");
-        if req.body.len() <= ONE_WRITE {
-            out.extend_from_slice(req.body);
-        }
-        out
     }
 
     /// A new connection to `url`: through the proxy's tunnel when given, then TLS for
@@ -271,6 +247,22 @@ impl Client {
             ))),
         }
     }
+}
+
+/// The request (its head, its length, and the body when small) as one buffer.
+fn request_bytes(req: &Request<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(req.head.len() + 40 + req.body.len().min(ONE_WRITE));
+    out.extend_from_slice(req.head);
+    if req.length || !req.body.is_empty() {
+        out.extend_from_slice(b"Content-Length: ");
+        crate::http::push_decimal(&mut out, req.body.len() as u64);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if req.body.len() <= ONE_WRITE {
+        out.extend_from_slice(req.body);
+    }
+    out
 }
 
 /// A connection attempt's failure.

@@ -19,24 +19,19 @@ pub(crate) enum Framing {
     UntilClose,
 }
 
-/// A response head.
+/// A response head: what the gateway reads of it (only the headers it uses are kept, so
+/// that an answer's head costs no allocation).
 #[derive(Debug, Clone)]
 pub(crate) struct Head {
     pub(crate) status: u16,
-    /// Names in lower case, values lossy UTF-8 and trimmed.
-    pub(crate) headers: Vec<(String, String)>,
     pub(crate) framing: Framing,
     /// The server lets the connection serve another request.
     pub(crate) keep_alive: bool,
-}
-
-impl Head {
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
+    /// Its `Content-Type` says JSON.
+    pub(crate) json: bool,
+    /// `Retry-After` and `retry-after-ms`, trimmed, when sent.
+    pub(crate) retry_after: Option<String>,
+    pub(crate) retry_after_ms: Option<String>,
 }
 
 /// Parses a head at the start of `bytes`: `Ok(None)` while incomplete, else the head and
@@ -55,21 +50,13 @@ pub(crate) fn parse_head(
     let (Some(status), Some(minor)) = (resp.code, resp.version) else {
         return Err("not HTTP: no status line".into());
     };
-    let headers: Vec<(String, String)> = resp
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).trim().to_string(),
-            )
-        })
-        .collect();
+    let is = |h: &httparse::Header<'_>, name: &str| h.name.eq_ignore_ascii_case(name);
     let has = |name: &str, token: &str| {
-        headers
+        resp.headers
             .iter()
-            .filter(|(n, _)| n == name)
-            .flat_map(|(_, v)| v.split(','))
+            .filter(|h| is(h, name))
+            .filter_map(value)
+            .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
     let close = has("connection", "close");
@@ -78,16 +65,30 @@ pub(crate) fn parse_head(
     } else {
         !close
     };
+    let text = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| is(h, name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+    };
+    let json = resp
+        .headers
+        .iter()
+        .find(|h| is(h, "content-type"))
+        .and_then(value)
+        .is_some_and(|ct| ct.contains("json"));
     let framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304
     {
         Framing::Empty
-    } else if headers.iter().any(|(n, _)| n == "transfer-encoding") {
+    } else if resp.headers.iter().any(|h| is(h, "transfer-encoding")) {
         // Any transfer coding ends in chunked for a response that has a body framed by it;
         // anything else runs to the end of the connection.
-        let last_chunked = headers
+        let last_chunked = resp
+            .headers
             .iter()
-            .filter(|(n, _)| n == "transfer-encoding")
-            .flat_map(|(_, v)| v.split(','))
+            .filter(|h| is(h, "transfer-encoding"))
+            .filter_map(value)
+            .flat_map(|v| v.split(','))
             .map(str::trim)
             .rfind(|t| !t.is_empty())
             .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
@@ -97,32 +98,47 @@ pub(crate) fn parse_head(
             Framing::UntilClose
         }
     } else {
-        let lengths: Vec<&str> = headers
+        let mut lengths = resp
+            .headers
             .iter()
-            .filter(|(n, _)| n == "content-length")
-            .map(|(_, v)| v.as_str())
-            .collect();
-        match lengths.as_slice() {
-            [] => Framing::UntilClose,
-            [first, rest @ ..] if rest.iter().all(|l| l == first) => {
+            .filter(|h| is(h, "content-length"))
+            .map(|h| value(h).unwrap_or("?"));
+        match lengths.next() {
+            None => Framing::UntilClose,
+            Some(first) => {
+                if lengths.any(|l| l != first) {
+                    return Err("not HTTP: conflicting Content-Length headers".into());
+                }
                 if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(format!("not HTTP: invalid Content-Length '{first}'"));
                 }
                 Framing::Length(first.parse().unwrap_or(u64::MAX))
             }
-            _ => return Err("not HTTP: conflicting Content-Length headers".into()),
         }
     };
     let keep_alive = keep_alive && framing != Framing::UntilClose;
+    // Retry-After only matters on an error answer.
+    let (retry_after, retry_after_ms) = if status >= 300 {
+        (text("retry-after"), text("retry-after-ms"))
+    } else {
+        (None, None)
+    };
     Ok(Some((
         Head {
             status,
-            headers,
             framing,
             keep_alive,
+            json,
+            retry_after,
+            retry_after_ms,
         },
         used,
     )))
+}
+
+/// A header's value, trimmed, when it is text.
+fn value<'h>(h: &httparse::Header<'h>) -> Option<&'h str> {
+    std::str::from_utf8(h.value).map(str::trim).ok()
 }
 
 /// Decodes a chunked body as its bytes arrive.
@@ -263,7 +279,14 @@ mod tests {
             (h.status, h.framing, h.keep_alive),
             (200, Framing::Length(12), true)
         );
-        assert_eq!(h.header("content-type"), Some("application/json"));
+        assert!(h.json);
+        let h = head(
+            "HTTP/1.1 429 Slow\r\nRetry-After: 3 \r\nretry-after-ms: 2500\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(
+            (h.retry_after.as_deref(), h.retry_after_ms.as_deref()),
+            (Some("3"), Some("2500"))
+        );
         let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
         assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
         let h = head("HTTP/1.1 200 OK\r\n\r\n");

@@ -172,11 +172,11 @@ impl Llama {
     /// 503 `model_loading` until it is ready.
     pub fn chat_target(&self) -> Result<Target, Error> {
         match self.api_base() {
-            Some(base) if self.is_ready() => Ok(Target {
-                url: format!("{base}/chat/completions"),
-                key: self.shared.config.api_key().map(str::to_string),
-                direct: true,
-            }),
+            Some(base) if self.is_ready() => Ok(Target::with(
+                format!("{base}/chat/completions"),
+                self.shared.config.api_key().map(str::to_string),
+                true,
+            )),
             _ => Err(self.loading()),
         }
     }
