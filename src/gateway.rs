@@ -110,7 +110,7 @@ pub struct Reloaded {
 
 /// A model resolved for one request, and where its requests go.
 pub(crate) struct Resolved {
-    pub model: Model,
+    pub model: Arc<Model>,
     /// Its chat-completions endpoint.
     pub target: Target,
     /// The base of its OpenAI-compatible API (`{base}/embeddings`, ...).
@@ -365,7 +365,7 @@ impl Gateway {
         if let Some(l) = self.llama.as_ref().filter(|l| l.matches(name)) {
             let target = l.chat_target()?;
             return Ok(Resolved {
-                model: l.model().clone(),
+                model: Arc::new(l.model().clone()),
                 base: Arc::from(l.api_base().unwrap_or_default()),
                 target,
             });
@@ -388,7 +388,7 @@ impl Gateway {
             Lookup::Found(m) => {
                 let e = self.endpoint(Provider::Ollama);
                 Ok(Resolved {
-                    model: m.to_model(),
+                    model: Arc::new(m.to_model()),
                     target: e.chat,
                     base: e.base,
                 })

@@ -59,7 +59,7 @@ pub(crate) struct Completed {
     /// What was read of it.
     pub answer: Answer,
     /// The model that answered.
-    pub model: Model,
+    pub model: Arc<Model>,
 }
 
 /// A stream whose first event has arrived, waiting to be relayed.
@@ -69,7 +69,7 @@ pub(crate) struct Streaming {
     prepared: Prepared,
     sessions: Arc<SessionStore>,
     /// The model that answers.
-    pub model: Model,
+    pub model: Arc<Model>,
     /// What must live until the stream ends (a local model's slot, a key's place).
     pub held: Vec<Box<dyn Send>>,
     /// The stream's ledger record, finished when it ends.
@@ -179,8 +179,8 @@ pub(crate) async fn run(
     log: &mut LogFields,
     rec: &mut CallRecord,
 ) -> Result<Answered, Error> {
-    let candidates = candidates(gw, caller, chat)?;
     let session_model = gw.short_code(&chat.model);
+    let candidates = candidates(gw, caller, chat, &session_model)?;
     let history = history(gw, chat, &session_model).await?;
     let plan = Plan {
         deadline: Instant::now() + chat.timeout,
@@ -308,7 +308,7 @@ pub(super) struct Tried {
     /// Attempts made at the provider.
     attempts: u32,
     /// The model, once resolved.
-    model: Option<Model>,
+    model: Option<Arc<Model>>,
     /// Time with the provider.
     took: Option<Duration>,
     /// How the provider failed, when it did (not when the client left).
@@ -327,7 +327,12 @@ struct Plan {
 /// The models to try, in order: the one asked for (or, for `auto`, the `-auto` list
 /// healthiest first, open breakers left out), then the request's `fallbacks` or, without
 /// them, the server's (`-fallback`). Each model once.
-fn candidates(gw: &Gateway, caller: &Caller, chat: &ChatRequest) -> Result<Vec<String>, Error> {
+fn candidates(
+    gw: &Gateway,
+    caller: &Caller,
+    chat: &ChatRequest,
+    short: &str,
+) -> Result<Vec<String>, Error> {
     let routing = &gw.settings.routing;
     let mut list: Vec<String> = if chat.model.eq_ignore_ascii_case("auto") {
         if routing.auto.is_empty() {
@@ -343,9 +348,8 @@ fn candidates(gw: &Gateway, caller: &Caller, chat: &ChatRequest) -> Result<Vec<S
         // Every breaker open: try them all the same, to answer with their errors.
         if ranked.is_empty() { blocked } else { ranked }
     } else {
-        let short = gw.short_code(&chat.model);
         let server = match routing.fallbacks_of(&chat.model) {
-            [] => routing.fallbacks_of(&short),
+            [] => routing.fallbacks_of(short),
             list => list,
         };
         let next = if chat.fallbacks.is_empty() {
@@ -552,7 +556,9 @@ impl Upcall<'_> {
             Ok(done) => {
                 permit.finish(Outcome::Success);
                 gw.scores.record(&model.short, true, started.elapsed());
-                save_turn(&prepared, &gw.sessions, done.answer.assistant()).await;
+                if prepared.keeps_session() {
+                    save_turn(&prepared, &gw.sessions, done.answer.assistant()).await;
+                }
                 Ok(Answered::Complete(Box::new(Completed {
                     body: done.body,
                     answer: done.answer,

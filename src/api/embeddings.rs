@@ -112,7 +112,7 @@ async fn answer(
             }
             rec.prompt_tokens = tokens;
             Ok(Response::full(200, "application/json", answer)
-                .with_header(MODEL_HEADER, model.short))
+                .with_header(MODEL_HEADER, model.short.clone()))
         }
         Err(f) => {
             let mut tried = Tried::default();

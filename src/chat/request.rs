@@ -59,6 +59,9 @@ pub struct ChatRequest {
     /// The answer is translated for another API (Messages, Responses), so all of it is
     /// read; a chat completion's goes to the client as it came.
     pub translated: bool,
+    /// The length of the body the client sent (0 when translated from another API), to
+    /// size the upstream body at once.
+    pub(super) raw_len: usize,
     /// The body without the extensions; `model` and `messages` still as the client sent them.
     pub(super) body: Map<String, Value>,
 }
@@ -68,7 +71,10 @@ impl ChatRequest {
     /// `invalid_request` with a message that says what to fix and, where there is one, the
     /// field in `param`.
     pub fn parse(raw: &[u8], max_timeout: Duration) -> Result<ChatRequest, Error> {
-        ChatRequest::from_object(json_object(raw, "chat-completions")?, max_timeout)
+        let mut chat =
+            ChatRequest::from_object(json_object(raw, "chat-completions")?, max_timeout)?;
+        chat.raw_len = raw.len();
+        Ok(chat)
     }
 
     /// Validates a body already read as a JSON object (the other APIs' bodies, translated).
@@ -114,6 +120,7 @@ impl ChatRequest {
             thinking: None,
             cache_marks: false,
             translated: false,
+            raw_len: 0,
             body,
         })
     }

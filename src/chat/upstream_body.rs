@@ -45,22 +45,26 @@ impl ChatRequest {
             set,
             dropped,
         };
-        // Serializing maps of `Value`s and plain data cannot fail.
-        serde_json::to_vec(&body).unwrap_or_default()
+        // Room for the client's body (the most of it) and the memory block, in one go.
+        let room = self.raw_len + memory_len(&body.messages) + 64;
+        let mut out = Vec::with_capacity(room);
+        // Serializing maps of `Value`s and plain data into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &body);
+        out
     }
 
     /// The fields whose value changes upstream (put in, in place of the client's), and the
     /// fields that are left out.
-    fn changes(&self, model: &Model) -> (Map<String, Value>, Vec<&'static str>) {
+    fn changes<'m>(&self, model: &'m Model) -> (Changes<'m>, Vec<&'static str>) {
         let body = &self.body;
-        let mut set = Map::new();
-        set.insert("model".to_string(), Value::String(model.id.clone()));
+        let mut set = Changes::default();
+        set.put("model", Set::Text(&model.id));
         if let Some(t) = body.get("temperature").and_then(Value::as_f64) {
             // A range of 0..0 means "unknown": no clamp.
             if model.max_temp > 0.0 {
                 let clamped = t.clamp(model.min_temp.min(model.max_temp), model.max_temp);
                 if clamped != t {
-                    set.insert("temperature".to_string(), json!(clamped));
+                    set.put("temperature", Set::Value(json!(clamped)));
                 }
             }
         }
@@ -71,7 +75,7 @@ impl ChatRequest {
             && model.provider == Provider::Zai
         {
             let kind = if on { "enabled" } else { "disabled" };
-            set.insert("thinking".to_string(), json!({"type": kind}));
+            set.put("thinking", Set::Value(json!({"type": kind})));
         }
         if self.stream {
             let mut opts = match body.get("stream_options") {
@@ -79,7 +83,7 @@ impl ChatRequest {
                 _ => Map::new(),
             };
             opts.insert("include_usage".to_string(), Value::Bool(true));
-            set.insert("stream_options".to_string(), Value::Object(opts));
+            set.put("stream_options", Set::Value(Value::Object(opts)));
         }
         (set, dropped)
     }
@@ -115,7 +119,7 @@ fn count_cache_marks(values: &[Value]) -> usize {
 fn clamp_tokens(
     body: &Map<String, Value>,
     model: &Model,
-    set: &mut Map<String, Value>,
+    set: &mut Changes<'_>,
 ) -> Vec<&'static str> {
     let limit = |n: u64| {
         if model.max_output > 0 {
@@ -133,30 +137,63 @@ fn clamp_tokens(
             (a, b) => a.or(b),
         };
         if let Some(n) = wanted {
-            set.insert("max_completion_tokens".to_string(), json!(limit(n)));
+            set.put("max_completion_tokens", Set::Value(json!(limit(n))));
             return vec!["max_tokens"];
         }
     } else {
         if let Some(n) = max_tokens {
-            set.insert("max_tokens".to_string(), json!(limit(n)));
+            set.put("max_tokens", Set::Value(json!(limit(n))));
         }
         if let Some(n) = max_completion {
-            set.insert("max_completion_tokens".to_string(), json!(limit(n)));
+            set.put("max_completion_tokens", Set::Value(json!(limit(n))));
         }
     }
     Vec::new()
 }
 
+/// A field's new value: the model's own text (no copy), or a value made for it.
+enum Set<'m> {
+    Text(&'m str),
+    Value(Value),
+}
+
+impl Serialize for Set<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Set::Text(t) => s.serialize_str(t),
+            Set::Value(v) => v.serialize(s),
+        }
+    }
+}
+
+/// The fields a request changes upstream, in the order they were put (a handful: a list).
+#[derive(Default)]
+struct Changes<'m>(Vec<(&'static str, Set<'m>)>);
+
+impl<'m> Changes<'m> {
+    /// Sets `name` (replacing an earlier value).
+    fn put(&mut self, name: &'static str, value: Set<'m>) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&Set<'m>> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
 /// The upstream body as it is written: the client's fields in their order, `messages`
 /// assembled, the changed fields in place of the client's.
-struct Upstream<'a> {
+struct Upstream<'a, 'm> {
     body: &'a Map<String, Value>,
     messages: Messages<'a>,
-    set: Map<String, Value>,
+    set: Changes<'m>,
     dropped: Vec<&'static str>,
 }
 
-impl Serialize for Upstream<'_> {
+impl Serialize for Upstream<'_, '_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(None)?;
         for (k, v) in self.body {
@@ -168,11 +205,26 @@ impl Serialize for Upstream<'_> {
                 map.serialize_entry(k, v)?;
             }
         }
-        for (k, v) in self.set.iter().filter(|(k, _)| !self.body.contains_key(*k)) {
+        for (k, v) in self
+            .set
+            .0
+            .iter()
+            .filter(|(k, _)| !self.body.contains_key(*k))
+        {
             map.serialize_entry(k, v)?;
         }
         map.end()
     }
+}
+
+/// Bytes the memory block and the history add, about (a first size for the buffer: it
+/// still grows as needed).
+fn memory_len(m: &Messages<'_>) -> usize {
+    let memory = m
+        .memory
+        .as_ref()
+        .map_or(0, |v| v["content"].as_str().map_or(256, str::len) + 64);
+    memory + 256 * m.history.len()
 }
 
 /// The memory block, the session history, then the client's messages, as one array.

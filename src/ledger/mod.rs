@@ -99,7 +99,7 @@ pub struct CallRecord {
     pub route: &'static str,
     /// The model the gateway resolved; `None` when the request was refused before (bad
     /// body, unknown model).
-    pub model: Option<Model>,
+    pub model: Option<std::sync::Arc<Model>>,
     /// The client key's name, when the request came with one.
     pub key: Option<String>,
     /// The status the client got; for a stream, how it ended (200 complete, 502 failed after

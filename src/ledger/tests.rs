@@ -29,7 +29,7 @@ fn scrape(l: &Ledger) -> String {
 fn ok_call(m: Model, prompt: u64, completion: u64) -> CallRecord {
     CallRecord {
         route: "chat",
-        model: Some(m),
+        model: Some(std::sync::Arc::new(m)),
         status: 200,
         prompt_tokens: Some(prompt),
         completion_tokens: Some(completion),

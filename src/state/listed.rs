@@ -1,24 +1,28 @@
 //! The cloud models on offer: `models.csv` (or its embedded default) applied to the catalog.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::catalog::{self, Catalog, Model};
 use crate::error::Error;
 
-/// The cloud models on offer, in whitelist order.
+/// The cloud models on offer, in whitelist order. Shared: a request takes its model
+/// without copying it.
 #[derive(Debug, Default)]
 pub struct Listed {
-    pub models: Vec<Model>,
+    pub models: Vec<Arc<Model>>,
 }
 
 impl Listed {
     pub fn new(models: Vec<Model>) -> Listed {
-        Listed { models }
+        Listed {
+            models: models.into_iter().map(Arc::new).collect(),
+        }
     }
 
     /// A listed model by short code or id, in any case (see [`catalog::find`]).
-    pub fn get(&self, name: &str) -> Option<&Model> {
-        catalog::find(&self.models, name, |m| m)
+    pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
+        catalog::find(&self.models, name, |m| &**m)
     }
 
     /// Reads the whitelist file (or the embedded default when it does not exist) and applies

@@ -59,8 +59,9 @@ struct Inner {
     clock: Arc<dyn Clock>,
     threshold: u32,
     open_for: Duration,
-    /// Sorted by model, which `snapshot` wants.
-    entries: Mutex<BTreeMap<String, Entry>>,
+    /// Sorted by model, which `snapshot` wants. The names are shared with the permits, so
+    /// a request's permit costs no copy of its model's name.
+    entries: Mutex<BTreeMap<Arc<str>, Entry>>,
 }
 
 /// One model's breaker.
@@ -80,7 +81,7 @@ struct Entry {
 /// panic) it counts as [`Outcome::Neutral`], so a half-open breaker never stays stuck.
 pub struct Permit {
     inner: Arc<Inner>,
-    model: String,
+    model: Arc<str>,
     generation: u64,
     trial: bool,
     finished: bool,
@@ -207,9 +208,18 @@ impl Breakers {
     pub fn admit(&self, model: &str) -> Result<Permit, u64> {
         let now = self.inner.clock.now();
         let mut entries = lock(&self.inner.entries);
-        let e = entries
-            .entry(model.to_string())
-            .or_insert_with(|| Entry::new(now));
+        let name = match entries.get_key_value(model) {
+            Some((name, _)) => Arc::clone(name),
+            None => {
+                let name: Arc<str> = Arc::from(model);
+                entries.insert(Arc::clone(&name), Entry::new(now));
+                name
+            }
+        };
+        let Some(e) = entries.get_mut(model) else {
+            // Just found or put in, under the same lock.
+            return Err(1);
+        };
         let trial = match e.state {
             State::Closed => false,
             State::Open => {
@@ -233,7 +243,7 @@ impl Breakers {
         drop(entries);
         Ok(Permit {
             inner: self.inner.clone(),
-            model: model.to_string(),
+            model: name,
             generation,
             trial,
             finished: false,
@@ -260,6 +270,7 @@ impl Breakers {
         lock(&self.inner.entries)
             .iter()
             .map(|(model, e)| {
+                let model = model.to_string();
                 // An open breaker whose time is up lets the next request through as its
                 // trial: to anyone looking, it is half-open already.
                 let (state, retry_in_s) = match e.state {

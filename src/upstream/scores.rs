@@ -36,10 +36,18 @@ impl Scores {
     /// Records one call to `model`: whether it succeeded and how long it took.
     pub fn record(&self, model: &str, ok: bool, took: Duration) {
         let mut all = lock(&self.by_model);
-        let s = all.entry(model.to_string()).or_insert(Score {
-            success: 1.0,
-            latency_ms: None,
-        });
+        if !all.contains_key(model) {
+            all.insert(
+                model.to_string(),
+                Score {
+                    success: 1.0,
+                    latency_ms: None,
+                },
+            );
+        }
+        let Some(s) = all.get_mut(model) else {
+            return;
+        };
         s.success = s.success * (1.0 - WEIGHT) + if ok { WEIGHT } else { 0.0 };
         if ok {
             let ms = took.as_secs_f64() * 1000.0;

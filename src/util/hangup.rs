@@ -25,8 +25,9 @@ pub struct Hangup {
 struct HangupInner {
     fired: AtomicBool,
     callbacks: Mutex<Vec<Callback>>,
-    /// Tasks waiting in [`Hangup::fired`].
-    wakers: Mutex<Vec<Waker>>,
+    /// Tasks waiting in [`Hangup::fired`] (the first apart: there is one in the usual
+    /// case, and it needs no list).
+    wakers: Mutex<(Option<Waker>, Vec<Waker>)>,
 }
 
 impl std::fmt::Debug for Hangup {
@@ -65,8 +66,8 @@ impl Hangup {
         for f in callbacks {
             f();
         }
-        let wakers = std::mem::take(&mut *lock(&self.inner.wakers));
-        for w in wakers {
+        let (first, more) = std::mem::take(&mut *lock(&self.inner.wakers));
+        for w in first.into_iter().chain(more) {
             w.wake();
         }
     }
@@ -93,8 +94,16 @@ impl Future for Fired<'_> {
         if inner.fired.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
-        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-            wakers.push(cx.waker().clone());
+        let (first, more) = &mut *wakers;
+        let known = first
+            .iter()
+            .chain(more.iter())
+            .any(|w| w.will_wake(cx.waker()));
+        if !known {
+            match first {
+                None => *first = Some(cx.waker().clone()),
+                Some(_) => more.push(cx.waker().clone()),
+            }
         }
         Poll::Pending
     }

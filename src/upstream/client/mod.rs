@@ -204,7 +204,7 @@ impl Client {
             std::pin::pin!(async {
                 let (host, port) = match proxy {
                     Some(p) => (p.host.as_str(), p.port),
-                    None => (url.host.as_str(), url.port),
+                    None => (&*url.host, url.port),
                 };
                 let addrs = self.inner.names.resolve(host, port).await.map_err(|e| {
                     if e.kind() == io::ErrorKind::NotFound || e.raw_os_error().is_none() {
@@ -225,7 +225,7 @@ impl Client {
                 if !url.https {
                     return Ok(conn);
                 }
-                let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+                let name = rustls::pki_types::ServerName::try_from(url.host.to_string())
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
                 let session = rustls::ClientConnection::new(Arc::clone(&self.inner.tls), name)
                     .map_err(io::Error::other)?;

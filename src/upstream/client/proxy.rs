@@ -51,7 +51,7 @@ impl Proxy {
             })
             .unwrap_or_default();
         Some(Proxy {
-            host: url.host,
+            host: url.host.to_string(),
             port: url.port,
             authorization: user.map(|u| {
                 format!(

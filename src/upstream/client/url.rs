@@ -5,8 +5,9 @@
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Url {
     pub(crate) https: bool,
-    /// The host without brackets, as written (names are compared in lower case).
-    pub(crate) host: String,
+    /// The host without brackets, in lower case (a name's case means nothing). Shared, so
+    /// that every pooled connection to it names it without a copy.
+    pub(crate) host: std::sync::Arc<str>,
     pub(crate) port: u16,
     /// Path and query, as written (`/` when the URL has none).
     pub(crate) target: String,
@@ -60,6 +61,7 @@ impl Url {
             None => (None, authority),
         };
         let (host, port) = split_host_port(hostport)?;
+        let host: std::sync::Arc<str> = host.to_ascii_lowercase().into();
         let port = match port {
             Some(p) => p,
             None if https => 443,
@@ -82,7 +84,7 @@ impl Url {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
-            self.host.clone()
+            self.host.to_string()
         };
         let default = if self.https { 443 } else { 80 };
         if self.port == default {
@@ -147,7 +149,7 @@ mod tests {
     fn the_parts_of_usual_urls() {
         let u = url("https://api.mammouth.ai/v1/chat/completions");
         assert_eq!(
-            (u.https, u.host.as_str(), u.port, u.target.as_str()),
+            (u.https, &*u.host, u.port, u.target.as_str()),
             (true, "api.mammouth.ai", 443, "/v1/chat/completions")
         );
         assert_eq!(u.authority(), "api.mammouth.ai");
@@ -159,10 +161,7 @@ mod tests {
         );
         assert_eq!(u.authority(), "127.0.0.1:11434");
         let u = url("HTTP://[::1]:9/x#frag");
-        assert_eq!(
-            (u.host.as_str(), u.port, u.target.as_str()),
-            ("::1", 9, "/x")
-        );
+        assert_eq!((&*u.host, u.port, u.target.as_str()), ("::1", 9, "/x"));
         assert_eq!(u.authority(), "[::1]:9");
         assert_eq!(url("http://h").target, "/");
         assert_eq!(url("http://h?q").target, "/?q");
@@ -172,7 +171,7 @@ mod tests {
     #[test]
     fn proxy_urls_carry_their_user() {
         let (u, user) = Url::parse_with_user("http://me:secret@proxy.lan:3128").unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("proxy.lan", 3128));
+        assert_eq!((&*u.host, u.port), ("proxy.lan", 3128));
         assert_eq!(
             user,
             Some(UserInfo {
