@@ -3,7 +3,7 @@
 //! Text: `2026-11-21T12:00:00Z INFO  message key=value ...`. JSON (`-j`): one object a line
 //! with `time`, `level`, `msg` and the record's key-values as fields. Key-values come from
 //! `log`'s `kv` feature: `info!(status = 200, model = "gpt41"; "request")`. Values with
-//! spaces, `=` or quotes are quoted in text. rustls and ureq below WARN are filtered out.
+//! spaces, `=` or quotes are quoted in text. rustls below WARN is filtered out.
 //! Each line is written with one `write` call, so lines from threads never interleave.
 //!
 //! This is our own small [`log::Log`], not simplelog: simplelog's line format has brackets
@@ -75,9 +75,9 @@ pub fn format_record(record: &Record<'_>, json: bool, unix_secs: u64) -> Vec<u8>
     line.into_bytes()
 }
 
-/// Whether a record from `target` at `level` is kept: TLS and HTTP-client chatter is not.
+/// Whether a record from `target` at `level` is kept: TLS chatter is not.
 fn target_wanted(target: &str, level: Level) -> bool {
-    level <= Level::Warn || !(target.starts_with("rustls") || target.starts_with("ureq"))
+    level <= Level::Warn || !target.starts_with("rustls")
 }
 
 struct StderrLogger {
@@ -460,13 +460,11 @@ mod tests {
     }
 
     #[test]
-    fn tls_and_http_client_chatter_is_filtered() {
+    fn tls_chatter_is_filtered() {
         assert!(!target_wanted("rustls::server::hs", Level::Debug));
         assert!(!target_wanted("rustls", Level::Info));
-        assert!(!target_wanted("ureq::unversioned", Level::Info));
-        assert!(!target_wanted("ureq_proto::client", Level::Trace));
         assert!(target_wanted("rustls::conn", Level::Warn));
-        assert!(target_wanted("ureq", Level::Error));
+        assert!(target_wanted("rustls", Level::Error));
         assert!(target_wanted("sigorest::http", Level::Debug));
     }
 

@@ -671,7 +671,7 @@ mod binary {
             0,
             "nothing went through the proxy"
         );
-        // The control: a cloud call does go to it (ureq tunnels with CONNECT, which the fake
+        // The control: a cloud call does go to it (our client tunnels with CONNECT, which the fake
         // refuses, so that chat fails; the connection is what counts).
         let _ = chat(&server, "gpt41");
         assert!(!proxy.connections().is_empty(), "the proxy is in use");

@@ -32,7 +32,7 @@ pub use target::{Attempted, Target};
 
 /// Largest upstream answer read (a completion with base64 images can be large).
 pub const MAX_ANSWER: u64 = 64 * 1024 * 1024;
-/// Largest document [`Upstream::get`] reads.
+/// Largest document [`Upstream::get_blocking`] reads.
 pub const MAX_DOCUMENT: u64 = 1024 * 1024;
 
 /// A non-streamed answer: the upstream's body as received, and what the gateway reads of it.
@@ -132,21 +132,41 @@ impl Upstream {
     }
 
     /// A GET of a small JSON document (at most [`MAX_DOCUMENT`] bytes), one attempt within
-    /// `timeout`: the 2xx body, or why not (`sigoe -server URL -l` reads the gateway's
-    /// `/api/models` this way).
-    pub async fn get(&self, target: &Target, timeout: Duration) -> Result<Vec<u8>, Failure> {
+    /// `timeout`, on a thread that is not an event loop: the 2xx body, or why not
+    /// (`sigoe -server URL -l` reads the gateway's `/api/models` this way).
+    pub fn get_blocking(&self, target: &Target, timeout: Duration) -> Result<Vec<u8>, Failure> {
+        self.fetch_blocking("GET", target, &[], MAX_DOCUMENT, timeout)
+    }
+
+    /// One request (a POST sends `body` as JSON), one attempt within `timeout`: the 2xx
+    /// body up to `limit` bytes, or why not (an error status is [`Failure::Status`]).
+    pub async fn fetch(
+        &self,
+        method: &str,
+        target: &Target,
+        body: &[u8],
+        limit: u64,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Failure> {
         let until = Instant::now() + timeout;
-        let mut resp = send_as(&self.client, "GET", target, &[], until).await?;
-        match timeout_at(until, std::pin::pin!(resp.body.read_all(MAX_DOCUMENT))).await {
+        let mut resp = send_as(&self.client, method, target, body, until).await?;
+        match timeout_at(until, std::pin::pin!(resp.body.read_all(limit))).await {
             Err(_) => Err(read_timeout(timeout)),
             Ok(Err(e)) => Err(read_failure(e, timeout)),
             Ok(Ok(body)) => Ok(body),
         }
     }
 
-    /// [`Upstream::get`] on a thread that is not an event loop.
-    pub fn get_blocking(&self, target: &Target, timeout: Duration) -> Result<Vec<u8>, Failure> {
-        crate::rt::block_on(self.get(target, timeout))
+    /// [`Upstream::fetch`] on a thread that is not an event loop.
+    pub fn fetch_blocking(
+        &self,
+        method: &str,
+        target: &Target,
+        body: &[u8],
+        limit: u64,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Failure> {
+        crate::rt::block_on(self.fetch(method, target, body, limit, timeout))
             .unwrap_or_else(|e| Err(Failure::Connect(e.to_string())))
     }
 

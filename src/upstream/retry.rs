@@ -85,7 +85,7 @@ impl Failure {
                     .unwrap_or_else(|| "too many requests".to_string()),
                 retry_after_s: retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64),
             },
-            // A redirect (ureq follows none: a POST must not be resent blindly) is the
+            // A redirect (our client follows none: a POST must not be resent blindly) is the
             // base URL's fault, not an answer to relay: 3xx without its Location would
             // leave the client with nothing.
             Failure::Status { status, .. } if status < 400 => Error::Upstream {

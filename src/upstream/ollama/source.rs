@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::upstream::{Target, Upstream};
+
 /// How long one discovery (and one `/api/show`) may take.
 pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest `/api/tags` answer read.
@@ -105,27 +107,38 @@ impl Failure {
         }
     }
 
-    fn from_ureq(e: ureq::Error, what: &str) -> Failure {
-        use std::io::ErrorKind::*;
+    /// Sorts a failed call: nothing to connect to is [`Failure::Down`], anything else
+    /// (too slow, an error status, a connection closed unanswered, a garbled or oversized
+    /// answer) is [`Failure::Bad`].
+    fn from_call(e: crate::upstream::retry::Failure, what: &str) -> Failure {
+        use crate::upstream::retry::Failure as Call;
         match e {
-            ureq::Error::Io(io)
-                if matches!(
-                    io.kind(),
-                    ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable
-                ) =>
+            // The kinds of a failed connect that mean nobody is there (their words as
+            // std spells io::ErrorKind); a connection closed or reset before the answer is
+            // something there answering badly.
+            Call::Connect(m)
+                if [
+                    "connection refused",
+                    "host unreachable",
+                    "network unreachable",
+                    "address not available",
+                    "host not found",
+                ]
+                .contains(&m.as_str()) =>
             {
-                Failure::Down(format!("{what}: cannot connect ({io})"))
+                Failure::Down(format!("{what}: cannot connect ({m})"))
             }
-            ureq::Error::HostNotFound => Failure::Down(format!("{what}: host not found")),
-            ureq::Error::ConnectionFailed => Failure::Down(format!("{what}: connection failed")),
-            ureq::Error::Timeout(t) => Failure::Bad(format!(
-                "{what}: no complete answer within {} s ({t})",
+            Call::Connect(m) => Failure::Bad(format!("{what}: {m}")),
+            Call::Timeout(_) => Failure::Bad(format!(
+                "{what}: no complete answer within {} s",
                 DISCOVERY_TIMEOUT.as_secs()
             )),
-            ureq::Error::BodyExceedsLimit(n) => {
-                Failure::Bad(format!("{what}: answer larger than {n} bytes"))
+            Call::Status { status, body, .. } => {
+                let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+                Failure::Bad(format!("{what}: HTTP {status} {text}"))
             }
-            other => Failure::Bad(format!("{what}: {other}")),
+            Call::BadAnswer(m) | Call::BadCompletion(m) => Failure::Bad(format!("{what}: {m}")),
+            Call::Cancelled => Failure::Bad(format!("{what}: cancelled")),
         }
     }
 }
@@ -138,66 +151,48 @@ pub trait Source: Send + Sync + 'static {
     fn context_length(&self, name: &str) -> Result<u64, Failure>;
 }
 
-/// Ollama over HTTP: never through a proxy, statuses as data, 2 s for each call.
+/// Ollama over HTTP: never through a proxy, statuses as data, 2 s for each call, on our
+/// own client (one call at a time, from the registry's background thread or a request's
+/// blocking job).
 pub(super) struct Http {
-    base: String,
-    agent: ureq::Agent,
+    tags: Target,
+    show: Target,
+    client: Upstream,
 }
 
 impl Http {
     pub(super) fn new(base: String) -> Http {
-        let config = ureq::Agent::config_builder()
-            .proxy(None)
-            .http_status_as_error(false)
-            .timeout_global(Some(DISCOVERY_TIMEOUT))
-            .max_redirects(0)
-            .user_agent(format!("sigorest/{}", crate::VERSION))
-            .build();
         Http {
-            base,
-            agent: ureq::Agent::new_with_config(config),
+            tags: Target::direct(format!("{base}/api/tags")),
+            show: Target::direct(format!("{base}/api/show")),
+            client: Upstream::new(),
         }
-    }
-
-    /// The status and body of an answer, the body read up to `limit` bytes.
-    fn read(
-        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-        limit: u64,
-        what: &str,
-    ) -> Result<Vec<u8>, Failure> {
-        let mut resp = resp.map_err(|e| Failure::from_ureq(e, what))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(limit)
-            .read_to_vec()
-            .map_err(|e| Failure::from_ureq(e, what))?;
-        if !(200..300).contains(&status) {
-            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            return Err(Failure::Bad(format!("{what}: HTTP {status} {text}")));
-        }
-        Ok(body)
     }
 }
 
 impl Source for Http {
     fn tags(&self) -> Result<Vec<Tag>, Failure> {
         let what = "GET /api/tags";
-        let resp = self.agent.get(format!("{}/api/tags", self.base)).call();
-        let body = Http::read(resp, MAX_TAGS_BODY, what)?;
+        let body = self
+            .client
+            .fetch_blocking("GET", &self.tags, &[], MAX_TAGS_BODY, DISCOVERY_TIMEOUT)
+            .map_err(|e| Failure::from_call(e, what))?;
         parse_tags(&body).map_err(|e| Failure::Bad(format!("{what}: {e}")))
     }
 
     fn context_length(&self, name: &str) -> Result<u64, Failure> {
         let what = "POST /api/show";
         let body = serde_json::json!({ "model": name }).to_string();
-        let resp = self
-            .agent
-            .post(format!("{}/api/show", self.base))
-            .header("Content-Type", "application/json")
-            .send(body);
-        let body = Http::read(resp, MAX_SHOW_BODY, what)?;
+        let body = self
+            .client
+            .fetch_blocking(
+                "POST",
+                &self.show,
+                body.as_bytes(),
+                MAX_SHOW_BODY,
+                DISCOVERY_TIMEOUT,
+            )
+            .map_err(|e| Failure::from_call(e, what))?;
         parse_context_length(&body).map_err(|e| Failure::Bad(format!("{what}: {e}")))
     }
 }
