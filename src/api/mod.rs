@@ -98,6 +98,11 @@ struct Route {
 }
 
 impl Route {
+    /// Whether `method` is one of the route's (`allow` is `GET, HEAD`-style).
+    fn allows(&self, method: &str) -> bool {
+        self.allow.split(',').any(|m| m.trim_start() == method)
+    }
+
     fn new(allow: &'static str, endpoint: Now) -> Route {
         Route {
             allow,
@@ -224,7 +229,7 @@ impl Router {
                 path: req.path.clone(),
             });
         };
-        if !route.allow.split(", ").any(|m| m == req.method) {
+        if !route.allows(&req.method) {
             return Err(Error::MethodNotAllowed {
                 method: req.method.clone(),
                 allow: route.allow,
@@ -350,9 +355,8 @@ impl Handler for Router {
 
     fn answers_on_loop(&self, req: &Request) -> bool {
         let path = model_in_path(&req.path).map_or(req.path.as_str(), |(_, path)| path);
-        Router::find(path).is_some_and(|r| {
-            matches!(r.endpoint, Endpoint::Later(_)) && r.allow.split(", ").any(|m| m == req.method)
-        })
+        Router::find(path)
+            .is_some_and(|r| matches!(r.endpoint, Endpoint::Later(_)) && r.allows(&req.method))
     }
 
     fn answer(self: Arc<Self>, req: Request) -> Answering {
@@ -374,7 +378,7 @@ impl Handler for Router {
         let path = model_in_path(&req.path).map_or(req.path.as_str(), |(_, path)| path);
         match Router::find(path) {
             None => true,
-            Some(route) if !route.allow.split(", ").any(|m| m == req.method) => true,
+            Some(route) if !route.allows(&req.method) => true,
             Some(route) => {
                 route.allow.starts_with("GET") && matches!(req.method.as_str(), "GET" | "HEAD")
             }

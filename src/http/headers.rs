@@ -38,13 +38,21 @@ impl Headers {
     /// Adds a line; the name is put in lower case.
     pub fn push(&mut self, name: &str, value: &str) {
         let start = self.text.len();
-        self.text
-            .extend(name.chars().map(|c| c.to_ascii_lowercase()));
+        self.text.push_str(name);
+        self.text[start..].make_ascii_lowercase();
         let middle = self.text.len();
         self.text.push_str(value);
         let end = self.text.len();
         // A head is at most a few hundred KiB: offsets fit in u32.
         self.spans.push([start as u32, middle as u32, end as u32]);
+    }
+
+    /// Adds a line as sent: its value read as UTF-8 (lossy) and trimmed.
+    pub fn push_raw(&mut self, name: &str, value: &[u8]) {
+        match std::str::from_utf8(value) {
+            Ok(v) => self.push(name, v.trim()),
+            Err(_) => self.push(name, String::from_utf8_lossy(value).trim()),
+        }
     }
 
     /// The first value of `name` (in any case).
@@ -105,5 +113,15 @@ mod tests {
         assert_eq!(Headers::from_pairs(all.clone()), h);
         assert_eq!(format!("{h:?}").matches("content-type").count(), 2);
         assert!(Headers::new().is_empty());
+    }
+
+    #[test]
+    fn raw_values_are_read_as_lossy_utf8_and_trimmed() {
+        let mut h = Headers::new();
+        h.push_raw("X-Bytes", b" caf\xc3\xa9 \xff ");
+        h.push_raw("X-Ascii", b"\tplain ");
+        assert_eq!(h.get("x-bytes"), Some("caf\u{e9} \u{fffd}"));
+        assert_eq!(h.get("X-ASCII"), Some("plain"));
+        assert_eq!(h.iter().next(), Some(("x-bytes", "caf\u{e9} \u{fffd}")));
     }
 }

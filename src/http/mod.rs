@@ -185,12 +185,20 @@ pub struct Response {
     pub close: bool,
 }
 
+/// A response's first header, in a list with room for the few a handler adds (the
+/// request id, a key's limits) without growing.
+fn content_type_header(content_type: &str) -> Vec<(String, String)> {
+    let mut headers = Vec::with_capacity(4);
+    headers.push(("Content-Type".to_string(), content_type.to_string()));
+    headers
+}
+
 impl Response {
     /// A complete response with a `Content-Type`.
     pub fn full(status: u16, content_type: &str, body: Vec<u8>) -> Response {
         Response {
             status,
-            headers: vec![("Content-Type".to_string(), content_type.to_string())],
+            headers: content_type_header(content_type),
             body: Body::Full(body),
             log: Vec::new(),
             close: false,
@@ -221,7 +229,7 @@ impl Response {
     pub fn stream(status: u16, content_type: &str, body: StreamBody) -> Response {
         Response {
             status,
-            headers: vec![("Content-Type".to_string(), content_type.to_string())],
+            headers: content_type_header(content_type),
             body: Body::Stream(body),
             log: Vec::new(),
             close: false,
@@ -232,7 +240,7 @@ impl Response {
     pub fn piped(status: u16, content_type: &str, body: PipedBody) -> Response {
         Response {
             status,
-            headers: vec![("Content-Type".to_string(), content_type.to_string())],
+            headers: content_type_header(content_type),
             body: Body::Piped(body),
             log: Vec::new(),
             close: false,

@@ -366,7 +366,7 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
         .sum();
     let mut headers = Headers::with_capacity(req.headers.len(), bytes);
     for h in req.headers.iter() {
-        headers.push(h.name, String::from_utf8_lossy(h.value).trim());
+        headers.push_raw(h.name, h.value);
     }
     let with_names = |e: ReadError| match e {
         ReadError::Reject(mut r) => {

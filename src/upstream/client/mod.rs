@@ -166,7 +166,7 @@ impl Client {
         let key = Key {
             client: self.inner.id,
             https: req.url.https,
-            host: req.url.host.to_ascii_lowercase(),
+            host: Arc::clone(&req.url.host),
             port: req.url.port,
             proxied: proxy.is_some(),
         };

@@ -5,7 +5,7 @@
 //! idle time while no request comes.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::conn::Conn;
@@ -22,7 +22,8 @@ const PER_LOOP: usize = 256;
 pub(crate) struct Key {
     pub(crate) client: u64,
     pub(crate) https: bool,
-    pub(crate) host: String,
+    /// In lower case (the URL's own, shared).
+    pub(crate) host: Arc<str>,
     pub(crate) port: u16,
     pub(crate) proxied: bool,
 }
@@ -34,7 +35,9 @@ struct Idle {
 
 #[derive(Default)]
 struct Pool {
-    idle: HashMap<Key, Vec<Idle>>,
+    /// Per destination (a loop talks to a handful: a list beats hashing the key). A
+    /// destination's entry stays while it is in use; the sweep drops empty ones.
+    idle: Vec<(Key, Vec<Idle>)>,
     count: usize,
     sweeping: bool,
 }
@@ -49,7 +52,7 @@ pub(crate) fn take(key: &Key) -> Option<Conn> {
     let found = POOL.try_with(|p| {
         let mut pool = p.borrow_mut();
         let pool = &mut *pool;
-        let list = pool.idle.get_mut(key)?;
+        let (_, list) = pool.idle.iter_mut().find(|(k, _)| k == key)?;
         let mut found = None;
         while let Some(idle) = list.pop() {
             pool.count -= 1;
@@ -59,9 +62,6 @@ pub(crate) fn take(key: &Key) -> Option<Conn> {
                 break;
             }
             dropped.push(idle.conn);
-        }
-        if list.is_empty() {
-            pool.idle.remove(key);
         }
         found
     });
@@ -87,7 +87,14 @@ pub(crate) fn put(key: Key, mut conn: Conn) {
         if pool.count >= PER_LOOP {
             return None;
         }
-        let list = pool.idle.entry(key).or_default();
+        let at = match pool.idle.iter().position(|(k, _)| *k == key) {
+            Some(at) => at,
+            None => {
+                pool.idle.push((key, Vec::new()));
+                pool.idle.len() - 1
+            }
+        };
+        let list = &mut pool.idle[at].1;
         if list.len() >= PER_KEY {
             return None;
         }
@@ -113,13 +120,13 @@ async fn sweep() {
         let swept = POOL.try_with(|p| {
             let mut pool = p.borrow_mut();
             let mut expired = Vec::new();
-            for list in pool.idle.values_mut() {
+            for (_, list) in pool.idle.iter_mut() {
                 let (old, young): (Vec<Idle>, Vec<Idle>) =
                     list.drain(..).partition(|i| i.since.elapsed() >= IDLE_TIME);
                 *list = young;
                 expired.extend(old);
             }
-            pool.idle.retain(|_, l| !l.is_empty());
+            pool.idle.retain(|(_, l)| !l.is_empty());
             pool.count -= expired.len();
             let empty = pool.count == 0;
             if empty {
