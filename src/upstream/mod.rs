@@ -266,47 +266,10 @@ mod tests {
         assert!(Upstream::trusting(cut.as_bytes()).is_err());
     }
 
-    /// An HTTPS server on 127.0.0.1 that answers each connection once and closes it,
-    /// reporting whether each handshake resumed a session.
-    fn tls_server_once_per_connection(
-        cert: &rcgen::CertifiedKey<rcgen::KeyPair>,
-        connections: usize,
-    ) -> (String, std::thread::JoinHandle<Vec<bool>>) {
-        use std::io::{Read, Write};
-        let key =
-            rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
-        let config = crate::http::tls::server_config(vec![cert.cert.der().clone()], key).unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!(
-            "https://localhost:{}/doc",
-            listener.local_addr().unwrap().port()
-        );
-        let server = std::thread::spawn(move || {
-            let mut resumed = Vec::new();
-            for _ in 0..connections {
-                let (tcp, _) = listener.accept().unwrap();
-                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
-                let mut tls = rustls::StreamOwned::new(conn, tcp);
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && tls.read(&mut byte).unwrap() == 1 {
-                    head.push(byte[0]);
-                }
-                resumed.push(tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
-                let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
-                tls.write_all(answer.as_bytes()).unwrap();
-                tls.conn.send_close_notify();
-                let _ = tls.flush();
-            }
-            resumed
-        });
-        (url, server)
-    }
-
     #[test]
     fn a_new_tls_connection_resumes_the_session_of_the_one_before() {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let (url, server) = tls_server_once_per_connection(&cert, 3);
+        let (url, server) = client::tests::tls_server_with(&cert, 3);
         let upstream = Upstream::trusting(cert.cert.pem().as_bytes()).unwrap();
         let target = Target::direct(url);
         for _ in 0..3 {

@@ -575,4 +575,4 @@ pub(crate) fn idle_here() -> usize {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

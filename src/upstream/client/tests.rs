@@ -381,15 +381,27 @@ fn tls_server(
     thread::JoinHandle<Vec<bool>>,
 ) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (url, handle) = tls_server_with(&cert, connections);
+    (
+        Url::parse(&url).unwrap(),
+        vec![cert.cert.der().clone()],
+        handle,
+    )
+}
+
+/// [`tls_server`] with this certificate, at the URL it returns (also for
+/// `Upstream::trusting`'s test).
+pub(crate) fn tls_server_with(
+    cert: &rcgen::CertifiedKey<rcgen::KeyPair>,
+    connections: usize,
+) -> (String, thread::JoinHandle<Vec<bool>>) {
     let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
-    let der = cert.cert.der().clone();
-    let config = crate::http::tls::server_config(vec![der.clone()], key).unwrap();
+    let config = crate::http::tls::server_config(vec![cert.cert.der().clone()], key).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = Url::parse(&format!(
+    let url = format!(
         "https://localhost:{}/doc",
         listener.local_addr().unwrap().port()
-    ))
-    .unwrap();
+    );
     let handle = thread::spawn(move || {
         let mut resumed = Vec::new();
         for _ in 0..connections {
@@ -409,7 +421,7 @@ fn tls_server(
         }
         resumed
     });
-    (url, vec![der], handle)
+    (url, handle)
 }
 
 #[test]
