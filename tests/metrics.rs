@@ -167,6 +167,12 @@ fn counters_move_by_exactly_one_per_request() {
     let after = scrape_until(&gw, |s| s.get(&ok) == Some(&2.0));
     let d = moved(&before, &after);
     assert_eq!(d[&ok], 1.0);
+    // Counted once, when it ends: nothing else was counted as a request.
+    let counted: Vec<&String> = d
+        .keys()
+        .filter(|k| k.starts_with("sigorest_requests_total"))
+        .collect();
+    assert_eq!(counted, [&ok], "{d:#?}");
     assert_eq!(d[&tokens("gpt41", "prompt")], 9.0);
     assert_eq!(d[&tokens("gpt41", "completion")], 3.0);
     assert_eq!(

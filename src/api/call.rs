@@ -295,7 +295,8 @@ pub(crate) async fn recorded(
         .await
         .unwrap_or_else(|e| render(&e));
     resp.log.splice(0..0, log);
-    if !matches!(resp.body, Body::Stream(_)) {
+    // A stream (piped) took its record along, to count itself when it ends.
+    if matches!(resp.body, Body::Full(_)) {
         rec.finish(resp.status, req.received, req.hangup.is_fired());
         gw.ledger.record(&rec);
     }
