@@ -349,40 +349,51 @@ impl Gateway {
         }
     }
 
-    /// Whether [`Gateway::resolve`] answers without a discovery (which may ask Ollama and
-    /// wait): every name but an `ollama-…` one not known yet.
-    pub(crate) fn resolves_at_once(&self, name: &str) -> bool {
-        let name = name.trim();
-        let ollama_code = name
-            .get(..7)
-            .is_some_and(|p| p.eq_ignore_ascii_case("ollama-"));
-        !ollama_code || self.ollama.lookup_known(name).is_some()
-    }
-
     /// Finds a model: the local llama-server's (503 `model_loading` until it is ready), a
     /// listed cloud model by short code or id, else a discovered Ollama model.
+    /// It may wait for an Ollama discovery: never on an event loop (see
+    /// [`Gateway::resolve_now`]).
     pub(crate) fn resolve(&self, name: &str) -> Result<Resolved, Error> {
+        // (`lookup` always answers: the `None` arm cannot be taken.)
+        self.resolve_with(name, |n| Some(self.ollama.lookup(n)))
+            .unwrap_or_else(|| {
+                Err(Error::Internal {
+                    message: "internal error: no model lookup".to_string(),
+                })
+            })
+    }
+
+    /// [`Gateway::resolve`] without waiting: `None` when the name needs an Ollama
+    /// discovery first (then only `resolve`, on a blocking thread, may answer).
+    pub(crate) fn resolve_now(&self, name: &str) -> Option<Result<Resolved, Error>> {
+        self.resolve_with(name, |n| self.ollama.lookup_now(n))
+    }
+
+    fn resolve_with(
+        &self,
+        name: &str,
+        lookup: impl FnOnce(&str) -> Option<Lookup>,
+    ) -> Option<Result<Resolved, Error>> {
         if let Some(l) = self.llama.as_ref().filter(|l| l.matches(name)) {
-            let target = l.chat_target()?;
-            return Ok(Resolved {
+            return Some(l.chat_target().map(|target| Resolved {
                 model: Arc::new(l.model().clone()),
                 base: Arc::from(l.api_base().unwrap_or_default()),
                 target,
-            });
+            }));
         }
         if let Some(model) = self.listed().get(name) {
             let e = self.endpoint(model.provider);
-            return Ok(Resolved {
+            return Some(Ok(Resolved {
                 model: model.clone(),
                 target: e.chat,
                 base: e.base,
-            });
+            }));
         }
         let not_found = |reason: String| Error::ModelNotFound {
             model: name.to_string(),
             reason,
         };
-        match self.ollama.lookup(name) {
+        Some(match lookup(name)? {
             // The real Ollama name goes upstream (`to_model` makes it the id), with no key
             // and never through a proxy.
             Lookup::Found(m) => {
@@ -411,7 +422,7 @@ impl Gateway {
                 ),
                 None => "unknown model; GET /v1/models lists the available ones".to_string(),
             })),
-        }
+        })
     }
 }
 

@@ -793,8 +793,8 @@ fn blocking_failed(doing: &str) -> Error {
 /// Finds a model: at once when no discovery is needed, else (an `ollama-…` name not known
 /// yet, which may ask Ollama) on a blocking thread.
 pub(super) async fn resolve(gw: &Arc<Gateway>, name: &str) -> Result<Resolved, Error> {
-    if gw.resolves_at_once(name) {
-        return gw.resolve(name);
+    if let Some(resolved) = gw.resolve_now(name) {
+        return resolved;
     }
     let (g, name) = (Arc::clone(gw), name.to_string());
     blocking::io()

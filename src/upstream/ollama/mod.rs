@@ -305,6 +305,19 @@ impl State {
     }
 }
 
+/// Whether `name` is an `ollama-…` short code (in any case).
+fn is_ollama_code(name: &str) -> bool {
+    name.get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("ollama-"))
+}
+
+/// Whether an on-demand discovery may run at `now` (one per [`ON_DEMAND_MIN_GAP`]).
+fn on_demand_due_at(state: &State, now: std::time::Instant) -> bool {
+    state
+        .last_on_demand
+        .is_none_or(|t| now.saturating_duration_since(t) >= ON_DEMAND_MIN_GAP)
+}
+
 /// The registry of discovered models.
 pub struct Ollama {
     base: String,
@@ -362,17 +375,15 @@ impl Ollama {
     /// Finds a model by short code or Ollama name (case-insensitive; a name without a tag
     /// also finds `name:latest`). An unknown name that starts with `ollama-` triggers a
     /// discovery first (at most once per [`ON_DEMAND_MIN_GAP`], at most
-    /// [`DISCOVERY_TIMEOUT`] long): on the background thread when it runs (the caller, a
-    /// worker, only waits for its result, doing no I/O), else here.
+    /// [`DISCOVERY_TIMEOUT`] long): on the background thread when it runs (the caller
+    /// only waits for its result, doing no I/O), else here. It blocks: never on an event
+    /// loop (see [`Ollama::lookup_now`]).
     pub fn lookup(&self, name: &str) -> Lookup {
         let name = name.trim();
         if let Some(m) = self.find(name) {
             return Lookup::Found(m);
         }
-        let ollama_code = name
-            .get(..7)
-            .is_some_and(|p| p.eq_ignore_ascii_case("ollama-"));
-        if ollama_code && self.on_demand_due() {
+        if is_ollama_code(name) && self.on_demand_due() {
             if self.background_runs() {
                 let begun = lock(&self.state).begun;
                 self.asked.store(true, Ordering::SeqCst);
@@ -388,6 +399,25 @@ impl Ollama {
                 return Lookup::Found(m);
             }
         }
+        self.not_found(name)
+    }
+
+    /// [`Ollama::lookup`] from what is known now, never waiting: `None` when it would run
+    /// a discovery (an unknown `ollama-…` name while one is due), which then only
+    /// [`Ollama::lookup`] may do, off the event loops.
+    pub fn lookup_now(&self, name: &str) -> Option<Lookup> {
+        let name = name.trim();
+        if let Some(m) = self.find(name) {
+            return Some(Lookup::Found(m));
+        }
+        if is_ollama_code(name) && self.on_demand_would_run() {
+            return None;
+        }
+        Some(self.not_found(name))
+    }
+
+    /// A name no discovery found: gone (reported before) or unknown.
+    fn not_found(&self, name: &str) -> Lookup {
         let lower = name.to_lowercase();
         let state = lock(&self.state);
         let gone = state.gone.contains(&lower)
@@ -432,13 +462,16 @@ impl Ollama {
     fn on_demand_due(&self) -> bool {
         let now = self.clock.now();
         let mut state = lock(&self.state);
-        let due = state
-            .last_on_demand
-            .is_none_or(|t| now.saturating_duration_since(t) >= ON_DEMAND_MIN_GAP);
+        let due = on_demand_due_at(&state, now);
         if due {
             state.last_on_demand = Some(now);
         }
         due
+    }
+
+    /// Whether [`Ollama::on_demand_due`] would say so now (without taking the turn).
+    fn on_demand_would_run(&self) -> bool {
+        on_demand_due_at(&lock(&self.state), self.clock.now())
     }
 
     /// One discovery round now: the list, then the context lengths not known yet. Returns

@@ -533,3 +533,29 @@ fn the_background_thread_discovers_at_once_and_stops_promptly() {
     }
     assert_eq!(script.tag_calls(), 2, "no round after stop");
 }
+
+#[test]
+fn lookup_now_answers_from_what_is_known_and_leaves_the_discovery_to_lookup() {
+    let (o, script, clock) = registry();
+    script.set(&["qwen3:latest"]);
+    o.discover().unwrap();
+    let calls = script.tag_calls();
+    // Known, or not an Ollama code: answered at once.
+    assert_eq!(
+        found(o.lookup_now("ollama-qwen3").unwrap()).name,
+        "qwen3:latest"
+    );
+    assert_eq!(o.lookup_now("gpt41"), Some(Lookup::Unknown));
+    // An unknown code while an on-demand discovery is due: only `lookup` may tell, and
+    // asking did not use the turn up.
+    script.set(&["qwen3:latest", "gemma3:4b"]);
+    assert_eq!(o.lookup_now("ollama-gemma3-4b"), None);
+    assert_eq!(o.lookup_now("ollama-gemma3-4b"), None);
+    assert_eq!(script.tag_calls(), calls, "lookup_now asks Ollama nothing");
+    assert_eq!(found(o.lookup("ollama-gemma3-4b")).name, "gemma3:4b");
+    assert_eq!(script.tag_calls(), calls + 1);
+    // Within the gap after that discovery, an unknown code is answered at once.
+    assert_eq!(o.lookup_now("ollama-never-seen"), Some(Lookup::Unknown));
+    clock.advance(ON_DEMAND_MIN_GAP);
+    assert_eq!(o.lookup_now("ollama-never-seen"), None);
+}
