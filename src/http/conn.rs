@@ -26,13 +26,13 @@ use super::parse::{InBuf, ReadError, Rejection, read_body, read_head};
 use super::pipe::{BlockingSink, Pipe};
 use super::shared::{Shared, Slot, Tracking, panic_message};
 use super::watch::Watch;
-use super::wire::read;
 use super::write::{Access, Out, OutBody, Producer, Reply, access_log, write_response};
 use super::{Body, Hangup, Request, Response, StreamBody, Version};
 use crate::error::Error;
 use crate::rt::net::TcpStream;
 use crate::rt::time::timeout_at;
 use crate::rt::tls::Stream;
+use crate::rt::wire::read;
 
 /// Everything a refused peer gets: handshake, 403, lingering read, in all.
 pub(crate) const REFUSAL_TIME: Duration = Duration::from_secs(2);

@@ -66,7 +66,6 @@ mod shared;
 mod testwire;
 pub mod tls;
 mod watch;
-mod wire;
 mod write;
 
 pub use headers::Headers;

@@ -10,10 +10,10 @@
 use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
-use super::wire::{Wire, read, write_all};
 use super::{Headers, Limits, Version};
 use crate::error::Error;
 use crate::rt::time::timeout_at;
+use crate::rt::wire::{Wire, read, write_all};
 
 /// Bytes asked of the socket by one read into the input buffer.
 const READ_CHUNK: usize = 16 * 1024;

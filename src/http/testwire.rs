@@ -5,7 +5,7 @@
 use std::io;
 use std::task::{Context, Poll};
 
-use super::wire::Wire;
+use crate::rt::wire::Wire;
 
 pub(crate) struct MemWire {
     input: Vec<u8>,

@@ -18,9 +18,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::pipe::{Next, Pipe};
-use super::wire::{Wire, write_all};
 use super::{Hangup, LogFields, Version};
 use crate::rt::time::{Sleep, sleep_until, timeout_at};
+use crate::rt::wire::{Wire, write_all};
 
 /// How long a stream's producer on the loop may take to notice that its client has gone
 /// (the pipe failed, the hang-up fired) and finish its books, before it is dropped.

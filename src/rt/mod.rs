@@ -28,6 +28,7 @@ pub(crate) mod oneshot;
 pub(crate) mod slab;
 pub(crate) mod time;
 pub(crate) mod tls;
+pub(crate) mod wire;
 
 pub(crate) use self::core::Job;
 use self::core::{Core, Main, Parts, Shared};

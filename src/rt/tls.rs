@@ -131,10 +131,6 @@ impl Stream {
         }
     }
 
-    pub(crate) async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        poll_fn(|cx| self.poll_read(cx, buf)).await
-    }
-
     /// Writes some of `buf` (in TLS: into the session, flushing it to the socket when it is
     /// full), waiting until something is taken.
     pub(crate) fn poll_write(
@@ -180,18 +176,6 @@ impl Stream {
             }
         }
         Poll::Ready(Ok(()))
-    }
-
-    /// Writes all of `buf` and flushes it.
-    pub(crate) async fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            let n = poll_fn(|cx| self.poll_write(cx, buf)).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            buf = &buf[n..];
-        }
-        poll_fn(|cx| self.poll_flush(cx)).await
     }
 
     /// For a connection that sat idle: whether it can carry another request — nothing

@@ -4,6 +4,7 @@
 use std::io;
 
 use crate::rt::tls::Stream;
+use crate::rt::wire::read;
 
 /// Bytes asked of the socket by one read.
 const READ_SIZE: usize = 16 * 1024;
@@ -50,7 +51,7 @@ impl Conn {
         if self.buf.len() - self.end < READ_SIZE / 4 {
             self.buf.resize(self.end + READ_SIZE, 0);
         }
-        let n = self.stream.read(&mut self.buf[self.end..]).await?;
+        let n = read(&mut self.stream, &mut self.buf[self.end..]).await?;
         self.end += n;
         Ok(n)
     }

@@ -24,6 +24,7 @@ use crate::env::Env;
 use crate::rt::net::TcpStream;
 use crate::rt::time::timeout_at;
 use crate::rt::tls::Stream;
+use crate::rt::wire::write_all;
 
 mod conn;
 mod names;
@@ -319,7 +320,7 @@ async fn tunnel(conn: &mut Conn, url: &Url, proxy: &Proxy) -> Result<(), Connect
         ask.push_str("\r\n");
     }
     ask.push_str("\r\n");
-    conn.stream.write_all(ask.as_bytes()).await?;
+    write_all(&mut conn.stream, ask.as_bytes()).await?;
     let head = read_head(conn, true).await.map_err(|e| match e {
         HeadError::Io(e) => ConnectError::Io(e),
         HeadError::Protocol(m) => ConnectError::Io(io::Error::new(io::ErrorKind::InvalidData, m)),
@@ -351,9 +352,9 @@ async fn exchange(
     head_only: bool,
 ) -> Result<Head, Failed> {
     let write = async {
-        conn.stream.write_all(bytes).await?;
+        write_all(&mut conn.stream, bytes).await?;
         if body.len() > ONE_WRITE {
-            conn.stream.write_all(body).await?;
+            write_all(&mut conn.stream, body).await?;
         }
         Ok::<(), io::Error>(())
     };

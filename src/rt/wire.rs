@@ -1,13 +1,14 @@
-//! Bytes to and from a client, for the reader and the writer of a connection: any
-//! non-blocking byte stream (a socket, clear or TLS, or the tests' bytes in memory).
+//! Bytes to and from a peer, for whatever reads and writes a connection (the server's
+//! connections, the upstream client): any non-blocking byte stream (a socket, clear or
+//! TLS, or the tests' bytes in memory).
 
 use std::future::poll_fn;
 use std::io;
 use std::task::{Context, Poll};
 
-use crate::rt::tls::Stream;
+use super::tls::Stream;
 
-/// A connection as the reader and writer see it.
+/// A connection as its reader and writer see it.
 pub(crate) trait Wire {
     /// Reads what has come, waiting until something has; 0 at the end.
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
