@@ -97,6 +97,23 @@ struct Endpoint {
     chat: Target,
 }
 
+impl Endpoint {
+    /// A provider's, from the environment: the base URL, and chat completions with its key
+    /// (Ollama: the real model name goes upstream, with no key and never through a proxy).
+    fn of(provider: Provider, env: &Env) -> Endpoint {
+        let base = provider.api_base(env);
+        let url = format!("{base}/chat/completions");
+        let chat = match provider {
+            Provider::Ollama => Target::direct(url),
+            _ => Target::new(url, provider.key(env).map(str::to_string)),
+        };
+        Endpoint {
+            base: Arc::from(base),
+            chat,
+        }
+    }
+}
+
 /// What a reload changed.
 #[derive(Debug)]
 pub struct Reloaded {
@@ -155,23 +172,7 @@ impl Gateway {
         let endpoints = Provider::CLOUD
             .into_iter()
             .chain([Provider::Ollama])
-            .map(|p| {
-                let base = p.api_base(&settings.env);
-                let url = format!("{base}/chat/completions");
-                let chat = match p {
-                    // The real Ollama name goes upstream, with no key and never through a
-                    // proxy.
-                    Provider::Ollama => Target::direct(url),
-                    _ => Target::new(url, p.key(&settings.env).map(str::to_string)),
-                };
-                (
-                    p,
-                    Endpoint {
-                        base: Arc::from(base),
-                        chat,
-                    },
-                )
-            })
+            .map(|p| (p, Endpoint::of(p, &settings.env)))
             .collect();
         Ok(Gateway {
             env: settings.env.clone(),
@@ -336,16 +337,7 @@ impl Gateway {
     fn endpoint(&self, provider: Provider) -> Endpoint {
         match self.endpoints.iter().find(|(p, _)| *p == provider) {
             Some((_, e)) => e.clone(),
-            None => {
-                let base = provider.api_base(&self.env);
-                Endpoint {
-                    chat: Target::new(
-                        format!("{base}/chat/completions"),
-                        provider.key(&self.env).map(str::to_string),
-                    ),
-                    base: Arc::from(base),
-                }
-            }
+            None => Endpoint::of(provider, &self.env),
         }
     }
 

@@ -162,11 +162,7 @@ pub(super) async fn send_as(
         resp.head.retry_after.as_deref(),
         SystemTime::now(),
     );
-    let error_body = timeout_at(deadline, std::pin::pin!(resp.body.read_all(MAX_ERROR_BODY))).await;
-    let body = match error_body {
-        Ok(Ok(b)) => b,
-        _ => Vec::new(),
-    };
+    let body = error_body(&mut resp.body, deadline).await;
     Err(Failure::Status {
         status,
         retry_after,
@@ -174,12 +170,19 @@ pub(super) async fn send_as(
     })
 }
 
+/// Up to [`MAX_ERROR_BODY`] bytes of an answer that is not the one asked for (an error),
+/// by `deadline`; empty when it does not come.
+pub(super) async fn error_body(body: &mut client::Body, deadline: Instant) -> Vec<u8> {
+    match timeout_at(deadline, std::pin::pin!(body.read_all(MAX_ERROR_BODY))).await {
+        Ok(Ok(b)) => b,
+        _ => Vec::new(),
+    }
+}
+
 /// Sorts a client error from connecting, sending the request or waiting for its head.
 pub(super) fn call_failure(e: client::Error, remaining: Duration) -> Failure {
     match e {
-        client::Error::Connect(io) if io.kind() == io::ErrorKind::NotFound => {
-            Failure::Connect("host not found".into())
-        }
+        // (A name not found is the client's own `HOST_NOT_FOUND`, which says itself.)
         client::Error::Connect(io) | client::Error::Send(io) | client::Error::Receive(io) => {
             io_failure(&io, remaining, "connecting")
         }
@@ -235,6 +238,32 @@ pub(super) fn secs(d: Duration) -> String {
 mod tests {
     use super::*;
     use crate::rt::block_on;
+
+    #[test]
+    fn a_failed_connect_says_whether_anybody_was_there() {
+        let t = Duration::from_secs(2);
+        let os = |errno| {
+            call_failure(
+                client::Error::Connect(io::Error::from_raw_os_error(errno)),
+                t,
+            )
+        };
+        // ECONNREFUSED, EHOSTUNREACH, ENETUNREACH: nobody there.
+        for errno in [111, 113, 101] {
+            let f = os(errno);
+            assert!(f.nobody_there(), "{f:?}");
+        }
+        let unknown = io::Error::new(io::ErrorKind::NotFound, client::HOST_NOT_FOUND);
+        assert!(call_failure(client::Error::Connect(unknown), t).nobody_there());
+        // ECONNRESET before the answer, a timeout, a status: somebody, answering badly.
+        let reset = call_failure(client::Error::Receive(io::Error::from_raw_os_error(104)), t);
+        assert!(
+            matches!(reset, Failure::Connect(_)) && !reset.nobody_there(),
+            "{reset:?}"
+        );
+        assert!(!os(110).nobody_there());
+        assert!(!Failure::BadAnswer("connection refused".into()).nobody_there());
+    }
 
     fn run<T>(
         deadline: Instant,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::chat::provider_error::{error_in, reported};
 use crate::rt::time::timeout_at;
 use crate::util::Hangup;
-use call::{read_failure, read_timeout, send, send_as, with_retries};
+use call::{read_failure, read_timeout, send_as, with_retries};
 use client::Client;
 use retry::Failure;
 
@@ -118,15 +118,9 @@ impl Upstream {
     ) -> Attempted<T> {
         let read = &read;
         with_retries(deadline, retries, hangup, move |remaining| async move {
-            let until = Instant::now() + remaining;
-            let mut resp = send(&self.client, target, body, until).await?;
-            let answer =
-                match timeout_at(until, std::pin::pin!(resp.body.read_all(MAX_ANSWER))).await {
-                    Err(_) => return Err(read_timeout(remaining)),
-                    Ok(Err(e)) => return Err(read_failure(e, remaining)),
-                    Ok(Ok(a)) => a,
-                };
-            read(answer)
+            self.fetch("POST", target, body, MAX_ANSWER, remaining)
+                .await
+                .and_then(read)
         })
         .await
     }

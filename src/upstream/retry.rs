@@ -42,6 +42,24 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// A connection that found nobody there: refused, unreachable, or a name that resolves
+    /// to nothing (as `call::io_failure` words a failed connect: the error's kind).
+    pub fn nobody_there(&self) -> bool {
+        use std::io::ErrorKind::*;
+        let Failure::Connect(m) = self else {
+            return false;
+        };
+        m == super::client::HOST_NOT_FOUND
+            || [
+                ConnectionRefused,
+                HostUnreachable,
+                NetworkUnreachable,
+                AddrNotAvailable,
+            ]
+            .iter()
+            .any(|kind| kind.to_string() == *m)
+    }
+
     /// Whether another attempt may help.
     pub fn retryable(&self) -> bool {
         match self {

@@ -19,6 +19,20 @@ struct Score {
     latency_ms: Option<f64>,
 }
 
+impl Score {
+    /// One more call: moving averages, recent calls weighing [`WEIGHT`].
+    fn add(&mut self, ok: bool, took: Duration) {
+        self.success = self.success * (1.0 - WEIGHT) + if ok { WEIGHT } else { 0.0 };
+        if ok {
+            let ms = took.as_secs_f64() * 1000.0;
+            self.latency_ms = Some(
+                self.latency_ms
+                    .map_or(ms, |l| l * (1.0 - WEIGHT) + ms * WEIGHT),
+            );
+        }
+    }
+}
+
 /// A model's recent record, as `/api/health` and `auto` see it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Snapshot {
@@ -36,25 +50,16 @@ impl Scores {
     /// Records one call to `model`: whether it succeeded and how long it took.
     pub fn record(&self, model: &str, ok: bool, took: Duration) {
         let mut all = lock(&self.by_model);
-        if !all.contains_key(model) {
-            all.insert(
-                model.to_string(),
-                Score {
+        match all.get_mut(model) {
+            Some(s) => s.add(ok, took),
+            None => {
+                let mut s = Score {
                     success: 1.0,
                     latency_ms: None,
-                },
-            );
-        }
-        let Some(s) = all.get_mut(model) else {
-            return;
-        };
-        s.success = s.success * (1.0 - WEIGHT) + if ok { WEIGHT } else { 0.0 };
-        if ok {
-            let ms = took.as_secs_f64() * 1000.0;
-            s.latency_ms = Some(
-                s.latency_ms
-                    .map_or(ms, |l| l * (1.0 - WEIGHT) + ms * WEIGHT),
-            );
+                };
+                s.add(ok, took);
+                all.insert(model.to_string(), s);
+            }
         }
     }
 

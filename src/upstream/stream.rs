@@ -10,7 +10,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use super::call::{MAX_ERROR_BODY, io_failure, send, unless_gone, with_retries};
+use super::call::{error_body, io_failure, send, unless_gone, with_retries};
 use super::client::{self, Client};
 use super::retry::Failure;
 use super::target::{Attempted, Target};
@@ -60,7 +60,12 @@ impl OpenStream {
                         "no event within the timeout",
                     ));
                 }
-                Ok(Err(e)) => return Err(io::Error::other(e.to_string())),
+                // An I/O error as it is, so that the client sees its kind and not the
+                // OS's text (see `call::io_failure`).
+                Ok(Err(client::BodyError::Io(e))) => return Err(e),
+                Ok(Err(e)) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+                }
                 Ok(Ok(false)) => return self.parser.finish(),
                 Ok(Ok(true)) => self.parser.feed(&self.buf),
             }
@@ -162,11 +167,7 @@ async fn attempt(
     if resp.head.json {
         // A 200 carrying JSON instead of a stream: an error (or a provider that ignores
         // `stream`); either way not something to relay as events, nor to ask again for.
-        let text =
-            match timeout_at(deadline, std::pin::pin!(resp.body.read_all(MAX_ERROR_BODY))).await {
-                Ok(Ok(t)) => t,
-                _ => Vec::new(),
-            };
+        let text = error_body(&mut resp.body, deadline).await;
         return Err(Failure::BadCompletion(json_instead_of_stream(&text)));
     }
     let mut stream = OpenStream {

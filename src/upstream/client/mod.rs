@@ -46,6 +46,10 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ONE_WRITE: usize = 64 * 1024;
 /// Largest answer head.
 const MAX_HEAD: usize = 64 * 1024;
+/// What a name that resolves to nothing fails with.
+pub(crate) const HOST_NOT_FOUND: &str = "host not found";
+/// The most room made for a body before its bytes come.
+const PREALLOCATE: usize = 256 * 1024;
 /// The shortest time one of several addresses is given to connect.
 const MIN_PER_ADDRESS: Duration = Duration::from_millis(10);
 
@@ -209,7 +213,7 @@ impl Client {
                 };
                 let addrs = self.inner.names.resolve(host, port).await.map_err(|e| {
                     if e.kind() == io::ErrorKind::NotFound || e.raw_os_error().is_none() {
-                        io::Error::new(io::ErrorKind::NotFound, "host not found")
+                        io::Error::new(io::ErrorKind::NotFound, HOST_NOT_FOUND)
                     } else {
                         e
                     }
@@ -231,8 +235,7 @@ impl Client {
                 let session = rustls::ClientConnection::new(Arc::clone(&self.inner.tls), name)
                     .map_err(io::Error::other)?;
                 let Conn { stream, .. } = conn;
-                let tcp = stream_into_tcp(stream);
-                let mut stream = Stream::tls(tcp, session);
+                let mut stream = Stream::tls(stream.into_tcp(), session);
                 stream.handshake().await?;
                 Ok(Conn::new(stream))
             }),
@@ -278,15 +281,10 @@ impl From<io::Error> for ConnectError {
     }
 }
 
-/// The socket of a stream that has no TLS on it yet (a proxy's tunnel before the handshake).
-fn stream_into_tcp(stream: Stream) -> TcpStream {
-    stream.into_tcp()
-}
-
 /// Connects to the first address that answers; each but the last gets half of the time
 /// left (at least [`MIN_PER_ADDRESS`]).
 async fn connect_any(addrs: &[SocketAddr], deadline: Instant) -> io::Result<TcpStream> {
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "host not found");
+    let mut last = io::Error::new(io::ErrorKind::NotFound, HOST_NOT_FOUND);
     for (i, addr) in addrs.iter().enumerate() {
         let left = deadline.saturating_duration_since(Instant::now());
         let share = if i + 1 == addrs.len() {
@@ -542,8 +540,10 @@ impl Body {
         {
             return Err(BodyError::TooLarge(limit));
         }
+        // Room for what the head announces, up to a bound: a length is only a claim
+        // until the bytes come.
         let mut out = Vec::with_capacity(match self.framing {
-            Framing::Length(n) => n as usize,
+            Framing::Length(n) => (n as usize).min(PREALLOCATE),
             _ => 1024,
         });
         while self.next(&mut out).await? {

@@ -41,7 +41,10 @@ impl Names {
             .await
             .ok_or_else(|| io::Error::other("the name lookup failed"))??;
         if found.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, "host not found"));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                super::HOST_NOT_FOUND,
+            ));
         }
         let addrs: Arc<[SocketAddr]> = Arc::from(found);
         lock(&self.cache).insert(key, (Instant::now(), Arc::clone(&addrs)));

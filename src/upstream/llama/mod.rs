@@ -7,7 +7,7 @@
 //! Until its `/health` answers 200 the model answers 503 `model_loading` with `Retry-After`.
 //! Requests to it take one of its slots (`-llama-parallel`), waiting in a short queue for at
 //! most `-llama-queue-wait`; beyond that they get 429 `model_busy`, so a slow local model
-//! holds only a few of the gateway's workers.
+//! holds only a few of the gateway's places (`-workers`) and blocking threads.
 //!
 //! One supervisor thread does the process handling and the health checks; the decisions are
 //! the pure [`machine`]. Its lock is held for bookkeeping only, never across a check or a

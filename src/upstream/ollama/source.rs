@@ -113,19 +113,9 @@ impl Failure {
     fn from_call(e: crate::upstream::retry::Failure, what: &str) -> Failure {
         use crate::upstream::retry::Failure as Call;
         match e {
-            // The kinds of a failed connect that mean nobody is there (their words as
-            // std spells io::ErrorKind); a connection closed or reset before the answer is
-            // something there answering badly.
-            Call::Connect(m)
-                if [
-                    "connection refused",
-                    "host unreachable",
-                    "network unreachable",
-                    "address not available",
-                    "host not found",
-                ]
-                .contains(&m.as_str()) =>
-            {
+            // A connection closed or reset before the answer is something there answering
+            // badly, not nobody there.
+            Call::Connect(ref m) if e.nobody_there() => {
                 Failure::Down(format!("{what}: cannot connect ({m})"))
             }
             Call::Connect(m) => Failure::Bad(format!("{what}: {m}")),
