@@ -71,25 +71,25 @@ fn gauges(gw: &Gateway, e: &mut Exposition) {
     single(
         e,
         "sigorest_queue_depth",
-        "Requests waiting for a worker.",
+        "Requests waiting for a place (-workers).",
         s.queue_depth.load(Relaxed),
     );
     single(
         e,
         "sigorest_queue_capacity",
-        "Requests that may wait for a worker (-queue).",
+        "Requests that may wait for a place (-queue).",
         s.queue_capacity.load(Relaxed),
     );
     single(
         e,
         "sigorest_workers_busy",
-        "Workers answering a request.",
+        "Places held: requests being answered.",
         s.workers_busy.load(Relaxed),
     );
     single(
         e,
         "sigorest_workers_total",
-        "Worker threads (-workers).",
+        "Requests answered at once, at most (-workers).",
         s.workers_total.load(Relaxed),
     );
     single(

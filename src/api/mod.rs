@@ -372,7 +372,7 @@ impl Handler for Router {
 
     /// Reading the lists, the health and the memory block (snapshots in memory, no I/O),
     /// and every 404 and 405, are answered at once on the event loop. Calls to a provider
-    /// take a worker's place and answer on the loop; `PUT /api/memory` (a file write) goes
+    /// take a place (`-workers`) and answer on the loop; `PUT /api/memory` (a file write) goes
     /// to a worker thread.
     fn is_quick(&self, req: &Request) -> bool {
         let path = model_in_path(&req.path).map_or(req.path.as_str(), |(_, path)| path);

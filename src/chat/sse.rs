@@ -80,9 +80,10 @@ impl EventParser {
                 self.pos = 0;
                 return Ok(None);
             };
-            let line = rest[..=i].to_vec();
+            let start = self.pos;
             self.pos += i + 1;
-            if let Some(event) = self.line(&line)? {
+            let line = &self.buf[start..self.pos];
+            if let Some(event) = take_line(&mut self.data, self.max_line, line)? {
                 return Ok(Some(event));
             }
         }
@@ -90,43 +91,47 @@ impl EventParser {
 
     /// At the end of the stream: the last event, when it was cut off without its blank line.
     pub fn finish(&mut self) -> io::Result<Option<Event>> {
-        let rest = self.buf[self.pos..].to_vec();
+        let rest = &self.buf[self.pos..];
+        let last = if rest.is_empty() {
+            None
+        } else {
+            take_line(&mut self.data, self.max_line, rest)?
+        };
         self.buf.clear();
         self.pos = 0;
-        if !rest.is_empty()
-            && let Some(event) = self.line(&rest)?
-        {
-            return Ok(Some(event));
+        match last {
+            Some(event) => Ok(Some(event)),
+            None => Ok(self.data.take().map(to_event)),
         }
-        Ok(self.data.take().map(to_event))
     }
+}
 
-    /// One line (its end included or not): an event when it is the blank line ending one.
-    fn line(&mut self, raw: &[u8]) -> io::Result<Option<Event>> {
-        let line = trim_eol(raw);
-        if line.len() > self.max_line {
-            return Err(invalid("event stream line too long"));
-        }
-        if line.is_empty() {
-            return Ok(self.data.take().map(to_event));
-        }
-        let text = std::str::from_utf8(line).map_err(|_| invalid("event stream is not UTF-8"))?;
-        if let Some(value) = field(text, "data") {
-            match &mut self.data {
-                // Many `data:` lines make one event: it is capped as a line is.
-                Some(d) if d.len() + 1 + value.len() > self.max_line => {
-                    return Err(invalid("event stream event too long"));
-                }
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(value);
-                }
-                None => self.data = Some(value.to_string()),
-            }
-        }
-        // Comments (":...") and other fields (event, id, retry) carry nothing we relay.
-        Ok(None)
+/// One line (its end included or not) into the event being gathered (`data`): the event
+/// when it is the blank line ending one.
+fn take_line(data: &mut Option<String>, max_line: usize, raw: &[u8]) -> io::Result<Option<Event>> {
+    let line = trim_eol(raw);
+    if line.len() > max_line {
+        return Err(invalid("event stream line too long"));
     }
+    if line.is_empty() {
+        return Ok(data.take().map(to_event));
+    }
+    let text = std::str::from_utf8(line).map_err(|_| invalid("event stream is not UTF-8"))?;
+    if let Some(value) = field(text, "data") {
+        match data {
+            // Many `data:` lines make one event: it is capped as a line is.
+            Some(d) if d.len() + 1 + value.len() > max_line => {
+                return Err(invalid("event stream event too long"));
+            }
+            Some(d) => {
+                d.push('\n');
+                d.push_str(value);
+            }
+            None => *data = Some(value.to_string()),
+        }
+    }
+    // Comments (":...") and other fields (event, id, retry) carry nothing we relay.
+    Ok(None)
 }
 
 fn trim_eol(line: &[u8]) -> &[u8] {

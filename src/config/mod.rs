@@ -125,8 +125,8 @@ const USAGE_FILE_NAME: &str = "usage.json";
 
 const WORKERS_MAX: u64 = 10_000;
 const USAGE_FLUSH_MAX_SECS: u64 = 3600;
-/// The queue is a crossbeam array channel, allocated in full at start: each place holds a
-/// request waiting for a worker (a few hundred bytes), so 16,384 places are about 5 MB.
+/// Each request waiting for a place holds its read request (a few hundred bytes and its
+/// body) and a connection task, so 16,384 waiting are about 5 MB beyond their bodies.
 const QUEUE_MAX: u64 = 16_384;
 /// A day: a local model on a small box may be slow, but not slower.
 const MAX_TIMEOUT_MAX_SECS: u64 = 86_400;

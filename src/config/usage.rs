@@ -103,8 +103,8 @@ fn limits(d: &Config) -> String {
                        0: no per-IP limit (default 0)
   -ip-burst N          requests a client address may make at once
                        (default: ten seconds' worth of -ip-rate)
-  -workers N           worker threads, 1-{workers_max} (default {workers})
-  -queue N             requests that may wait for a worker, 1-{queue_max};
+  -workers N           requests answered at once, 1-{workers_max} (default {workers})
+  -queue N             requests that may wait for a place, 1-{queue_max};
                        beyond that: 503 (default {queue})
   -shutdown-grace S    seconds in-flight requests may run on after SIGTERM,
                        0-{grace_max} (default {grace})

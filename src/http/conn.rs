@@ -8,7 +8,6 @@
 //! loop (see `shared`).
 
 use std::future::{Future, poll_fn};
-use std::io;
 use std::net::IpAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
@@ -24,7 +23,7 @@ use super::budget::Lease;
 use super::gate::{Entering, Full, Place};
 use super::parse::{InBuf, ReadError, Rejection, read_body, read_head};
 use super::pipe::{BlockingSink, Pipe};
-use super::shared::{Shared, Slot, Tracking, panic_message};
+use super::shared::{Shared, Slot, Tracking, handler_failed, panic_message, stream_panicked};
 use super::watch::Watch;
 use super::write::{Access, Out, OutBody, Producer, Reply, access_log, write_response};
 use super::{Body, Hangup, Request, Response, StreamBody, Version};
@@ -56,9 +55,8 @@ struct Conn {
 /// The connection's task. `slot` counts it (for its address and in all) until it ends.
 pub(crate) async fn serve(ctx: Arc<ListenerCtx>, tcp: TcpStream, slot: Slot) {
     let tracking = Tracking::new();
-    let work = pin!(run(&slot.shared, &ctx, tcp, slot.peer, &tracking));
     // A forced shutdown ends the work wherever it waits (its socket closes with it).
-    let mut work = work;
+    let mut work = pin!(run(&slot.shared, &ctx, tcp, slot.peer, &tracking));
     poll_fn(|cx| {
         if tracking.killed(cx.waker()) {
             return Poll::Ready(());
@@ -374,9 +372,7 @@ async fn caught(mut answering: super::Answering) -> Response {
             Err(panic) => {
                 let what = panic_message(&*panic);
                 log::error!(panic = what.as_str(); "handler panicked");
-                Poll::Ready(Response::error(&Error::Internal {
-                    message: "internal error: the request handler failed".to_string(),
-                }))
+                Poll::Ready(handler_failed())
             }
         },
     )
@@ -421,13 +417,7 @@ pub(crate) fn guarded(mut producer: Producer) -> Producer {
     Box::pin(poll_fn(move |cx| {
         match catch_unwind(AssertUnwindSafe(|| producer.as_mut().poll(cx))) {
             Ok(p) => p,
-            Err(_) => {
-                log::error!("stream body panicked; connection closed");
-                Poll::Ready((
-                    Err(io::Error::other("the stream body panicked")),
-                    Vec::new(),
-                ))
-            }
+            Err(_) => Poll::Ready((Err(stream_panicked()), Vec::new())),
         }
     }))
 }
@@ -438,10 +428,7 @@ pub(crate) fn run_stream(body: StreamBody, pipe: Pipe) {
     let mut log = Vec::new();
     let result = match catch_unwind(AssertUnwindSafe(|| body(&mut sink, &mut log))) {
         Ok(r) => r,
-        Err(_) => {
-            log::error!("stream body panicked; connection closed");
-            Err(io::Error::other("the stream body panicked"))
-        }
+        Err(_) => Err(stream_panicked()),
     };
     pipe.finish(result, log);
 }

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
 use super::Stats;
@@ -67,7 +67,7 @@ impl Gate {
         let mut s = lock(&self.inner.state);
         if s.busy < self.inner.size && s.line.is_empty() {
             s.busy += 1;
-            self.publish(&s);
+            self.inner.publish(&s);
             return Ok(Entering::Now(Some(self.place())));
         }
         if s.line.len() >= self.inner.queue {
@@ -76,7 +76,7 @@ impl Gate {
         let ticket = s.next_ticket;
         s.next_ticket += 1;
         s.line.push_back((ticket, None));
-        self.publish(&s);
+        self.inner.publish(&s);
         Ok(Entering::Waiting {
             gate: self.clone(),
             ticket,
@@ -89,11 +89,25 @@ impl Gate {
             inner: Arc::clone(&self.inner),
         }
     }
+}
 
+impl Inner {
     fn publish(&self, s: &State) {
-        let stats = &self.inner.stats;
-        stats.workers_busy.store(s.busy, Ordering::Release);
-        stats.queue_depth.store(s.line.len(), Ordering::Release);
+        self.stats.workers_busy.store(s.busy, Ordering::Release);
+        self.stats
+            .queue_depth
+            .store(s.line.len(), Ordering::Release);
+    }
+
+    /// Gives a place back: to the first in line if anyone waits (woken outside the lock).
+    fn release(&self, mut s: MutexGuard<'_, State>) {
+        s.busy -= 1;
+        let next = grant_next(&mut s);
+        self.publish(&s);
+        drop(s);
+        if let Some(w) = next {
+            w.wake();
+        }
     }
 }
 
@@ -145,16 +159,10 @@ impl Drop for Entering {
             } else if let Some(i) = s.granted.iter().position(|t| t == ticket) {
                 // Given a place just as it gave up: pass it on.
                 s.granted.swap_remove(i);
-                s.busy -= 1;
-                let next = grant_next(&mut s);
-                gate.publish(&s);
-                drop(s);
-                if let Some(w) = next {
-                    w.wake();
-                }
+                gate.inner.release(s);
                 return;
             }
-            gate.publish(&s);
+            gate.inner.publish(&s);
         }
     }
 }
@@ -169,16 +177,7 @@ fn grant_next(s: &mut State) -> Option<Waker> {
 
 impl Drop for Place {
     fn drop(&mut self) {
-        let mut s = lock(&self.inner.state);
-        s.busy -= 1;
-        let next = grant_next(&mut s);
-        let stats = &self.inner.stats;
-        stats.workers_busy.store(s.busy, Ordering::Release);
-        stats.queue_depth.store(s.line.len(), Ordering::Release);
-        drop(s);
-        if let Some(w) = next {
-            w.wake();
-        }
+        self.inner.release(lock(&self.inner.state));
     }
 }
 

@@ -66,9 +66,20 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 fn panicked(req: &Request, panic: &(dyn std::any::Any + Send)) -> Response {
     let what = panic_message(panic);
     log::error!(method = req.method.as_str(), path = req.path.as_str(), panic = what.as_str(); "handler panicked");
+    handler_failed()
+}
+
+/// The client's answer when its handler panicked.
+pub(crate) fn handler_failed() -> Response {
     Response::error(&Error::Internal {
         message: "internal error: the request handler failed".to_string(),
     })
+}
+
+/// The error that ends a stream whose producer panicked (logged here).
+pub(crate) fn stream_panicked() -> std::io::Error {
+    log::error!("stream body panicked; connection closed");
+    std::io::Error::other("the stream body panicked")
 }
 
 /// One counted connection; uncounts it when dropped, however its task ends.

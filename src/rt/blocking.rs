@@ -45,8 +45,7 @@ struct Inner {
     stack: usize,
     /// Threads running (or being started).
     started: AtomicUsize,
-    /// Jobs sent and not taken yet, minus threads waiting for one: above 0, a thread more
-    /// is wanted.
+    /// Jobs sent and not taken yet: more than the idle threads, a thread more is wanted.
     waiting: AtomicUsize,
     idle: AtomicUsize,
     handles: Mutex<Vec<JoinHandle<()>>>,

@@ -376,12 +376,13 @@ impl Core {
             if self.shared.stopping.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            let main_woken = main.as_ref().is_some_and(|m| m.woken());
-            let mut timeout = if more || main_woken || !self.ready.borrow().is_empty() {
+            let mut timeout = if more {
                 Some(Duration::ZERO)
             } else {
                 self.next_timeout()
             };
+            // Announced before the last look at what other threads queued: a wake sent
+            // after this look finds the flag and wakes the poll.
             self.shared.sleeping.store(true, Ordering::SeqCst);
             if self.remote_pending() || main.as_ref().is_some_and(|m| m.woken()) {
                 timeout = Some(Duration::ZERO);

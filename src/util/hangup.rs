@@ -14,8 +14,9 @@ use super::lock;
 type Callback = Box<dyn FnOnce() + Send>;
 
 /// Tells a running handler that its client has gone away. The server fires it when it sees
-/// the connection closed while a handler still works on it; a handler registers what to
-/// interrupt (an upstream call) with [`Hangup::on_hangup`].
+/// the connection closed while a handler still works on it; a task races its waits (an
+/// upstream call) against [`Hangup::fired`], a blocked thread (a wait for a local model's
+/// slot) registers what to interrupt with [`Hangup::on_hangup`].
 #[derive(Clone, Default)]
 pub struct Hangup {
     inner: Arc<HangupInner>,
