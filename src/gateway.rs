@@ -26,11 +26,11 @@ use crate::state::memory::Memory;
 use crate::state::session::SessionStore;
 use crate::upstream::breaker::{Breakers, State};
 use crate::upstream::llama::Llama;
+use crate::upstream::llama::slots::SlotGuard;
 use crate::upstream::ollama::{Lookup, Ollama};
 use crate::upstream::scores::Scores;
 use crate::upstream::{Target, Upstream};
 use crate::util::clock::{Clock, SystemClock};
-use crate::util::slots::SlotGuard;
 use crate::util::{Hangup, lock, unix_now};
 
 /// What the gateway needs to start.
@@ -262,13 +262,13 @@ impl Gateway {
     /// A slot of the local model for one request, taken before its upstream call and held
     /// until the answer has been sent (a stream: until it ends). `None` for every other
     /// model. 429 `model_busy` when none comes free in time.
-    pub(crate) fn local_slot(
+    pub(crate) async fn local_slot(
         &self,
         model: &Model,
         hangup: &Hangup,
     ) -> Result<Option<SlotGuard>, Error> {
         match &self.llama {
-            Some(l) if model.provider == Provider::Llama => l.slot(hangup).map(Some),
+            Some(l) if model.provider == Provider::Llama => l.slot(hangup).await.map(Some),
             _ => Ok(None),
         }
     }

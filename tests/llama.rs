@@ -15,6 +15,7 @@ use crate::support::client::{self, Call};
 use crate::support::gateway::{Gateway, Options, TempDir, request};
 use crate::support::llama::{ModelFile, alive, fake_server, parent, wait_gone, wait_llama};
 use crate::support::process::Server;
+use crate::support::upstream::FakeUpstream;
 
 fn health(gw: &Gateway) -> Value {
     gw.get("/api/health").json()
@@ -349,6 +350,65 @@ fn a_client_that_leaves_the_queue_frees_its_place() {
         2,
         "the one that left never reached it"
     );
+}
+
+#[test]
+fn a_long_queue_of_local_requests_holds_no_thread_the_others_need() {
+    // 70 requests wait for the one slot. Waiting is a task on the event loop: the threads
+    // for blocking work (session files, name lookups; at most 64) stay free, so a cloud
+    // request with a session answers while all 70 still wait.
+    const WAITERS: u64 = 70;
+    let model = ModelFile::new("llama-many");
+    let mut config = model.config();
+    config.queue = 80;
+    config.queue_wait = Duration::from_secs(60);
+    let fake = FakeUpstream::start();
+    let gw = Gateway::start(
+        Options::default()
+            .upstream(&fake.base_url())
+            .models("gpt41")
+            .workers(100, 64)
+            .configure(|c| c.max_conns_per_ip = 200)
+            .llama(config),
+    );
+    ready(&gw);
+    let slots = || health(&gw)["llama"]["slots"].clone();
+    let holder = send_raw(gw.http, &chat_body("local", "hold", false));
+    wait_llama(|| health(&gw), |l| l["slots"]["busy"] == 1, "busy");
+    let waiters: Vec<TcpStream> = (0..WAITERS)
+        .map(|i| send_raw(gw.http, &chat_body("local", &format!("wait {i}"), false)))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while slots()["waiting"] != WAITERS {
+        assert!(Instant::now() < deadline, "{}", slots());
+        thread::sleep(Duration::from_millis(10));
+    }
+
+    for text in ["hello", "again"] {
+        let r = gw.chat("gpt41", text, json!({"session_id": "busy-day"}));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let sent = fake.last_json().expect("the cloud model was asked");
+    assert_eq!(
+        sent["messages"][0]["content"], "hello",
+        "the session was kept"
+    );
+    assert_eq!(sent["messages"].as_array().map(Vec::len), Some(3), "{sent}");
+    assert_eq!(
+        slots()["waiting"],
+        WAITERS,
+        "answered while every local request still waited"
+    );
+
+    // Clients that leave take their places with them.
+    drop(waiters);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while slots()["waiting"] != 0 {
+        assert!(Instant::now() < deadline, "{}", slots());
+        thread::sleep(Duration::from_millis(10));
+    }
+    model.touch(".release");
+    drop(holder);
 }
 
 // --- the real binary -------------------------------------------------------------------

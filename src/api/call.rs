@@ -30,9 +30,9 @@ use crate::rt::blocking;
 use crate::state::catalog::Model;
 use crate::state::session::{Message, SessionStore};
 use crate::upstream::breaker::{Outcome, Permit};
+use crate::upstream::llama::slots::SlotGuard;
 use crate::upstream::retry::Failure;
 use crate::upstream::{OpenStream, read_open_stream};
-use crate::util::slots::SlotGuard;
 
 /// The response header naming the model that answered (its short code).
 pub(crate) const MODEL_HEADER: &str = "x-sigorest-model";
@@ -430,7 +430,7 @@ async fn attempt(
         Err(e) => return (Err(e), tried),
     };
     // A local model's slot: held for the whole answer (a stream's until it ends).
-    let slot = match local_slot(gw, &resolved.model, &req.hangup).await {
+    let slot = match gw.local_slot(&resolved.model, &req.hangup).await {
         Ok(slot) => slot,
         Err(e) => return (Err(e), tried),
     };
@@ -801,23 +801,6 @@ pub(super) async fn resolve(gw: &Arc<Gateway>, name: &str) -> Result<Resolved, E
         .run(move || g.resolve(&name))
         .await
         .unwrap_or_else(|| Err(blocking_failed("looking the model up")))
-}
-
-/// A slot of the local model (see [`Gateway::local_slot`]), waited for on a blocking thread
-/// (its queue may take a while); at once for any other model.
-pub(super) async fn local_slot(
-    gw: &Arc<Gateway>,
-    model: &Model,
-    hangup: &Hangup,
-) -> Result<Option<SlotGuard>, Error> {
-    if model.provider != crate::state::catalog::Provider::Llama {
-        return Ok(None);
-    }
-    let (g, model, hangup) = (Arc::clone(gw), model.clone(), hangup.clone());
-    blocking::io()
-        .run(move || g.local_slot(&model, &hangup))
-        .await
-        .unwrap_or_else(|| Err(blocking_failed("waiting for a local model's slot")))
 }
 
 /// Records a failed call with the breaker and the model's score, and turns it into the

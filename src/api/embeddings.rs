@@ -93,7 +93,7 @@ async fn answer(
             model: model.short.clone(),
             retry_after_s,
         })?;
-    let _slot = super::call::local_slot(gw, &model, &req.hangup).await?;
+    let _slot = gw.local_slot(&model, &req.hangup).await?;
     let started = Instant::now();
     let deadline = started + timeout;
     let done = gw

@@ -22,8 +22,7 @@ enum Msg {
 }
 
 /// The threads for the blocking steps of requests on the event loops (session files, name
-/// lookups, a model discovery, a wait for a local model's slot): many may wait at once,
-/// none stays when idle.
+/// lookups, a model discovery): many may wait at once, none stays when idle.
 pub(crate) fn io() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| Pool::new("sigorest-io", 64, 0, Duration::from_secs(10)))

@@ -1,7 +1,6 @@
 //! A client's departure as a value: the HTTP layer fires it when it sees the connection
 //! closed while a handler still works, and whatever the handler waits for (an upstream
-//! call, a wait for a slot) ends: a task awaits [`Hangup::fired`], a blocked thread
-//! registers a callback that interrupts it.
+//! call, a wait for a slot) ends: the task races it against [`Hangup::fired`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,12 +10,9 @@ use std::task::{Context, Poll, Waker};
 
 use super::lock;
 
-type Callback = Box<dyn FnOnce() + Send>;
-
 /// Tells a running handler that its client has gone away. The server fires it when it sees
 /// the connection closed while a handler still works on it; a task races its waits (an
-/// upstream call) against [`Hangup::fired`], a blocked thread (a wait for a local model's
-/// slot) registers what to interrupt with [`Hangup::on_hangup`].
+/// upstream call, a wait for a local model's slot) against [`Hangup::fired`].
 #[derive(Clone, Default)]
 pub struct Hangup {
     inner: Arc<HangupInner>,
@@ -25,7 +21,6 @@ pub struct Hangup {
 #[derive(Default)]
 struct HangupInner {
     fired: AtomicBool,
-    callbacks: Mutex<Vec<Callback>>,
     /// Tasks waiting in [`Hangup::fired`] (the first apart: there is one in the usual
     /// case, and it needs no list).
     wakers: Mutex<(Option<Waker>, Vec<Waker>)>,
@@ -43,29 +38,10 @@ impl Hangup {
         self.inner.fired.load(Ordering::Acquire)
     }
 
-    /// Runs `f` when the client goes away; at once if it already has.
-    pub fn on_hangup(&self, f: impl FnOnce() + Send + 'static) {
-        let mut callbacks = lock(&self.inner.callbacks);
-        if self.is_fired() {
-            drop(callbacks);
-            f();
-        } else {
-            callbacks.push(Box::new(f));
-        }
-    }
-
-    /// Marks the client as gone, runs the registered callbacks and wakes the waiting tasks
-    /// (once).
+    /// Marks the client as gone and wakes the waiting tasks (once).
     pub fn fire(&self) {
-        let callbacks = {
-            let mut guard = lock(&self.inner.callbacks);
-            if self.inner.fired.swap(true, Ordering::AcqRel) {
-                return;
-            }
-            std::mem::take(&mut *guard)
-        };
-        for f in callbacks {
-            f();
+        if self.inner.fired.swap(true, Ordering::AcqRel) {
+            return;
         }
         let (first, more) = std::mem::take(&mut *lock(&self.inner.wakers));
         for w in first.into_iter().chain(more) {

@@ -8,7 +8,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub mod clock;
 pub mod fs;
 mod hangup;
-pub mod slots;
 
 pub use hangup::Hangup;
 

@@ -6,8 +6,8 @@
 //!
 //! Until its `/health` answers 200 the model answers 503 `model_loading` with `Retry-After`.
 //! Requests to it take one of its slots (`-llama-parallel`), waiting in a short queue for at
-//! most `-llama-queue-wait`; beyond that they get 429 `model_busy`, so a slow local model
-//! holds only a few of the gateway's places (`-workers`) and blocking threads.
+//! most `-llama-queue-wait`; beyond that they get 429 `model_busy`. The wait is a task on
+//! the event loop: a queue of slow local requests holds no thread.
 //!
 //! One supervisor thread does the process handling and the health checks; the decisions are
 //! the pure [`machine`]. Its lock is held for bookkeeping only, never across a check or a
@@ -28,14 +28,15 @@ use crate::config::LlamaConfig;
 use crate::error::Error;
 use crate::state::catalog::{self, Model, Provider};
 use crate::util::clock::Clock;
-use crate::util::slots::{Refused, SlotGuard, Slots};
 use crate::util::{Hangup, lock};
 
 pub mod machine;
 pub mod process;
+pub mod slots;
 
 use machine::{Machine, Probe, Verdict};
 use process::Proc;
+use slots::{Refused, SlotGuard, Slots};
 
 /// How often the supervisor looks whether the process has ended.
 const TICK: Duration = Duration::from_millis(100);
@@ -181,8 +182,9 @@ impl Llama {
         }
     }
 
-    /// One of its slots for one request, waiting in line for at most `-llama-queue-wait`.
-    pub fn slot(&self, hangup: &Hangup) -> Result<SlotGuard, Error> {
+    /// One of its slots for one request, waiting in line (a task on the event loop) for at
+    /// most `-llama-queue-wait`.
+    pub async fn slot(&self, hangup: &Hangup) -> Result<SlotGuard, Error> {
         let config = &self.shared.config;
         let slots = &self.shared.slots;
         let busy = |reason: String| Error::ModelBusy {
@@ -190,7 +192,7 @@ impl Llama {
             reason,
             retry_after_s: slots.retry_after_s(),
         };
-        match slots.acquire(config.queue_wait, hangup) {
+        match slots.acquire(config.queue_wait, hangup).await {
             // It may have gone down while this request waited.
             Ok(guard) if self.is_ready() => Ok(guard),
             Ok(_) => Err(self.loading()),
