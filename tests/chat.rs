@@ -389,6 +389,36 @@ fn three_failed_requests_open_the_breaker_for_that_model_only() {
 }
 
 #[test]
+fn a_timeout_the_client_set_short_never_opens_the_breaker() {
+    // A model that takes 300 ms, asked by a client that gives it 50: the client gets its
+    // 504, and the model stays open to everyone else (before, three such requests opened
+    // its breaker for 5 minutes).
+    let (fake, gw) = setup();
+    fake.set_default(Reply::chat("slow but fine").delay(Duration::from_millis(300)));
+    let short = json!({"timeout": 0.05, "retries": 1});
+    for _ in 0..2 {
+        gw.chat("gpt41", "x", short.clone())
+            .assert_error(504, "upstream_timeout");
+    }
+    let mut stream = short.clone();
+    stream["stream"] = json!(true);
+    gw.chat("gpt41", "x", stream)
+        .assert_error(504, "upstream_timeout");
+    let r = gw.post_json(
+        "/v1/messages",
+        &json!({"model": "gpt41", "max_tokens": 5, "timeout": 0.05, "retries": 1,
+                "messages": [{"role": "user", "content": "x"}]}),
+    );
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.json()["error"]["type"], "api_error");
+    let b = &gw.get("/api/health").json()["circuit_breakers"]["gpt41"];
+    assert_eq!(b["state"], "closed", "{b}");
+    assert_eq!(b["consecutive_failures"], 0, "{b}");
+    let r = gw.chat("gpt41", "x", json!({}));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
 fn concurrent_turns_on_one_session_are_all_kept() {
     let (fake, gw) = setup();
     fake.set_default(Reply::chat("answer").delay(Duration::from_millis(100)));

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::caller::Caller;
 use crate::chat::answer::{Answer, Usage};
 use crate::chat::prepared::Prepared;
-use crate::chat::request::ChatRequest;
+use crate::chat::request::{ChatRequest, DEFAULT_TIMEOUT};
 use crate::chat::stream::{Chunk, Gathered, StreamEnd};
 use crate::chat::tokens;
 use crate::error::Error;
@@ -519,9 +519,12 @@ impl Upcall<'_> {
                 gw,
                 permit,
                 f,
-                &model.short,
-                &req.hangup,
-                started,
+                Failed {
+                    short: &model.short,
+                    hangup: &req.hangup,
+                    started,
+                    timeout: chat.timeout,
+                },
                 tried,
             )),
         }
@@ -570,9 +573,12 @@ impl Upcall<'_> {
                 gw,
                 permit,
                 f,
-                &model.short,
-                &req.hangup,
-                started,
+                Failed {
+                    short: &model.short,
+                    hangup: &req.hangup,
+                    started,
+                    timeout: chat.timeout,
+                },
                 tried,
             )),
         }
@@ -803,23 +809,37 @@ pub(super) async fn resolve(gw: &Arc<Gateway>, name: &str) -> Result<Resolved, E
         .unwrap_or_else(|| Err(blocking_failed("looking the model up")))
 }
 
+/// The call a failure ended: its model, its client's hang-up, when it started, and the
+/// request's `timeout`.
+pub(super) struct Failed<'a> {
+    pub(super) short: &'a str,
+    pub(super) hangup: &'a Hangup,
+    pub(super) started: Instant,
+    pub(super) timeout: Duration,
+}
+
 /// Records a failed call with the breaker and the model's score, and turns it into the
-/// client's error. A call that failed because its client left says nothing about the model.
+/// client's error. A call that failed because its client left says nothing about the model,
+/// and neither does one that ran out of a `timeout` the client set below the default: a
+/// client that gives a model that thinks for 30 s only 5 would otherwise open its breaker
+/// for everyone.
 pub(super) fn fail(
     gw: &Gateway,
     permit: Permit,
     failure: Failure,
-    short: &str,
-    hangup: &Hangup,
-    started: Instant,
+    call: Failed<'_>,
     tried: &mut Tried,
 ) -> Error {
-    let outcome = if hangup.is_fired() {
+    let outcome = if call.hangup.is_fired() {
         Outcome::Neutral
     } else {
         tried.error = Some(UpstreamError::of(&failure));
-        failure.breaker_outcome()
+        match failure {
+            Failure::Timeout(_) if call.timeout < DEFAULT_TIMEOUT => Outcome::Neutral,
+            _ => failure.breaker_outcome(),
+        }
     };
+    let (short, started) = (call.short, call.started);
     if outcome == Outcome::Failure {
         gw.scores.record(short, false, started.elapsed());
     }

@@ -17,7 +17,7 @@ use crate::state::catalog::Provider;
 use crate::upstream::breaker::Outcome;
 use crate::upstream::retry::Failure;
 
-use super::call::{MODEL_HEADER, Tried, fail};
+use super::call::{Failed, MODEL_HEADER, Tried, fail};
 use super::caller::Caller;
 use crate::ledger::CallRecord;
 
@@ -116,15 +116,13 @@ async fn answer(
         }
         Err(f) => {
             let mut tried = Tried::default();
-            let e = fail(
-                gw,
-                permit,
-                f,
-                &model.short,
-                &req.hangup,
+            let call = Failed {
+                short: &model.short,
+                hangup: &req.hangup,
                 started,
-                &mut tried,
-            );
+                timeout,
+            };
+            let e = fail(gw, permit, f, call, &mut tried);
             rec.upstream_error = tried.error;
             Err(e)
         }
