@@ -541,3 +541,56 @@ fn cache_marks_kept_for_claude_are_not_sent_to_a_fallback_of_another_provider() 
     );
     assert!(sent[1].contains("You are terse.") && sent[1].contains("hello"));
 }
+
+#[test]
+fn odd_usage_never_costs_the_answer_and_moonshots_stream_usage_counts() {
+    let (fake, gw) = setup(Options::default());
+    // A billed answer whose usage is odd (o3 has sent a negative count) reaches the client,
+    // through the plain relay and through the translation alike.
+    let odd = json!({"id": "c1", "object": "chat.completion", "model": "gpt-4.1",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "still here"}}],
+        "usage": {"prompt_tokens": 9.0, "completion_tokens": -35, "total_tokens": "x"}});
+    fake.push_n(2, Reply::json(200, odd.clone()));
+    let r = gw.chat("gpt41", "x", json!({}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), odd, "relayed as it came");
+    let r = post(&gw, "/v1/messages", &hello("gpt41"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = r.json();
+    assert_eq!(m["content"][0]["text"], "still here");
+    assert_eq!(m["usage"]["input_tokens"], 9);
+    assert_eq!(
+        m["usage"]["output_tokens"], 0,
+        "a negative count is not reported"
+    );
+
+    // Moonshot streams put the usage in the last choice, with its cached tokens beside it.
+    fake.push(Reply::stream([
+        r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop","usage":{"prompt_tokens":20,"completion_tokens":3,"total_tokens":23,"cached_tokens":16}}]}"#,
+        "[DONE]",
+    ]));
+    let mut body = hello("kimi");
+    body["stream"] = json!(true);
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let mut call = Call::post(&bytes);
+    call.path = "/v1/messages";
+    let s = client::stream(gw.http, &call);
+    assert_eq!(s.status, 200);
+    let delta = s
+        .chunks()
+        .into_iter()
+        .find(|e| e["type"] == "message_delta")
+        .expect("a message_delta");
+    assert_eq!(
+        delta["usage"],
+        json!({"input_tokens": 4, "output_tokens": 3,
+               "cache_creation_input_tokens": 0, "cache_read_input_tokens": 16})
+    );
+    let usage = gw.get("/metrics").text();
+    assert!(
+        usage.contains(r#"sigorest_tokens_total{model="kimi",kind="completion",key=""} 3"#),
+        "{usage}"
+    );
+}

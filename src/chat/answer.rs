@@ -2,26 +2,182 @@
 //! content and the token usage), and the assistant's turn that goes into a session.
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::state::session::Message;
 
+/// Visitor methods giving `$none` for the values a lenient usage reader does not use (an
+/// array is read to its end first): arrays, booleans and null; with `numbers`, numbers and
+/// strings too.
+macro_rules! otherwise {
+    ($none:expr) => {
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok($none)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+    };
+    ($none:expr, numbers) => {
+        otherwise!($none);
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+    };
+}
+
 /// Token usage as a provider reports it (`usage` of an answer or of a stream's last chunk).
-#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+///
+/// Read leniently: usage is bookkeeping, and an answer the provider has billed must reach
+/// the client even when its usage is odd. A count that is not a non-negative number (a
+/// negative one, as o3 has been seen to send; a string of digits is read as its number; a
+/// fraction is cut to its whole part) is taken as not reported, and a `usage` that is not
+/// an object as no usage. Moonshot's top-level `cached_tokens` counts as
+/// `prompt_tokens_details.cached_tokens`.
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Usage {
-    #[serde(default)]
     pub prompt_tokens: Option<u64>,
-    #[serde(default)]
     pub completion_tokens: Option<u64>,
-    #[serde(default)]
     pub prompt_tokens_details: Option<PromptDetails>,
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct PromptDetails {
     /// Prompt tokens read from the provider's prompt cache.
-    #[serde(default)]
     pub cached_tokens: Option<u64>,
+}
+
+/// The members of a usage object the gateway reads (all others skipped unread).
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum UsageField {
+    PromptTokens,
+    CompletionTokens,
+    PromptTokensDetails,
+    CachedTokens,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Usage {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Usage, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = Usage;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a usage object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Usage, A::Error> {
+                let mut usage = Usage::default();
+                let mut cached = None;
+                while let Some(field) = map.next_key::<UsageField>()? {
+                    match field {
+                        UsageField::PromptTokens => {
+                            usage.prompt_tokens = map.next_value::<Count>()?.0
+                        }
+                        UsageField::CompletionTokens => {
+                            usage.completion_tokens = map.next_value::<Count>()?.0
+                        }
+                        UsageField::PromptTokensDetails => {
+                            usage.prompt_tokens_details = map.next_value::<Details>()?.0
+                        }
+                        UsageField::CachedTokens => cached = map.next_value::<Count>()?.0,
+                        UsageField::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                if usage.prompt_tokens_details.is_none() && cached.is_some() {
+                    usage.prompt_tokens_details = Some(PromptDetails {
+                        cached_tokens: cached,
+                    });
+                }
+                Ok(usage)
+            }
+            otherwise!(Usage::default(), numbers);
+        }
+        d.deserialize_any(Fields)
+    }
+}
+
+/// `prompt_tokens_details`, leniently: anything but an object is none.
+struct Details(Option<PromptDetails>);
+
+impl<'de> Deserialize<'de> for Details {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Details, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = Details;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("prompt token details")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Details, A::Error> {
+                let mut cached = None;
+                while let Some(field) = map.next_key::<UsageField>()? {
+                    match field {
+                        UsageField::CachedTokens => cached = map.next_value::<Count>()?.0,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Details(Some(PromptDetails {
+                    cached_tokens: cached,
+                })))
+            }
+            otherwise!(Details(None), numbers);
+        }
+        d.deserialize_any(Fields)
+    }
+}
+
+/// A token count, leniently: a non-negative number (a fraction cut to its whole part) or
+/// a string of digits; anything else is not reported.
+struct Count(Option<u64>);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Count, D::Error> {
+        struct Number;
+        impl<'de> Visitor<'de> for Number {
+            type Value = Count;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a token count")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
+                Ok(Count(Some(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Count, E> {
+                Ok(Count(u64::try_from(v).ok()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Count, E> {
+                // (`as` saturates: a count past u64 is u64::MAX.)
+                Ok(Count((v.is_finite() && v >= 0.0).then_some(v as u64)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Count, E> {
+                Ok(Count(v.trim().parse().ok()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Count, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Count(None))
+            }
+            otherwise!(Count(None));
+        }
+        d.deserialize_any(Number)
+    }
 }
 
 impl Usage {
@@ -261,6 +417,45 @@ pub fn content_text(content: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn usage_of(usage: Value) -> Usage {
+        let body = json!({"choices": [{"message": {"content": "hi"}}], "usage": usage});
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let whole = parse_answer(&bytes).unwrap_or_else(|e| panic!("{usage}: {e}"));
+        let quick = parse_usage(&bytes).unwrap_or_else(|e| panic!("{usage}: {e}"));
+        assert_eq!(whole.usage, quick.usage, "{usage}");
+        assert_eq!(whole.content, "hi");
+        whole.usage
+    }
+
+    fn counts(u: &Usage) -> (Option<u64>, Option<u64>, u64) {
+        (u.prompt_tokens, u.completion_tokens, u.cached_tokens())
+    }
+
+    #[test]
+    fn odd_usage_never_loses_the_answer() {
+        let ok = json!({"prompt_tokens": 9, "completion_tokens": 2,
+                        "prompt_tokens_details": {"cached_tokens": 4}});
+        assert_eq!(counts(&usage_of(ok)), (Some(9), Some(2), 4));
+        // o3 has been seen to send a negative count; others floats or strings.
+        let odd = json!({"prompt_tokens": 9.0, "completion_tokens": -35});
+        assert_eq!(counts(&usage_of(odd)), (Some(9), None, 0));
+        let strings = json!({"prompt_tokens": "12", "completion_tokens": "many"});
+        assert_eq!(counts(&usage_of(strings)), (Some(12), None, 0));
+        let shapes = json!({"prompt_tokens": [1, [2]], "completion_tokens": {"n": 1},
+                            "prompt_tokens_details": "none", "total_tokens": true});
+        assert_eq!(counts(&usage_of(shapes)), (None, None, 0));
+        let huge = json!({"prompt_tokens": 1e300, "completion_tokens": u64::MAX});
+        assert_eq!(counts(&usage_of(huge)), (Some(u64::MAX), Some(u64::MAX), 0));
+        for not_an_object in [json!("9"), json!([9]), json!(9), json!(true), Value::Null] {
+            assert_eq!(usage_of(not_an_object), Usage::default());
+        }
+        // Moonshot: cached tokens beside the counts.
+        let kimi = json!({"prompt_tokens": 20, "completion_tokens": 3, "cached_tokens": 16});
+        assert_eq!(counts(&usage_of(kimi)), (Some(20), Some(3), 16));
+        // Broken JSON is still not an answer.
+        assert!(parse_usage(br#"{"choices":[{}],"usage":{"prompt_tokens":}"#).is_err());
+    }
 
     #[test]
     fn answers() {

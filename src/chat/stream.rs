@@ -93,6 +93,10 @@ pub struct ChunkChoice {
     pub delta: Option<Delta>,
     #[serde(default)]
     pub finish_reason: Option<String>,
+    /// Where Moonshot puts a stream's usage (in its last choice, not beside `choices`);
+    /// [`Chunk::parse`] moves it to the chunk's `usage`.
+    #[serde(default)]
+    usage: Option<Usage>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,7 +162,12 @@ impl Chunk {
             Ok(Chunk {
                 error: Some(err), ..
             }) => Err(member_message(&err)),
-            Ok(chunk) => Ok(chunk),
+            Ok(mut chunk) => {
+                if chunk.usage.is_none() {
+                    chunk.usage = chunk.choices.iter_mut().find_map(|c| c.usage.take());
+                }
+                Ok(chunk)
+            }
             Err(_) => match error_in(payload) {
                 Some(message) => Err(message),
                 None => Ok(Chunk::default()),
@@ -302,6 +311,27 @@ mod tests {
         let chunk = Chunk::parse(payload).unwrap();
         g.take(&chunk).unwrap();
         chunk.usage_only()
+    }
+
+    #[test]
+    fn moonshot_usage_in_the_last_choice_and_odd_counts_are_read() {
+        let mut g = Gathered::default();
+        feed(&mut g, r#"{"choices":[{"delta":{"content":"Hi"}}]}"#);
+        feed(
+            &mut g,
+            r#"{"choices":[{"delta":{},"finish_reason":"stop","usage":{"prompt_tokens":20,"completion_tokens":3,"cached_tokens":16}}]}"#,
+        );
+        let u = g.usage();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.cached_tokens()),
+            (Some(20), Some(3), 16)
+        );
+        // A count of the wrong type is not reported; the rest of the chunk is still read.
+        let chunk =
+            Chunk::parse(r#"{"choices":[],"usage":{"prompt_tokens":"7","completion_tokens":-1}}"#)
+                .unwrap();
+        let u = chunk.usage.as_ref().unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(7), None));
     }
 
     #[test]

@@ -30,10 +30,11 @@ pub struct Totals {
 
 impl Totals {
     pub fn add(&mut self, o: &Totals) {
-        self.requests += o.requests;
-        self.errors += o.errors;
-        self.prompt_tokens += o.prompt_tokens;
-        self.completion_tokens += o.completion_tokens;
+        // (Saturating: the token counts come from providers, which may send any number.)
+        self.requests = self.requests.saturating_add(o.requests);
+        self.errors = self.errors.saturating_add(o.errors);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(o.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.saturating_add(o.completion_tokens);
         self.cost_usd += o.cost_usd;
     }
 }

@@ -29,7 +29,7 @@ pub fn usage(u: &Usage) -> Value {
         "input_tokens_details": {"cached_tokens": u.cached_tokens(), "cache_write_tokens": 0},
         "output_tokens": output,
         "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": input + output,
+        "total_tokens": input.saturating_add(output),
     })
 }
 
