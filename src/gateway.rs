@@ -59,6 +59,9 @@ pub struct Settings {
     pub llama: Option<LlamaConfig>,
     /// The highest `timeout` a request may ask for (`-max-timeout`).
     pub max_timeout: std::time::Duration,
+    /// Silence after which a relayed stream gets a keep-alive (`-stream-keepalive`; zero:
+    /// never).
+    pub stream_keepalive: std::time::Duration,
 }
 
 /// The gateway's state, shared by every request.

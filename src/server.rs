@@ -74,6 +74,7 @@ pub fn start_on(
         routing: config.routing.clone(),
         llama: config.llama.clone(),
         max_timeout: config.max_timeout,
+        stream_keepalive: config.stream_keepalive,
     };
     let app = Arc::new(Gateway::new(settings, stats.clone())?);
 

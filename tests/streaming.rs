@@ -204,6 +204,80 @@ fn the_timeout_bounds_each_gap_not_the_whole_stream() {
 }
 
 #[test]
+fn a_silent_provider_gets_keepalives_to_the_client_and_still_times_out() {
+    let fake = FakeUpstream::start();
+    let gw = Gateway::start(
+        Options::default()
+            .upstream(&fake.base_url())
+            .configure(|c| c.stream_keepalive = Duration::from_millis(100)),
+    );
+    let count = |s: &Streamed, what: &str| String::from_utf8_lossy(&s.body).matches(what).count();
+    // Gaps of 450 ms between events: at least three keep-alives in each, as SSE comments
+    // (which clients skip) in the OpenAI shape...
+    fake.push(Reply::chat_stream(&["Hel", "lo"]).gap(Duration::from_millis(450)));
+    let s = client::stream(gw.http, &Call::post(&body("gpt41", json!({}))));
+    assert_eq!(s.text(), "Hello");
+    assert_eq!(s.payloads().last(), Some(&"[DONE]"));
+    assert!(
+        count(&s, ": keep-alive\n\n") >= 9,
+        "{}",
+        String::from_utf8_lossy(&s.body)
+    );
+    // ...and as `ping` events under /v1/messages.
+    fake.push(Reply::chat_stream(&["Hel", "lo"]).gap(Duration::from_millis(450)));
+    let b = json!({"model": "gpt41", "max_tokens": 64, "stream": true,
+                   "messages": [{"role": "user", "content": "hi"}]});
+    let bytes = serde_json::to_vec(&b).unwrap();
+    let mut call = Call::post(&bytes);
+    call.path = "/v1/messages";
+    let s = client::stream(gw.http, &call);
+    assert_eq!(s.status, 200);
+    let text: String = s
+        .chunks()
+        .iter()
+        .filter_map(|e| e["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(text, "Hello");
+    assert!(
+        count(&s, "event: ping\n") >= 10,
+        "{}",
+        String::from_utf8_lossy(&s.body)
+    );
+    assert_eq!(count(&s, ": keep-alive"), 0, "pings, not comments");
+    let last = s.chunks().pop().unwrap();
+    assert_eq!(last["type"], "message_stop");
+
+    // Keep-alives do not stretch the wait for the provider: a gap longer than the timeout
+    // still ends the stream with an error event.
+    fake.push(Reply::stream([piece("a")]).then_hang());
+    let started = Instant::now();
+    let s = client::stream(gw.http, &Call::post(&body("gpt41", json!({"timeout": 1}))));
+    let last = s.chunks().pop().unwrap();
+    assert_eq!(
+        last["error"]["code"],
+        "upstream_error",
+        "{:?}",
+        s.payloads()
+    );
+    assert!(count(&s, ": keep-alive") >= 5);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn no_keepalive_when_it_is_off() {
+    let fake = FakeUpstream::start();
+    let gw = Gateway::start(
+        Options::default()
+            .upstream(&fake.base_url())
+            .configure(|c| c.stream_keepalive = Duration::ZERO),
+    );
+    fake.push(Reply::chat_stream(&["a", "b"]).gap(Duration::from_millis(200)));
+    let s = client::stream(gw.http, &Call::post(&body("gpt41", json!({}))));
+    assert_eq!(s.text(), "ab");
+    assert!(!String::from_utf8_lossy(&s.body).contains("keep-alive"));
+}
+
+#[test]
 fn no_first_event_in_time_is_504() {
     let (fake, gw) = setup();
     fake.set_default(Reply::hang());

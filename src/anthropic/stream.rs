@@ -108,6 +108,16 @@ impl Translator {
         }
     }
 
+    /// A `ping` while the provider is silent (after `message_start`, which goes first when
+    /// it has not gone yet), as Anthropic sends during long silences.
+    pub fn ping(&mut self, out: &mut Vec<u8>) {
+        if self.started {
+            event(out, "ping", &json!({"type": "ping"}));
+        } else {
+            self.start(out);
+        }
+    }
+
     /// Takes in one upstream chunk.
     pub fn chunk(&mut self, chunk: &Chunk, out: &mut Vec<u8>) {
         self.start(out);

@@ -10,6 +10,7 @@
 //! A client that goes away is never held against the model: an attempt cut short by the
 //! client's hang-up leaves the breaker as it was.
 
+use std::cell::RefCell;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +33,7 @@ use crate::state::session::{Message, SessionStore};
 use crate::upstream::breaker::{Outcome, Permit};
 use crate::upstream::llama::slots::SlotGuard;
 use crate::upstream::retry::Failure;
-use crate::upstream::{OpenStream, read_open_stream};
+use crate::upstream::{Keepalive, OpenStream, read_open_stream};
 
 /// The response header naming the model that answered (its short code).
 pub(crate) const MODEL_HEADER: &str = "x-sigorest-model";
@@ -77,6 +78,8 @@ pub(crate) struct Streaming {
     /// The client's hang-up, which interrupts the upstream read: a stream cut that way is
     /// the client's doing, not the provider's.
     hangup: Hangup,
+    /// Silence after which the client gets a keep-alive (`-stream-keepalive`).
+    keepalive: Duration,
 }
 
 /// How an API front turns an upstream stream into its own events.
@@ -87,7 +90,15 @@ pub(crate) trait StreamFront: Send {
     fn done(&mut self, usage: &Usage, sink: &mut dyn Sink) -> io::Result<()>;
     /// The upstream failed after the first event: the front's final error event.
     fn failed(&mut self, error: &Error, sink: &mut dyn Sink) -> io::Result<()>;
+    /// The provider has been silent for a while: something that tells the client (and any
+    /// proxy between) that the stream lives, and that it ignores. An SSE comment here.
+    fn keepalive(&mut self, sink: &mut dyn Sink) -> io::Result<()> {
+        sink.send(KEEPALIVE_COMMENT)
+    }
 }
+
+/// The keep-alive of a stream in the OpenAI shapes: an SSE comment, which clients skip.
+const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
 
 /// An API front's translator of chat chunks into its own events, written into a buffer.
 pub(crate) trait Translate: Send {
@@ -98,6 +109,10 @@ pub(crate) trait Translate: Send {
     fn done(&mut self, usage: &Usage, out: &mut Vec<u8>);
     /// The upstream failed after the first event.
     fn failed(&mut self, error: &Error, out: &mut Vec<u8>);
+    /// See [`StreamFront::keepalive`].
+    fn keepalive(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(KEEPALIVE_COMMENT);
+    }
 }
 
 /// A [`Translate`] as a [`StreamFront`]: the frames of one upstream chunk go to the client
@@ -163,6 +178,11 @@ impl<T: Translate> StreamFront for Framed<T> {
 
     fn failed(&mut self, error: &Error, sink: &mut dyn Sink) -> io::Result<()> {
         self.translator.failed(error, &mut self.buf);
+        self.send(sink)
+    }
+
+    fn keepalive(&mut self, sink: &mut dyn Sink) -> io::Result<()> {
+        self.translator.keepalive(&mut self.buf);
         self.send(sink)
     }
 }
@@ -513,6 +533,7 @@ impl Upcall<'_> {
                     held,
                     pending: None,
                     hangup: Hangup::default(),
+                    keepalive: gw.settings.stream_keepalive,
                 })))
             }
             Err(f) => Err(fail(
@@ -697,6 +718,7 @@ impl Streaming {
             held: _,
             pending,
             hangup,
+            keepalive,
         } = *self;
         let mut log = LogFields::new();
         // The request body is not needed any more; a stream may run for minutes.
@@ -704,13 +726,25 @@ impl Streaming {
         let relaying = Instant::now();
         let mut pending = pending;
         let mut gathered = Gathered::keeping(prepared.keeps_session());
-        let mut sink = pipe.clone();
+        // The events and the keep-alives go through the same front into the same pipe.
+        let relay = RefCell::new((&mut front, pipe.clone()));
+        let mut quiet = || {
+            let (front, sink) = &mut *relay.borrow_mut();
+            front.keepalive(sink)
+        };
         let end = read_open_stream(
             stream,
             &mut gathered,
             &hangup,
-            |raw, chunk| front.chunk(raw, chunk, &mut sink),
+            |raw, chunk| {
+                let (front, sink) = &mut *relay.borrow_mut();
+                front.chunk(raw, chunk, sink)
+            },
             async || pipe.room().await,
+            Some(Keepalive {
+                every: keepalive,
+                send: &mut quiet,
+            }),
         )
         .await;
         let mut sink = pipe;

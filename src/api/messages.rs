@@ -113,4 +113,8 @@ impl Translate for Translator {
     fn failed(&mut self, e: &Error, out: &mut Vec<u8>) {
         Translator::failed(self, &error::body(e), out);
     }
+
+    fn keepalive(&mut self, out: &mut Vec<u8>) {
+        self.ping(out);
+    }
 }

@@ -524,6 +524,7 @@ fn print_stream(stream: OpenStream, short: &str) -> Result<Option<Gathered>, Sto
             out.flush()
         },
         async || Ok(()),
+        None,
     ))?;
     // Whatever was printed ends with a line break, so the shell prompt (or the reason of a
     // failure on stderr) starts on a line of its own.

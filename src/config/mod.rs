@@ -66,6 +66,9 @@ pub struct Config {
     pub llama: Option<LlamaConfig>,
     /// The highest `timeout` a client may ask for (`-max-timeout`, seconds).
     pub max_timeout: Duration,
+    /// After this long without an event from the provider, a stream being relayed gets a
+    /// keep-alive (`-stream-keepalive`, seconds; zero: never).
+    pub stream_keepalive: Duration,
     /// Open connections from one address (one IPv6 /64) at a time; 0: no cap
     /// (`-max-conns-per-ip`).
     pub max_conns_per_ip: usize,
@@ -103,6 +106,7 @@ impl Default for Config {
             routing: Routing::default(),
             llama: None,
             max_timeout: crate::chat::request::DEFAULT_MAX_TIMEOUT,
+            stream_keepalive: DEFAULT_STREAM_KEEPALIVE,
             max_conns_per_ip: 64,
             max_body_total: 256 * MIB,
         }
@@ -130,6 +134,9 @@ const USAGE_FLUSH_MAX_SECS: u64 = 3600;
 const QUEUE_MAX: u64 = 16_384;
 /// A day: a local model on a small box may be slow, but not slower.
 const MAX_TIMEOUT_MAX_SECS: u64 = 86_400;
+/// `-stream-keepalive` by default: well inside the idle timeouts of common proxies (60 s).
+const DEFAULT_STREAM_KEEPALIVE: Duration = Duration::from_secs(15);
+const STREAM_KEEPALIVE_MAX_SECS: u64 = 3600;
 const CONNS_PER_IP_MAX: u64 = 1_000_000;
 const BODY_TOTAL_MAX_MIB: u64 = 1 << 20;
 const MIB: usize = 1024 * 1024;
@@ -347,11 +354,15 @@ fn metrics_flags(p: &mut pico_args::Arguments, c: &mut Config) -> Result<(), Err
 }
 
 /// The limits of one request or client: `-max-timeout`, `-max-conns-per-ip`,
-/// `-max-body-total`.
+/// `-max-body-total`; and `-stream-keepalive`.
 fn request_limit_flags(p: &mut pico_args::Arguments, c: &mut Config) -> Result<(), Error> {
     if let Some(v) = text_value(p, "--max-timeout")? {
         let secs = number("-max-timeout", &v, 1, MAX_TIMEOUT_MAX_SECS)?;
         c.max_timeout = Duration::from_secs(secs as u64);
+    }
+    if let Some(v) = text_value(p, "--stream-keepalive")? {
+        let secs = number("-stream-keepalive", &v, 0, STREAM_KEEPALIVE_MAX_SECS)?;
+        c.stream_keepalive = Duration::from_secs(secs as u64);
     }
     if let Some(v) = text_value(p, "--max-conns-per-ip")? {
         c.max_conns_per_ip = number("-max-conns-per-ip", &v, 0, CONNS_PER_IP_MAX)?;

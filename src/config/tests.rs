@@ -132,6 +132,12 @@ fn every_value_flag_in_every_form() {
     run_forms("max-timeout", "30", |c| {
         assert_eq!(c.max_timeout, Duration::from_secs(30))
     });
+    run_forms("stream-keepalive", "0", |c| {
+        assert_eq!(c.stream_keepalive, Duration::ZERO)
+    });
+    run_forms("stream-keepalive", "5", |c| {
+        assert_eq!(c.stream_keepalive, Duration::from_secs(5))
+    });
     run_forms("max-conns-per-ip", "0", |c| {
         assert_eq!(c.max_conns_per_ip, 0)
     });
@@ -251,6 +257,7 @@ fn bad_values_name_the_flag() {
     err_forms("shutdown-grace", "-5", "from 0 to 3600");
     err_forms("max-timeout", "0", "from 1 to 86400");
     err_forms("max-timeout", "86401", "from 1 to 86400");
+    err_forms("stream-keepalive", "3601", "from 0 to 3600");
     err_forms("max-conns-per-ip", "-1", "from 0 to 1000000");
     err_forms("max-body-total", "0", "from 1 to 1048576");
     err_forms("bind", "localhost", "not an IP address");
@@ -512,6 +519,7 @@ fn random_argument_lists_never_panic() {
         "shutdown-grace",
         "bind",
         "max-timeout",
+        "stream-keepalive",
         "max-conns-per-ip",
         "max-body-total",
         "x",

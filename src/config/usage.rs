@@ -110,6 +110,9 @@ fn limits(d: &Config) -> String {
                        0-{grace_max} (default {grace})
   -max-timeout S       the highest 'timeout' a request may ask for, in
                        seconds, 1-{max_timeout_max} (default {max_timeout})
+  -stream-keepalive S  seconds without an event from the provider after which a
+                       stream gets a keep-alive (a ping under /v1/messages),
+                       0-{keepalive_max}; 0: never (default {keepalive})
   -max-conns-per-ip N  open connections from one address (an IPv6 /64) at
                        once; beyond: closed at once; 0: no cap (default {per_ip})
   -max-body-total MIB  request bodies in flight at once, all together; beyond:
@@ -132,6 +135,8 @@ fn limits(d: &Config) -> String {
         grace_max = GRACE_MAX_SECS,
         max_timeout = d.max_timeout.as_secs(),
         max_timeout_max = super::MAX_TIMEOUT_MAX_SECS,
+        keepalive = d.stream_keepalive.as_secs(),
+        keepalive_max = super::STREAM_KEEPALIVE_MAX_SECS,
         per_ip = d.max_conns_per_ip,
         body_total = d.max_body_total / super::MIB,
     )

@@ -27,7 +27,7 @@ pub(crate) mod client;
 mod stream;
 mod target;
 
-pub use stream::{OpenStream, read_open_stream};
+pub use stream::{Keepalive, OpenStream, read_open_stream};
 pub use target::{Attempted, Target};
 
 /// Largest upstream answer read (a completion with base64 images can be large).
@@ -323,9 +323,15 @@ mod tests {
             let open = open.result.expect("the stream opens");
             go_on.send(()).unwrap();
             let mut gathered = crate::chat::stream::Gathered::keeping(true);
-            let end =
-                read_open_stream(open, &mut gathered, &hangup, |_, _| Ok(()), async || Ok(()))
-                    .await;
+            let end = read_open_stream(
+                open,
+                &mut gathered,
+                &hangup,
+                |_, _| Ok(()),
+                async || Ok(()),
+                None,
+            )
+            .await;
             (end, gathered.text().to_string(), client::idle_here())
         })
         .unwrap();

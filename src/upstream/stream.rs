@@ -88,9 +88,17 @@ impl OpenStream {
     }
 }
 
+/// What a stream's reader sends its client while the provider is silent: `send` runs
+/// after each `every` without an event (never when `every` is zero).
+pub struct Keepalive<'a> {
+    pub every: Duration,
+    pub send: &'a mut dyn FnMut() -> io::Result<()>,
+}
+
 /// Reads an opened stream to its end (see [`take_event`]): each data event goes to `each`,
 /// and before the next is read `room` may hold the reading back (a client that reads
-/// slowly). A complete stream's connection goes back to the pool; any other is closed. The
+/// slowly); while the provider is silent, `keepalive` tells the client that the stream
+/// lives. A complete stream's connection goes back to the pool; any other is closed. The
 /// client's hang-up ends the reading at once ([`StreamEnd::Stopped`]).
 pub async fn read_open_stream(
     mut stream: OpenStream,
@@ -98,6 +106,7 @@ pub async fn read_open_stream(
     hangup: &Hangup,
     mut each: impl FnMut(&str, &Chunk) -> io::Result<()>,
     mut room: impl AsyncFnMut() -> io::Result<()>,
+    mut keepalive: Option<Keepalive<'_>>,
 ) -> StreamEnd {
     let mut event = Ok(Some(std::mem::replace(&mut stream.first, Event::Done)));
     loop {
@@ -111,15 +120,35 @@ pub async fn read_open_stream(
         if let Err(e) = room().await {
             return StreamEnd::Stopped(e);
         }
-        event = match stream_next(&mut stream, hangup).await {
-            Some(e) => e,
-            None => {
+        let next = std::pin::pin!(stream_next(&mut stream, hangup));
+        event = match keeping_alive(next, keepalive.as_mut()).await {
+            Ok(Some(e)) => e,
+            Ok(None) => {
                 return StreamEnd::Stopped(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
                     "client gone",
                 ));
             }
+            Err(e) => return StreamEnd::Stopped(e),
         };
+    }
+}
+
+/// Waits for `next`, sending a keep-alive after each `every` of silence; `Err` when one
+/// could not be sent (the client is gone). The wait for the event goes on across them: its
+/// own deadline does not move.
+async fn keeping_alive<F: Future>(
+    mut next: std::pin::Pin<&mut F>,
+    keepalive: Option<&mut Keepalive<'_>>,
+) -> io::Result<F::Output> {
+    let Some(k) = keepalive.filter(|k| !k.every.is_zero()) else {
+        return Ok(next.await);
+    };
+    loop {
+        match timeout_at(Instant::now() + k.every, next.as_mut()).await {
+            Ok(event) => return Ok(event),
+            Err(_) => (k.send)()?,
+        }
     }
 }
 
