@@ -594,3 +594,93 @@ fn odd_usage_never_costs_the_answer_and_moonshots_stream_usage_counts() {
         "{usage}"
     );
 }
+
+/// Claude Code's tool loop with its marks: on a tool, on the system prompt, and its rolling
+/// one on the last block of the last user message, a `tool_result`.
+fn claude_code_turn(model: &str) -> Value {
+    let mark = json!({"type": "ephemeral"});
+    json!({"model": model, "max_tokens": 64,
+        "tools": [{"name": "read", "input_schema": {"type": "object"}, "cache_control": mark}],
+        "system": [{"type": "text", "text": "You are terse.", "cache_control": mark}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "read a.png"},
+                {"type": "image", "source": {"type": "url", "url": "https://x/b.png"}}]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "read", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                "content": "a.png: 2 KB", "cache_control": mark}]}]})
+}
+
+#[test]
+fn a_claude_upstream_gets_the_marks_on_tools_tool_results_and_images() {
+    let (fake, gw) =
+        setup(Options::default().memory(r#"{"content": "I live in Lyon.", "cache": true}"#));
+    let mark = json!({"type": "ephemeral"});
+    let r = post(&gw, "/v1/messages?beta=true", &claude_code_turn("claude-h"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let up = fake.last_json().unwrap();
+    assert_eq!(up["tools"][0]["cache_control"], mark, "{up}");
+    assert_eq!(up["tools"][0]["function"]["name"], "read");
+    let msgs = up["messages"].as_array().unwrap();
+    assert_eq!(
+        msgs.last().unwrap(),
+        &json!({"role": "tool", "tool_call_id": "t1",
+            "content": [{"type": "text", "text": "a.png: 2 KB", "cache_control": mark}]}),
+        "the rolling mark of a tool loop"
+    );
+    assert_eq!(msgs[1]["content"][0]["cache_control"], mark, "the system's");
+    // Three marks of the client's: the memory's makes the fourth.
+    assert_eq!(msgs[0]["content"][0]["text"], "I live in Lyon.");
+    assert_eq!(msgs[0]["content"][0]["cache_control"], mark);
+    assert_eq!(up.to_string().matches("cache_control").count(), 4);
+
+    // A fourth mark of the client's, on the image: the memory goes without.
+    let mut body = claude_code_turn("claude-h");
+    body["messages"][0]["content"][1]["cache_control"] = mark.clone();
+    let r = post(&gw, "/v1/messages", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let up = fake.last_json().unwrap();
+    assert_eq!(
+        up["messages"][2]["content"][1],
+        json!({"type": "image_url", "image_url": {"url": "https://x/b.png"}, "cache_control": mark})
+    );
+    assert_eq!(up["messages"][0]["content"], "I live in Lyon.");
+    assert_eq!(up.to_string().matches("cache_control").count(), 4);
+}
+
+#[test]
+fn no_mark_reaches_another_provider_nor_a_fallback_from_a_claude() {
+    let (fake, gw) = setup(
+        Options::default()
+            .models("gpt41,claude-h")
+            .memory(r#"{"content": "I live in Lyon.", "cache": true}"#),
+    );
+    let r = post(&gw, "/v1/messages", &claude_code_turn("gpt41"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let up = fake.last_json().unwrap();
+    assert!(!up.to_string().contains("cache_control"), "{up}");
+    assert_eq!(
+        up["messages"].as_array().unwrap().last().unwrap()["content"],
+        "a.png: 2 KB"
+    );
+
+    fake.push(Reply::status(503));
+    let mut body = claude_code_turn("claude-h");
+    body["fallbacks"] = json!(["gpt41"]);
+    body["retries"] = json!(1);
+    let r = post(&gw, "/v1/messages", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-sigorest-model"), Some("gpt41"));
+    let sent = fake.requests_to("/v1/chat/completions");
+    let claude = sent[sent.len() - 2].json.clone().unwrap_or_default();
+    let fallback = sent[sent.len() - 1].json.clone().unwrap_or_default();
+    assert_eq!(
+        claude.to_string().matches("cache_control").count(),
+        4,
+        "{claude}"
+    );
+    assert!(
+        !fallback.to_string().contains("cache_control"),
+        "{fallback}"
+    );
+    assert_eq!(fallback["tools"][0]["function"]["name"], "read");
+}

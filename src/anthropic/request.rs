@@ -12,7 +12,11 @@
 //! own extensions (`session_id`, `timeout`, `retries`, `fallbacks`) pass through.
 //! `cache_control` marks are kept only for a Claude upstream, which understands them; other
 //! providers could refuse the unknown key (the chat request's `cache_marks` then leaves them
-//! out for a fallback to another provider).
+//! out for a fallback to another provider). A kept mark goes on the part or object its block
+//! became: a text block's on its text part, an image's on its `image_url` part, a tool's on
+//! its function tool, and a `tool_result`'s on the `tool` message's text, which is then sent
+//! as one text part. Claude Code marks the last block of the last user message, which in a
+//! tool loop is a `tool_result`: without its mark every turn would miss the cache.
 
 use serde_json::{Map, Value, json};
 
@@ -70,7 +74,7 @@ pub fn to_chat(body: &Map<String, Value>, claude: bool) -> Result<Map<String, Va
         messages.insert(0, json!({"role": "system", "content": joined(system)}));
     }
     out.insert("messages".into(), Value::Array(messages));
-    tools(body, &mut out)?;
+    tools(body, claude, &mut out)?;
     options(body, &mut out)?;
     Ok(out)
 }
@@ -99,13 +103,22 @@ fn system_parts(system: Option<&Value>, claude: bool) -> Result<Vec<Value>, Erro
     }
 }
 
-/// A text part, with its `cache_control` mark when the upstream is Claude.
-fn text_part(text: &str, block: &Value, claude: bool) -> Value {
-    let mut part = json!({"type": "text", "text": text});
-    if let (true, Some(mark)) = (claude, block.get("cache_control")) {
+/// A block's `cache_control` mark, when the upstream is Claude (the others get none).
+fn mark(block: &Value, claude: bool) -> Option<&Value> {
+    block.get("cache_control").filter(|_| claude)
+}
+
+/// `part` with the block's `cache_control` mark, when the upstream is Claude.
+fn marked(mut part: Value, block: &Value, claude: bool) -> Value {
+    if let Some(mark) = mark(block, claude) {
         part["cache_control"] = mark.clone();
     }
     part
+}
+
+/// A text part, with its `cache_control` mark when the upstream is Claude.
+fn text_part(text: &str, block: &Value, claude: bool) -> Value {
+    marked(json!({"type": "text", "text": text}), block, claude)
 }
 
 /// Parts as a message's content: plain text stays a string (what every provider takes);
@@ -175,9 +188,9 @@ fn user_turn(i: usize, blocks: &[Value], claude: bool, out: &mut Vec<Value>) -> 
                     .ok_or_else(|| bad("text is required"))?;
                 parts.push(text_part(text, b, claude));
             }
-            Some("image") => parts.push(image_part(b.get("source")).map_err(|w| bad(&w))?),
+            Some("image") => parts.push(image_part(b, claude).map_err(|w| bad(&w))?),
             Some("tool_result") => {
-                let (message, images) = tool_result(b).map_err(|w| bad(&w))?;
+                let (message, images) = tool_result(b, claude).map_err(|w| bad(&w))?;
                 out.push(message);
                 parts.extend(images);
             }
@@ -198,9 +211,10 @@ fn user_turn(i: usize, blocks: &[Value], claude: bool, out: &mut Vec<Value>) -> 
     Ok(())
 }
 
-/// An `image` block's source as an `image_url` part (a data URL for base64).
-fn image_part(source: Option<&Value>) -> Result<Value, String> {
-    let source = source.ok_or("source is required")?;
+/// An `image` block as an `image_url` part (a data URL for base64), with the block's
+/// `cache_control` mark when the upstream is Claude.
+fn image_part(block: &Value, claude: bool) -> Result<Value, String> {
+    let source = block.get("source").ok_or("source is required")?;
     let url = match source.get("type").and_then(Value::as_str) {
         Some("base64") => {
             let media = source
@@ -220,19 +234,25 @@ fn image_part(source: Option<&Value>) -> Result<Value, String> {
             .to_string(),
         _ => return Err("source.type must be 'base64' or 'url'".into()),
     };
-    Ok(json!({"type": "image_url", "image_url": {"url": url}}))
+    let part = json!({"type": "image_url", "image_url": {"url": url}});
+    Ok(marked(part, block, claude))
 }
 
 /// A `tool_result` block as a `tool` message, its content (a string or blocks) as text,
 /// and the images among its blocks (a screenshot, an image file read) as parts for the user
 /// message that follows: an OpenAI `tool` message holds text only, and a vision model
 /// should still see them.
-fn tool_result(b: &Value) -> Result<(Value, Vec<Value>), String> {
+///
+/// For a Claude upstream the block's `cache_control` mark (or, when it has none, the last
+/// mark among its text blocks) goes on the message's text, sent as one text part, as a
+/// text block's would; the images keep their own marks.
+fn tool_result(b: &Value, claude: bool) -> Result<(Value, Vec<Value>), String> {
     let id = b
         .get("tool_use_id")
         .and_then(Value::as_str)
         .ok_or("tool_use_id is required")?;
     let mut images = Vec::new();
+    let mut inner_mark = None;
     let mut text = match b.get("content") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
@@ -240,9 +260,12 @@ fn tool_result(b: &Value) -> Result<(Value, Vec<Value>), String> {
             let mut lines = Vec::new();
             for c in blocks {
                 lines.push(match c.get("type").and_then(Value::as_str) {
-                    Some("text") => c["text"].as_str().unwrap_or("").to_string(),
+                    Some("text") => {
+                        inner_mark = mark(c, claude).or(inner_mark);
+                        c["text"].as_str().unwrap_or("").to_string()
+                    }
                     Some("image") => {
-                        let image = image_part(c.get("source"))?;
+                        let image = image_part(c, claude)?;
                         if images.is_empty() {
                             images.push(json!({"type": "text",
                                 "text": format!("The images the tool call {id} returned:")}));
@@ -260,8 +283,15 @@ fn tool_result(b: &Value) -> Result<(Value, Vec<Value>), String> {
     if b.get("is_error") == Some(&Value::Bool(true)) {
         text = format!("Error: {text}");
     }
+    // Anthropic refuses a mark on an empty text block: an empty result goes unmarked.
+    let content = match mark(b, claude).or(inner_mark) {
+        Some(mark) if !text.is_empty() => {
+            json!([{"type": "text", "text": text, "cache_control": mark}])
+        }
+        _ => Value::String(text),
+    };
     Ok((
-        json!({"role": "tool", "tool_call_id": id, "content": text}),
+        json!({"role": "tool", "tool_call_id": id, "content": content}),
         images,
     ))
 }
@@ -295,8 +325,13 @@ fn assistant_turn(i: usize, blocks: &[Value]) -> Result<Value, Error> {
 }
 
 /// `tools` and `tool_choice`. Server tools (typed, without an `input_schema`: web search,
-/// code execution...) have no OpenAI form and are skipped.
-fn tools(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), Error> {
+/// code execution...) have no OpenAI form and are skipped. A tool's `cache_control` mark
+/// goes on its function tool, beside `function`, when the upstream is Claude.
+fn tools(
+    body: &Map<String, Value>,
+    claude: bool,
+    out: &mut Map<String, Value>,
+) -> Result<(), Error> {
     let mut functions = Vec::new();
     match body.get("tools") {
         None | Some(Value::Null) => {}
@@ -315,7 +350,11 @@ fn tools(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), 
                 if let Some(d) = t.get("description") {
                     f["description"] = d.clone();
                 }
-                functions.push(json!({"type": "function", "function": f}));
+                functions.push(marked(
+                    json!({"type": "function", "function": f}),
+                    t,
+                    claude,
+                ));
             }
         }
         Some(_) => return Err(Error::invalid_param("tools", "tools: must be a list")),

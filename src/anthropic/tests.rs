@@ -11,6 +11,8 @@ use crate::chat::answer::{Answer, PromptDetails, ToolCall, Usage};
 use crate::chat::stream::Chunk;
 use crate::error::Error;
 
+mod cache_marks;
+
 fn obj(v: Value) -> Map<String, Value> {
     v.as_object().cloned().unwrap()
 }

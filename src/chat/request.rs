@@ -52,9 +52,9 @@ pub struct ChatRequest {
     /// A Messages request's extended thinking, on or off (`None` for the other APIs): sent
     /// as Z.ai's `thinking` switch to a Z.ai model only, whichever model ends up answering.
     pub thinking: Option<bool>,
-    /// The messages carry `cache_control` marks that the gateway itself kept (a Messages
-    /// request to a Claude model): written to a Claude upstream only, so a fallback to
-    /// another provider does not get a key it may refuse.
+    /// The messages and tools carry `cache_control` marks that the gateway itself kept (a
+    /// Messages request to a Claude model): written to a Claude upstream only, so a fallback
+    /// to another provider does not get a key it may refuse.
     pub cache_marks: bool,
     /// The answer is translated for another API (Messages, Responses), so all of it is
     /// read; a chat completion's goes to the client as it came.

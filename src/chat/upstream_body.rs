@@ -21,11 +21,7 @@ impl ChatRequest {
     pub fn upstream_bytes(&self, model: &Model, memory: &Memory, history: &[Message]) -> Vec<u8> {
         let client_messages = self.messages();
         let memory = (!memory.content.is_empty()).then(|| {
-            let marks = count_cache_marks(client_messages)
-                + self
-                    .body
-                    .get("tools")
-                    .map_or(0, |t| count_cache_marks(std::slice::from_ref(t)));
+            let marks = count_cache_marks(client_messages) + count_tool_marks(self.tools());
             let content = if memory.cache && model.is_claude() && marks < MAX_CACHE_MARKS {
                 json!([{"type": "text", "text": memory.content, "cache_control": {"type": "ephemeral"}}])
             } else {
@@ -34,14 +30,16 @@ impl ChatRequest {
             json!({"role": "system", "content": content})
         });
         let (set, dropped) = self.changes(model);
+        let unmark = self.cache_marks && !model.is_claude();
         let body = Upstream {
             body: &self.body,
             messages: Messages {
                 memory,
                 history,
                 client: client_messages,
-                unmark: self.cache_marks && !model.is_claude(),
+                unmark,
             },
+            unmark,
             set,
             dropped,
         };
@@ -98,6 +96,16 @@ impl ChatRequest {
     ) -> Map<String, Value> {
         serde_json::from_slice(&self.upstream_bytes(model, memory, history)).unwrap_or_default()
     }
+}
+
+/// Counts the tools that carry a `cache_control` mark (beside `function`, where a Claude
+/// upstream reads it; a tool parameter that happens to be called so is no mark).
+fn count_tool_marks(tools: Option<&Value>) -> usize {
+    tools.and_then(Value::as_array).map_or(0, |list| {
+        list.iter()
+            .filter(|t| t.get("cache_control").is_some())
+            .count()
+    })
 }
 
 /// Counts `cache_control` keys anywhere in these values.
@@ -191,6 +199,8 @@ struct Upstream<'a, 'm> {
     messages: Messages<'a>,
     set: Changes<'m>,
     dropped: Vec<&'static str>,
+    /// Leave the marks the gateway kept on `tools` out (see `ChatRequest::cache_marks`).
+    unmark: bool,
 }
 
 impl Serialize for Upstream<'_, '_> {
@@ -199,6 +209,8 @@ impl Serialize for Upstream<'_, '_> {
         for (k, v) in self.body {
             if k == "messages" {
                 map.serialize_entry(k, &self.messages)?;
+            } else if k == "tools" && self.unmark {
+                map.serialize_entry(k, &UnmarkedTools(v))?;
             } else if let Some(new) = self.set.get(k) {
                 map.serialize_entry(k, new)?;
             } else if !self.dropped.contains(&k.as_str()) {
@@ -294,6 +306,39 @@ impl Serialize for Unmarked<'_> {
             }
             other => other.serialize(s),
         }
+    }
+}
+
+/// A `tools` list written without the `cache_control` key of each tool. Only that key: a
+/// deeper one would be a parameter of the tool's schema, not a mark.
+struct UnmarkedTools<'a>(&'a Value);
+
+impl Serialize for UnmarkedTools<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Value::Array(list) = self.0 else {
+            return self.0.serialize(s);
+        };
+        let mut seq = s.serialize_seq(Some(list.len()))?;
+        for tool in list {
+            match tool {
+                Value::Object(o) => seq.serialize_element(&UnmarkedTool(o))?,
+                other => seq.serialize_element(other)?,
+            }
+        }
+        seq.end()
+    }
+}
+
+/// One tool without its own `cache_control` key, the rest as it was (no copy is made).
+struct UnmarkedTool<'a>(&'a Map<String, Value>);
+
+impl Serialize for UnmarkedTool<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for (k, v) in self.0.iter().filter(|(k, _)| *k != "cache_control") {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
     }
 }
 
@@ -447,6 +492,20 @@ mod tests {
                     {"type": "text", "text": "q"},
                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]}]),
             "left out for a fallback to another provider, the rest as it was"
+        );
+        // A tool's mark is left out too; a parameter of its schema that is called so stays.
+        let schema = json!({"type": "object", "properties": {"cache_control": {"type": "string"}}});
+        let mut with_tools = marked.clone();
+        with_tools["tools"] = json!([{"type": "function", "function": {"name": "f", "parameters": schema},
+            "cache_control": {"type": "ephemeral"}}]);
+        let mut req = parse(with_tools.clone()).unwrap();
+        req.cache_marks = true;
+        let claude = req.upstream_body(&model("claude-h"), &Memory::default(), &[]);
+        assert_eq!(claude["tools"], with_tools["tools"]);
+        let other = req.upstream_body(&model("gpt41"), &Memory::default(), &[]);
+        assert_eq!(
+            other["tools"],
+            json!([{"type": "function", "function": {"name": "f", "parameters": schema}}])
         );
         // Marks a chat client wrote itself are its own business: passed on as sent.
         let own = parse(marked.clone()).unwrap();
