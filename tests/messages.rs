@@ -419,6 +419,36 @@ fn errors_of_the_server_itself_are_in_anthropics_shape_too() {
         v["error"]["code"].is_string() && v.get("type").is_none(),
         "{v}"
     );
+    // A head refused as too big (too many lines, too many bytes): 431, in Anthropic's
+    // shape when its request line names /v1/messages.
+    let refused_head = |path: &str, lines: usize, line_bytes: usize| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(gw.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut head = format!("POST {path}?beta=true HTTP/1.1\r\nHost: t\r\n");
+        for i in 0..lines {
+            head.push_str(&format!("X-H{i}: {}\r\n", "v".repeat(line_bytes)));
+        }
+        head.push_str("\r\n");
+        // (The server may answer before it has read all of a head that is too big.)
+        let _ = s.write_all(head.as_bytes());
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").expect("an answer");
+        assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+        serde_json::from_str::<Value>(body).expect("a JSON body")
+    };
+    for (lines, line_bytes) in [(150, 1), (20, 8000)] {
+        let v = refused_head("/v1/messages", lines, line_bytes);
+        assert_eq!(
+            (v["type"].as_str(), v["error"]["type"].as_str()),
+            (Some("error"), Some("invalid_request_error")),
+            "{lines} lines: {v}"
+        );
+        let v = refused_head("/v1/chat/completions", lines, line_bytes);
+        assert_eq!(v["error"]["code"], "header_too_large", "{v}");
+    }
 }
 
 #[test]

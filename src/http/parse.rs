@@ -59,6 +59,35 @@ fn invalid(message: &str) -> ReadError {
     reject(Error::invalid(message))
 }
 
+/// A head refused as too large (bytes or lines) with the method and path of its request
+/// line, when that line is complete and well formed: the refusal is then in the shape of
+/// the API the client called (Anthropic's under `/v1/messages`).
+fn refused_head(bytes: &[u8], error: Error) -> ReadError {
+    let line = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .and_then(|end| std::str::from_utf8(&bytes[..end]).ok());
+    let parts = line.map(|l| {
+        let mut words = l.trim_end_matches('\r').split(' ');
+        (words.next(), words.next(), words.next(), words.next())
+    });
+    let mut r = Rejection {
+        error,
+        method: None,
+        path: None,
+    };
+    if let Some((Some(method), Some(target), Some(version), None)) = parts
+        && !method.is_empty()
+        && method.bytes().all(|b| b.is_ascii_uppercase())
+        && target.starts_with('/')
+        && version.starts_with("HTTP/1.")
+    {
+        r.method = Some(method.to_string());
+        r.path = Some(target.split('?').next().unwrap_or("").to_string());
+    }
+    ReadError::Reject(Box::new(r))
+}
+
 /// How the body of a request is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Framing {
@@ -294,9 +323,12 @@ pub(crate) async fn read_head<W: Wire + ?Sized>(
                 return Ok(head);
             }
         } else if buf.len() >= limits.head_bytes {
-            return Err(reject(Error::HeadTooLarge {
-                limit: limits.head_bytes,
-            }));
+            return Err(refused_head(
+                buf.bytes(),
+                Error::HeadTooLarge {
+                    limit: limits.head_bytes,
+                },
+            ));
         }
         let before = buf.len();
         buf.fill(w, deadline).await?;
@@ -315,9 +347,12 @@ pub(crate) fn parse_head(
     limits: &Limits,
 ) -> Result<Option<(Head, usize)>, ReadError> {
     let too_large = || {
-        reject(Error::HeadTooLarge {
-            limit: limits.head_bytes,
-        })
+        refused_head(
+            bytes,
+            Error::HeadTooLarge {
+                limit: limits.head_bytes,
+            },
+        )
     };
     // The header slots live on the stack for the usual limits: a 3,200-byte allocation per
     // request (100 slots) was the one above the allocator's per-thread cache, and freeing it
@@ -340,9 +375,12 @@ pub(crate) fn parse_head(
         Ok(httparse::Status::Complete(n)) if n > limits.head_bytes => return Err(too_large()),
         Ok(httparse::Status::Complete(n)) => n,
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(reject(Error::TooManyHeaders {
-                limit: limits.header_lines,
-            }));
+            return Err(refused_head(
+                bytes,
+                Error::TooManyHeaders {
+                    limit: limits.header_lines,
+                },
+            ));
         }
         Err(e) => return Err(invalid(&format!("malformed request head: {e}"))),
     };

@@ -492,3 +492,40 @@ fn the_buffer_gives_memory_back() {
     buf.shrink();
     assert!(buf.allocated() <= 2 * READ_CHUNK);
 }
+
+#[test]
+fn a_head_refused_as_too_big_names_its_request_line_when_it_is_whole() {
+    let named = |input: &[u8]| match read(input) {
+        Err(ReadError::Reject(r)) => {
+            assert_eq!(r.error.status(), 431);
+            (r.method.clone(), r.path.clone())
+        }
+        other => panic!("{other:?}"),
+    };
+    let mut many = b"POST /v1/messages?beta=true HTTP/1.1\r\n".to_vec();
+    for i in 0..101 {
+        many.extend(format!("X-H{i}: v\r\n").bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    assert_eq!(
+        named(&many),
+        (Some("POST".into()), Some("/v1/messages".into()))
+    );
+    let mut big = b"GET /v1/models HTTP/1.1\r\nX-Big: ".to_vec();
+    big.extend(vec![b'a'; 70 * 1024]);
+    assert_eq!(named(&big), (Some("GET".into()), Some("/v1/models".into())));
+    // A request line that never ends, or is not one, names nothing.
+    let mut endless = b"GET /".to_vec();
+    endless.extend(vec![b'a'; 70 * 1024]);
+    assert_eq!(named(&endless), (None, None));
+    for odd in [
+        &b"get /x HTTP/1.1\r\n"[..],
+        b"GET x HTTP/1.1\r\n",
+        b"GET /x HTTP/1.1 more\r\n",
+    ] {
+        match refused_head(odd, Error::HeadTooLarge { limit: 1 }) {
+            ReadError::Reject(r) => assert_eq!((r.method, r.path), (None, None)),
+            other => panic!("{other:?}"),
+        }
+    }
+}
