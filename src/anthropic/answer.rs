@@ -11,11 +11,12 @@ use crate::chat::answer::{Answer, Usage, content_text};
 use crate::util::random_id;
 
 /// Anthropic's `stop_reason` for an OpenAI `finish_reason`. `had_tools`: the answer holds
-/// tool calls (some providers say `stop` with them).
+/// tool calls. `tool_use` goes with its `tool_use` blocks only — whatever the provider said
+/// (some say `stop` with tool calls; a `tool_calls` or the legacy `function_call` with none
+/// would leave a client waiting for a call that is not there): then it is `end_turn`.
 pub fn stop_reason(finish_reason: Option<&str>, had_tools: bool) -> &'static str {
     match finish_reason {
         Some("length") => "max_tokens",
-        Some("tool_calls" | "function_call") => "tool_use",
         Some("content_filter") => "refusal",
         _ if had_tools => "tool_use",
         _ => "end_turn",

@@ -156,7 +156,7 @@ fn message(
     match role {
         "user" => user_turn(i, &blocks, claude, out),
         "assistant" => {
-            out.push(assistant_turn(i, &blocks)?);
+            out.extend(assistant_turn(i, &blocks)?);
             Ok(())
         }
         "system" => {
@@ -173,8 +173,10 @@ fn message(
     }
 }
 
-/// A user turn: its tool results first, as `tool` messages, then the rest as one message.
+/// A user turn: its tool results first, as `tool` messages, then the rest as one message,
+/// which starts with the images the tools returned (wherever the results stood).
 fn user_turn(i: usize, blocks: &[Value], claude: bool, out: &mut Vec<Value>) -> Result<(), Error> {
+    let mut tool_images = Vec::new();
     let mut parts = Vec::new();
     for (j, b) in blocks.iter().enumerate() {
         let bad = |what: &str| {
@@ -192,7 +194,7 @@ fn user_turn(i: usize, blocks: &[Value], claude: bool, out: &mut Vec<Value>) -> 
             Some("tool_result") => {
                 let (message, images) = tool_result(b, claude).map_err(|w| bad(&w))?;
                 out.push(message);
-                parts.extend(images);
+                tool_images.extend(images);
             }
             Some("document") => {
                 match (b["source"]["type"].as_str(), b["source"]["data"].as_str()) {
@@ -205,8 +207,9 @@ fn user_turn(i: usize, blocks: &[Value], claude: bool, out: &mut Vec<Value>) -> 
             None => return Err(bad("type is required")),
         }
     }
-    if !parts.is_empty() {
-        out.push(json!({"role": "user", "content": joined(parts)}));
+    tool_images.append(&mut parts);
+    if !tool_images.is_empty() {
+        out.push(json!({"role": "user", "content": joined(tool_images)}));
     }
     Ok(())
 }
@@ -296,13 +299,21 @@ fn tool_result(b: &Value, claude: bool) -> Result<(Value, Vec<Value>), String> {
     ))
 }
 
-/// An assistant turn: its text, and its `tool_use` blocks as `tool_calls`.
-fn assistant_turn(i: usize, blocks: &[Value]) -> Result<Value, Error> {
+/// An assistant turn: its text blocks (joined by a blank line), and its `tool_use` blocks
+/// as `tool_calls`; none when nothing is left of it (only thinking blocks, which are
+/// dropped).
+fn assistant_turn(i: usize, blocks: &[Value]) -> Result<Option<Value>, Error> {
     let mut text = String::new();
     let mut calls = Vec::new();
     for (j, b) in blocks.iter().enumerate() {
         match b.get("type").and_then(Value::as_str) {
-            Some("text") => text.push_str(b["text"].as_str().unwrap_or("")),
+            Some("text") => {
+                let piece = b["text"].as_str().unwrap_or("");
+                if !text.is_empty() && !piece.is_empty() {
+                    text.push_str("\n\n");
+                }
+                text.push_str(piece);
+            }
             Some("tool_use") => {
                 let (Some(id), Some(name)) = (b["id"].as_str(), b["name"].as_str()) else {
                     return Err(Error::invalid_param(
@@ -317,11 +328,16 @@ fn assistant_turn(i: usize, blocks: &[Value]) -> Result<Value, Error> {
             _ => {}
         }
     }
-    let mut m = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) }});
+    if text.is_empty() && calls.is_empty() {
+        // Nothing left (thinking blocks only, or empty text): an empty assistant message is
+        // refused by strict providers, and says nothing.
+        return Ok(None);
+    }
+    let mut m = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { Value::String(text) }});
     if !calls.is_empty() {
         m["tool_calls"] = Value::Array(calls);
     }
-    Ok(m)
+    Ok(Some(m))
 }
 
 /// `tools` and `tool_choice`. Server tools (typed, without an `input_schema`: web search,

@@ -163,6 +163,18 @@ fn images_a_tool_returned_follow_in_a_user_message() {
             {"type": "text", "text": "what is on it?"}]})
     );
     assert_eq!(m.len(), 3);
+    // The images go first also when the user's text stands before the result.
+    let out = chat(json!({"max_tokens": 5, "messages": [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "read", "input": {}}]},
+        {"role": "user", "content": [
+            {"type": "text", "text": "what is on it?"},
+            {"type": "tool_result", "tool_use_id": "t1", "content": [
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]}]}]}));
+    assert_eq!(
+        out["messages"][2]["content"][0]["text"],
+        "The images the tool call t1 returned:"
+    );
+    assert_eq!(out["messages"][2]["content"][2]["text"], "what is on it?");
     // A broken image in a tool result is the client's error, said as such.
     let e = to_chat(
         &obj(json!({"max_tokens": 5, "messages": [{"role": "user", "content": [
@@ -171,6 +183,30 @@ fn images_a_tool_returned_follow_in_a_user_message() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("messages.0.content.0"), "{e}");
+}
+
+#[test]
+fn assistant_turns_of_thinking_only_are_left_out_and_texts_are_set_apart() {
+    let c = chat(json!({"model": "m", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "hm", "signature": "s"},
+            {"type": "redacted_thinking", "data": "x"}]},
+        {"role": "user", "content": "go on"},
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "Let me look."},
+            {"type": "tool_use", "id": "t1", "name": "f", "input": {}},
+            {"type": "text", "text": "Done."}]},
+        {"role": "assistant", "content": ""}]}));
+    assert_eq!(
+        c["messages"],
+        json!([
+            {"role": "user", "content": "q"},
+            {"role": "user", "content": "go on"},
+            {"role": "assistant", "content": "Let me look.\n\nDone.",
+             "tool_calls": [{"id": "t1", "type": "function",
+                             "function": {"name": "f", "arguments": "{}"}}]}])
+    );
 }
 
 #[test]
@@ -324,6 +360,9 @@ fn answers_become_messages() {
         (Some("length"), false, "max_tokens"),
         (Some("content_filter"), false, "refusal"),
         (Some("stop"), true, "tool_use"),
+        (Some("tool_calls"), true, "tool_use"),
+        (Some("tool_calls"), false, "end_turn"),
+        (Some("function_call"), false, "end_turn"),
         (Some("odd"), false, "end_turn"),
     ] {
         assert_eq!(stop_reason(f, tools), want);
