@@ -197,8 +197,13 @@ pub fn retry_after(
             .then(|| Duration::from_secs_f64(secs.min(86_400.0)));
     }
     let when = http_date(v)?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+    let wait = when.duration_since(now).unwrap_or(Duration::ZERO);
+    Some(wait.min(MAX_RETRY_AFTER))
 }
+
+/// The longest `Retry-After` taken from a provider as a date (and passed on): a day, as
+/// for the other forms.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 
 /// Parses an IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`.
 fn http_date(s: &str) -> Option<SystemTime> {
@@ -424,8 +429,16 @@ mod tests {
             let v = format!("Sun, 06 Nov {year} 08:49:37 GMT");
             assert_eq!(retry_after(None, Some(&v), now), None, "{v}");
         }
-        // The far end of the range still reads (and is capped by the deadline elsewhere).
-        assert!(retry_after(None, Some("Fri, 31 Dec 9999 23:59:59 GMT"), now).is_some());
+        // The far end of the range still reads, as a day at most, as the other forms are
+        // (a client was told to wait 8,000 years).
+        assert_eq!(
+            retry_after(None, Some("Fri, 31 Dec 9999 23:59:59 GMT"), now),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            retry_after(Some("1e300"), None, now),
+            Some(Duration::from_secs(86_400))
+        );
     }
 
     #[test]
