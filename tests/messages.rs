@@ -212,6 +212,49 @@ fn a_streamed_tool_call_is_a_tool_use_block() {
 }
 
 #[test]
+fn parallel_tool_calls_without_an_index_are_separate_tool_use_blocks() {
+    let (fake, gw) = setup(Options::default());
+    for reply in Reply::two_calls_without_an_index() {
+        fake.push(reply.clone());
+        let mut body = hello("gpt41");
+        body["stream"] = json!(true);
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let mut call = Call::post(&bytes);
+        call.path = "/v1/messages";
+        let ev = client::stream(gw.http, &call).chunks();
+        // Each block with its name and the JSON of its own arguments.
+        let blocks: Vec<(Value, String)> = ev
+            .iter()
+            .filter(|e| e["type"] == "content_block_start")
+            .map(|start| {
+                let args = ev
+                    .iter()
+                    .filter(|e| e["index"] == start["index"])
+                    .filter_map(|e| e["delta"]["partial_json"].as_str())
+                    .collect();
+                (start["content_block"].clone(), args)
+            })
+            .collect();
+        assert_eq!(
+            blocks,
+            [
+                (
+                    json!({"type": "tool_use", "id": "c1", "name": "f", "input": {}}),
+                    "{\"a\":1}".to_string()
+                ),
+                (
+                    json!({"type": "tool_use", "id": "c2", "name": "g", "input": {}}),
+                    "{\"b\":2}".to_string()
+                ),
+            ],
+            "{reply:?}"
+        );
+        let delta = ev.iter().find(|e| e["type"] == "message_delta").unwrap();
+        assert_eq!(delta["delta"]["stop_reason"], "tool_use");
+    }
+}
+
+#[test]
 fn a_failure_after_the_first_event_is_an_error_event() {
     let (fake, gw) = setup(Options::default());
     fake.push(Reply::chat_stream(&["a", "b", "c"]).cut_after(2));

@@ -289,6 +289,51 @@ fn a_streamed_tool_call_is_a_function_call_item() {
 }
 
 #[test]
+fn parallel_tool_calls_without_an_index_are_separate_function_call_items() {
+    let (fake, gw) = setup(Options::default());
+    for reply in Reply::two_calls_without_an_index() {
+        fake.push(reply.clone());
+        let s = stream(&gw, &json!({"model": "gpt41", "input": "Two calls"}));
+        let ev = s.chunks();
+        let done: Vec<(Value, Value)> = ev
+            .iter()
+            .filter(|e| e["type"] == "response.function_call_arguments.done")
+            .map(|e| (e["name"].clone(), e["arguments"].clone()))
+            .collect();
+        assert_eq!(
+            done,
+            [
+                (json!("f"), json!("{\"a\":1}")),
+                (json!("g"), json!("{\"b\":2}"))
+            ],
+            "{reply:?}"
+        );
+        let last = ev.last().unwrap();
+        assert_eq!(last["type"], "response.completed", "{reply:?}");
+        let output: Vec<(Value, Value, Value)> = last["response"]["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| {
+                (
+                    item["call_id"].clone(),
+                    item["name"].clone(),
+                    item["arguments"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            output,
+            [
+                (json!("c1"), json!("f"), json!("{\"a\":1}")),
+                (json!("c2"), json!("g"), json!("{\"b\":2}"))
+            ],
+            "{reply:?}"
+        );
+    }
+}
+
+#[test]
 fn a_failure_after_the_first_event_is_response_failed() {
     let (fake, gw) = setup(Options::default());
     fake.push(Reply::chat_stream(&["a", "b", "c"]).cut_after(2));

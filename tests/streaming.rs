@@ -412,6 +412,36 @@ fn tool_call_fragments_are_relayed_and_gathered() {
 }
 
 #[test]
+fn tool_calls_without_an_index_are_relayed_and_kept_apart_in_the_session() {
+    let (fake, gw) = setup();
+    for (n, reply) in Reply::two_calls_without_an_index().into_iter().enumerate() {
+        fake.push(reply.clone());
+        let session = format!("calls{n}");
+        let s = client::stream(
+            gw.http,
+            &Call::post(&body("gpt41", json!({"session_id": session}))),
+        );
+        // Relayed as the upstream sent them.
+        assert!(s.complete, "{reply:?}");
+        let names: Vec<Value> = s
+            .chunks()
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array().cloned())
+            .flatten()
+            .map(|call| call["function"]["name"].clone())
+            .filter(|name| !name.is_null())
+            .collect();
+        assert_eq!(names, [json!("f"), json!("g")], "{reply:?}");
+        let file = gw.dir.join(&format!("sessions/gpt41@{session}.json"));
+        let stored: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        assert_eq!(
+            stored["history"][1]["content"], "[tool call f({\"a\":1})]\n[tool call g({\"b\":2})]",
+            "{reply:?}"
+        );
+    }
+}
+
+#[test]
 fn the_connection_stays_usable_after_a_stream() {
     let (fake, gw) = setup();
     fake.push(Reply::chat_stream(&["x"]));

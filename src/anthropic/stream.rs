@@ -140,8 +140,8 @@ impl Translator {
                 self.refused = true;
                 self.text(refusal, out);
             }
-            for call in &delta.tool_calls {
-                self.tool(call, out);
+            for (position, call) in delta.tool_calls.iter().enumerate() {
+                self.tool(position, call, out);
             }
         }
         if let Some(reason) = &choice.finish_reason {
@@ -203,9 +203,10 @@ impl Translator {
         i
     }
 
-    fn tool(&mut self, piece: &ToolCallDelta, out: &mut Vec<u8>) {
+    /// A tool-call piece, at `position` in its chunk's `tool_calls` array.
+    fn tool(&mut self, position: usize, piece: &ToolCallDelta, out: &mut Vec<u8>) {
         self.had_tools = true;
-        for step in self.calls.take(piece) {
+        for step in self.calls.take(position, piece) {
             match step {
                 Step::Begin(call) => self.begin_tool(call, out),
                 Step::Arguments(args) => {

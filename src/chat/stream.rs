@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::answer::{assistant_message, reasoning_text, turn_text};
 use super::provider_error::{error_in, member_message, reported};
 use super::sse::Event;
+use super::tool_calls::CallOrder;
 use crate::state::session::Message;
 
 /// How reading a stream ended.
@@ -130,11 +131,12 @@ impl Delta {
 }
 
 /// A piece of a tool call: the first piece of a call usually carries its `id` and name,
-/// the next ones fragments of its arguments; `index` says which call.
+/// the next ones fragments of its arguments; `index` says which call, when the upstream
+/// sends one ([`CallOrder`] tells the calls apart without it).
 #[derive(Debug, Default, Deserialize)]
 pub struct ToolCallDelta {
     #[serde(default)]
-    pub index: usize,
+    pub index: Option<usize>,
     #[serde(default)]
     pub id: Option<String>,
     #[serde(default)]
@@ -194,6 +196,9 @@ impl Chunk {
     }
 }
 
+/// Most tool calls kept from one stream for its session turn; the ones after are left out.
+const MAX_TURN_CALLS: usize = 128;
+
 /// What is kept from a stream: whether it finished, the usage, and — only when a session
 /// needs them — the assistant's text and tool calls.
 #[derive(Debug)]
@@ -201,6 +206,9 @@ pub struct Gathered {
     keep: bool,
     kept: usize,
     text: String,
+    /// Which call each tool-call piece belongs to.
+    order: CallOrder,
+    /// Each call's name and arguments, in the order the calls started.
     tool_calls: Vec<(String, String)>,
     finished: bool,
     usage: Usage,
@@ -220,6 +228,7 @@ impl Gathered {
             keep,
             kept: 0,
             text: String::new(),
+            order: CallOrder::default(),
             tool_calls: Vec::new(),
             finished: false,
             usage: Usage::default(),
@@ -260,13 +269,17 @@ impl Gathered {
         if let Some(c) = &delta.content {
             self.text.push_str(c);
         }
-        for tc in delta.tool_calls.iter().filter(|tc| tc.index <= 128) {
-            if self.tool_calls.len() <= tc.index {
+        for (position, tc) in delta.tool_calls.iter().enumerate() {
+            let call = self.order.call_of(position, tc);
+            if call >= MAX_TURN_CALLS {
+                continue;
+            }
+            if self.tool_calls.len() <= call {
                 self.tool_calls
-                    .resize(tc.index + 1, (String::new(), String::new()));
+                    .resize(call + 1, (String::new(), String::new()));
             }
             if let Some(f) = &tc.function {
-                let slot = &mut self.tool_calls[tc.index];
+                let slot = &mut self.tool_calls[call];
                 slot.0.push_str(f.name.as_deref().unwrap_or(""));
                 slot.1.push_str(f.arguments.as_deref().unwrap_or(""));
             }
@@ -382,6 +395,37 @@ mod tests {
             &mut g,
             r#"{"choices":[{"delta":{"tool_calls":[{"index":100000}]}}]}"#
         ));
+    }
+
+    #[test]
+    fn a_session_turn_keeps_calls_without_an_index_apart() {
+        // Gemini (a call per chunk, no index), older Ollama (all calls in one chunk, no
+        // index), and an upstream repeating index 0 with a new id.
+        let streams = [
+            vec![
+                r#"{"choices":[{"delta":{"tool_calls":[{"id":"c1","function":{"name":"f","arguments":"{\"a\":1}"}}]}}]}"#,
+                r#"{"choices":[{"delta":{"tool_calls":[{"id":"c2","function":{"name":"g","arguments":"{\"b\":2}"}}]}}]}"#,
+            ],
+            vec![
+                r#"{"choices":[{"delta":{"tool_calls":[{"id":"c1","function":{"name":"f","arguments":"{\"a\":1}"}},{"id":"c2","function":{"name":"g","arguments":"{\"b\":2}"}}]}}]}"#,
+            ],
+            vec![
+                r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c1","function":{"name":"f","arguments":"{\"a\":1}"}}]}}]}"#,
+                r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c2","function":{"name":"g","arguments":"{\"b\""}}]}}]}"#,
+                r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":":2}"}}]}}]}"#,
+            ],
+        ];
+        for chunks in streams {
+            let mut g = Gathered::default();
+            for chunk in &chunks {
+                feed(&mut g, chunk);
+            }
+            assert_eq!(
+                g.assistant().content,
+                json!("[tool call f({\"a\":1})]\n[tool call g({\"b\":2})]"),
+                "{chunks:?}"
+            );
+        }
     }
 
     #[test]

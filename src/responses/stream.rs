@@ -210,8 +210,8 @@ impl Translator {
             if !text.is_empty() {
                 self.text(text, out);
             }
-            for call in &delta.tool_calls {
-                self.tool(call, out);
+            for (position, call) in delta.tool_calls.iter().enumerate() {
+                self.tool(position, call, out);
             }
         }
         if let Some(reason) = &choice.finish_reason {
@@ -298,8 +298,9 @@ impl Translator {
         self.open = true;
     }
 
-    fn tool(&mut self, piece: &ToolCallDelta, out: &mut Vec<u8>) {
-        for step in self.calls.take(piece) {
+    /// A tool-call piece, at `position` in its chunk's `tool_calls` array.
+    fn tool(&mut self, position: usize, piece: &ToolCallDelta, out: &mut Vec<u8>) {
+        for step in self.calls.take(position, piece) {
             match step {
                 Step::Begin(call) => self.begin_call(call, out),
                 Step::Arguments(args) => self.arguments(args, out),

@@ -132,6 +132,50 @@ impl Reply {
         reply
     }
 
+    /// Two parallel tool calls, `f({"a":1})` (id `c1`) and `g({"b":2})` (id `c2`), streamed
+    /// without a usable `index` the three ways upstreams do it: Gemini (no index, each call
+    /// in a chunk of its own; here the second one's arguments in two pieces), older Ollama
+    /// (no index, both calls in one chunk), and `index: 0` repeated with a new id.
+    pub fn two_calls_without_an_index() -> [Reply; 3] {
+        let chunk = |calls: Value| {
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": calls},
+                "finish_reason": null}]})
+            .to_string()
+        };
+        let call = |id: &str, name: &str, args: &str| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}});
+        let at_0 = |mut v: Value| {
+            v["index"] = json!(0);
+            v
+        };
+        let f = call("c1", "f", "{\"a\":1}");
+        let g = call("c2", "g", "{\"b\"");
+        let g_rest = json!({"function": {"arguments": ":2}"}});
+        let stream = |mut chunks: Vec<String>| {
+            chunks.push(
+                json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+                    .to_string(),
+            );
+            chunks.push("[DONE]".to_string());
+            Reply::stream(chunks)
+        };
+        [
+            stream(vec![
+                chunk(json!([f.clone()])),
+                chunk(json!([g.clone()])),
+                chunk(json!([g_rest.clone()])),
+            ]),
+            stream(vec![chunk(json!([
+                f.clone(),
+                call("c2", "g", "{\"b\":2}")
+            ]))]),
+            stream(vec![
+                chunk(json!([at_0(f)])),
+                chunk(json!([at_0(g)])),
+                chunk(json!([at_0(g_rest)])),
+            ]),
+        ]
+    }
+
     /// Waits this long before writing anything.
     pub fn delay(mut self, delay: Duration) -> Reply {
         self.delay = delay;
