@@ -412,7 +412,7 @@ fn tool_call_fragments_are_relayed_and_gathered() {
 }
 
 #[test]
-fn tool_calls_without_an_index_are_relayed_and_kept_apart_in_the_session() {
+fn tool_calls_without_an_index_are_numbered_and_kept_apart_in_the_session() {
     let (fake, gw) = setup();
     for (n, reply) in Reply::two_calls_without_an_index().into_iter().enumerate() {
         fake.push(reply.clone());
@@ -421,17 +421,28 @@ fn tool_calls_without_an_index_are_relayed_and_kept_apart_in_the_session() {
             gw.http,
             &Call::post(&body("gpt41", json!({"session_id": session}))),
         );
-        // Relayed as the upstream sent them.
+        // Relayed with each piece numbered by its call, as OpenAI's clients put calls
+        // together by `index` (ids, names and arguments as the upstream sent them).
         assert!(s.complete, "{reply:?}");
-        let names: Vec<Value> = s
+        let mut calls: Vec<(String, String, String)> = Vec::new();
+        for piece in s
             .chunks()
             .iter()
             .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array().cloned())
             .flatten()
-            .map(|call| call["function"]["name"].clone())
-            .filter(|name| !name.is_null())
-            .collect();
-        assert_eq!(names, [json!("f"), json!("g")], "{reply:?}");
+        {
+            let i = piece["index"].as_u64().expect("an index on every piece") as usize;
+            if i == calls.len() {
+                calls.push(Default::default());
+            }
+            let call = &mut calls[i];
+            call.0 += piece["id"].as_str().unwrap_or("");
+            call.1 += piece["function"]["name"].as_str().unwrap_or("");
+            call.2 += piece["function"]["arguments"].as_str().unwrap_or("");
+        }
+        let want = [("c1", "f", "{\"a\":1}"), ("c2", "g", "{\"b\":2}")]
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()));
+        assert_eq!(calls, want, "{reply:?}");
         let file = gw.dir.join(&format!("sessions/gpt41@{session}.json"));
         let stored: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
         assert_eq!(

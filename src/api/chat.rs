@@ -7,12 +7,15 @@
 use std::io;
 use std::sync::Arc;
 
+use serde_json::Value;
+
 use super::call::{self, Answered, StreamFront};
 use super::caller::Caller;
 use crate::chat::answer::Usage;
 use crate::chat::request::ChatRequest;
 use crate::chat::sse;
 use crate::chat::stream::Chunk;
+use crate::chat::tool_calls::CallOrder;
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::http::{LogFields, Request, Response, Sink};
@@ -52,15 +55,18 @@ async fn answer(
             "text/event-stream",
             Relay {
                 wants_usage: chat.client_wants_usage,
+                calls: CallOrder::default(),
             },
         ),
     })
 }
 
-/// OpenAI's events relayed as they came.
+/// OpenAI's events relayed as they came — but for the numbers of tool-call pieces.
 struct Relay {
     /// The client asked for the usage chunk itself (the gateway always asks the upstream).
     wants_usage: bool,
+    /// Which call each tool-call piece belongs to.
+    calls: CallOrder,
 }
 
 impl StreamFront for Relay {
@@ -68,7 +74,10 @@ impl StreamFront for Relay {
         if chunk.usage_only() && !self.wants_usage {
             return Ok(());
         }
-        sink.send(&sse::frame(raw))
+        match self.renumbered(raw, chunk) {
+            Some(fixed) => sink.send(&sse::frame(&fixed)),
+            None => sink.send(&sse::frame(raw)),
+        }
     }
 
     fn done(&mut self, _usage: &Usage, sink: &mut dyn Sink) -> io::Result<()> {
@@ -77,5 +86,37 @@ impl StreamFront for Relay {
 
     fn failed(&mut self, error: &Error, sink: &mut dyn Sink) -> io::Result<()> {
         sink.send(&sse::frame(&error.body().to_string()))
+    }
+}
+
+impl Relay {
+    /// The chunk with each tool-call piece of its first choice numbered by the call it
+    /// belongs to (see [`CallOrder`]), when a piece's `index` is missing or is not that
+    /// number: OpenAI's clients (the SDKs' stream helpers, most chat front ends) put a
+    /// call together by its `index`, and Gemini sends none, while some providers give
+    /// every call `index: 0`. `None`: the chunk goes as it came (every well-formed chunk).
+    fn renumbered(&mut self, raw: &str, chunk: &Chunk) -> Option<String> {
+        let pieces = &chunk.choice()?.delta.as_ref()?.tool_calls;
+        let mut numbers = Vec::with_capacity(pieces.len());
+        for (position, piece) in pieces.iter().enumerate() {
+            numbers.push(self.calls.call_of(position, piece));
+        }
+        let same = pieces
+            .iter()
+            .zip(&numbers)
+            .all(|(p, n)| p.index == Some(*n));
+        if same {
+            return None;
+        }
+        let mut value: Value = serde_json::from_str(raw).ok()?;
+        let list = value
+            .pointer_mut("/choices/0/delta/tool_calls")?
+            .as_array_mut()?;
+        for (piece, number) in list.iter_mut().zip(numbers) {
+            if let Some(piece) = piece.as_object_mut() {
+                piece.insert("index".into(), number.into());
+            }
+        }
+        Some(value.to_string())
     }
 }

@@ -35,6 +35,9 @@ class FakeUpstream(Upstream):
                             "usage": {"prompt_tokens": 3, "total_tokens": 3}})
             return
         last = body["messages"][-1]
+        if body.get("tools") and last["role"] == "user" and last["content"] == "two calls, gemini style":
+            self.two_calls_without_index(body)
+            return
         if body.get("tools") and last["role"] == "user":
             self.call_tool(body)
             return
@@ -108,6 +111,16 @@ class FakeUpstream(Upstream):
                 "role": "assistant", "content": None, "refusal": "I can't help."}}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
         })
+
+    def two_calls_without_index(self, body):
+        """Two parallel calls streamed as Gemini's OpenAI-compatible API does: no `index`,
+        each whole call in a chunk of its own."""
+        model = body["model"]
+        calls = [{"id": "call_g1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Lyon"}'}},
+                 {"id": "call_g2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]
+        events = [chunk(model, {"role": "assistant", "tool_calls": [c]}) for c in calls]
+        events += [chunk(model, {}, "tool_calls"), usage_chunk(model, 9, 8)]
+        self.send_stream(events)
 
     def call_tool(self, body):
         """A call of the first tool with {"city": "Lyon"}."""
@@ -364,6 +377,16 @@ def main():
             last = event
         check(last is not None and last.usage is not None and last.usage.total_tokens == 8,
               "with include_usage the last chunk carries usage")
+
+        tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER[0]["parameters"]}}]
+        with client.chat.completions.stream(
+                model="gpt41", messages=[{"role": "user", "content": "two calls, gemini style"}],
+                tools=tools) as stream:
+            final = stream.get_final_completion()
+        calls = final.choices[0].message.tool_calls or []
+        check([(c.id, c.function.name, json.loads(c.function.arguments)) for c in calls]
+              == [("call_g1", "get_weather", {"city": "Lyon"}), ("call_g2", "get_weather", {"city": "Oslo"})],
+              f"chat.completions.stream() puts together calls streamed without index: {calls}")
         responses_checks(client)
     check_keys(binary)
     print("openai SDK compatibility: all checks passed")
