@@ -32,6 +32,15 @@ fn hello(model: &str) -> Value {
     json!({"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": "hello"}]})
 }
 
+/// `body` as a stream to `path` (`/v1/messages`, with or without a query).
+fn stream_at(gw: &Gateway, path: &'static str, mut body: Value) -> Streamed {
+    body["stream"] = json!(true);
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let mut call = Call::post(&bytes);
+    call.path = path;
+    client::stream(gw.http, &call)
+}
+
 /// Asserts Anthropic's error shape with this status and type; returns the message.
 fn assert_anthropic_error(r: &Answer, status: u16, kind: &str) -> String {
     assert_eq!(r.status, status, "{}", r.text());
@@ -105,12 +114,7 @@ fn a_stream_comes_in_anthropics_events_as_they_arrive() {
             .gap(Duration::from_millis(150))
             .usage(11, 2),
     );
-    let mut body = hello("gpt41");
-    body["stream"] = json!(true);
-    let bytes = serde_json::to_vec(&body).unwrap();
-    let mut call = Call::post(&bytes);
-    call.path = "/v1/messages?beta=true";
-    let s = client::stream(gw.http, &call);
+    let s = stream_at(&gw, "/v1/messages?beta=true", hello("gpt41"));
     assert_eq!(s.status, 200);
     assert_eq!(s.header("content-type"), Some("text/event-stream"));
     let types = event_types(&s);
@@ -183,12 +187,8 @@ fn a_streamed_tool_call_is_a_tool_use_block() {
         "[DONE]".to_string(),
     ]));
     let mut body = hello("gpt41");
-    body["stream"] = json!(true);
     body["tools"] = json!([{"name": "get_weather", "input_schema": {"type": "object"}}]);
-    let bytes = serde_json::to_vec(&body).unwrap();
-    let mut call = Call::post(&bytes);
-    call.path = "/v1/messages";
-    let s = client::stream(gw.http, &call);
+    let s = stream_at(&gw, "/v1/messages", body);
     let ev = s.chunks();
     let start = ev
         .iter()
@@ -216,12 +216,7 @@ fn parallel_tool_calls_without_an_index_are_separate_tool_use_blocks() {
     let (fake, gw) = setup(Options::default());
     for reply in Reply::two_calls_without_an_index() {
         fake.push(reply.clone());
-        let mut body = hello("gpt41");
-        body["stream"] = json!(true);
-        let bytes = serde_json::to_vec(&body).unwrap();
-        let mut call = Call::post(&bytes);
-        call.path = "/v1/messages";
-        let ev = client::stream(gw.http, &call).chunks();
+        let ev = stream_at(&gw, "/v1/messages", hello("gpt41")).chunks();
         // Each block with its name and the JSON of its own arguments.
         let blocks: Vec<(Value, String)> = ev
             .iter()
@@ -258,12 +253,7 @@ fn parallel_tool_calls_without_an_index_are_separate_tool_use_blocks() {
 fn a_failure_after_the_first_event_is_an_error_event() {
     let (fake, gw) = setup(Options::default());
     fake.push(Reply::chat_stream(&["a", "b", "c"]).cut_after(2));
-    let mut body = hello("gpt41");
-    body["stream"] = json!(true);
-    let bytes = serde_json::to_vec(&body).unwrap();
-    let mut call = Call::post(&bytes);
-    call.path = "/v1/messages";
-    let s = client::stream(gw.http, &call);
+    let s = stream_at(&gw, "/v1/messages", hello("gpt41"));
     assert_eq!(s.status, 200);
     let ev = s.chunks();
     let last = ev.last().unwrap();
@@ -526,11 +516,7 @@ fn a_providers_reasoning_comes_as_thinking_when_thinking_is_enabled() {
         json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}).to_string(),
         "[DONE]".to_string(),
     ]));
-    body["stream"] = json!(true);
-    let bytes = serde_json::to_vec(&body).unwrap();
-    let mut call = Call::post(&bytes);
-    call.path = "/v1/messages";
-    let ev = client::stream(gw.http, &call).chunks();
+    let ev = stream_at(&gw, "/v1/messages", body).chunks();
     let blocks: Vec<(u64, &str)> = ev
         .iter()
         .filter(|e| e["type"] == "content_block_start")
@@ -644,12 +630,7 @@ fn odd_usage_never_costs_the_answer_and_moonshots_stream_usage_counts() {
         r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop","usage":{"prompt_tokens":20,"completion_tokens":3,"total_tokens":23,"cached_tokens":16}}]}"#,
         "[DONE]",
     ]));
-    let mut body = hello("kimi");
-    body["stream"] = json!(true);
-    let bytes = serde_json::to_vec(&body).unwrap();
-    let mut call = Call::post(&bytes);
-    call.path = "/v1/messages";
-    let s = client::stream(gw.http, &call);
+    let s = stream_at(&gw, "/v1/messages", hello("kimi"));
     assert_eq!(s.status, 200);
     let delta = s
         .chunks()

@@ -30,6 +30,17 @@ fn piece(text: &str) -> String {
         .to_string()
 }
 
+/// The stream's last event is an `upstream_error` event.
+fn assert_ends_in_an_error_event(s: &Streamed) {
+    let last = s.chunks().pop().expect("events");
+    assert_eq!(
+        last["error"]["code"],
+        "upstream_error",
+        "{:?}",
+        s.payloads()
+    );
+}
+
 /// The gaps between consecutive events' arrival times.
 fn gaps(s: &Streamed) -> Vec<Duration> {
     s.events.windows(2).map(|w| w[1].0 - w[0].0).collect()
@@ -193,13 +204,7 @@ fn the_timeout_bounds_each_gap_not_the_whole_stream() {
     fake.push(Reply::stream([piece("a"), piece("b")]).then_hang());
     let started = Instant::now();
     let s = client::stream(gw.http, &Call::post(&body("gpt41", json!({"timeout": 1}))));
-    let last = s.chunks().pop().unwrap();
-    assert_eq!(
-        last["error"]["code"],
-        "upstream_error",
-        "{:?}",
-        s.payloads()
-    );
+    assert_ends_in_an_error_event(&s);
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
@@ -252,13 +257,7 @@ fn a_silent_provider_gets_keepalives_to_the_client_and_still_times_out() {
     fake.push(Reply::stream([piece("a")]).then_hang());
     let started = Instant::now();
     let s = client::stream(gw.http, &Call::post(&body("gpt41", json!({"timeout": 1}))));
-    let last = s.chunks().pop().unwrap();
-    assert_eq!(
-        last["error"]["code"],
-        "upstream_error",
-        "{:?}",
-        s.payloads()
-    );
+    assert_ends_in_an_error_event(&s);
     assert!(count(&s, ": keep-alive") >= 5);
     assert!(started.elapsed() < Duration::from_secs(5));
 }
