@@ -272,7 +272,13 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
         #[serde(default)]
         refusal: Value,
     }
-    let raw: Raw = serde_json::from_slice(body).map_err(|e| not_an_answer(body, &e))?;
+    let raw: Raw = match serde_json::from_slice(body) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let fixed = without_lone_surrogates(body).ok_or_else(|| not_an_answer(body, &e))?;
+            serde_json::from_slice(&fixed).map_err(|_| not_an_answer(body, &e))?
+        }
+    };
     // The first choice (`index` 0 where the provider numbers them; with `n` > 1 they need
     // not come in order). None at all is no answer, not an empty one.
     if raw.choices.is_empty() {
@@ -334,6 +340,51 @@ pub fn parse_usage(body: &[u8]) -> Result<Answer, String> {
         usage: raw.usage.unwrap_or_default(),
         ..Answer::default()
     })
+}
+
+/// `json` with each `\uXXXX` escape of a lone UTF-16 surrogate (half of a pair without the
+/// other half) made `\ufffd`, the replacement character; `None` when it has none. JSON's
+/// grammar allows them, but a Rust string cannot hold one, so serde refuses the text: a
+/// model that cut an emoji in half would lose its whole answer. Backslashes occur only
+/// inside strings in JSON, so no string tracking is needed.
+pub(crate) fn without_lone_surrogates(json: &[u8]) -> Option<Vec<u8>> {
+    let unit = |at: usize| -> Option<u16> {
+        let hex = json.get(at..at + 6)?;
+        if hex[0] != b'\\' || hex[1] != b'u' {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()
+    };
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        let Some(u) = unit(i) else {
+            // Another escape (`\\`, `\"`, ...): its two bytes together.
+            i += 2;
+            continue;
+        };
+        let paired = (0xD800..0xDC00).contains(&u)
+            && unit(i + 6).is_some_and(|low| (0xDC00..0xE000).contains(&low));
+        if paired {
+            i += 12;
+        } else if (0xD800..0xE000).contains(&u) {
+            let o = out.get_or_insert_with(|| Vec::with_capacity(json.len()));
+            o.extend_from_slice(&json[copied..i]);
+            o.extend_from_slice(b"\\ufffd");
+            i += 6;
+            copied = i;
+        } else {
+            i += 6;
+        }
+    }
+    let mut out = out?;
+    out.extend_from_slice(&json[copied..]);
+    Some(out)
 }
 
 /// Why a body is not a chat completion: not JSON at all, or JSON of another shape.
@@ -430,6 +481,33 @@ mod tests {
 
     fn counts(u: &Usage) -> (Option<u64>, Option<u64>, u64) {
         (u.prompt_tokens, u.completion_tokens, u.cached_tokens())
+    }
+
+    #[test]
+    fn half_an_emoji_does_not_cost_the_answer() {
+        let fix =
+            |s: &str| without_lone_surrogates(s.as_bytes()).map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(fix(r#""a\ud800b""#).as_deref(), Some(r#""a\ufffdb""#));
+        assert_eq!(
+            fix(r#""\udc00\ud83d""#).as_deref(),
+            Some(r#""\ufffd\ufffd""#)
+        );
+        // A whole pair, other escapes and an escaped backslash before a `u` stay.
+        assert_eq!(fix(r#""\ud83d\ude00 \u00e9 \\ud800 \" \n""#), None);
+        assert_eq!(
+            fix(r#""\ud83d\u0041""#).as_deref(),
+            Some(r#""\ufffd\u0041""#)
+        );
+        assert_eq!(fix("\\ud8"), None, "cut short: left to the parser");
+        let body =
+            br#"{"choices":[{"message":{"content":"a\ud800b"}}],"usage":{"prompt_tokens":1}}"#;
+        let answer = parse_answer(body).unwrap();
+        assert_eq!(answer.content, "a\u{fffd}b");
+        assert_eq!(answer.usage.prompt_tokens, Some(1));
+        let pair = br#"{"choices":[{"message":{"content":"\ud83d\ude00"}}]}"#;
+        assert_eq!(parse_answer(pair).unwrap().content, "\u{1f600}");
+        // Broken otherwise, still not an answer.
+        assert!(parse_answer(br#"{"choices":[{"message":{"content":"\ud800}}]}"#).is_err());
     }
 
     #[test]

@@ -152,6 +152,7 @@ pub struct FunctionDelta {
 }
 
 pub use super::answer::Usage;
+use super::answer::without_lone_surrogates;
 
 impl Chunk {
     /// Parses one data event. `Err` with the provider's message when it is an error object;
@@ -160,7 +161,14 @@ impl Chunk {
     /// streams: a second parse into a `Value` just to look for `error` was a sixth of the
     /// gateway's CPU while relaying).
     pub fn parse(payload: &str) -> Result<Chunk, String> {
-        match serde_json::from_str::<Chunk>(payload) {
+        let parsed = serde_json::from_str::<Chunk>(payload).or_else(|e| {
+            // Half an emoji (a lone surrogate escape) must not cost the chunk its text.
+            match without_lone_surrogates(payload.as_bytes()) {
+                Some(fixed) => serde_json::from_slice::<Chunk>(&fixed),
+                None => Err(e),
+            }
+        });
+        match parsed {
             Ok(Chunk {
                 error: Some(err), ..
             }) => Err(member_message(&err)),
@@ -324,6 +332,12 @@ mod tests {
         let chunk = Chunk::parse(payload).unwrap();
         g.take(&chunk).unwrap();
         chunk.usage_only()
+    }
+
+    #[test]
+    fn half_an_emoji_in_a_chunk_keeps_its_text() {
+        let chunk = Chunk::parse(r#"{"choices":[{"delta":{"content":"x\ud83d"}}]}"#).unwrap();
+        assert_eq!(chunk.text(), "x\u{fffd}");
     }
 
     #[test]
