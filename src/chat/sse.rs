@@ -1,6 +1,7 @@
 //! Server-Sent Events as providers send them, and as the gateway relays them.
 //!
-//! The parser takes what providers really send: `\n` or `\r\n` line ends, `:` comment lines
+//! The parser takes what providers really send: `\n`, `\r\n` or `\r` line ends (all three
+//! are SSE), `:` comment lines
 //! (keep-alives), `event:`, `id:` and `retry:` lines (ignored), several `data:` lines in one
 //! event (joined with `\n`), events split across reads, and a last event without the blank
 //! line that should end it. Lines are capped, so a provider cannot make the gateway buffer
@@ -30,6 +31,9 @@ pub struct EventParser {
     /// The event being gathered (its `data:` lines so far).
     data: Option<String>,
     max_line: usize,
+    /// The last line ended with a `\r` that was the last byte read: a `\n` that comes
+    /// next belongs to that line end.
+    after_cr: bool,
 }
 
 impl Default for EventParser {
@@ -54,6 +58,7 @@ impl EventParser {
             pos: 0,
             data: None,
             max_line,
+            after_cr: false,
         }
     }
 
@@ -70,8 +75,14 @@ impl EventParser {
     /// or event over the cap, or bytes that are not UTF-8.
     pub fn next_event(&mut self) -> io::Result<Option<Event>> {
         loop {
+            if self.after_cr && self.pos < self.buf.len() {
+                self.after_cr = false;
+                if self.buf[self.pos] == b'\n' {
+                    self.pos += 1;
+                }
+            }
             let rest = &self.buf[self.pos..];
-            let Some(i) = rest.iter().position(|&b| b == b'\n') else {
+            let Some(i) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
                 if rest.len() > self.max_line {
                     return Err(invalid("event stream line too long"));
                 }
@@ -81,7 +92,15 @@ impl EventParser {
                 return Ok(None);
             };
             let start = self.pos;
-            self.pos += i + 1;
+            let mut end = self.pos + i + 1;
+            if rest[i] == b'\r' {
+                match rest.get(i + 1) {
+                    Some(b'\n') => end += 1,
+                    Some(_) => {}
+                    None => self.after_cr = true,
+                }
+            }
+            self.pos = end;
             let line = &self.buf[start..self.pos];
             if let Some(event) = take_line(&mut self.data, self.max_line, line)? {
                 return Ok(Some(event));
@@ -99,6 +118,7 @@ impl EventParser {
         };
         self.buf.clear();
         self.pos = 0;
+        self.after_cr = false;
         match last {
             Some(event) => Ok(Some(event)),
             None => Ok(self.data.take().map(to_event)),
@@ -244,6 +264,18 @@ mod tests {
             assert_eq!(
                 events_in(input, step).unwrap(),
                 [data("{\"long\":\"value\"}"), Event::Done],
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn cr_alone_ends_lines_too() {
+        let input = b": hi\rdata: a\rdata: b\r\rdata: {\"c\":1}\r\n\rdata: [DONE]\r\r";
+        for step in 1..input.len() {
+            assert_eq!(
+                events_in(input, step).unwrap(),
+                [data("a\nb"), data("{\"c\":1}"), Event::Done],
                 "step {step}"
             );
         }
