@@ -209,7 +209,12 @@ fn content_part(p: &Value) -> Result<Value, String> {
     match p.get("type").and_then(Value::as_str) {
         Some("input_text" | "output_text" | "text") => text("text"),
         Some("refusal") => text("refusal"),
-        Some("input_image") => match p.get("image_url").and_then(Value::as_str) {
+        // `image_url` is a string in the Responses API; the chat form (`{"url": ...}`), which
+        // clients ported from chat completions send, is taken too.
+        Some("input_image") => match p
+            .get("image_url")
+            .and_then(|u| u.as_str().or_else(|| u.get("url").and_then(Value::as_str)))
+        {
             Some(url) => {
                 let mut image = json!({"url": url});
                 if let Some(detail) = p.get("detail").and_then(Value::as_str) {
@@ -217,11 +222,12 @@ fn content_part(p: &Value) -> Result<Value, String> {
                 }
                 Ok(json!({"type": "image_url", "image_url": image}))
             }
-            None => Err(
+            None if p.get("file_id").is_some() => Err(
                 "input_image needs image_url (a URL or a data URL): this gateway \
                          keeps no files, so file_id is not supported"
                     .into(),
             ),
+            None => Err("input_image needs image_url, a URL or a data URL (as a string)".into()),
         },
         Some("input_file") => match p.get("file_data").and_then(Value::as_str) {
             Some(data) => {

@@ -92,6 +92,7 @@ fn message_items_and_their_parts() {
         {"type": "message", "role": "system", "content": [{"type": "input_text", "text": "Be kind."}]},
         {"role": "user", "content": [{"type": "input_text", "text": "look"},
             {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"},
+            {"type": "input_image", "image_url": {"url": "https://x/cat.png"}},
             {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBE"}]},
         {"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
             "content": [{"type": "output_text", "text": "A cat.", "annotations": []},
@@ -109,6 +110,7 @@ fn message_items_and_their_parts() {
         m[2]["content"],
         json!([{"type": "text", "text": "look"},
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
+            {"type": "image_url", "image_url": {"url": "https://x/cat.png"}},
             {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBE"}}])
     );
     assert_eq!(
@@ -290,6 +292,11 @@ fn bad_requests_say_what_to_fix() {
             json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]}),
             "input",
             "image_url",
+        ),
+        (
+            json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "image_url": 5}]}]}),
+            "input",
+            "input_image needs image_url, a URL or a data URL (as a string)",
         ),
         (
             json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),
