@@ -73,6 +73,14 @@ pub fn to_chat(body: &Map<String, Value>, claude: bool) -> Result<Map<String, Va
     if !system.is_empty() {
         messages.insert(0, json!({"role": "system", "content": joined(system)}));
     }
+    if messages.is_empty() {
+        // Every block was of a kind that is not sent (thinking, server tool results...).
+        return Err(Error::invalid_param(
+            "messages",
+            "messages: nothing to send: no message has a text, image, document, tool_use \
+             or tool_result block",
+        ));
+    }
     out.insert("messages".into(), Value::Array(messages));
     tools(body, claude, &mut out)?;
     options(body, &mut out)?;

@@ -257,6 +257,10 @@ fn bad_requests_say_what_to_fix() {
         (json!({"max_tokens": 9}), "messages: Field required"),
         (json!({"max_tokens": 9, "messages": []}), "at least one"),
         (
+            json!({"max_tokens": 9, "messages": [{"role": "user", "content": [{"type": "server_tool_use", "id": "s"}]}]}),
+            "nothing to send: no message has a text",
+        ),
+        (
             json!({"max_tokens": 9, "messages": [{"role": "user", "content": 5}]}),
             "messages.0",
         ),
