@@ -36,6 +36,13 @@ class FakeUpstream(Upstream):
         finish = "tool_calls" if calls else "stop"
         # A thinking model (GLM, Kimi, DeepSeek): its reasoning apart, before the answer.
         reasoning = ["Let me ", "see."] if "think" in json.dumps(last["content"]) else []
+        if body.get("stream") and last["content"] == "slowly":
+            # A model that pauses longer than -stream-keepalive between its pieces.
+            events = [chunk(model, {"role": "assistant", "content": ""})]
+            events += [chunk(model, {"content": p}) for p in ["Hel", "lo ", "SDK"]]
+            events += [chunk(model, {}, "stop"), usage_chunk(model, 5, 3)]
+            self.send_stream(events, gap=1.3)
+            return
         if body.get("stream"):
             events = [chunk(model, {"role": "assistant", "content": ""})]
             events += [chunk(model, {"reasoning_content": p}) for p in reasoning]
@@ -65,7 +72,7 @@ RECEIVED = FakeUpstream.RECEIVED
 
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else "target/release/sigorest"
-    with gateway(binary, FakeUpstream) as url:
+    with gateway(binary, FakeUpstream, args=("-stream-keepalive", "1")) as url:
         client = anthropic.Anthropic(base_url=url, api_key="unused")
         hi = [{"role": "user", "content": "hi"}]
 
@@ -89,6 +96,13 @@ def main():
         check(final.usage.output_tokens == 3 and final.usage.input_tokens == 5, "a stream's usage")
         check(final.stop_reason == "end_turn", "a stream's stop_reason")
         check(RECEIVED[-1]["body"]["stream_options"] == {"include_usage": True}, "upstream asked for usage")
+
+        slowly = [{"role": "user", "content": "slowly"}]
+        with client.messages.stream(model="claude-h", max_tokens=100, messages=slowly) as stream:
+            final = stream.get_final_message()
+        # (The SDK skips ping events; tests/streaming.rs counts them.)
+        check(final.content[0].text == "Hello SDK" and final.stop_reason == "end_turn",
+              "a stream with pauses longer than -stream-keepalive (pings) arrives whole")
 
         think = [{"role": "user", "content": "think"}]
         thinking = {"type": "enabled", "budget_tokens": 1024}

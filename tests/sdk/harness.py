@@ -98,10 +98,10 @@ def wait_ready(url, deadline=20.0):
 
 
 @contextlib.contextmanager
-def gateway(binary, handler, models="gpt41, claude-h\nkimi\n", files=None, work=None):
+def gateway(binary, handler, models="gpt41, claude-h\nkimi\n", files=None, work=None, args=()):
     """Runs the fake upstream `handler` and sigorest (Mammouth pointed at the fake, Moonshot
-    deliberately not configured) in `work` (a new temporary directory if None); yields the
-    gateway's base URL. Checks the exit on SIGTERM."""
+    deliberately not configured, more flags in `args`) in `work` (a new temporary directory
+    if None); yields the gateway's base URL. Checks the exit on SIGTERM."""
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
@@ -115,7 +115,8 @@ def gateway(binary, handler, models="gpt41, claude-h\nkimi\n", files=None, work=
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and "PROXY" not in k.upper()}
     env.update({"MAMMOUTH_API_KEY": "sk-sdk-test", "MAMMOUTH_BASE_URL": base, "OLLAMA_HOST": "127.0.0.1:9"})
     server = subprocess.Popen(
-        [os.path.abspath(binary), "-http-port", str(port), "-https-port", "0", "-bind", "127.0.0.1", "-q"],
+        [os.path.abspath(binary), "-http-port", str(port), "-https-port", "0", "-bind", "127.0.0.1", "-q",
+         *args],
         cwd=work, env=env)
     try:
         wait_ready(f"http://127.0.0.1:{port}/api/health")

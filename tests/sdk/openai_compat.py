@@ -60,7 +60,8 @@ class FakeUpstream(Upstream):
             events += [chunk(model, {"content": piece}) for piece in ["Hel", "lo ", "SDK"]]
             events.append(chunk(model, {}, "stop"))
             events.append(usage_chunk(model, 5, 3))
-            self.send_stream(events)
+            # "slowly": a model that pauses longer than -stream-keepalive between its pieces.
+            self.send_stream(events, gap=1.3 if text == "slowly" else 0.05)
             return
         self.send_json({
             "id": "chatcmpl-1", "object": "chat.completion", "created": 1760000000, "model": body["model"],
@@ -303,7 +304,8 @@ def check_keys(binary):
 
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else "target/release/sigorest"
-    with gateway(binary, FakeUpstream, models="gpt41, claude-h\nkimi\nembedding-small\n") as url:
+    with gateway(binary, FakeUpstream, models="gpt41, claude-h\nkimi\nembedding-small\n",
+                 args=("-stream-keepalive", "1")) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
 
         ids = [m.id for m in client.models.list().data]
@@ -377,6 +379,14 @@ def main():
             last = event
         check(last is not None and last.usage is not None and last.usage.total_tokens == 8,
               "with include_usage the last chunk carries usage")
+
+        pieces = [e.choices[0].delta.content or "" for e in client.chat.completions.create(
+            model="gpt41", messages=[{"role": "user", "content": "slowly"}], stream=True)]
+        check("".join(pieces) == "Hello SDK",
+              f"a stream with pauses longer than -stream-keepalive (keep-alive comments) arrives whole: {pieces}")
+        with client.responses.stream(model="gpt41", input="slowly") as stream:
+            final = stream.get_final_response()
+        check(final.output_text == "Hello SDK", "and through responses.stream() too")
 
         tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER[0]["parameters"]}}]
         with client.chat.completions.stream(
