@@ -14,6 +14,10 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use super::stream::ToolCallDelta;
 
+/// Calls told apart in one stream; every piece of a call past them counts as one more
+/// (a model makes a few calls at once; thousands are an upstream gone wrong).
+pub const MAX_CALLS: usize = 1024;
+
 /// Which call of a stream each tool-call piece belongs to. Calls are numbered from 0 in the
 /// order they started.
 ///
@@ -78,6 +82,11 @@ impl CallOrder {
             held.id = held.id.or(id);
             held.named |= named;
             return held.call;
+        }
+        if self.started >= MAX_CALLS {
+            // An upstream that makes calls without end: the rest are one, and no memory
+            // grows for them.
+            return MAX_CALLS;
         }
         let call = self.started;
         self.started += 1;
@@ -229,6 +238,16 @@ mod tests {
 
     fn call(id: &str, name: &str, args: &str) -> (String, String, String) {
         (id.into(), name.into(), args.into())
+    }
+
+    #[test]
+    fn calls_past_the_cap_are_one_and_hold_no_memory() {
+        let mut order = CallOrder::default();
+        for i in 0..MAX_CALLS + 500 {
+            let n = order.call_of(0, &piece(i, None, Some("f"), "{}"));
+            assert_eq!(n, i.min(MAX_CALLS));
+        }
+        assert_eq!(order.slots.len(), MAX_CALLS);
     }
 
     #[test]
