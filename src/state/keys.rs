@@ -17,6 +17,7 @@ use std::sync::Arc;
 use ring::digest::{SHA256, digest};
 
 use crate::error::Error;
+use crate::util::fs::without_bom;
 
 /// What a generated key starts with, so that people recognise one.
 pub const KEY_PREFIX: &str = "sk-sigo-";
@@ -89,7 +90,7 @@ impl Keys {
     /// Reads `keys.csv`. `Ok(None)` when the file does not exist: keys are not required.
     pub fn load(path: &Path) -> Result<Option<Keys>, Error> {
         let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
+            Ok(bytes) => without_bom(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(path, &e)),
         };

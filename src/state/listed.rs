@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::catalog::{self, Catalog, Model};
 use crate::error::Error;
+use crate::util::fs::without_bom;
 
 /// The cloud models on offer, in whitelist order. Shared: a request takes its model
 /// without copying it.
@@ -29,7 +30,7 @@ impl Listed {
     /// it to the catalog. Unknown short codes are ignored with a WARN naming them.
     pub fn load(catalog: &Catalog, path: &Path) -> Result<Listed, Error> {
         let text = match std::fs::read(path) {
-            Ok(bytes) => String::from_utf8(bytes).map_err(|e| Error::File {
+            Ok(bytes) => String::from_utf8(without_bom(bytes)).map_err(|e| Error::File {
                 path: path.to_path_buf(),
                 line: 0,
                 column: 0,
@@ -76,5 +77,31 @@ mod tests {
         assert!(l.get("claude-h").is_none());
         let only_kimi = Listed::new(vec![c.get("kimi").unwrap().clone()]);
         assert_eq!(l.missing_from(&only_kimi), ["gpt41"]);
+    }
+
+    #[test]
+    fn files_saved_by_windows_editors_read_as_they_look() {
+        // A byte order mark first (Notepad): the first model, key or memory is not lost.
+        use crate::state::keys::Keys;
+        use crate::state::memory::Memory;
+        use crate::util::fs::testdir::TestDir;
+        let d = TestDir::new("bom");
+        let bom = |text: &str| [&b"\xEF\xBB\xBF"[..], text.as_bytes()].concat();
+        let (models, keys, memory) = (
+            d.path().join("m.csv"),
+            d.path().join("k.csv"),
+            d.path().join("m.json"),
+        );
+        std::fs::write(&models, bom("claude-h\r\nkimi\r\n")).unwrap();
+        std::fs::write(
+            &keys,
+            bom("ana,sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae,*,,\r\n"),
+        )
+        .unwrap();
+        std::fs::write(&memory, bom(r#"{"content": "Be brief."}"#)).unwrap();
+        let listed = Listed::load(&Catalog::embedded(), &models).unwrap();
+        assert!(listed.get("claude-h").is_some() && listed.get("kimi").is_some());
+        assert!(Keys::load(&keys).unwrap().unwrap().has_name("ana"));
+        assert_eq!(Memory::load(&memory).unwrap().unwrap().content, "Be brief.");
     }
 }

@@ -6,6 +6,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::util::fs::without_bom;
 
 /// The memory block. Its `Deserialize` is the strict form [`Memory::parse`] documents
 /// (written by hand: serde's derive would also take `["text", true]`), so a
@@ -67,7 +68,7 @@ impl Memory {
     /// an [`Error::File`] naming file, line and column when it does not parse.
     pub fn load(path: &Path) -> Result<Option<Memory>, Error> {
         match std::fs::read(path) {
-            Ok(bytes) => Memory::parse(&bytes, path).map(Some),
+            Ok(bytes) => Memory::parse(&without_bom(bytes), path).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(path, &e)),
         }

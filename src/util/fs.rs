@@ -30,10 +30,23 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory (unique
 /// name, so concurrent writers never share one), written, fsynced, renamed over `path`, then
 /// the directory fsynced. `mode` sets the permission bits of the new file exactly (e.g.
-/// `0o600` for the TLS key and the sessions); `None` creates it as any new file (0666 less
-/// the umask). Creates missing parent directories. On error the
-/// temporary file is removed and `path` is untouched.
+/// `0o600` for the TLS key and the sessions); `None` keeps those of the file it replaces
+/// (a `chmod 600` of the user's stays), or, for a new file, creates it as any (0666 less
+/// the umask). A `path` that is a symbolic link is written through: the file it names is
+/// replaced, the link stays. Creates missing parent directories. On error the temporary
+/// file is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
+    let linked = fs::symlink_metadata(path)
+        .is_ok_and(|m| m.file_type().is_symlink())
+        .then(|| fs::canonicalize(path).ok())
+        .flatten();
+    let path = linked.as_deref().unwrap_or(path);
+    let mode = mode.or_else(|| {
+        fs::metadata(path)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.permissions().mode() & 0o7777)
+    });
     let name = path.file_name().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -57,6 +70,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// The bytes of a text file without the UTF-8 byte order mark that Windows editors
+/// (Notepad) put first, which would otherwise be read as part of the first name or value.
+pub fn without_bom(mut bytes: Vec<u8>) -> Vec<u8> {
+    if bytes.starts_with(b"\xEF\xBB\xBF") {
+        bytes.drain(..3);
+    }
+    bytes
 }
 
 /// The directory `path` is in: `.` for a bare name (whose `Path::parent` is `Some("")`,
@@ -288,6 +310,32 @@ mod tests {
         // Replacing a plain file with a 0600 one gives the new mode, not the old one.
         write_atomic(&p, b"y", Some(0o600)).unwrap();
         assert_eq!(mode_of(&p), 0o600);
+    }
+
+    #[test]
+    fn a_replaced_file_keeps_its_mode_and_a_link_is_written_through() {
+        let d = TestDir::new("fs-keep");
+        let p = d.path().join("memory.json");
+        write_atomic(&p, b"one", None).unwrap();
+        fs::set_permissions(&p, Permissions::from_mode(0o600)).unwrap();
+        write_atomic(&p, b"two", None).unwrap();
+        assert_eq!(mode_of(&p), 0o600, "the user's chmod stays");
+        // A link to a file elsewhere: the file it names gets the bytes, the link stays.
+        let elsewhere = d.path().join("real");
+        fs::create_dir(&elsewhere).unwrap();
+        let real = elsewhere.join("memory.json");
+        fs::write(&real, b"old").unwrap();
+        let link = d.path().join("link.json");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        write_atomic(&link, b"new", None).unwrap();
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(&real).unwrap(), b"new");
+        assert_eq!(fs::read(&link).unwrap(), b"new");
     }
 
     #[test]
