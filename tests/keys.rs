@@ -338,6 +338,10 @@ fn the_per_ip_limit_is_a_token_bucket_for_everyone_but_health() {
     for _ in 0..20 {
         assert_eq!(gw.get("/api/health").status, 200, "health is not limited");
     }
+    // Everything else is, the pages open to anyone on the port included.
+    for path in ["/metrics", "/api/usage", "/", "/status"] {
+        gw.get(path).assert_error(429, "rate_limit_exceeded");
+    }
 }
 
 #[test]

@@ -93,8 +93,10 @@ struct Route {
     endpoint: Endpoint,
     /// Its errors' shape.
     render: Render,
-    /// Open to every client on the listener's allow list: no key, no per-IP limit.
+    /// Open to every client on the listener's allow list: no key.
     open: bool,
+    /// Not counted by the per-IP limit (`/api/health`, which monitors poll).
+    unlimited: bool,
 }
 
 impl Route {
@@ -109,6 +111,7 @@ impl Route {
             endpoint: Endpoint::Now(endpoint),
             render: openai_error,
             open: false,
+            unlimited: false,
         }
     }
 
@@ -122,6 +125,7 @@ impl Route {
             endpoint: Endpoint::Later(endpoint),
             render: openai_error,
             open: false,
+            unlimited: false,
         }
     }
 }
@@ -194,6 +198,7 @@ impl Router {
             "/api/models" if bare => Route::new("GET, HEAD", models::detailed),
             "/api/health" if bare => Route {
                 open: true,
+                unlimited: true,
                 ..Route::new("GET, HEAD", admin::health)
             },
             "/api/memory" if bare => Route::new("GET, HEAD, PUT", admin::memory),
@@ -221,7 +226,7 @@ impl Router {
         route: Option<Route>,
         keyed: &mut Keyed,
     ) -> Result<Response, Error> {
-        if !route.is_some_and(|r| r.open) {
+        if !route.is_some_and(|r| r.unlimited) {
             self.check_ip(req)?;
         }
         let Some(route) = route else {
