@@ -61,6 +61,75 @@ fn an_open_breaker_or_a_missing_fallback_is_skipped() {
 }
 
 #[test]
+fn when_no_model_answers_the_failure_and_the_books_are_of_a_model_that_was_called() {
+    let (fake, gw) = setup(
+        Options::default()
+            .models(ALL)
+            .keys("ana,sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae,gpt41|claude-h,,"),
+    );
+    let ana = |body: &Value| {
+        request(
+            &gw.url("/v1/chat/completions"),
+            "POST",
+            Some(&serde_json::to_vec(body).unwrap()),
+            &[("authorization", "Bearer foo")],
+        )
+    };
+    let ask = |model: &str, extra: Value| {
+        let mut b = json!({"model": model, "retries": 1,
+                           "messages": [{"role": "user", "content": "x"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    // claude-h's breaker opens.
+    fake.push_n(3, Reply::status(500));
+    for _ in 0..3 {
+        ana(&ask("claude-h", json!({}))).assert_error(502, "upstream_error");
+    }
+    // gpt41 fails when called; its fallbacks are an open breaker, a model this key may not
+    // use and one that does not exist: the answer is gpt41's failure, not theirs.
+    fake.push(Reply::error(500, "gpt41 is down"));
+    let r = ana(&ask(
+        "gpt41",
+        json!({"fallbacks": ["claude-h", "kimi", "nosuch"]}),
+    ));
+    let message = r.assert_error(502, "upstream_error");
+    assert!(message.contains("gpt41"), "{message}");
+    assert_eq!(r.header("x-should-retry"), Some("false"));
+    let metrics = gw.get("/metrics").text();
+    let requests: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("sigorest_requests_total{"))
+        .collect();
+    assert_eq!(
+        requests,
+        [
+            r#"sigorest_requests_total{route="chat",model="claude-h",provider="mammouth",status="502",key="ana"} 3"#,
+            r#"sigorest_requests_total{route="chat",model="gpt41",provider="mammouth",status="502",key="ana"} 1"#,
+        ],
+        "counted as gpt41's failure"
+    );
+    let usage = gw.get("/api/usage").json();
+    let rows: Vec<&str> = usage["today"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["model"].as_str())
+        .collect();
+    assert!(
+        !rows.contains(&"kimi") && !rows.contains(&"nosuch"),
+        "{rows:?}"
+    );
+    // None called at all (the model asked for has its breaker open, its fallback is not
+    // this key's): the answer is the model asked for's.
+    let r = ana(&ask("claude-h", json!({"fallbacks": ["kimi"]})));
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("claude-h"), "{}", r.text());
+}
+
+#[test]
 fn the_servers_fallbacks_apply_unless_the_request_names_its_own() {
     let routing = |c: &mut sigorest::config::Config| {
         c.routing.fallbacks = vec![("gpt41".into(), vec!["claude-h".into()])];

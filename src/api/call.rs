@@ -209,51 +209,100 @@ pub(crate) async fn run(
     };
     let mut attempts = 0;
     let mut tried = Vec::new();
-    let mut outcome: Option<Result<Answered, Error>> = None;
-    // The error of the last model that could have answered: a fallback that is merely
-    // skipped (not offered, not this key's) does not replace it as the answer.
-    let mut real: Option<Error> = None;
+    let mut outcome: Option<(Result<Answered, Error>, &str)> = None;
+    // When no model answers, the failure that is the answer: the last of a model that was
+    // called, or, when none was, that of the model asked for — never one of a fallback
+    // that was merely skipped (not offered, not this key's) or not called while another
+    // was. The answer, the access log and the books all name its model.
+    let mut kept: Option<Kept<'_>> = None;
     for (i, name) in candidates.iter().enumerate() {
         let more = i + 1 < candidates.len();
         let (result, t) = attempt(gw, req, caller, chat, name, more, &plan).await;
         attempts += t.attempts;
         tried.push(name.as_str());
-        // The books: the model last tried (or that answered), time with the providers.
         rec.upstream_time = match (rec.upstream_time, t.took) {
             (Some(a), Some(b)) => Some(a + b),
             (a, b) => a.or(b),
         };
-        let next = match result {
-            Err(e) if i > 0 && skipped(&e) => {
-                if !more {
-                    outcome = Some(Err(real.take().unwrap_or(e)));
-                }
-                more
-            }
-            Err(e) if more && !req.hangup.is_fired() && falls_back(&e, i) => {
-                log::info!(model = name.as_str(), error = e.code(); "model cannot answer; trying the next one");
-                real = Some(e);
-                true
-            }
+        let failure = match result {
+            Err(e) if i > 0 && skipped(&e) => None,
+            Err(e) if !req.hangup.is_fired() && falls_back(&e, i) => Some(Kept {
+                error: e,
+                name,
+                tried: t,
+            }),
             other => {
-                outcome = Some(other);
-                false
+                // An answer, or an error that is the answer (the request is wrong, the
+                // client left): the books are this model's.
+                if let Some(k) = kept.take() {
+                    k.count_apart(gw);
+                }
+                outcome = Some((other, name));
+                rec.model = t.model;
+                rec.upstream_error = t.error;
+                rec.attempts = t.attempts;
+                break;
             }
         };
-        // A provider's failures and retries count against that provider: a model left for
-        // the next one is counted now, the last one with the call's record.
-        let provider = t.model.as_ref().map_or("", |m| m.provider.name());
-        rec.model = t.model.or(rec.model.take());
-        if !next {
-            rec.upstream_error = t.error;
-            rec.attempts = t.attempts;
-            break;
+        if let Some(f) = failure {
+            if more {
+                log::info!(model = name.as_str(), error = f.error.code(); "model cannot answer; trying the next one");
+            }
+            // A failure of a model that was called replaces the one kept; one of a model
+            // that was not (its breaker open, no key) does not replace the first.
+            let replaces = kept.is_none() || f.tried.attempts > 0;
+            let (keep, apart) = if replaces {
+                (Some(f), kept.take())
+            } else {
+                (kept.take(), Some(f))
+            };
+            kept = keep;
+            if let Some(a) = apart {
+                a.count_apart(gw);
+            }
         }
-        gw.ledger.count_attempts(provider, t.error, t.attempts);
     }
-    let mut outcome = outcome.unwrap_or_else(|| Err(Error::invalid("no model to try")));
-    account(gw, req, &mut outcome, &tried, attempts, log, rec);
+    if outcome.is_none()
+        && let Some(k) = kept
+    {
+        rec.model = k.tried.model;
+        rec.upstream_error = k.tried.error;
+        rec.attempts = k.tried.attempts;
+        outcome = Some((Err(k.error), k.name));
+    }
+    let (mut outcome, named) = outcome.unwrap_or((Err(Error::invalid("no model to try")), ""));
+    let tally = Tally {
+        named,
+        tried: &tried,
+        attempts,
+    };
+    account(gw, req, &mut outcome, tally, log, rec);
     outcome
+}
+
+/// The models a call tried, for its access-log line: the one whose answer (or failure) it
+/// is, all of them in order, and the attempts at their providers.
+struct Tally<'a> {
+    named: &'a str,
+    tried: &'a [&'a str],
+    attempts: u32,
+}
+
+/// A model's failure that may end up the call's answer (see [`run`]).
+struct Kept<'a> {
+    error: Error,
+    name: &'a str,
+    tried: Tried,
+}
+
+impl Kept<'_> {
+    /// Counts the provider's failures and retries of a model whose failure is not the
+    /// answer (the answer's model is counted with the call's record).
+    fn count_apart(self, gw: &Gateway) {
+        let provider = self.tried.model.as_ref().map_or("", |m| m.provider.name());
+        gw.ledger
+            .count_attempts(provider, self.tried.error, self.tried.attempts);
+    }
 }
 
 /// The call's access-log fields and ledger record, once its outcome is known; a stream's
@@ -262,8 +311,11 @@ fn account(
     gw: &Gateway,
     req: &Request,
     outcome: &mut Result<Answered, Error>,
-    tried: &[&str],
-    attempts: u32,
+    Tally {
+        named,
+        tried,
+        attempts,
+    }: Tally<'_>,
     log: &mut LogFields,
     rec: &mut CallRecord,
 ) {
@@ -272,7 +324,10 @@ fn account(
         log.push((
             "model",
             outcome.as_ref().map_or_else(
-                |_| tried.last().copied().unwrap_or("").to_string(),
+                |_| match &rec.model {
+                    Some(m) => m.short.clone(),
+                    None => named.to_string(),
+                },
                 |a| a.model().short.clone(),
             ),
         ));
