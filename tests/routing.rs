@@ -146,6 +146,12 @@ fn the_servers_fallbacks_apply_unless_the_request_names_its_own() {
     fake.push(Reply::status(502));
     let r = gw.chat("gpt41", "x", json!({"retries": 1, "fallbacks": ["kimi"]}));
     assert_eq!(r.header("x-sigorest-model"), Some("kimi"));
+    // An empty list asks for no fallback at all, the server's included.
+    fake.push(Reply::status(502));
+    let before = fake.request_count();
+    gw.chat("gpt41", "x", json!({"retries": 1, "fallbacks": []}))
+        .assert_error(502, "upstream_error");
+    assert_eq!(fake.request_count(), before + 1, "gpt41 only");
 }
 
 #[test]

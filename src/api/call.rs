@@ -428,11 +428,8 @@ fn candidates(
             [] => routing.fallbacks_of(short),
             list => list,
         };
-        let next = if chat.fallbacks.is_empty() {
-            server
-        } else {
-            &chat.fallbacks[..]
-        };
+        // `"fallbacks": []` asks for none, the server's included.
+        let next = chat.fallbacks.as_deref().unwrap_or(server);
         if next.is_empty() {
             // The usual call: one model, nothing to weed out.
             return Ok(vec![chat.model.clone()]);

@@ -47,8 +47,10 @@ pub struct ChatRequest {
     pub stream: bool,
     /// Whether the client itself asked for `stream_options.include_usage`.
     pub client_wants_usage: bool,
-    /// Models to try, in order, when the model asked for cannot answer (`fallbacks`).
-    pub fallbacks: Vec<String>,
+    /// Models to try, in order, when the model asked for cannot answer (`fallbacks`);
+    /// `None` when the request names none (the server's `-fallback` apply), an empty list
+    /// when it asks for none.
+    pub fallbacks: Option<Vec<String>>,
     /// A Messages request's extended thinking, on or off (`None` for the other APIs): sent
     /// as Z.ai's `thinking` switch to a Z.ai model only, whichever model ends up answering.
     pub thinking: Option<bool>,
@@ -261,8 +263,8 @@ pub(crate) fn retries(value: Option<Value>) -> Result<u32, Error> {
     }
 }
 
-/// `fallbacks`: a list of model names (at most [`MAX_FALLBACKS`]).
-fn fallbacks(value: Option<Value>) -> Result<Vec<String>, Error> {
+/// `fallbacks`: a list of model names (at most [`MAX_FALLBACKS`]); `None` when absent.
+fn fallbacks(value: Option<Value>) -> Result<Option<Vec<String>>, Error> {
     let bad = || {
         Error::invalid_param(
             "fallbacks",
@@ -270,7 +272,7 @@ fn fallbacks(value: Option<Value>) -> Result<Vec<String>, Error> {
         )
     };
     match value {
-        None | Some(Value::Null) => Ok(Vec::new()),
+        None | Some(Value::Null) => Ok(None),
         Some(Value::Array(list)) if list.len() <= MAX_FALLBACKS => list
             .into_iter()
             .map(|v| match v {
@@ -279,7 +281,8 @@ fn fallbacks(value: Option<Value>) -> Result<Vec<String>, Error> {
                 }
                 _ => Err(bad()),
             })
-            .collect(),
+            .collect::<Result<_, _>>()
+            .map(Some),
         Some(_) => Err(bad()),
     }
 }

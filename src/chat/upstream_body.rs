@@ -390,7 +390,10 @@ mod tests {
         b["retries"] = json!(2);
         b["fallbacks"] = json!(["kimi", " zai-glm46 "]);
         let req = parse(b).unwrap();
-        assert_eq!(req.fallbacks, ["kimi", "zai-glm46"]);
+        assert_eq!(
+            req.fallbacks.as_deref(),
+            Some(&["kimi".to_string(), "zai-glm46".to_string()][..])
+        );
         let up = req.upstream_body(&model("gpt41"), &Memory::default(), &[]);
         for k in ["session_id", "timeout", "retries", "fallbacks"] {
             assert!(!up.contains_key(k), "{k} leaked");
