@@ -281,7 +281,7 @@ async fn answer(
         }
         OutBody::Piped(..) => place,
     };
-    watch.answering();
+    watch.answering(conn.stream.tcp());
     let mut looking = |cx: &mut Context<'_>, s: &Stream| watch.poll(cx, s.tcp(), &hangup);
     let out = write_response(&mut conn.stream, &reply, out, &hangup, &mut looking).await;
     if let Some(access) = &access {

@@ -11,6 +11,11 @@
 //! (seen at once); HTTP/1.0 allows no interim answer, and its half-closed clients are
 //! answered. Once nothing more can be learnt from events (data waiting, or the end seen),
 //! the socket is looked at every [`POLL`] for a reset.
+//!
+//! Only an end of data that comes after the answer began means the client left. One that
+//! came before is a half-close, and it stays one while the answer is written: the watch
+//! remembers it, and the later looks (which still find the end there) only take a reset or
+//! an error as a departure.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -90,6 +95,9 @@ pub(crate) struct Watch {
     http11: bool,
     /// The answer has begun: an end of data means the client left (no probe any more).
     answering: bool,
+    /// The client's data ended before the answer began: it half-closed, and the end of its
+    /// data, still seen on every later look, does not mean that it left.
+    ended_before: bool,
 }
 
 impl Watch {
@@ -99,12 +107,31 @@ impl Watch {
             tls,
             http11,
             answering: false,
+            ended_before: false,
         }
     }
 
-    /// From now on the answer is being written.
-    pub(crate) fn answering(&mut self) {
+    /// From now on the answer is being written. An end of the client's data that is already
+    /// there (and was not looked at yet: the handler answered before the watch ran) came
+    /// before the answer, so it is a half-close. A client that has gone as well is found
+    /// out by the answer itself: its reset fails a write or shows on the next look.
+    pub(crate) fn answering(&mut self, tcp: &TcpStream) {
+        if matches!(self.state, State::Events)
+            && !self.tls
+            && tcp.maybe_readable()
+            && look(tcp, self.tls) == Peer::Ended
+        {
+            self.ended_before = true;
+            self.state = State::Polling(sleep(POLL));
+        }
         self.answering = true;
+    }
+
+    /// Whether an end of the client's data, seen now, means that it left: always over TLS
+    /// (as before: no probe tells a half-close from a departure there), and on plain
+    /// connections once the answer has begun, unless the end was there before it.
+    fn end_means_gone(&self) -> bool {
+        self.tls || (self.answering && !self.ended_before)
     }
 
     /// Watches; fires `hangup` when the client has gone. Never ready: poll it beside the
@@ -122,9 +149,13 @@ impl Watch {
                         // Kept for the next request; events say nothing more until it is read.
                         Peer::Data => self.state = State::Polling(sleep(POLL)),
                         Peer::Gone => self.gone(hangup),
-                        Peer::Ended if self.tls || self.answering => self.gone(hangup),
-                        Peer::Ended if !self.http11 => self.state = State::Polling(sleep(POLL)),
+                        Peer::Ended if self.end_means_gone() => self.gone(hangup),
+                        Peer::Ended if !self.http11 => {
+                            self.ended_before = true;
+                            self.state = State::Polling(sleep(POLL));
+                        }
                         Peer::Ended => {
+                            self.ended_before = true;
                             // 25 bytes into an empty send buffer (nothing of the answer
                             // went out): taken at once, or the client has gone.
                             if !matches!(tcp.try_write(PROBE), Ok(n) if n == PROBE.len()) {
@@ -152,7 +183,7 @@ impl Watch {
                     }
                     match look(tcp, self.tls) {
                         Peer::Gone => self.gone(hangup),
-                        Peer::Ended if self.tls || self.answering => self.gone(hangup),
+                        Peer::Ended if self.end_means_gone() => self.gone(hangup),
                         _ if !matches!(tcp.take_error(), Ok(None)) => self.gone(hangup),
                         _ => self.state = State::Polling(sleep(POLL)),
                     }
