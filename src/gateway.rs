@@ -237,6 +237,34 @@ impl Gateway {
         self.llama.as_ref()
     }
 
+    /// A WARN for each model named by `-fallback` or `-auto` that names no model this
+    /// gateway offers now — a typo would otherwise switch a fallback off without a word.
+    /// Names that may be Ollama's, found later, are said to be so.
+    pub fn warn_unknown_routes(&self) {
+        let routing = &self.settings.routing;
+        let named = routing
+            .fallbacks
+            .iter()
+            .flat_map(|(from, to)| std::iter::once(from).chain(to))
+            .map(|n| ("-fallback", n))
+            .chain(routing.auto.iter().map(|n| ("-auto", n)));
+        let mut warned: Vec<&str> = Vec::new();
+        for (flag, name) in named {
+            let known = self.listed().get(name).is_some()
+                || self.llama.as_ref().is_some_and(|l| l.matches(name));
+            if known || warned.iter().any(|w| w.eq_ignore_ascii_case(name)) {
+                continue;
+            }
+            warned.push(name);
+            let why = if self.catalog.get(name).is_some() {
+                "a cloud model not in models.csv: skipped until it is listed"
+            } else {
+                "no such model here (skipped, unless Ollama reports a model of that name)"
+            };
+            log::warn!(flag = flag, model = name.as_str(); "{why}");
+        }
+    }
+
     /// Starts what runs in the background: Ollama discovery, the llama-server supervisor.
     pub fn start_background(&self) {
         self.ollama.start();

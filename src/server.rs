@@ -102,6 +102,7 @@ pub fn start_on(
     let mut addrs = addrs.into_iter();
     let http = http_addr.and_then(|_| addrs.next());
     let https = https_addr.and_then(|_| addrs.next());
+    app.warn_unknown_routes();
     app.start_background();
     app.ledger.start();
 

@@ -91,6 +91,32 @@ fn the_startup_line_names_listeners_models_and_key_names_only() {
 }
 
 #[test]
+fn a_fallback_or_auto_naming_no_model_is_warned_about_at_start() {
+    let fake = FakeUpstream::start();
+    let args = [
+        "-fallback",
+        "gpt41=gtp41|kimi,claude-h=grok3",
+        "-auto",
+        "kimi,nosuch",
+    ];
+    let server = start(TempDir::new("routes"), &args, &env_for(&fake));
+    server.wait_for_line("sigorest started", Duration::from_secs(5));
+    let log = server.stderr();
+    let warned = |model: &str| {
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains(&format!("model={model}")))
+    };
+    assert!(warned("gtp41") && warned("nosuch"), "{log}");
+    assert!(
+        log.contains("grok3") && log.contains("not in models.csv"),
+        "a cloud model not listed: {log}"
+    );
+    for listed in ["gpt41", "kimi", "claude-h"] {
+        assert!(!warned(listed), "{listed}: {log}");
+    }
+}
+
+#[test]
 fn sigterm_lets_a_stream_in_flight_finish_and_exits_0() {
     let fake = FakeUpstream::start();
     fake.push(

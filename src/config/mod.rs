@@ -216,6 +216,11 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
             bad(format!("unexpected argument {} (see -h)", quote(&shown)))
         });
     }
+    if c.http_port == 0 && c.https_port == 0 {
+        return Err(bad(
+            "-http-port 0 and -https-port 0: nothing to serve (give one a port)".into(),
+        ));
+    }
     Ok(Command::Run(Box::new(c)))
 }
 

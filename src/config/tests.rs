@@ -208,9 +208,11 @@ fn many_flags_together() {
 }
 
 #[test]
-fn both_listeners_off_is_allowed() {
-    let c = run(&["-http-port", "0", "-https-port", "0"]);
-    assert_eq!((c.http_port, c.https_port), (0, 0));
+fn both_listeners_off_is_refused() {
+    // It would start, log `http=off https=off` and serve nothing, forever.
+    let m = err(&["-http-port", "0", "-https-port", "0"]);
+    assert!(m.contains("nothing to serve"), "{m}");
+    assert_eq!(run(&["-https-port", "0"]).http_port, 9080);
 }
 
 #[test]
