@@ -52,6 +52,18 @@ pub fn civil_from_days(days: i64) -> (i64, u8, u8) {
     (y, m, d)
 }
 
+/// Days since 1970-01-01 of a proleptic Gregorian date (the inverse of
+/// [`civil_from_days`]). Used for `Retry-After` dates and certificate validity.
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// One log line, newline included, exactly as it is written to stderr.
 pub fn format_record(record: &Record<'_>, json: bool, unix_secs: u64) -> Vec<u8> {
     let time = rfc3339(unix_secs);

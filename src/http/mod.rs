@@ -67,6 +67,7 @@ mod testwire;
 pub mod tls;
 mod watch;
 mod write;
+mod x509;
 
 pub use headers::Headers;
 pub use pipe::Pipe;

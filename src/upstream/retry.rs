@@ -234,21 +234,10 @@ fn http_date(s: &str) -> Option<SystemTime> {
     {
         return None;
     }
-    let secs = days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + sec;
+    let secs = crate::logging::days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + sec;
     u64::try_from(secs)
         .ok()
         .map(|s| UNIX_EPOCH + Duration::from_secs(s))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -443,8 +432,8 @@ mod tests {
 
     #[test]
     fn civil_days() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(days_from_civil(2024, 2, 29), 19_782);
+        assert_eq!(crate::logging::days_from_civil(1970, 1, 1), 0);
+        assert_eq!(crate::logging::days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(crate::logging::days_from_civil(2024, 2, 29), 19_782);
     }
 }

@@ -170,3 +170,74 @@ fn close_notify_while_a_handler_works_fires_the_hangup() {
         );
     }
 }
+
+/// The real binary, started twice on one directory: the second start asks for more
+/// `-cert-hosts`, and the certificate the first start generated is made again for them; a
+/// third start with the same hosts keeps it.
+#[test]
+fn a_generated_certificate_follows_cert_hosts_across_restarts() {
+    use crate::support::gateway::TempDir;
+    use crate::support::process::{Server as Process, free_port};
+
+    fn start(dir: TempDir, hosts: &str) -> (Process, u16) {
+        let port = free_port();
+        let port_arg = port.to_string();
+        let mut args = vec!["-https-port", &port_arg, "-https-allow", "127.0.0.0/8"];
+        if !hosts.is_empty() {
+            args.extend(["-cert-hosts", hosts]);
+        }
+        (Process::start(dir, &args, &[]), port)
+    }
+    fn stop(mut p: Process) -> TempDir {
+        p.signal("TERM");
+        p.wait_exit(Duration::from_secs(10));
+        std::mem::replace(&mut p.dir, TempDir::new("unused"))
+    }
+
+    let (p, _) = start(TempDir::new("cert-hosts"), "");
+    p.wait_for_line(
+        "generated a self-signed TLS certificate",
+        Duration::from_secs(5),
+    );
+    let cert = p.dir.join("certs/server.crt");
+    let first = std::fs::read(&cert).unwrap();
+    let dir = stop(p);
+
+    let (p, port) = start(dir, "127.0.0.2,box.lan");
+    let line = p.wait_for_line("generated a new self-signed", Duration::from_secs(5));
+    assert!(line.contains("does not name 127.0.0.2,box.lan"), "{line}");
+    assert!(line.contains("-cacert"), "{line}");
+    let second = std::fs::read(&cert).unwrap();
+    assert_ne!(second, first);
+    // The new certificate is the one served, and a client that trusts it reaches the
+    // gateway under the new name.
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&second) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let name = ServerName::try_from("box.lan").unwrap();
+    let conn = ClientConnection::new(client, name).unwrap();
+    let mut c = Client::new(StreamOwned::new(conn, tcp));
+    assert_eq!(c.get("/api/health").status, 200);
+    drop(c);
+    let dir = stop(p);
+
+    let (p, _) = start(dir, "box.lan,127.0.0.2");
+    assert_eq!(
+        std::fs::read(&cert).unwrap(),
+        second,
+        "same hosts: same certificate"
+    );
+    stop(p);
+}
