@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::support::client::{self, Call};
 use crate::support::gateway::{Gateway, Options, Reply as GwReply, TempDir};
-use crate::support::process::Server;
+use crate::support::process::{Server, free_port};
 use crate::support::upstream::{FakeUpstream, Reply};
 
 const ALICE: &str = "sk-sigo-test-alice-0123456789";
@@ -381,7 +381,8 @@ fn a_malformed_keys_csv_stops_start_up_naming_file_and_line() {
     std::fs::write(dir.join("keys.csv"), "alice, sha256:00, *\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sigorest"))
         .current_dir(dir.path())
-        .args(["-http-port", "0", "-https-port", "0"])
+        .args(["-http-port", &free_port().to_string(), "-https-port", "0"])
+        .args(["-bind", "127.0.0.1"])
         .env_clear()
         .output()
         .unwrap();

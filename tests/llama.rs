@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::support::client::{self, Call};
 use crate::support::gateway::{Gateway, Options, TempDir, request};
 use crate::support::llama::{ModelFile, alive, fake_server, parent, wait_gone, wait_llama};
-use crate::support::process::Server;
+use crate::support::process::{Server, free_port};
 use crate::support::upstream::FakeUpstream;
 
 fn health(gw: &Gateway) -> Value {
@@ -522,7 +522,8 @@ fn a_missing_program_or_model_stops_start_up_with_one_line() {
         ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_sigorest"))
-            .args(["-http-port", "0", "-https-port", "0"])
+            .args(["-http-port", &free_port().to_string(), "-https-port", "0"])
+            .args(["-bind", "127.0.0.1"])
             .args(&args)
             .current_dir(model.dir.path())
             .output()

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::support::client::{self, Call};
 use crate::support::gateway::TempDir;
-use crate::support::process::Server;
+use crate::support::process::{Server, free_port};
 use crate::support::upstream::{FakeUpstream, Reply};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sigorest");
@@ -61,7 +61,8 @@ fn bad_flags_and_broken_files_exit_2_with_one_line() {
     .unwrap();
     let out = Command::new(BIN)
         .current_dir(dir.path())
-        .args(["-http-port", "0", "-https-port", "0"])
+        .args(["-http-port", &free_port().to_string(), "-https-port", "0"])
+        .args(["-bind", "127.0.0.1"])
         .env_clear()
         .output()
         .unwrap();
