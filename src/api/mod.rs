@@ -398,13 +398,25 @@ impl Router {
             Some((model, path)) => {
                 let req = with_model(req, &model, path);
                 let resp = self.answer_route(&req).await;
-                if req.path.ends_with("/models") && resp.status == 200 {
-                    // The list names models by short code; the path may name one by its
-                    // upstream id or its Ollama name, in any case.
-                    only_model(resp, &self.gateway.short_code(&model))
-                } else {
-                    resp
+                let listing = req.path.ends_with("/models") || req.path.contains("/models/");
+                if !listing || resp.status != 200 {
+                    return resp;
                 }
+                // The list names models by short code; the path may name one by its
+                // upstream id or its Ollama name, in any case. A model the gateway does
+                // not offer (or another one's entry) is a 404, as on /v1/models/{id}.
+                only_model(resp, &self.gateway.short_code(&model)).unwrap_or_else(|| {
+                    self.error_response(
+                        &req.path,
+                        &Error::ModelNotFound {
+                            model: model
+                                .chars()
+                                .take(crate::chat::request::MAX_MODEL_NAME)
+                                .collect(),
+                            reason: "not in this gateway's model list".to_string(),
+                        },
+                    )
+                })
             }
             None => self.answer_route(req).await,
         }
@@ -438,7 +450,9 @@ fn model_in_path(path: &str) -> Option<(String, &str)> {
             | "responses"
             | "responses/input_tokens"
             | "models"
-    );
+    ) || api
+        .strip_prefix("models/")
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'));
     if !routed || segment.is_empty() || segment == "v1" || segment == "api" {
         return None;
     }
@@ -489,21 +503,29 @@ fn with_model(req: &Request, model: &str, path: &str) -> Request {
 }
 
 /// A model list reduced to the model of the path (a tool set to `/{model}/v1` sees the one
-/// it is meant to use).
-fn only_model(mut resp: Response, model: &str) -> Response {
+/// it is meant to use); `None` when that model is not in it (or one entry is another's).
+fn only_model(mut resp: Response, model: &str) -> Option<Response> {
     let crate::http::Body::Full(body) = &resp.body else {
-        return resp;
+        return Some(resp);
     };
     let Ok(mut list) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return resp;
+        return Some(resp);
+    };
+    let named = |m: &serde_json::Value| {
+        m["id"]
+            .as_str()
+            .is_some_and(|id| id.eq_ignore_ascii_case(model))
     };
     if let Some(data) = list["data"].as_array_mut() {
-        data.retain(|m| {
-            m["id"]
-                .as_str()
-                .is_some_and(|id| id.eq_ignore_ascii_case(model))
-        });
+        // The list: just that model's entry.
+        data.retain(named);
+        if data.is_empty() {
+            return None;
+        }
+    } else if !named(&list) {
+        // One entry (`/v1/models/{id}`): the path's model's only.
+        return None;
     }
     resp.body = crate::http::Body::Full(serde_json::to_vec(&list).unwrap_or_default());
-    resp
+    Some(resp)
 }
