@@ -118,6 +118,9 @@ impl Gateway {
         if host.is_empty() || host.contains(char::is_whitespace) {
             return Err(format!("{} has no host", quote(url)));
         }
+        // A port out of range, a bad IPv6 host...: said now, as a usage error.
+        crate::upstream::client::url::Url::parse(base)
+            .map_err(|m| format!("{}: {m}", quote(url)))?;
         Ok(Gateway {
             base: base.to_string(),
             key: None,

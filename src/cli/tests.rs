@@ -331,6 +331,12 @@ fn gateway_urls() {
             .contains("not an http")
     );
     assert!(Gateway::parse("ftp://box").is_err());
+    assert!(
+        Gateway::parse("http://127.0.0.1:99999")
+            .unwrap_err()
+            .contains("invalid port '99999'")
+    );
+    assert!(Gateway::parse("http://[::1/").is_err());
     assert!(Gateway::parse("http://").unwrap_err().contains("no host"));
     assert!(Gateway::parse("http:///v1").is_err());
     assert!(

@@ -470,10 +470,13 @@ impl Error {
             Error::LimitExceeded {
                 limit: Limit::KeyConcurrency { key, max },
                 ..
-            } => write!(
-                f,
-                "key '{key}' may have {max} requests in flight; retry when one has ended"
-            ),
+            } => {
+                let requests = if *max == 1 { "request" } else { "requests" };
+                write!(
+                    f,
+                    "key '{key}' may have {max} {requests} in flight; retry when one has ended"
+                )
+            }
             Error::LimitExceeded {
                 limit: Limit::KeyRequests { key, per_minute },
                 retry_after_s,

@@ -50,7 +50,7 @@ impl Memory {
                 origin,
                 1,
                 1,
-                format!("the file is empty; expected {EXAMPLE}"),
+                format!("it is empty; expected {EXAMPLE}"),
             ));
         }
         serde_json::from_slice(text).map_err(|e| {

@@ -31,7 +31,7 @@ mod names;
 mod pool;
 mod proxy;
 mod response;
-mod url;
+pub(crate) mod url;
 
 use conn::Conn;
 use names::Names;
