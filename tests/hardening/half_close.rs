@@ -31,15 +31,14 @@ fn half_closed(gw: &Gateway, body: &serde_json::Value) -> String {
     )
 }
 
-/// Sends `body` to `path` in `version` with `extra` header lines, half-closes, and reads
-/// everything until the gateway closes.
-fn half_closed_at(
+/// Sends `body` to `path` in `version` with `extra` header lines, and half-closes.
+fn send_half_closed(
     gw: &Gateway,
     version: &str,
     path: &str,
     extra: &str,
     body: &serde_json::Value,
-) -> String {
+) -> TcpStream {
     let body = serde_json::to_vec(body).unwrap();
     let mut sock = TcpStream::connect(gw.http).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
@@ -51,9 +50,33 @@ fn half_closed_at(
     sock.write_all(head.as_bytes()).unwrap();
     sock.write_all(&body).unwrap();
     sock.shutdown(Shutdown::Write).unwrap();
+    sock
+}
+
+/// Sends `body` to `path` in `version` with `extra` header lines, half-closes, and reads
+/// everything until the gateway closes.
+fn half_closed_at(
+    gw: &Gateway,
+    version: &str,
+    path: &str,
+    extra: &str,
+    body: &serde_json::Value,
+) -> String {
+    let mut sock = send_half_closed(gw, version, path, extra, body);
     let mut answer = Vec::new();
     let _ = sock.read_to_end(&mut answer);
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The one upstream call was dropped within 2 s of `left`.
+fn assert_upstream_dropped(fake: &FakeUpstream, left: std::time::Instant) {
+    let aborted = fake.wait_for_client_aborts(1, Duration::from_secs(5));
+    assert_eq!(aborted.len(), 1, "the upstream call was dropped");
+    let closed_at = aborted[0].closed_at.unwrap();
+    assert!(
+        closed_at.saturating_duration_since(left) < Duration::from_secs(2),
+        "upstream kept open too long"
+    );
 }
 
 /// A chat stream request.
@@ -236,13 +259,7 @@ fn a_client_whose_fin_comes_after_its_stream_began_has_gone() {
     }
     let left = std::time::Instant::now();
     sock.shutdown(Shutdown::Write).unwrap();
-    let aborted = fake.wait_for_client_aborts(1, Duration::from_secs(5));
-    assert_eq!(aborted.len(), 1, "the upstream call was dropped");
-    let closed_at = aborted[0].closed_at.unwrap();
-    assert!(
-        closed_at.saturating_duration_since(left) < Duration::from_secs(2),
-        "upstream kept open too long"
-    );
+    assert_upstream_dropped(&fake, left);
 }
 
 #[test]
@@ -253,17 +270,7 @@ fn a_half_closed_client_that_closes_during_its_stream_has_gone() {
             .first_delay(Duration::from_millis(300))
             .gap(Duration::from_millis(300)),
     );
-    let body = serde_json::to_vec(&chat_stream()).unwrap();
-    let mut sock = TcpStream::connect(gw.http).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    sock.write_all(head.as_bytes()).unwrap();
-    sock.write_all(&body).unwrap();
-    sock.shutdown(Shutdown::Write).unwrap();
+    let mut sock = send_half_closed(&gw, "HTTP/1.1", "/v1/chat/completions", "", &chat_stream());
     // Half-closed: the stream begins. Then the client closes for good (its next read is
     // answered with a reset).
     let mut got = Vec::new();
@@ -275,11 +282,5 @@ fn a_half_closed_client_that_closes_during_its_stream_has_gone() {
     }
     drop(sock);
     let left = std::time::Instant::now();
-    let aborted = fake.wait_for_client_aborts(1, Duration::from_secs(5));
-    assert_eq!(aborted.len(), 1, "the upstream call was dropped");
-    let closed_at = aborted[0].closed_at.unwrap();
-    assert!(
-        closed_at.saturating_duration_since(left) < Duration::from_secs(2),
-        "upstream kept open too long"
-    );
+    assert_upstream_dropped(&fake, left);
 }
