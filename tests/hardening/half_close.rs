@@ -79,6 +79,15 @@ fn assert_upstream_dropped(fake: &FakeUpstream, left: std::time::Instant) {
     );
 }
 
+/// The spaced-out stream arrived whole, up to `end`, and no upstream call was dropped.
+fn assert_whole(fake: &FakeUpstream, text: &str, end: &str) {
+    for piece in ["one ", "two ", "three"] {
+        assert!(text.contains(piece), "{piece:?} missing: {text}");
+    }
+    assert!(text.contains(end), "{text}");
+    assert_eq!(fake.stream_closed_by_client_count(), 0);
+}
+
 /// A chat stream request.
 fn chat_stream() -> serde_json::Value {
     json!({"model": "gpt41", "stream": true, "messages": [{"role": "user", "content": "hi"}]})
@@ -157,11 +166,7 @@ fn a_half_closed_client_gets_its_whole_stream_when_events_are_spaced_out() {
         text.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"),
         "{text}"
     );
-    for piece in ["one ", "two ", "three"] {
-        assert!(text.contains(piece), "{piece:?} missing: {text}");
-    }
-    assert!(text.contains("data: [DONE]"), "{text}");
-    assert_eq!(fake.stream_closed_by_client_count(), 0);
+    assert_whole(&fake, &text, "data: [DONE]");
 }
 
 #[test]
@@ -178,11 +183,7 @@ fn a_half_closed_client_gets_its_whole_anthropic_stream_when_events_are_spaced_o
         &body,
     );
     assert!(text.contains("HTTP/1.1 200"), "{text}");
-    for piece in ["one ", "two ", "three"] {
-        assert!(text.contains(piece), "{piece:?} missing: {text}");
-    }
-    assert!(text.contains("event: message_stop"), "{text}");
-    assert_eq!(fake.stream_closed_by_client_count(), 0);
+    assert_whole(&fake, &text, "event: message_stop");
 }
 
 #[test]
@@ -193,11 +194,7 @@ fn a_half_closed_http10_client_gets_its_whole_stream_when_events_are_spaced_out(
     // No interim answer in HTTP/1.0; the stream ends with the connection.
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("Connection: close"), "{text}");
-    for piece in ["one ", "two ", "three"] {
-        assert!(text.contains(piece), "{piece:?} missing: {text}");
-    }
-    assert!(text.contains("data: [DONE]"), "{text}");
-    assert_eq!(fake.stream_closed_by_client_count(), 0);
+    assert_whole(&fake, &text, "data: [DONE]");
 }
 
 #[test]
