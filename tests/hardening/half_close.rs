@@ -39,6 +39,19 @@ fn send_half_closed(
     extra: &str,
     body: &serde_json::Value,
 ) -> TcpStream {
+    let sock = send(gw, version, path, extra, body);
+    sock.shutdown(Shutdown::Write).unwrap();
+    sock
+}
+
+/// Sends `body` to `path` in `version` with `extra` header lines.
+fn send(
+    gw: &Gateway,
+    version: &str,
+    path: &str,
+    extra: &str,
+    body: &serde_json::Value,
+) -> TcpStream {
     let body = serde_json::to_vec(body).unwrap();
     let mut sock = TcpStream::connect(gw.http).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
@@ -49,8 +62,18 @@ fn send_half_closed(
     );
     sock.write_all(head.as_bytes()).unwrap();
     sock.write_all(&body).unwrap();
-    sock.shutdown(Shutdown::Write).unwrap();
     sock
+}
+
+/// Reads until the first event of a stream has come.
+fn read_first_event(sock: &mut TcpStream) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("data: ") {
+        let n = sock.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the first event");
+        got.extend_from_slice(&buf[..n]);
+    }
 }
 
 /// Sends `body` to `path` in `version` with `extra` header lines, half-closes, and reads
@@ -236,24 +259,9 @@ fn a_client_whose_fin_comes_after_its_stream_began_has_gone() {
         Reply::chat_stream(&["a", "b", "c", "d", "e", "f", "g", "h"])
             .gap(Duration::from_millis(300)),
     );
-    let body = serde_json::to_vec(&chat_stream()).unwrap();
-    let mut sock = TcpStream::connect(gw.http).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    sock.write_all(head.as_bytes()).unwrap();
-    sock.write_all(&body).unwrap();
+    let mut sock = send(&gw, "HTTP/1.1", "/v1/chat/completions", "", &chat_stream());
     // Reads until the first event has come, then half-closes (and goes on reading).
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains("data: ") {
-        let n = sock.read(&mut buf).unwrap();
-        assert!(n > 0, "closed before the first event");
-        got.extend_from_slice(&buf[..n]);
-    }
+    read_first_event(&mut sock);
     let left = std::time::Instant::now();
     sock.shutdown(Shutdown::Write).unwrap();
     assert_upstream_dropped(&fake, left);
@@ -270,13 +278,7 @@ fn a_half_closed_client_that_closes_during_its_stream_has_gone() {
     let mut sock = send_half_closed(&gw, "HTTP/1.1", "/v1/chat/completions", "", &chat_stream());
     // Half-closed: the stream begins. Then the client closes for good (its next read is
     // answered with a reset).
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains("data: ") {
-        let n = sock.read(&mut buf).unwrap();
-        assert!(n > 0, "closed before the first event");
-        got.extend_from_slice(&buf[..n]);
-    }
+    read_first_event(&mut sock);
     drop(sock);
     let left = std::time::Instant::now();
     assert_upstream_dropped(&fake, left);
