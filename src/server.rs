@@ -31,6 +31,11 @@ impl Running {
         &self.app
     }
 
+    /// Set, it ends a running [`Running::stop`]'s grace at once.
+    pub fn grace_cutter(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.server.grace_cutter()
+    }
+
     /// Stops accepting, lets requests in flight finish for up to `grace`, stops discovery,
     /// then stops llama-server (which serves the requests in flight until then) and writes
     /// the usage totals (after the last request has been counted). Returns whether every
@@ -193,18 +198,32 @@ pub fn run(config: &Config, env: Env) -> Result<(), Error> {
         })?;
     let running = start(config, env)?;
     for signal in signals.forever() {
-        if signal == SIGHUP {
-            reload(running.app());
-            continue;
+        if signal != SIGHUP {
+            break;
         }
-        log::info!(grace_s = config.shutdown_grace.as_secs(); "shutting down: finishing requests in flight");
-        let clean = running.stop(config.shutdown_grace);
-        if clean {
-            log::info!("stopped");
-        } else {
-            log::warn!("stopped with requests still running after the grace period");
+        reload(running.app());
+    }
+    log::info!(grace_s = config.shutdown_grace.as_secs(); "shutting down: finishing requests in flight (a second SIGTERM or Ctrl-C stops at once)");
+    // A second SIGTERM or SIGINT during the grace ends it: what still runs is closed, as
+    // when the grace runs out (two Ctrl-C stop at once).
+    let cutter = running.grace_cutter();
+    let handle = signals.handle();
+    let second = std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if signal != SIGHUP {
+                log::warn!("a second signal: stopping now");
+                cutter.store(true, std::sync::atomic::Ordering::Release);
+                break;
+            }
         }
-        return Ok(());
+    });
+    let clean = running.stop(config.shutdown_grace);
+    handle.close();
+    let _ = second.join();
+    if clean {
+        log::info!("stopped");
+    } else {
+        log::warn!("stopped with requests still running after the grace period");
     }
     Ok(())
 }

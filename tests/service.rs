@@ -149,6 +149,40 @@ fn sigterm_lets_a_stream_in_flight_finish_and_exits_0() {
 }
 
 #[test]
+fn a_second_signal_ends_the_grace_at_once() {
+    let fake = FakeUpstream::start();
+    fake.set_default(Reply::hang());
+    let mut server = start(
+        TempDir::new("twice"),
+        &["-shutdown-grace", "60"],
+        &env_for(&fake),
+    );
+    let body = serde_json::to_vec(&json!({"model": "gpt41",
+        "messages": [{"role": "user", "content": "hang"}]}))
+    .unwrap();
+    let mut hanging = std::net::TcpStream::connect(server.addr).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    std::io::Write::write_all(&mut hanging, &[head.as_bytes(), &body].concat()).unwrap();
+    fake.wait_for_requests(1, Duration::from_secs(5));
+    server.signal("TERM");
+    server.wait_for_line("shutting down", Duration::from_secs(5));
+    let started = std::time::Instant::now();
+    server.signal("INT");
+    let status = server.wait_exit(Duration::from_secs(15));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Some(0), "{}", server.stderr());
+    assert!(server.stderr().contains("a second signal: stopping now"));
+    drop(hanging);
+}
+
+#[test]
 fn sigint_stops_an_idle_server_at_once() {
     let fake = FakeUpstream::start();
     let mut server = start(TempDir::new("int"), &[], &env_for(&fake));

@@ -48,6 +48,8 @@ pub struct Server {
     accept_threads: Vec<JoinHandle<()>>,
     runtime: Option<Runtime>,
     stopped: bool,
+    /// Set from another thread, it ends a shutdown's grace at once (a second SIGTERM).
+    cut_short: Arc<AtomicBool>,
 }
 
 /// One event loop per core (at most [`MAX_LOOPS`]).
@@ -113,6 +115,7 @@ pub fn start(config: ServerConfig, handler: Arc<dyn Handler>) -> io::Result<Serv
         accept_threads: Vec::new(),
         runtime: Some(runtime),
         stopped: false,
+        cut_short: Arc::new(AtomicBool::new(false)),
     };
     // On an error below, dropping `server` stops what was started.
     shared.workers.start_kept()?;
@@ -382,6 +385,12 @@ impl Server {
         self.stop(grace)
     }
 
+    /// A flag that, once set, ends a shutdown's grace at once: the requests still running
+    /// are closed as when the grace runs out.
+    pub fn grace_cutter(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.cut_short)
+    }
+
     /// Runs `job` on every event loop.
     fn on_every_loop(&self, job: fn()) {
         if let Some(r) = &self.runtime {
@@ -407,7 +416,9 @@ impl Server {
         // `Connection: close`, after which their tasks end.
         self.on_every_loop(shared_mod::wake_waiting);
         let conns_open = || self.stats.connections_open.load(Ordering::Acquire) > 0;
-        let in_time = wait_while(deadline, conns_open);
+        let cut = || self.cut_short.load(Ordering::Acquire);
+        wait_while(deadline, || conns_open() && !cut());
+        let in_time = !conns_open();
         if !in_time {
             self.on_every_loop(shared_mod::force_close);
             wait_while(Instant::now() + FORCE_WAIT, conns_open);
