@@ -244,11 +244,31 @@ pub fn reload(app: &Arc<Gateway>) {
             log::error!(error = e.to_string(); "reload failed; keeping the old configuration")
         }
     }
+    // One discovery at a time: a burst of SIGHUPs while Ollama is slow would otherwise start
+    // a thread and a call to it for each.
+    static DISCOVERING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if DISCOVERING.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        log::debug!("an Ollama discovery is already under way");
+        return;
+    }
     let ollama = app.ollama().clone();
     // `discover` logs a failure itself (WARN once per run of failures).
-    std::thread::spawn(move || {
-        let _ = ollama.discover();
-    });
+    let started = std::thread::Builder::new()
+        .name("sigorest-rediscover".into())
+        .spawn(move || {
+            // Cleared however the discovery ends (a panic included).
+            struct Done;
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    DISCOVERING.store(false, std::sync::atomic::Ordering::Release);
+                }
+            }
+            let _done = Done;
+            let _ = ollama.discover();
+        });
+    if started.is_err() {
+        DISCOVERING.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// How many client keys `keys.csv` holds, or `off` without the file.
