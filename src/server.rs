@@ -223,7 +223,9 @@ pub fn run(config: &Config, env: Env) -> Result<(), Error> {
     if clean {
         log::info!("stopped");
     } else {
-        log::warn!("stopped with requests still running after the grace period");
+        log::warn!(
+            "stopped: the grace period ran out, and the requests still running were ended (503 shutting_down)"
+        );
     }
     Ok(())
 }

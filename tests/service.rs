@@ -149,6 +149,75 @@ fn sigterm_lets_a_stream_in_flight_finish_and_exits_0() {
 }
 
 #[test]
+fn requests_still_running_when_the_grace_runs_out_are_answered_and_counted() {
+    use std::io::{Read, Write};
+    let fake = FakeUpstream::start();
+    fake.push(Reply::hang());
+    let piece = json!({"choices": [{"index": 0, "delta": {"content": "first"}}]}).to_string();
+    fake.push(Reply::stream([piece]).then_hang());
+    let mut server = start(
+        TempDir::new("grace-out"),
+        &["-shutdown-grace", "1"],
+        &env_for(&fake),
+    );
+    let send = |body: serde_json::Value| {
+        let body = serde_json::to_vec(&body).unwrap();
+        let mut sock = std::net::TcpStream::connect(server.addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        sock.write_all(&[head.as_bytes(), &body].concat()).unwrap();
+        sock
+    };
+    let messages = json!([{"role": "user", "content": "x"}]);
+    let mut complete = send(json!({"model": "gpt41", "messages": messages}));
+    fake.wait_for_requests(1, Duration::from_secs(5));
+    let mut stream = send(json!({"model": "gpt41", "stream": true, "messages": messages}));
+    fake.wait_for_requests(2, Duration::from_secs(5));
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("first") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the first event");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    server.signal("TERM");
+    let read_all = |sock: &mut std::net::TcpStream| {
+        let mut got = Vec::new();
+        let _ = sock.read_to_end(&mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let answer = read_all(&mut complete);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("shutting_down") && answer.contains("Retry-After: 5"),
+        "{answer}"
+    );
+    let rest = read_all(&mut stream);
+    assert!(rest.contains("shutting_down"), "a last error event: {rest}");
+    let status = server.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "{}", server.stderr());
+    let log = server.stderr();
+    // (The stream's 200 had gone out: its line keeps it, as for a client that left.)
+    assert_eq!(
+        log.matches("error=shutting_down").count(),
+        2,
+        "both in the access log: {log}"
+    );
+    assert!(log.contains("status=503"), "{log}");
+    let usage: Value =
+        serde_json::from_slice(&std::fs::read(server.dir.join(".sessions/usage.json")).unwrap())
+            .unwrap();
+    assert!(
+        usage.to_string().contains("\"errors\":2"),
+        "both counted: {usage}"
+    );
+}
+
+#[test]
 fn a_second_signal_ends_the_grace_at_once() {
     let fake = FakeUpstream::start();
     fake.set_default(Reply::hang());

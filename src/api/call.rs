@@ -835,6 +835,13 @@ impl Streaming {
                 }
                 (502, Ok(()))
             }
+            // The server's shutdown grace ran out: the client gets a last error event.
+            StreamEnd::Stopped(_) if hangup.is_stopping() && !hangup.is_fired() => {
+                permit.finish(Outcome::Neutral);
+                log.push(("error", "shutting_down".to_string()));
+                let error = Error::ShuttingDown;
+                (error.status(), front.failed(&error, &mut sink))
+            }
             StreamEnd::Stopped(e) => {
                 permit.finish(Outcome::Neutral);
                 log.push(("error", "client_gone".to_string()));
@@ -916,6 +923,11 @@ pub(super) fn fail(
     call: Failed<'_>,
     tried: &mut Tried,
 ) -> Error {
+    if call.hangup.is_stopping() && !call.hangup.is_fired() {
+        // The server's shutdown grace ran out: nothing to say about the model.
+        permit.finish(Outcome::Neutral);
+        return Error::ShuttingDown;
+    }
     let outcome = if call.hangup.is_fired() {
         Outcome::Neutral
     } else {

@@ -10,6 +10,9 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
+/// `Retry-After` of [`Error::ShuttingDown`]: a restart (systemd's) takes a few seconds.
+const SHUTDOWN_RETRY_S: u64 = 5;
+
 /// Everything that can go wrong for a client.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +61,8 @@ pub enum Error {
     /// The queue is full, the request waited too long for a worker, or the request bodies
     /// in flight fill the body budget.
     Overloaded { retry_after_s: u64 },
+    /// sigorest is stopping and the request's shutdown grace ran out before it finished.
+    ShuttingDown,
     /// The supervised local model is not ready yet (loading, or restarting); `state` says
     /// what it is doing.
     ModelLoading {
@@ -161,6 +166,7 @@ impl Error {
             Error::ProviderNotConfigured { .. }
             | Error::CircuitOpen { .. }
             | Error::Overloaded { .. }
+            | Error::ShuttingDown
             | Error::ModelLoading { .. } => 503,
             Error::UpstreamClient { status, .. } => *status,
             Error::RateLimited { .. } | Error::ModelBusy { .. } | Error::LimitExceeded { .. } => {
@@ -197,6 +203,7 @@ impl Error {
             Error::ProviderNotConfigured { .. } => "provider_not_configured",
             Error::CircuitOpen { .. } => "circuit_open",
             Error::Overloaded { .. } => "overloaded",
+            Error::ShuttingDown => "shutting_down",
             Error::ModelLoading { .. } => "model_loading",
             Error::ModelBusy { .. } => "model_busy",
             Error::ClientGone => "client_gone",
@@ -240,6 +247,7 @@ impl Error {
             | Error::ModelLoading { .. }
             | Error::CircuitOpen { .. }
             | Error::Overloaded { .. }
+            | Error::ShuttingDown
             | Error::Upstream { .. }
             | Error::UpstreamTimeout { .. }
             | Error::Internal { .. }
@@ -268,6 +276,7 @@ impl Error {
             Error::CircuitOpen { retry_after_s, .. } => {
                 vec![h("Retry-After", retry_after_s.to_string())]
             }
+            Error::ShuttingDown => vec![h("Retry-After", SHUTDOWN_RETRY_S.to_string())],
             Error::Overloaded { retry_after_s }
             | Error::ModelLoading { retry_after_s, .. }
             | Error::ModelBusy { retry_after_s, .. }
@@ -426,6 +435,11 @@ impl fmt::Display for Error {
             | Error::ModelLoading { .. }
             | Error::ModelBusy { .. } => self.fmt_unavailable(f),
             Error::ClientGone => f.write_str("the client went away"),
+            Error::ShuttingDown => write!(
+                f,
+                "the gateway is shutting down and could not finish this request; retry in \
+                 {SHUTDOWN_RETRY_S} s"
+            ),
             Error::UpstreamClient { message, .. } => f.write_str(message),
             Error::RateLimited { message, .. } => {
                 write!(f, "rate limited by the provider: {message}")

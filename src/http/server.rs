@@ -420,6 +420,10 @@ impl Server {
         wait_while(deadline, || conns_open() && !cut());
         let in_time = !conns_open();
         if !in_time {
+            // The requests still running answer 503 `shutting_down` (a stream ends with an
+            // error event), and are counted; what is still open after that is closed.
+            self.on_every_loop(shared_mod::stop_handlers);
+            wait_while(Instant::now() + FORCE_WAIT, || conns_open() && !cut());
             self.on_every_loop(shared_mod::force_close);
             wait_while(Instant::now() + FORCE_WAIT, conns_open);
         }

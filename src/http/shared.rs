@@ -184,6 +184,21 @@ pub(crate) fn wake_waiting() {
     }
 }
 
+/// On a loop, when a shutdown's grace has run out: tells running handlers to stop, so that
+/// they answer their clients 503 `shutting_down` (a stream: a last error event) and their
+/// connections close; [`force_close`] comes after it for what is left.
+pub(crate) fn stop_handlers() {
+    let hangups: Vec<Hangup> = OPEN.with(|o| {
+        let open = o.borrow();
+        (0..open.capacity())
+            .filter_map(|i| open.get(i).and_then(|t| t.hangup.clone()))
+            .collect()
+    });
+    for h in hangups {
+        h.stop();
+    }
+}
+
 /// On a loop, at the end of a shutdown's grace: tells running handlers that their clients
 /// are gone and ends every connection.
 pub(crate) fn force_close() {

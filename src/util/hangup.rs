@@ -21,6 +21,9 @@ pub struct Hangup {
 #[derive(Default)]
 struct HangupInner {
     fired: AtomicBool,
+    /// The server is stopping and the request's grace has run out: what the handler waits
+    /// for ends as for a hang-up, but the client is still there to be told.
+    stopping: AtomicBool,
     /// Tasks waiting in [`Hangup::fired`] (the first apart: there is one in the usual
     /// case, and it needs no list).
     wakers: Mutex<(Option<Waker>, Vec<Waker>)>,
@@ -43,13 +46,37 @@ impl Hangup {
         if self.inner.fired.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.wake_all();
+    }
+
+    /// The server is stopping and can wait no longer: what the handler waits for ends (as
+    /// [`Hangup::fired`] completes), and the handler answers 503 `shutting_down` to a
+    /// client that is still there.
+    pub fn stop(&self) {
+        if self.inner.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.wake_all();
+    }
+
+    /// Whether [`Hangup::stop`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::Acquire)
+    }
+
+    /// Whether the work must end: the client is gone, or the server is stopping.
+    fn is_over(&self) -> bool {
+        self.is_fired() || self.is_stopping()
+    }
+
+    fn wake_all(&self) {
         let (first, more) = std::mem::take(&mut *lock(&self.inner.wakers));
         for w in first.into_iter().chain(more) {
             w.wake();
         }
     }
 
-    /// Completes when the client has gone (at once if it has).
+    /// Completes when the client has gone, or the server stops (at once if so).
     pub fn fired(&self) -> Fired<'_> {
         Fired(self)
     }
@@ -63,12 +90,13 @@ impl Future for Fired<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let inner = &self.0.inner;
-        if inner.fired.load(Ordering::Acquire) {
+        if self.0.is_over() {
             return Poll::Ready(());
         }
         let mut wakers = lock(&inner.wakers);
-        // Checked again under the lock: `fire` takes the wakers after setting the flag.
-        if inner.fired.load(Ordering::Acquire) {
+        // Checked again under the lock: `fire` and `stop` take the wakers after setting
+        // their flag.
+        if self.0.is_over() {
             return Poll::Ready(());
         }
         let (first, more) = &mut *wakers;
