@@ -452,6 +452,37 @@ fn tool_calls_without_an_index_are_numbered_and_kept_apart_in_the_session() {
 }
 
 #[test]
+fn well_formed_tool_calls_of_several_choices_go_out_as_they_came() {
+    // `n` = 2: each choice numbers its own calls from 0; nothing is renumbered.
+    let (fake, gw) = setup();
+    let call = |choice: u64, id: Option<&str>, args: &str| {
+        let mut piece = json!({"index": 0, "function": {"arguments": args}});
+        if let Some(id) = id {
+            piece["id"] = json!(id);
+            piece["type"] = json!("function");
+            piece["function"]["name"] = json!("f");
+        }
+        json!({"choices": [{"index": choice, "delta": {"tool_calls": [piece]}}]}).to_string()
+    };
+    let sent = vec![
+        call(0, Some("a"), ""),
+        call(1, Some("b"), ""),
+        call(0, None, "{}"),
+        call(1, None, "{}"),
+    ];
+    let mut events = sent.clone();
+    events.push("[DONE]".to_string());
+    fake.push(Reply::stream(events));
+    let s = client::stream(gw.http, &Call::post(&body("gpt41", json!({"n": 2}))));
+    let relayed: Vec<&str> = s
+        .payloads()
+        .into_iter()
+        .filter(|p| *p != "[DONE]")
+        .collect();
+    assert_eq!(relayed, sent, "byte for byte");
+}
+
+#[test]
 fn the_connection_stays_usable_after_a_stream() {
     let (fake, gw) = setup();
     fake.push(Reply::chat_stream(&["x"]));

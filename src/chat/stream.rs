@@ -90,6 +90,9 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ChunkChoice {
+    /// Which choice (`n` > 1 streams send each in chunks of its own); read leniently.
+    #[serde(default)]
+    index: Value,
     #[serde(default)]
     pub delta: Option<Delta>,
     #[serde(default)]
@@ -186,8 +189,12 @@ impl Chunk {
     }
 
     /// The first choice (the gateway reads only the first, `n` > 1 is relayed as it is).
+    /// The first choice, when it is choice 0 (a stream with `n` > 1 sends the others in
+    /// chunks of their own, which the gateway relays and does not read).
     pub fn choice(&self) -> Option<&ChunkChoice> {
-        self.choices.first()
+        self.choices
+            .first()
+            .filter(|c| c.index.as_u64().is_none_or(|i| i == 0))
     }
 
     /// The assistant text this chunk adds (often empty).

@@ -84,9 +84,9 @@ impl CallOrder {
             return held.call;
         }
         if self.started >= MAX_CALLS {
-            // An upstream that makes calls without end: the rest are one, and no memory
-            // grows for them.
-            return MAX_CALLS;
+            // An upstream that makes calls without end: no memory grows for the rest; a
+            // piece with an index keeps it, the others count as one more call.
+            return piece.index.unwrap_or(MAX_CALLS);
         }
         let call = self.started;
         self.started += 1;
@@ -241,13 +241,21 @@ mod tests {
     }
 
     #[test]
-    fn calls_past_the_cap_are_one_and_hold_no_memory() {
+    fn calls_past_the_cap_hold_no_memory_and_keep_their_index() {
         let mut order = CallOrder::default();
         for i in 0..MAX_CALLS + 500 {
-            let n = order.call_of(0, &piece(i, None, Some("f"), "{}"));
-            assert_eq!(n, i.min(MAX_CALLS));
+            // Well-formed past the cap: each keeps the index it came with.
+            let n = order.call_of(0, &piece(i, Some(&format!("c{i}")), Some("f"), "{}"));
+            assert_eq!(n, i);
         }
         assert_eq!(order.slots.len(), MAX_CALLS);
+        // Without an index, the rest are one more call.
+        let bare = ToolCallDelta {
+            index: None,
+            id: Some("x".into()),
+            function: None,
+        };
+        assert_eq!(order.call_of(0, &bare), MAX_CALLS);
     }
 
     #[test]
