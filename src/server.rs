@@ -224,7 +224,7 @@ pub fn run(config: &Config, env: Env) -> Result<(), Error> {
         log::info!("stopped");
     } else {
         log::warn!(
-            "stopped: the grace period ran out, and the requests still running were ended (503 shutting_down)"
+            "stopped before every request had finished: those still running were ended (503 shutting_down)"
         );
     }
     Ok(())
@@ -247,30 +247,53 @@ pub fn reload(app: &Arc<Gateway>) {
         }
     }
     // One discovery at a time: a burst of SIGHUPs while Ollama is slow would otherwise start
-    // a thread and a call to it for each.
-    static DISCOVERING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if DISCOVERING.swap(true, std::sync::atomic::Ordering::AcqRel) {
-        log::debug!("an Ollama discovery is already under way");
-        return;
+    // a thread and a call to it for each. One that comes during a discovery asks for one
+    // more after it (the user may have changed Ollama since it began).
+    static STATE: std::sync::Mutex<Rediscovery> = std::sync::Mutex::new(Rediscovery {
+        running: false,
+        again: false,
+    });
+    {
+        let mut state = crate::util::lock(&STATE);
+        if state.running {
+            state.again = true;
+            return;
+        }
+        state.running = true;
     }
     let ollama = app.ollama().clone();
-    // `discover` logs a failure itself (WARN once per run of failures).
     let started = std::thread::Builder::new()
         .name("sigorest-rediscover".into())
         .spawn(move || {
-            // Cleared however the discovery ends (a panic included).
+            // Cleared when a discovery panics too (the loop below clears it otherwise).
             struct Done;
             impl Drop for Done {
                 fn drop(&mut self) {
-                    DISCOVERING.store(false, std::sync::atomic::Ordering::Release);
+                    if std::thread::panicking() {
+                        crate::util::lock(&STATE).running = false;
+                    }
                 }
             }
             let _done = Done;
-            let _ = ollama.discover();
+            loop {
+                // `discover` logs a failure itself (WARN once per run of failures).
+                let _ = ollama.discover();
+                let mut state = crate::util::lock(&STATE);
+                if !std::mem::take(&mut state.again) {
+                    state.running = false;
+                    return;
+                }
+            }
         });
     if started.is_err() {
-        DISCOVERING.store(false, std::sync::atomic::Ordering::Release);
+        crate::util::lock(&STATE).running = false;
     }
+}
+
+/// Whether a SIGHUP's Ollama discovery runs, and whether another was asked for meanwhile.
+struct Rediscovery {
+    running: bool,
+    again: bool,
 }
 
 /// How many client keys `keys.csv` holds, or `off` without the file.

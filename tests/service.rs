@@ -248,7 +248,11 @@ fn a_second_signal_ends_the_grace_at_once() {
     );
     assert_eq!(status.code(), Some(0), "{}", server.stderr());
     assert!(server.stderr().contains("a second signal: stopping now"));
-    drop(hanging);
+    // Ended as when the grace runs out: told, logged.
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut hanging, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(server.stderr().contains("error=shutting_down"));
 }
 
 #[test]

@@ -406,14 +406,25 @@ impl Router {
                 // upstream id or its Ollama name, in any case. A model the gateway does
                 // not offer (or another one's entry) is a 404, as on /v1/models/{id}.
                 only_model(resp, &self.gateway.short_code(&model)).unwrap_or_else(|| {
+                    // The model not offered there: the one retrieved, or the path's.
+                    let (named, reason) = match req.path.rsplit_once("/models/") {
+                        Some((_, id)) => (
+                            percent_decode(id).unwrap_or_default(),
+                            format!("not the model of this path ('{model}')"),
+                        ),
+                        None => (
+                            model.clone(),
+                            "not in this gateway's model list".to_string(),
+                        ),
+                    };
                     self.error_response(
                         &req.path,
                         &Error::ModelNotFound {
-                            model: model
+                            model: named
                                 .chars()
                                 .take(crate::chat::request::MAX_MODEL_NAME)
                                 .collect(),
-                            reason: "not in this gateway's model list".to_string(),
+                            reason,
                         },
                     )
                 })
@@ -516,7 +527,8 @@ fn only_model(mut resp: Response, model: &str) -> Option<Response> {
             .as_str()
             .is_some_and(|id| id.eq_ignore_ascii_case(model))
     };
-    if let Some(data) = list["data"].as_array_mut() {
+    // (`get_mut`: indexing an object by a missing key would add it, as null.)
+    if let Some(data) = list.get_mut("data").and_then(|d| d.as_array_mut()) {
         // The list: just that model's entry.
         data.retain(named);
         if data.is_empty() {

@@ -422,8 +422,10 @@ impl Server {
         if !in_time {
             // The requests still running answer 503 `shutting_down` (a stream ends with an
             // error event), and are counted; what is still open after that is closed.
+            // (Also after a second signal: the answers take milliseconds, and the books then
+            // hold every request the clients were told about.)
             self.on_every_loop(shared_mod::stop_handlers);
-            wait_while(Instant::now() + FORCE_WAIT, || conns_open() && !cut());
+            wait_while(Instant::now() + FORCE_WAIT, conns_open);
             self.on_every_loop(shared_mod::force_close);
             wait_while(Instant::now() + FORCE_WAIT, conns_open);
         }

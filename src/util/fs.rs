@@ -38,7 +38,7 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
     let linked = fs::symlink_metadata(path)
         .is_ok_and(|m| m.file_type().is_symlink())
-        .then(|| fs::canonicalize(path).ok())
+        .then(|| link_target(path))
         .flatten();
     let path = linked.as_deref().unwrap_or(path);
     let mode = mode.or_else(|| {
@@ -70,6 +70,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// The file a symbolic link names, followed to its end (a link to a file not there yet
+/// included: its name, relative to the link's directory when the link is relative).
+fn link_target(link: &Path) -> Option<PathBuf> {
+    if let Ok(real) = fs::canonicalize(link) {
+        return Some(real);
+    }
+    let mut at = link.to_path_buf();
+    // A chain of links to a missing file: a few steps, never a loop.
+    for _ in 0..16 {
+        match fs::read_link(&at) {
+            Ok(next) => at = parent_dir(&at).join(next),
+            Err(_) => return Some(at),
+        }
+    }
+    None
 }
 
 /// The bytes of a text file without the UTF-8 byte order mark that Windows editors
@@ -336,6 +353,17 @@ mod tests {
         );
         assert_eq!(fs::read(&real).unwrap(), b"new");
         assert_eq!(fs::read(&link).unwrap(), b"new");
+        // A link to a file not there yet (relative): the file is made, the link stays.
+        let dangling = d.path().join("dangling.json");
+        std::os::unix::fs::symlink("real/later.json", &dangling).unwrap();
+        write_atomic(&dangling, b"made", None).unwrap();
+        assert!(
+            fs::symlink_metadata(&dangling)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(elsewhere.join("later.json")).unwrap(), b"made");
     }
 
     #[test]
