@@ -836,7 +836,7 @@ impl Streaming {
                 (502, Ok(()))
             }
             // The server's shutdown grace ran out: the client gets a last error event.
-            StreamEnd::Stopped(_) if hangup.is_stopping() && !hangup.is_fired() => {
+            StreamEnd::Stopped(_) if hangup.stopped_by_server() => {
                 permit.finish(Outcome::Neutral);
                 log.push(("error", "shutting_down".to_string()));
                 let error = Error::ShuttingDown;
@@ -923,7 +923,7 @@ pub(super) fn fail(
     call: Failed<'_>,
     tried: &mut Tried,
 ) -> Error {
-    if call.hangup.is_stopping() && !call.hangup.is_fired() {
+    if call.hangup.stopped_by_server() {
         // The server's shutdown grace ran out: nothing to say about the model.
         permit.finish(Outcome::Neutral);
         return Error::ShuttingDown;

@@ -64,6 +64,12 @@ impl Hangup {
         self.inner.stopping.load(Ordering::Acquire)
     }
 
+    /// Whether the work ended because the server stopped it while its client is still
+    /// there (to be answered 503 `shutting_down`), not because the client left.
+    pub fn stopped_by_server(&self) -> bool {
+        self.is_stopping() && !self.is_fired()
+    }
+
     /// Whether the work must end: the client is gone, or the server is stopping.
     fn is_over(&self) -> bool {
         self.is_fired() || self.is_stopping()

@@ -196,9 +196,7 @@ impl Llama {
             // It may have gone down while this request waited.
             Ok(guard) if self.is_ready() => Ok(guard),
             Ok(_) => Err(self.loading()),
-            Err(Refused::Gone) if hangup.is_stopping() && !hangup.is_fired() => {
-                Err(Error::ShuttingDown)
-            }
+            Err(Refused::Gone) if hangup.stopped_by_server() => Err(Error::ShuttingDown),
             Err(Refused::Gone) => Err(Error::ClientGone),
             Err(Refused::QueueFull { limit, .. }) if config.queue_wait.is_zero() => Err(busy(
                 format!("all {limit} of its slots are taken (-llama-queue-wait is 0)"),
