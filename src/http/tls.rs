@@ -151,8 +151,8 @@ pub fn record_path(cert: &Path) -> std::path::PathBuf {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    use crate::state::keys::{hex, sha256};
+    hex(&sha256(bytes))
 }
 
 /// The DER contents of the subject (and issuer) sigorest gives its certificates:
@@ -344,9 +344,7 @@ fn renew_generated(
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    i64::try_from(crate::util::unix_now()).unwrap_or(i64::MAX)
 }
 
 /// A self-signed certificate and key as PEM text, for the hosts given (plus the defaults
