@@ -248,10 +248,11 @@ impl Gateway {
             .flat_map(|(from, to)| std::iter::once(from).chain(to))
             .map(|n| ("-fallback", n))
             .chain(routing.auto.iter().map(|n| ("-auto", n)));
+        let listed = self.listed();
         let mut warned: Vec<&str> = Vec::new();
         for (flag, name) in named {
-            let known = self.listed().get(name).is_some()
-                || self.llama.as_ref().is_some_and(|l| l.matches(name));
+            let known =
+                listed.get(name).is_some() || self.llama.as_ref().is_some_and(|l| l.matches(name));
             if known || warned.iter().any(|w| w.eq_ignore_ascii_case(name)) {
                 continue;
             }

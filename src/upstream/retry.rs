@@ -189,20 +189,22 @@ pub fn retry_after(
         && ms.is_finite()
         && ms >= 0.0
     {
-        return Some(Duration::from_secs_f64((ms / 1000.0).min(86_400.0)));
+        return Some(Duration::from_secs_f64(
+            (ms / 1000.0).min(MAX_RETRY_AFTER.as_secs_f64()),
+        ));
     }
     let v = retry_after?.trim();
     if let Ok(secs) = v.parse::<f64>() {
         return (secs.is_finite() && secs >= 0.0)
-            .then(|| Duration::from_secs_f64(secs.min(86_400.0)));
+            .then(|| Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())));
     }
     let when = http_date(v)?;
     let wait = when.duration_since(now).unwrap_or(Duration::ZERO);
     Some(wait.min(MAX_RETRY_AFTER))
 }
 
-/// The longest `Retry-After` taken from a provider as a date (and passed on): a day, as
-/// for the other forms.
+/// The longest `Retry-After` taken from a provider, in any form (and passed on): a day.
+/// (Capped before the conversion to a `Duration`, which a huge number would overflow.)
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 
 /// Parses an IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`.
