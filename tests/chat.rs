@@ -572,12 +572,118 @@ fn a_non_streamed_answer_with_tool_calls_keeps_them_in_the_session_on_every_api(
         assert_eq!(r.status, 200, "{path}: {}", r.text());
         let file = gw.dir.join(&format!("sessions/gpt41@{session}.json"));
         let stored: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        assert_eq!(stored["history"][1]["content"], "Checking", "{path}");
         assert_eq!(
-            stored["history"][1]["content"],
-            "Checking\n[tool call get_weather({\"city\":\"Paris\"})]",
+            stored["history"][1]["tool_calls"],
+            json!([{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]),
             "{path}"
         );
     }
+}
+
+#[test]
+fn a_tool_loop_goes_on_through_a_session_on_every_api() {
+    let (fake, gw) = setup();
+    let call = json!({"id": "call_1", "type": "function",
+        "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}});
+    let calls_answer = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant",
+            "content": null, "tool_calls": [call]}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}});
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object"}}}]);
+    let anthropic_tools = json!([{"name": "get_weather", "input_schema": {"type": "object"}}]);
+    // Each API's second request: only the tool's result, as its clients send it.
+    let apis = [
+        (
+            "/v1/chat/completions",
+            json!({"tools": tools, "messages": [{"role": "user", "content": "Weather in Paris?"}]}),
+            json!({"tools": tools, "messages": [
+                {"role": "tool", "tool_call_id": "call_1", "content": "18 C"}]}),
+        ),
+        (
+            "/v1/messages",
+            json!({"max_tokens": 100, "tools": anthropic_tools,
+                "messages": [{"role": "user", "content": "Weather in Paris?"}]}),
+            json!({"max_tokens": 100, "tools": anthropic_tools, "messages": [{"role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "18 C"}]}]}),
+        ),
+        (
+            "/v1/responses",
+            json!({"tools": [{"type": "function", "name": "get_weather",
+                "parameters": {"type": "object"}}], "input": "Weather in Paris?"}),
+            json!({"tools": [{"type": "function", "name": "get_weather",
+                "parameters": {"type": "object"}}], "input": [{"type": "function_call_output",
+                "call_id": "call_1", "output": "18 C"}]}),
+        ),
+    ];
+    for (n, (path, first, second)) in apis.into_iter().enumerate() {
+        let session = format!("loop{n}");
+        for (body, reply) in [
+            (first, Reply::json(200, calls_answer.clone())),
+            (second, Reply::chat("It is 18 C in Paris.")),
+        ] {
+            fake.push(reply);
+            let mut body = body;
+            body["model"] = json!("gpt41");
+            body["session_id"] = json!(session);
+            let r = gw.post_json(path, &body);
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+        }
+        // The second call upstream: the question, the call and its result, paired.
+        let sent = fake.last_json().unwrap();
+        let msgs = sent["messages"].as_array().unwrap();
+        let shape: Vec<(&str, Option<&str>)> = msgs
+            .iter()
+            .map(|m| {
+                let id = m["tool_call_id"]
+                    .as_str()
+                    .or(m["tool_calls"][0]["id"].as_str());
+                (m["role"].as_str().unwrap(), id)
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("user", None),
+                ("assistant", Some("call_1")),
+                ("tool", Some("call_1"))
+            ],
+            "{path}: {msgs:?}"
+        );
+        assert_eq!(msgs[2]["content"], "18 C", "{path}");
+        // The session holds the whole loop.
+        let file = gw.dir.join(&format!("sessions/gpt41@{session}.json"));
+        let stored: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        let roles: Vec<&str> = stored["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["user", "assistant", "tool", "assistant"], "{path}");
+    }
+    // A later request without tools (sigoe, curl) on that session: the calls as text, so
+    // that no provider refuses calls it has no tools for.
+    fake.push(Reply::chat("You're welcome."));
+    let r = gw.chat("gpt41", "Thanks!", json!({"session_id": "loop0"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = fake.last_json().unwrap();
+    let msgs = sent["messages"].as_array().unwrap();
+    assert!(
+        msgs.iter()
+            .all(|m| m.get("tool_calls").is_none() && m["role"] != "tool"),
+        "{msgs:?}"
+    );
+    assert_eq!(
+        msgs[1]["content"],
+        "[tool call get_weather({\"city\":\"Paris\"})]"
+    );
+    assert_eq!(
+        msgs[2],
+        json!({"role": "user", "content": "[tool result call_1] 18 C"})
+    );
 }
 
 #[test]

@@ -404,9 +404,10 @@ fn tool_call_fragments_are_relayed_and_gathered() {
     let stored: Value =
         serde_json::from_slice(&std::fs::read(gw.dir.join("sessions/gpt41@tools.json")).unwrap())
             .unwrap();
+    assert_eq!(stored["history"][1]["content"], "");
     assert_eq!(
-        stored["history"][1]["content"],
-        "[tool call weather({\"city\":\"Lyon\"})]"
+        stored["history"][1]["tool_calls"][0]["function"],
+        json!({"name": "weather", "arguments": "{\"city\":\"Lyon\"}"})
     );
 }
 
@@ -444,8 +445,21 @@ fn tool_calls_without_an_index_are_numbered_and_kept_apart_in_the_session() {
         assert_eq!(calls, want, "{reply:?}");
         let file = gw.dir.join(&format!("sessions/gpt41@{session}.json"));
         let stored: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        let kept: Vec<(&str, &str, &str)> = stored["history"][1]["tool_calls"]
+            .as_array()
+            .expect("the calls kept")
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap_or(""),
+                    c["function"]["name"].as_str().unwrap_or(""),
+                    c["function"]["arguments"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
         assert_eq!(
-            stored["history"][1]["content"], "[tool call f({\"a\":1})]\n[tool call g({\"b\":2})]",
+            kept,
+            [("c1", "f", "{\"a\":1}"), ("c2", "g", "{\"b\":2}")],
             "{reply:?}"
         );
     }

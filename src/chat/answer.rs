@@ -410,7 +410,8 @@ pub(crate) fn reasoning_text<'a>(
 
 impl Answer {
     /// The assistant's turn for the session: the content as it came; with tool calls, its
-    /// text followed by a line `[tool call NAME(ARGUMENTS)]` per call, as a stream's turn.
+    /// text and the calls (sent upstream again as calls, or as text lines, see
+    /// `chat::upstream_body`).
     pub fn assistant(&self) -> Message {
         if self.tool_calls.is_empty() {
             return assistant_message(self.content.clone());
@@ -418,13 +419,13 @@ impl Answer {
         let calls = self
             .tool_calls
             .iter()
-            .map(|c| (c.name.as_str(), c.arguments.as_str()));
-        assistant_message(Value::String(turn_text(content_text(&self.content), calls)))
+            .map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str()));
+        assistant_with_calls(content_text(&self.content), calls)
     }
 }
 
-/// A session turn's text: `text`, then a line `[tool call NAME(ARGUMENTS)]` per call (session
-/// files hold role and content only).
+/// A session turn's text: `text`, then a line `[tool call NAME(ARGUMENTS)]` per call (how
+/// a turn with tool calls goes upstream when it cannot go as calls).
 pub(crate) fn turn_text<'a>(
     mut text: String,
     calls: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -445,9 +446,25 @@ pub fn assistant_message(content: Value) -> Message {
     } else {
         content
     };
+    Message::new("assistant", content)
+}
+
+/// The assistant's side of a session turn that called tools: its text and each call's
+/// `(id, name, arguments)`, kept as `tool_calls` in the OpenAI shape.
+pub fn assistant_with_calls<'a>(
+    text: String,
+    calls: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+) -> Message {
+    let calls: Vec<Value> = calls
+        .into_iter()
+        .map(|(id, name, arguments)| {
+            serde_json::json!({"id": id, "type": "function",
+                "function": {"name": name, "arguments": arguments}})
+        })
+        .collect();
     Message {
-        role: "assistant".to_string(),
-        content,
+        tool_calls: Some(Value::Array(calls)),
+        ..Message::new("assistant", Value::String(text))
     }
 }
 
@@ -599,9 +616,15 @@ mod tests {
         assert_eq!((odd.finish_reason, odd.tool_calls.len()), (None, 0));
         assert_eq!(assistant_message(tools.content.clone()).content, json!(""));
         assert_eq!(tools.assistant().content, json!(""));
+        let turn = calls.assistant();
+        assert_eq!(turn.content, json!(""));
         assert_eq!(
-            calls.assistant().content,
-            json!("[tool call f({\"x\":1})]\n[tool call g({\"y\":2})]\n[tool call ()]"),
+            turn.tool_calls,
+            Some(json!([
+                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"x\":1}"}},
+                {"id": "call_2", "type": "function", "function": {"name": "g", "arguments": "{\"y\":2}"}},
+                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+            ])),
             "the calls kept in the session turn"
         );
         let both = parse_answer(
@@ -609,10 +632,8 @@ mod tests {
             "tool_calls":[{"id":"c","function":{"name":"w","arguments":"{}"}}]}}]}"#,
         )
         .unwrap();
-        assert_eq!(
-            both.assistant().content,
-            json!("Checking\n[tool call w({})]")
-        );
+        assert_eq!(both.assistant().content, json!("Checking"));
+        assert_eq!(both.assistant().call_ids(), ["c"]);
         let parts =
             parse_answer(br#"{"choices":[{"message":{"content":[{"type":"text","text":"x"}]}}]}"#)
                 .unwrap();

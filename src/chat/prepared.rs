@@ -17,8 +17,9 @@ pub struct Prepared {
     pub short: String,
     /// The body for the upstream, serialized.
     pub body: Vec<u8>,
-    /// The session id and the request's last user message, when a session is kept.
-    session: Option<(String, Option<Message>)>,
+    /// The session id and the client's side of the turn (see
+    /// [`ChatRequest::turn_input`]), when a session is kept.
+    session: Option<(String, Vec<Message>)>,
 }
 
 impl Prepared {
@@ -54,7 +55,7 @@ impl Prepared {
             session: req
                 .session_id
                 .clone()
-                .map(|id| (id, req.last_user_message())),
+                .map(|id| (id, req.turn_input(history))),
         })
     }
 
@@ -78,7 +79,7 @@ impl Prepared {
         Some(Turn {
             short: self.short.clone(),
             id: id.clone(),
-            messages: user.clone().into_iter().chain(Some(assistant)).collect(),
+            messages: user.iter().cloned().chain(Some(assistant)).collect(),
         })
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::error::Error;
-use crate::state::session::{self, Message};
+use crate::state::session::{self, Message, call_ids};
 
 /// Default for the `timeout` extension.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -141,16 +141,59 @@ impl ChatRequest {
         self.body.get("tools")
     }
 
-    /// The last `user` message, as it goes into the session.
-    pub fn last_user_message(&self) -> Option<Message> {
-        self.messages()
+    /// The client's side of a session turn, to keep after `history`: its last `user`
+    /// message, with the tool results right before it (an Anthropic client's `tool_result`
+    /// blocks come so) and the assistant turn that called those tools; when the request
+    /// ends with tool results, everything from the last `user` message on. An assistant
+    /// turn the session already ends with (a client that sends it again) is not kept twice.
+    pub fn turn_input(&self, history: &[Message]) -> Vec<Message> {
+        let messages = self.messages();
+        let role = |i: usize| messages.get(i).and_then(|m| m["role"].as_str());
+        let last_user = messages.iter().rposition(|m| m["role"] == "user");
+        let (mut from, to) = match (last_user, messages.last()) {
+            (_, Some(m)) if m["role"] == "tool" => (last_user.unwrap_or(0), messages.len()),
+            (Some(u), _) => (u, u + 1),
+            (None, _) => return Vec::new(),
+        };
+        while from > 0 && role(from - 1) == Some("tool") {
+            from -= 1;
+        }
+        if from > 0 && role(from) == Some("tool") && role(from - 1) == Some("assistant") {
+            from -= 1;
+        }
+        let kept_last = history.last().map(Message::call_ids).unwrap_or_default();
+        messages[from..to]
             .iter()
-            .rev()
-            .find(|m| m["role"] == "user")
-            .map(|m| Message {
-                role: "user".to_string(),
-                content: m.get("content").cloned().unwrap_or(Value::Null),
+            .filter(|m| matches!(m["role"].as_str(), Some("user" | "assistant" | "tool")))
+            .filter(|m| {
+                m["role"] != "assistant"
+                    || kept_last.is_empty()
+                    || call_ids(m.get("tool_calls")) != kept_last
             })
+            .map(|m| {
+                let role = m["role"].as_str().unwrap_or("user");
+                Message {
+                    tool_calls: m
+                        .get("tool_calls")
+                        .filter(|c| role == "assistant" && c.is_array())
+                        .cloned(),
+                    tool_call_id: m["tool_call_id"]
+                        .as_str()
+                        .filter(|_| role == "tool")
+                        .map(str::to_string),
+                    // An assistant turn of calls alone: kept as "" (as the gateway's own).
+                    ..Message::new(
+                        role,
+                        match m.get("content") {
+                            None | Some(Value::Null) if role == "assistant" => {
+                                Value::String(String::new())
+                            }
+                            c => c.cloned().unwrap_or(Value::Null),
+                        },
+                    )
+                }
+            })
+            .collect()
     }
 }
 
@@ -479,16 +522,75 @@ mod tests {
     }
 
     #[test]
-    fn last_user_message_for_the_session() {
-        let req = parse(json!({"model": "m", "messages": [
-            {"role": "user", "content": "first"}, {"role": "assistant", "content": "a"},
-            {"role": "user", "content": [{"type": "text", "text": "second"}]},
-            {"role": "tool", "tool_call_id": "x", "content": "t"}]}))
-        .unwrap();
-        let m = req.last_user_message().unwrap();
-        assert_eq!(m.content, json!([{"type": "text", "text": "second"}]));
-        let none =
-            parse(json!({"model": "m", "messages": [{"role": "system", "content": "s"}]})).unwrap();
-        assert!(none.last_user_message().is_none());
+    fn the_client_side_of_a_session_turn() {
+        let turn = |messages: Value, history: &[Message]| -> Vec<Value> {
+            let req = parse(json!({"model": "m", "messages": messages})).unwrap();
+            req.turn_input(history)
+                .iter()
+                .map(|m| serde_json::to_value(m).unwrap())
+                .collect()
+        };
+        let call = json!([{"id": "c1", "type": "function",
+            "function": {"name": "f", "arguments": "{}"}}]);
+        let calls_turn = Message {
+            tool_calls: Some(call.clone()),
+            ..Message::new("assistant", json!(""))
+        };
+        // The last user message alone (a prefill after it is not the client's turn).
+        assert_eq!(
+            turn(
+                json!([{"role": "user", "content": "first"}, {"role": "assistant", "content": "a"},
+                    {"role": "user", "content": [{"type": "text", "text": "second"}]},
+                    {"role": "assistant", "content": "prefill"}]),
+                &[]
+            ),
+            [json!({"role": "user", "content": [{"type": "text", "text": "second"}]})]
+        );
+        // Tool results alone, after a session that ends with the call.
+        assert_eq!(
+            turn(
+                json!([{"role": "tool", "tool_call_id": "c1", "content": "t"}]),
+                std::slice::from_ref(&calls_turn)
+            ),
+            [json!({"role": "tool", "content": "t", "tool_call_id": "c1"})]
+        );
+        // The call sent again with its results: kept once.
+        let again = json!([{"role": "system", "content": "s"},
+            {"role": "assistant", "content": null, "tool_calls": call},
+            {"role": "tool", "tool_call_id": "c1", "content": "t"}]);
+        assert_eq!(turn(again.clone(), &[calls_turn]).len(), 1);
+        // ... and kept when the session does not have it.
+        assert_eq!(
+            turn(again, &[]),
+            [
+                json!({"role": "assistant", "content": "", "tool_calls": call}),
+                json!({"role": "tool", "content": "t", "tool_call_id": "c1"})
+            ]
+        );
+        // A question, the call and its result in one request: all three.
+        assert_eq!(
+            turn(
+                json!([{"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "Looking", "tool_calls": call},
+                    {"role": "tool", "tool_call_id": "c1", "content": "t"}]),
+                &[]
+            )
+            .len(),
+            3
+        );
+        // Anthropic's order: the results, then more text from the user.
+        assert_eq!(
+            turn(
+                json!([{"role": "tool", "tool_call_id": "c1", "content": "t"},
+                    {"role": "user", "content": "and?"}]),
+                &[]
+            ),
+            [
+                json!({"role": "tool", "content": "t", "tool_call_id": "c1"}),
+                json!({"role": "user", "content": "and?"})
+            ]
+        );
+        // Nothing of the client's to keep.
+        assert!(turn(json!([{"role": "system", "content": "s"}]), &[]).is_empty());
     }
 }

@@ -7,7 +7,7 @@ use std::io;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::answer::{assistant_message, reasoning_text, turn_text};
+use super::answer::{assistant_message, assistant_with_calls, reasoning_text};
 use super::provider_error::{error_in, member_message, reported};
 use super::sse::Event;
 use super::tool_calls::CallOrder;
@@ -223,8 +223,8 @@ pub struct Gathered {
     text: String,
     /// Which call each tool-call piece belongs to.
     order: CallOrder,
-    /// Each call's name and arguments, in the order the calls started.
-    tool_calls: Vec<(String, String)>,
+    /// Each call's id, name and arguments, in the order the calls started.
+    tool_calls: Vec<TurnCall>,
     finished: bool,
     usage: Usage,
 }
@@ -268,10 +268,12 @@ impl Gathered {
             + delta
                 .tool_calls
                 .iter()
-                .filter_map(|t| t.function.as_ref())
-                .map(|f| {
-                    f.name.as_ref().map_or(0, String::len)
-                        + f.arguments.as_ref().map_or(0, String::len)
+                .map(|t| {
+                    t.id.as_ref().map_or(0, String::len)
+                        + t.function.as_ref().map_or(0, |f| {
+                            f.name.as_ref().map_or(0, String::len)
+                                + f.arguments.as_ref().map_or(0, String::len)
+                        })
                 })
                 .sum::<usize>();
         self.kept += added;
@@ -290,13 +292,16 @@ impl Gathered {
                 continue;
             }
             if self.tool_calls.len() <= call {
-                self.tool_calls
-                    .resize(call + 1, (String::new(), String::new()));
+                self.tool_calls.resize(call + 1, TurnCall::default());
+            }
+            let slot = &mut self.tool_calls[call];
+            if let Some(id) = tc.id.as_deref().filter(|_| slot.id.is_empty()) {
+                slot.id.push_str(id);
             }
             if let Some(f) = &tc.function {
-                let slot = &mut self.tool_calls[call];
-                slot.0.push_str(f.name.as_deref().unwrap_or(""));
-                slot.1.push_str(f.arguments.as_deref().unwrap_or(""));
+                slot.name.push_str(f.name.as_deref().unwrap_or(""));
+                slot.arguments
+                    .push_str(f.arguments.as_deref().unwrap_or(""));
             }
         }
         Ok(())
@@ -319,14 +324,25 @@ impl Gathered {
         &self.usage
     }
 
-    /// The assistant's turn for the session: its text, and its tool calls as text lines.
+    /// The assistant's turn for the session: its text, and its tool calls.
     pub fn assistant(&self) -> Message {
+        if self.tool_calls.is_empty() {
+            return assistant_message(Value::String(self.text.clone()));
+        }
         let calls = self
             .tool_calls
             .iter()
-            .map(|(name, args)| (name.as_str(), args.as_str()));
-        assistant_message(Value::String(turn_text(self.text.clone(), calls)))
+            .map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str()));
+        assistant_with_calls(self.text.clone(), calls)
     }
+}
+
+/// One tool call of a stream, gathered for the session turn.
+#[derive(Debug, Default, Clone)]
+struct TurnCall {
+    id: String,
+    name: String,
+    arguments: String,
 }
 
 #[cfg(test)]
@@ -402,9 +418,11 @@ mod tests {
             r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#
         ));
         assert_eq!(g.text(), "Hello");
+        assert_eq!(g.assistant().content, json!("Hello"));
         assert_eq!(
-            g.assistant().content,
-            json!("Hello\n[tool call f({\"x\":1})]")
+            g.assistant().tool_calls,
+            Some(json!([{"id": "call_1", "type": "function",
+                "function": {"name": "f", "arguments": "{\"x\":1}"}}]))
         );
         assert_eq!(
             (g.usage().prompt_tokens, g.usage().completion_tokens),
@@ -442,8 +460,11 @@ mod tests {
                 feed(&mut g, chunk);
             }
             assert_eq!(
-                g.assistant().content,
-                json!("[tool call f({\"a\":1})]\n[tool call g({\"b\":2})]"),
+                g.assistant().tool_calls,
+                Some(json!([
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}},
+                    {"id": "c2", "type": "function", "function": {"name": "g", "arguments": "{\"b\":2}"}}
+                ])),
                 "{chunks:?}"
             );
         }

@@ -7,10 +7,11 @@
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Value, json};
 
+use super::answer::{content_text, turn_text};
 use super::request::{ChatRequest, MAX_CACHE_MARKS};
 use crate::state::catalog::{Model, Provider};
 use crate::state::memory::Memory;
-use crate::state::session::Message;
+use crate::state::session::{Message, call_ids};
 
 impl ChatRequest {
     /// The body for the upstream, serialized: memory first, then `history`, then the
@@ -38,6 +39,10 @@ impl ChatRequest {
                 history,
                 client: client_messages,
                 unmark,
+                with_tools: self
+                    .tools()
+                    .and_then(Value::as_array)
+                    .is_some_and(|t| !t.is_empty()),
             },
             unmark,
             set,
@@ -246,6 +251,8 @@ struct Messages<'a> {
     client: &'a [Value],
     /// Leave the client's `cache_control` marks out (see `ChatRequest::cache_marks`).
     unmark: bool,
+    /// The request has `tools`: the history's tool calls may go as calls.
+    with_tools: bool,
 }
 
 impl Serialize for Messages<'_> {
@@ -274,8 +281,14 @@ impl Serialize for Messages<'_> {
         for m in lead {
             client(&mut seq, m)?;
         }
-        for m in self.history {
-            seq.serialize_element(&HistoryEntry(m))?;
+        for (m, form) in self
+            .history
+            .iter()
+            .zip(forms(self.history, rest, self.with_tools))
+        {
+            if form != Form::Skip {
+                seq.serialize_element(&HistoryEntry(m, form))?;
+            }
         }
         for m in rest {
             client(&mut seq, m)?;
@@ -342,14 +355,124 @@ impl Serialize for UnmarkedTool<'_> {
     }
 }
 
-/// A session message as `{"role", "content"}`.
-struct HistoryEntry<'a>(&'a Message);
+/// How a session message goes upstream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Form {
+    /// `{"role", "content"}`.
+    Plain,
+    /// With its `tool_calls` (an assistant turn) or its `tool_call_id` (a tool result).
+    Calls,
+    /// As text: an assistant turn's calls as lines `[tool call NAME(ARGUMENTS)]` after its
+    /// text; a tool result as a user message `[tool result ID] CONTENT`.
+    Text,
+    /// Left out: the client sent the same assistant turn again.
+    Skip,
+}
+
+/// How each message of `history` goes upstream, before the client's messages `rest`
+/// (system prompt excluded). An assistant turn with tool calls and the tool results after
+/// it go as calls only when the request has tools (Anthropic refuses calls without them)
+/// and every call is answered by the tool results that follow (OpenAI refuses a call
+/// without its result, and a result without its call); otherwise as text, so a session
+/// whose tool loop was left half-way (or trimmed) never makes a request the provider
+/// refuses. An assistant turn the client sends again (same call ids, first of its
+/// messages) is left out of the history: the client's copy goes.
+fn forms(history: &[Message], rest: &[Value], with_tools: bool) -> Vec<Form> {
+    let mut forms = vec![Form::Plain; history.len()];
+    let mut end = history.len();
+    if let (Some(last), Some(first)) = (history.last(), rest.first()) {
+        let ids = last.call_ids();
+        if first["role"] == "assistant"
+            && !ids.is_empty()
+            && call_ids(first.get("tool_calls")) == ids
+        {
+            forms[end - 1] = Form::Skip;
+            end -= 1;
+        }
+    }
+    // What follows each message: the rest of the history, then the client's messages.
+    let role_at = |i: usize| match history[..end].get(i) {
+        Some(m) => Some((m.role.as_str(), m.tool_call_id.as_deref())),
+        None => rest
+            .get(i - end)
+            .map(|m| (m["role"].as_str().unwrap_or(""), m["tool_call_id"].as_str())),
+    };
+    let mut i = 0;
+    while i < end {
+        let m = &history[i];
+        let ids = m.call_ids();
+        let calls = m.tool_calls.as_ref().and_then(Value::as_array);
+        if m.role == "assistant" && calls.is_some_and(|c| !c.is_empty()) {
+            // The tool results right after it.
+            let mut answered = Vec::new();
+            let mut j = i + 1;
+            while let Some(("tool", id)) = role_at(j) {
+                answered.push(id.unwrap_or(""));
+                j += 1;
+            }
+            let whole = with_tools
+                && calls.is_some_and(|c| c.len() == ids.len())
+                && ids.iter().all(|id| answered.contains(id));
+            forms[i] = if whole { Form::Calls } else { Form::Text };
+            for form in forms.iter_mut().take(j.min(end)).skip(i + 1) {
+                *form = if whole { Form::Calls } else { Form::Text };
+            }
+            i = j.max(i + 1);
+        } else {
+            if m.role == "tool" {
+                forms[i] = Form::Text;
+            }
+            i += 1;
+        }
+    }
+    forms
+}
+
+/// A session message as it goes upstream (see [`Form`]).
+struct HistoryEntry<'a>(&'a Message, Form);
 
 impl Serialize for HistoryEntry<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(2))?;
-        map.serialize_entry("role", &self.0.role)?;
-        map.serialize_entry("content", &self.0.content)?;
+        let HistoryEntry(m, form) = *self;
+        let mut map = s.serialize_map(None)?;
+        match (form, m.role.as_str()) {
+            (Form::Calls, "assistant") => {
+                map.serialize_entry("role", "assistant")?;
+                // No text: `null`, not "" (an empty text block is refused by Claude).
+                let empty = m.content.as_str().is_some_and(str::is_empty);
+                map.serialize_entry("content", if empty { &Value::Null } else { &m.content })?;
+                map.serialize_entry("tool_calls", &m.tool_calls)?;
+            }
+            (Form::Calls, "tool") => {
+                map.serialize_entry("role", "tool")?;
+                map.serialize_entry("tool_call_id", &m.tool_call_id)?;
+                map.serialize_entry("content", &m.content)?;
+            }
+            (Form::Text, "tool") => {
+                map.serialize_entry("role", "user")?;
+                let id = m.tool_call_id.as_deref().unwrap_or("");
+                let text = format!("[tool result {id}] {}", content_text(&m.content));
+                map.serialize_entry("content", &text)?;
+            }
+            (Form::Text, _) => {
+                map.serialize_entry("role", &m.role)?;
+                let calls = m.tool_calls.as_ref().and_then(Value::as_array);
+                let text = turn_text(
+                    content_text(&m.content),
+                    calls.into_iter().flatten().map(|c| {
+                        (
+                            c["function"]["name"].as_str().unwrap_or(""),
+                            c["function"]["arguments"].as_str().unwrap_or(""),
+                        )
+                    }),
+                );
+                map.serialize_entry("content", &text)?;
+            }
+            _ => {
+                map.serialize_entry("role", &m.role)?;
+                map.serialize_entry("content", &m.content)?;
+            }
+        }
         map.end()
     }
 }
@@ -402,6 +525,80 @@ mod tests {
     }
 
     #[test]
+    fn a_sessions_tool_calls_go_as_calls_only_when_whole_and_with_tools() {
+        let call = |id: &str| json!({"id": id, "type": "function", "function": {"name": "f", "arguments": "{}"}});
+        let calls_turn = |ids: &[&str]| Message {
+            tool_calls: Some(Value::Array(ids.iter().map(|id| call(id)).collect())),
+            ..Message::new("assistant", json!(""))
+        };
+        let result = |id: &str| Message {
+            tool_call_id: Some(id.to_string()),
+            ..Message::new("tool", json!("18 C"))
+        };
+        let up = |history: &[Message], tools: bool, client: Value| -> Vec<Value> {
+            let mut body = json!({"model": "gpt41", "messages": client});
+            if tools {
+                body["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
+            }
+            let req = parse(body).unwrap();
+            let up = req.upstream_body(&model("gpt41"), &mem("", false), history);
+            up["messages"].as_array().unwrap().clone()
+        };
+        let question = Message::new("user", json!("weather?"));
+        let whole = [question.clone(), calls_turn(&["c1"]), result("c1")];
+        let next = json!([{"role": "user", "content": "thanks"}]);
+        // Whole, with tools: as calls (no text: null content).
+        let msgs = up(&whole, true, next.clone());
+        assert_eq!(
+            msgs[1],
+            json!({"role": "assistant", "content": null, "tool_calls": [call("c1")]})
+        );
+        assert_eq!(
+            msgs[2],
+            json!({"role": "tool", "tool_call_id": "c1", "content": "18 C"})
+        );
+        // Without tools: as text.
+        let msgs = up(&whole, false, next.clone());
+        assert_eq!(
+            msgs[1],
+            json!({"role": "assistant", "content": "[tool call f({})]"})
+        );
+        assert_eq!(
+            msgs[2],
+            json!({"role": "user", "content": "[tool result c1] 18 C"})
+        );
+        // A call left unanswered (the user moved on), or answered only in part: as text.
+        let msgs = up(&whole[..2], true, next.clone());
+        assert_eq!(msgs[1]["content"], "[tool call f({})]");
+        let part = [question.clone(), calls_turn(&["c1", "c2"]), result("c1")];
+        let msgs = up(&part, true, next.clone());
+        assert_eq!(
+            (msgs[1]["role"].clone(), msgs[2]["role"].clone()),
+            (json!("assistant"), json!("user"))
+        );
+        assert!(msgs[1].get("tool_calls").is_none());
+        // A result whose call was trimmed away: as text.
+        let msgs = up(&[result("c0"), question.clone()], true, next.clone());
+        assert_eq!(msgs[0]["role"], "user");
+        // The results in the client's messages complete a call the session ends with.
+        let msgs = up(
+            &whole[..2],
+            true,
+            json!([{"role": "tool", "tool_call_id": "c1", "content": "18 C"}]),
+        );
+        assert_eq!(msgs[1]["tool_calls"], json!([call("c1")]));
+        // The client sends the call again: its copy goes, the session's does not.
+        let msgs = up(
+            &whole[..2],
+            true,
+            json!([{"role": "assistant", "content": "x", "tool_calls": [call("c1")]},
+                {"role": "tool", "tool_call_id": "c1", "content": "18 C"}]),
+        );
+        assert_eq!(msgs.len(), 3);
+        assert_eq!(msgs[1]["content"], "x");
+    }
+
+    #[test]
     fn messages_in_order_memory_system_history_client() {
         let req = parse(json!({"model": "gpt41", "messages": [
             {"role": "system", "content": "be brief"},
@@ -410,14 +607,8 @@ mod tests {
         ]}))
         .unwrap();
         let history = vec![
-            Message {
-                role: "user".into(),
-                content: json!("earlier"),
-            },
-            Message {
-                role: "assistant".into(),
-                content: json!("answer"),
-            },
+            Message::new("user", json!("earlier")),
+            Message::new("assistant", json!("answer")),
         ];
         let up = req.upstream_body(&model("gpt41"), &mem("I am memory", true), &history);
         let msgs = up["messages"].as_array().unwrap();

@@ -37,10 +37,42 @@ pub const MAX_SESSION_BYTES: usize = 2 * 1024 * 1024;
 pub const MAX_SESSIONS: usize = 1000;
 
 /// One stored message. `content` is kept as JSON: a string or an array of content parts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An assistant turn that called tools keeps its calls (`tool_calls`, in the OpenAI shape)
+/// and a tool result the call it answers (`tool_call_id`); files without them (older ones)
+/// read as before.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    /// A message with only a role and content.
+    pub fn new(role: &str, content: serde_json::Value) -> Message {
+        Message {
+            role: role.to_string(),
+            content,
+            ..Message::default()
+        }
+    }
+
+    /// The ids of an assistant turn's tool calls, in order (empty without calls).
+    pub fn call_ids(&self) -> Vec<&str> {
+        call_ids(self.tool_calls.as_ref())
+    }
+}
+
+/// The `id`s of a `tool_calls` list (OpenAI shape), in order; calls without one are left out.
+pub fn call_ids(tool_calls: Option<&serde_json::Value>) -> Vec<&str> {
+    tool_calls
+        .and_then(serde_json::Value::as_array)
+        .map_or_else(Vec::new, |calls| {
+            calls.iter().filter_map(|c| c["id"].as_str()).collect()
+        })
 }
 
 #[derive(Serialize)]

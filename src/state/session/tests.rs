@@ -6,10 +6,7 @@ use crate::util::fs::testdir::TestDir;
 use serde_json::json;
 
 fn msg(role: &str, content: impl Into<serde_json::Value>) -> Message {
-    Message {
-        role: role.into(),
-        content: content.into(),
-    }
+    Message::new(role, content.into())
 }
 
 /// The names in the directory without the hidden lock files.
