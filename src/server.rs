@@ -175,12 +175,15 @@ fn listeners(
         });
     }
     if let Some(addr) = https_addr {
-        let (tls, _generated) =
-            crate::http::tls::load_or_generate(&config.cert, &config.key, &config.cert_hosts)?;
+        let cert = crate::http::tls::ServedCert::load_or_generate(
+            &config.cert,
+            &config.key,
+            &config.cert_hosts,
+        )?;
         listeners.push(ListenerConfig {
             addr,
             allow: config.https_allow.clone(),
-            tls: Some(tls),
+            tls: Some(cert.server_config()?),
         });
     }
     Ok(listeners)
