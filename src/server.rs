@@ -3,7 +3,8 @@
 //! [`start`] brings everything up and returns at once (tests use it in-process on port 0);
 //! [`run`] is what the binary does: start, then wait for signals — SIGTERM/SIGINT stop
 //! accepting and let requests in flight finish for up to `-shutdown-grace`; SIGHUP reloads
-//! `models.csv`, `memory.json` and `keys.csv` and rediscovers Ollama.
+//! `models.csv`, `memory.json` and `keys.csv`, rediscovers Ollama and checks the TLS
+//! certificate (which is also checked once a day).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use crate::config::Config;
 use crate::env::Env;
 use crate::error::Error;
 use crate::gateway::{Gateway, Settings};
+use crate::http::tls::ServedCert;
 use crate::http::{self, ListenerConfig, ServerConfig, Stats};
 use crate::state::catalog::Provider;
 
@@ -20,6 +22,8 @@ use crate::state::catalog::Provider;
 pub struct Running {
     server: http::Server,
     app: Arc<Gateway>,
+    /// The HTTPS listener's certificate, when that listener is on.
+    cert: Option<Arc<ServedCert>>,
     /// The plain HTTP address, when that listener is on.
     pub http: Option<SocketAddr>,
     /// The HTTPS address, when that listener is on.
@@ -42,10 +46,22 @@ impl Running {
     /// request finished in time.
     pub fn stop(self, grace: Duration) -> bool {
         self.app.begin_stop();
+        if let Some(cert) = &self.cert {
+            cert.stop_checks();
+        }
         let clean = self.server.shutdown(grace);
         self.app.stop_background();
         self.app.ledger.stop();
         clean
+    }
+
+    /// What SIGHUP does: [`reload`] the files, and check the TLS certificate (a renewal
+    /// or changed files reach new connections; a broken file keeps the one in use).
+    pub fn reload(&self) {
+        reload(&self.app);
+        if let Some(cert) = &self.cert {
+            cert.check_logged();
+        }
     }
 }
 
@@ -83,7 +99,7 @@ pub fn start_on(
     };
     let app = Arc::new(Gateway::new(settings, stats.clone())?);
 
-    let listeners = listeners(config, http_addr, https_addr)?;
+    let (listeners, cert) = listeners(config, http_addr, https_addr)?;
     let server_config = ServerConfig {
         listeners: listeners.clone(),
         workers: config.workers,
@@ -110,11 +126,15 @@ pub fn start_on(
     app.warn_unknown_routes();
     app.start_background();
     app.ledger.start();
+    if let Some(cert) = &cert {
+        cert.start_checks();
+    }
 
     log_started(config, &app, http, https);
     Ok(Running {
         server,
         app,
+        cert,
         http,
         https,
     })
@@ -160,13 +180,14 @@ fn log_started(
 }
 
 /// The listeners asked for: plain HTTP, and HTTPS with its certificate (generated when
-/// missing).
+/// missing), which is returned too.
 fn listeners(
     config: &Config,
     http_addr: Option<SocketAddr>,
     https_addr: Option<SocketAddr>,
-) -> Result<Vec<ListenerConfig>, Error> {
+) -> Result<(Vec<ListenerConfig>, Option<Arc<ServedCert>>), Error> {
     let mut listeners = Vec::new();
+    let mut served = None;
     if let Some(addr) = http_addr {
         listeners.push(ListenerConfig {
             addr,
@@ -175,15 +196,15 @@ fn listeners(
         });
     }
     if let Some(addr) = https_addr {
-        let (tls, _generated) =
-            crate::http::tls::load_or_generate(&config.cert, &config.key, &config.cert_hosts)?;
+        let cert = ServedCert::load_or_generate(&config.cert, &config.key, &config.cert_hosts)?;
         listeners.push(ListenerConfig {
             addr,
             allow: config.https_allow.clone(),
-            tls: Some(tls),
+            tls: Some(cert.server_config()?),
         });
+        served = Some(cert);
     }
-    Ok(listeners)
+    Ok((listeners, served))
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -201,7 +222,7 @@ pub fn run(config: &Config, env: Env) -> Result<(), Error> {
         if signal != SIGHUP {
             break;
         }
-        reload(running.app());
+        running.reload();
     }
     log::info!(grace_s = config.shutdown_grace.as_secs(); "shutting down: finishing requests in flight (a second SIGTERM or Ctrl-C stops at once)");
     // A second SIGTERM or SIGINT during the grace ends it: what still runs is closed, as
@@ -230,8 +251,8 @@ pub fn run(config: &Config, env: Env) -> Result<(), Error> {
     Ok(())
 }
 
-/// SIGHUP: reload the files (keeping the old configuration when one does not parse) and
-/// rediscover Ollama.
+/// SIGHUP (with [`Running::reload`]): reload the files (keeping the old configuration when
+/// one does not parse) and rediscover Ollama.
 pub fn reload(app: &Arc<Gateway>) {
     match app.reload() {
         Ok(done) => log::info!(

@@ -5,6 +5,7 @@
 mod support;
 
 mod api;
+mod certificates;
 mod chat;
 mod fake_upstream;
 mod hardening;

@@ -1,18 +1,22 @@
 //! TLS for the HTTPS listener: load the certificate and key, or generate a self-signed pair
-//! on first start.
+//! on first start; while the server runs, [`ServedCert`] presents the pair in use and
+//! replaces it when a check (SIGHUP, daily) renews it or finds new files.
 //!
 //! No process-wide rustls crypto provider is installed: the configuration is built with the
 //! ring provider explicitly, so nothing depends on what else in the binary picked one.
 
 use std::net::IpAddr;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -25,7 +29,7 @@ pub const VALIDITY_DAYS: i64 = 825;
 /// so a box restarted now and then never serves an expired one.
 pub const RENEW_DAYS: i64 = 30;
 
-/// Loads `cert` and `key` (PEM) into a rustls server configuration. When both files are
+/// Loads `cert` and `key` (PEM) into a certificate ready to serve. When both files are
 /// missing, first generates a self-signed ECDSA P-256 certificate for `localhost`,
 /// `127.0.0.1`, `::1`, the host name and `extra_hosts` (names or IP addresses), valid from
 /// yesterday for 825 days (Apple's limit), and writes both files atomically (key mode 0600)
@@ -36,12 +40,7 @@ pub const RENEW_DAYS: i64 = 30;
 /// user supplied is never written; a WARN line says when it expires within that time or
 /// does not name an `extra_hosts` entry.
 /// Exactly one missing, or a file that does not parse: [`Error::File`] naming it.
-/// Returns the configuration and whether a certificate was written.
-pub fn load_or_generate(
-    cert: &Path,
-    key: &Path,
-    extra_hosts: &[String],
-) -> Result<(Arc<rustls::ServerConfig>, bool), Error> {
+pub fn load_or_generate(cert: &Path, key: &Path, extra_hosts: &[String]) -> Result<Loaded, Error> {
     let names = cert_names(host_name().as_deref(), extra_hosts)?;
     load_or_generate_at(cert, key, &names, extra_hosts, unix_now())
 }
@@ -54,7 +53,7 @@ fn load_or_generate_at(
     names: &[String],
     extra_hosts: &[String],
     now: i64,
-) -> Result<(Arc<rustls::ServerConfig>, bool), Error> {
+) -> Result<Loaded, Error> {
     let cert_exists = exists(cert)?;
     let key_exists = exists(key)?;
     match (cert_exists, key_exists) {
@@ -68,7 +67,7 @@ fn load_or_generate_at(
                 valid_days = VALIDITY_DAYS;
                 "generated a self-signed TLS certificate"
             );
-            return Ok((load(cert, key)?, true));
+            return Ok(load(cert, key)?.written());
         }
         (cert_exists, _) => {
             let (missing, present) = if cert_exists {
@@ -103,18 +102,41 @@ fn load_or_generate_at(
     };
     if let Some(reason) = renew {
         renew_generated(cert, key, names, now, &reason)?;
-        return Ok((load(cert, key)?, true));
+        return Ok(load(cert, key)?.written());
     }
     match load(cert, key) {
-        Ok(config) => Ok((config, false)),
+        Ok(loaded) => Ok(loaded),
         // Our own pair that does not load: a crash between writing the new key and the new
         // certificate leaves the old certificate with the new key. Nothing of the user's is
         // at stake, so a new pair beats refusing to start.
         Err(e) if origin != Origin::Supplied => {
             renew_generated(cert, key, names, now, &format!("it does not load: {e}"))?;
-            Ok((load(cert, key)?, true))
+            Ok(load(cert, key)?.written())
         }
         Err(e) => Err(e),
+    }
+}
+
+/// A certificate chain and its key, read from the files and checked against each other.
+#[derive(Debug)]
+pub struct Loaded {
+    certified: Arc<CertifiedKey>,
+    /// The SHA-256 of the two files as they were read: whether they changed since.
+    files: [u8; 32],
+    /// Whether sigorest wrote the files first (a pair generated or renewed).
+    pub written: bool,
+}
+
+impl Loaded {
+    fn written(mut self) -> Loaded {
+        self.written = true;
+        self
+    }
+
+    /// The certificate's end date (Unix seconds), when it can be read.
+    fn not_after(&self) -> Option<i64> {
+        let der = self.certified.cert.first()?;
+        Some(super::x509::cert_facts(der)?.not_after)
     }
 }
 
@@ -490,9 +512,8 @@ fn file_error(path: &Path, message: String) -> Error {
     }
 }
 
-/// Reads both PEM files and builds the server configuration (TLS 1.2 and 1.3, ALPN
-/// `http/1.1`).
-fn load(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Error> {
+/// Reads both PEM files into a certificate chain and the key that goes with it.
+fn load(cert: &Path, key: &Path) -> Result<Loaded, Error> {
     let cert_pem = std::fs::read(cert).map_err(|e| Error::io(cert, &e))?;
     let key_pem = std::fs::read(key).map_err(|e| Error::io(key, &e))?;
     warn_if_readable_by_others(key);
@@ -507,26 +528,228 @@ fn load(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Error> {
     }
     let private_key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| file_error(key, format!("not a PEM private key: {e}")))?;
-    server_config(chain, private_key).map_err(|e| {
+    // Parses the key with the ring provider and checks it against the certificate's public
+    // key, as `with_single_cert` does.
+    let certified = CertifiedKey::from_der(
+        chain,
+        private_key,
+        &rustls::crypto::ring::default_provider(),
+    )
+    .map_err(|e| {
         file_error(
             key,
             format!("unusable with the certificate {}: {e}", cert.display()),
         )
+    })?;
+    let files = {
+        use crate::state::keys::sha256;
+        let mut both = sha256(&cert_pem).to_vec();
+        both.extend_from_slice(&sha256(&key_pem));
+        sha256(&both)
+    };
+    Ok(Loaded {
+        certified: Arc::new(certified),
+        files,
+        written: false,
     })
 }
 
-pub(crate) fn server_config(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+/// How often a running server checks its certificate, besides on SIGHUP: well within
+/// [`RENEW_DAYS`], so a generated certificate is renewed weeks before it ends.
+pub const CHECK_EVERY: Duration = Duration::from_secs(86_400);
+
+/// The certificate the HTTPS listener presents, replaceable while it runs. It is the
+/// listener's rustls certificate resolver: a handshake takes the pair in use when it starts
+/// and its connection keeps it to the end, so a new pair reaches new handshakes only.
+///
+/// [`ServedCert::check`] (on SIGHUP, and every [`CHECK_EVERY`] once
+/// [`ServedCert::start_checks`] ran) goes through the start-up logic of [`load_or_generate`]
+/// again: a generated certificate that needs it is renewed, changed files are loaded. When
+/// that fails, the pair in use stays: a broken file never takes HTTPS down.
+pub struct ServedCert {
+    cert: PathBuf,
+    key: PathBuf,
+    extra_hosts: Vec<String>,
+    in_use: RwLock<InUse>,
+    /// Held through a check, so that a SIGHUP's and the daily one never write the files at
+    /// the same time.
+    checking: Mutex<()>,
+    /// The thread of the daily checks; dropping the sender ends it at once.
+    checker: Mutex<Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>>,
+}
+
+/// The pair handshakes get, and the fingerprint of the files it was read from.
+struct InUse {
+    certified: Arc<CertifiedKey>,
+    files: [u8; 32],
+}
+
+impl std::fmt::Debug for ServedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServedCert")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServedCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.read_in_use().certified))
+    }
+}
+
+impl ServedCert {
+    /// [`load_or_generate`] at start-up: the certificate to serve, and what to check later.
+    pub fn load_or_generate(
+        cert: &Path,
+        key: &Path,
+        extra_hosts: &[String],
+    ) -> Result<Arc<ServedCert>, Error> {
+        let loaded = load_or_generate(cert, key, extra_hosts)?;
+        Ok(ServedCert::serving(cert, key, extra_hosts, loaded))
+    }
+
+    fn serving(cert: &Path, key: &Path, extra_hosts: &[String], loaded: Loaded) -> Arc<Self> {
+        Arc::new(ServedCert {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            extra_hosts: extra_hosts.to_vec(),
+            in_use: RwLock::new(InUse {
+                certified: loaded.certified,
+                files: loaded.files,
+            }),
+            checking: Mutex::new(()),
+            checker: Mutex::new(None),
+        })
+    }
+
+    /// The listener's configuration: TLS 1.2 and 1.3, ALPN `http/1.1`, this certificate.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, Error> {
+        config_with(Arc::clone(self) as Arc<dyn rustls::server::ResolvesServerCert>).map_err(|e| {
+            Error::Internal {
+                message: format!("TLS configuration: {e}"),
+            }
+        })
+    }
+
+    fn read_in_use(&self) -> std::sync::RwLockReadGuard<'_, InUse> {
+        // Only whole values are stored; a panic elsewhere cannot leave one half-written.
+        self.in_use.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the start-up logic again, now: renews a generated certificate that needs it,
+    /// loads the files when they changed, and puts the result in use for new handshakes (an
+    /// INFO line with its end date). Returns whether a new certificate is in use; on an
+    /// error the one in use stays.
+    pub fn check(&self) -> Result<bool, Error> {
+        let names = cert_names(host_name().as_deref(), &self.extra_hosts)?;
+        self.check_at(&names, unix_now())
+    }
+
+    /// [`ServedCert::check`] for the certificate names `names` at the time `now`.
+    fn check_at(&self, names: &[String], now: i64) -> Result<bool, Error> {
+        let _one_at_a_time = crate::util::lock(&self.checking);
+        let loaded = load_or_generate_at(&self.cert, &self.key, names, &self.extra_hosts, now)?;
+        if loaded.files == self.read_in_use().files {
+            return Ok(false);
+        }
+        let not_after = loaded.not_after().map_or("unknown".to_string(), date);
+        *self.in_use.write().unwrap_or_else(|e| e.into_inner()) = InUse {
+            certified: loaded.certified,
+            files: loaded.files,
+        };
+        log::info!(
+            cert:% = self.cert.display(),
+            not_after = not_after;
+            "a new TLS certificate is in use for new connections"
+        );
+        Ok(true)
+    }
+
+    /// [`ServedCert::check`], logging a failure (ERROR) instead of returning it.
+    pub fn check_logged(&self) {
+        if let Err(e) = self.check() {
+            log::error!(
+                cert:% = self.cert.display(),
+                error:% = e;
+                "cannot check or load the TLS certificate; new connections keep getting the \
+                 one in use"
+            );
+        }
+    }
+
+    /// Starts checking every [`CHECK_EVERY`] on a thread of its own, until
+    /// [`ServedCert::stop_checks`] (or until the certificate is dropped). Calling it twice
+    /// starts one thread.
+    pub fn start_checks(self: &Arc<Self>) {
+        self.start_checks_every(CHECK_EVERY);
+    }
+
+    fn start_checks_every(self: &Arc<Self>, every: Duration) {
+        let mut checker = crate::util::lock(&self.checker);
+        if checker.is_some() {
+            return;
+        }
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        // A weak reference: the sender lives in `self`, so a dropped certificate ends the
+        // thread at once.
+        let served = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("cert-check".into())
+            .spawn(move || {
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = rx.recv_timeout(every)
+                {
+                    match served.upgrade() {
+                        Some(s) => s.check_logged(),
+                        None => return,
+                    }
+                }
+            });
+        match spawned {
+            Ok(handle) => *checker = Some((tx, handle)),
+            Err(e) => log::error!(
+                error:% = e;
+                "cannot start the daily TLS certificate check; the certificate is checked on \
+                 SIGHUP only"
+            ),
+        }
+    }
+
+    /// Ends the daily checks and waits for their thread (a check in progress finishes).
+    pub fn stop_checks(&self) {
+        let checker = crate::util::lock(&self.checker).take();
+        if let Some((tx, handle)) = checker {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
+}
+
+/// A server configuration (TLS 1.2 and 1.3 with the ring provider, ALPN `http/1.1`) that
+/// presents the certificate `resolver` gives.
+fn config_with(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(resolver);
     // The gateway speaks HTTP/1.1 only; saying so stops clients from trying h2.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// [`config_with`] for one fixed certificate chain and key (tests of TLS clients).
+#[cfg(test)]
+pub(crate) fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = CertifiedKey::from_der(chain, key, &provider)?;
+    config_with(Arc::new(rustls::sign::SingleCertAndKey::from(certified)))
 }
 
 #[cfg(unix)]

@@ -130,7 +130,9 @@ fn absurd_clock_is_an_error_not_a_panic() {
 fn generates_writes_and_then_loads_without_regenerating() {
     let dir = TempDir::new("gen");
     let (cert, key) = dir.paths();
-    let (_, generated) = load_or_generate(&cert, &key, &strings(&["gw.lan"])).unwrap();
+    let generated = load_or_generate(&cert, &key, &strings(&["gw.lan"]))
+        .unwrap()
+        .written;
     assert!(generated);
     let cert_pem = std::fs::read(&cert).unwrap();
     let key_pem = std::fs::read(&key).unwrap();
@@ -143,7 +145,7 @@ fn generates_writes_and_then_loads_without_regenerating() {
         assert_eq!(mode(&key), 0o600);
         assert_eq!(mode(&cert), 0o644);
     }
-    let (_, generated) = load_or_generate(&cert, &key, &[]).unwrap();
+    let generated = load_or_generate(&cert, &key, &[]).unwrap().written;
     assert!(!generated);
     assert_eq!(std::fs::read(&cert).unwrap(), cert_pem);
     assert_eq!(std::fs::read(&key).unwrap(), key_pem);
@@ -225,24 +227,45 @@ fn garbage_files_are_errors_naming_the_file() {
     assert!(load_or_generate(&cert, &key, &[]).is_ok());
 }
 
-/// Drives a client and a server connection against each other in memory until the
-/// handshake is done or one side fails.
+/// A server configuration presenting `loaded` as the listener's.
+fn config_of(loaded: Loaded) -> Arc<rustls::ServerConfig> {
+    ServedCert::serving(
+        Path::new("unused.crt"),
+        Path::new("unused.key"),
+        &[],
+        loaded,
+    )
+    .server_config()
+    .unwrap()
+}
+
+/// A handshake in memory with a client that trusts `cert_pem` and asks for `server_name`.
 fn handshake(
     server_config: Arc<rustls::ServerConfig>,
     cert_pem: &str,
     server_name: &str,
 ) -> Result<(), rustls::Error> {
-    use rustls::pki_types::ServerName;
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut client_config = rustls::ClientConfig::builder_with_provider(provider)
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    handshake_with(client_config, server_config, server_name).map(|_| ())
+}
+
+/// Drives a client and a server connection against each other in memory until the
+/// handshake is done or one side fails; returns the client's side.
+fn handshake_with(
+    mut client_config: rustls::ClientConfig,
+    server_config: Arc<rustls::ServerConfig>,
+    server_name: &str,
+) -> Result<rustls::ClientConnection, rustls::Error> {
+    use rustls::pki_types::ServerName;
     client_config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let name = ServerName::try_from(server_name.to_string()).unwrap();
     let mut client = rustls::ClientConnection::new(Arc::new(client_config), name)?;
@@ -268,7 +291,7 @@ fn handshake(
         }
         if !client.is_handshaking() && !server.is_handshaking() {
             assert_eq!(server.alpn_protocol(), Some(&b"http/1.1"[..]));
-            return Ok(());
+            return Ok(client);
         }
     }
     panic!("handshake did not finish");
@@ -279,7 +302,7 @@ fn generated_certificate_completes_a_tls_handshake() {
     let dir = TempDir::new("tls");
     let (cert, key) = dir.paths();
     let extra = strings(&["gw.lan", "192.168.1.5"]);
-    let (config, _) = load_or_generate(&cert, &key, &extra).unwrap();
+    let config = config_of(load_or_generate(&cert, &key, &extra).unwrap());
     let cert_pem = std::fs::read_to_string(&cert).unwrap();
     for name in ["localhost", "127.0.0.1", "::1", "gw.lan", "192.168.1.5"] {
         handshake(config.clone(), &cert_pem, name).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -305,7 +328,9 @@ fn generation_records_the_hosts_and_the_certificate() {
     let dir = TempDir::new("record");
     let (cert, key) = dir.paths();
     let names = cert_names(Some("pi"), &strings(&["box.lan"])).unwrap();
-    let (_, written) = load_or_generate_at(&cert, &key, &names, &[], NOW).unwrap();
+    let written = load_or_generate_at(&cert, &key, &names, &[], NOW)
+        .unwrap()
+        .written;
     assert!(written);
     let record = record_of(&cert);
     assert_eq!(record.generated_by, "sigorest");
@@ -335,7 +360,9 @@ fn an_unchanged_or_smaller_host_list_keeps_the_same_certificate() {
         (cert_names(Some("pi"), &[]).unwrap(), NOW),
         (strings(&["BOX.lan", "localhost"]), NOW),
     ] {
-        let (_, written) = load_or_generate_at(&cert, &key, &names, &[], now).unwrap();
+        let written = load_or_generate_at(&cert, &key, &names, &[], now)
+            .unwrap()
+            .written;
         assert!(!written, "{names:?}");
         let after = (read(&cert), read(&key), read(&record_path(&cert)));
         assert!(after == before, "{names:?}: files untouched");
@@ -355,8 +382,9 @@ fn a_host_not_named_regenerates_the_certificate() {
         why_renew(&old_cert, &names, &first, NOW).as_deref(),
         Some("it does not name 192.168.1.10,box.lan")
     );
-    let (config, written) = load_or_generate_at(&cert, &key, &names, &extra, NOW).unwrap();
-    assert!(written);
+    let loaded = load_or_generate_at(&cert, &key, &names, &extra, NOW).unwrap();
+    assert!(loaded.written);
+    let config = config_of(loaded);
     assert_ne!(read(&cert), old_cert);
     assert_eq!(record_of(&cert).hosts, names);
     #[cfg(unix)]
@@ -374,12 +402,20 @@ fn a_host_not_named_regenerates_the_certificate() {
     assert!(
         load_or_generate_at(&cert, &key, &renamed, &extra, NOW)
             .unwrap()
-            .1
+            .written
     );
     // A wildcard entry is covered by a wildcard name, and only by one.
     let wild = cert_names(None, &strings(&["*.lan"])).unwrap();
-    assert!(load_or_generate_at(&cert, &key, &wild, &[], NOW).unwrap().1);
-    assert!(!load_or_generate_at(&cert, &key, &wild, &[], NOW).unwrap().1);
+    assert!(
+        load_or_generate_at(&cert, &key, &wild, &[], NOW)
+            .unwrap()
+            .written
+    );
+    assert!(
+        !load_or_generate_at(&cert, &key, &wild, &[], NOW)
+            .unwrap()
+            .written
+    );
 }
 
 #[test]
@@ -395,7 +431,7 @@ fn an_expired_or_expiring_generated_certificate_is_renewed() {
     assert!(
         !load_or_generate_at(&cert, &key, &names, &[], NOW)
             .unwrap()
-            .1
+            .written
     );
     // Within 30 days of its end: renewed, and the new one runs 825 days from now.
     let later = not_after - RENEW_DAYS * DAY + 60;
@@ -404,7 +440,7 @@ fn an_expired_or_expiring_generated_certificate_is_renewed() {
     assert!(
         load_or_generate_at(&cert, &key, &names, &[], later)
             .unwrap()
-            .1
+            .written
     );
     let renewed = record_of(&cert).not_after_unix;
     assert!(
@@ -419,12 +455,12 @@ fn an_expired_or_expiring_generated_certificate_is_renewed() {
     assert!(
         load_or_generate_at(&cert, &key, &names, &[], much_later)
             .unwrap()
-            .1
+            .written
     );
     assert!(
         !load_or_generate_at(&cert, &key, &names, &[], much_later)
             .unwrap()
-            .1
+            .written
     );
 }
 
@@ -440,11 +476,15 @@ fn a_certificate_generated_before_records_were_kept_is_recognised() {
     assert!(
         !load_or_generate_at(&cert, &key, &names, &[], NOW)
             .unwrap()
-            .1
+            .written
     );
     assert!(!record_path(&cert).exists());
     let more = cert_names(None, &strings(&["box.lan"])).unwrap();
-    assert!(load_or_generate_at(&cert, &key, &more, &[], NOW).unwrap().1);
+    assert!(
+        load_or_generate_at(&cert, &key, &more, &[], NOW)
+            .unwrap()
+            .written
+    );
     assert_eq!(origin(&cert, &read(&cert)).0, Origin::Generated);
 }
 
@@ -460,12 +500,12 @@ fn a_generated_pair_left_half_written_is_made_again() {
     assert!(
         load_or_generate_at(&cert, &key, &names, &[], NOW)
             .unwrap()
-            .1
+            .written
     );
     assert!(
         !load_or_generate_at(&cert, &key, &names, &[], NOW)
             .unwrap()
-            .1
+            .written
     );
 }
 
@@ -489,7 +529,9 @@ fn a_supplied_certificate_is_never_rewritten() {
     assert_eq!(origin(&cert, &read(&cert)).0, Origin::Supplied);
     // Expired, and naming none of the hosts: loaded as it is, nothing written.
     for now in [NOW, NOW + 5000 * DAY] {
-        let (_, written) = load_or_generate_at(&cert, &key, &names, &extra, now).unwrap();
+        let written = load_or_generate_at(&cert, &key, &names, &extra, now)
+            .unwrap()
+            .written;
         assert!(!written);
         assert_eq!(read(&cert), own.pem().as_bytes());
         assert_eq!(read(&key), own_key.serialize_pem().as_bytes());
@@ -502,3 +544,7 @@ fn a_supplied_certificate_is_never_rewritten() {
         Some(strings(&["box.lan", "[::1]", "*.lan", "my_box"]))
     );
 }
+
+/// The certificate in use, replaced while the server runs.
+#[path = "tls_served_tests.rs"]
+mod served;
