@@ -249,11 +249,12 @@ fn listener_flags(p: &mut pico_args::Arguments, c: &mut Config) -> Result<(), Er
         c.https_port = port("-https-port", &v)?;
     }
     if let Some(v) = text_value(p, "--bind")? {
-        c.bind = parse_ip(&v).ok_or_else(|| {
-            bad(format!(
+        c.bind = parse_ip(&v).ok_or_else(|| match crate::http::access::ipv4_fault(v.trim()) {
+            Some(why) => bad(format!("-bind: {} {why}", quote(&v))),
+            None => bad(format!(
                 "-bind: {} is not an IP address (e.g. :: or 127.0.0.1)",
                 quote(&v)
-            ))
+            )),
         })?;
     }
     if let Some(v) = path_value(p, "--cert")? {
@@ -594,12 +595,8 @@ fn cert_hosts(v: &str) -> Result<Vec<String>, Error> {
         .map(str::to_string)
         .collect();
     for h in &hosts {
-        crate::http::tls::check_host(h).map_err(|_| {
-            bad(format!(
-                "-cert-hosts: {} is not a host name or IP address",
-                quote(h)
-            ))
-        })?;
+        crate::http::tls::check_host(h)
+            .map_err(|why| bad(format!("-cert-hosts: {} {why}", quote(h))))?;
     }
     Ok(hosts)
 }

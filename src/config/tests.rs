@@ -237,11 +237,27 @@ fn bad_values_name_the_flag() {
         "gw.lan,a b",
         "'a b' is not a host name or IP address",
     );
+    err_forms(
+        "cert-hosts",
+        "gw.lan,192.168.001.005",
+        "-cert-hosts: '192.168.001.005' has leading zeros, which some tools read as octal; \
+         write 192.168.1.5",
+    );
+    err_forms("cert-hosts", "10.0.0", "'10.0.0' is not an IPv4 address");
+    err_forms(
+        "bind",
+        "127.000.0.1",
+        "-bind: '127.000.0.1' has leading zeros",
+    );
     err_forms("http-allow", "10.0.0.0/33", "prefix length");
     err_forms("http-allow", "", "empty");
     err_forms("https-allow", "nope", "not an IP address or CIDR block");
     err_forms("https-allow", " , ", "empty");
-    err_forms("admin-allow", "1.2.3", "not an IP address");
+    err_forms(
+        "admin-allow",
+        "1.2.3",
+        "'1.2.3' is not an IPv4 address: write four numbers",
+    );
     err_forms("workers", "0", "'0' is not a whole number from 1 to 10000");
     err_forms("workers", "10001", "from 1 to 10000");
     err_forms("workers", "many", "from 1 to 10000");

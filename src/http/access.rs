@@ -3,10 +3,11 @@
 //! A list is a comma-separated set of CIDR blocks (`192.168.0.0/16,::1/128`) or bare
 //! addresses. IPv4-mapped IPv6 addresses (`::ffff:10.1.2.3`) are judged as their IPv4
 //! address; other IPv6 addresses only match IPv6 blocks, so IPv6 is refused unless a list
-//! names it.
+//! names it. [`ipv4_fault`] explains text that looks like an IPv4 address and is not one,
+//! for every place that reads addresses or host names from the command line.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// One CIDR block, with its host bits cleared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,11 +24,12 @@ impl Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = addr
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse()
-            .map_err(|_| format!("'{s}' is not an IP address or CIDR block"))?;
+        let addr = addr.trim_start_matches('[').trim_end_matches(']');
+        let addr: IpAddr = addr.parse().map_err(|_| match ipv4_fault(addr) {
+            Some(why) if addr == s => format!("'{s}' {why}"),
+            Some(why) => format!("'{s}': '{addr}' {why}"),
+            None => format!("'{s}' is not an IP address or CIDR block"),
+        })?;
         let addr = addr.to_canonical();
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
@@ -46,6 +48,36 @@ impl Cidr {
     /// Whether `ip` (already canonical) lies in this block.
     pub fn contains(&self, ip: IpAddr) -> bool {
         ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix) == self.addr
+    }
+}
+
+/// What is wrong with `s` when it is made only of digits and dots (with at least one
+/// digit) and yet is not an IPv4 address as Rust reads one (four decimal numbers 0-255
+/// without leading zeros): the reason and what to write instead, to follow the quoted
+/// text in a message. `None` for an address, and for anything with another character,
+/// which is a name or some other mistake.
+///
+/// Such text is never meant as a name, so it must not be taken for one (a certificate for
+/// the DNS name `192.168.001.005` is useless), and it is not turned into an address here
+/// either: `010` is 10 to some tools and octal 8 to others (`inet_aton`).
+pub fn ipv4_fault(s: &str) -> Option<String> {
+    let digits_and_dots = s.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let a_digit = s.bytes().any(|b| b.is_ascii_digit());
+    if !digits_and_dots || !a_digit || s.parse::<Ipv4Addr>().is_ok() {
+        return None;
+    }
+    let octets: Vec<u8> = s.split('.').filter_map(|p| p.parse().ok()).collect();
+    match <[u8; 4]>::try_from(octets) {
+        // Four numbers 0-255 that do not parse: the only fault left is leading zeros.
+        Ok(octets) if s.split('.').count() == 4 => Some(format!(
+            "has leading zeros, which some tools read as octal; write {}",
+            Ipv4Addr::from(octets)
+        )),
+        _ => Some(
+            "is not an IPv4 address: write four numbers from 0 to 255 with dots between \
+             and no leading zeros, e.g. 192.168.1.5"
+                .to_string(),
+        ),
     }
 }
 
@@ -202,5 +234,44 @@ mod tests {
         }
         assert!(AllowList::parse("").unwrap().is_empty());
         assert!(!AllowList::parse("").unwrap().allows(ip("127.0.0.1")));
+    }
+
+    #[test]
+    fn ipv4_lookalikes_say_what_to_write() {
+        assert_eq!(
+            ipv4_fault("192.168.001.005").as_deref(),
+            Some("has leading zeros, which some tools read as octal; write 192.168.1.5")
+        );
+        assert!(ipv4_fault("010.0.0.0").unwrap().ends_with("write 10.0.0.0"));
+        for bad in [
+            "192.168.1.256",
+            "1.2.3",
+            "1.2.3.4.5",
+            "10",
+            "1..2.3",
+            "1.2.3.4.",
+        ] {
+            let why = ipv4_fault(bad).unwrap();
+            assert!(why.starts_with("is not an IPv4 address"), "{bad}: {why}");
+        }
+        for not_one in [
+            "192.168.1.5",
+            "0.0.0.0",
+            "gw.lan",
+            "10.lan",
+            "...",
+            "",
+            "::1",
+        ] {
+            assert_eq!(ipv4_fault(not_one), None, "{not_one}");
+        }
+        let err = AllowList::parse("10.0.0.0/8,192.168.001.0/24").unwrap_err();
+        assert_eq!(
+            err,
+            "'192.168.001.0/24': '192.168.001.0' has leading zeros, which some tools read \
+             as octal; write 192.168.1.0"
+        );
+        let err = AllowList::parse("192.168.01.5").unwrap_err();
+        assert!(err.starts_with("'192.168.01.5' has leading zeros"), "{err}");
     }
 }

@@ -19,6 +19,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 
+use super::access::ipv4_fault;
 use crate::error::Error;
 
 /// How long a generated certificate is valid: Apple's clients refuse server certificates
@@ -376,10 +377,15 @@ pub fn generate(extra_hosts: &[String]) -> Result<(String, String), Error> {
 }
 
 /// Whether `s` can go into a certificate as a name: an IP address (brackets allowed) or a
-/// DNS name (letters, digits, `-`, `_`, `.`, an optional leading `*.`).
+/// DNS name (letters, digits, `-`, `_`, `.`, an optional leading `*.`). Text of digits and
+/// dots only must be an IPv4 address (see [`ipv4_fault`]). The error is the reason, to
+/// follow the quoted entry in a message.
 pub fn check_host(s: &str) -> Result<(), String> {
     if parse_ip(s).is_some() {
         return Ok(());
+    }
+    if let Some(why) = ipv4_fault(s) {
+        return Err(why);
     }
     let name = s.strip_prefix("*.").unwrap_or(s);
     let ok = !name.is_empty()
@@ -394,7 +400,7 @@ pub fn check_host(s: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("'{s}' is not a host name or IP address"))
+        Err("is not a host name or IP address".to_string())
     }
 }
 
@@ -424,8 +430,8 @@ fn cert_names(host_name: Option<&str>, extra_hosts: &[String]) -> Result<Vec<Str
         if h.is_empty() {
             continue;
         }
-        check_host(h).map_err(|m| Error::Usage {
-            message: format!("-cert-hosts: {m}"),
+        check_host(h).map_err(|why| Error::Usage {
+            message: format!("-cert-hosts: '{h}' {why}"),
         })?;
         push(h);
     }

@@ -545,6 +545,36 @@ fn a_supplied_certificate_is_never_rewritten() {
     );
 }
 
+#[test]
+fn digits_and_dots_that_are_not_ipv4_are_refused_with_the_fix() {
+    // Such an entry would become a DNS name no client ever asks for; leading zeros are
+    // octal to some tools (inet_aton reads 010 as 8).
+    let err = cert_names(None, &strings(&["192.168.001.005"])).unwrap_err();
+    assert!(matches!(err, Error::Usage { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("-cert-hosts"), "{msg}");
+    assert!(msg.contains("'192.168.001.005'"), "{msg}");
+    assert!(msg.contains("write 192.168.1.5"), "{msg}");
+    for bad in ["192.168.1.256", "10.0.0", "1.2.3.4.5", "10", "1..2.3"] {
+        let err = cert_names(None, &strings(&[bad])).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("'{bad}' is not an IPv4 address")),
+            "{msg}"
+        );
+        assert!(msg.contains("e.g. 192.168.1.5"), "{msg}");
+    }
+    // Names with a digit-only label are still names.
+    for good in [
+        "10.lan",
+        "host1.192-168-1-5.lan",
+        "0.pool.ntp.org",
+        "192.168.0.1",
+    ] {
+        assert!(check_host(good).is_ok(), "{good}");
+    }
+}
+
 /// The certificate in use, replaced while the server runs.
 #[path = "tls_served_tests.rs"]
 mod served;
