@@ -393,6 +393,53 @@ fn access_lines_have_the_design_fields_and_json_logs_parse() {
 }
 
 #[test]
+fn the_access_line_names_the_models_called_apart_from_those_skipped() {
+    let fake = FakeUpstream::start();
+    let server = start(TempDir::new("tried"), &["-j"], &env_for(&fake));
+    let chat = |body: Value| {
+        let body = body.to_string();
+        crate::support::gateway::request(
+            &server.url("/v1/chat/completions"),
+            "POST",
+            Some(body.as_bytes()),
+            &[],
+        )
+    };
+    let access_line = |needle: &str| -> Value {
+        let line = server.wait_for_line(needle, Duration::from_secs(5));
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    };
+    // gpt41 is called and fails; kimi (no MOONSHOT_API_KEY) and no-such (not offered) are
+    // passed over without a call; claude-h is called and answers.
+    fake.push(Reply::status(500));
+    let r = chat(json!({
+        "model": "gpt41",
+        "messages": [{"role": "user", "content": "x"}],
+        "retries": 1,
+        "fallbacks": ["kimi", "no-such", "claude-h"],
+    }));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(fake.request_count(), 2);
+    let v = access_line("\"claude-h\"");
+    assert_eq!(v["model"], "claude-h", "{v}");
+    assert_eq!(v["tried"], "gpt41|claude-h", "{v}");
+    assert_eq!(v["skipped"], "kimi|no-such", "{v}");
+    assert_eq!(v["attempts"], 2, "{v}");
+    // Only a skipped model before the one that answers: no `tried` (it would only repeat
+    // `model`).
+    let r = chat(json!({
+        "model": "kimi",
+        "messages": [{"role": "user", "content": "x"}],
+        "fallbacks": ["gpt41"],
+    }));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = access_line("\"skipped\":\"kimi\"");
+    assert_eq!(v["model"], "gpt41", "{v}");
+    assert!(v.get("tried").is_none(), "{v}");
+    assert_eq!(v["attempts"], 1, "{v}");
+}
+
+#[test]
 fn the_systemd_unit_verifies_and_is_rated_ok() {
     let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
         eprintln!("systemd-analyze not installed: unit checks skipped");

@@ -208,7 +208,11 @@ pub(crate) async fn run(
         session_model,
     };
     let mut attempts = 0;
-    let mut tried = Vec::new();
+    // For the access log: the models called (a request sent to their provider), in order,
+    // and those passed over without a call (not offered, not this key's, breaker open, no
+    // provider key, context too small, no local slot in time).
+    let mut tried: Vec<String> = Vec::new();
+    let mut passed_over: Vec<String> = Vec::new();
     let mut outcome: Option<(Result<Answered, Error>, &str)> = None;
     // When no model answers, the failure that is the answer: the last of a model that was
     // called, or, when none was, that of the model asked for — never one of a fallback
@@ -219,7 +223,15 @@ pub(crate) async fn run(
         let more = i + 1 < candidates.len();
         let (result, t) = attempt(gw, req, caller, chat, name, more, &plan).await;
         attempts += t.attempts;
-        tried.push(name.as_str());
+        let short = t
+            .model
+            .as_ref()
+            .map_or_else(|| name.clone(), |m| m.short.clone());
+        if t.attempts > 0 {
+            tried.push(short);
+        } else {
+            passed_over.push(short);
+        }
         rec.upstream_time = match (rec.upstream_time, t.took) {
             (Some(a), Some(b)) => Some(a + b),
             (a, b) => a.or(b),
@@ -274,17 +286,20 @@ pub(crate) async fn run(
     let tally = Tally {
         named,
         tried: &tried,
+        skipped: &passed_over,
         attempts,
     };
     account(gw, req, &mut outcome, tally, log, rec);
     outcome
 }
 
-/// The models a call tried, for its access-log line: the one whose answer (or failure) it
-/// is, all of them in order, and the attempts at their providers.
+/// The models a call went through, for its access-log line: the one whose answer (or
+/// failure) it is, those called in order, those passed over without a call, and the
+/// attempts at their providers.
 struct Tally<'a> {
     named: &'a str,
-    tried: &'a [&'a str],
+    tried: &'a [String],
+    skipped: &'a [String],
     attempts: u32,
 }
 
@@ -314,6 +329,7 @@ fn account(
     Tally {
         named,
         tried,
+        skipped,
         attempts,
     }: Tally<'_>,
     log: &mut LogFields,
@@ -321,18 +337,28 @@ fn account(
 ) {
     // The fields are for the access log only: none are made when it is off (`-q`).
     if log::log_enabled!(log::Level::Info) {
-        log.push((
-            "model",
-            outcome.as_ref().map_or_else(
-                |_| match &rec.model {
-                    Some(m) => m.short.clone(),
-                    None => named.to_string(),
-                },
-                |a| a.model().short.clone(),
-            ),
-        ));
-        if tried.len() > 1 {
-            log.push(("tried", tried.join("|")));
+        let model = outcome.as_ref().map_or_else(
+            |_| match &rec.model {
+                Some(m) => m.short.clone(),
+                None => named.to_string(),
+            },
+            |a| a.model().short.clone(),
+        );
+        // `tried` only when it says more than `model`; `skipped` without `model`, whose
+        // own `attempts=0` says it was not called.
+        let just_model = matches!(tried, [only] if *only == model);
+        let tried = (!tried.is_empty() && !just_model).then(|| tried.join("|"));
+        let skipped: Vec<&str> = skipped
+            .iter()
+            .map(String::as_str)
+            .filter(|s| *s != model)
+            .collect();
+        log.push(("model", model));
+        if let Some(tried) = tried {
+            log.push(("tried", tried));
+        }
+        if !skipped.is_empty() {
+            log.push(("skipped", skipped.join("|")));
         }
         log.push(("attempts", attempts.to_string()));
     }
