@@ -380,6 +380,33 @@ fn http10_clients_get_a_close_delimited_stream() {
 }
 
 #[test]
+fn done_reaches_the_client_at_once_when_the_provider_keeps_the_body_open() {
+    // A provider that sends `[DONE]` and then neither closes nor ends its body: for a
+    // close-delimited body (no length, not chunked) the connection cannot serve another
+    // request, so there is nothing to wait for; for a chunked one, the end is waited for
+    // after the client's answer has ended, not before it. Held back, the client's answer
+    // would end only after the gateway's second of draining, at the earliest.
+    let (fake, gw) = setup();
+    for reply in [
+        Reply::chat_stream(&["a", "b"])
+            .close_delimited()
+            .then_hang(),
+        Reply::chat_stream(&["a", "b"]).then_hang(),
+    ] {
+        fake.push(reply);
+        let sent = Instant::now();
+        let s = client::stream(gw.http, &Call::post(&body("gpt41", json!({}))));
+        let took = sent.elapsed();
+        assert!(s.complete, "the answer ended");
+        assert_eq!(s.text(), "ab");
+        assert_eq!(s.payloads().last(), Some(&"[DONE]"));
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+    // Neither connection goes back to the pool: neither body ended.
+    assert!(fake.wait_for_open_connections(0, Duration::from_secs(5)));
+}
+
+#[test]
 fn tool_call_fragments_are_relayed_and_gathered() {
     let (fake, gw) = setup();
     let tc = |args: &str, name: Option<&str>| {

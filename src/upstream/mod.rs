@@ -344,4 +344,86 @@ mod tests {
         drop(upstream);
         server.join().unwrap();
     }
+
+    #[test]
+    fn the_end_of_a_stream_is_not_waited_for_and_is_read_after() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://{}/v1/chat/completions",
+            listener.local_addr().unwrap()
+        );
+        // The provider sends `[DONE]` and ends its chunked body only when told: after the
+        // reader has returned. A reader that waited for the end would wait in vain (up to
+        // its drain time, then drop the connection).
+        let (end_body, wait) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut tcp, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(2).any(|w| w == b"{}") {
+                let n = tcp.read(&mut buf).unwrap();
+                assert!(n > 0, "the request came whole");
+                got.extend_from_slice(&buf[..n]);
+            }
+            let event = |data: &str| format!("{:x}\r\ndata: {data}\n\n\r\n", data.len() + 8);
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let first = event(r#"{"choices":[{"delta":{"content":"a"}}]}"#);
+            let done = event("[DONE]");
+            tcp.write_all(format!("{head}{first}{done}").as_bytes())
+                .unwrap();
+            wait.recv().unwrap();
+            tcp.write_all(b"0\r\n\r\n").unwrap();
+            // Kept open a moment: the connection is pooled meanwhile.
+            tcp.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let _ = tcp.read(&mut buf);
+        });
+        let upstream = Upstream::new();
+        let target = Target::direct(url);
+        let hangup = Hangup::default();
+        let (end, idle_at_end, pooled) = crate::rt::block_on(async {
+            let open = upstream
+                .open_stream(
+                    &target,
+                    b"{}",
+                    Duration::from_secs(5),
+                    Duration::from_secs(5),
+                    0,
+                    &hangup,
+                )
+                .await;
+            let open = open.result.expect("the stream opens");
+            let mut gathered = crate::chat::stream::Gathered::keeping(true);
+            let end = read_open_stream(
+                open,
+                &mut gathered,
+                &hangup,
+                |_, _| Ok(()),
+                async || Ok(()),
+                None,
+            )
+            .await;
+            let idle_at_end = client::idle_here();
+            end_body.send(()).unwrap();
+            // The rest of the body is read by a task of its own, which pools the connection.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while client::idle_here() == 0 && std::time::Instant::now() < deadline {
+                crate::rt::time::sleep(Duration::from_millis(5)).await;
+            }
+            (end, idle_at_end, client::idle_here())
+        })
+        .unwrap();
+        assert!(
+            matches!(end, crate::chat::stream::StreamEnd::Done),
+            "{end:?}"
+        );
+        assert_eq!(idle_at_end, 0, "the body had not ended yet");
+        assert_eq!(
+            pooled, 1,
+            "the connection went back to the pool once it ended"
+        );
+        drop(upstream);
+        server.join().unwrap();
+    }
 }

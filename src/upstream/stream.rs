@@ -3,9 +3,11 @@
 //!
 //! The first event is due within the request's `timeout` (connecting and sending included),
 //! and each later event within `timeout` of the one before — keep-alive comments in between
-//! do not count. After `[DONE]` the rest of the body is read (briefly), so that the
-//! connection goes back to the pool for the next request. A client that leaves ends the
-//! reading at once (its hang-up is raced against every wait).
+//! do not count. After `[DONE]` the stream's reading ends at once, so that the client gets
+//! the end of its answer without waiting for the provider's; the rest of the body is read
+//! (briefly) in a task of its own, so that the connection goes back to the pool for the
+//! next request. A client that leaves ends the reading at once (its hang-up is raced against
+//! every wait).
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -21,7 +23,7 @@ use crate::rt::time::timeout_at;
 use crate::util::Hangup;
 
 /// After `[DONE]`: how long, and how many bytes, the end of the body may take before the
-/// connection is dropped instead of pooled.
+/// connection is dropped instead of pooled. The client does not wait for it.
 const DRAIN_TIME: Duration = Duration::from_secs(1);
 const DRAIN_BYTES: usize = 64 * 1024;
 
@@ -72,8 +74,22 @@ impl OpenStream {
         }
     }
 
-    /// After `[DONE]`: reads the rest of the body (within [`DRAIN_TIME`] and
-    /// [`DRAIN_BYTES`]) so that the connection can serve another request.
+    /// After `[DONE]`: lets the stream go without holding its reader up. A body already read
+    /// to its end gives its connection back to the pool now; one that ends only with the
+    /// connection (no length, not chunked) or whose server said `Connection: close` cannot
+    /// serve another request, so it is closed now instead of read on; the rest of any other
+    /// is read by a task of its own ([`OpenStream::drain`]).
+    fn finish(mut self) {
+        // `next` decodes all it has read, so a last chunk that came with `[DONE]` has ended
+        // the body already: the connection is pooled before the client can ask again.
+        if self.body.is_done() || !self.body.reusable() {
+            return;
+        }
+        crate::rt::spawn(async move { self.drain().await });
+    }
+
+    /// Reads the rest of the body (within [`DRAIN_TIME`] and [`DRAIN_BYTES`]) so that the
+    /// connection can serve another request; dropped with the stream otherwise.
     async fn drain(&mut self) {
         let until = Instant::now() + DRAIN_TIME;
         let mut read = 0;
@@ -112,8 +128,8 @@ pub async fn read_open_stream(
     loop {
         if let Some(end) = take_event(event, gathered, &mut each) {
             if matches!(end, StreamEnd::Done) {
-                // Whether the rest came or not, the answer is complete.
-                stream.drain().await;
+                // Whatever the rest of the body does, the answer is complete.
+                stream.finish();
             }
             return end;
         }

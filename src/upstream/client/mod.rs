@@ -480,6 +480,13 @@ impl Body {
         self.done
     }
 
+    /// Whether the connection can serve another request once the body has been read: not
+    /// when the server said `Connection: close`, nor when the body ends only with the
+    /// connection.
+    pub(crate) fn reusable(&self) -> bool {
+        self.keep_alive && self.framing != Framing::UntilClose
+    }
+
     /// Appends the next bytes of the body to `out`, waiting for them; false at its end.
     pub(crate) async fn next(&mut self, out: &mut Vec<u8>) -> Result<bool, BodyError> {
         loop {
