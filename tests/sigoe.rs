@@ -294,6 +294,26 @@ fn a_stream_is_printed_as_it_arrives_and_kept_in_the_session() {
 }
 
 #[test]
+fn an_emoji_split_across_two_chunks_is_printed_and_kept_whole() {
+    let fake = FakeUpstream::start();
+    let dir = TempDir::new("sigoe-emoji");
+    // The two halves of U+1F600 in two deltas, as JSON escapes (a `Value` cannot hold half).
+    let chunk =
+        |json: &str| format!(r#"{{"choices":[{{"index":0,"delta":{{"content":"{json}"}}}}]}}"#);
+    fake.push(Reply::stream([
+        chunk(r"A\ud83d"),
+        chunk(r"\ude00B"),
+        "[DONE]".to_string(),
+    ]));
+    let run = direct(&fake, &dir, &["-stream", "-s", "e", "smile"], None);
+    assert_eq!(run.ok(), "A\u{1F600}B\n");
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(dir.join(".sessions/gpt41@e.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["history"][1]["content"], "A\u{1F600}B");
+}
+
+#[test]
 fn each_piece_reaches_stdout_before_the_stream_ends() {
     let fake = FakeUpstream::start();
     let dir = TempDir::new("sigoe-live");

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::answer::{stop_reason, tool_id, usage};
 use crate::chat::answer::Usage;
+use crate::chat::halves::Halves;
 use crate::chat::sse::named as event;
 use crate::chat::stream::{Chunk, ToolCallDelta};
 use crate::chat::tool_calls::{NewCall, Step, ToolCalls};
@@ -47,6 +48,8 @@ pub struct Translator {
     /// [`PING_EVERY`], so that a long silent reasoning still shows a live stream to the
     /// client and to any proxy with an idle timeout.
     unsent: usize,
+    /// A surrogate pair's first half at the end of a text delta, until the next delta.
+    halves: Halves,
 }
 
 /// Reasoning pieces left out between two `ping`s (tokens: a few seconds of reasoning).
@@ -68,6 +71,7 @@ impl Translator {
             thinking: false,
             refused: false,
             unsent: 0,
+            halves: Halves::default(),
         }
     }
 
@@ -133,8 +137,9 @@ impl Translator {
                 }
                 None => {}
             }
-            if let Some(text) = delta.content.as_deref().filter(|t| !t.is_empty()) {
-                self.text(text, out);
+            let text = self.halves.text(delta.content.as_ref());
+            if !text.is_empty() {
+                self.text(&text, out);
             }
             if let Some(refusal) = delta.refusal() {
                 self.refused = true;
@@ -244,6 +249,9 @@ impl Translator {
     /// reason and the usage the upstream reported, and `message_stop`.
     pub fn done(&mut self, reported: &Usage, out: &mut Vec<u8>) {
         self.start(out);
+        if let Some(lone) = self.halves.end() {
+            self.text(lone, out);
+        }
         self.flush_pending(out);
         self.close(out);
         let mut u = usage(reported);

@@ -463,6 +463,52 @@ fn tool_chunk(index: usize, id: Option<&str>, name: Option<&str>, args: &str) ->
     json!({"choices": [{"index": 0, "delta": {"tool_calls": [tc]}}]})
 }
 
+/// A chunk whose `content` is `json`, as it is written in JSON (escapes kept: a
+/// `serde_json::Value` cannot hold half a surrogate pair).
+fn raw_text_chunk(json: &str) -> String {
+    format!(r#"{{"choices":[{{"index":0,"delta":{{"content":"{json}"}}}}]}}"#)
+}
+
+/// The events for these raw chunks, then the end.
+fn events_raw(payloads: &[String]) -> Vec<(String, Value)> {
+    let mut t = Translator::new("claude-h", 42);
+    let mut out = Vec::new();
+    for p in payloads {
+        t.chunk(&Chunk::parse(p).unwrap(), &mut out);
+    }
+    t.done(&Usage::default(), &mut out);
+    parse_frames(&out)
+}
+
+/// All the `text_delta` texts, in order.
+fn streamed_text(ev: &[(String, Value)]) -> String {
+    ev.iter()
+        .filter(|(_, d)| d["delta"]["type"] == "text_delta")
+        .filter_map(|(_, d)| d["delta"]["text"].as_str())
+        .collect()
+}
+
+#[test]
+fn a_surrogate_pair_split_across_two_deltas_is_one_character() {
+    let ev = events_raw(&[raw_text_chunk(r"A\ud83d"), raw_text_chunk(r"\ude00B")]);
+    assert_well_formed(&ev);
+    assert_eq!(streamed_text(&ev), "A\u{1F600}B");
+    // Halves that are not a pair stay U+FFFD: a high one followed by other text, a low one
+    // after no high one, a high one at the very end, and a high one alone in its delta
+    // followed by one.
+    let ev = events_raw(&[
+        raw_text_chunk(r"A\ud83d"),
+        raw_text_chunk("B"),
+        raw_text_chunk(r"\ude00C\ud83d\ud83d"),
+        raw_text_chunk(r"\ud83d"),
+    ]);
+    assert_well_formed(&ev);
+    assert_eq!(
+        streamed_text(&ev),
+        "A\u{fffd}B\u{fffd}C\u{fffd}\u{fffd}\u{fffd}"
+    );
+}
+
 #[test]
 fn a_text_stream_in_anthropics_order() {
     let ev = events(

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::answer::{assistant_message, assistant_with_calls, reasoning_text};
+use super::halves::{Halves, Text};
 use super::provider_error::{error_in, member_message, reported};
 use super::sse::Event;
 use super::tool_calls::CallOrder;
@@ -105,8 +106,9 @@ pub struct ChunkChoice {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Delta {
+    /// The text; see [`Text`] for halves of a surrogate pair cut apart by the stream.
     #[serde(default)]
-    pub content: Option<String>,
+    pub content: Option<Text>,
     #[serde(default)]
     pub tool_calls: Vec<ToolCallDelta>,
     /// The model's reasoning, as DeepSeek, Kimi, GLM, vLLM and llama-server send it (any
@@ -166,6 +168,7 @@ impl Chunk {
     pub fn parse(payload: &str) -> Result<Chunk, String> {
         let parsed = serde_json::from_str::<Chunk>(payload).or_else(|e| {
             // Half an emoji (a lone surrogate escape) must not cost the chunk its text.
+            // `content` takes them itself (see `Text`); this is for the other strings.
             match without_lone_surrogates(payload.as_bytes()) {
                 Some(fixed) => serde_json::from_slice::<Chunk>(&fixed),
                 None => Err(e),
@@ -198,11 +201,16 @@ impl Chunk {
     }
 
     /// The assistant text this chunk adds (often empty).
+    #[cfg(test)]
     pub fn text(&self) -> &str {
+        self.content().map_or("", |t| t)
+    }
+
+    /// The `content` of the first choice's delta, when there is one.
+    pub fn content(&self) -> Option<&Text> {
         self.choice()
             .and_then(|c| c.delta.as_ref())
-            .and_then(|d| d.content.as_deref())
-            .unwrap_or("")
+            .and_then(|d| d.content.as_ref())
     }
 
     /// It carries only the usage (`choices: []`).
@@ -227,6 +235,8 @@ pub struct Gathered {
     tool_calls: Vec<TurnCall>,
     finished: bool,
     usage: Usage,
+    /// A surrogate pair's first half at the end of the text, until the next delta.
+    halves: Halves,
 }
 
 impl Default for Gathered {
@@ -247,6 +257,7 @@ impl Gathered {
             tool_calls: Vec::new(),
             finished: false,
             usage: Usage::default(),
+            halves: Halves::default(),
         }
     }
 
@@ -264,7 +275,7 @@ impl Gathered {
         let Some(delta) = choice.delta.as_ref().filter(|_| self.keep) else {
             return Ok(());
         };
-        let added = delta.content.as_ref().map_or(0, String::len)
+        let added = delta.content.as_ref().map_or(0, |c| c.len())
             + delta
                 .tool_calls
                 .iter()
@@ -283,9 +294,8 @@ impl Gathered {
                 MAX_KEPT / (1024 * 1024)
             ));
         }
-        if let Some(c) = &delta.content {
-            self.text.push_str(c);
-        }
+        self.text
+            .push_str(&self.halves.text(delta.content.as_ref()));
         for (position, tc) in delta.tool_calls.iter().enumerate() {
             let call = self.order.call_of(position, tc);
             if call >= MAX_TURN_CALLS {
@@ -309,8 +319,18 @@ impl Gathered {
 
     #[cfg(test)]
     /// The assistant's text so far (when kept).
-    pub fn text(&self) -> &str {
-        &self.text
+    pub fn text(&self) -> String {
+        self.whole_text()
+    }
+
+    /// The text, with U+FFFD for a surrogate pair's first half at its end that no second
+    /// half followed.
+    fn whole_text(&self) -> String {
+        let mut text = self.text.clone();
+        if self.halves.holding() {
+            text.push('\u{fffd}');
+        }
+        text
     }
 
     #[cfg(test)]
@@ -327,13 +347,13 @@ impl Gathered {
     /// The assistant's turn for the session: its text, and its tool calls.
     pub fn assistant(&self) -> Message {
         if self.tool_calls.is_empty() {
-            return assistant_message(Value::String(self.text.clone()));
+            return assistant_message(Value::String(self.whole_text()));
         }
         let calls = self
             .tool_calls
             .iter()
             .map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str()));
-        assistant_with_calls(self.text.clone(), calls)
+        assistant_with_calls(self.whole_text(), calls)
     }
 }
 
@@ -355,6 +375,23 @@ mod tests {
         let chunk = Chunk::parse(payload).unwrap();
         g.take(&chunk).unwrap();
         chunk.usage_only()
+    }
+
+    #[test]
+    fn a_surrogate_pair_split_across_two_chunks_is_one_character_in_the_turn() {
+        let raw = |json: &str| format!(r#"{{"choices":[{{"delta":{{"content":"{json}"}}}}]}}"#);
+        let mut g = Gathered::default();
+        feed(&mut g, &raw(r"A\ud83d"));
+        feed(&mut g, &raw(r"\ude00B"));
+        assert_eq!(g.text(), "A\u{1F600}B");
+        assert_eq!(g.assistant().content, json!("A\u{1F600}B"));
+        // Not a pair: U+FFFD each, the last one too.
+        let mut g = Gathered::default();
+        for part in [r"A\ud83d", "B", r"\ude00C\ud83d"] {
+            feed(&mut g, &raw(part));
+        }
+        assert_eq!(g.text(), "A\u{fffd}B\u{fffd}C\u{fffd}");
+        assert_eq!(g.assistant().content, json!("A\u{fffd}B\u{fffd}C\u{fffd}"));
     }
 
     #[test]

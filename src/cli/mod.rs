@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 
 use crate::chat::answer::{assistant_message, content_text};
+use crate::chat::halves::Halves;
 use crate::chat::prepared::Prepared;
 use crate::chat::provider_error::ProviderError;
 use crate::chat::request::{ChatRequest, MAX_TIMEOUT};
@@ -513,12 +514,14 @@ fn print_stream(stream: OpenStream, short: &str) -> Result<Option<Gathered>, Sto
     let mut out = std::io::stdout().lock();
     let mut last = None;
     let hangup = Hangup::default();
+    // An emoji's surrogate pair split across two deltas is printed whole.
+    let mut halves = Halves::default();
     let end = wait(crate::upstream::read_open_stream(
         stream,
         &mut gathered,
         &hangup,
         |_, chunk| {
-            let text = chunk.text();
+            let text = halves.text(chunk.content());
             if text.is_empty() {
                 return Ok(());
             }
@@ -529,6 +532,10 @@ fn print_stream(stream: OpenStream, short: &str) -> Result<Option<Gathered>, Sto
         async || Ok(()),
         None,
     ))?;
+    if let Some(lone) = halves.end().filter(|_| matches!(end, StreamEnd::Done)) {
+        last = Some('\u{fffd}');
+        let _ = out.write_all(lone.as_bytes()).and_then(|()| out.flush());
+    }
     // Whatever was printed ends with a line break, so the shell prompt (or the reason of a
     // failure on stderr) starts on a line of its own.
     if last.is_some_and(|c| c != '\n') && !matches!(end, StreamEnd::Stopped(_)) {

@@ -30,6 +30,7 @@ use super::answer::{
     status, usage,
 };
 use crate::chat::answer::Usage;
+use crate::chat::halves::Halves;
 use crate::chat::stream::{Chunk, MAX_KEPT, ToolCallDelta};
 use crate::chat::tool_calls::{NewCall, Step, ToolCalls};
 use crate::error::Error;
@@ -130,6 +131,8 @@ pub struct Translator {
     finish: Option<String>,
     /// Bytes of text and arguments held for the final events.
     kept: usize,
+    /// A surrogate pair's first half at the end of a text delta, until the next delta.
+    halves: Halves,
 }
 
 /// The answer grew past [`MAX_KEPT`]: the stream is ended with `response.failed`.
@@ -148,6 +151,7 @@ impl Translator {
             calls: ToolCalls::default(),
             finish: None,
             kept: 0,
+            halves: Halves::default(),
         }
     }
 
@@ -189,7 +193,7 @@ impl Translator {
             return Ok(());
         };
         if let Some(delta) = &choice.delta {
-            let text = delta.content.as_deref().unwrap_or("");
+            let text = self.halves.text(delta.content.as_ref());
             let reasoning = delta.reasoning().unwrap_or("");
             let refusal = delta.refusal().map_or(0, str::len);
             self.kept += text.len() + reasoning.len() + refusal;
@@ -208,7 +212,7 @@ impl Translator {
                 self.aside(Aside::Refusal, refusal, out);
             }
             if !text.is_empty() {
-                self.text(text, out);
+                self.text(&text, out);
             }
             for (position, call) in delta.tool_calls.iter().enumerate() {
                 self.tool(position, call, out);
@@ -422,6 +426,9 @@ impl Translator {
     /// response and the usage the upstream reported.
     pub fn done(&mut self, reported: &Usage, out: &mut Vec<u8>) {
         self.start(out);
+        if let Some(lone) = self.halves.end() {
+            self.text(lone, out);
+        }
         self.flush_pending(out);
         if self.items.is_empty() {
             self.begin_message(out);

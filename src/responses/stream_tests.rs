@@ -417,3 +417,33 @@ fn a_refusal_is_a_message_with_a_refusal_part() {
     );
     assert!(names(&ev).contains(&"response.refusal.delta"));
 }
+
+#[test]
+fn a_surrogate_pair_split_across_two_deltas_is_one_character() {
+    let raw =
+        |json: &str| format!(r#"{{"choices":[{{"index":0,"delta":{{"content":"{json}"}}}}]}}"#);
+    let run = |payloads: &[String]| {
+        let mut t = Translator::new(envelope());
+        let mut out = Vec::new();
+        for p in payloads {
+            t.chunk(&Chunk::parse(p).unwrap(), &mut out).unwrap();
+        }
+        t.done(&Usage::default(), &mut out);
+        let ev = parse_frames(&out);
+        let response = assert_well_formed(&ev);
+        let deltas: String = ev
+            .iter()
+            .filter(|(n, _)| n == "response.output_text.delta")
+            .filter_map(|(_, d)| d["delta"].as_str())
+            .collect();
+        let text = response["output"][0]["content"][0]["text"].clone();
+        (deltas, text)
+    };
+    let (deltas, text) = run(&[raw(r"A\ud83d"), raw(r"\ude00B")]);
+    assert_eq!(deltas, "A\u{1F600}B");
+    assert_eq!(text, "A\u{1F600}B");
+    // A lone half stays U+FFFD, the last one too.
+    let (deltas, text) = run(&[raw(r"A\ud83d"), raw("B"), raw(r"\ude00C\ud83d")]);
+    assert_eq!(deltas, "A\u{fffd}B\u{fffd}C\u{fffd}");
+    assert_eq!(text, "A\u{fffd}B\u{fffd}C\u{fffd}");
+}
