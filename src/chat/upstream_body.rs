@@ -428,7 +428,10 @@ fn forms(history: &[Message], rest: &[Value], with_tools: bool) -> Vec<Form> {
     forms
 }
 
-/// A session message as it goes upstream (see [`Form`]).
+/// A session message as it goes upstream (see [`Form`]), without the `cache_control` marks
+/// its turn had: a mark is for the request it came with (it caches the prefix up to it,
+/// history included), and kept marks would pile up, turn after turn, past the 4 Claude
+/// allows (and reach other providers after a fallback).
 struct HistoryEntry<'a>(&'a Message, Form);
 
 impl Serialize for HistoryEntry<'_> {
@@ -440,13 +443,17 @@ impl Serialize for HistoryEntry<'_> {
                 map.serialize_entry("role", "assistant")?;
                 // No text: `null`, not "" (an empty text block is refused by Claude).
                 let empty = m.content.as_str().is_some_and(str::is_empty);
-                map.serialize_entry("content", if empty { &Value::Null } else { &m.content })?;
+                if empty {
+                    map.serialize_entry("content", &Value::Null)?;
+                } else {
+                    map.serialize_entry("content", &Unmarked(&m.content))?;
+                }
                 map.serialize_entry("tool_calls", &m.tool_calls)?;
             }
             (Form::Calls, "tool") => {
                 map.serialize_entry("role", "tool")?;
                 map.serialize_entry("tool_call_id", &m.tool_call_id)?;
-                map.serialize_entry("content", &m.content)?;
+                map.serialize_entry("content", &Unmarked(&m.content))?;
             }
             (Form::Text, "tool") => {
                 map.serialize_entry("role", "user")?;
@@ -470,7 +477,7 @@ impl Serialize for HistoryEntry<'_> {
             }
             _ => {
                 map.serialize_entry("role", &m.role)?;
-                map.serialize_entry("content", &m.content)?;
+                map.serialize_entry("content", &Unmarked(&m.content))?;
             }
         }
         map.end()
@@ -596,6 +603,32 @@ mod tests {
         );
         assert_eq!(msgs.len(), 3);
         assert_eq!(msgs[1]["content"], "x");
+    }
+
+    #[test]
+    fn a_sessions_cache_marks_stay_with_the_turn_they_came_with() {
+        let marked =
+            json!([{"type": "text", "text": "earlier", "cache_control": {"type": "ephemeral"}}]);
+        let history: Vec<Message> = (0..4)
+            .flat_map(|_| {
+                [
+                    Message::new("user", marked.clone()),
+                    Message::new("assistant", json!("answer")),
+                ]
+            })
+            .collect();
+        let req =
+            parse(json!({"model": "claude-h", "messages": [{"role": "user", "content": marked}]}))
+                .unwrap();
+        let up = req.upstream_bytes(&model("claude-h"), &mem("I am memory", true), &history);
+        let text = String::from_utf8(up).unwrap();
+        // The memory's mark and the client's own: 2, whatever the history held.
+        assert_eq!(text.matches("cache_control").count(), 2, "{text}");
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            body["messages"][1]["content"],
+            json!([{"type": "text", "text": "earlier"}])
+        );
     }
 
     #[test]

@@ -171,7 +171,12 @@ pub fn response(answer: &Answer, envelope: &Envelope) -> Value {
             &random_id("fc_"),
             &call_id(&call.id),
             &call.name,
-            &call.arguments,
+            // No arguments: "{}", as in a stream (see `stream::Translator::close`).
+            if call.arguments.trim().is_empty() {
+                "{}"
+            } else {
+                &call.arguments
+            },
             item_status,
         ));
     }

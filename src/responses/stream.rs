@@ -357,6 +357,12 @@ impl Translator {
         if !self.open {
             return;
         }
+        // A call without arguments (some providers send none for a function that takes
+        // none) gets "{}", as OpenAI writes it, so that the client's JSON parse of them works.
+        if matches!(self.items.last(), Some(Item::Call { arguments, .. }) if arguments.trim().is_empty())
+        {
+            self.arguments("{}", out);
+        }
         self.open = false;
         let index = self.items.len() - 1;
         let Some(item) = self.items.last_mut() else {

@@ -447,3 +447,21 @@ fn a_surrogate_pair_split_across_two_deltas_is_one_character() {
     assert_eq!(deltas, "A\u{fffd}B\u{fffd}C\u{fffd}");
     assert_eq!(text, "A\u{fffd}B\u{fffd}C\u{fffd}");
 }
+
+#[test]
+fn a_call_without_arguments_has_an_empty_object_for_them() {
+    let ev = events(
+        &[
+            tool_chunk(0, Some("call_a"), Some("now"), ""),
+            finish("tool_calls"),
+        ],
+        Usage::default(),
+    );
+    let last = assert_well_formed(&ev);
+    assert_eq!(last["output"][0]["arguments"], "{}");
+    let args_done = ev
+        .iter()
+        .find(|(n, _)| n == "response.function_call_arguments.done")
+        .unwrap();
+    assert_eq!(args_done.1["arguments"], "{}", "JSON a client can parse");
+}

@@ -455,6 +455,11 @@ fn answers_become_response_objects() {
                 name: "g".into(),
                 arguments: "not json".into(),
             },
+            ToolCall {
+                id: "call_3".into(),
+                name: "now".into(),
+                arguments: String::new(),
+            },
         ],
         finish_reason: Some("tool_calls".into()),
         usage: Usage {
@@ -480,7 +485,11 @@ fn answers_become_response_objects() {
     assert_eq!(r["error"], Value::Null);
     assert_eq!(r["tool_choice"], "auto");
     let out = r["output"].as_array().unwrap();
-    assert_eq!(out.len(), 3);
+    assert_eq!(out.len(), 4);
+    assert_eq!(
+        out[3]["arguments"], "{}",
+        "no arguments: JSON a client can parse"
+    );
     assert_eq!(
         (
             out[0]["type"].clone(),
