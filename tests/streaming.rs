@@ -173,6 +173,25 @@ fn a_failure_before_the_first_event_is_a_json_error_and_is_retried() {
 }
 
 #[test]
+fn a_stream_of_only_done_is_no_answer_and_is_retried() {
+    let (fake, gw) = setup();
+    fake.push(Reply::stream(["[DONE]"]));
+    fake.push(Reply::chat_stream(&["fine"]));
+    let s = client::stream(gw.http, &Call::post(&body("gpt41", json!({}))));
+    assert_eq!((s.status, s.text()), (200, "fine".to_string()));
+    assert_eq!(fake.request_count(), 2, "asked again");
+
+    fake.push_n(3, Reply::stream(["[DONE]"]));
+    let s = client::stream(gw.http, &Call::post(&body("gpt41", json!({}))));
+    assert_eq!(s.status, 502);
+    let err: Value = serde_json::from_slice(&s.body).unwrap();
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("[DONE]"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_200_with_a_json_error_instead_of_a_stream_is_an_error() {
     let (fake, gw) = setup();
     fake.push_n(

@@ -230,7 +230,12 @@ async fn attempt(
             }
             Event::Data(d)
         }
-        Ok(Some(Event::Done)) => Event::Done,
+        // `[DONE]` before any chunk: no answer at all (as a completion without choices).
+        Ok(Some(Event::Done)) => {
+            return Err(Failure::BadAnswer(
+                "stream ended ([DONE]) before its first chunk".into(),
+            ));
+        }
         Ok(None) => {
             return Err(Failure::BadAnswer(
                 "stream ended before its first event".into(),
