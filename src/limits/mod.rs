@@ -130,9 +130,19 @@ impl KeyLimits {
         }
     }
 
-    /// Forgets the counters of keys no longer in the file (after a reload).
+    /// Forgets the counters of keys no longer in the file (after a reload) — once they are
+    /// idle: a key with requests in flight, or in its last minute's window, keeps them, so
+    /// that a key removed and put back (two reloads while its requests run) goes on from
+    /// where it was instead of from zero. An idle one goes at the next reload.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        lock(&self.states).retain(|name, _| keep(name));
+        let now = self.clock.now();
+        lock(&self.states).retain(|name, state| {
+            if keep(name) {
+                return true;
+            }
+            let mut s = lock(state);
+            s.in_flight > 0 || !s.window.is_empty(now)
+        });
     }
 
     /// Requests of key `name` in flight now.
@@ -292,8 +302,29 @@ mod tests {
         };
         let slot = l.admit("gone", one).result.unwrap();
         l.retain(|name| name != "gone");
-        assert_eq!(l.in_flight("gone"), 0);
+        assert_eq!(
+            l.in_flight("gone"),
+            1,
+            "kept while its request runs: put back, it goes on from there"
+        );
+        assert!(l.admit("gone", one).result.is_err());
         drop(slot);
+        assert_eq!(l.in_flight("gone"), 0);
         assert!(l.admit("gone", one).result.is_ok());
+    }
+
+    #[test]
+    fn a_dropped_key_is_forgotten_once_idle() {
+        let (l, clock) = limits();
+        drop(l.admit("gone", RPM_3).result.unwrap());
+        l.retain(|name| name != "gone");
+        // Put back within the minute: its window is still there.
+        for _ in 0..2 {
+            assert!(l.admit("gone", RPM_3).result.is_ok());
+        }
+        assert!(l.admit("gone", RPM_3).result.is_err(), "3 a minute in all");
+        clock.advance(Duration::from_secs(60));
+        l.retain(|name| name != "gone");
+        assert!(lock(&l.states).is_empty(), "idle: forgotten");
     }
 }

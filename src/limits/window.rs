@@ -53,6 +53,12 @@ impl Window {
         self.stamps.push_back(now);
     }
 
+    /// Whether no request is left in the window now.
+    pub fn is_empty(&mut self, now: Instant) -> bool {
+        self.expire(now);
+        self.stamps.is_empty()
+    }
+
     fn count(&self) -> u32 {
         u32::try_from(self.stamps.len()).unwrap_or(u32::MAX)
     }
