@@ -318,7 +318,7 @@ fn errors_are_in_anthropics_shape() {
 }
 
 #[test]
-fn an_open_breaker_is_529_overloaded() {
+fn an_open_breaker_is_529_overloaded_and_not_retried_by_the_sdks() {
     let (fake, gw) = setup(Options::default());
     fake.push_n(3, Reply::status(500));
     let mut body = hello("gpt41");
@@ -328,7 +328,19 @@ fn an_open_breaker_is_529_overloaded() {
     }
     let r = post(&gw, "/v1/messages", &body);
     assert_anthropic_error(&r, 529, "overloaded_error");
+    // The breaker stays open for minutes: `Retry-After` says when, and the SDKs (the
+    // anthropic SDK honours any `Retry-After`) are told not to sleep that long in one call.
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((290..=300).contains(&retry), "{retry}");
+    assert_eq!(r.header("x-should-retry"), Some("false"));
+    // The same breaker, asked through the other APIs.
+    let r = gw.chat("gpt41", "x", json!({}));
+    r.assert_error(503, "circuit_open");
     assert!(r.header("retry-after").is_some());
+    assert_eq!(r.header("x-should-retry"), Some("false"));
+    let r = gw.post_json("/v1/responses", &json!({"model": "gpt41", "input": "x"}));
+    r.assert_error(503, "circuit_open");
+    assert_eq!(r.header("x-should-retry"), Some("false"));
     assert_eq!(fake.request_count(), 3, "an open breaker fails fast");
 }
 

@@ -754,6 +754,7 @@ fn errors_in_anthropics_shape_and_statuses() {
         retry_after_s: 3,
     });
     assert_eq!(open.header("retry-after"), Some("3"));
+    assert_eq!(open.header("x-should-retry"), Some("false"));
 }
 
 #[test]

@@ -268,14 +268,20 @@ impl Error {
     }
 
     /// Headers that go with the error: `Retry-After`, `x-should-retry: false` where the
-    /// gateway has already retried (so the SDKs do not retry again), `Allow` on a 405.
+    /// gateway has already retried (so the SDKs do not retry again) or where a retry within
+    /// the SDKs' patience cannot help, `Allow` on a 405.
     pub fn headers(&self) -> Vec<(String, String)> {
         let h = |n: &str, v: String| (n.to_string(), v);
         match self {
             Error::MethodNotAllowed { allow, .. } => vec![h("Allow", allow.to_string())],
-            Error::CircuitOpen { retry_after_s, .. } => {
-                vec![h("Retry-After", retry_after_s.to_string())]
-            }
+            // An open breaker stays open for minutes: `Retry-After` says when, for a
+            // client that schedules its own retry, and `x-should-retry: false` keeps the
+            // SDKs from sleeping that long inside one call (the anthropic SDK honours any
+            // `Retry-After`, and would block a plain `create()` for five minutes).
+            Error::CircuitOpen { retry_after_s, .. } => vec![
+                h("Retry-After", retry_after_s.to_string()),
+                h("x-should-retry", "false".to_string()),
+            ],
             Error::ShuttingDown => vec![h("Retry-After", SHUTDOWN_RETRY_S.to_string())],
             Error::Overloaded { retry_after_s }
             | Error::ModelLoading { retry_after_s, .. }

@@ -216,14 +216,13 @@ fn retry_headers() {
             .iter()
             .any(|(hn, hv)| hn.eq_ignore_ascii_case(n) && hv == v)
     };
-    assert!(has(
-        &Error::CircuitOpen {
-            model: "m".into(),
-            retry_after_s: 12
-        },
-        "retry-after",
-        "12"
-    ));
+    let open = Error::CircuitOpen {
+        model: "m".into(),
+        retry_after_s: 12,
+    };
+    assert!(has(&open, "retry-after", "12"));
+    // Minutes away: the SDKs must not sleep that long inside one call.
+    assert!(has(&open, "x-should-retry", "false"));
     assert!(has(
         &Error::Overloaded { retry_after_s: 1 },
         "retry-after",
