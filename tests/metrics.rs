@@ -522,3 +522,138 @@ fn a_fallback_counts_the_failed_models_errors_and_retries_against_its_own_provid
     );
     assert_eq!(s[&requests("gpt41", "mammouth", 200)], 1.0);
 }
+
+/// A chat completion saying "hi" with this `usage` (raw JSON text, as a provider wrote it).
+fn answer_with_usage(usage: &str) -> Reply {
+    let body = format!(
+        r#"{{"choices":[{{"index":0,"message":{{"role":"assistant","content":"hi"}},"finish_reason":"stop"}}],"usage":{usage}}}"#
+    );
+    Reply::json(200, serde_json::from_str(&body).unwrap())
+}
+
+/// A stream saying "hi", then a usage chunk with this `usage`.
+fn stream_with_usage(usage: &str) -> Reply {
+    Reply::stream([
+        r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"hi"}}]}"#.to_string(),
+        r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#.to_string(),
+        format!(r#"{{"choices":[],"usage":{usage}}}"#),
+        "[DONE]".to_string(),
+    ])
+}
+
+/// The usage the client sees: of a complete answer (`/v1/messages`, `/v1/responses`), or of
+/// a stream's last `message_delta` / `response.completed`.
+fn usage_seen(gw: &Gateway, path: &'static str, body: Value, stream: bool) -> Value {
+    if !stream {
+        let r = gw.post_json(path, &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        return r.json()["usage"].clone();
+    }
+    let mut body = body;
+    body["stream"] = json!(true);
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let mut call = Call::post(&bytes);
+    call.path = path;
+    let s = client::stream(gw.http, &call);
+    assert_eq!(s.status, 200);
+    let events = s.chunks();
+    let last = events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "message_delta" || e["type"] == "response.completed")
+        .unwrap_or_else(|| panic!("no usage in {events:?}"));
+    last.get("response").unwrap_or(last)["usage"].clone()
+}
+
+#[test]
+fn counts_no_call_can_reach_are_not_booked_and_cached_tokens_never_pass_the_prompt() {
+    let (fake, gw) = setup();
+    let messages = json!({"model": "gpt41", "max_tokens": 16,
+        "messages": [{"role": "user", "content": "x"}]});
+    let responses = json!({"model": "gpt41", "input": "x"});
+
+    // 1e30, and -1 written as an unsigned 64-bit number: a provider's bug, not a call.
+    let odd = r#"{"prompt_tokens":1e30,"completion_tokens":18446744073709551615,
+        "prompt_tokens_details":{"cached_tokens":18446744073709551615}}"#;
+    fake.push(answer_with_usage(odd));
+    let r = gw.chat("gpt41", "x", json!({}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "hi");
+    for (path, body, stream) in [
+        ("/v1/messages", &messages, false),
+        ("/v1/messages", &messages, true),
+        ("/v1/responses", &responses, false),
+        ("/v1/responses", &responses, true),
+    ] {
+        fake.push(if stream {
+            stream_with_usage(odd)
+        } else {
+            answer_with_usage(odd)
+        });
+        let u = usage_seen(&gw, path, body.clone(), stream);
+        let counts: Vec<u64> = ["input_tokens", "output_tokens", "cache_read_input_tokens"]
+            .iter()
+            .filter_map(|k| u.get(*k).and_then(Value::as_u64))
+            .chain(u["input_tokens_details"]["cached_tokens"].as_u64())
+            .collect();
+        assert!(
+            counts.iter().all(|&n| n == 0),
+            "{path} stream={stream}: {u}"
+        );
+    }
+    // (A stream is booked when its last event has gone out: wait for the five.)
+    let s = scrape_until(&gw, |s| {
+        let ok: f64 = s
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("sigorest_requests_total") && k.contains("status=\"200\"")
+            })
+            .map(|(_, v)| v)
+            .sum();
+        ok == 5.0
+    });
+    assert!(
+        s.get(&tokens("gpt41", "prompt")).is_none_or(|n| *n == 0.0),
+        "{s:#?}"
+    );
+    assert!(
+        s.get(&tokens("gpt41", "completion"))
+            .is_none_or(|n| *n == 0.0),
+        "{s:#?}"
+    );
+    let all = &gw.get("/api/usage").json()["all_time"]["total"];
+    assert_eq!(all["requests"], 5, "{all}");
+    assert_eq!(
+        (
+            all["prompt_tokens"].as_u64(),
+            all["completion_tokens"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{all}"
+    );
+    assert_eq!(all["cost_usd"].as_f64(), Some(0.0), "{all}");
+
+    // 25 of 20 prompt tokens cached: all 20 were, and the translations agree.
+    let over = r#"{"prompt_tokens":20,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":25}}"#;
+    for stream in [false, true] {
+        fake.push(if stream {
+            stream_with_usage(over)
+        } else {
+            answer_with_usage(over)
+        });
+        let u = usage_seen(&gw, "/v1/messages", messages.clone(), stream);
+        assert_eq!(u["input_tokens"], 0, "stream={stream}: {u}");
+        assert_eq!(u["cache_read_input_tokens"], 20, "stream={stream}: {u}");
+        fake.push(if stream {
+            stream_with_usage(over)
+        } else {
+            answer_with_usage(over)
+        });
+        let u = usage_seen(&gw, "/v1/responses", responses.clone(), stream);
+        assert_eq!(u["input_tokens"], 20, "stream={stream}: {u}");
+        assert_eq!(
+            u["input_tokens_details"]["cached_tokens"], 20,
+            "stream={stream}: {u}"
+        );
+    }
+}

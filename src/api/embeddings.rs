@@ -149,22 +149,44 @@ fn check(answer: Vec<u8>) -> Result<(Vec<u8>, Option<u64>), Failure> {
     struct List {
         #[serde(rename = "data")]
         _data: Vec<serde::de::IgnoredAny>,
+        // Read as a chat answer's usage is, leniently and within the plausible bound.
         #[serde(default)]
-        usage: Option<Value>,
+        usage: Option<crate::chat::answer::Usage>,
     }
     match serde_json::from_slice::<List>(&answer) {
-        Ok(list) => {
-            let tokens = list
-                .usage
-                .as_ref()
-                .and_then(|u| u["prompt_tokens"].as_u64());
-            Ok((answer, tokens))
-        }
+        Ok(list) => Ok((answer, list.usage.and_then(|u| u.prompt_tokens))),
         Err(e) => Err(Failure::BadAnswer(
             match crate::chat::provider_error::error_in(&String::from_utf8_lossy(&answer)) {
                 Some(m) => crate::chat::provider_error::reported(&m),
                 None => format!("answer is not an embeddings list: {e}"),
             },
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prompt_tokens_are_read_as_a_chat_answers_are() {
+        let tokens = |usage: &str| {
+            let body = format!(r#"{{"data":[{{"embedding":[0.5]}}],"usage":{usage}}}"#);
+            check(body.into_bytes()).map(|(_, n)| n).ok()
+        };
+        assert_eq!(
+            tokens(r#"{"prompt_tokens":4,"total_tokens":4}"#),
+            Some(Some(4))
+        );
+        assert_eq!(tokens(r#"{"prompt_tokens":"7"}"#), Some(Some(7)));
+        assert_eq!(tokens(r#"{"prompt_tokens":-1}"#), Some(None));
+        // No call reaches these: not booked.
+        assert_eq!(
+            tokens(r#"{"prompt_tokens":18446744073709551615}"#),
+            Some(None)
+        );
+        assert_eq!(tokens(r#"{"prompt_tokens":1e30}"#), Some(None));
+        assert_eq!(tokens("null"), Some(None));
+        assert!(tokens("[").is_none(), "not JSON: a bad answer");
     }
 }

@@ -40,14 +40,21 @@ macro_rules! otherwise {
     };
 }
 
+/// The largest token count read as reported: one billion, far above any model's context
+/// window or output limit. A count past it (`1e30`, or `18446744073709551615`, a -1 written
+/// as an unsigned 64-bit number) is a provider's bug, not a call; booked, it would saturate
+/// the usage totals and `usage.json` for good.
+pub const MAX_PLAUSIBLE_TOKENS: u64 = 1_000_000_000;
+
 /// Token usage as a provider reports it (`usage` of an answer or of a stream's last chunk).
 ///
 /// Read leniently: usage is bookkeeping, and an answer the provider has billed must reach
 /// the client even when its usage is odd. A count that is not a non-negative number (a
 /// negative one, as o3 has been seen to send; a string of digits is read as its number; a
-/// fraction is cut to its whole part) is taken as not reported, and a `usage` that is not
-/// an object as no usage. Moonshot's top-level `cached_tokens` counts as
-/// `prompt_tokens_details.cached_tokens`.
+/// fraction is cut to its whole part), or is past [`MAX_PLAUSIBLE_TOKENS`], is taken as
+/// not reported, and a `usage` that is not an object as no usage. Moonshot's top-level
+/// `cached_tokens` counts as `prompt_tokens_details.cached_tokens`; cached tokens are
+/// never more than the prompt's ([`Usage::cached_tokens`]).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Usage {
     pub prompt_tokens: Option<u64>,
@@ -146,8 +153,14 @@ impl<'de> Deserialize<'de> for Details {
 }
 
 /// A token count, leniently: a non-negative number (a fraction cut to its whole part) or
-/// a string of digits; anything else is not reported.
+/// a string of digits, up to [`MAX_PLAUSIBLE_TOKENS`]; anything else is not reported.
 struct Count(Option<u64>);
+
+impl Count {
+    fn of(n: Option<u64>) -> Count {
+        Count(n.filter(|&n| n <= MAX_PLAUSIBLE_TOKENS))
+    }
+}
 
 impl<'de> Deserialize<'de> for Count {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Count, D::Error> {
@@ -158,17 +171,17 @@ impl<'de> Deserialize<'de> for Count {
                 f.write_str("a token count")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
-                Ok(Count(Some(v)))
+                Ok(Count::of(Some(v)))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Count, E> {
-                Ok(Count(u64::try_from(v).ok()))
+                Ok(Count::of(u64::try_from(v).ok()))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Count, E> {
-                // (`as` saturates: a count past u64 is u64::MAX.)
-                Ok(Count((v.is_finite() && v >= 0.0).then_some(v as u64)))
+                // (`as` saturates: a count past u64 is u64::MAX, past the bound too.)
+                Ok(Count::of((v.is_finite() && v >= 0.0).then_some(v as u64)))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Count, E> {
-                Ok(Count(v.trim().parse().ok()))
+                Ok(Count::of(v.trim().parse().ok()))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Count, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
@@ -190,12 +203,19 @@ impl Usage {
         }
     }
 
-    /// Prompt tokens read from the cache, 0 when not reported.
+    /// Prompt tokens read from the cache, 0 when not reported; never more than the prompt
+    /// tokens when those are reported (a provider that says 25 of 20 prompt tokens came
+    /// from its cache means all 20), so that the translations agree: Anthropic's
+    /// `input_tokens` (the prompt without the cached part) is never negative, and the
+    /// Responses `cached_tokens` never more than its `input_tokens`.
     pub fn cached_tokens(&self) -> u64 {
-        self.prompt_tokens_details
+        let cached = self
+            .prompt_tokens_details
             .as_ref()
             .and_then(|d| d.cached_tokens)
-            .unwrap_or(0)
+            .unwrap_or(0);
+        self.prompt_tokens
+            .map_or(cached, |prompt| cached.min(prompt))
     }
 }
 
@@ -540,8 +560,24 @@ mod tests {
         let shapes = json!({"prompt_tokens": [1, [2]], "completion_tokens": {"n": 1},
                             "prompt_tokens_details": "none", "total_tokens": true});
         assert_eq!(counts(&usage_of(shapes)), (None, None, 0));
-        let huge = json!({"prompt_tokens": 1e300, "completion_tokens": u64::MAX});
-        assert_eq!(counts(&usage_of(huge)), (Some(u64::MAX), Some(u64::MAX), 0));
+        // Counts no call can reach are a provider's bug: not reported, never booked (they
+        // would saturate the totals for good).
+        let huge = json!({"prompt_tokens": 1e30, "completion_tokens": u64::MAX,
+                          "prompt_tokens_details": {"cached_tokens": "99999999999"}});
+        assert_eq!(counts(&usage_of(huge)), (None, None, 0));
+        let bound = MAX_PLAUSIBLE_TOKENS;
+        let edge = json!({"prompt_tokens": bound, "completion_tokens": bound + 1});
+        assert_eq!(counts(&usage_of(edge)), (Some(bound), None, 0));
+        let edge = json!({"prompt_tokens": (bound + 1) as f64, "completion_tokens": "1000000001"});
+        assert_eq!(counts(&usage_of(edge)), (None, None, 0));
+        // More cached than prompt tokens: all of the prompt was cached.
+        let over = json!({"prompt_tokens": 20, "prompt_tokens_details": {"cached_tokens": 25}});
+        assert_eq!(counts(&usage_of(over)), (Some(20), None, 20));
+        let kimi_over = json!({"prompt_tokens": 20, "cached_tokens": 25});
+        assert_eq!(counts(&usage_of(kimi_over)), (Some(20), None, 20));
+        // Without a prompt count, the cached one is all there is.
+        let alone = json!({"prompt_tokens_details": {"cached_tokens": 25}});
+        assert_eq!(counts(&usage_of(alone)), (None, None, 25));
         for not_an_object in [json!("9"), json!([9]), json!(9), json!(true), Value::Null] {
             assert_eq!(usage_of(not_an_object), Usage::default());
         }
