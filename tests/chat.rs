@@ -706,3 +706,68 @@ fn an_answer_without_choices_is_a_bad_answer_not_an_empty_one() {
     let msg = r.assert_error(502, "upstream_error");
     assert!(msg.contains("no choices"), "{msg}");
 }
+
+#[test]
+fn half_an_emoji_in_a_request_reaches_the_upstream_as_u_fffd() {
+    // JavaScript's JSON.stringify("x😀".slice(0, 2)) is "x\ud83d": a lone high half, which
+    // JSON allows and serde refuses. Each API takes it, as the gateway reads answers.
+    let fake = FakeUpstream::start();
+    let gw = Gateway::start(
+        Options::default()
+            .upstream(&fake.base_url())
+            .models("gpt41, embedding-small"),
+    );
+    let cut = r#""x\ud83d""#;
+    let calls = [
+        (
+            "/v1/chat/completions",
+            format!(r#"{{"model":"gpt41","messages":[{{"role":"user","content":{cut}}}]}}"#),
+        ),
+        (
+            "/v1/messages",
+            format!(
+                r#"{{"model":"gpt41","max_tokens":8,"messages":[{{"role":"user","content":{cut}}}]}}"#
+            ),
+        ),
+        (
+            "/v1/responses",
+            format!(r#"{{"model":"gpt41","input":{cut}}}"#),
+        ),
+        // The model from the path, put into a body read the same way.
+        (
+            "/gpt41/v1/chat/completions",
+            format!(r#"{{"messages":[{{"role":"user","content":{cut}}}]}}"#),
+        ),
+    ];
+    for (i, (path, body)) in calls.iter().enumerate() {
+        let r = gw.post(path, body.as_bytes());
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let got = fake
+            .wait_for_requests(i + 1, Duration::from_secs(5))
+            .remove(i);
+        let sent = got.json.as_ref().unwrap();
+        let last = sent["messages"].as_array().unwrap().last().unwrap();
+        assert_eq!(last["content"], "x\u{fffd}", "{path}: {sent}");
+        assert_eq!(sent["model"], "gpt-4.1", "{path}");
+    }
+    fake.route("POST", "/v1/embeddings", |_: &crate::support::upstream::Recorded| {
+        Reply::json(
+            200,
+            json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}]}),
+        )
+    });
+    let r = gw.post(
+        "/v1/embeddings",
+        format!(r#"{{"model":"embedding-small","input":{cut}}}"#).as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = fake.requests_to("/v1/embeddings").remove(0);
+    assert_eq!(got.json.as_ref().unwrap()["input"], "x\u{fffd}");
+    // A body broken otherwise is still refused, with the parser's reason.
+    let r = gw.post(
+        "/v1/chat/completions",
+        br#"{"model":"gpt41","content":"\ud83d""#,
+    );
+    let msg = r.assert_error(400, "invalid_request");
+    assert!(msg.contains("not valid JSON"), "{msg}");
+}

@@ -492,8 +492,10 @@ pub(super) fn percent_decode(s: &str) -> Option<String> {
 /// The request with `model` in its body (a body that is not a JSON object is left as it is,
 /// for the endpoint to refuse) and the model taken out of its path.
 fn with_model(req: &Request, model: &str, path: &str) -> Request {
-    let body = match serde_json::from_slice::<serde_json::Value>(&req.body) {
-        Ok(serde_json::Value::Object(mut o)) => {
+    // (Read as the endpoint reads it: half an emoji does not lose the path's model.)
+    let parsed = std::str::from_utf8(&req.body).map(crate::chat::request::client_json);
+    let body = match parsed {
+        Ok(Ok(serde_json::Value::Object(mut o))) => {
             o.insert("model".into(), serde_json::Value::String(model.to_string()));
             serde_json::to_vec(&o).unwrap_or_else(|_| req.body.clone())
         }

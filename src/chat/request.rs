@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::answer::without_lone_surrogates;
 use crate::error::Error;
 use crate::state::session::{self, Message, call_ids};
 
@@ -233,13 +234,26 @@ pub fn json_object(raw: &[u8], what: &str) -> Result<Map<String, Value>, Error> 
             e.valid_up_to()
         ))
     })?;
-    match serde_json::from_str(text) {
+    match client_json(text) {
         Ok(Value::Object(body)) => Ok(body),
         Ok(_) => Err(Error::invalid("request body must be a JSON object")),
         Err(e) => Err(Error::invalid(format!(
             "request body is not valid JSON: {e}"
         ))),
     }
+}
+
+/// A client's JSON body, with each lone UTF-16 surrogate escape (half an emoji: what
+/// JavaScript's `JSON.stringify` writes for a string cut between the two halves of a
+/// pair, as an agent cutting a tool output at a character count does) read as U+FFFD, as
+/// the gateway reads provider answers. JSON allows such escapes; a Rust string cannot hold
+/// one, so the plain read refuses the body, and only then is it read again with them
+/// replaced: nothing is copied on the usual path. The error is the plain read's.
+pub(crate) fn client_json(text: &str) -> Result<Value, serde_json::Error> {
+    serde_json::from_str(text).or_else(|e| match without_lone_surrogates(text.as_bytes()) {
+        Some(fixed) => serde_json::from_slice(&fixed).map_err(|_| e),
+        None => Err(e),
+    })
 }
 
 pub(crate) fn model_name(model: Option<&Value>) -> Result<String, Error> {
@@ -416,6 +430,28 @@ mod tests {
 
     fn hello(model: &str) -> Value {
         json!({"model": model, "messages": [{"role": "user", "content": "hello"}]})
+    }
+
+    #[test]
+    fn half_an_emoji_in_a_body_is_read_as_u_fffd() {
+        // JavaScript's JSON.stringify("x😀".slice(0, 2)): a high half with no low half.
+        let body = br#"{"model":"gpt41","messages":[{"role":"user","content":"x\ud83d"}]}"#;
+        let chat = ChatRequest::parse(body, MAX_TIMEOUT).unwrap();
+        assert_eq!(chat.messages()[0]["content"], "x\u{fffd}");
+        let low =
+            br#"{"model":"gpt41","messages":[{"role":"user","content":"\ude00 \ud83d\ude00"}]}"#;
+        let chat = ChatRequest::parse(low, MAX_TIMEOUT).unwrap();
+        assert_eq!(chat.messages()[0]["content"], "\u{fffd} \u{1f600}");
+        let obj = json_object(br#"{"a":"\ud800","b":"\\ud800"}"#, "x").unwrap();
+        assert_eq!(
+            (&obj["a"], &obj["b"]),
+            (&json!("\u{fffd}"), &json!("\\ud800"))
+        );
+        // Broken otherwise: still a 400, with the plain read's reason.
+        let broken = br#"{"model":"gpt41","messages":[{"role":"user","content":"\ud83d"}]"#;
+        let err = ChatRequest::parse(broken, MAX_TIMEOUT).unwrap_err();
+        assert_eq!(err.status(), 400);
+        assert!(err.to_string().contains("hex escape"), "{err}");
     }
 
     #[test]
