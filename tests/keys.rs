@@ -619,3 +619,70 @@ fn anthropic_clients_send_their_key_in_x_api_key_and_get_anthropics_errors() {
     let r = send(ALICE, &fallback);
     assert_eq!(r.status, 502, "gpt41 is not this key's: {}", r.text());
 }
+
+#[test]
+fn the_token_counts_check_the_model_as_the_calls_do() {
+    let fake = FakeUpstream::start();
+    let gw = Gateway::start(
+        Options::default()
+            .upstream(&fake.base_url())
+            .models("gpt41, claude-h, embedding-small")
+            .keys(&line("alice", ALICE, "gpt41 | embedding-small", "", "")),
+    );
+    let post = |path: &str, body: Value| {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        gw.send(
+            "POST",
+            path,
+            Some(&bytes),
+            &[
+                ("x-api-key", ALICE),
+                ("anthropic-version", "2023-06-01"),
+                ("Content-Type", "application/json"),
+            ],
+        )
+    };
+    let messages = |model: &str| json!({"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+    // Anthropic's count_tokens: as /v1/messages answers, in Anthropic's shape.
+    for (model, status, kind) in [
+        ("gpt41", 200, ""),
+        ("nope", 404, "not_found_error"),
+        ("claude-h", 403, "permission_error"),
+        ("auto", 404, "not_found_error"),
+        ("embedding-small", 400, "invalid_request_error"),
+    ] {
+        let counted = post("/v1/messages/count_tokens", messages(model));
+        assert_eq!(counted.status, status, "{model}: {}", counted.text());
+        let called = post("/v1/messages", messages(model));
+        assert_eq!(called.status, status, "{model}: {}", called.text());
+        if status != 200 {
+            assert_eq!(counted.json()["error"]["type"], kind, "{model}");
+        }
+    }
+    let r = post("/claude-h/v1/messages/count_tokens", messages("gpt41"));
+    assert_eq!(r.status, 403, "the model of the path: {}", r.text());
+    // The Responses input_tokens: as /v1/responses answers; the model may be left out.
+    let responses = |model: Option<&str>| match model {
+        Some(m) => json!({"model": m, "input": "hi"}),
+        None => json!({"input": "hi"}),
+    };
+    for (model, status, code) in [
+        (Some("gpt41"), 200, ""),
+        (None, 200, ""),
+        (Some("nope"), 404, "model_not_found"),
+        (Some("claude-h"), 403, "model_not_allowed"),
+    ] {
+        let counted = post("/v1/responses/input_tokens", responses(model));
+        if status == 200 {
+            assert_eq!(counted.status, 200, "{model:?}: {}", counted.text());
+            continue;
+        }
+        counted.assert_error(status, code);
+        assert_eq!(post("/v1/responses", responses(model)).status, status);
+    }
+    let upstream = fake.requests_to("/v1/chat/completions").len();
+    assert_eq!(
+        upstream, 1,
+        "only /v1/messages with gpt41 was called: the counts call nothing"
+    );
+}

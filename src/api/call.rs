@@ -438,10 +438,7 @@ fn candidates(
     let routing = &gw.settings.routing;
     let mut list: Vec<String> = if chat.model.eq_ignore_ascii_case("auto") {
         if routing.auto.is_empty() {
-            return Err(Error::ModelNotFound {
-                model: chat.model.clone(),
-                reason: "no -auto list is configured on this gateway".into(),
-            });
+            return Err(no_auto_list(&chat.model));
         }
         let (mut ranked, mut blocked) = gw.auto_order();
         // Only the models the caller's key may use.
@@ -476,6 +473,50 @@ fn candidates(
     }
     list.truncate(kept);
     Ok(list)
+}
+
+/// `auto` asked of a gateway without an `-auto` list: 404.
+fn no_auto_list(name: &str) -> Error {
+    Error::ModelNotFound {
+        model: name.to_string(),
+        reason: "no -auto list is configured on this gateway".into(),
+    }
+}
+
+/// Whether a call could ask for the model `name` at all, checked as a call checks it
+/// before any provider is asked: 404 for a model that does not exist (or `auto` without an
+/// `-auto` list), 403 for one the caller's key may not use, 400 for an embedding model. A
+/// model that exists but cannot answer just now (its breaker open, its provider's key
+/// missing, a local model loading) passes. For the token counts, which call no model; it
+/// may wait for an Ollama discovery, so it runs on a worker thread.
+pub(super) fn check_model(gw: &Gateway, caller: &Caller, name: &str) -> Result<(), Error> {
+    if name.eq_ignore_ascii_case("auto") {
+        if gw.settings.routing.auto.is_empty() {
+            return Err(no_auto_list(name));
+        }
+        return Ok(());
+    }
+    match gw.resolve(name) {
+        Ok(resolved) => usable(caller, &resolved.model),
+        // The local model exists; it is only not ready.
+        Err(Error::ModelLoading { model, .. }) => caller.may_use_code(&model),
+        Err(e) => Err(e),
+    }
+}
+
+/// The caller's right to a resolved model, and a chat model it must be: 403, 400.
+fn usable(caller: &Caller, model: &Model) -> Result<(), Error> {
+    caller.may_use(model)?;
+    if model.embedding {
+        return Err(Error::invalid_param(
+            "model",
+            format!(
+                "'{}' is an embedding model: use POST /v1/embeddings",
+                model.short
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether the next model may answer instead, after the `index`-th failed with `e`: not
@@ -696,16 +737,7 @@ fn ready(
     plan: &Plan,
 ) -> Result<(Prepared, Permit), Error> {
     let model = &resolved.model;
-    caller.may_use(model)?;
-    if model.embedding {
-        return Err(Error::invalid_param(
-            "model",
-            format!(
-                "'{}' is an embedding model: use POST /v1/embeddings",
-                model.short
-            ),
-        ));
-    }
+    usable(caller, model)?;
     if let Some(env) = model.provider.key_env()
         && resolved.target.key().is_none()
     {

@@ -42,9 +42,14 @@ impl Caller {
 
     /// `Ok` when the caller may use this (resolved) model, else 403 `model_not_allowed`.
     pub(crate) fn may_use(&self, model: &Model) -> Result<(), Error> {
+        self.may_use_code(&model.short)
+    }
+
+    /// [`Caller::may_use`] for the model with this short code.
+    pub(crate) fn may_use_code(&self, short: &str) -> Result<(), Error> {
         match self.key.as_deref() {
-            Some(key) if !key.models.allows(&model.short) => Err(Error::ModelNotAllowed {
-                model: model.short.clone(),
+            Some(key) if !key.models.allows(short) => Err(Error::ModelNotAllowed {
+                model: short.to_string(),
                 key: key.name.clone(),
             }),
             _ => Ok(()),

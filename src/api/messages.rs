@@ -81,16 +81,18 @@ fn translate(gw: &Gateway, raw: &[u8]) -> Result<(Map<String, Value>, ChatReques
 
 /// `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, an estimate (see
 /// `chat::tokens`) of what the request would send, memory block included. `max_tokens` is
-/// not needed here.
+/// not needed here. The model is checked as `POST /v1/messages` checks it (404 unknown,
+/// 403 not the key's), though the estimate does not depend on it.
 pub(super) fn count_tokens(
     gw: &Gateway,
     req: &Request,
-    _caller: &Caller,
+    caller: &Caller,
 ) -> Result<Response, Error> {
     let counted = json_object(&req.body, "count_tokens").and_then(|mut body| {
         body.entry("max_tokens").or_insert(json!(1));
         let chat =
             ChatRequest::from_object(request::to_chat(&body, false)?, gw.settings.max_timeout)?;
+        call::check_model(gw, caller, &chat.model)?;
         Ok(call::prompt_estimate(gw, &chat, body.get("tools")))
     });
     Ok(match counted {

@@ -68,14 +68,20 @@ async fn respond(
 /// for a body that `POST /v1/responses` would take, an estimate (see `chat::tokens`) of what
 /// it would send, memory block included, as for Anthropic's `count_tokens`. The model may be
 /// left out here (OpenAI's own endpoint allows that): the estimate does not depend on it.
+/// One that is given is checked as `POST /v1/responses` checks it (404 unknown, 403 not
+/// the key's).
 pub(super) fn input_tokens(
     gw: &Gateway,
     req: &Request,
-    _caller: &Caller,
+    caller: &Caller,
 ) -> Result<Response, Error> {
     let mut body = json_object(&req.body, "input_tokens")?;
+    let named = body.contains_key("model");
     body.entry("model").or_insert(json!("-"));
     let chat = ChatRequest::from_object(request::to_chat(&body)?, gw.settings.max_timeout)?;
+    if named {
+        call::check_model(gw, caller, &chat.model)?;
+    }
     let n = call::prompt_estimate(gw, &chat, body.get("tools"));
     Ok(Response::json(
         200,
