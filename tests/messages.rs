@@ -750,3 +750,39 @@ fn no_mark_reaches_another_provider_nor_a_fallback_from_a_claude() {
     );
     assert_eq!(fallback["tools"][0]["function"]["name"], "read");
 }
+
+#[test]
+fn answers_carry_a_request_id_as_errors_do() {
+    // The anthropic SDKs read it into `_request_id`; Anthropic sends one on every answer.
+    let (_fake, gw) = setup(Options::default());
+    let complete = post(&gw, "/v1/messages", &hello("gpt41"));
+    assert_eq!(complete.status, 200, "{}", complete.text());
+    let streamed = stream_at(&gw, "/v1/messages", hello("gpt41"));
+    assert_eq!(streamed.status, 200);
+    assert!(streamed.complete);
+    let counted = post(&gw, "/v1/messages/count_tokens", &hello("gpt41"));
+    assert_eq!(counted.status, 200, "{}", counted.text());
+    let ids = [
+        complete.header("request-id"),
+        streamed.header("request-id"),
+        counted.header("request-id"),
+    ];
+    for id in ids {
+        assert!(
+            id.is_some_and(|id| id.starts_with("req_") && id.len() > 8),
+            "{ids:?}"
+        );
+    }
+    assert!(
+        ids[0] != ids[1] && ids[1] != ids[2],
+        "one id per answer: {ids:?}"
+    );
+    // Once: an error keeps its own, and only it.
+    let failed = post(&gw, "/v1/messages", &hello("nope"));
+    let named = failed
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("request-id"))
+        .count();
+    assert_eq!((failed.status, named), (404, 1));
+}

@@ -5,9 +5,9 @@
 
 use serde_json::{Value, json};
 
+use super::{REQUEST_ID, request_id};
 use crate::error::Error;
 use crate::http::Response;
-use crate::util::random_id;
 
 /// The status for Anthropic clients: as for OpenAI clients, except overload.
 pub fn status(e: &Error) -> u16 {
@@ -40,7 +40,7 @@ pub fn body(e: &Error) -> Value {
 /// The whole response, with the headers of the OpenAI rendering (`Retry-After`,
 /// `x-should-retry`, `Allow`), which Anthropic's SDKs honour too.
 pub fn response(e: &Error) -> Response {
-    let mut resp = Response::json(status(e), &body(e)).with_header("request-id", random_id("req_"));
+    let mut resp = Response::json(status(e), &body(e)).with_header(REQUEST_ID, request_id());
     resp.headers.extend(e.headers());
     resp.log.push(("error", e.code().to_string()));
     resp

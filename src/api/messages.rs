@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use super::call::{self, Answered, Framed, Translate};
 use super::caller::Caller;
 use crate::anthropic::stream::Translator;
-use crate::anthropic::{answer, error, request};
+use crate::anthropic::{REQUEST_ID, answer, error, request, request_id};
 use crate::chat::answer::Usage;
 use crate::chat::request::{ChatRequest, json_object};
 use crate::chat::stream::Chunk;
@@ -48,7 +48,7 @@ async fn answer(
     let estimate = call::prompt_estimate(gw, &chat, body.get("tools"));
     // (Read from the body once, by `translate`.)
     let thinking = chat.thinking == Some(true);
-    Ok(match call::run(gw, req, caller, &chat, log, rec).await? {
+    let resp = match call::run(gw, req, caller, &chat, log, rec).await? {
         Answered::Complete(done) => {
             let message = answer::message(&done.answer, &chat.model, thinking);
             done.respond(
@@ -60,7 +60,9 @@ async fn answer(
             "text/event-stream",
             Framed::new(Translator::new(&chat.model, estimate).thinking(thinking)),
         ),
-    })
+    };
+    // (An error gets its own, where it is rendered: `error::response`.)
+    Ok(resp.with_header(REQUEST_ID, request_id()))
 }
 
 /// The Messages body, and the chat request it becomes.
@@ -96,7 +98,9 @@ pub(super) fn count_tokens(
         Ok(call::prompt_estimate(gw, &chat, body.get("tools")))
     });
     Ok(match counted {
-        Ok(n) => Response::json(200, &json!({"input_tokens": n})),
+        Ok(n) => {
+            Response::json(200, &json!({"input_tokens": n})).with_header(REQUEST_ID, request_id())
+        }
         Err(e) => error::response(&e),
     })
 }
