@@ -15,9 +15,9 @@ use crate::support::gateway::{Gateway, Options, Reply as GwReply, TempDir};
 use crate::support::process::{Server, free_port};
 use crate::support::upstream::{FakeUpstream, Reply};
 
-const ALICE: &str = "sk-sigo-test-alice-0123456789";
-const BOB: &str = "sk-sigo-test-bob-9876543210";
-const WRONG: &str = "sk-sigo-test-nobody-5555555555";
+pub(crate) const ALICE: &str = "sk-sigo-test-alice-0123456789";
+pub(crate) const BOB: &str = "sk-sigo-test-bob-9876543210";
+pub(crate) const WRONG: &str = "sk-sigo-test-nobody-5555555555";
 
 /// SHA-256 in hex, with ring directly (not through the gateway's own code).
 fn sha256_hex(text: &str) -> String {
@@ -26,14 +26,14 @@ fn sha256_hex(text: &str) -> String {
 }
 
 /// One `keys.csv` line.
-fn line(name: &str, key: &str, models: &str, rpm: &str, concurrency: &str) -> String {
+pub(crate) fn line(name: &str, key: &str, models: &str, rpm: &str, concurrency: &str) -> String {
     format!(
         "{name}, sha256:{}, {models}, {rpm}, {concurrency}\n",
         sha256_hex(key)
     )
 }
 
-fn bearer(key: &str) -> String {
+pub(crate) fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
 

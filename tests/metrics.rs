@@ -13,7 +13,7 @@ use crate::support::client::{self, Call};
 use crate::support::gateway::{Gateway, Options};
 use crate::support::upstream::{FakeUpstream, Recorded, Reply};
 
-const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 fn setup() -> (FakeUpstream, Gateway) {
     let fake = FakeUpstream::start();
@@ -22,7 +22,7 @@ fn setup() -> (FakeUpstream, Gateway) {
 }
 
 /// The samples of one scrape: `name{labels}` → value.
-fn scrape(gw: &Gateway) -> BTreeMap<String, f64> {
+pub(crate) fn scrape(gw: &Gateway) -> BTreeMap<String, f64> {
     let r = gw.get("/metrics");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
@@ -47,7 +47,10 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
 }
 
 /// The counter and histogram-count series that changed between two scrapes, and by how much.
-fn moved(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+pub(crate) fn moved(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
     after
         .iter()
         .filter(|(k, _)| {
@@ -62,7 +65,7 @@ fn moved(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTree
 }
 
 /// Scrapes until `check` holds on the samples (a stream is counted as its body ends).
-fn scrape_until(
+pub(crate) fn scrape_until(
     gw: &Gateway,
     check: impl Fn(&BTreeMap<String, f64>) -> bool,
 ) -> BTreeMap<String, f64> {

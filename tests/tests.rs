@@ -15,6 +15,7 @@ mod llama;
 mod messages;
 mod metrics;
 mod ollama;
+mod refusals;
 mod responses;
 mod routing;
 mod service;

@@ -31,7 +31,7 @@ pub(super) async fn completions(
         gw,
         req,
         caller,
-        "chat",
+        crate::ledger::route::CHAT,
         Response::error,
         async |rec, log| answer(gw, req, caller, log, rec).await,
     )

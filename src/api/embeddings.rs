@@ -31,7 +31,7 @@ pub(super) async fn create(
         gw,
         req,
         caller,
-        "embeddings",
+        crate::ledger::route::EMBEDDINGS,
         Response::error,
         async |rec, log| answer(gw, req, caller, log, rec).await,
     )

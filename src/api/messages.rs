@@ -30,7 +30,7 @@ pub(super) async fn create(
         gw,
         req,
         caller,
-        "messages",
+        crate::ledger::route::MESSAGES,
         error::response,
         async |rec, log| answer(gw, req, caller, log, rec).await,
     )

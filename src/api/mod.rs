@@ -24,10 +24,11 @@
 //! Before an endpoint runs, the router applies the client rules to every route but the open
 //! ones (`/api/health`), so that no endpoint, present or future, can forget them: the per-IP
 //! limit (unknown paths count too), then — when `keys.csv` is in use — the key (401), then
-//! the key's requests a minute and in flight (429). A keyed request's answer, whatever it
-//! is, carries the `x-ratelimit-*` headers and the key's name in the access log, and holds
-//! its in-flight slot until it has been written (a stream: until it ends or the client
-//! leaves).
+//! the key's requests a minute and in flight (429). Those refusals are counted in the
+//! metrics here, no endpoint having seen them: under the route's label (`other` off the
+//! APIs that call a provider). A keyed request's answer, whatever it is, carries the
+//! `x-ratelimit-*` headers and the key's name in the access log, and holds its in-flight
+//! slot until it has been written (a stream: until it ends or the client leaves).
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -37,6 +38,7 @@ use std::task::{Context, Poll, Waker};
 use crate::error::{Error, Limit};
 use crate::gateway::Gateway;
 use crate::http::{Answering, Handler, Request, Response};
+use crate::ledger::{CallRecord, route};
 use crate::limits::{Budget, KeyRules, Refusal, Slot};
 
 mod admin;
@@ -91,6 +93,8 @@ struct Route {
     /// The methods it allows, as the `Allow` header says them.
     allow: &'static str,
     endpoint: Endpoint,
+    /// Its `route` label in the metrics ([`route::OTHER`]: only its refusals are counted).
+    label: &'static str,
     /// Its errors' shape.
     render: Render,
     /// Open to every client on the listener's allow list: no key.
@@ -109,20 +113,23 @@ impl Route {
         Route {
             allow,
             endpoint: Endpoint::Now(endpoint),
+            label: route::OTHER,
             render: openai_error,
             open: false,
             unlimited: false,
         }
     }
 
-    /// A route that calls a provider (answered on the event loop).
+    /// A route that calls a provider (answered on the event loop), counted under `label`.
     fn upstream(
         allow: &'static str,
         endpoint: for<'a> fn(&'a Arc<Gateway>, &'a Request, &'a Caller) -> Later<'a>,
+        label: &'static str,
     ) -> Route {
         Route {
             allow,
             endpoint: Endpoint::Later(endpoint),
+            label,
             render: openai_error,
             open: false,
             unlimited: false,
@@ -176,17 +183,17 @@ impl Router {
             .unwrap_or(full);
         let bare = full == path;
         Some(match path {
-            "/chat/completions" => Route::upstream("POST", chat_completions),
-            "/embeddings" => Route::upstream("POST", embeddings_create),
+            "/chat/completions" => Route::upstream("POST", chat_completions, route::CHAT),
+            "/embeddings" => Route::upstream("POST", embeddings_create, route::EMBEDDINGS),
             "/messages" => Route {
                 render: anthropic_error,
-                ..Route::upstream("POST", messages_create)
+                ..Route::upstream("POST", messages_create, route::MESSAGES)
             },
             "/messages/count_tokens" => Route {
                 render: anthropic_error,
                 ..Route::new("POST", messages::count_tokens)
             },
-            "/responses" => Route::upstream("POST", responses_create),
+            "/responses" => Route::upstream("POST", responses_create, route::RESPONSES),
             "/responses/input_tokens" => Route::new("POST", responses::input_tokens),
             "/models" => Route::new("GET, HEAD", models::openai),
             p if p.len() > "/models/".len()
@@ -227,7 +234,8 @@ impl Router {
         keyed: &mut Keyed,
     ) -> Result<Response, Error> {
         if !route.is_some_and(|r| r.unlimited) {
-            self.check_ip(req)?;
+            self.check_ip(req)
+                .inspect_err(|e| self.count_refusal(req, route, None, e))?;
         }
         let Some(route) = route else {
             return Err(Error::NotFound {
@@ -243,12 +251,40 @@ impl Router {
         let caller = if route.open {
             Caller::anonymous()
         } else {
-            self.identify(req, keyed)?
+            self.identify(req, keyed)
+                .inspect_err(|e| self.count_refusal(req, Some(route), keyed.name.clone(), e))?
         };
         match route.endpoint {
             Endpoint::Now(f) => f(&self.gateway, req, &caller),
             Endpoint::Later(f) => f(&self.gateway, req, &caller).await,
         }
+    }
+
+    /// Counts a request the client rules refused before any endpoint ran (the per-IP
+    /// limit's 429, the key's 401 and 429): under its route's label (unknown paths under
+    /// `other`), `model=""`, and the key's name when the key is known (never an unknown
+    /// key's text). Not usage: no model was asked for yet.
+    fn count_refusal(&self, req: &Request, route: Option<Route>, key: Option<String>, e: &Error) {
+        self.count_unanswered(
+            req,
+            route.map_or(route::OTHER, |r| r.label),
+            key,
+            e.status(),
+        );
+    }
+
+    /// Counts, under `model=""`, a request answered without its endpoint.
+    fn count_unanswered(
+        &self,
+        req: &Request,
+        label: &'static str,
+        key: Option<String>,
+        status: u16,
+    ) {
+        let mut rec = CallRecord::new(label);
+        rec.key = key;
+        rec.finish(status, req.received, false);
+        self.gateway.ledger.record(&rec);
     }
 
     /// The per-IP limit (`-ip-rate`), when it is on.

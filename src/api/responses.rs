@@ -32,7 +32,7 @@ pub(super) async fn create(
         gw,
         req,
         caller,
-        "responses",
+        crate::ledger::route::RESPONSES,
         Response::error,
         async |rec, log| respond(gw, req, caller, log, rec).await,
     )

@@ -32,6 +32,18 @@ mod labels;
 pub mod registry;
 pub mod usage;
 
+/// The `route` label's values: one per API whose requests call a provider (every answer of
+/// theirs is counted), and [`route::OTHER`] for the refusals of the client rules (401 and
+/// 429, before any endpoint ran) on every other path — the lists, the token counts, the
+/// memory, the status pages, unknown paths — whose other answers are not counted.
+pub mod route {
+    pub const CHAT: &str = "chat";
+    pub const MESSAGES: &str = "messages";
+    pub const RESPONSES: &str = "responses";
+    pub const EMBEDDINGS: &str = "embeddings";
+    pub const OTHER: &str = "other";
+}
+
 /// The status recorded for a request whose client went away before its answer was complete
 /// (nginx's "client closed request").
 pub const CLIENT_GONE: u16 = 499;
@@ -95,12 +107,13 @@ impl UpstreamError {
 /// One model call as the books see it, filled in by the endpoint as it goes.
 #[derive(Debug, Clone, Default)]
 pub struct CallRecord {
-    /// Which API (`"chat"`): a constant of the endpoint, never from the request.
+    /// Which API: one of [`route`]'s constants, never from the request.
     pub route: &'static str,
     /// The model the gateway resolved; `None` when the request was refused before (bad
-    /// body, unknown model).
+    /// body, unknown model, a refusal of the client rules, a client that left the queue).
     pub model: Option<std::sync::Arc<Model>>,
-    /// The client key's name, when the request came with one.
+    /// The client key's name, when the request came with one that is in `keys.csv` (never
+    /// the text of an unknown key).
     pub key: Option<String>,
     /// The status the client got; for a stream, how it ended (200 complete, 502 failed after
     /// the first event, [`CLIENT_GONE`]).
@@ -188,7 +201,7 @@ impl Metrics {
         Metrics {
             requests: CounterVec::new(
                 "sigorest_requests_total",
-                "Model API requests, by route, model short code (\"\" when refused before a model was known), provider, HTTP status and client key name.",
+                "Model API requests (route chat, messages, responses, embeddings), and the refusals of the client rules (401, 429) on the other paths (route other), by route, model short code (\"\" when refused before a model was known), provider, HTTP status and client key name (\"\" without a known key).",
                 ["route", "model", "provider", "status", "key"],
             ),
             duration: HistogramVec::new(

@@ -1,0 +1,200 @@
+//! Requests answered before any endpoint ran, as the books see them: the refusals of the
+//! client rules (401, the 429s of a key's limits and of `-ip-rate`) counted in
+//! `sigorest_requests_total` under their route, `model=""` and the key when it is known,
+//! never as usage, and never with a client's text as a label.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::keys::{ALICE, BOB, WRONG, bearer, line};
+use crate::metrics::{WAIT, moved, scrape, scrape_until};
+use crate::support::gateway::{Gateway, Options};
+use crate::support::upstream::{FakeUpstream, Reply};
+
+/// A `sigorest_requests_total` series.
+fn series(route: &str, model: &str, provider: &str, status: u16, key: &str) -> String {
+    format!(
+        "sigorest_requests_total{{route=\"{route}\",model=\"{model}\",provider=\"{provider}\",status=\"{status}\",key=\"{key}\"}}"
+    )
+}
+
+/// The `sigorest_requests_total` series that moved between two scrapes.
+fn requests_moved(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    moved(before, after)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("sigorest_requests_total"))
+        .collect()
+}
+
+#[test]
+fn refusals_of_the_client_rules_are_counted_without_a_model_and_are_not_usage() {
+    let fake = FakeUpstream::start();
+    let csv = line("alice", ALICE, "gpt41", "2", "") + &line("bob", BOB, "*", "", "1");
+    let gw = Gateway::start(Options::default().upstream(&fake.base_url()).keys(&csv));
+    let chat = serde_json::to_vec(&json!({"model": "gpt41",
+        "messages": [{"role": "user", "content": "hi"}]}))
+    .unwrap();
+    let kimi = serde_json::to_vec(&json!({"model": "kimi",
+        "messages": [{"role": "user", "content": "hi"}]}))
+    .unwrap();
+    let messages = serde_json::to_vec(&json!({"model": "gpt41", "max_tokens": 10,
+        "messages": [{"role": "user", "content": "hi"}]}))
+    .unwrap();
+    let (alice, bob, wrong) = (bearer(ALICE), bearer(BOB), bearer(WRONG));
+    let as_key = |path: &str, body: &[u8], auth: &str| {
+        gw.send("POST", path, Some(body), &[("Authorization", auth)])
+    };
+    let before = scrape(&gw);
+
+    // 401: no key, a key not in the file; on chat, on messages, on a list.
+    gw.post("/v1/chat/completions", &chat)
+        .assert_error(401, "invalid_api_key");
+    as_key("/v1/chat/completions", &chat, &wrong).assert_error(401, "invalid_api_key");
+    let r = gw.send(
+        "POST",
+        "/v1/messages",
+        Some(&messages),
+        &[("x-api-key", WRONG)],
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = gw.send("GET", "/v1/models", None, &[("Authorization", &wrong)]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    // alice: rpm 2, gpt41 only. A 200, a 403 (counted under its model, as before), a 429.
+    assert_eq!(as_key("/v1/chat/completions", &chat, &alice).status, 200);
+    as_key("/v1/chat/completions", &kimi, &alice).assert_error(403, "model_not_allowed");
+    as_key("/v1/chat/completions", &chat, &alice).assert_error(429, "rate_limit_exceeded");
+    // bob: one request in flight at a time.
+    fake.push(Reply::hang());
+    let held = {
+        let mut s = std::net::TcpStream::connect(gw.http).unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: {bob}\r\nContent-Length: {}\r\n\r\n",
+            chat.len()
+        );
+        std::io::Write::write_all(&mut s, head.as_bytes()).unwrap();
+        std::io::Write::write_all(&mut s, &chat).unwrap();
+        s
+    };
+    fake.wait_for_requests(2, WAIT);
+    as_key("/v1/chat/completions", &chat, &bob).assert_error(429, "rate_limit_exceeded");
+    drop(held);
+    let gone = series("chat", "gpt41", "mammouth", 499, "bob");
+    let after = scrape_until(&gw, |s| s.get(&gone) == Some(&1.0));
+
+    let want: BTreeMap<String, f64> = [
+        (series("chat", "", "", 401, ""), 2.0),
+        (series("messages", "", "", 401, ""), 1.0),
+        (series("other", "", "", 401, ""), 1.0),
+        (series("chat", "gpt41", "mammouth", 200, "alice"), 1.0),
+        (series("chat", "kimi", "moonshot", 403, "alice"), 1.0),
+        (series("chat", "", "", 429, "alice"), 1.0),
+        (series("chat", "", "", 429, "bob"), 1.0),
+        (gone, 1.0),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(requests_moved(&before, &after), want);
+    let text = gw.get("/metrics").text();
+    assert!(
+        !text.contains("sk-sigo") && !text.contains("nobody"),
+        "no key text is a label"
+    );
+
+    // Usage: what was asked of a model, the 403 included; none of the refusals before.
+    let usage = gw.get("/api/usage").json();
+    let rows: Vec<(Value, Value, Value, Value)> = usage["today"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["key"].clone(),
+                r["model"].clone(),
+                r["requests"].clone(),
+                r["errors"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (json!("alice"), json!("gpt41"), json!(1), json!(0)),
+            (json!("alice"), json!("kimi"), json!(1), json!(1)),
+            (json!("bob"), json!("gpt41"), json!(1), json!(1)),
+        ]
+    );
+    assert_eq!(usage["today"]["total"]["requests"], 3);
+}
+
+/// Sends a request from `source` (another loopback address than the test's other clients,
+/// so that it has a per-IP bucket of its own) and returns the status.
+fn status_from(source: &str, gw: &Gateway, method: &str, path: &str, auth: &str) -> u16 {
+    use std::io::{Read, Write};
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&from.into()).unwrap();
+    socket.connect(&gw.http.into()).unwrap();
+    let mut s: std::net::TcpStream = socket.into();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let body = br#"{"model": "gpt41", "messages": [{"role": "user", "content": "hi"}]}"#;
+    let body: &[u8] = if method == "POST" { body } else { b"" };
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"))
+}
+
+#[test]
+fn per_ip_refusals_are_counted_under_their_route_without_a_key() {
+    let fake = FakeUpstream::start();
+    let gw = Gateway::start(
+        Options::default()
+            .upstream(&fake.base_url())
+            .keys(&line("alice", ALICE, "*", "", ""))
+            .ip_limit(1, 2),
+    );
+    let alice = bearer(ALICE);
+    // 127.0.0.1 scrapes; 127.0.0.2 spends its bucket of 2, then is refused.
+    let before = scrape(&gw);
+    let from = "127.0.0.2";
+    assert_eq!(
+        status_from(from, &gw, "POST", "/v1/chat/completions", &alice),
+        200
+    );
+    assert_eq!(status_from(from, &gw, "GET", "/v1/models", &alice), 200);
+    assert_eq!(
+        status_from(from, &gw, "POST", "/v1/chat/completions", &alice),
+        429
+    );
+    assert_eq!(
+        status_from(from, &gw, "POST", "/v1/embeddings", &alice),
+        429
+    );
+    assert_eq!(status_from(from, &gw, "GET", "/v1/models", &alice), 429);
+    assert_eq!(status_from(from, &gw, "GET", "/no/such/path", &alice), 429);
+    let after = scrape(&gw);
+    let want: BTreeMap<String, f64> = [
+        (series("chat", "gpt41", "mammouth", 200, "alice"), 1.0),
+        // Judged before the key (which may be anyone's): no key.
+        (series("chat", "", "", 429, ""), 1.0),
+        (series("embeddings", "", "", 429, ""), 1.0),
+        (series("other", "", "", 429, ""), 2.0),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(requests_moved(&before, &after), want);
+    assert!(!gw.get("/metrics").text().contains("127.0.0.2"));
+}
