@@ -1,9 +1,12 @@
 //! Requests answered before any endpoint ran, as the books see them: the refusals of the
-//! client rules (401, the 429s of a key's limits and of `-ip-rate`) counted in
-//! `sigorest_requests_total` under their route, `model=""` and the key when it is known,
-//! never as usage, and never with a client's text as a label.
+//! client rules (401, the 429s of a key's limits and of `-ip-rate`) and the requests whose
+//! client left while they waited in the queue, counted in `sigorest_requests_total` under
+//! their route, `model=""` and the key when it is known, never as usage, and never with a
+//! client's text as a label.
 
 use std::collections::BTreeMap;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -197,4 +200,54 @@ fn per_ip_refusals_are_counted_under_their_route_without_a_key() {
     .collect();
     assert_eq!(requests_moved(&before, &after), want);
     assert!(!gw.get("/metrics").text().contains("127.0.0.2"));
+}
+
+#[test]
+fn a_client_that_leaves_the_queue_counts_under_its_key_without_a_model() {
+    let fake = FakeUpstream::start();
+    let gw = Gateway::start(
+        Options::default()
+            .upstream(&fake.base_url())
+            .keys(&line("alice", ALICE, "*", "", ""))
+            .workers(1, 1),
+    );
+    fake.push(Reply::hang());
+    let send = || {
+        let body = br#"{"model": "gpt41", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}"#;
+        let mut s = std::net::TcpStream::connect(gw.http).unwrap();
+        let head = format!(
+            "POST /v1/messages HTTP/1.1\r\nHost: t\r\nx-api-key: {ALICE}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        std::io::Write::write_all(&mut s, head.as_bytes()).unwrap();
+        std::io::Write::write_all(&mut s, body).unwrap();
+        s
+    };
+    let before = scrape(&gw);
+    let running = send();
+    fake.wait_for_requests(1, WAIT);
+    let queued = send();
+    let deadline = Instant::now() + WAIT;
+    while gw.get("/api/health").json()["queue"]["depth"] != 1 {
+        assert!(Instant::now() < deadline, "never queued");
+        thread::sleep(Duration::from_millis(10));
+    }
+    drop(queued);
+    let left = series("messages", "", "", 499, "alice");
+    let after = scrape_until(&gw, |s| s.get(&left) == Some(&1.0));
+    assert_eq!(
+        requests_moved(&before, &after),
+        [(left, 1.0)].into_iter().collect(),
+        "the call still running is not counted yet"
+    );
+    drop(running);
+    let usage = gw.get("/api/usage").json();
+    assert!(
+        usage["today"]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["model"] != ""),
+        "not usage: {usage}"
+    );
 }

@@ -217,6 +217,52 @@ fn requests_still_running_when_the_grace_runs_out_are_answered_and_counted() {
     );
 }
 
+/// The queued request leaves the line when the grace runs out, as it leaves it when its
+/// client goes (unless the place the running one gives back reaches it first: either way
+/// it is told).
+#[test]
+fn requests_still_in_the_queue_when_the_grace_runs_out_are_answered_too() {
+    use std::io::{Read, Write};
+    let fake = FakeUpstream::start();
+    fake.set_default(Reply::hang());
+    let mut server = start(
+        TempDir::new("grace-queue"),
+        &["-shutdown-grace", "1", "-workers", "1", "-queue", "1"],
+        &env_for(&fake),
+    );
+    let body = serde_json::to_vec(&json!({"model": "gpt41",
+        "messages": [{"role": "user", "content": "hang"}]}))
+    .unwrap();
+    let send = || {
+        let mut sock = std::net::TcpStream::connect(server.addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        sock.write_all(&[head.as_bytes(), &body].concat()).unwrap();
+        sock
+    };
+    let mut running = send();
+    fake.wait_for_requests(1, Duration::from_secs(5));
+    let mut queued = send();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.get("/api/health").json()["queue"]["depth"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "never queued");
+        thread::sleep(Duration::from_millis(20));
+    }
+    server.signal("TERM");
+    for sock in [&mut running, &mut queued] {
+        let mut answer = String::new();
+        let _ = sock.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("shutting_down"), "{answer}");
+    }
+    let status = server.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "{}", server.stderr());
+}
+
 #[test]
 fn a_second_signal_ends_the_grace_at_once() {
     let fake = FakeUpstream::start();

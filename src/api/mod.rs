@@ -287,6 +287,14 @@ impl Router {
         self.gateway.ledger.record(&rec);
     }
 
+    /// The name of the key the request presents, when it is one of `keys.csv`'s (no limit
+    /// is applied).
+    fn known_key(&self, req: &Request) -> Option<String> {
+        let keys = self.gateway.keys()?;
+        let key = keys.find(caller::presented_key(req)?)?;
+        Some(key.name.clone())
+    }
+
     /// The per-IP limit (`-ip-rate`), when it is on.
     fn check_ip(&self, req: &Request) -> Result<(), Error> {
         let Some(limit) = &self.gateway.ip_limit else {
@@ -409,6 +417,26 @@ impl Handler for Router {
     fn error_response(&self, path: &str, e: &Error) -> Response {
         let path = model_in_path(path).map_or(path, |(_, path)| path);
         render_for(path)(e)
+    }
+
+    /// A call to a provider whose client left while it waited for a place (or that a
+    /// shutdown took out of the line) is counted as the endpoint would have: under its
+    /// route, `model=""` (its body was not looked at), its key when it presented a known one,
+    /// and `attempts=0` in the access log (no provider was called). Not usage. The other
+    /// routes' are not counted, as their answers are not.
+    fn left_queue(&self, req: &Request, e: &Error) -> Response {
+        let path = model_in_path(&req.path).map_or(req.path.as_str(), |(_, path)| path);
+        let mut resp = self.error_response(&req.path, e);
+        let Some(route) = Router::find(path).filter(|r| r.label != route::OTHER) else {
+            return resp;
+        };
+        resp.log.insert(0, ("attempts", "0".to_string()));
+        let key = self.known_key(req);
+        if let Some(name) = &key {
+            resp.log.insert(0, ("key", name.clone()));
+        }
+        self.count_unanswered(req, route.label, key, resp.status);
+        resp
     }
 
     /// Reading the lists, the health and the memory block (snapshots in memory, no I/O),

@@ -292,7 +292,8 @@ async fn answer(
     out.keep_alive && !shared.is_stopping()
 }
 
-/// A request that is not quick: its place, then its handler, while the client is watched.
+/// A request that is not quick: its place, then its handler, while the client is watched
+/// throughout (a client that leaves the line is answered by [`Handler::left_queue`]).
 async fn handle(
     shared: &Arc<Shared>,
     conn: &Conn,
@@ -313,17 +314,31 @@ async fn handle(
         Ok(e) => e,
         Err(Full::Queue) => return (overloaded(&req.path), None),
     };
+    // In the line, the client is watched as while its request runs: one that leaves (or a
+    // shutdown's end of grace) takes the request out of the line at once, freeing its
+    // place there and its connection.
     let until = req.received + shared.timeouts.queue_wait;
     let waited = watched(
         tcp,
         watch,
         hangup,
-        timeout_at(until, std::pin::pin!(entering.wait())),
+        unless_hung_up(hangup, timeout_at(until, std::pin::pin!(entering.wait()))),
     )
     .await;
     drop(entering);
-    let Ok(place) = waited else {
-        return (overloaded(&req.path), None);
+    let place = match waited {
+        Some(Ok(place)) => place,
+        Some(Err(_)) => return (overloaded(&req.path), None),
+        None => {
+            let e = if hangup.stopped_by_server() {
+                Error::ShuttingDown
+            } else {
+                Error::ClientGone
+            };
+            let mut resp = shared.handler.left_queue(&req, &e);
+            resp.close = true;
+            return (resp, None);
+        }
     };
     let resp = if shared.handler.answers_on_loop(&req) {
         let answering = Arc::clone(&shared.handler).answer(req);
@@ -344,6 +359,20 @@ async fn handle(
         })
     };
     (resp, Some(place))
+}
+
+/// Runs `fut` unless `hangup` fires first (then `None`, and `fut` is dropped). A hang-up
+/// already fired wins over an outcome ready at the same time.
+async fn unless_hung_up<F: Future>(hangup: &Hangup, fut: F) -> Option<F::Output> {
+    let mut fut = pin!(fut);
+    let mut fired = pin!(hangup.fired());
+    poll_fn(|cx| {
+        if fired.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        fut.as_mut().poll(cx).map(Some)
+    })
+    .await
 }
 
 /// Runs `fut` while `watch` looks after the client (firing `hangup` when it leaves).

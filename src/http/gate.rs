@@ -1,7 +1,9 @@
 //! The workers' places: at most `-workers` requests are handled at once (on a worker thread
 //! or on the event loop, awaiting their upstream), at most `-queue` more wait for a place,
 //! first come first served. A request that finds the queue full, or waits longer than it
-//! may, gets 503 `overloaded` (the connection decides the wait, with a timer of its own).
+//! may, gets 503 `overloaded` (the connection decides the wait, with a timer of its own);
+//! one whose client leaves meanwhile leaves the line at once (the connection watches the
+//! client and drops its [`Entering`]).
 //!
 //! The lock guards counters and the line of waiters only, never a request's work.
 

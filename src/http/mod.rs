@@ -312,6 +312,14 @@ pub trait Handler: Send + Sync + 'static {
         })
     }
 
+    /// The answer to a request that left the line for a place before its handler ran: its
+    /// client went away (`Error::ClientGone`), or the server is stopping and its grace has
+    /// run out (`Error::ShuttingDown`). The handler's chance to count it. Default:
+    /// [`Handler::error_response`].
+    fn left_queue(&self, req: &Request, e: &crate::error::Error) -> Response {
+        self.error_response(&req.path, e)
+    }
+
     /// The answer for an error the server itself meets on a request for `path` (the queue
     /// full, a body too large, a malformed head): in the shape of the API at that path.
     /// Default: OpenAI's.

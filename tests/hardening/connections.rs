@@ -1,7 +1,8 @@
 //! The HTTP layer under one careless or hostile client: refused peers, many connections
 //! from one address, large bodies at once, and a client that stops reading. Each test
 //! starts the real server (the HTTP layer with the test application of `tests/http.rs`, or
-//! the whole gateway) on port 0.
+//! the whole gateway) on port 0. Also a client that leaves while its request waits in the
+//! queue.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -11,7 +12,9 @@ use sigorest::http::AllowList;
 
 use crate::http::tls::{tls_client, tls_configs};
 use crate::http::{Client, Harness, loopback_allow, threads_named, wait_for};
-use crate::support::gateway::{Gateway, Options};
+use crate::support::gateway::{Gateway, Options, TempDir};
+use crate::support::process::Server;
+use crate::support::upstream::{FakeUpstream, Reply};
 
 fn listener(allow: &str) -> sigorest::http::ListenerConfig {
     sigorest::http::ListenerConfig {
@@ -251,4 +254,76 @@ fn a_client_that_does_not_read_a_stream_holds_the_worker_only_for_the_stall_time
         "the stream was ended"
     );
     let _ = loopback_allow();
+}
+
+/// A chat request sent on a raw connection, which is returned (drop it to leave).
+fn chat_and_keep(addr: SocketAddr) -> TcpStream {
+    let body = br#"{"model": "gpt41", "messages": [{"role": "user", "content": "hi"}]}"#;
+    let mut s = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    s
+}
+
+/// Waits until `/api/health` shows this many requests in the queue.
+fn wait_queue_depth(server: &Server, depth: u64) {
+    let held = wait_for(Duration::from_secs(10), || {
+        server.get("/api/health").json()["queue"]["depth"] == depth
+    });
+    let health = server.get("/api/health").json();
+    assert!(held, "queue depth never {depth}: {}", health["queue"]);
+}
+
+#[test]
+fn a_queued_request_whose_client_leaves_gives_up_its_place_in_the_line_at_once() {
+    let fake = FakeUpstream::start();
+    // A holds the one place until its client leaves; C is answered.
+    fake.push(Reply::hang());
+    fake.push(Reply::chat("for C"));
+    let env = [
+        ("MAMMOUTH_API_KEY", "sk-provider".to_string()),
+        ("MAMMOUTH_BASE_URL", fake.base_url()),
+        ("OLLAMA_HOST", "127.0.0.1:9".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start(
+        TempDir::new("queue-gone"),
+        &["-workers", "1", "-queue", "1"],
+        &env,
+    );
+    let a = chat_and_keep(server.addr);
+    fake.wait_for_requests_to("/v1/chat/completions", 1, Duration::from_secs(10));
+    // B waits in the line, then its client leaves.
+    let b = chat_and_keep(server.addr);
+    wait_queue_depth(&server, 1);
+    drop(b);
+    // Out of the line at once (before: when A's call ended), with no call made.
+    let line = server.wait_for_line("status=499", Duration::from_secs(10));
+    assert!(
+        line.contains("attempts=0") && line.contains("error=client_gone"),
+        "{line}"
+    );
+    wait_queue_depth(&server, 0);
+    // C takes the place in the line B left (before: 503 overloaded at once).
+    let url = server.url("/v1/chat/completions");
+    let c = std::thread::spawn(move || {
+        let body = br#"{"model": "gpt41", "messages": [{"role": "user", "content": "hi"}]}"#;
+        crate::support::gateway::request(&url, "POST", Some(body), &[])
+    });
+    wait_queue_depth(&server, 1);
+    drop(a);
+    let c = c.join().unwrap();
+    assert_eq!(c.status, 200, "{}", c.text());
+    assert_eq!(
+        fake.requests_to("/v1/chat/completions").len(),
+        2,
+        "A and C were called, B never"
+    );
+    let metrics = server.get("/metrics").text();
+    let gone = "sigorest_requests_total{route=\"chat\",model=\"\",provider=\"\",status=\"499\",key=\"\"} 1";
+    assert!(metrics.contains(gone), "{metrics}");
 }
