@@ -251,3 +251,82 @@ fn a_client_that_leaves_the_queue_counts_under_its_key_without_a_model() {
         "not usage: {usage}"
     );
 }
+
+/// A chat request sent on a connection kept open (the caller drops it to leave).
+fn chat_kept(gw: &Gateway, auth: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let body = br#"{"model": "gpt41", "messages": [{"role": "user", "content": "hi"}]}"#;
+    let mut s = std::net::TcpStream::connect(gw.http).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    s
+}
+
+fn queue_depth(gw: &Gateway) -> Value {
+    gw.get("/api/health").json()["queue"]["depth"].clone()
+}
+
+#[test]
+fn refusals_of_the_client_rules_come_before_the_line_and_take_no_place_in_it() {
+    let fake = FakeUpstream::start();
+    fake.push(Reply::hang());
+    fake.push(Reply::chat("for B"));
+    let csv = line("alice", ALICE, "*", "", "");
+    // One place, one more in the line; three requests a minute from this address.
+    let gw = Gateway::start(
+        Options::default()
+            .upstream(&fake.base_url())
+            .keys(&csv)
+            .workers(1, 1)
+            .ip_limit(60, 3),
+    );
+    let alice = bearer(ALICE);
+    // A holds the place, B waits in the line: it is full.
+    let a = chat_kept(&gw, &alice);
+    fake.wait_for_requests(1, WAIT);
+    let b = thread::spawn({
+        let url = gw.url("/v1/chat/completions");
+        let alice = alice.clone();
+        move || {
+            let body = br#"{"model": "gpt41", "messages": [{"role": "user", "content": "hi"}]}"#;
+            crate::support::gateway::request(&url, "POST", Some(body), &[("Authorization", &alice)])
+        }
+    });
+    let deadline = Instant::now() + WAIT;
+    while queue_depth(&gw) != 1 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(queue_depth(&gw), 1, "B in the line");
+    // A key not in the file, then a client over its rate: refused for what they are, at
+    // once, though the line is full (before: 503 overloaded, or a wait in the line).
+    let chat = br#"{"model": "gpt41", "messages": [{"role": "user", "content": "hi"}]}"#;
+    gw.send(
+        "POST",
+        "/v1/chat/completions",
+        Some(chat),
+        &[("Authorization", &bearer(WRONG))],
+    )
+    .assert_error(401, "invalid_api_key");
+    let r = gw.send(
+        "POST",
+        "/v1/chat/completions",
+        Some(chat),
+        &[("Authorization", &alice)],
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(queue_depth(&gw), 1, "B still in the line, alone");
+    drop(a);
+    let b = b.join().unwrap();
+    assert_eq!(
+        (
+            b.status,
+            b.json()["choices"][0]["message"]["content"].clone()
+        ),
+        (200, json!("for B"))
+    );
+    assert_eq!(fake.request_count(), 2, "A and B called, the refused never");
+}

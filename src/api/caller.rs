@@ -88,6 +88,7 @@ mod tests {
             tls: false,
             received: std::time::Instant::now(),
             hangup: Default::default(),
+            checked_early: false,
         }
     }
 

@@ -233,7 +233,7 @@ impl Router {
         route: Option<Route>,
         keyed: &mut Keyed,
     ) -> Result<Response, Error> {
-        if !route.is_some_and(|r| r.unlimited) {
+        if !route.is_some_and(|r| r.unlimited) && !req.checked_early {
             self.check_ip(req)
                 .inspect_err(|e| self.count_refusal(req, route, None, e))?;
         }
@@ -419,6 +419,35 @@ impl Handler for Router {
         render_for(path)(e)
     }
 
+    /// The per-IP limit, and whether the request has a key of `keys.csv` at all, before it
+    /// waits for a place: a client over its rate, or without a valid key, is refused at
+    /// once, never after a wait in a long line, and never holds a place in it that a client
+    /// who may use the gateway needs. (Limits of a valid key are applied with its place.)
+    fn before_queue(&self, req: &Request) -> Option<Response> {
+        let path = model_in_path(&req.path).map_or(req.path.as_str(), |(_, path)| path);
+        let route = Router::find(path).filter(|r| r.allows(&req.method))?;
+        let refused = if route.unlimited {
+            Ok(())
+        } else {
+            self.check_ip(req)
+        };
+        let refused = refused.and_then(|()| match self.gateway.keys() {
+            Some(keys) if !route.open => {
+                let presented = caller::presented_key(req);
+                match presented.and_then(|k| keys.find(k)) {
+                    Some(_) => Ok(()),
+                    None => Err(Error::InvalidApiKey {
+                        missing: presented.is_none(),
+                    }),
+                }
+            }
+            _ => Ok(()),
+        });
+        let e = refused.err()?;
+        self.count_refusal(req, Some(route), None, &e);
+        Some(self.error_response(&req.path, &e))
+    }
+
     /// A call to a provider whose client left while it waited for a place (or that a
     /// shutdown took out of the line) is counted as the endpoint would have: under its
     /// route, `model=""` (its body was not looked at), its key when it presented a known one,
@@ -576,6 +605,7 @@ fn with_model(req: &Request, model: &str, path: &str) -> Request {
         tls: req.tls,
         received: req.received,
         hangup: req.hangup.clone(),
+        checked_early: req.checked_early,
     }
 }
 

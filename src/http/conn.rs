@@ -236,6 +236,7 @@ async fn read_request(
         tls: conn.stream.is_tls(),
         received: Instant::now(),
         hangup: Hangup::default(),
+        checked_early: false,
     };
     Some((req, reply, lease))
 }
@@ -297,11 +298,15 @@ async fn answer(
 async fn handle(
     shared: &Arc<Shared>,
     conn: &Conn,
-    req: Request,
+    mut req: Request,
     watch: &mut Watch,
     hangup: &Hangup,
 ) -> (Response, Option<Place>) {
     let tcp = conn.stream.tcp();
+    if let Some(refused) = shared.handler.before_queue(&req) {
+        return (refused, None);
+    }
+    req.checked_early = true;
     let overloaded = |path: &str| {
         shared
             .stats

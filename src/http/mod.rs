@@ -106,6 +106,9 @@ pub struct Request {
     pub received: Instant,
     /// Fires when the server notices that the client has gone away while the handler runs.
     pub hangup: Hangup,
+    /// [`Handler::before_queue`] let it through before it waited for a place: what that
+    /// checked is not checked (or counted) again.
+    pub checked_early: bool,
 }
 
 impl Request {
@@ -310,6 +313,14 @@ pub trait Handler: Send + Sync + 'static {
                 message: "internal error: no answer on the event loop".to_string(),
             })
         })
+    }
+
+    /// A refusal given before the request waits for a place in the line (checks that need
+    /// no place and no I/O: a client's rate, its key), so that requests refused anyway
+    /// never take places from others while the line is long. `None`: it goes on, with
+    /// [`Request::checked_early`] set. Not asked for quick requests. Default: `None`.
+    fn before_queue(&self, _req: &Request) -> Option<Response> {
+        None
     }
 
     /// The answer to a request that left the line for a place before its handler ran: its
