@@ -248,10 +248,12 @@ pub fn json_object(raw: &[u8], what: &str) -> Result<Map<String, Value>, Error> 
 /// pair, as an agent cutting a tool output at a character count does) read as U+FFFD, as
 /// the gateway reads provider answers. JSON allows such escapes; a Rust string cannot hold
 /// one, so the plain read refuses the body, and only then is it read again with them
-/// replaced: nothing is copied on the usual path. The error is the plain read's.
+/// replaced: nothing is copied on the usual path. A body broken otherwise too gets the error of what is broken.
 pub(crate) fn client_json(text: &str) -> Result<Value, serde_json::Error> {
     serde_json::from_str(text).or_else(|e| match without_lone_surrogates(text.as_bytes()) {
-        Some(fixed) => serde_json::from_slice(&fixed).map_err(|_| e),
+        // Broken otherwise too: that error, not the escape's (the escape replaced keeps its
+        // length, so the position holds).
+        Some(fixed) => serde_json::from_slice(&fixed),
         None => Err(e),
     })
 }
@@ -447,11 +449,11 @@ mod tests {
             (&obj["a"], &obj["b"]),
             (&json!("\u{fffd}"), &json!("\\ud800"))
         );
-        // Broken otherwise: still a 400, with the plain read's reason.
+        // Broken otherwise: still a 400, saying what is broken (not the escape).
         let broken = br#"{"model":"gpt41","messages":[{"role":"user","content":"\ud83d"}]"#;
         let err = ChatRequest::parse(broken, MAX_TIMEOUT).unwrap_err();
         assert_eq!(err.status(), 400);
-        assert!(err.to_string().contains("hex escape"), "{err}");
+        assert!(err.to_string().contains("EOF while parsing"), "{err}");
     }
 
     #[test]

@@ -53,15 +53,25 @@ impl Memory {
                 format!("it is empty; expected {EXAMPLE}"),
             ));
         }
-        serde_json::from_slice(text).map_err(|e| {
-            // serde_json's Display appends " at line L column C"; we carry those as fields.
-            let full = e.to_string();
-            let suffix = format!(" at line {} column {}", e.line(), e.column());
-            let message = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
-            // An error at the end of input is reported at column 0 of the last line; the
-            // contract (and editors) count columns from 1.
-            file_error(origin, e.line().max(1), e.column().max(1), message)
-        })
+        // Half an emoji (a lone surrogate escape, as JavaScript writes a string cut in the
+        // middle of one) is read as U+FFFD, as in every other body the gateway reads.
+        let fixed = || crate::chat::answer::without_lone_surrogates(text);
+        serde_json::from_slice(text)
+            .or_else(|e| match fixed() {
+                // Broken otherwise too: that error (the escape replaced keeps its length,
+                // so the line and column hold).
+                Some(f) => serde_json::from_slice(&f),
+                None => Err(e),
+            })
+            .map_err(|e| {
+                // serde_json's Display appends " at line L column C"; we carry those as fields.
+                let full = e.to_string();
+                let suffix = format!(" at line {} column {}", e.line(), e.column());
+                let message = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
+                // An error at the end of input is reported at column 0 of the last line; the
+                // contract (and editors) count columns from 1.
+                file_error(origin, e.line().max(1), e.column().max(1), message)
+            })
     }
 
     /// Reads the file: `Ok(None)` when it does not exist (the embedded default applies),
@@ -175,6 +185,14 @@ mod tests {
                 cache: false
             }
         );
+    }
+
+    #[test]
+    fn half_an_emoji_is_read_as_the_replacement_character() {
+        let m = parse(r#"{"content": "Be brief \ud83d"}"#).unwrap();
+        assert_eq!(m.content, "Be brief \u{fffd}");
+        let (_, _, msg) = where_(br#"{"content": "\ud83d", }"#);
+        assert!(msg.contains("trailing comma"), "broken otherwise: {msg}");
     }
 
     #[test]
