@@ -318,6 +318,12 @@ impl Gateway {
         *lock(&self.listed) = Arc::new(listed);
         *lock(&self.memory) = Arc::new(memory);
         let count = keys.as_ref().map(Keys::len);
+        if keys.is_none() && self.keys().is_some() {
+            log::warn!(
+                file:% = self.settings.keys_path.display();
+                "keys.csv is gone: client keys are off, every client the allow lists let in may use every model"
+            );
+        }
         match &keys {
             Some(keys) => self.key_limits.retain(|name| keys.has_name(name)),
             None => self.key_limits.retain(|_| false),

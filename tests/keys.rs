@@ -444,10 +444,24 @@ fn sighup_reloads_keys_and_a_broken_file_keeps_the_old_set() {
         "{failed}"
     );
     assert_eq!((as_key(&alice), as_key(&bob)), (200, 200));
-    // The file removed: keys are no longer required, as at start-up without one.
+    // A link to a file that is gone (an unmounted volume): the keys in use stay required.
+    #[cfg(unix)]
+    {
+        let keys = server.dir.join("keys.csv");
+        std::fs::remove_file(&keys).unwrap();
+        std::os::unix::fs::symlink(server.dir.join("volume/keys.csv"), &keys).unwrap();
+        server.signal("HUP");
+        let failed = server.wait_for_line("symbolic link", Duration::from_secs(5));
+        assert!(failed.contains("reload failed"), "{failed}");
+        assert_eq!((as_key(&alice), as_key("Bearer anything")), (200, 401));
+    }
+    // The file removed: keys are no longer required, as at start-up without one; a WARN
+    // says so.
     std::fs::remove_file(server.dir.join("keys.csv")).unwrap();
     server.signal("HUP");
     server.wait_for_line("client_keys=off", Duration::from_secs(5));
+    let warned = server.wait_for_line("client keys are off", Duration::from_secs(5));
+    assert!(warned.contains("WARN"), "{warned}");
     assert_eq!(as_key("Bearer anything"), 200);
 }
 

@@ -80,6 +80,35 @@ impl Code {
     }
 }
 
+/// Whether a `keys.csv` that cannot be read because it is not there is simply absent (keys
+/// off), or stands for a file that should be there: a symbolic link whose target is missing,
+/// or a file in a directory that is missing. `Err` says which.
+fn missing_on_purpose(path: &Path) -> Result<(), String> {
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.file_type().is_symlink()
+    {
+        let target = std::fs::read_link(path)
+            .map(|t| t.display().to_string())
+            .unwrap_or_else(|_| "?".to_string());
+        return Err(format!(
+            "a symbolic link to {target}, which is missing: client keys stay required \
+             (restore the file, or remove the link to turn keys off)"
+        ));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "its directory {} is missing: client keys stay required (restore it, or point \
+             -keys elsewhere)",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Every key of `keys.csv`, in file order.
 #[derive(Debug, Default)]
 pub struct Keys {
@@ -88,10 +117,24 @@ pub struct Keys {
 
 impl Keys {
     /// Reads `keys.csv`. `Ok(None)` when the file does not exist: keys are not required.
+    /// Not so when it is a symbolic link to a missing file, or its directory is missing (an
+    /// unmounted volume, a moved file, a typo): someone set keys up there, and turning them
+    /// off would open every model to every client — an error instead (a reload keeps the
+    /// keys in use, a start is refused).
     pub fn load(path: &Path) -> Result<Option<Keys>, Error> {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => without_bom(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return match missing_on_purpose(path) {
+                    Ok(()) => Ok(None),
+                    Err(message) => Err(Error::File {
+                        path: path.to_path_buf(),
+                        line: 0,
+                        column: 0,
+                        message,
+                    }),
+                };
+            }
             Err(e) => return Err(Error::io(path, &e)),
         };
         let text = String::from_utf8(bytes).map_err(|e| Error::File {
@@ -505,6 +548,26 @@ mod tests {
         std::fs::write(&path, line_for("ann", "k1")).unwrap();
         let keys = Keys::load(&path).unwrap().unwrap();
         assert_eq!(keys.find("k1").unwrap().name, "ann");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_missing_file_that_stands_for_keys_is_an_error_not_keys_off() {
+        let dir = crate::util::fs::testdir::TestDir::new("keys-gone");
+        // A link to a file that is gone (an unmounted volume): not "no keys".
+        let link = dir.path().join("keys.csv");
+        std::os::unix::fs::symlink(dir.path().join("volume/keys.csv"), &link).unwrap();
+        let e = Keys::load(&link).unwrap_err().to_string();
+        assert!(e.contains("symbolic link") && e.contains("missing"), "{e}");
+        // A file in a directory that is not there.
+        let e = Keys::load(&dir.path().join("nowhere/keys.csv"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("directory"), "{e}");
+        // The link's target back: keys on.
+        std::fs::create_dir(dir.path().join("volume")).unwrap();
+        std::fs::write(dir.path().join("volume/keys.csv"), line_for("ann", "k1")).unwrap();
+        assert!(Keys::load(&link).unwrap().is_some());
     }
 
     #[test]
