@@ -124,6 +124,29 @@ async fn open(
     let Some(cfg) = &ctx.tls else {
         return Some(Stream::plain(tcp));
     };
+    // Plain HTTP sent to the HTTPS port (`curl http://box:9443`): a TLS handshake starts
+    // with the byte 0x16, an HTTP request with its method's capital letter. Such a client
+    // gets a 400 it can read (and curl shows) instead of a TLS alert it cannot.
+    let first = until_stopped(shared, timeout_at(deadline, pin!(first_byte(&tcp)))).await;
+    if let Some(Ok(Some(b'A'..=b'Z'))) = first {
+        let body = br#"{"error":{"code":"plain_http_on_https_port","message":"this port speaks HTTPS: use https:// (the plain HTTP port is another)","param":null,"type":"invalid_request_error"}}"#;
+        let head = format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        // Small enough for the socket's buffer: one write, what it takes.
+        let _ = tcp.try_write(&[head.as_bytes(), body].concat());
+        let _ = tcp.shutdown(std::net::Shutdown::Write);
+        log::debug!(port = ctx.port; "plain HTTP on the HTTPS port: 400");
+        // Its request read and dropped, briefly, so that it gets the 400 and not a reset.
+        let mut plain = Stream::plain(tcp);
+        linger(
+            &mut plain,
+            deadline.min(Instant::now() + Duration::from_secs(1)),
+        )
+        .await;
+        return None;
+    }
     let session = ServerConnection::new(Arc::clone(cfg)).ok()?;
     let mut stream = Stream::tls(tcp, session);
     let shaken = until_stopped(
@@ -138,6 +161,24 @@ async fn open(
             None
         }
         _ => None,
+    }
+}
+
+/// The first byte a client sends, waiting for it without taking it; `None` at the end of
+/// the connection or on an error.
+async fn first_byte(tcp: &TcpStream) -> Option<u8> {
+    let mut b = [0u8; 1];
+    loop {
+        match tcp.peek(&mut b) {
+            Ok(0) => return None,
+            Ok(_) => return Some(b[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tcp.wait_next_read_event();
+                poll_fn(|cx| tcp.poll_readable(cx)).await;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
     }
 }
 

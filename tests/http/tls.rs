@@ -87,6 +87,26 @@ fn get_and_a_stream_over_tls() {
 }
 
 #[test]
+fn plain_http_on_the_https_port_gets_a_400_it_can_read() {
+    let (h, client) = tls_harness(loopback_allow(), rustls::DEFAULT_VERSIONS);
+    let mut raw = TcpStream::connect(h.addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(b"GET /info HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    raw.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(
+        text.contains("plain_http_on_https_port") && text.contains("https://"),
+        "{text}"
+    );
+    assert!(wait_for(Duration::from_secs(1), || open_connections(&h) == 0));
+    // TLS clients are served as before.
+    assert_eq!(tls_client(h.addr, &client).get("/echo").status, 200);
+}
+
+#[test]
 fn a_client_hello_then_close_or_close_notify_leaves_nothing_running() {
     let (h, client) = tls_harness(loopback_allow(), &[&rustls::version::TLS12]);
     let hello = client_hello(&client);
