@@ -30,14 +30,26 @@ impl Cidr {
             Some(why) => format!("'{s}': '{addr}' {why}"),
             None => format!("'{s}' is not an IP address or CIDR block"),
         })?;
+        let written = addr;
         let addr = addr.to_canonical();
-        let max = if addr.is_ipv4() { 32 } else { 128 };
+        // `::ffff:10.0.0.0/104` is the IPv4 block 10.0.0.0/8 written in IPv6.
+        let mapped = written.is_ipv6() && addr.is_ipv4();
+        let max = if written.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
             Some(p) => match p.parse::<u8>() {
                 Ok(n) if n <= max => n,
-                _ => return Err(format!("'{s}': prefix length must be 0..={max}")),
+                _ => return Err(format!("'{s}': the prefix length must be 0 to {max}")),
             },
+        };
+        let prefix = match prefix.checked_sub(96) {
+            Some(n) if mapped => n,
+            None if mapped => {
+                return Err(format!(
+                    "'{s}': an IPv4-mapped block needs a prefix length of 96 to 128"
+                ));
+            }
+            _ => prefix,
         };
         Ok(Cidr {
             addr: mask(addr, prefix),
@@ -181,8 +193,13 @@ mod tests {
         assert!(list.allows(ip("::ffff:10.1.2.3")));
         assert!(!list.allows(ip("::ffff:11.1.2.3")));
         // A list written with a mapped address means the IPv4 address.
-        let mapped = AllowList::parse("::ffff:192.168.1.0/120").unwrap_err();
-        assert!(mapped.contains("prefix"), "{mapped}");
+        // A mapped block is the IPv4 block: /120 of the IPv6 form is a /24.
+        let mapped = AllowList::parse("::ffff:192.168.1.0/120").unwrap();
+        assert!(mapped.allows(ip("192.168.1.200")) && !mapped.allows(ip("192.168.2.1")));
+        let short = AllowList::parse("::ffff:192.168.1.0/64").unwrap_err();
+        assert!(short.contains("96 to 128"), "{short}");
+        let long = AllowList::parse("10.0.0.0/33").unwrap_err();
+        assert!(long.contains("0 to 32"), "{long}");
         let mapped = AllowList::parse("::ffff:192.168.1.7").unwrap();
         assert!(mapped.allows(ip("192.168.1.7")));
     }
