@@ -72,7 +72,7 @@ impl EventParser {
     }
 
     /// The next complete event; `Ok(None)` when more bytes are needed. An error for a line
-    /// or event over the cap, or bytes that are not UTF-8.
+    /// or event over the cap; bytes that are not UTF-8 are read as U+FFFD.
     pub fn next_event(&mut self) -> io::Result<Option<Event>> {
         loop {
             if self.after_cr && self.pos < self.buf.len() {
@@ -136,8 +136,11 @@ fn take_line(data: &mut Option<String>, max_line: usize, raw: &[u8]) -> io::Resu
     if line.is_empty() {
         return Ok(data.take().map(to_event));
     }
-    let text = std::str::from_utf8(line).map_err(|_| invalid("event stream is not UTF-8"))?;
-    if let Some(value) = field(text, "data") {
+    // Bytes that are not UTF-8 (a local server cutting a character between two tokens)
+    // are read as U+FFFD: the rest of a billed answer is not lost to them. No byte of a
+    // multi-byte character is a line end, so cutting lines splits none.
+    let text = String::from_utf8_lossy(line);
+    if let Some(value) = field(&text, "data") {
         match data {
             // Many `data:` lines make one event: it is capped as a line is.
             Some(d) if d.len() + 1 + value.len() > max_line => {
@@ -320,8 +323,26 @@ mod tests {
     }
 
     #[test]
-    fn non_utf8_is_an_error_not_a_panic() {
-        assert!(events_in(b"data: \xff\xfe\n\n", 100).is_err());
+    fn bytes_that_are_not_utf8_are_read_as_replacement_characters() {
+        // A character cut between two events, and bytes that are never UTF-8.
+        let input =
+            b"data: {\"c\":\"caf\xc3\"}\n\ndata: {\"c\":\"\xa9 \xff\xfe ok\"}\n\ndata: [DONE]\n\n";
+        for step in 1..input.len() {
+            assert_eq!(
+                events_in(input, step).unwrap(),
+                [
+                    data("{\"c\":\"caf\u{fffd}\"}"),
+                    data("{\"c\":\"\u{fffd} \u{fffd}\u{fffd} ok\"}"),
+                    Event::Done
+                ],
+                "step {step}"
+            );
+        }
+        // In a line the parser skips, and in the last event without its blank line.
+        assert_eq!(
+            events(b": \xff\nevent: \xfe\ndata: a\xffb"),
+            [data("a\u{fffd}b")]
+        );
     }
 
     #[test]

@@ -636,9 +636,12 @@ mod tests {
         let (end, seen, _) = read(Event::Done, "data: never read\n\n");
         assert!(matches!(end, StreamEnd::Done));
         assert!(seen.is_empty());
-        // Bytes that are not UTF-8.
-        let (end, _, _) = read_bytes(Event::Data(chunk("a")), b"data: \xff\n\n");
-        assert!(matches!(end, StreamEnd::Failed(m) if m.contains("stream broken")));
+        // Bytes that are not UTF-8 are read as U+FFFD: the stream goes on.
+        let rest =
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"caf\xc3\"}}]}\n\ndata: [DONE]\n\n";
+        let (end, _, g) = read_bytes(Event::Data(chunk("a")), rest);
+        assert!(matches!(end, StreamEnd::Done), "{end:?}");
+        assert_eq!(g.text(), "acaf\u{fffd}");
     }
 
     #[test]
