@@ -96,6 +96,7 @@ impl Upstream {
         whole: bool,
     ) -> Attempted<Completion> {
         self.post(target, body, deadline, retries, hangup, |answer| {
+            let answer = as_utf8(answer);
             check_answer(&answer, whole).map(|parsed| Completion {
                 body: answer,
                 answer: parsed,
@@ -188,6 +189,19 @@ impl Upstream {
     }
 }
 
+/// `body` itself when it is UTF-8 (no copy), else with each byte that is not read as U+FFFD
+/// (a local server that cut a character between two tokens): the answer is parsed and
+/// relayed as valid JSON instead of lost or passed on broken. Checked here, before the
+/// parse, because the cheap read of an answer relayed as it came skips its strings.
+fn as_utf8(body: Vec<u8>) -> Vec<u8> {
+    match String::from_utf8(body) {
+        Ok(text) => text.into_bytes(),
+        Err(e) => String::from_utf8_lossy(e.as_bytes())
+            .into_owned()
+            .into_bytes(),
+    }
+}
+
 /// A 2xx body must be a chat completion; a JSON error in a 200 is reported as such. Either
 /// way it is not asked for again: the provider answered, and may bill each try. Read whole
 /// when `whole`, else only its usage.
@@ -234,6 +248,28 @@ mod tests {
         assert_eq!(
             (usage.prompt_tokens, usage.completion_tokens),
             (Some(3), Some(4))
+        );
+    }
+
+    #[test]
+    fn an_answer_that_is_not_utf8_is_read_with_replacement_characters() {
+        let valid = r#"{"choices":[{"message":{"content":"café"}}]}"#.as_bytes().to_vec();
+        let at = valid.as_ptr();
+        let same = as_utf8(valid);
+        assert_eq!(same.as_ptr(), at, "a valid body is not copied");
+        let body = b"{\"choices\":[{\"message\":{\"content\":\"caf\xe9 \xff\xfe ok\"}}]}".to_vec();
+        let fixed = as_utf8(body);
+        assert_eq!(
+            fixed,
+            "{\"choices\":[{\"message\":{\"content\":\"caf\u{fffd} \u{fffd}\u{fffd} ok\"}}]}"
+                .as_bytes()
+        );
+        for whole in [true, false] {
+            assert!(check_answer(&fixed, whole).is_ok());
+        }
+        assert_eq!(
+            check_answer(&fixed, true).unwrap().content,
+            "caf\u{fffd} \u{fffd}\u{fffd} ok"
         );
     }
 
