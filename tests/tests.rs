@@ -14,6 +14,7 @@ mod keys;
 mod llama;
 mod messages;
 mod metrics;
+mod not_utf8;
 mod ollama;
 mod refusals;
 mod responses;
