@@ -145,6 +145,8 @@ fn check_input(input: Option<&Value>) -> Result<(), Error> {
 
 /// A 2xx must be an embeddings list (`data` an array); its prompt tokens, when reported.
 fn check(answer: Vec<u8>) -> Result<(Vec<u8>, Option<u64>), Failure> {
+    // Relayed as it came, but valid UTF-8 (U+FFFD where it was not), as a chat answer is.
+    let answer = crate::upstream::as_utf8(answer);
     #[derive(serde::Deserialize)]
     struct List {
         #[serde(rename = "data")]
@@ -188,5 +190,13 @@ mod tests {
         assert_eq!(tokens(r#"{"prompt_tokens":1e30}"#), Some(None));
         assert_eq!(tokens("null"), Some(None));
         assert!(tokens("[").is_none(), "not JSON: a bad answer");
+    }
+
+    #[test]
+    fn an_answer_that_is_not_utf8_is_relayed_as_valid_utf8() {
+        let body = b"{\"data\":[{\"embedding\":[0.5],\"object\":\"caf\xe9\"}]}".to_vec();
+        let (relayed, _) = check(body).unwrap();
+        let text = String::from_utf8(relayed).expect("valid UTF-8");
+        assert!(text.contains("caf\u{fffd}"), "{text}");
     }
 }

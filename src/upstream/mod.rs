@@ -193,7 +193,7 @@ impl Upstream {
 /// (a local server that cut a character between two tokens): the answer is parsed and
 /// relayed as valid JSON instead of lost or passed on broken. Checked here, before the
 /// parse, because the cheap read of an answer relayed as it came skips its strings.
-fn as_utf8(body: Vec<u8>) -> Vec<u8> {
+pub(crate) fn as_utf8(body: Vec<u8>) -> Vec<u8> {
     match String::from_utf8(body) {
         Ok(text) => text.into_bytes(),
         Err(e) => String::from_utf8_lossy(e.as_bytes())
