@@ -27,7 +27,7 @@ use crate::state::session::SessionStore;
 use crate::upstream::breaker::{Breakers, State};
 use crate::upstream::llama::Llama;
 use crate::upstream::llama::slots::SlotGuard;
-use crate::upstream::ollama::{Lookup, Ollama};
+use crate::upstream::ollama::{Lookup, Ollama, OllamaModel};
 use crate::upstream::scores::Scores;
 use crate::upstream::{Target, Upstream};
 use crate::util::clock::{Clock, SystemClock};
@@ -152,10 +152,6 @@ impl Gateway {
         clock: Arc<dyn Clock>,
     ) -> Result<Gateway, Error> {
         let catalog = Catalog::embedded();
-        let listed = Listed::load(&catalog, &settings.models_path)?;
-        let memory = Memory::load(&settings.memory_path)?.unwrap_or_default();
-        let keys = load_keys(&catalog, &settings.keys_path)?;
-        let ollama = Arc::new(Ollama::new(settings.env.get("OLLAMA_HOST"), clock.clone()));
         let breakers = Breakers::new(clock.clone());
         let llama = match &settings.llama {
             Some(config) => {
@@ -166,6 +162,13 @@ impl Gateway {
             }
             None => None,
         };
+        let listed = without_shadowed(
+            Listed::load(&catalog, &settings.models_path)?,
+            llama.as_ref(),
+        );
+        let memory = Memory::load(&settings.memory_path)?.unwrap_or_default();
+        let keys = load_keys(&catalog, &settings.keys_path)?;
+        let ollama = Arc::new(Ollama::new(settings.env.get("OLLAMA_HOST"), clock.clone()));
         let ip_limit = (settings.ip_rate > 0).then(|| {
             IpLimit::new(
                 Rate::new(settings.ip_rate, settings.ip_burst),
@@ -203,9 +206,19 @@ impl Gateway {
         })
     }
 
-    /// The cloud models on offer now.
+    /// The cloud models on offer now (not those the local model's name shadows).
     pub fn listed(&self) -> Arc<Listed> {
         lock(&self.listed).clone()
+    }
+
+    /// The discovered Ollama models on offer now: not one whose short code is the local
+    /// model's name (a request for it goes to llama-server).
+    pub(crate) fn ollama_models(&self) -> Vec<OllamaModel> {
+        let mut models = self.ollama.models();
+        if let Some(l) = &self.llama {
+            models.retain(|m| !l.matches(&m.short));
+        }
+        models
     }
 
     /// The client keys now; `None` when keys are not required.
@@ -309,7 +322,10 @@ impl Gateway {
     /// configuration stays, all of it, and the error (naming file, line and column) is
     /// returned. The counters of keys still in the file are kept (their limits may change).
     pub fn reload(&self) -> Result<Reloaded, Error> {
-        let listed = Listed::load(&self.catalog, &self.settings.models_path)?;
+        let listed = without_shadowed(
+            Listed::load(&self.catalog, &self.settings.models_path)?,
+            self.llama.as_ref(),
+        );
         let memory = Memory::load(&self.settings.memory_path)?.unwrap_or_default();
         let keys = load_keys(&self.catalog, &self.settings.keys_path)?;
         let old = self.listed();
@@ -336,9 +352,13 @@ impl Gateway {
         })
     }
 
-    /// A model name as its short code, when it names a listed or discovered model (else as
-    /// written). Never waits for a discovery.
+    /// A model name as its short code, when it names the local, a listed or a discovered
+    /// model, looked up in the order [`Gateway::resolve`] follows (else as written). Never
+    /// waits for a discovery.
     pub(crate) fn short_code(&self, name: &str) -> String {
+        if let Some(l) = self.llama.as_ref().filter(|l| l.matches(name)) {
+            return l.model().short.clone();
+        }
         if let Some(m) = self.listed().get(name) {
             return m.short.clone();
         }
@@ -445,6 +465,10 @@ impl Gateway {
                 )))
             }
             Lookup::Unknown => Err(not_found(match self.catalog.get(name) {
+                Some(m) if self.llama.as_ref().is_some_and(|l| l.matches(&m.short)) => format!(
+                    "'{}' is the local llama-server's model here; the cloud model of that name is not offered",
+                    m.short
+                ),
                 // The whitelist's path is the server's business, not the client's.
                 Some(m) => format!(
                     "'{}' is in the catalog but not enabled in the gateway's models.csv",
@@ -454,6 +478,18 @@ impl Gateway {
             })),
         })
     }
+}
+
+/// The listed cloud models without those whose short code names the local model: that
+/// name goes to llama-server, so the cloud model is not offered at all — not listed, and
+/// not by its upstream id either, which would otherwise reach it under the local model's
+/// short code (one breaker, one session, one line in the metrics and one entry in a key's
+/// models for two models).
+fn without_shadowed(mut listed: Listed, llama: Option<&Llama>) -> Listed {
+    if let Some(l) = llama {
+        listed.models.retain(|m| !l.matches(&m.short));
+    }
+    listed
 }
 
 /// Reads `keys.csv`, with a WARN for an empty set (nobody gets in) and for each model code

@@ -175,7 +175,12 @@ fn log_started(
     if let Some(name) = config.llama.as_ref().map(|l| l.name.as_str())
         && let Some(m) = app.catalog.get(name)
     {
-        log::warn!(name = name, shadowed = m.short.as_str(); "-llama-name is also a cloud model's name; the local model wins");
+        let why = if m.short.eq_ignore_ascii_case(name.trim()) {
+            "-llama-name is also a cloud model's short code; the local model wins and that cloud model is not offered"
+        } else {
+            "-llama-name is also a cloud model's upstream id; the local model wins for that name, the cloud model keeps its short code"
+        };
+        log::warn!(name = name, shadowed = m.short.as_str(); "{why}");
     }
 }
 

@@ -411,6 +411,86 @@ fn a_long_queue_of_local_requests_holds_no_thread_the_others_need() {
     drop(holder);
 }
 
+/// The ids of the `/v1/models` and `/api/models` entries named `id`, with their owners.
+fn listed_as(gw: &Gateway, id: &str) -> (Vec<Value>, Vec<Value>) {
+    let owners = |path: &str, name: &str, owner: &str| -> Vec<Value> {
+        gw.get(path).json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m[name] == id)
+            .map(|m| m[owner].clone())
+            .collect()
+    };
+    (
+        owners("/v1/models", "id", "owned_by"),
+        owners("/api/models", "short", "provider"),
+    )
+}
+
+#[test]
+fn a_cloud_model_whose_short_code_is_the_local_name_is_not_offered() {
+    let model = ModelFile::new("llama-shadow");
+    let mut config = model.config();
+    config.name = "gpt41".into();
+    let gw = Gateway::start(
+        Options::default()
+            .var("OLLAMA_HOST", "127.0.0.1:9")
+            .models("gpt41\nkimi\n")
+            .llama(config),
+    );
+
+    // Listed once, as the model a request for it reaches; the other cloud models stay.
+    let local = (vec![json!("llama.cpp")], vec![json!("llama.cpp")]);
+    assert_eq!(listed_as(&gw, "gpt41"), local);
+    assert_eq!(listed_as(&gw, "kimi").0, [json!("moonshot")]);
+    for asked in ["gpt41", "GPT41", "tiny-q4.gguf"] {
+        let r = gw.get(&format!("/v1/models/{asked}"));
+        assert_eq!(r.status, 200, "{asked}: {}", r.text());
+        assert_eq!(r.json()["owned_by"], "llama.cpp", "{asked}");
+    }
+    let page = gw.get("/").text();
+    assert!(page.contains("<td>gpt41</td><td>llama.cpp</td>"), "{page}");
+    assert!(!page.contains("mammouth"), "{page}");
+    let h = health(&gw);
+    assert!(h["circuit_breakers"]["gpt41"].is_object(), "{h}");
+
+    // Its upstream id reaches neither it nor the local model: a 404 that says why.
+    gw.get("/v1/models/gpt-4.1")
+        .assert_error(404, "model_not_found");
+    let message = gw
+        .chat("gpt-4.1", "hi", json!({}))
+        .assert_error(404, "model_not_found");
+    assert!(message.contains("local llama-server"), "{message}");
+
+    ready(&gw);
+    let r = gw.chat("gpt41", "hi", json!({}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "llama says: hi"
+    );
+
+    // Named as a cloud model's upstream id, the local model takes that id only: the cloud
+    // model keeps its short code, and each is retrieved as what a request for it reaches.
+    drop(gw);
+    let mut config = model.config();
+    config.name = "gpt-4.1".into();
+    let gw = Gateway::start(
+        Options::default()
+            .var("OLLAMA_HOST", "127.0.0.1:9")
+            .models("gpt41\n")
+            .llama(config),
+    );
+    assert_eq!(listed_as(&gw, "gpt41").0, [json!("mammouth")]);
+    assert_eq!(listed_as(&gw, "gpt-4.1").0, [json!("llama.cpp")]);
+    for (asked, owner) in [("gpt-4.1", "llama.cpp"), ("gpt41", "mammouth")] {
+        let r = gw.get(&format!("/v1/models/{asked}"));
+        assert_eq!(r.status, 200, "{asked}: {}", r.text());
+        assert_eq!(r.json()["owned_by"], owner, "{asked}");
+    }
+}
+
 // --- the real binary -------------------------------------------------------------------
 
 fn llama_args(model: &ModelFile) -> Vec<String> {

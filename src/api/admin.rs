@@ -19,7 +19,7 @@ use crate::upstream::breaker::{State, Status as BreakerStatus};
 /// is not ready.
 pub(super) fn health(gw: &Gateway, _req: &Request, _caller: &Caller) -> Result<Response, Error> {
     let listed = gw.listed();
-    let ollama_models = gw.ollama.models();
+    let ollama_models = gw.ollama_models();
     let closed = BreakerStatus {
         state: State::Closed,
         consecutive_failures: 0,

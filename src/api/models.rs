@@ -80,8 +80,7 @@ fn entries(gw: &Gateway, anthropic: bool, caller: &Caller) -> Vec<Value> {
         .map(|m| entry(&m.short, m.provider.name()))
         .collect();
     data.extend(
-        gw.ollama
-            .models()
+        gw.ollama_models()
             .iter()
             .filter(|m| caller.allows(&m.short))
             .map(|m| entry(&m.short, "ollama")),
@@ -114,8 +113,7 @@ pub(super) fn detailed(gw: &Gateway, _req: &Request, caller: &Caller) -> Result<
         .map(|m| info(m, m.provider.key(&gw.env).is_some()))
         .collect();
     data.extend(
-        gw.ollama
-            .models()
+        gw.ollama_models()
             .iter()
             .filter(|m| caller.allows(&m.short))
             .map(|m| info(&m.to_model(), true)),

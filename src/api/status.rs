@@ -69,10 +69,13 @@ fn view(gw: &Gateway) -> View {
         })
         .collect();
     offered.extend(
-        gw.ollama
-            .models()
+        gw.ollama_models()
             .into_iter()
             .map(|m| (m.short, "ollama", true)),
+    );
+    offered.extend(
+        gw.llama()
+            .map(|l| (l.model().short.clone(), l.model().provider.name(), true)),
     );
     // Then the models used today that are no longer on offer.
     let mut lines: Vec<(String, &'static str, bool, Totals)> = offered
