@@ -600,6 +600,17 @@ fn a_missing_program_or_model_stops_start_up_with_one_line() {
             vec!["-llama-server", &fake],
             "-llama-server needs -llama-model",
         ),
+        (
+            vec![
+                "-llama-server",
+                &fake,
+                "-llama-model",
+                &path,
+                "-llama-args",
+                "--parallel 300",
+            ],
+            "-llama-args: --parallel '300' is not a whole number from 1 to 256",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_sigorest"))
             .args(["-http-port", &free_port().to_string(), "-https-port", "0"])

@@ -210,10 +210,23 @@ pub(super) fn parse(p: &mut pico_args::Arguments) -> Result<Option<LlamaConfig>,
     }
     c.parallel = match parallel {
         Some(v) => number("-llama-parallel", &v, 1, PARALLEL_MAX)?,
-        None => last_value(&c.args, &["-np", "--parallel"])
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|n| (1..=PARALLEL_MAX as usize).contains(n))
-            .unwrap_or(1),
+        // Read from -llama-args, it is checked as the flag is: a value sigorest cannot use
+        // would otherwise become 1 slot while llama-server runs many (or fails to start).
+        None => match last_value(&c.args, &["-np", "--parallel"]) {
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=PARALLEL_MAX as usize).contains(n))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "-llama-args: --parallel {} is not a whole number from 1 to {PARALLEL_MAX} \
+                         (or give -llama-parallel N, the requests sigorest sends it at once)",
+                        quote(v)
+                    ))
+                })?,
+            None => 1,
+        },
     };
     c.queue = c.parallel * QUEUE_PER_SLOT;
     if let Some(v) = queue_wait {
@@ -468,6 +481,33 @@ mod tests {
         assert!(with(&["-llama-name", "a b"]).starts_with("-llama-name: 'a b'"));
         assert!(with(&["-llama-port", "70000"]).starts_with("-llama-port:"));
         assert!(with(&["-llama-parallel", "0"]).starts_with("-llama-parallel:"));
+        // The --parallel in -llama-args is checked as -llama-parallel is, when it is used.
+        for args in [
+            "--parallel 300",
+            "--parallel 0",
+            "-np abc",
+            "--parallel=-1",
+            "-np 2 -np 257",
+        ] {
+            let e = with(&["-llama-args", args]);
+            assert!(
+                e.starts_with("-llama-args: --parallel '") && e.contains("from 1 to 256"),
+                "{args}: {e}"
+            );
+        }
+        assert!(
+            parse(&[
+                "-llama-server",
+                "s",
+                "-llama-model",
+                "m",
+                "-llama-parallel",
+                "2",
+                "-llama-args",
+                "--parallel 300"
+            ])
+            .is_ok()
+        );
         assert!(with(&["-llama-queue-wait", "3601"]).starts_with("-llama-queue-wait:"));
     }
 

@@ -86,8 +86,8 @@ fn llama() -> String {
   -llama-name NAME     the model name clients use for it (default local)
   -llama-port N        its port on 127.0.0.1 (default: a free port)
   -llama-parallel N    requests sent to it at once, 1-256 (default the
-                       --parallel in -llama-args, else 1); {queue_per_slot} per slot may
-                       wait, beyond that: 429
+                       --parallel in -llama-args, held to 1-256 too, else 1);
+                       {queue_per_slot} per slot may wait, beyond that: 429
   -llama-queue-wait S  seconds a request may wait for a slot before 429,
                        0-3600 (default 60)
 ",
