@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::access::ipv4_fault;
 use crate::error::Error;
+use crate::util::fs::without_bom;
 
 /// How long a generated certificate is valid: Apple's clients refuse server certificates
 /// valid for more than 825 days.
@@ -89,7 +90,7 @@ fn load_or_generate_at(
             });
         }
     }
-    let cert_pem = std::fs::read(cert).map_err(|e| Error::io(cert, &e))?;
+    let cert_pem = read_pem(cert)?;
     let (origin, record) = origin(cert, &cert_pem);
     let renew = match origin {
         Origin::Supplied => {
@@ -518,18 +519,38 @@ fn file_error(path: &Path, message: String) -> Error {
     }
 }
 
+/// A PEM file's bytes, without the UTF-8 byte order mark a Windows editor may put first
+/// (OpenSSL reads past it; the PEM parser would not find the first `BEGIN` line).
+fn read_pem(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path)
+        .map(without_bom)
+        .map_err(|e| Error::io(path, &e))
+}
+
 /// Reads both PEM files into a certificate chain and the key that goes with it.
 fn load(cert: &Path, key: &Path) -> Result<Loaded, Error> {
-    let cert_pem = std::fs::read(cert).map_err(|e| Error::io(cert, &e))?;
-    let key_pem = std::fs::read(key).map_err(|e| Error::io(key, &e))?;
+    let cert_pem = read_pem(cert)?;
+    let key_pem = read_pem(key)?;
     warn_if_readable_by_others(key);
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_error(cert, format!("not a PEM certificate: {e}")))?;
-    if chain.is_empty() {
+    let Some(leaf) = chain.first() else {
         return Err(file_error(
             cert,
             "no PEM certificate (BEGIN CERTIFICATE) in the file".to_string(),
+        ));
+    };
+    // The certificate is parsed alone first (as the pairing below parses it): pairing a
+    // broken one with the key fails too, and would blame the key.
+    if let Err(e) = rustls::server::ParsedCertificate::try_from(leaf) {
+        let why = match e {
+            rustls::Error::InvalidCertificate(e) => format!("{e:?}"),
+            e => e.to_string(),
+        };
+        return Err(file_error(
+            cert,
+            format!("the first certificate in the file is not a valid X.509 certificate ({why})"),
         ));
     }
     let private_key = PrivateKeyDer::from_pem_slice(&key_pem)

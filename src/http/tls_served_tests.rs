@@ -157,6 +157,13 @@ fn broken_files_at_a_check_keep_the_certificate_in_use() {
             key_pem: good_key,
             named: &cert,
         },
+        // PEM, but what it holds is not X.509: the certificate is at fault, not its key.
+        Broken {
+            what: "a PEM certificate that is not X.509",
+            cert_pem: b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+            key_pem: good_key,
+            named: &cert,
+        },
         Broken {
             what: "garbage key",
             cert_pem: users_cert.as_bytes(),
@@ -194,6 +201,9 @@ fn broken_files_at_a_check_keep_the_certificate_in_use() {
             matches!(&err, Error::File { path, .. } if path == named),
             "{what}: {err:?}"
         );
+        if named == cert {
+            assert!(!err.to_string().contains("server.key"), "{what}: {err}");
+        }
         // The certificate in use stays, and nothing of the user's was written over.
         assert_eq!(served_der(&config), in_use, "{what}");
         assert_eq!(read(&cert), cert_pem, "{what}");

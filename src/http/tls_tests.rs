@@ -201,6 +201,32 @@ fn garbage_files_are_errors_naming_the_file() {
         "{err:?}"
     );
 
+    // PEM whose contents are not X.509 (here base64 of "garbage", and a certificate cut
+    // short): the certificate is named, not the key it cannot be paired with.
+    let body: String = good_cert
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.starts_with(b"-----"))
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect();
+    let cut = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        &body[..body.len() / 2 / 4 * 4]
+    );
+    for pem in [
+        "-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n",
+        cut.as_str(),
+    ] {
+        std::fs::write(&cert, pem).unwrap();
+        let err = load_or_generate(&cert, &key, &[]).unwrap_err();
+        assert!(
+            matches!(&err, Error::File { path, .. } if path == &cert),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("not a valid X.509 certificate"), "{text}");
+        assert!(!text.contains("server.key"), "{text}");
+    }
+
     std::fs::write(&cert, &good_cert).unwrap();
     std::fs::write(
         &key,
@@ -225,6 +251,21 @@ fn garbage_files_are_errors_naming_the_file() {
 
     std::fs::write(&key, &good_key).unwrap();
     assert!(load_or_generate(&cert, &key, &[]).is_ok());
+}
+
+#[test]
+fn pem_files_that_begin_with_a_byte_order_mark_load() {
+    // As OpenSSL reads them: a Windows editor's BOM before the first BEGIN line.
+    let dir = TempDir::new("bom");
+    let (cert, key) = dir.paths();
+    let own = rcgen::generate_simple_self_signed(strings(&["localhost"])).unwrap();
+    let bom = |pem: String| [&b"\xEF\xBB\xBF"[..], pem.as_bytes()].concat();
+    std::fs::create_dir_all(cert.parent().unwrap()).unwrap();
+    std::fs::write(&cert, bom(own.cert.pem())).unwrap();
+    std::fs::write(&key, bom(own.signing_key.serialize_pem())).unwrap();
+    let loaded = load_or_generate(&cert, &key, &[]).unwrap();
+    assert!(!loaded.written, "the user's pair is taken as it is");
+    handshake(config_of(loaded), &own.cert.pem(), "localhost").unwrap();
 }
 
 /// A server configuration presenting `loaded` as the listener's.
