@@ -294,6 +294,31 @@ fn a_stream_is_printed_as_it_arrives_and_kept_in_the_session() {
 }
 
 #[test]
+fn switches_take_true_or_false_after_equals_as_in_go() {
+    let fake = FakeUpstream::start();
+    let dir = TempDir::new("sigoe-switch-values");
+    fake.push(Reply::chat_stream(&["stre", "amed"]));
+    assert_eq!(
+        direct(&fake, &dir, &["-stream=true", "hi"], None).ok(),
+        "streamed\n"
+    );
+    assert_eq!(fake.last_json().unwrap()["stream"], true);
+    fake.push(Reply::chat("whole"));
+    assert_eq!(
+        direct(&fake, &dir, &["-stream=false", "hi"], None).ok(),
+        "whole\n"
+    );
+    assert!(fake.last_json().unwrap().get("stream").is_none());
+    let run = direct(&fake, &dir, &["-stream=maybe", "hi"], None);
+    let line = run.failed(2);
+    assert!(
+        line.contains("-stream: 'maybe' is not true or false"),
+        "{line}"
+    );
+    assert_eq!(fake.request_count(), 2);
+}
+
+#[test]
 fn an_emoji_split_across_two_chunks_is_printed_and_kept_whole() {
     let fake = FakeUpstream::start();
     let dir = TempDir::new("sigoe-emoji");

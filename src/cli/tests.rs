@@ -220,6 +220,51 @@ fn bad_usage_is_one_line_naming_the_flag() {
 }
 
 #[test]
+fn switches_take_a_value_after_equals_as_in_go() {
+    for on in ["true", "1", "t", "T", "TRUE", "True"] {
+        for dashes in ["-", "--"] {
+            let o = opts(&[&format!("{dashes}stream={on}"), "hi"]);
+            assert!(o.stream, "{dashes}stream={on}");
+            assert_eq!(o.prompt, ["hi"]);
+        }
+        assert!(opts(&[&format!("-l={on}")]).list);
+        assert!(opts(&[&format!("-usage={on}")]).usage);
+        assert!(opts(&[&format!("-j={on}"), "hi"]).json);
+        let quiet = opts(&[&format!("-q={on}"), "hi"]).log_level;
+        assert_eq!(quiet, log::LevelFilter::Error);
+    }
+    for off in ["false", "0", "f", "F", "FALSE", "False"] {
+        let o = opts(&[&format!("-stream={off}"), "hi"]);
+        assert!(!o.stream && o.prompt == ["hi"], "-stream={off}: {o:?}");
+        assert_eq!(
+            opts(&[&format!("-q={off}")]).log_level,
+            log::LevelFilter::Warn
+        );
+    }
+    // The last one wins, as in Go; -j=false takes back a -j given earlier.
+    assert!(!opts(&["-stream", "-stream=false"]).stream);
+    assert!(opts(&["-stream=false", "-stream"]).stream);
+    assert!(opts(&["-j=false", "-stream", "hi"]).stream);
+    assert!(matches!(
+        parse_args(os(&["-version=true"])),
+        Ok(Command::Version)
+    ));
+    assert_eq!(opts(&["-version=false", "hi"]).prompt, ["hi"]);
+    // Only after `=`: after a space, the word starts the prompt.
+    assert_eq!(opts(&["-stream", "true"]).prompt, ["true"]);
+    for bad in ["maybe", "", "yes", "tRuE", "2"] {
+        let m = err(&[&format!("-stream={bad}"), "hi"]);
+        assert!(
+            m.starts_with("-stream: ") && m.contains("not true or false"),
+            "{m}"
+        );
+    }
+    assert!(err(&["--q=on"]).starts_with("-q: 'on'"));
+    // A value flag keeps its own value, whatever it is.
+    assert_eq!(opts(&["-m=true", "hi"]).model, "true");
+}
+
+#[test]
 fn junk_arguments_never_panic() {
     let junk = [
         "-",
