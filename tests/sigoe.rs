@@ -731,6 +731,27 @@ fn through_a_gateway_streams_lists_and_unknown_models() {
 }
 
 #[test]
+fn a_gateway_url_with_a_query_or_a_password_is_bad_usage() {
+    let dir = TempDir::new("sigoe-server-url");
+    for url in [
+        "http://127.0.0.1:9?x=1",
+        "http://127.0.0.1:9#frag",
+        "http://user:s3cret@127.0.0.1:9",
+    ] {
+        let run = sigoe(dir.path(), &[], &["-server", url, "hello"], None);
+        let line = run.failed(2);
+        assert!(line.starts_with("sigoe: -server: "), "{line}");
+        assert!(!line.contains("s3cret"), "{line}");
+        let env = [("SIGOREST_URL", url.to_string())];
+        let line = sigoe(dir.path(), &env, &["hello"], None)
+            .failed(2)
+            .to_string();
+        assert!(line.starts_with("sigoe: SIGOREST_URL: "), "{line}");
+        assert!(!line.contains("s3cret"), "{line}");
+    }
+}
+
+#[test]
 fn an_unreachable_gateway_exits_1() {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

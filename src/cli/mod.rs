@@ -101,13 +101,33 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Accepts `http(s)://host[:port]`, with or without a trailing `/` or `/v1`.
+    /// Accepts `http(s)://host[:port]`, with or without a trailing `/` or `/v1`. A query, a
+    /// fragment or a `user:password@` is refused: sigoe would send neither, and the query
+    /// would be glued into every path. Messages never show the password.
     pub fn parse(url: &str) -> Result<Gateway, String> {
         let url = url.trim();
+        if url.contains('@') {
+            return Err(format!(
+                "{} has a user name or password: sigoe does not send them \
+                 (a gateway's client key goes in {KEY_ENV})",
+                quote(&masked(url))
+            ));
+        }
         let lower = url.to_ascii_lowercase();
         if !(lower.starts_with("http://") || lower.starts_with("https://")) {
             return Err(format!(
                 "{} is not an http:// or https:// URL (e.g. https://192.168.1.10:9443)",
+                quote(url)
+            ));
+        }
+        if let Some(at) = url.find(['?', '#']) {
+            let what = if url[at..].starts_with('?') {
+                "a query (?...)"
+            } else {
+                "a fragment (#...)"
+            };
+            return Err(format!(
+                "{} has {what}: give the gateway's address only (e.g. http://host:9080)",
                 quote(url)
             ));
         }
@@ -148,6 +168,19 @@ impl Gateway {
     fn target(&self, path: &str) -> Target {
         Target::new(self.url(path), self.key.clone())
     }
+}
+
+/// A URL as it may be shown: whatever precedes its last `@` after the scheme (a user name,
+/// a password — which may hold `/`, `?` or `#` when written carelessly) becomes `***`.
+fn masked(url: &str) -> String {
+    let Some(at) = url.rfind('@') else {
+        return url.to_string();
+    };
+    let start = match url.find("://") {
+        Some(i) if i + 3 <= at => i + 3,
+        _ => 0,
+    };
+    format!("{}***{}", &url[..start], &url[at..])
 }
 
 /// Whether stdin is read: always without prompt arguments; with them only when stdin is not

@@ -399,6 +399,40 @@ fn gateway_urls() {
 }
 
 #[test]
+fn gateway_urls_with_a_query_a_fragment_or_credentials_are_refused() {
+    for url in [
+        "http://127.0.0.1:9080?x=1",
+        "http://127.0.0.1:9080/?x=1",
+        "http://127.0.0.1:9080/v1?",
+        "https://box:9443#frag",
+        "http://box/#",
+    ] {
+        let m = Gateway::parse(url).unwrap_err();
+        assert!(m.contains("the gateway's address only"), "{url}: {m}");
+        assert!(m.contains("query") || m.contains("fragment"), "{url}: {m}");
+    }
+    for (url, shown) in [
+        (
+            "http://user:s3cret@127.0.0.1:9080",
+            "'http://***@127.0.0.1:9080'",
+        ),
+        ("http://s3cret@box", "'http://***@box'"),
+        (
+            "https://u:s3cret/x?y#z@box:9443/v1",
+            "'https://***@box:9443/v1'",
+        ),
+        ("ftp://u:s3cret@box", "'ftp://***@box'"),
+        ("u:s3cret@box:9080", "'***@box:9080'"),
+        ("u:s3cret@box://x", "'***@box://x'"),
+    ] {
+        let m = Gateway::parse(url).unwrap_err();
+        assert!(!m.contains("s3cret"), "{url}: {m}");
+        assert!(m.contains(shown), "{url}: {m}");
+        assert!(m.contains("SIGOREST_API_KEY"), "{url}: {m}");
+    }
+}
+
+#[test]
 fn exit_statuses_and_reasons() {
     let usage = Stop::Usage(Error::Usage {
         message: "bad".into(),
