@@ -319,6 +319,23 @@ fn switches_take_true_or_false_after_equals_as_in_go() {
 }
 
 #[test]
+fn a_pipe_gets_the_answers_control_characters_as_they_came() {
+    let fake = FakeUpstream::start();
+    let dir = TempDir::new("sigoe-raw-bytes");
+    let answer = "\x1b]0;pwned\x07\x1b[31mred\x1b[0m\r\u{9b}2J\x08";
+    fake.push(Reply::chat(answer));
+    let run = direct(&fake, &dir, &["hi"], None);
+    assert_eq!(run.ok(), format!("{answer}\n"));
+    fake.push(Reply::chat_stream(&["\x1b]0;pw", "ned\x07\r", "\u{9b}2J"]));
+    let run = direct(&fake, &dir, &["-stream", "hi"], None);
+    assert_eq!(run.ok(), "\x1b]0;pwned\x07\r\u{9b}2J\n");
+    fake.push(Reply::chat(answer));
+    let run = direct(&fake, &dir, &["-j", "hi"], None);
+    let v: Value = serde_json::from_str(run.ok()).expect("stdout is JSON");
+    assert_eq!(v["choices"][0]["message"]["content"], answer);
+}
+
+#[test]
 fn an_emoji_split_across_two_chunks_is_printed_and_kept_whole() {
     let fake = FakeUpstream::start();
     let dir = TempDir::new("sigoe-emoji");

@@ -433,6 +433,45 @@ fn gateway_urls_with_a_query_a_fragment_or_credentials_are_refused() {
 }
 
 #[test]
+fn stdout_shows_control_characters_only_on_a_terminal() {
+    let answer = "title\x1b]0;pwned\x07 clip\x1b]52;c;eA==\x07 \x1b[31mred\x1b[0m\u{9b}2J\n";
+    assert!(matches!(
+        for_stdout(answer.as_bytes(), false, false),
+        Cow::Borrowed(b) if b == answer.as_bytes()
+    ));
+    assert_eq!(
+        for_stdout(answer.as_bytes(), true, false).as_ref(),
+        b"title^[]0;pwned^G clip^[]52;c;eA==^G ^[[31mred^[[0mM-^[2J\n"
+    );
+    assert!(matches!(
+        for_stdout(b"plain\n", true, false),
+        Cow::Borrowed(_)
+    ));
+    // Bytes that are not UTF-8: as they are into a pipe; U+FFFD on a terminal, where a lone
+    // 0x9b byte is a CSI to a terminal that does not speak UTF-8.
+    assert_eq!(for_stdout(b"a\x9bb", false, false).as_ref(), b"a\x9bb");
+    assert_eq!(
+        for_stdout(b"a\x9bb", true, false).as_ref(),
+        "a\u{fffd}b".as_bytes()
+    );
+    // -j: JSON escapes C0 controls already; a raw C1 control, which JSON allows in a
+    // string, is escaped as well, and the JSON means the same.
+    let json = "{\"content\":\"\\u001b]0;t\\u0007 \u{9d}0;t\u{9c}\"}\n";
+    let shown = for_stdout(json.as_bytes(), true, true);
+    assert_eq!(
+        shown.as_ref(),
+        br#"{"content":"\u001b]0;t\u0007 \u009d0;t\u009c"}
+"#
+    );
+    let v: Value = serde_json::from_slice(&shown).unwrap();
+    assert_eq!(v["content"], "\x1b]0;t\x07 \u{9d}0;t\u{9c}");
+    assert!(matches!(
+        for_stdout(json.as_bytes(), false, true),
+        Cow::Borrowed(_)
+    ));
+}
+
+#[test]
 fn exit_statuses_and_reasons() {
     let usage = Stop::Usage(Error::Usage {
         message: "bad".into(),
