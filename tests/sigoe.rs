@@ -294,6 +294,48 @@ fn a_stream_is_printed_as_it_arrives_and_kept_in_the_session() {
 }
 
 #[test]
+fn switches_take_true_or_false_after_equals_as_in_go() {
+    let fake = FakeUpstream::start();
+    let dir = TempDir::new("sigoe-switch-values");
+    fake.push(Reply::chat_stream(&["stre", "amed"]));
+    assert_eq!(
+        direct(&fake, &dir, &["-stream=true", "hi"], None).ok(),
+        "streamed\n"
+    );
+    assert_eq!(fake.last_json().unwrap()["stream"], true);
+    fake.push(Reply::chat("whole"));
+    assert_eq!(
+        direct(&fake, &dir, &["-stream=false", "hi"], None).ok(),
+        "whole\n"
+    );
+    assert!(fake.last_json().unwrap().get("stream").is_none());
+    let run = direct(&fake, &dir, &["-stream=maybe", "hi"], None);
+    let line = run.failed(2);
+    assert!(
+        line.contains("-stream: 'maybe' is not true or false"),
+        "{line}"
+    );
+    assert_eq!(fake.request_count(), 2);
+}
+
+#[test]
+fn a_pipe_gets_the_answers_control_characters_as_they_came() {
+    let fake = FakeUpstream::start();
+    let dir = TempDir::new("sigoe-raw-bytes");
+    let answer = "\x1b]0;pwned\x07\x1b[31mred\x1b[0m\r\u{9b}2J\x08";
+    fake.push(Reply::chat(answer));
+    let run = direct(&fake, &dir, &["hi"], None);
+    assert_eq!(run.ok(), format!("{answer}\n"));
+    fake.push(Reply::chat_stream(&["\x1b]0;pw", "ned\x07\r", "\u{9b}2J"]));
+    let run = direct(&fake, &dir, &["-stream", "hi"], None);
+    assert_eq!(run.ok(), "\x1b]0;pwned\x07\r\u{9b}2J\n");
+    fake.push(Reply::chat(answer));
+    let run = direct(&fake, &dir, &["-j", "hi"], None);
+    let v: Value = serde_json::from_str(run.ok()).expect("stdout is JSON");
+    assert_eq!(v["choices"][0]["message"]["content"], answer);
+}
+
+#[test]
 fn an_emoji_split_across_two_chunks_is_printed_and_kept_whole() {
     let fake = FakeUpstream::start();
     let dir = TempDir::new("sigoe-emoji");
@@ -703,6 +745,27 @@ fn through_a_gateway_streams_lists_and_unknown_models() {
     assert!(run.failed(2).contains("gpt-99"));
     let run = sigoe(dir.path(), &[], &["-server", &url, "-i", "gpt41m"], None);
     run.failed(2);
+}
+
+#[test]
+fn a_gateway_url_with_a_query_or_a_password_is_bad_usage() {
+    let dir = TempDir::new("sigoe-server-url");
+    for url in [
+        "http://127.0.0.1:9?x=1",
+        "http://127.0.0.1:9#frag",
+        "http://user:s3cret@127.0.0.1:9",
+    ] {
+        let run = sigoe(dir.path(), &[], &["-server", url, "hello"], None);
+        let line = run.failed(2);
+        assert!(line.starts_with("sigoe: -server: "), "{line}");
+        assert!(!line.contains("s3cret"), "{line}");
+        let env = [("SIGOREST_URL", url.to_string())];
+        let line = sigoe(dir.path(), &env, &["hello"], None)
+            .failed(2)
+            .to_string();
+        assert!(line.starts_with("sigoe: SIGOREST_URL: "), "{line}");
+        assert!(!line.contains("s3cret"), "{line}");
+    }
 }
 
 #[test]

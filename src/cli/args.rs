@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::chat::request::{DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_RETRIES, MAX_TIMEOUT};
-use crate::config::{bad, go_style, level, looks_like_flag, number, path_value, quote, text_value};
+use crate::config::{
+    bad, go_style, level, looks_like_flag, number, path_value, quote, switch_values, text_value,
+};
 use crate::error::Error;
 use crate::state::{keys, session};
 
@@ -89,6 +91,9 @@ const VALUE_FLAGS: &[&str] = &[
     "m", "s", "n", "T", "t", "r", "i", "v", "server", "cacert", "memory", "sessions", "newkey",
 ];
 
+/// Flags that take no value (but may be given `=true` or `=false`, as in Go).
+const SWITCHES: &[&str] = &["q", "l", "usage", "j", "stream", "version"];
+
 /// Splits the arguments as Go's `flag` package does: flags (with their values) up to the
 /// first argument that is not a flag, or up to `--` (dropped); the rest is the prompt. So
 /// `sigoe explain ls -l` asks about `ls -l` instead of listing the models.
@@ -124,7 +129,7 @@ pub fn split_prompt(args: Vec<OsString>) -> (Vec<OsString>, Vec<OsString>) {
 /// last, anything left over an unknown flag.
 pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
     let (flags, prompt) = split_prompt(args);
-    let flags = go_style(flags);
+    let flags = go_style(switch_values(flags, SWITCHES)?);
     for arg in &flags {
         match arg.to_str() {
             Some("-h" | "--help") => return Ok(Command::Help),

@@ -12,6 +12,7 @@
 //! key, if the gateway wants one, comes from `SIGOREST_API_KEY`. `-newkey NAME` makes such
 //! a key.
 
+use std::borrow::Cow;
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -37,12 +38,14 @@ use crate::upstream::{OpenStream, Target, Upstream};
 
 mod args;
 mod models;
+mod terminal;
 mod usage;
 
 pub use args::{
     Command, DEFAULT_MODEL, KEY_ENV, Options, SERVER_ENV, parse_args, split_prompt, usage,
 };
 pub use models::{KeyState, detail, table};
+pub use terminal::{Shown, json_escaped};
 
 /// How much longer than the request's `timeout` sigoe waits for a gateway, which answers
 /// 504 itself when the timeout passes.
@@ -101,13 +104,33 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Accepts `http(s)://host[:port]`, with or without a trailing `/` or `/v1`.
+    /// Accepts `http(s)://host[:port]`, with or without a trailing `/` or `/v1`. A query, a
+    /// fragment or a `user:password@` is refused: sigoe would send neither, and the query
+    /// would be glued into every path. Messages never show the password.
     pub fn parse(url: &str) -> Result<Gateway, String> {
         let url = url.trim();
+        if url.contains('@') {
+            return Err(format!(
+                "{} has a user name or password: sigoe does not send them \
+                 (a gateway's client key goes in {KEY_ENV})",
+                quote(&masked(url))
+            ));
+        }
         let lower = url.to_ascii_lowercase();
         if !(lower.starts_with("http://") || lower.starts_with("https://")) {
             return Err(format!(
                 "{} is not an http:// or https:// URL (e.g. https://192.168.1.10:9443)",
+                quote(url)
+            ));
+        }
+        if let Some(at) = url.find(['?', '#']) {
+            let what = if url[at..].starts_with('?') {
+                "a query (?...)"
+            } else {
+                "a fragment (#...)"
+            };
+            return Err(format!(
+                "{} has {what}: give the gateway's address only (e.g. http://host:9080)",
                 quote(url)
             ));
         }
@@ -148,6 +171,19 @@ impl Gateway {
     fn target(&self, path: &str) -> Target {
         Target::new(self.url(path), self.key.clone())
     }
+}
+
+/// A URL as it may be shown: whatever precedes its last `@` after the scheme (a user name,
+/// a password — which may hold `/`, `?` or `#` when written carelessly) becomes `***`.
+fn masked(url: &str) -> String {
+    let Some(at) = url.rfind('@') else {
+        return url.to_string();
+    };
+    let start = match url.find("://") {
+        Some(i) if i + 3 <= at => i + 3,
+        _ => 0,
+    };
+    format!("{}***{}", &url[..start], &url[at..])
 }
 
 /// Whether stdin is read: always without prompt arguments; with them only when stdin is not
@@ -243,7 +279,7 @@ pub fn run(opts: &Options, env: &Env) -> Result<(), Stop> {
             None => usage::from_file(&opts.sessions.join("usage.json"), crate::util::unix_now())
                 .map_err(usage_error)?,
         };
-        return print_out(usage::text(&report, opts.json).as_bytes());
+        return print_out(usage::text(&report, opts.json).as_bytes(), opts.json);
     }
     if opts.list || opts.info.is_some() {
         let (models, source) = match &gateway {
@@ -261,7 +297,7 @@ pub fn run(opts: &Options, env: &Env) -> Result<(), Stop> {
                 detail(model, *key, &endpoint)
             }
         };
-        return print_out(text.as_bytes());
+        return print_out(text.as_bytes(), false);
     }
     match &gateway {
         Some(g) => ask_gateway(opts, g, &upstream),
@@ -288,7 +324,10 @@ fn print_new_key(name: &str) -> Result<(), Stop> {
         .lock()
         .write_all(notice.as_bytes())
         .map_err(|e| Stop::Failed(Error::io(Path::new("stderr"), &e)))?;
-    print_out(format!("{}\n", keys::line_for(name, &key)).as_bytes())
+    print_out(
+        format!("{}\n", keys::line_for(name, &key)).as_bytes(),
+        false,
+    )
 }
 
 /// Every catalog model, with whether its key is set here.
@@ -512,6 +551,7 @@ fn wait<F: std::future::Future>(call: F) -> Result<F::Output, Stop> {
 fn print_stream(stream: OpenStream, short: &str) -> Result<Option<Gathered>, Stop> {
     let mut gathered = Gathered::default();
     let mut out = std::io::stdout().lock();
+    let mut shown = Shown::new(out.is_terminal());
     let mut last = None;
     let hangup = Hangup::default();
     // An emoji's surrogate pair split across two deltas is printed whole.
@@ -526,7 +566,7 @@ fn print_stream(stream: OpenStream, short: &str) -> Result<Option<Gathered>, Sto
                 return Ok(());
             }
             last = text.chars().last();
-            out.write_all(text.as_bytes())?;
+            out.write_all(shown.piece(&text).as_bytes())?;
             out.flush()
         },
         async || Ok(()),
@@ -534,7 +574,13 @@ fn print_stream(stream: OpenStream, short: &str) -> Result<Option<Gathered>, Sto
     ))?;
     if let Some(lone) = halves.end().filter(|_| matches!(end, StreamEnd::Done)) {
         last = Some('\u{fffd}');
+        let lone = shown.piece(lone).into_owned();
         let _ = out.write_all(lone.as_bytes()).and_then(|()| out.flush());
+    }
+    if !matches!(end, StreamEnd::Stopped(_)) {
+        let _ = out
+            .write_all(shown.end().as_bytes())
+            .and_then(|()| out.flush());
     }
     // Whatever was printed ends with a line break, so the shell prompt (or the reason of a
     // failure on stderr) starts on a line of its own.
@@ -561,16 +607,44 @@ fn print_answer(opts: &Options, answer: &[u8], text: &str) -> Result<(), Stop> {
     if !out.is_empty() && !out.ends_with(b"\n") {
         out.push(b'\n');
     }
-    print_out(&out)
+    print_out(&out, opts.json)
 }
 
-/// Writes to stdout. A reader that went away is not an error: sigoe just ends.
-fn print_out(bytes: &[u8]) -> Result<(), Stop> {
+/// Writes text, or JSON with `json`, to stdout: see [`for_stdout`]. A reader that went away
+/// is not an error: sigoe just ends.
+fn print_out(bytes: &[u8], json: bool) -> Result<(), Stop> {
     let mut out = std::io::stdout().lock();
-    match out.write_all(bytes).and_then(|()| out.flush()) {
+    let written = match for_stdout(bytes, out.is_terminal(), json) {
+        Cow::Borrowed(raw) => out.write_all(raw),
+        Cow::Owned(text) => out.write_all(&text),
+    };
+    match written.and_then(|()| out.flush()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(Stop::Failed(Error::io(Path::new("stdout"), &e))),
+    }
+}
+
+/// What [`print_out`] writes: the bytes as they are to a pipe or a file; to a terminal,
+/// text (a byte that is not UTF-8 becomes U+FFFD, as a terminal would show it) with its
+/// control characters shown ([`Shown`]), or JSON with them escaped ([`json_escaped`]).
+pub fn for_stdout(bytes: &[u8], terminal: bool, json: bool) -> Cow<'_, [u8]> {
+    if !terminal {
+        return Cow::Borrowed(bytes);
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let out = if json {
+        json_escaped(&text).into_owned()
+    } else {
+        let mut shown = Shown::new(true);
+        let mut out = shown.piece(&text).into_owned();
+        out.push_str(shown.end());
+        out
+    };
+    if out.as_bytes() == bytes {
+        Cow::Borrowed(bytes)
+    } else {
+        Cow::Owned(out.into_bytes())
     }
 }
 

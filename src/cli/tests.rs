@@ -220,6 +220,51 @@ fn bad_usage_is_one_line_naming_the_flag() {
 }
 
 #[test]
+fn switches_take_a_value_after_equals_as_in_go() {
+    for on in ["true", "1", "t", "T", "TRUE", "True"] {
+        for dashes in ["-", "--"] {
+            let o = opts(&[&format!("{dashes}stream={on}"), "hi"]);
+            assert!(o.stream, "{dashes}stream={on}");
+            assert_eq!(o.prompt, ["hi"]);
+        }
+        assert!(opts(&[&format!("-l={on}")]).list);
+        assert!(opts(&[&format!("-usage={on}")]).usage);
+        assert!(opts(&[&format!("-j={on}"), "hi"]).json);
+        let quiet = opts(&[&format!("-q={on}"), "hi"]).log_level;
+        assert_eq!(quiet, log::LevelFilter::Error);
+    }
+    for off in ["false", "0", "f", "F", "FALSE", "False"] {
+        let o = opts(&[&format!("-stream={off}"), "hi"]);
+        assert!(!o.stream && o.prompt == ["hi"], "-stream={off}: {o:?}");
+        assert_eq!(
+            opts(&[&format!("-q={off}")]).log_level,
+            log::LevelFilter::Warn
+        );
+    }
+    // The last one wins, as in Go; -j=false takes back a -j given earlier.
+    assert!(!opts(&["-stream", "-stream=false"]).stream);
+    assert!(opts(&["-stream=false", "-stream"]).stream);
+    assert!(opts(&["-j=false", "-stream", "hi"]).stream);
+    assert!(matches!(
+        parse_args(os(&["-version=true"])),
+        Ok(Command::Version)
+    ));
+    assert_eq!(opts(&["-version=false", "hi"]).prompt, ["hi"]);
+    // Only after `=`: after a space, the word starts the prompt.
+    assert_eq!(opts(&["-stream", "true"]).prompt, ["true"]);
+    for bad in ["maybe", "", "yes", "tRuE", "2"] {
+        let m = err(&[&format!("-stream={bad}"), "hi"]);
+        assert!(
+            m.starts_with("-stream: ") && m.contains("not true or false"),
+            "{m}"
+        );
+    }
+    assert!(err(&["--q=on"]).starts_with("-q: 'on'"));
+    // A value flag keeps its own value, whatever it is.
+    assert_eq!(opts(&["-m=true", "hi"]).model, "true");
+}
+
+#[test]
 fn junk_arguments_never_panic() {
     let junk = [
         "-",
@@ -351,6 +396,79 @@ fn gateway_urls() {
             .target("/x")
             .is_direct()
     );
+}
+
+#[test]
+fn gateway_urls_with_a_query_a_fragment_or_credentials_are_refused() {
+    for url in [
+        "http://127.0.0.1:9080?x=1",
+        "http://127.0.0.1:9080/?x=1",
+        "http://127.0.0.1:9080/v1?",
+        "https://box:9443#frag",
+        "http://box/#",
+    ] {
+        let m = Gateway::parse(url).unwrap_err();
+        assert!(m.contains("the gateway's address only"), "{url}: {m}");
+        assert!(m.contains("query") || m.contains("fragment"), "{url}: {m}");
+    }
+    for (url, shown) in [
+        (
+            "http://user:s3cret@127.0.0.1:9080",
+            "'http://***@127.0.0.1:9080'",
+        ),
+        ("http://s3cret@box", "'http://***@box'"),
+        (
+            "https://u:s3cret/x?y#z@box:9443/v1",
+            "'https://***@box:9443/v1'",
+        ),
+        ("ftp://u:s3cret@box", "'ftp://***@box'"),
+        ("u:s3cret@box:9080", "'***@box:9080'"),
+        ("u:s3cret@box://x", "'***@box://x'"),
+    ] {
+        let m = Gateway::parse(url).unwrap_err();
+        assert!(!m.contains("s3cret"), "{url}: {m}");
+        assert!(m.contains(shown), "{url}: {m}");
+        assert!(m.contains("SIGOREST_API_KEY"), "{url}: {m}");
+    }
+}
+
+#[test]
+fn stdout_shows_control_characters_only_on_a_terminal() {
+    let answer = "title\x1b]0;pwned\x07 clip\x1b]52;c;eA==\x07 \x1b[31mred\x1b[0m\u{9b}2J\n";
+    assert!(matches!(
+        for_stdout(answer.as_bytes(), false, false),
+        Cow::Borrowed(b) if b == answer.as_bytes()
+    ));
+    assert_eq!(
+        for_stdout(answer.as_bytes(), true, false).as_ref(),
+        b"title^[]0;pwned^G clip^[]52;c;eA==^G ^[[31mred^[[0mM-^[2J\n"
+    );
+    assert!(matches!(
+        for_stdout(b"plain\n", true, false),
+        Cow::Borrowed(_)
+    ));
+    // Bytes that are not UTF-8: as they are into a pipe; U+FFFD on a terminal, where a lone
+    // 0x9b byte is a CSI to a terminal that does not speak UTF-8.
+    assert_eq!(for_stdout(b"a\x9bb", false, false).as_ref(), b"a\x9bb");
+    assert_eq!(
+        for_stdout(b"a\x9bb", true, false).as_ref(),
+        "a\u{fffd}b".as_bytes()
+    );
+    // -j: JSON escapes C0 controls already; a raw C1 control, which JSON allows in a
+    // string, is escaped as well, and the JSON means the same.
+    let json = "{\"content\":\"\\u001b]0;t\\u0007 \u{9d}0;t\u{9c}\"}\n";
+    let shown = for_stdout(json.as_bytes(), true, true);
+    assert_eq!(
+        shown.as_ref(),
+        br#"{"content":"\u001b]0;t\u0007 \u009d0;t\u009c"}
+"#
+    );
+    let v: Value = serde_json::from_slice(&shown).unwrap();
+    assert_eq!(v["content"], "\x1b]0;t\x07 \u{9d}0;t\u{9c}");
+    assert!(matches!(
+        for_stdout(json.as_bytes(), false, true),
+        Cow::Borrowed(_)
+    ));
 }
 
 #[test]

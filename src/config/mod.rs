@@ -172,6 +172,9 @@ pub enum Command {
     Version,
 }
 
+/// The flags that take no value (but may be given `=true` or `=false`, as in Go).
+const SWITCHES: &[&str] = &["q", "j", "version"];
+
 /// Parses the arguments after the program name.
 ///
 /// Help and version are looked for first (before any `--`). Then the options that take a
@@ -180,7 +183,7 @@ pub enum Command {
 /// option takes its last value, as Go's `flag` package does. Anything left over is an
 /// unknown flag or a stray argument.
 pub fn parse_args(args: Vec<OsString>) -> Result<Command, Error> {
-    let args = go_style(args);
+    let args = go_style(switch_values(args, SWITCHES)?);
     if let Some(command) = help_or_version(&args) {
         return Ok(command);
     }
@@ -406,18 +409,10 @@ pub fn go_style(args: Vec<OsString>) -> Vec<OsString> {
             out.push(arg);
             continue;
         }
-        let body = s
-            .strip_prefix("--")
-            .or_else(|| s.strip_prefix('-'))
-            .unwrap_or(s);
-        let (name, value) = match body.split_once('=') {
-            Some((n, v)) => (n, Some(v)),
-            None => (body, None),
-        };
-        if name.is_empty() || name.starts_with('-') {
+        let Some((name, value)) = flag_parts(s) else {
             out.push(arg);
             continue;
-        }
+        };
         let dashes = if name.chars().count() == 1 { "-" } else { "--" };
         let key = format!("{dashes}{name}");
         let raw_next = value.is_none() && key == llama::RAW_VALUE_KEY;
@@ -431,6 +426,80 @@ pub fn go_style(args: Vec<OsString>) -> Vec<OsString> {
         }
     }
     out
+}
+
+/// A flag's name and its `=value`, without the dashes: `--http-port=1` → `("http-port",
+/// Some("1"))`. `None` for `-`, `-=1` and three dashes, which are left as they are.
+fn flag_parts(s: &str) -> Option<(&str, Option<&str>)> {
+    let body = s
+        .strip_prefix("--")
+        .or_else(|| s.strip_prefix('-'))
+        .unwrap_or(s);
+    let (name, value) = match body.split_once('=') {
+        Some((n, v)) => (n, Some(v)),
+        None => (body, None),
+    };
+    (!name.is_empty() && !name.starts_with('-')).then_some((name, value))
+}
+
+/// Go's `flag` lets a switch take a value after `=` (`-stream=false`, `-q=1`), never after
+/// a space (`-q true` is the switch, then an argument). Rewrites `-name=value` for the
+/// `switches` named: a true value leaves the bare switch, a false one drops it together
+/// with that switch's earlier occurrences (the last one wins, as in Go). A value that is
+/// not one of Go's `strconv.ParseBool` spellings is a usage error naming the switch.
+/// Stops at `--`; the argument after `-llama-args` is left alone. Runs before [`go_style`].
+pub(crate) fn switch_values(
+    args: Vec<OsString>,
+    switches: &[&str],
+) -> Result<Vec<OsString>, Error> {
+    // Each argument, with the switch it sets when it is one.
+    let mut out: Vec<(OsString, Option<String>)> = Vec::with_capacity(args.len());
+    let mut rest = args.into_iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--" {
+            out.push((arg, None));
+            out.extend(rest.map(|a| (a, None)));
+            break;
+        }
+        let parts = arg
+            .to_str()
+            .filter(|_| looks_like_flag(&arg))
+            .and_then(flag_parts)
+            .map(|(n, v)| (n.to_string(), v.map(str::to_string)));
+        let Some((name, value)) = parts else {
+            out.push((arg, None));
+            continue;
+        };
+        if !switches.contains(&name.as_str()) {
+            let raw_next = value.is_none() && format!("--{name}") == llama::RAW_VALUE_KEY;
+            out.push((arg, None));
+            if raw_next {
+                out.extend(rest.next().map(|a| (a, None)));
+            }
+            continue;
+        }
+        match value.as_deref().map(go_bool) {
+            None => out.push((arg, Some(name))),
+            Some(Some(true)) => out.push((OsString::from(format!("-{name}")), Some(name))),
+            Some(Some(false)) => out.retain(|(_, set)| set.as_deref() != Some(name.as_str())),
+            Some(None) => {
+                return Err(bad(format!(
+                    "-{name}: {} is not true or false (nor 1, 0, t, f)",
+                    quote(value.as_deref().unwrap_or(""))
+                )));
+            }
+        }
+    }
+    Ok(out.into_iter().map(|(arg, _)| arg).collect())
+}
+
+/// The spellings Go's `strconv.ParseBool` accepts.
+fn go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
 }
 
 /// Whether an argument is meant as a flag: it starts with `-`, is not a lone `-` and is not

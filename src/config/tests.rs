@@ -347,7 +347,10 @@ fn unknown_flags_and_stray_arguments() {
         err(&["-q", "debug"]),
         "unexpected argument 'debug' (see -h)"
     );
-    assert_eq!(err(&["-j=false"]), "unexpected argument 'false' (see -h)");
+    assert_eq!(
+        err(&["-j", "false"]),
+        "unexpected argument 'false' (see -h)"
+    );
     assert_eq!(err(&["--"]), "unexpected argument '--' (see -h)");
     assert_eq!(
         err(&["-http-port", "1", "--", "-j"]),
@@ -447,6 +450,41 @@ fn usage_names_every_flag_variable_and_file() {
     for line in u.lines() {
         assert!(line.chars().count() <= 80, "long line in usage: {line}");
     }
+}
+
+#[test]
+fn switches_take_a_value_after_equals_as_in_go() {
+    for on in ["true", "1", "t", "TRUE", "True"] {
+        let c = run(&[&format!("-q={on}"), &format!("--j={on}")]);
+        assert_eq!(c.log_level, log::LevelFilter::Error);
+        assert!(c.json_log);
+    }
+    for off in ["false", "0", "f", "FALSE", "False"] {
+        let c = run(&[&format!("-q={off}"), &format!("-j={off}")]);
+        assert_eq!(c.log_level, log::LevelFilter::Info);
+        assert!(!c.json_log);
+    }
+    assert!(!run(&["-j", "-j=false"]).json_log, "the last one wins");
+    assert!(run(&["-j=false", "-j"]).json_log);
+    assert!(matches!(
+        parse_args(os(&["-version=true"])),
+        Ok(Command::Version)
+    ));
+    let m = err(&["-q=maybe"]);
+    assert!(m.starts_with("-q: 'maybe' is not true or false"), "{m}");
+    // After a space the value is an argument of its own, as in Go.
+    assert!(err(&["-q", "true"]).contains("unexpected argument 'true'"));
+    // The value of -llama-args is passed on untouched, even when it reads as a switch.
+    let c = run(&[
+        "-llama-server",
+        "x",
+        "-llama-model",
+        "m.gguf",
+        "-llama-args",
+        "-j=false",
+    ]);
+    assert_eq!(c.llama.map(|l| l.args), Some(vec!["-j=false".to_string()]));
+    assert!(!c.json_log);
 }
 
 #[test]
