@@ -312,8 +312,17 @@ mod tests {
         assert_eq!(server.join().unwrap(), [false, true, true]);
     }
 
-    #[test]
-    fn a_stream_read_to_its_end_gives_its_connection_back() {
+    /// A provider answering one chat stream in chunked SSE: the events `before` at once,
+    /// then — when the test sends on the channel — the events `after` and the body's end,
+    /// the connection then kept open a moment. Returns its URL, the channel and its thread.
+    fn scripted_stream(
+        before: &'static [&'static str],
+        after: &'static [&'static str],
+    ) -> (
+        String,
+        std::sync::mpsc::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ) {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!(
@@ -330,45 +339,67 @@ mod tests {
                 assert!(n > 0, "the request came whole");
                 got.extend_from_slice(&buf[..n]);
             }
-            let event = |data: &str| format!("{:x}\r\ndata: {data}\n\n\r\n", data.len() + 8);
+            let events = |list: &[&str]| -> String {
+                list.iter()
+                    .map(|data| format!("{:x}\r\ndata: {data}\n\n\r\n", data.len() + 8))
+                    .collect()
+            };
             let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
-            let first = event(r#"{"choices":[{"delta":{"content":"a"}}]}"#);
-            tcp.write_all(format!("{head}{first}").as_bytes()).unwrap();
+            tcp.write_all(format!("{head}{}", events(before)).as_bytes())
+                .unwrap();
             wait.recv().unwrap();
-            let rest = format!("{}0\r\n\r\n", event("[DONE]"));
-            tcp.write_all(rest.as_bytes()).unwrap();
-            // Kept open a moment: the gateway may send its next request on it.
-            tcp.set_read_timeout(Some(Duration::from_millis(200)))
+            tcp.write_all(format!("{}0\r\n\r\n", events(after)).as_bytes())
+                .unwrap();
+            // Kept open a moment: the connection may be pooled, or asked again, meanwhile.
+            tcp.set_read_timeout(Some(Duration::from_millis(500)))
                 .unwrap();
             let _ = tcp.read(&mut buf);
         });
-        let upstream = Upstream::new();
+        (url, go_on, server)
+    }
+
+    /// Opens a stream at `url` and reads it to its end; `opened` runs once it is open.
+    async fn read_whole_stream(
+        upstream: &Upstream,
+        url: String,
+        opened: impl FnOnce(),
+    ) -> (crate::chat::stream::StreamEnd, String) {
         let target = Target::direct(url);
         let hangup = Hangup::default();
-        let (end, text, idle) = crate::rt::block_on(async {
-            let open = upstream
-                .open_stream(
-                    &target,
-                    b"{}",
-                    Duration::from_secs(5),
-                    Duration::from_secs(5),
-                    0,
-                    &hangup,
-                )
-                .await;
-            let open = open.result.expect("the stream opens");
-            go_on.send(()).unwrap();
-            let mut gathered = crate::chat::stream::Gathered::keeping(true);
-            let end = read_open_stream(
-                open,
-                &mut gathered,
+        let open = upstream
+            .open_stream(
+                &target,
+                b"{}",
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+                0,
                 &hangup,
-                |_, _| Ok(()),
-                async || Ok(()),
-                None,
             )
             .await;
-            (end, gathered.text().to_string(), client::idle_here())
+        let open = open.result.expect("the stream opens");
+        opened();
+        let mut gathered = crate::chat::stream::Gathered::keeping(true);
+        let end = read_open_stream(
+            open,
+            &mut gathered,
+            &hangup,
+            |_, _| Ok(()),
+            async || Ok(()),
+            None,
+        )
+        .await;
+        (end, gathered.text().to_string())
+    }
+
+    const FIRST: &str = r#"{"choices":[{"delta":{"content":"a"}}]}"#;
+
+    #[test]
+    fn a_stream_read_to_its_end_gives_its_connection_back() {
+        let (url, go_on, server) = scripted_stream(&[FIRST], &["[DONE]"]);
+        let upstream = Upstream::new();
+        let (end, text, idle) = crate::rt::block_on(async {
+            let (end, text) = read_whole_stream(&upstream, url, || go_on.send(()).unwrap()).await;
+            (end, text, client::idle_here())
         })
         .unwrap();
         assert!(
@@ -383,63 +414,13 @@ mod tests {
 
     #[test]
     fn the_end_of_a_stream_is_not_waited_for_and_is_read_after() {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!(
-            "http://{}/v1/chat/completions",
-            listener.local_addr().unwrap()
-        );
         // The provider sends `[DONE]` and ends its chunked body only when told: after the
         // reader has returned. A reader that waited for the end would wait in vain (up to
         // its drain time, then drop the connection).
-        let (end_body, wait) = std::sync::mpsc::channel::<()>();
-        let server = std::thread::spawn(move || {
-            let (mut tcp, _) = listener.accept().unwrap();
-            let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !got.windows(2).any(|w| w == b"{}") {
-                let n = tcp.read(&mut buf).unwrap();
-                assert!(n > 0, "the request came whole");
-                got.extend_from_slice(&buf[..n]);
-            }
-            let event = |data: &str| format!("{:x}\r\ndata: {data}\n\n\r\n", data.len() + 8);
-            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
-            let first = event(r#"{"choices":[{"delta":{"content":"a"}}]}"#);
-            let done = event("[DONE]");
-            tcp.write_all(format!("{head}{first}{done}").as_bytes())
-                .unwrap();
-            wait.recv().unwrap();
-            tcp.write_all(b"0\r\n\r\n").unwrap();
-            // Kept open a moment: the connection is pooled meanwhile.
-            tcp.set_read_timeout(Some(Duration::from_millis(500)))
-                .unwrap();
-            let _ = tcp.read(&mut buf);
-        });
+        let (url, end_body, server) = scripted_stream(&[FIRST, "[DONE]"], &[]);
         let upstream = Upstream::new();
-        let target = Target::direct(url);
-        let hangup = Hangup::default();
         let (end, idle_at_end, pooled) = crate::rt::block_on(async {
-            let open = upstream
-                .open_stream(
-                    &target,
-                    b"{}",
-                    Duration::from_secs(5),
-                    Duration::from_secs(5),
-                    0,
-                    &hangup,
-                )
-                .await;
-            let open = open.result.expect("the stream opens");
-            let mut gathered = crate::chat::stream::Gathered::keeping(true);
-            let end = read_open_stream(
-                open,
-                &mut gathered,
-                &hangup,
-                |_, _| Ok(()),
-                async || Ok(()),
-                None,
-            )
-            .await;
+            let (end, _) = read_whole_stream(&upstream, url, || ()).await;
             let idle_at_end = client::idle_here();
             end_body.send(()).unwrap();
             // The rest of the body is read by a task of its own, which pools the connection.
