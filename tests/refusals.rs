@@ -254,16 +254,13 @@ fn a_client_that_leaves_the_queue_counts_under_its_key_without_a_model() {
 
 /// A chat request sent on a connection kept open (the caller drops it to leave).
 fn chat_kept(gw: &Gateway, auth: &str) -> std::net::TcpStream {
-    use std::io::Write;
     let body = br#"{"model": "gpt41", "messages": [{"role": "user", "content": "hi"}]}"#;
-    let mut s = std::net::TcpStream::connect(gw.http).unwrap();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    s
+    crate::support::gateway::post_and_keep(
+        gw.http,
+        "/v1/chat/completions",
+        body,
+        &[("Authorization", auth)],
+    )
 }
 
 fn queue_depth(gw: &Gateway) -> Value {

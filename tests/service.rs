@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::client::{self, Call};
-use crate::support::gateway::TempDir;
+use crate::support::gateway::{TempDir, post_and_keep};
 use crate::support::process::{Server, free_port};
 use crate::support::upstream::{FakeUpstream, Reply};
 
@@ -150,7 +150,7 @@ fn sigterm_lets_a_stream_in_flight_finish_and_exits_0() {
 
 #[test]
 fn requests_still_running_when_the_grace_runs_out_are_answered_and_counted() {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let fake = FakeUpstream::start();
     fake.push(Reply::hang());
     let piece = json!({"choices": [{"index": 0, "delta": {"content": "first"}}]}).to_string();
@@ -162,15 +162,7 @@ fn requests_still_running_when_the_grace_runs_out_are_answered_and_counted() {
     );
     let send = |body: serde_json::Value| {
         let body = serde_json::to_vec(&body).unwrap();
-        let mut sock = std::net::TcpStream::connect(server.addr).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let head = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        sock.write_all(&[head.as_bytes(), &body].concat()).unwrap();
-        sock
+        post_and_keep(server.addr, "/v1/chat/completions", &body, &[])
     };
     let messages = json!([{"role": "user", "content": "x"}]);
     let mut complete = send(json!({"model": "gpt41", "messages": messages}));
@@ -222,7 +214,7 @@ fn requests_still_running_when_the_grace_runs_out_are_answered_and_counted() {
 /// it is told).
 #[test]
 fn requests_still_in_the_queue_when_the_grace_runs_out_are_answered_too() {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let fake = FakeUpstream::start();
     fake.set_default(Reply::hang());
     let mut server = start(
@@ -233,17 +225,7 @@ fn requests_still_in_the_queue_when_the_grace_runs_out_are_answered_too() {
     let body = serde_json::to_vec(&json!({"model": "gpt41",
         "messages": [{"role": "user", "content": "hang"}]}))
     .unwrap();
-    let send = || {
-        let mut sock = std::net::TcpStream::connect(server.addr).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let head = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        sock.write_all(&[head.as_bytes(), &body].concat()).unwrap();
-        sock
-    };
+    let send = || post_and_keep(server.addr, "/v1/chat/completions", &body, &[]);
     let mut running = send();
     fake.wait_for_requests(1, Duration::from_secs(5));
     let mut queued = send();

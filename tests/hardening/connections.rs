@@ -259,14 +259,7 @@ fn a_client_that_does_not_read_a_stream_holds_the_worker_only_for_the_stall_time
 /// A chat request sent on a raw connection, which is returned (drop it to leave).
 fn chat_and_keep(addr: SocketAddr) -> TcpStream {
     let body = br#"{"model": "gpt41", "messages": [{"role": "user", "content": "hi"}]}"#;
-    let mut s = TcpStream::connect(addr).unwrap();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    s
+    crate::support::gateway::post_and_keep(addr, "/v1/chat/completions", body, &[])
 }
 
 /// Waits until `/api/health` shows this many requests in the queue.

@@ -390,6 +390,28 @@ pub fn request(url: &str, method: &str, body: Option<&[u8]>, headers: &[(&str, &
     }
 }
 
+/// A POST sent on a new connection that is left open and unread: the caller reads it, or
+/// drops it to leave (a client that hangs up).
+pub fn post_and_keep(
+    addr: SocketAddr,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut sock = std::net::TcpStream::connect(addr).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    sock.write_all(&[head.as_bytes(), body].concat())
+        .expect("send");
+    sock
+}
+
 /// Locks a mutex, recovering from poisoning (a panicking test thread must not hide the
 /// first failure behind a second one).
 pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
