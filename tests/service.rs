@@ -509,3 +509,37 @@ fn the_systemd_unit_verifies_and_is_rated_ok() {
         .unwrap_or_else(|| panic!("no exposure level in: {report}"));
     assert!(level <= 2.0, "exposure {level} > 2.0:\n{report}");
 }
+
+#[test]
+fn a_provider_refusing_the_gateways_key_is_relayed_and_warned_about_once() {
+    let fake = FakeUpstream::start();
+    fake.push_n(
+        2,
+        Reply::error(401, "Incorrect API key provided: sk-prov***123"),
+    );
+    let server = start(TempDir::new("refusedkey"), &[], &env_for(&fake));
+    let url = server.url("/v1/chat/completions");
+    let body = br#"{"model": "gpt41", "messages": [{"role": "user", "content": "hi"}]}"#;
+    for _ in 0..2 {
+        let r = crate::support::gateway::request(&url, "POST", Some(body), &[]);
+        assert_eq!(r.status, 401, "as the design says: same status");
+    }
+    let warned = server.wait_for_line("refused the gateway's credentials", Duration::from_secs(5));
+    assert!(
+        warned.contains("WARN") && warned.contains("gpt41"),
+        "{warned}"
+    );
+    // Both requests logged, then one WARN for the two.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server.stderr().matches("status=401").count() < 2 && std::time::Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let log = server.stderr();
+    assert_eq!(log.matches("status=401").count(), 2, "{log}");
+    assert_eq!(
+        log.matches("refused the gateway's credentials").count(),
+        1,
+        "once a minute: {log}"
+    );
+}

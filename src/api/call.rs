@@ -1000,7 +1000,31 @@ pub(super) fn fail(
         gw.scores.record(short, false, started.elapsed());
     }
     permit.finish(outcome);
+    if let Failure::Status {
+        status: status @ (401 | 403),
+        ..
+    } = failure
+    {
+        warn_refused_key(short, status);
+    }
     failure.into_error(short)
+}
+
+/// A provider's 401 or 403 goes to the client as it came (the design's "upstream 4xx: same
+/// status"), but it is nearly always the gateway's own provider key that is wrong, which
+/// only the operator can mend: a WARN says so, at most once a minute.
+fn warn_refused_key(short: &str, status: u16) {
+    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let mut last = crate::util::lock(&LAST);
+    if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(60)) {
+        return;
+    }
+    *last = Some(Instant::now());
+    log::warn!(
+        model = short,
+        status = status;
+        "the provider refused the gateway's credentials: check the provider's API key (its environment variable) for this model"
+    );
 }
 
 /// Adds the token usage, where the provider reported it, to the access log line.
