@@ -1,8 +1,9 @@
 //! Local Ollama models, found automatically.
 //!
 //! `GET $OLLAMA_HOST/api/tags` is read in the background at start (never delaying start-up),
-//! every 60 s, and at once — at most once per 5 s — when an unknown `ollama-…` model is asked
-//! for. Each model gets a short code: `ollama-` + its name with `:` and `/` turned into `-`
+//! every 60 s, and at once — at most once per 5 s — when a model the gateway does not know
+//! is asked for by a name Ollama could have (an `ollama-…` code, or a name just pulled:
+//! `phi4:14b`). Each model gets a short code: `ollama-` + its name with `:` and `/` turned into `-`
 //! and a trailing `-latest` dropped. Its context length comes from `POST /api/show`, fetched
 //! once per model (again only when its digest changes).
 //!
@@ -305,10 +306,13 @@ impl State {
     }
 }
 
-/// Whether `name` is an `ollama-…` short code (in any case).
-fn is_ollama_code(name: &str) -> bool {
-    name.get(..7)
-        .is_some_and(|p| p.eq_ignore_ascii_case("ollama-"))
+/// Whether an unknown `name` may be a model Ollama has and the list does not show yet: an
+/// `ollama-…` code or a real name (`phi4:14b`, `qwen3`), that is, any name Ollama could
+/// report. The gateway asks only for names that match no cloud or llama-server model; the
+/// rate limit ([`ON_DEMAND_MIN_GAP`]) keeps a stream of typos from costing more than one
+/// discovery per 5 s.
+fn may_be_ollama_name(name: &str) -> bool {
+    source::is_usable_name(name)
 }
 
 /// Whether an on-demand discovery may run at `now` (one per [`ON_DEMAND_MIN_GAP`]).
@@ -373,8 +377,8 @@ impl Ollama {
     }
 
     /// Finds a model by short code or Ollama name (case-insensitive; a name without a tag
-    /// also finds `name:latest`). An unknown name that starts with `ollama-` triggers a
-    /// discovery first (at most once per [`ON_DEMAND_MIN_GAP`], at most
+    /// also finds `name:latest`). An unknown name Ollama could have (an `ollama-…` code or a
+    /// real name; see [`may_be_ollama_name`]) triggers a discovery first (at most once per [`ON_DEMAND_MIN_GAP`], at most
     /// [`DISCOVERY_TIMEOUT`] long): on the background thread when it runs (the caller
     /// only waits for its result, doing no I/O), else here. It blocks: never on an event
     /// loop (see [`Ollama::lookup_now`]).
@@ -383,7 +387,7 @@ impl Ollama {
         if let Some(m) = self.find(name) {
             return Lookup::Found(m);
         }
-        if is_ollama_code(name) && self.on_demand_due() {
+        if may_be_ollama_name(name) && self.on_demand_due() {
             if self.background_runs() {
                 let begun = lock(&self.state).begun;
                 self.asked.store(true, Ordering::SeqCst);
@@ -403,14 +407,14 @@ impl Ollama {
     }
 
     /// [`Ollama::lookup`] from what is known now, never waiting: `None` when it would run
-    /// a discovery (an unknown `ollama-…` name while one is due), which then only
+    /// a discovery (an unknown name Ollama could have while one is due), which then only
     /// [`Ollama::lookup`] may do, off the event loops.
     pub fn lookup_now(&self, name: &str) -> Option<Lookup> {
         let name = name.trim();
         if let Some(m) = self.find(name) {
             return Some(Lookup::Found(m));
         }
-        if is_ollama_code(name) && self.on_demand_would_run() {
+        if may_be_ollama_name(name) && self.on_demand_would_run() {
             return None;
         }
         Some(self.not_found(name))

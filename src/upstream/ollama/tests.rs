@@ -389,10 +389,16 @@ fn unknown_ollama_codes_trigger_discovery_at_most_every_5_s() {
         "within 5 s: no call"
     );
     assert_eq!(script.tag_calls(), 1);
-    // Names that do not start with `ollama-` never trigger one.
+    assert_eq!(
+        o.lookup("mistral:7b"),
+        Lookup::Unknown,
+        "nor by a real name"
+    );
+    assert_eq!(script.tag_calls(), 1);
+    // A name that cannot be Ollama's never triggers one.
     clock.advance(Duration::from_secs(10));
-    assert_eq!(o.lookup("qwen3"), Lookup::Unknown);
-    assert_eq!(o.lookup("mistral:7b"), Lookup::Unknown);
+    assert_eq!(o.lookup("not a name"), Lookup::Unknown);
+    assert_eq!(o.lookup(""), Lookup::Unknown);
     assert_eq!(script.tag_calls(), 1);
     assert_eq!(found(o.lookup("OLLAMA-QWEN3")).name, "qwen3:latest");
     assert_eq!(script.tag_calls(), 2);
@@ -404,6 +410,32 @@ fn unknown_ollama_codes_trigger_discovery_at_most_every_5_s() {
     assert_eq!(o.lookup("ollama-y"), Lookup::Unknown);
     assert_eq!(script.tag_calls(), 3);
     assert_eq!(o.lookup("ollama-qwen3"), Lookup::Gone);
+}
+
+#[test]
+fn an_unknown_real_name_triggers_discovery_too() {
+    let (o, script, clock) = registry();
+    script.set(&["gemma3:4b"]);
+    o.discover().unwrap();
+    // `ollama pull phi4:14b` and `ollama pull qwen3`: asked for by the names Ollama printed.
+    script.set(&["gemma3:4b", "phi4:14b", "qwen3:latest"]);
+    assert_eq!(found(o.lookup("phi4:14b")).short, "ollama-phi4-14b");
+    assert_eq!(script.tag_calls(), 2);
+    // Known now: no call.
+    assert_eq!(found(o.lookup("qwen3")).name, "qwen3:latest");
+    assert_eq!(script.tag_calls(), 2);
+
+    // An untagged name (it may mean `name:latest`) asks as well, once per 5 s however many
+    // unknown names come.
+    script.set(&["gemma3:4b", "phi4:14b", "qwen3:latest", "mistral:latest"]);
+    clock.advance(ON_DEMAND_MIN_GAP);
+    assert_eq!(o.lookup("gpt-9"), Lookup::Unknown);
+    assert_eq!(script.tag_calls(), 3);
+    assert_eq!(found(o.lookup("mistral")).short, "ollama-mistral");
+    for name in ["llama9:1b", "claude-x", "ollama-nope"] {
+        assert_eq!(o.lookup(name), Lookup::Unknown);
+    }
+    assert_eq!(script.tag_calls(), 3);
 }
 
 #[test]
@@ -540,16 +572,17 @@ fn lookup_now_answers_from_what_is_known_and_leaves_the_discovery_to_lookup() {
     script.set(&["qwen3:latest"]);
     o.discover().unwrap();
     let calls = script.tag_calls();
-    // Known, or not an Ollama code: answered at once.
+    // Known, or not a name Ollama could have: answered at once.
     assert_eq!(
         found(o.lookup_now("ollama-qwen3").unwrap()).name,
         "qwen3:latest"
     );
-    assert_eq!(o.lookup_now("gpt41"), Some(Lookup::Unknown));
-    // An unknown code while an on-demand discovery is due: only `lookup` may tell, and
-    // asking did not use the turn up.
+    assert_eq!(o.lookup_now("two words"), Some(Lookup::Unknown));
+    // An unknown code or name while an on-demand discovery is due: only `lookup` may
+    // tell, and asking did not use the turn up.
     script.set(&["qwen3:latest", "gemma3:4b"]);
     assert_eq!(o.lookup_now("ollama-gemma3-4b"), None);
+    assert_eq!(o.lookup_now("gemma3:4b"), None);
     assert_eq!(o.lookup_now("ollama-gemma3-4b"), None);
     assert_eq!(script.tag_calls(), calls, "lookup_now asks Ollama nothing");
     assert_eq!(found(o.lookup("ollama-gemma3-4b")).name, "gemma3:4b");
