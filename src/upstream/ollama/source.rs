@@ -147,8 +147,9 @@ pub trait Source: Send + Sync + 'static {
 }
 
 /// Ollama over HTTP: never through a proxy, statuses as data, 2 s for each call, on our
-/// own client (one call at a time, from the registry's background thread or a request's
-/// blocking job).
+/// own client (blocking calls, from the registry's background thread, a SIGHUP's thread or
+/// a request's blocking job; a list read may run while the background thread reads a
+/// context length).
 pub(super) struct Http {
     tags: Target,
     show: Target,
