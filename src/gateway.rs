@@ -458,12 +458,6 @@ impl Gateway {
                 "Ollama at {} no longer reports this model",
                 self.ollama.base_url()
             ))),
-            Lookup::Unknown if name.to_lowercase().starts_with("ollama-") => {
-                Err(not_found(format!(
-                    "Ollama at {} does not report this model (see GET /v1/models)",
-                    self.ollama.base_url()
-                )))
-            }
             Lookup::Unknown => Err(not_found(match self.catalog.get(name) {
                 Some(m) if self.llama.as_ref().is_some_and(|l| l.matches(&m.short)) => format!(
                     "'{}' is the local llama-server's model here; the cloud model of that name is not offered",
@@ -474,6 +468,15 @@ impl Gateway {
                     "'{}' is in the catalog but not enabled in the gateway's models.csv",
                     m.short
                 ),
+                // An `ollama-…` code or a tagged name (`phi4:14b`) was meant for Ollama,
+                // which has just been asked (or was less than 5 s ago).
+                None if name.to_lowercase().starts_with("ollama-") || name.contains(':') => {
+                    format!(
+                        "Ollama at {} does not report this model (see GET /v1/models; \
+                         Ollama is asked again at most every 5 s)",
+                        self.ollama.base_url()
+                    )
+                }
                 None => "unknown model; GET /v1/models lists the available ones".to_string(),
             })),
         })

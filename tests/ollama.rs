@@ -546,6 +546,37 @@ mod gateway {
     }
 
     #[test]
+    fn a_new_model_is_found_on_demand_by_its_ollama_name() {
+        let fake = fake_ollama(&["gemma3:4b"]);
+        let (gw, _cloud) = gateway_with(&fake.url(""));
+        wait_for_discovery(&gw);
+        // `ollama pull phi4:14b`, then ask for it by the name Ollama printed.
+        fake.route(
+            "GET",
+            "/api/tags",
+            Reply::json(200, tags(&["gemma3:4b", "phi4:14b"])),
+        );
+        let r = gw.chat("phi4:14b", "hi", json!({}));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            fake.requests_to("/v1/chat/completions")[0].model(),
+            Some("phi4:14b")
+        );
+        // Another unknown name within 5 s is answered at once, saying where it looked.
+        let asked = fake.requests_to("/api/tags").len();
+        let msg = gw
+            .chat("phi5:1b", "hi", json!({}))
+            .assert_error(404, "model_not_found");
+        assert!(
+            msg.contains("does not report") && msg.contains(&fake.url("")),
+            "{msg}"
+        );
+        gw.chat("gpt-9", "hi", json!({}))
+            .assert_error(404, "model_not_found");
+        assert_eq!(fake.requests_to("/api/tags").len(), asked);
+    }
+
+    #[test]
     fn a_vanished_model_gets_a_clear_404() {
         let fake = fake_ollama(&["gemma3:4b", "qwen3:latest"]);
         let (gw, _cloud) = gateway_with(&fake.url(""));

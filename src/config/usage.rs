@@ -151,7 +151,7 @@ Environment:
   ZAI_BASE_URL         default https://api.z.ai/api/paas/v4
                        (each: the part of the URL before /chat/completions)
   OLLAMA_HOST          local Ollama server (default http://localhost:11434;
-                       host:port accepted)
+                       host:port and :port accepted)
 ";
 
 const FILES: &str = "

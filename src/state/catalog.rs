@@ -98,8 +98,10 @@ impl Provider {
 /// Where llama-server listens when nobody says otherwise.
 const LLAMA_DEFAULT_BASE: &str = "http://127.0.0.1:8080/v1";
 
-/// `OLLAMA_HOST` as Ollama itself reads it — `host`, `host:port`, `http://host:port` — turned
-/// into a base URL without a trailing slash (`http://localhost:11434` when unset).
+/// `OLLAMA_HOST` as Ollama itself reads it — `host`, `host:port`, `:port`, `http://host:port` —
+/// turned into a base URL without a trailing slash (`http://localhost:11434` when unset). An
+/// empty host (`:11434`) is this machine, `127.0.0.1`, as for Ollama; an empty port the
+/// default one.
 pub fn ollama_base(host: Option<&str>) -> String {
     let host = host
         .map(str::trim)
@@ -112,29 +114,25 @@ pub fn ollama_base(host: Option<&str>) -> String {
     let rest = rest.trim_end_matches('/');
     let authority = rest.split('/').next().unwrap_or(rest);
     let path = &rest[authority.len()..];
-    // A port is present when the part after the last ':' is all digits and, for IPv6, the ':'
-    // comes after the closing bracket.
-    let has_port = match authority.rfind(':') {
-        Some(i) => {
-            let after = &authority[i + 1..];
-            !after.is_empty()
-                && after.bytes().all(|b| b.is_ascii_digit())
-                && (!authority.starts_with('[') || authority[..i].ends_with(']'))
-        }
-        None => false,
-    };
-    let bare_v6 = !authority.starts_with('[') && authority.matches(':').count() > 1;
-    let authority = if bare_v6 {
-        format!("[{authority}]")
-    } else {
-        authority.to_string()
-    };
-    let default_port = if scheme == "https" { 443 } else { 11434 };
-    if has_port && !bare_v6 {
-        format!("{scheme}://{authority}{path}")
-    } else {
-        format!("{scheme}://{authority}:{default_port}{path}")
+    let default_port = if scheme == "https" { "443" } else { "11434" };
+    // A bare IPv6 address (`::1`) has no port: it is bracketed and given the default one.
+    if !authority.starts_with('[') && authority.matches(':').count() > 1 {
+        return format!("{scheme}://[{authority}]:{default_port}{path}");
     }
+    // A port is the part after the last ':' when it is all digits (or empty) and, for a
+    // bracketed IPv6 address, the ':' comes after the closing bracket.
+    let (name, port) = match authority.rfind(':') {
+        Some(i)
+            if authority[i + 1..].bytes().all(|b| b.is_ascii_digit())
+                && (!authority.starts_with('[') || authority[..i].ends_with(']')) =>
+        {
+            (&authority[..i], &authority[i + 1..])
+        }
+        _ => (authority, ""),
+    };
+    let name = if name.is_empty() { "127.0.0.1" } else { name };
+    let port = if port.is_empty() { default_port } else { port };
+    format!("{scheme}://{name}:{port}{path}")
 }
 
 /// One model and its facts.
@@ -453,5 +451,12 @@ mod tests {
             ollama_base(Some("http://box:11434/ollama")),
             "http://box:11434/ollama"
         );
+        // An empty host is this machine, an empty port the default one (as for Ollama).
+        assert_eq!(ollama_base(Some(":11434")), "http://127.0.0.1:11434");
+        assert_eq!(ollama_base(Some(" :8080 ")), "http://127.0.0.1:8080");
+        assert_eq!(ollama_base(Some("http://:8080/")), "http://127.0.0.1:8080");
+        assert_eq!(ollama_base(Some(":")), "http://127.0.0.1:11434");
+        assert_eq!(ollama_base(Some("box:")), "http://box:11434");
+        assert_eq!(ollama_base(Some("[::1]:")), "http://[::1]:11434");
     }
 }

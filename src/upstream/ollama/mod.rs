@@ -1,10 +1,18 @@
 //! Local Ollama models, found automatically.
 //!
 //! `GET $OLLAMA_HOST/api/tags` is read in the background at start (never delaying start-up),
-//! every 60 s, and at once — at most once per 5 s — when an unknown `ollama-…` model is asked
-//! for. Each model gets a short code: `ollama-` + its name with `:` and `/` turned into `-`
+//! every 60 s, and at once — at most once per 5 s — when a model the gateway does not know
+//! is asked for by a name Ollama could have (an `ollama-…` code, or a name just pulled:
+//! `phi4:14b`). Each model gets a short code: `ollama-` + its name with `:` and `/` turned into `-`
 //! and a trailing `-latest` dropped. Its context length comes from `POST /api/show`, fetched
 //! once per model (again only when its digest changes).
+//!
+//! The list is shown as soon as `/api/tags` is read; the context lengths are read after it,
+//! by the background thread, in batches of at most [`CONTEXT_BUDGET`] (models never asked
+//! first, then those whose read failed longest ago): a slow `/api/show` never holds up a
+//! list read asked for by a request or a SIGHUP. A batch stops early for such a read; the
+//! models it did not reach follow in the next batch, those whose read failed are tried
+//! again at the next round, and a model that has left the list is not asked.
 //!
 //! Short codes keep the case of the Ollama name and are matched case-insensitively, like
 //! every model name in the gateway. Two names that map to the same code (case-insensitively)
@@ -39,6 +47,9 @@ const ON_DEMAND_SLACK: Duration = Duration::from_millis(500);
 pub const REDISCOVER_EVERY: Duration = Duration::from_secs(60);
 /// The shortest time between two discoveries triggered by requests for unknown models.
 pub const ON_DEMAND_MIN_GAP: Duration = Duration::from_secs(5);
+/// How long one batch of `/api/show` calls may go on starting new ones (the last one
+/// started may take [`DISCOVERY_TIMEOUT`] more).
+pub const CONTEXT_BUDGET: Duration = Duration::from_secs(5);
 
 /// One model Ollama reports.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -160,6 +171,15 @@ impl Snapshot {
         }
     }
 
+    /// The digest of the model of exactly this name, if listed.
+    fn digest_of(&self, name: &str) -> Option<&str> {
+        let exact = |i: usize| (self.models[i].name == name).then(|| self.digests[i].as_str());
+        self.index
+            .get(&name.to_lowercase())
+            .and_then(|&i| exact(i))
+            .or_else(|| (0..self.models.len()).find_map(exact))
+    }
+
     fn find(&self, name: &str) -> Option<&OllamaModel> {
         self.models
             .iter()
@@ -189,6 +209,10 @@ struct State {
     contexts: HashMap<String, Known>,
     /// Names whose `/api/show` is under way.
     fetching: HashSet<String>,
+    /// Names whose last `/api/show` failed: for that digest, and when (in `show_failures`).
+    failed_contexts: HashMap<String, (String, u64)>,
+    /// Failed `/api/show` calls so far (orders the retries: the oldest failure first).
+    show_failures: u64,
     last_discovery: Option<u64>,
     last_error: Option<String>,
     /// Discovery has been failing since the last WARN.
@@ -242,6 +266,7 @@ impl State {
             self.gone.insert(m.short.to_lowercase());
             self.gone.insert(m.name.to_lowercase());
             self.contexts.remove(&m.name);
+            self.failed_contexts.remove(&m.name);
         }
         for m in &models {
             self.gone.remove(&m.short.to_lowercase());
@@ -258,10 +283,12 @@ impl State {
             .map_or(0, |k| k.context)
     }
 
-    /// The models whose context length is still to be read (marked as being read).
+    /// The models whose context length is still to be read (marked as being read): those
+    /// never asked first (in list order), then those whose read failed, the oldest failure
+    /// first.
     fn take_unknown_contexts(&mut self) -> Vec<(String, String)> {
         let snapshot = self.snapshot.clone();
-        let wanted: Vec<(String, String)> = snapshot
+        let mut wanted: Vec<(Option<u64>, String, String)> = snapshot
             .models
             .iter()
             .zip(&snapshot.digests)
@@ -269,14 +296,42 @@ impl State {
                 !self.fetching.contains(&m.name)
                     && self.contexts.get(&m.name).is_none_or(|k| &k.digest != *d)
             })
-            .map(|(m, d)| (m.name.clone(), d.clone()))
+            .map(|(m, d)| (self.failed_at(&m.name, d), m.name.clone(), d.clone()))
             .collect();
-        self.fetching.extend(wanted.iter().map(|(n, _)| n.clone()));
-        wanted
+        // Stable: `None` (never asked) sorts first.
+        wanted.sort_by_key(|(failed, _, _)| *failed);
+        self.fetching
+            .extend(wanted.iter().map(|(_, n, _)| n.clone()));
+        wanted.into_iter().map(|(_, n, d)| (n, d)).collect()
     }
 
-    /// Records a context length and shows it in the list.
+    /// When the read of this version of a model last failed (`None`: never asked).
+    fn failed_at(&self, name: &str, digest: &str) -> Option<u64> {
+        self.failed_contexts
+            .get(name)
+            .filter(|(d, _)| d == digest)
+            .map(|(_, at)| *at)
+    }
+
+    /// Whether this version of a model is still listed and its context length still wanted.
+    fn context_still_wanted(&self, name: &str, digest: &str) -> bool {
+        self.snapshot.digest_of(name) == Some(digest)
+            && self.contexts.get(name).is_none_or(|k| k.digest != digest)
+    }
+
+    fn note_context_failed(&mut self, name: &str, digest: String) {
+        self.show_failures += 1;
+        self.failed_contexts
+            .insert(name.to_string(), (digest, self.show_failures));
+    }
+
+    /// Records a context length and shows it in the list (unless the model has left it
+    /// while its length was read).
     fn learn_context(&mut self, name: &str, digest: String, context: u64) {
+        self.failed_contexts.remove(name);
+        if self.snapshot.digest_of(name).is_none() {
+            return;
+        }
         self.contexts
             .insert(name.to_string(), Known { digest, context });
         let old = &self.snapshot;
@@ -305,10 +360,13 @@ impl State {
     }
 }
 
-/// Whether `name` is an `ollama-…` short code (in any case).
-fn is_ollama_code(name: &str) -> bool {
-    name.get(..7)
-        .is_some_and(|p| p.eq_ignore_ascii_case("ollama-"))
+/// Whether an unknown `name` may be a model Ollama has and the list does not show yet: an
+/// `ollama-…` code or a real name (`phi4:14b`, `qwen3`), that is, any name Ollama could
+/// report. The gateway asks only for names that match no cloud or llama-server model; the
+/// rate limit ([`ON_DEMAND_MIN_GAP`]) keeps a stream of typos from costing more than one
+/// discovery per 5 s.
+fn may_be_ollama_name(name: &str) -> bool {
+    source::is_usable_name(name)
 }
 
 /// Whether an on-demand discovery may run at `now` (one per [`ON_DEMAND_MIN_GAP`]).
@@ -333,6 +391,9 @@ pub struct Ollama {
     stopping: AtomicBool,
     /// A request asked the background thread for a discovery now.
     asked: AtomicBool,
+    /// The background thread is reading context lengths (a request then reads the list
+    /// itself rather than wait for the `/api/show` under way).
+    reading_contexts: AtomicBool,
     /// Notified when a discovery of the list has finished.
     discovered: Condvar,
 }
@@ -358,6 +419,7 @@ impl Ollama {
             handle: Mutex::new(None),
             stopping: AtomicBool::new(false),
             asked: AtomicBool::new(false),
+            reading_contexts: AtomicBool::new(false),
             discovered: Condvar::new(),
         }
     }
@@ -373,18 +435,21 @@ impl Ollama {
     }
 
     /// Finds a model by short code or Ollama name (case-insensitive; a name without a tag
-    /// also finds `name:latest`). An unknown name that starts with `ollama-` triggers a
-    /// discovery first (at most once per [`ON_DEMAND_MIN_GAP`], at most
-    /// [`DISCOVERY_TIMEOUT`] long): on the background thread when it runs (the caller
-    /// only waits for its result, doing no I/O), else here. It blocks: never on an event
-    /// loop (see [`Ollama::lookup_now`]).
+    /// also finds `name:latest`). An unknown name Ollama could have (an `ollama-…` code or a
+    /// real name; see [`may_be_ollama_name`]) triggers a discovery first (at most once per
+    /// [`ON_DEMAND_MIN_GAP`], at most [`DISCOVERY_TIMEOUT`] long): on the background thread
+    /// when it runs and is not reading context lengths (the caller only waits for its
+    /// result, doing no I/O), else here. It blocks: never on an event loop (see
+    /// [`Ollama::lookup_now`]).
     pub fn lookup(&self, name: &str) -> Lookup {
         let name = name.trim();
         if let Some(m) = self.find(name) {
             return Lookup::Found(m);
         }
-        if is_ollama_code(name) && self.on_demand_due() {
-            if self.background_runs() {
+        if may_be_ollama_name(name) && self.on_demand_due() {
+            if self.background_runs() && !self.reading_contexts.load(Ordering::SeqCst) {
+                // Should it start a batch of `/api/show` meanwhile, it stops before the
+                // first one (`asked`).
                 let begun = lock(&self.state).begun;
                 self.asked.store(true, Ordering::SeqCst);
                 self.wake_worker();
@@ -403,14 +468,14 @@ impl Ollama {
     }
 
     /// [`Ollama::lookup`] from what is known now, never waiting: `None` when it would run
-    /// a discovery (an unknown `ollama-…` name while one is due), which then only
+    /// a discovery (an unknown name Ollama could have while one is due), which then only
     /// [`Ollama::lookup`] may do, off the event loops.
     pub fn lookup_now(&self, name: &str) -> Option<Lookup> {
         let name = name.trim();
         if let Some(m) = self.find(name) {
             return Some(Lookup::Found(m));
         }
-        if is_ollama_code(name) && self.on_demand_would_run() {
+        if may_be_ollama_name(name) && self.on_demand_would_run() {
             return None;
         }
         Some(self.not_found(name))
@@ -474,11 +539,16 @@ impl Ollama {
         on_demand_due_at(&lock(&self.state), self.clock.now())
     }
 
-    /// One discovery round now: the list, then the context lengths not known yet. Returns
-    /// the number of models found, or why it failed.
+    /// One discovery now (a SIGHUP's, tests'): the list, shown as soon as it is read; then
+    /// the context lengths not known yet, read by the background thread when it runs, else
+    /// here (one batch). Returns the number of models found, or why it failed.
     pub fn discover(&self) -> Result<usize, String> {
         let found = self.refresh_list()?;
-        self.fill_contexts();
+        if self.background_runs() {
+            self.wake_worker();
+        } else {
+            self.fill_contexts();
+        }
         Ok(found)
     }
 
@@ -540,34 +610,48 @@ impl Ollama {
         }
     }
 
-    /// Reads the context lengths not known yet, one `/api/show` at a time, no lock held
-    /// across a call. A failed read is tried again at the next round.
-    fn fill_contexts(&self) {
+    /// One batch of context length reads: one `/api/show` at a time, no lock held across a
+    /// call, none started after [`CONTEXT_BUDGET`] (at least one is) or once a request
+    /// waits for a list read or the registry stops; a model no longer listed is skipped.
+    /// Returns whether models never asked are left (the background thread goes on with
+    /// them after whatever else is due); those whose read failed wait for the next round.
+    fn fill_contexts(&self) -> bool {
+        let began = self.clock.now();
         let wanted = lock(&self.state).take_unknown_contexts();
         let mut wanted = wanted.into_iter();
+        let mut asked_any = false;
         for (name, digest) in wanted.by_ref() {
-            if self.stopping.load(Ordering::SeqCst) {
+            let over =
+                asked_any && self.clock.now().saturating_duration_since(began) >= CONTEXT_BUDGET;
+            if over || self.stopping.load(Ordering::SeqCst) || self.asked.load(Ordering::SeqCst) {
                 lock(&self.state).fetching.remove(&name);
                 break;
             }
+            if !lock(&self.state).context_still_wanted(&name, &digest) {
+                lock(&self.state).fetching.remove(&name);
+                continue;
+            }
+            asked_any = true;
             let result = self.source.context_length(&name);
             let mut state = lock(&self.state);
             state.fetching.remove(&name);
             match result {
                 Ok(context) => state.learn_context(&name, digest, context),
                 Err(f) => {
+                    state.note_context_failed(&name, digest);
                     drop(state);
                     log::debug!(model = name.as_str(), error = f.message(); "Ollama context length not read");
                 }
             }
         }
         let rest: Vec<(String, String)> = wanted.collect();
-        if !rest.is_empty() {
-            let mut state = lock(&self.state);
-            for (name, _) in rest {
-                state.fetching.remove(&name);
-            }
+        let mut state = lock(&self.state);
+        let mut never_asked = false;
+        for (name, digest) in rest {
+            state.fetching.remove(&name);
+            never_asked |= state.failed_at(&name, &digest).is_none();
         }
+        never_asked
     }
 
     fn wake_worker(&self) {
@@ -627,8 +711,9 @@ impl Ollama {
     }
 }
 
-/// The background thread: discover, then wait for the next round (or a wake-up to read
-/// missing context lengths, or the end).
+/// The background thread: read the list, then a batch of missing context lengths, then wait
+/// for the next round (or a wake-up to read the list for a request, or missing context
+/// lengths, or the end).
 fn background(weak: Weak<Ollama>, wake: Receiver<()>) {
     let mut next = Instant::now();
     loop {
@@ -643,13 +728,22 @@ fn background(weak: Weak<Ollama>, wake: Receiver<()>) {
         if ollama.stopping.load(Ordering::SeqCst) {
             return;
         }
-        if woken && !ollama.asked.swap(false, Ordering::SeqCst) {
-            ollama.fill_contexts();
-            continue;
+        if !woken || ollama.asked.swap(false, Ordering::SeqCst) {
+            let listed = ollama.refresh_list();
+            next = Instant::now() + REDISCOVER_EVERY;
+            if listed.is_err() {
+                // Logged and shown by `status`; an Ollama that answers its list badly is
+                // not asked for more this round.
+                continue;
+            }
         }
-        // Logged and shown by `status`.
-        let _ = ollama.discover();
-        next = Instant::now() + REDISCOVER_EVERY;
+        ollama.reading_contexts.store(true, Ordering::SeqCst);
+        let more = ollama.fill_contexts();
+        ollama.reading_contexts.store(false, Ordering::SeqCst);
+        if more {
+            // The rest after whatever else is due (a list read asked for, the next round).
+            ollama.wake_worker();
+        }
     }
 }
 

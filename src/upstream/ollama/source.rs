@@ -26,6 +26,14 @@ pub struct Tag {
     pub digest: String,
 }
 
+/// Whether `name` can be an Ollama model's name: not empty, at most 256 bytes, no blanks
+/// or control characters (other names in `/api/tags` are skipped).
+pub(super) fn is_usable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 /// Parses `/api/tags`: `{"models": [{"name", "digest", …}]}`. `"models": null` is an empty
 /// list (Go's nil slice); a body without a `models` list is an error. Entries without a
 /// usable name are skipped; a name reported twice counts once.
@@ -44,10 +52,7 @@ pub fn parse_tags(body: &[u8]) -> Result<Vec<Tag>, String> {
             .find_map(|k| entry.get(*k).and_then(Value::as_str))
             .map(str::trim)
             .unwrap_or("");
-        let usable = !name.is_empty()
-            && name.len() <= MAX_NAME_LEN
-            && !name.chars().any(|c| c.is_whitespace() || c.is_control());
-        if !usable || !seen.insert(name.to_string()) {
+        if !is_usable_name(name) || !seen.insert(name.to_string()) {
             continue;
         }
         let digest = entry.get("digest").and_then(Value::as_str).unwrap_or("");
@@ -142,8 +147,9 @@ pub trait Source: Send + Sync + 'static {
 }
 
 /// Ollama over HTTP: never through a proxy, statuses as data, 2 s for each call, on our
-/// own client (one call at a time, from the registry's background thread or a request's
-/// blocking job).
+/// own client (blocking calls, from the registry's background thread, a SIGHUP's thread or
+/// a request's blocking job; a list read may run while the background thread reads a
+/// context length).
 pub(super) struct Http {
     tags: Target,
     show: Target,

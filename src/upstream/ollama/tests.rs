@@ -18,6 +18,33 @@ struct Script {
     /// on the next gate in the queue (one gate per call, in order of calls).
     started: Mutex<Option<mpsc::Sender<()>>>,
     gates: Mutex<VecDeque<crossbeam_channel::Receiver<Vec<Tag>>>>,
+    /// The name of the thread of each `context_length` call.
+    show_threads: Mutex<Vec<String>>,
+    /// Each `context_length` call moves this clock on by this much (a slow Ollama).
+    show_takes: Mutex<Option<(Arc<ManualClock>, Duration)>>,
+    /// The `/api/show` of this model reports that it started, then waits for a release
+    /// (or 10 s, then fails).
+    show_gate: Mutex<Option<ShowGate>>,
+}
+
+struct ShowGate {
+    name: String,
+    started: mpsc::Sender<()>,
+    release: crossbeam_channel::Receiver<()>,
+}
+
+impl Script {
+    /// Holds the `/api/show` of `name`: returns (started, release).
+    fn hold_show(&self, name: &str) -> (mpsc::Receiver<()>, crossbeam_channel::Sender<()>) {
+        let (started, started_rx) = mpsc::channel();
+        let (release_tx, release) = crossbeam_channel::unbounded();
+        *lock(&self.show_gate) = Some(ShowGate {
+            name: name.to_string(),
+            started,
+            release,
+        });
+        (started_rx, release_tx)
+    }
 }
 
 impl Script {
@@ -72,6 +99,21 @@ impl Source for Arc<Script> {
 
     fn context_length(&self, name: &str) -> Result<u64, Failure> {
         lock(&self.show_calls).push(name.to_string());
+        let me = thread::current().name().unwrap_or("").to_string();
+        lock(&self.show_threads).push(me);
+        if let Some((clock, by)) = lock(&self.show_takes).as_ref() {
+            clock.advance(*by);
+        }
+        let gate = lock(&self.show_gate)
+            .as_ref()
+            .filter(|g| g.name == name)
+            .map(|g| (g.started.clone(), g.release.clone()));
+        if let Some((started, release)) = gate {
+            let _ = started.send(());
+            if release.recv_timeout(Duration::from_secs(10)).is_err() {
+                return Err(Failure::Bad("held too long".into()));
+            }
+        }
         lock(&self.contexts).get(name).cloned().unwrap_or(Ok(4096))
     }
 }
@@ -389,10 +431,16 @@ fn unknown_ollama_codes_trigger_discovery_at_most_every_5_s() {
         "within 5 s: no call"
     );
     assert_eq!(script.tag_calls(), 1);
-    // Names that do not start with `ollama-` never trigger one.
+    assert_eq!(
+        o.lookup("mistral:7b"),
+        Lookup::Unknown,
+        "nor by a real name"
+    );
+    assert_eq!(script.tag_calls(), 1);
+    // A name that cannot be Ollama's never triggers one.
     clock.advance(Duration::from_secs(10));
-    assert_eq!(o.lookup("qwen3"), Lookup::Unknown);
-    assert_eq!(o.lookup("mistral:7b"), Lookup::Unknown);
+    assert_eq!(o.lookup("not a name"), Lookup::Unknown);
+    assert_eq!(o.lookup(""), Lookup::Unknown);
     assert_eq!(script.tag_calls(), 1);
     assert_eq!(found(o.lookup("OLLAMA-QWEN3")).name, "qwen3:latest");
     assert_eq!(script.tag_calls(), 2);
@@ -404,6 +452,32 @@ fn unknown_ollama_codes_trigger_discovery_at_most_every_5_s() {
     assert_eq!(o.lookup("ollama-y"), Lookup::Unknown);
     assert_eq!(script.tag_calls(), 3);
     assert_eq!(o.lookup("ollama-qwen3"), Lookup::Gone);
+}
+
+#[test]
+fn an_unknown_real_name_triggers_discovery_too() {
+    let (o, script, clock) = registry();
+    script.set(&["gemma3:4b"]);
+    o.discover().unwrap();
+    // `ollama pull phi4:14b` and `ollama pull qwen3`: asked for by the names Ollama printed.
+    script.set(&["gemma3:4b", "phi4:14b", "qwen3:latest"]);
+    assert_eq!(found(o.lookup("phi4:14b")).short, "ollama-phi4-14b");
+    assert_eq!(script.tag_calls(), 2);
+    // Known now: no call.
+    assert_eq!(found(o.lookup("qwen3")).name, "qwen3:latest");
+    assert_eq!(script.tag_calls(), 2);
+
+    // An untagged name (it may mean `name:latest`) asks as well, once per 5 s however many
+    // unknown names come.
+    script.set(&["gemma3:4b", "phi4:14b", "qwen3:latest", "mistral:latest"]);
+    clock.advance(ON_DEMAND_MIN_GAP);
+    assert_eq!(o.lookup("gpt-9"), Lookup::Unknown);
+    assert_eq!(script.tag_calls(), 3);
+    assert_eq!(found(o.lookup("mistral")).short, "ollama-mistral");
+    for name in ["llama9:1b", "claude-x", "ollama-nope"] {
+        assert_eq!(o.lookup(name), Lookup::Unknown);
+    }
+    assert_eq!(script.tag_calls(), 3);
 }
 
 #[test]
@@ -505,7 +579,10 @@ fn the_background_thread_discovers_at_once_and_stops_promptly() {
     o.start();
     o.start(); // a second start is a no-op
     let deadline = Instant::now() + Duration::from_secs(10);
-    while o.models().first().is_none_or(|m| m.context == 0) {
+    // (Idle again: a lookup while it reads contexts would read the list itself.)
+    while o.models().first().is_none_or(|m| m.context == 0)
+        || o.reading_contexts.load(Ordering::SeqCst)
+    {
         assert!(Instant::now() < deadline, "background discovery ran");
         thread::sleep(Duration::from_millis(2));
     }
@@ -540,16 +617,17 @@ fn lookup_now_answers_from_what_is_known_and_leaves_the_discovery_to_lookup() {
     script.set(&["qwen3:latest"]);
     o.discover().unwrap();
     let calls = script.tag_calls();
-    // Known, or not an Ollama code: answered at once.
+    // Known, or not a name Ollama could have: answered at once.
     assert_eq!(
         found(o.lookup_now("ollama-qwen3").unwrap()).name,
         "qwen3:latest"
     );
-    assert_eq!(o.lookup_now("gpt41"), Some(Lookup::Unknown));
-    // An unknown code while an on-demand discovery is due: only `lookup` may tell, and
-    // asking did not use the turn up.
+    assert_eq!(o.lookup_now("two words"), Some(Lookup::Unknown));
+    // An unknown code or name while an on-demand discovery is due: only `lookup` may
+    // tell, and asking did not use the turn up.
     script.set(&["qwen3:latest", "gemma3:4b"]);
     assert_eq!(o.lookup_now("ollama-gemma3-4b"), None);
+    assert_eq!(o.lookup_now("gemma3:4b"), None);
     assert_eq!(o.lookup_now("ollama-gemma3-4b"), None);
     assert_eq!(script.tag_calls(), calls, "lookup_now asks Ollama nothing");
     assert_eq!(found(o.lookup("ollama-gemma3-4b")).name, "gemma3:4b");
@@ -558,4 +636,108 @@ fn lookup_now_answers_from_what_is_known_and_leaves_the_discovery_to_lookup() {
     assert_eq!(o.lookup_now("ollama-never-seen"), Some(Lookup::Unknown));
     clock.advance(ON_DEMAND_MIN_GAP);
     assert_eq!(o.lookup_now("ollama-never-seen"), None);
+}
+
+#[test]
+fn context_reads_stop_after_their_budget_and_take_turns() {
+    let (o, script, clock) = registry();
+    let names: Vec<String> = (0..8).map(|i| format!("m{i}:1b")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    script.set(&names);
+    for name in &names {
+        script.context(name, Err(Failure::Bad("no answer within 2 s".into())));
+    }
+    *lock(&script.show_takes) = Some((clock.clone(), DISCOVERY_TIMEOUT));
+
+    // Reads begin at 0, 2 and 4 s; at 6 s the 5-s budget is spent. The list is complete.
+    assert_eq!(o.discover(), Ok(8));
+    assert_eq!(o.models().len(), 8);
+    assert_eq!(script.shows(), ["m0:1b", "m1:1b", "m2:1b"]);
+    // The next round takes the models never asked first.
+    o.discover().unwrap();
+    assert_eq!(script.shows()[3..], ["m3:1b", "m4:1b", "m5:1b"]);
+    // Then the last ones never asked, then the failed ones, the oldest failure first.
+    o.discover().unwrap();
+    assert_eq!(script.shows()[6..], ["m6:1b", "m7:1b", "m0:1b"]);
+    // A new model comes before those whose read failed.
+    let mut more = names.clone();
+    more.push("new:1b");
+    script.set(&more);
+    o.discover().unwrap();
+    assert_eq!(script.shows()[9..], ["new:1b", "m1:1b", "m2:1b"]);
+
+    // One read that takes the whole budget is still made.
+    *lock(&script.show_takes) = Some((clock.clone(), Duration::from_secs(60)));
+    o.discover().unwrap();
+    assert_eq!(script.shows()[12..], ["m3:1b"]);
+}
+
+#[test]
+fn a_model_that_left_the_list_is_not_asked_for_its_context() {
+    let (o, script, _) = registry();
+    script.set(&["a:1", "b:1", "c:1"]);
+    let (started, release) = script.hold_show("a:1");
+    let round = {
+        let o = o.clone();
+        thread::spawn(move || o.discover())
+    };
+    started
+        .recv_timeout(Duration::from_secs(10))
+        .expect("show of a:1 began");
+    // While a:1 is read, `ollama rm b:1 c:1`, and the list is read again.
+    script.set(&["a:1"]);
+    assert_eq!(o.refresh_list(), Ok(1));
+    release.send(()).unwrap();
+    assert_eq!(round.join().unwrap(), Ok(3));
+    assert_eq!(script.shows(), ["a:1"]);
+    assert_eq!(found(o.lookup("a:1")).context, 4096);
+}
+
+#[test]
+fn a_slow_show_holds_up_neither_a_request_nor_a_sighup() {
+    let (o, script, _) = registry();
+    script.set(&["slow:1"]);
+    let (started, release) = script.hold_show("slow:1");
+    o.start();
+    started
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the background thread reads slow:1");
+
+    // `ollama pull new:1`, then a request for it: found at once (the request reads the list
+    // itself), not after the `/api/show` under way.
+    script.set(&["slow:1", "new:1"]);
+    let asked = Instant::now();
+    assert_eq!(found(o.lookup("new:1")).short, "ollama-new-1");
+    assert!(asked.elapsed() < DISCOVERY_TIMEOUT, "{:?}", asked.elapsed());
+
+    // A SIGHUP: the list at once; its context lengths are left to the background thread.
+    script.set(&["slow:1", "new:1", "other:1"]);
+    let me = thread::current().name().unwrap_or("").to_string();
+    assert_eq!(o.discover(), Ok(3));
+    assert_eq!(o.models().len(), 3);
+    assert!(
+        !lock(&script.show_threads).contains(&me),
+        "{:?}",
+        lock(&script.show_threads)
+    );
+
+    release.send(()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while o.models().iter().any(|m| m.context == 0) {
+        assert!(
+            Instant::now() < deadline,
+            "contexts read by the background thread"
+        );
+        thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        lock(&script.show_threads).iter().all(|t| t == "ollama"),
+        "{:?}",
+        lock(&script.show_threads)
+    );
+    o.stop();
+    while !o.worker_finished() {
+        assert!(Instant::now() < deadline, "thread ends");
+        thread::sleep(Duration::from_millis(1));
+    }
 }
