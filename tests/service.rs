@@ -531,12 +531,12 @@ fn a_provider_refusing_the_gateways_key_is_relayed_and_warned_about_once() {
     );
     // Both requests logged, then one WARN for the two.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while server.stderr().matches("status=401").count() < 2 && std::time::Instant::now() < deadline
-    {
+    let logged = "completions status=401";
+    while server.stderr().matches(logged).count() < 2 && std::time::Instant::now() < deadline {
         thread::sleep(Duration::from_millis(10));
     }
     let log = server.stderr();
-    assert_eq!(log.matches("status=401").count(), 2, "{log}");
+    assert_eq!(log.matches(logged).count(), 2, "{log}");
     assert_eq!(
         log.matches("refused the gateway's credentials").count(),
         1,
