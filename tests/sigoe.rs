@@ -748,6 +748,25 @@ fn through_a_gateway_streams_lists_and_unknown_models() {
 }
 
 #[test]
+fn a_stream_the_gateway_reports_cut_is_said_once() {
+    let fake = FakeUpstream::start();
+    let gw = gateway(&fake);
+    let dir = TempDir::new("sigoe-server-cut");
+    fake.push(Reply::chat_stream(&["partial", " answer"]).cut_after(2));
+    let url = gw.url("");
+    let run = sigoe(dir.path(), &[], &["-server", &url, "-stream", "q"], None);
+    let line = run.failed(1);
+    assert_eq!(run.stdout, "partial\n");
+    // Before: "gpt41: provider reported an error: upstream error: gpt41: stream ended…".
+    assert_eq!(line.matches("gpt41").count(), 1, "{line}");
+    assert_eq!(line.matches("upstream error").count(), 1, "{line}");
+    assert!(
+        line.contains("stream") && line.contains("said the gateway at http://127.0.0.1:"),
+        "{line}"
+    );
+}
+
+#[test]
 fn a_gateway_url_with_a_query_or_a_password_is_bad_usage() {
     let dir = TempDir::new("sigoe-server-url");
     for url in [

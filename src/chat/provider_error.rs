@@ -68,8 +68,11 @@ pub fn member_message(err: &Value) -> String {
 
 /// How a provider's own error message is told to the client.
 pub fn reported(message: &str) -> String {
-    format!("provider reported an error: {message}")
+    format!("{REPORTED}{message}")
 }
+
+/// What [`reported`] puts before a provider's message.
+pub const REPORTED: &str = "provider reported an error: ";
 
 #[cfg(test)]
 mod tests {

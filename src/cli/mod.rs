@@ -416,7 +416,7 @@ fn ask_provider(opts: &Options, env: &Env, upstream: &Upstream) -> Result<(), St
             req.retries,
             &hangup,
         ))?;
-        let Some(gathered) = print_stream(opened.result.map_err(fail)?, &model.short)? else {
+        let Some(gathered) = print_stream(opened.result.map_err(fail)?, &model.short, None)? else {
             return Ok(());
         };
         prepared.save_turn(&sessions, gathered.assistant());
@@ -452,7 +452,7 @@ fn ask_gateway(opts: &Options, g: &Gateway, upstream: &Upstream) -> Result<(), S
         let opened =
             self::wait(upstream.open_stream(&target, body.as_bytes(), wait, wait, 1, &hangup))?;
         let stream = opened.result.map_err(|f| gateway_failure(f, g))?;
-        print_stream(stream, &opts.model)?;
+        print_stream(stream, &opts.model, Some(&g.base))?;
         return Ok(());
     }
     let done = self::wait(upstream.complete(
@@ -467,6 +467,21 @@ fn ask_gateway(opts: &Options, g: &Gateway, upstream: &Upstream) -> Result<(), S
     .map_err(|f| gateway_failure(f, g))?;
     let (answer, parsed) = (done.body, done.answer);
     print_answer(opts, &answer, &content_text(&parsed.content))
+}
+
+/// A stream's failure that the gateway reported in its last event — whose message already
+/// says "upstream error: MODEL: …" — said once, with where it came from, instead of
+/// "MODEL: provider reported an error: upstream error: MODEL: …".
+fn through_gateway(short: &str, message: &str, at: &str) -> String {
+    let said = message
+        .strip_prefix(crate::chat::provider_error::REPORTED)
+        .unwrap_or(message);
+    let said = said.strip_prefix("upstream error: ").unwrap_or(said);
+    let said = said
+        .strip_prefix(short)
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or(said);
+    format!("{short}: {said} (said the gateway at {at})")
 }
 
 /// A failed call to the gateway, in words about the gateway. Its errors keep their status
@@ -548,7 +563,11 @@ fn wait<F: std::future::Future>(call: F) -> Result<F::Output, Stop> {
 /// Prints a stream's text as it arrives, flushing each piece. `None` when stdout went away
 /// (a reader like `head` that stopped early): sigoe ends quietly then, without keeping the
 /// turn.
-fn print_stream(stream: OpenStream, short: &str) -> Result<Option<Gathered>, Stop> {
+fn print_stream(
+    stream: OpenStream,
+    short: &str,
+    gateway: Option<&str>,
+) -> Result<Option<Gathered>, Stop> {
     let mut gathered = Gathered::default();
     let mut out = std::io::stdout().lock();
     let mut shown = Shown::new(out.is_terminal());
@@ -590,7 +609,10 @@ fn print_stream(stream: OpenStream, short: &str) -> Result<Option<Gathered>, Sto
     match end {
         StreamEnd::Done => Ok(Some(gathered)),
         StreamEnd::Failed(message) => Err(Stop::Failed(Error::Upstream {
-            message: format!("{short}: {message}"),
+            message: match gateway {
+                None => format!("{short}: {message}"),
+                Some(at) => through_gateway(short, &message, at),
+            },
         })),
         StreamEnd::Stopped(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(None),
         StreamEnd::Stopped(e) => Err(Stop::Failed(Error::io(Path::new("stdout"), &e))),
