@@ -543,3 +543,26 @@ fn a_provider_refusing_the_gateways_key_is_relayed_and_warned_about_once() {
         "once a minute: {log}"
     );
 }
+
+#[test]
+fn a_models_csv_of_junk_names_ten_unknown_codes_and_counts_the_rest() {
+    let fake = FakeUpstream::start();
+    let dir = TempDir::new("junkmodels");
+    let junk: Vec<String> = (0..25).map(|i| format!("nosuch{i}")).collect();
+    std::fs::write(
+        dir.join("models.csv"),
+        format!("gpt41,{}\n", junk.join(",")),
+    )
+    .unwrap();
+    let server = start(dir, &[], &env_for(&fake));
+    let started = server.wait_for_line("sigorest started", Duration::from_secs(5));
+    assert!(started.contains("models=1"), "{started}");
+    let more = server.wait_for_line("more unknown model short codes", Duration::from_secs(5));
+    assert!(more.contains("WARN") && more.contains("more=15"), "{more}");
+    let log = server.stderr();
+    assert_eq!(
+        log.matches("unknown model short code ignored").count(),
+        10,
+        "{log}"
+    );
+}

@@ -27,7 +27,9 @@ impl Listed {
     }
 
     /// Reads the whitelist file (or the embedded default when it does not exist) and applies
-    /// it to the catalog. Unknown short codes are ignored with a WARN naming them.
+    /// it to the catalog. Unknown short codes are ignored with a WARN naming them (the
+    /// first [`NAMED_UNKNOWN`]; one more line counts the rest, so that a file of junk does
+    /// not fill a small box's journal at every reload).
     pub fn load(catalog: &Catalog, path: &Path) -> Result<Listed, Error> {
         let text = match std::fs::read(path) {
             Ok(bytes) => String::from_utf8(without_bom(bytes)).map_err(|e| Error::File {
@@ -45,8 +47,15 @@ impl Listed {
             Err(e) => return Err(Error::io(path, &e)),
         };
         let (models, unknown) = catalog.select(&catalog::parse_whitelist(&text));
-        for code in unknown {
+        for code in unknown.iter().take(NAMED_UNKNOWN) {
             log::warn!(file = path.display().to_string(), code = code.as_str(); "unknown model short code ignored");
+        }
+        if unknown.len() > NAMED_UNKNOWN {
+            log::warn!(
+                file = path.display().to_string(),
+                more = unknown.len() - NAMED_UNKNOWN;
+                "more unknown model short codes ignored"
+            );
         }
         Ok(Listed::new(models))
     }
@@ -60,6 +69,9 @@ impl Listed {
             .collect()
     }
 }
+
+/// How many unknown short codes of `models.csv` get a WARN line each.
+pub const NAMED_UNKNOWN: usize = 10;
 
 #[cfg(test)]
 mod tests {
