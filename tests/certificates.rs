@@ -3,13 +3,13 @@
 //! through the SIGHUP path, and with a real SIGHUP to the binary.
 
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::http::Client;
+use crate::support::client::tls_connect_trusting;
 use crate::support::gateway::{Gateway, Options, TempDir};
 use crate::support::process::{Server, free_port};
 
@@ -19,25 +19,8 @@ type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 /// certificates in `trusted` (a new client configuration each time: nothing is resumed),
 /// and the certificate the server presented.
 fn connect(addr: SocketAddr, trusted: &[&[u8]]) -> (Tls, CertificateDer<'static>) {
-    let mut roots = rustls::RootCertStore::empty();
-    for pem in trusted {
-        roots
-            .add(CertificateDer::from_pem_slice(pem).expect("a PEM certificate"))
-            .expect("root");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let name = ServerName::try_from("localhost").expect("name");
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
-    let tcp = TcpStream::connect(addr).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let roots = trusted.iter().map(|pem| der(pem));
+    let mut tls = tls_connect_trusting(addr, roots, Duration::from_secs(5));
     while tls.conn.is_handshaking() {
         tls.conn.complete_io(&mut tls.sock).expect("TLS handshake");
     }

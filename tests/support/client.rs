@@ -103,9 +103,22 @@ pub fn tls_connect(
     timeout: Duration,
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(cert_pem)
+        .expect("read cert")
+        .map(|c| c.expect("cert"));
+    tls_connect_trusting(addr, certs, timeout)
+}
+
+/// A TLS connection to `addr` for `localhost` (handshake not yet done), by a client of its
+/// own (nothing resumed) that trusts `certs`.
+pub fn tls_connect_trusting(
+    addr: SocketAddr,
+    certs: impl IntoIterator<Item = rustls::pki_types::CertificateDer<'static>>,
+    timeout: Duration,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(cert_pem).expect("read cert") {
-        roots.add(cert.expect("cert")).expect("add cert");
+    for cert in certs {
+        roots.add(cert).expect("add cert");
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
