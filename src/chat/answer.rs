@@ -362,6 +362,19 @@ pub fn parse_usage(body: &[u8]) -> Result<Answer, String> {
     })
 }
 
+/// `text` read as JSON; when that fails, read again with each lone UTF-16 surrogate escape
+/// made U+FFFD ([`without_lone_surrogates`]): JSON's grammar allows them, a Rust string
+/// cannot hold one. Nothing is copied on the usual path. Text broken otherwise too gets the
+/// error of what is broken (the escape replaced keeps its length, so the position holds).
+pub(crate) fn lenient_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<T, serde_json::Error> {
+    serde_json::from_str(text).or_else(|e| match without_lone_surrogates(text.as_bytes()) {
+        Some(fixed) => serde_json::from_slice(&fixed),
+        None => Err(e),
+    })
+}
+
 /// `json` with each `\uXXXX` escape of a lone UTF-16 surrogate (half of a pair without the
 /// other half) made `\ufffd`, the replacement character; `None` when it has none. JSON's
 /// grammar allows them, but a Rust string cannot hold one, so serde refuses the text: a

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::answer::without_lone_surrogates;
+use super::answer::lenient_json;
 use crate::error::Error;
 use crate::state::session::{self, Message, call_ids};
 
@@ -246,16 +246,9 @@ pub fn json_object(raw: &[u8], what: &str) -> Result<Map<String, Value>, Error> 
 /// A client's JSON body, with each lone UTF-16 surrogate escape (half an emoji: what
 /// JavaScript's `JSON.stringify` writes for a string cut between the two halves of a
 /// pair, as an agent cutting a tool output at a character count does) read as U+FFFD, as
-/// the gateway reads provider answers. JSON allows such escapes; a Rust string cannot hold
-/// one, so the plain read refuses the body, and only then is it read again with them
-/// replaced: nothing is copied on the usual path. A body broken otherwise too gets the error of what is broken.
+/// the gateway reads provider answers (see [`lenient_json`]).
 pub(crate) fn client_json(text: &str) -> Result<Value, serde_json::Error> {
-    serde_json::from_str(text).or_else(|e| match without_lone_surrogates(text.as_bytes()) {
-        // Broken otherwise too: that error, not the escape's (the escape replaced keeps its
-        // length, so the position holds).
-        Some(fixed) => serde_json::from_slice(&fixed),
-        None => Err(e),
-    })
+    lenient_json(text)
 }
 
 pub(crate) fn model_name(model: Option<&Value>) -> Result<String, Error> {

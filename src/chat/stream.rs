@@ -157,7 +157,7 @@ pub struct FunctionDelta {
 }
 
 pub use super::answer::Usage;
-use super::answer::without_lone_surrogates;
+use super::answer::lenient_json;
 
 impl Chunk {
     /// Parses one data event. `Err` with the provider's message when it is an error object;
@@ -166,14 +166,9 @@ impl Chunk {
     /// streams: a second parse into a `Value` just to look for `error` was a sixth of the
     /// gateway's CPU while relaying).
     pub fn parse(payload: &str) -> Result<Chunk, String> {
-        let parsed = serde_json::from_str::<Chunk>(payload).or_else(|e| {
-            // Half an emoji (a lone surrogate escape) must not cost the chunk its text.
-            // `content` takes them itself (see `Text`); this is for the other strings.
-            match without_lone_surrogates(payload.as_bytes()) {
-                Some(fixed) => serde_json::from_slice::<Chunk>(&fixed),
-                None => Err(e),
-            }
-        });
+        // Half an emoji (a lone surrogate escape) must not cost the chunk its text.
+        // `content` takes them itself (see `Text`); this is for the other strings.
+        let parsed = lenient_json::<Chunk>(payload);
         match parsed {
             Ok(Chunk {
                 error: Some(err), ..

@@ -33,19 +33,22 @@ impl Memory {
     /// Parses a memory document. `content` is required (a string), `cache` optional (a bool,
     /// default true); unknown fields are an error. Errors name line and column (1-based)
     /// and, as `path`, the `origin` given.
-    pub fn parse(text: &[u8], origin: &Path) -> Result<Memory, Error> {
+    pub fn parse(bytes: &[u8], origin: &Path) -> Result<Memory, Error> {
         // serde_json checks UTF-8 only inside strings and would call a bad byte elsewhere
         // "expected value"; checking first names the real problem and its place.
-        if let Err(e) = std::str::from_utf8(text) {
-            let (line, column) = line_column(text, e.valid_up_to());
-            return Err(file_error(
-                origin,
-                line,
-                column,
-                "invalid UTF-8".to_string(),
-            ));
-        }
-        if text.iter().all(u8::is_ascii_whitespace) {
+        let text = match std::str::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                let (line, column) = line_column(bytes, e.valid_up_to());
+                return Err(file_error(
+                    origin,
+                    line,
+                    column,
+                    "invalid UTF-8".to_string(),
+                ));
+            }
+        };
+        if text.trim_ascii().is_empty() {
             return Err(file_error(
                 origin,
                 1,
@@ -55,23 +58,15 @@ impl Memory {
         }
         // Half an emoji (a lone surrogate escape, as JavaScript writes a string cut in the
         // middle of one) is read as U+FFFD, as in every other body the gateway reads.
-        let fixed = || crate::chat::answer::without_lone_surrogates(text);
-        serde_json::from_slice(text)
-            .or_else(|e| match fixed() {
-                // Broken otherwise too: that error (the escape replaced keeps its length,
-                // so the line and column hold).
-                Some(f) => serde_json::from_slice(&f),
-                None => Err(e),
-            })
-            .map_err(|e| {
-                // serde_json's Display appends " at line L column C"; we carry those as fields.
-                let full = e.to_string();
-                let suffix = format!(" at line {} column {}", e.line(), e.column());
-                let message = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
-                // An error at the end of input is reported at column 0 of the last line; the
-                // contract (and editors) count columns from 1.
-                file_error(origin, e.line().max(1), e.column().max(1), message)
-            })
+        crate::chat::answer::lenient_json(text).map_err(|e| {
+            // serde_json's Display appends " at line L column C"; we carry those as fields.
+            let full = e.to_string();
+            let suffix = format!(" at line {} column {}", e.line(), e.column());
+            let message = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
+            // An error at the end of input is reported at column 0 of the last line; the
+            // contract (and editors) count columns from 1.
+            file_error(origin, e.line().max(1), e.column().max(1), message)
+        })
     }
 
     /// Reads the file: `Ok(None)` when it does not exist (the embedded default applies),
