@@ -162,12 +162,11 @@ impl Gateway {
             }
             None => None,
         };
-        let listed = without_shadowed(
-            Listed::load(&catalog, &settings.models_path)?,
-            llama.as_ref(),
-        );
-        let memory = Memory::load(&settings.memory_path)?.unwrap_or_default();
-        let keys = load_keys(&catalog, &settings.keys_path)?;
+        let Files {
+            listed,
+            memory,
+            keys,
+        } = Files::load(&catalog, &settings, llama.as_ref())?;
         let ollama = Arc::new(Ollama::new(settings.env.get("OLLAMA_HOST"), clock.clone()));
         let ip_limit = (settings.ip_rate > 0).then(|| {
             IpLimit::new(
@@ -322,12 +321,11 @@ impl Gateway {
     /// configuration stays, all of it, and the error (naming file, line and column) is
     /// returned. The counters of keys still in the file are kept (their limits may change).
     pub fn reload(&self) -> Result<Reloaded, Error> {
-        let listed = without_shadowed(
-            Listed::load(&self.catalog, &self.settings.models_path)?,
-            self.llama.as_ref(),
-        );
-        let memory = Memory::load(&self.settings.memory_path)?.unwrap_or_default();
-        let keys = load_keys(&self.catalog, &self.settings.keys_path)?;
+        let Files {
+            listed,
+            memory,
+            keys,
+        } = Files::load(&self.catalog, &self.settings, self.llama.as_ref())?;
         let old = self.listed();
         let added = listed.missing_from(&old);
         let removed = old.missing_from(&listed);
@@ -493,6 +491,25 @@ fn without_shadowed(mut listed: Listed, llama: Option<&Llama>) -> Listed {
         listed.models.retain(|m| !l.matches(&m.short));
     }
     listed
+}
+
+/// What the gateway reads from its files, at start-up and at each reload.
+struct Files {
+    listed: Listed,
+    memory: Memory,
+    keys: Option<Keys>,
+}
+
+impl Files {
+    /// Reads `models.csv` (without the cloud models the local model's name shadows),
+    /// `memory.json` and `keys.csv`; the first that does not parse is the error.
+    fn load(catalog: &Catalog, settings: &Settings, llama: Option<&Llama>) -> Result<Files, Error> {
+        Ok(Files {
+            listed: without_shadowed(Listed::load(catalog, &settings.models_path)?, llama),
+            memory: Memory::load(&settings.memory_path)?.unwrap_or_default(),
+            keys: load_keys(catalog, &settings.keys_path)?,
+        })
+    }
 }
 
 /// Reads `keys.csv`, with a WARN for an empty set (nobody gets in) and for each model code
