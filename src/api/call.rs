@@ -1014,16 +1014,12 @@ pub(super) fn fail(
 /// status"), but it is nearly always the gateway's own provider key that is wrong, which
 /// only the operator can mend: a WARN says so, at most once a minute.
 fn warn_refused_key(short: &str, status: u16) {
-    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
-    let mut last = crate::util::lock(&LAST);
-    if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(60)) {
-        return;
-    }
-    *last = Some(Instant::now());
-    log::warn!(
-        model = short,
-        status = status;
-        "the provider refused the gateway's credentials: check the provider's API key (its environment variable) for this model"
+    static REFUSED: std::sync::Mutex<crate::util::Throttle> = std::sync::Mutex::new(
+        crate::util::Throttle::every(std::time::Duration::from_secs(60)),
+    );
+    crate::util::lock(&REFUSED).warn(
+        "the provider refused the gateway's credentials: check the provider's API key (its environment variable) for this model",
+        &format_args!("{short} answered {status}"),
     );
 }
 

@@ -24,6 +24,7 @@ use super::shared::{self as shared_mod, Shared, Slot};
 use super::{Handler, ServerConfig, Stats};
 use crate::rt::blocking::Pool;
 use crate::rt::{LoopHandle, Runtime};
+use crate::util::Throttle;
 
 /// Worker threads started with the server; the others start as requests need them.
 const INITIAL_WORKERS: usize = 4;
@@ -179,34 +180,25 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// Logs one kind of recurring trouble at most once per [`WARN_EVERY`], with how many times it
-/// happened in between.
-#[derive(Default)]
-struct Throttle {
-    last: Option<Instant>,
-    since: u64,
-}
-
-impl Throttle {
-    /// `detail` is the error, or the limit that was reached.
-    fn warn(&mut self, what: &'static str, detail: &dyn std::fmt::Display) {
-        self.since += 1;
-        if self.last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-            log::warn!(detail:% = detail, times = self.since; "{what}");
-            self.last = Some(Instant::now());
-            self.since = 0;
-        }
-    }
-}
-
 /// The warnings of one accept loop, each at most once per [`WARN_EVERY`].
-#[derive(Default)]
 struct Warnings {
     accept: Throttle,
     spawn: Throttle,
     full: Throttle,
     per_ip: Throttle,
     refused: Throttle,
+}
+
+impl Default for Warnings {
+    fn default() -> Warnings {
+        Warnings {
+            accept: Throttle::every(WARN_EVERY),
+            spawn: Throttle::every(WARN_EVERY),
+            full: Throttle::every(WARN_EVERY),
+            per_ip: Throttle::every(WARN_EVERY),
+            refused: Throttle::every(WARN_EVERY),
+        }
+    }
 }
 
 fn accept_loop(

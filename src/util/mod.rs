@@ -1,6 +1,7 @@
 //! Small helpers that every other module may use and that use nothing of the crate: mutex
 //! locking that survives poisoning, the wall clock in Unix seconds, the replaceable clock,
-//! atomic file writes, the hang-up signal of a request, and a concurrency limit with a queue.
+//! atomic file writes, the hang-up signal of a request, a throttle for recurring warnings,
+//! and a concurrency limit with a queue.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,6 +11,37 @@ pub mod fs;
 mod hangup;
 
 pub use hangup::Hangup;
+
+/// Logs one kind of recurring trouble at most once per period, with how many times it
+/// happened in between.
+#[derive(Debug)]
+pub struct Throttle {
+    every: std::time::Duration,
+    last: Option<std::time::Instant>,
+    since: u64,
+}
+
+impl Throttle {
+    /// A throttle of one warning per `every`.
+    pub const fn every(every: std::time::Duration) -> Throttle {
+        Throttle {
+            every,
+            last: None,
+            since: 0,
+        }
+    }
+
+    /// Logs `what` (a WARN with `detail`, the error or the limit reached, and the times it
+    /// happened since the last line) unless one was logged less than a period ago.
+    pub fn warn(&mut self, what: &'static str, detail: &dyn std::fmt::Display) {
+        self.since += 1;
+        if self.last.is_none_or(|t| t.elapsed() >= self.every) {
+            log::warn!(detail:% = detail, times = self.since; "{what}");
+            self.last = Some(std::time::Instant::now());
+            self.since = 0;
+        }
+    }
+}
 
 /// Locks a mutex, recovering the data from a poisoned one: every mutex in sigorest guards
 /// plain bookkeeping that stays consistent when a holder panics.
