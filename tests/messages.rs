@@ -402,9 +402,62 @@ fn anthropic_clients_see_anthropics_model_list_fields() {
     assert!(
         first["display_name"].is_string() && first["created_at"].as_str().unwrap().ends_with('Z')
     );
+    // The catalog's limits, where Claude Code and the SDKs look for them.
+    let haiku = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == "claude-h");
+    let haiku = haiku.expect("claude-h listed");
+    assert_eq!(
+        (&haiku["max_input_tokens"], &haiku["max_tokens"]),
+        (&json!(200000), &json!(8192))
+    );
     // OpenAI clients get the list as before.
     let plain = gw.get("/v1/models").json();
     assert!(plain.get("has_more").is_none() && plain["data"][0].get("type").is_none());
+    assert!(plain["data"][0].get("max_tokens").is_none());
+}
+
+#[test]
+fn anthropic_clients_page_through_the_model_list() {
+    let (_fake, gw) = setup(Options::default());
+    let list = |query: &str| {
+        request(
+            &gw.url(&format!("/v1/models{query}")),
+            "GET",
+            None,
+            &ANTHROPIC,
+        )
+    };
+    let all: Vec<Value> = list("").json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].clone())
+        .collect();
+    assert!(all.len() >= 3, "{all:?}");
+    let first = list("?limit=2").json();
+    assert_eq!(first["data"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        (&first["has_more"], &first["first_id"], &first["last_id"]),
+        (&json!(true), &all[0], &all[1])
+    );
+    let after = list(&format!("?limit=2&after_id={}", all[1].as_str().unwrap())).json();
+    assert_eq!(after["data"][0]["id"], all[2]);
+    let before = list(&format!("?before_id={}", all[2].as_str().unwrap())).json();
+    assert_eq!(before["data"].as_array().unwrap().len(), 2);
+    assert_eq!(before["has_more"], false);
+    // A bad page is Anthropic's 400, naming the parameter.
+    for q in ["?limit=0", "?limit=1001", "?after_id=no-such-model"] {
+        let m = assert_anthropic_error(&list(q), 400, "invalid_request_error");
+        assert!(m.contains("limit") || m.contains("after_id"), "{q}: {m}");
+    }
+    // So is a model that is not there (`models.retrieve`), here and with the model in the path.
+    let gone = request(&gw.url("/v1/models/no-such"), "GET", None, &ANTHROPIC);
+    assert_anthropic_error(&gone, 404, "not_found_error");
+    let gone = request(&gw.url("/no-such/v1/models"), "GET", None, &ANTHROPIC);
+    assert_anthropic_error(&gone, 404, "not_found_error");
 }
 
 #[test]

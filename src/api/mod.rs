@@ -157,6 +157,25 @@ fn render_for(path: &str) -> Render {
     }
 }
 
+/// The error shape for this request: [`render_for`] its path, but Anthropic's for the model
+/// list asked by an Anthropic client (see [`anthropic_listing`]).
+fn render_for_request(req: &Request) -> Render {
+    if anthropic_listing(req) {
+        anthropic_error
+    } else {
+        render_for(model_in_path(&req.path).map_or(req.path.as_str(), |(_, path)| path))
+    }
+}
+
+/// The model list or one model asked by an Anthropic client (an `anthropic-version` header:
+/// `client.models.list()`, Claude Code's model discovery), whose SDK reads its errors in
+/// Anthropic's shape.
+fn anthropic_listing(req: &Request) -> bool {
+    let path = model_in_path(&req.path).map_or(req.path.as_str(), |(_, path)| path);
+    let bare = path.strip_prefix("/v1").unwrap_or(path);
+    (bare == "/models" || bare.starts_with("/models/")) && req.header("anthropic-version").is_some()
+}
+
 /// The HTTP face of the gateway: routes each request to its endpoint.
 pub struct Router {
     gateway: Arc<Gateway>,
@@ -445,7 +464,7 @@ impl Handler for Router {
         });
         let e = refused.err()?;
         self.count_refusal(req, Some(route), None, &e);
-        Some(self.error_response(&req.path, &e))
+        Some(render_for_request(req)(&e))
     }
 
     /// A call to a provider whose client left while it waited for a place (or that a
@@ -455,7 +474,7 @@ impl Handler for Router {
     /// routes' are not counted, as their answers are not.
     fn left_queue(&self, req: &Request, e: &Error) -> Response {
         let path = model_in_path(&req.path).map_or(req.path.as_str(), |(_, path)| path);
-        let mut resp = self.error_response(&req.path, e);
+        let mut resp = render_for_request(req)(e);
         let Some(route) = Router::find(path).filter(|r| r.label != route::OTHER) else {
             return resp;
         };
@@ -510,16 +529,13 @@ impl Router {
                             "not in this gateway's model list".to_string(),
                         ),
                     };
-                    self.error_response(
-                        &req.path,
-                        &Error::ModelNotFound {
-                            model: named
-                                .chars()
-                                .take(crate::chat::request::MAX_MODEL_NAME)
-                                .collect(),
-                            reason,
-                        },
-                    )
+                    render_for_request(&req)(&Error::ModelNotFound {
+                        model: named
+                            .chars()
+                            .take(crate::chat::request::MAX_MODEL_NAME)
+                            .collect(),
+                        reason,
+                    })
                 })
             }
             None => self.answer_route(req).await,
@@ -528,7 +544,10 @@ impl Router {
 
     async fn answer_route(&self, req: &Request) -> Response {
         let route = Router::find(&req.path);
-        let render = route.map_or_else(|| render_for(&req.path), |r| r.render);
+        let render = match route {
+            Some(r) if !anthropic_listing(req) => r.render,
+            _ => render_for_request(req),
+        };
         let mut keyed = Keyed::default();
         let mut resp = match self.route(req, route, &mut keyed).await {
             Ok(resp) => resp,

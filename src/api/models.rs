@@ -17,17 +17,96 @@ use crate::state::catalog::Model;
 /// fields (`type`, `display_name`, `created_at`; `has_more`, `first_id`, `last_id`).
 pub(super) fn openai(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Response, Error> {
     let anthropic = req.header("anthropic-version").is_some();
-    let data = entries(gw, anthropic, caller);
-    let mut list = json!({"object": "list", "data": data});
-    if anthropic {
-        list["has_more"] = json!(false);
-        list["first_id"] = list["data"][0]["id"].clone();
-        list["last_id"] = list["data"]
-            .as_array()
-            .and_then(|d| d.last())
-            .map_or(Value::Null, |e| e["id"].clone());
+    let mut data = entries(gw, anthropic, caller);
+    if !anthropic {
+        return Ok(Response::json(
+            200,
+            &json!({"object": "list", "data": data}),
+        ));
     }
-    Ok(Response::json(200, &list))
+    let page = Page::read(req.query.as_deref())?;
+    let has_more = page.cut(&mut data)?;
+    let id = |e: Option<&Value>| e.map_or(Value::Null, |e| e["id"].clone());
+    let (first_id, last_id) = (id(data.first()), id(data.last()));
+    Ok(Response::json(
+        200,
+        &json!({"object": "list", "data": data, "has_more": has_more,
+                "first_id": first_id, "last_id": last_id}),
+    ))
+}
+
+/// Anthropic's paging of the model list: `limit` (1–1000), `after_id`, `before_id`. Without
+/// `limit` the whole list is one page (Anthropic's default is 20, but a gateway's list is
+/// short, and a client that does not page — a script, a picker — would miss models).
+#[derive(Debug, Default, PartialEq)]
+struct Page {
+    limit: Option<usize>,
+    after_id: Option<String>,
+    before_id: Option<String>,
+}
+
+impl Page {
+    /// Reads the query string; unknown parameters are ignored, as the API does.
+    fn read(query: Option<&str>) -> Result<Page, Error> {
+        let mut page = Page::default();
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = super::percent_decode(&value.replace('+', " ")).ok_or_else(|| {
+                Error::invalid_param(name, format!("{name}: bad percent-encoding"))
+            })?;
+            match name {
+                "limit" => {
+                    let n = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=1000).contains(n))
+                        .ok_or_else(|| {
+                            Error::invalid_param("limit", "limit: a whole number from 1 to 1000")
+                        })?;
+                    page.limit = Some(n);
+                }
+                "after_id" => page.after_id = Some(value),
+                "before_id" => page.before_id = Some(value),
+                _ => {}
+            }
+        }
+        if page.after_id.is_some() && page.before_id.is_some() {
+            return Err(Error::invalid(
+                "after_id and before_id cannot be given together",
+            ));
+        }
+        Ok(page)
+    }
+
+    /// Cuts `data` down to this page; whether more entries lie beyond it (after it with
+    /// `after_id` or none, before it with `before_id`). An id not in the list is a 400: the
+    /// model went away between two pages (an Ollama model removed), and silently ending
+    /// the list there would hide the rest.
+    fn cut(&self, data: &mut Vec<Value>) -> Result<bool, Error> {
+        let at = |param: &str, id: &str, data: &[Value]| {
+            data.iter()
+                .position(|e| e["id"].as_str() == Some(id))
+                .ok_or_else(|| {
+                    Error::invalid_param(param, format!("{param}: no model {id:?} in this list"))
+                })
+        };
+        if let Some(id) = &self.before_id {
+            let end = at("before_id", id, data)?;
+            data.truncate(end);
+            let start = self.limit.map_or(0, |n| end.saturating_sub(n));
+            data.drain(..start);
+            return Ok(start > 0);
+        }
+        if let Some(id) = &self.after_id {
+            let start = at("after_id", id, data)? + 1;
+            data.drain(..start);
+        }
+        let more = self.limit.is_some_and(|n| data.len() > n);
+        if let Some(n) = self.limit {
+            data.truncate(n);
+        }
+        Ok(more)
+    }
 }
 
 /// `GET /v1/models/{id}`: one entry of the list (the SDKs' `models.retrieve`), found by
@@ -62,13 +141,17 @@ pub(super) fn one(gw: &Gateway, req: &Request, caller: &Caller) -> Result<Respon
 /// llama-server's.
 fn entries(gw: &Gateway, anthropic: bool, caller: &Caller) -> Vec<Value> {
     let created_at = crate::logging::rfc3339(gw.started_unix);
-    let entry = |short: &str, owner: &str| {
-        let mut e =
-            json!({"id": short, "object": "model", "created": gw.started_unix, "owned_by": owner});
+    let entry = |m: &Model| {
+        let owner = m.provider.name();
+        let mut e = json!({"id": m.short, "object": "model", "created": gw.started_unix, "owned_by": owner});
         if anthropic {
             e["type"] = json!("model");
-            e["display_name"] = json!(short);
+            e["display_name"] = json!(m.short);
             e["created_at"] = json!(created_at);
+            // Claude Code and the SDKs read the limits from here; unknown ones are left out.
+            let known = |n: u64| (n > 0).then_some(n);
+            e["max_input_tokens"] = json!(known(m.context));
+            e["max_tokens"] = json!(known(m.max_output));
         }
         e
     };
@@ -77,16 +160,16 @@ fn entries(gw: &Gateway, anthropic: bool, caller: &Caller) -> Vec<Value> {
         .models
         .iter()
         .filter(|m| caller.allows(&m.short))
-        .map(|m| entry(&m.short, m.provider.name()))
+        .map(|m| entry(m))
         .collect();
     data.extend(
         gw.ollama_models()
             .iter()
             .filter(|m| caller.allows(&m.short))
-            .map(|m| entry(&m.short, "ollama")),
+            .map(|m| entry(&m.to_model())),
     );
     if let Some(l) = gw.llama().filter(|l| caller.allows(&l.model().short)) {
-        data.push(entry(&l.model().short, l.model().provider.name()));
+        data.push(entry(l.model()));
     }
     data
 }
@@ -127,4 +210,85 @@ pub(super) fn detailed(gw: &Gateway, _req: &Request, caller: &Caller) -> Result<
         200,
         &json!({"object": "list", "data": data}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(data: &[Value]) -> Vec<&str> {
+        data.iter().filter_map(|e| e["id"].as_str()).collect()
+    }
+
+    fn page(query: &str) -> Result<(Vec<String>, bool), Error> {
+        let mut data: Vec<Value> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|id| json!({"id": id}))
+            .collect();
+        let more = Page::read(Some(query))?.cut(&mut data)?;
+        Ok((ids(&data).iter().map(|s| s.to_string()).collect(), more))
+    }
+
+    #[test]
+    fn pages_forward_and_back() {
+        let got = |q: &str| page(q).unwrap();
+        assert_eq!(
+            got(""),
+            (
+                vec!["a", "b", "c", "d", "e"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+                false
+            )
+        );
+        assert_eq!(got("limit=2").0, ["a", "b"]);
+        assert!(got("limit=2").1);
+        assert_eq!(
+            got("limit=2&after_id=b"),
+            (vec!["c".into(), "d".into()], true)
+        );
+        assert_eq!(
+            got("limit=2&after_id=c"),
+            (vec!["d".into(), "e".into()], false)
+        );
+        assert_eq!(got("after_id=e"), (vec![], false));
+        assert_eq!(
+            got("limit=2&before_id=e"),
+            (vec!["c".into(), "d".into()], true)
+        );
+        assert_eq!(
+            got("limit=5&before_id=c"),
+            (vec!["a".into(), "b".into()], false)
+        );
+        assert_eq!(
+            got("limit=1000&beta=true"),
+            (
+                vec!["a", "b", "c", "d", "e"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+                false
+            )
+        );
+    }
+
+    #[test]
+    fn bad_paging_is_a_400_that_names_the_parameter() {
+        for q in [
+            "limit=0",
+            "limit=1001",
+            "limit=x",
+            "limit=-1",
+            "after_id=zz",
+            "before_id=zz",
+            "after_id=a&before_id=b",
+            "after_id=%zz",
+        ] {
+            let e = page(q).expect_err(q);
+            assert_eq!(e.status(), 400, "{q}");
+        }
+        let e = page("after_id=zz").unwrap_err();
+        assert!(e.to_string().contains("after_id"), "{e}");
+    }
 }

@@ -149,8 +149,20 @@ def main():
 
         ids = [m.id for m in client.models.list().data]
         check("claude-h" in ids, f"models.list() lists the gateway's models: {ids}")
+        pages = client.models.list(limit=1)
+        check(len(pages.data) == 1 and pages.has_more, f"models.list(limit=1) is a page of one: {pages}")
+        paged = [m.id for m in client.models.list(limit=1)]
+        check(paged == ids, f"iterating models.list(limit=1) pages through the same list: {paged}")
         one = client.models.retrieve("claude-h")
         check(one.id == "claude-h" and one.type == "model", f"models.retrieve() gives one model: {one}")
+        check(one.max_input_tokens == 200000 and one.max_tokens == 8192,
+              f"with the catalog's limits: {one.max_input_tokens}, {one.max_tokens}")
+        try:
+            client.models.retrieve("no-such-model")
+            check(False, "models.retrieve() of an unknown model raises NotFoundError")
+        except anthropic.NotFoundError as e:
+            check(e.body["error"]["type"] == "not_found_error",
+                  "models.retrieve() of an unknown model raises NotFoundError (not_found_error)")
 
         try:
             client.messages.create(model="no-such-model", max_tokens=10, messages=hi)
