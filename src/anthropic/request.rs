@@ -204,14 +204,17 @@ fn user_turn(i: usize, blocks: &[Value], claude: bool, out: &mut Vec<Value>) -> 
                 out.push(message);
                 tool_images.extend(images);
             }
-            Some("document") => {
-                match (b["source"]["type"].as_str(), b["source"]["data"].as_str()) {
-                    (Some("text"), Some(text)) => parts.push(text_part(text, b, claude)),
-                    _ => return Err(bad("only text documents are supported by this gateway")),
-                }
+            Some("document") => parts.extend(document(b, claude).map_err(|w| bad(&w))?),
+            Some("search_result") => parts.push(search_result(b, claude).map_err(|w| bad(&w))?),
+            // Reasoning of earlier turns: not sent (see the assistant turn).
+            Some("thinking" | "redacted_thinking") => {}
+            // Dropped, the model would answer without what the client sent, unaware.
+            Some(other) => {
+                return Err(bad(&format!(
+                    "content blocks of type '{other}' are not supported by this gateway \
+                     (supported: text, image, document, search_result, tool_result)"
+                )));
             }
-            // Reasoning of earlier turns, and blocks with no OpenAI form: not sent.
-            Some(_) => {}
             None => return Err(bad("type is required")),
         }
     }
@@ -220,6 +223,109 @@ fn user_turn(i: usize, blocks: &[Value], claude: bool, out: &mut Vec<Value>) -> 
         out.push(json!({"role": "user", "content": joined(tool_images)}));
     }
     Ok(())
+}
+
+/// A `document` block as parts: a text document (`source.type` `text`) or one of content
+/// blocks (`content`) as its text and images, headed by its `title` and `context` when it
+/// has them; a base64 PDF as an OpenAI `file` part (the `file_data` data URL, its `title`
+/// as the `filename`), as `input_file` goes from the Responses API. A document by URL or
+/// by Files-API id has no OpenAI form: this gateway fetches and keeps no files.
+fn document(block: &Value, claude: bool) -> Result<Vec<Value>, String> {
+    let source = block.get("source").ok_or("source is required")?;
+    let title = block.get("title").and_then(Value::as_str);
+    let heading: Vec<&str> = [title, block.get("context").and_then(Value::as_str)]
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .collect();
+    let headed = |text: &str| {
+        if heading.is_empty() {
+            text.to_string()
+        } else {
+            format!("{}\n\n{text}", heading.join("\n"))
+        }
+    };
+    match source.get("type").and_then(Value::as_str) {
+        Some("text") => {
+            let text = source
+                .get("data")
+                .and_then(Value::as_str)
+                .ok_or("source.data is required")?;
+            Ok(vec![text_part(&headed(text), block, claude)])
+        }
+        Some("content") => {
+            let mut parts = Vec::new();
+            if !heading.is_empty() {
+                parts.push(json!({"type": "text", "text": heading.join("\n")}));
+            }
+            let inner = match source.get("content") {
+                Some(Value::String(s)) => vec![json!({"type": "text", "text": s})],
+                Some(Value::Array(blocks)) => blocks.clone(),
+                _ => return Err("source.content must be a string or a list of blocks".into()),
+            };
+            for c in &inner {
+                match c.get("type").and_then(Value::as_str) {
+                    Some("text") => {
+                        let text = c["text"]
+                            .as_str()
+                            .ok_or("source.content: text is required")?;
+                        parts.push(text_part(text, c, claude));
+                    }
+                    Some("image") => parts.push(image_part(c, claude)?),
+                    _ => return Err("source.content holds text and image blocks only".into()),
+                }
+            }
+            Ok(parts)
+        }
+        Some("base64") => {
+            let media = source
+                .get("media_type")
+                .and_then(Value::as_str)
+                .ok_or("source.media_type is required")?;
+            let data = source
+                .get("data")
+                .and_then(Value::as_str)
+                .ok_or("source.data is required")?;
+            let mut file = json!({"file_data": format!("data:{media};base64,{data}")});
+            file["filename"] = json!(title.unwrap_or("document.pdf"));
+            Ok(vec![marked(
+                json!({"type": "file", "file": file}),
+                block,
+                claude,
+            )])
+        }
+        Some("url" | "file") => Err("a document by URL or file_id cannot be passed on: this \
+             gateway fetches and keeps no files; send its bytes (source.type 'base64') or its \
+             text"
+            .into()),
+        _ => Err("source.type must be 'text', 'content', 'base64', 'url' or 'file'".into()),
+    }
+}
+
+/// A `search_result` block (a RAG tool's find, with its citation) as one text part: its
+/// title and source, then its text blocks.
+fn search_result(block: &Value, claude: bool) -> Result<Value, String> {
+    let field = |name: &str| block.get(name).and_then(Value::as_str).unwrap_or("");
+    let mut text = match (field("title"), field("source")) {
+        ("", "") => String::new(),
+        (title, "") => format!("{title}\n"),
+        ("", source) => format!("{source}\n"),
+        (title, source) => format!("{title} ({source})\n"),
+    };
+    match block.get("content") {
+        Some(Value::Array(blocks)) => {
+            for c in blocks {
+                text.push_str(
+                    c.get("text")
+                        .and_then(Value::as_str)
+                        .ok_or("content: text blocks only")?,
+                );
+                text.push('\n');
+            }
+        }
+        _ => return Err("content must be a list of text blocks".into()),
+    }
+    Ok(text_part(text.trim_end(), block, claude))
 }
 
 /// An `image` block as an `image_url` part (a data URL for base64), with the block's

@@ -257,8 +257,20 @@ fn bad_requests_say_what_to_fix() {
         (json!({"max_tokens": 9}), "messages: Field required"),
         (json!({"max_tokens": 9, "messages": []}), "at least one"),
         (
-            json!({"max_tokens": 9, "messages": [{"role": "user", "content": [{"type": "server_tool_use", "id": "s"}]}]}),
+            json!({"max_tokens": 9, "messages": [{"role": "user", "content": [{"type": "thinking", "thinking": "s"}]}]}),
             "nothing to send: no message has a text",
+        ),
+        (
+            json!({"max_tokens": 9, "messages": [{"role": "user", "content": [{"type": "container_upload", "file_id": "f"}]}]}),
+            "messages.0.content.0: content blocks of type 'container_upload' are not supported",
+        ),
+        (
+            json!({"max_tokens": 9, "messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "url", "url": "https://x/a.pdf"}}]}]}),
+            "messages.0.content.0: a document by URL",
+        ),
+        (
+            json!({"max_tokens": 9, "messages": [{"role": "user", "content": [{"type": "search_result", "title": "t", "content": "x"}]}]}),
+            "messages.0.content.0: content must be a list of text blocks",
         ),
         (
             json!({"max_tokens": 9, "messages": [{"role": "user", "content": 5}]}),
@@ -852,4 +864,40 @@ fn a_refusal_is_text_with_the_refusal_stop_reason() {
     assert_eq!(text, "I can't help.");
     let end = ev.iter().find(|(n, _)| n == "message_delta").unwrap();
     assert_eq!(end.1["delta"]["stop_reason"], "refusal");
+}
+
+#[test]
+fn documents_and_search_results_reach_the_model() {
+    let pdf = json!({"type": "document", "title": "report.pdf",
+        "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}});
+    let text = json!({"type": "document", "title": "Notes", "context": "from the wiki",
+        "source": {"type": "text", "media_type": "text/plain", "data": "Lyon is in France."}});
+    let content = json!({"type": "document", "source": {"type": "content", "content": [
+        {"type": "text", "text": "page one"},
+        {"type": "image", "source": {"type": "url", "url": "https://example.invalid/p.png"}}]}});
+    let found = json!({"type": "search_result", "title": "Weather", "source": "https://w.example/lyon",
+        "content": [{"type": "text", "text": "Sunny."}, {"type": "text", "text": "21 C."}]});
+    let out = chat(json!({"max_tokens": 9, "messages": [{"role": "user",
+        "content": [pdf, text, content, found, {"type": "text", "text": "Sum up."}]}]}));
+    assert_eq!(
+        out["messages"][0]["content"],
+        json!([
+            {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0x", "filename": "report.pdf"}},
+            {"type": "text", "text": "Notes\nfrom the wiki\n\nLyon is in France."},
+            {"type": "text", "text": "page one"},
+            {"type": "image_url", "image_url": {"url": "https://example.invalid/p.png"}},
+            {"type": "text", "text": "Weather (https://w.example/lyon)\nSunny.\n21 C."},
+            {"type": "text", "text": "Sum up."}
+        ])
+    );
+    // A PDF without a title still has a file name; a Claude upstream keeps its mark.
+    let marked = json!({"max_tokens": 9, "messages": [{"role": "user", "content": [
+        {"type": "document", "cache_control": {"type": "ephemeral"},
+         "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}}]}]});
+    let out = to_chat(&obj(marked), true).unwrap();
+    let part = &out["messages"][0]["content"][0];
+    assert_eq!(
+        (&part["file"]["filename"], &part["cache_control"]["type"]),
+        (&json!("document.pdf"), &json!("ephemeral"))
+    );
 }

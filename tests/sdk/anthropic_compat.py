@@ -32,7 +32,8 @@ class FakeUpstream(Upstream):
             text, calls = "", [{"id": "call_w1", "type": "function",
                                 "function": {"name": "get_weather", "arguments": '{"city": "Lyon"}'}}]
         else:
-            text, calls = ("Hello SDK" if body.get("stream") else "echo: " + last["content"]), []
+            said = last["content"] if isinstance(last["content"], str) else f"{len(last['content'])} parts"
+            text, calls = ("Hello SDK" if body.get("stream") else "echo: " + said), []
         finish = "tool_calls" if calls else "stop"
         # A thinking model (GLM, Kimi, DeepSeek): its reasoning apart, before the answer.
         reasoning = ["Let me ", "see."] if "think" in json.dumps(last["content"]) else []
@@ -143,6 +144,15 @@ def main():
         sent = RECEIVED[-1]["body"]["messages"]
         check(sent[-2]["tool_calls"][0]["id"] == "call_w1" and sent[-1] == {
             "role": "tool", "tool_call_id": "call_w1", "content": "sunny, 21 C"}, "as tool_calls and a tool message")
+
+        pdf = {"type": "document", "title": "a.pdf",
+               "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}}
+        client.messages.create(model="claude-h", max_tokens=100, messages=[
+            {"role": "user", "content": [pdf, {"type": "text", "text": "Sum it up."}]}])
+        parts = RECEIVED[-1]["body"]["messages"][-1]["content"]
+        check(parts[0] == {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0xLjQK",
+                                                    "filename": "a.pdf"}},
+              f"a PDF document block goes as a file part: {parts[0]}")
 
         counted = client.messages.count_tokens(model="claude-h", messages=ask)
         check(counted.input_tokens > 0, f"count_tokens estimates: {counted.input_tokens}")
