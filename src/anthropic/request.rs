@@ -278,15 +278,7 @@ fn document(block: &Value, claude: bool) -> Result<Vec<Value>, String> {
             Ok(parts)
         }
         Some("base64") => {
-            let media = source
-                .get("media_type")
-                .and_then(Value::as_str)
-                .ok_or("source.media_type is required")?;
-            let data = source
-                .get("data")
-                .and_then(Value::as_str)
-                .ok_or("source.data is required")?;
-            let mut file = json!({"file_data": format!("data:{media};base64,{data}")});
+            let mut file = json!({"file_data": data_url(source)?});
             file["filename"] = json!(title.unwrap_or("document.pdf"));
             Ok(vec![marked(
                 json!({"type": "file", "file": file}),
@@ -328,22 +320,25 @@ fn search_result(block: &Value, claude: bool) -> Result<Value, String> {
     Ok(text_part(text.trim_end(), block, claude))
 }
 
+/// A base64 `source` (of an image or a document) as a data URL.
+fn data_url(source: &Value) -> Result<String, String> {
+    let media = source
+        .get("media_type")
+        .and_then(Value::as_str)
+        .ok_or("source.media_type is required")?;
+    let data = source
+        .get("data")
+        .and_then(Value::as_str)
+        .ok_or("source.data is required")?;
+    Ok(format!("data:{media};base64,{data}"))
+}
+
 /// An `image` block as an `image_url` part (a data URL for base64), with the block's
 /// `cache_control` mark when the upstream is Claude.
 fn image_part(block: &Value, claude: bool) -> Result<Value, String> {
     let source = block.get("source").ok_or("source is required")?;
     let url = match source.get("type").and_then(Value::as_str) {
-        Some("base64") => {
-            let media = source
-                .get("media_type")
-                .and_then(Value::as_str)
-                .ok_or("source.media_type is required")?;
-            let data = source
-                .get("data")
-                .and_then(Value::as_str)
-                .ok_or("source.data is required")?;
-            format!("data:{media};base64,{data}")
-        }
+        Some("base64") => data_url(source)?,
         Some("url") => source
             .get("url")
             .and_then(Value::as_str)

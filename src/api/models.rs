@@ -216,61 +216,31 @@ pub(super) fn detailed(gw: &Gateway, _req: &Request, caller: &Caller) -> Result<
 mod tests {
     use super::*;
 
-    fn ids(data: &[Value]) -> Vec<&str> {
-        data.iter().filter_map(|e| e["id"].as_str()).collect()
-    }
-
-    fn page(query: &str) -> Result<(Vec<String>, bool), Error> {
+    /// The page of a list of five (`a`..`e`) for this query: its ids joined, and `has_more`.
+    fn page(query: &str) -> Result<(String, bool), Error> {
         let mut data: Vec<Value> = ["a", "b", "c", "d", "e"]
             .iter()
             .map(|id| json!({"id": id}))
             .collect();
         let more = Page::read(Some(query))?.cut(&mut data)?;
-        Ok((ids(&data).iter().map(|s| s.to_string()).collect(), more))
+        let ids: Vec<&str> = data.iter().filter_map(|e| e["id"].as_str()).collect();
+        Ok((ids.concat(), more))
     }
 
     #[test]
     fn pages_forward_and_back() {
-        let got = |q: &str| page(q).unwrap();
-        assert_eq!(
-            got(""),
-            (
-                vec!["a", "b", "c", "d", "e"]
-                    .into_iter()
-                    .map(String::from)
-                    .collect(),
-                false
-            )
-        );
-        assert_eq!(got("limit=2").0, ["a", "b"]);
-        assert!(got("limit=2").1);
-        assert_eq!(
-            got("limit=2&after_id=b"),
-            (vec!["c".into(), "d".into()], true)
-        );
-        assert_eq!(
-            got("limit=2&after_id=c"),
-            (vec!["d".into(), "e".into()], false)
-        );
-        assert_eq!(got("after_id=e"), (vec![], false));
-        assert_eq!(
-            got("limit=2&before_id=e"),
-            (vec!["c".into(), "d".into()], true)
-        );
-        assert_eq!(
-            got("limit=5&before_id=c"),
-            (vec!["a".into(), "b".into()], false)
-        );
-        assert_eq!(
-            got("limit=1000&beta=true"),
-            (
-                vec!["a", "b", "c", "d", "e"]
-                    .into_iter()
-                    .map(String::from)
-                    .collect(),
-                false
-            )
-        );
+        for (query, ids, more) in [
+            ("", "abcde", false),
+            ("limit=2", "ab", true),
+            ("limit=2&after_id=b", "cd", true),
+            ("limit=2&after_id=c", "de", false),
+            ("after_id=e", "", false),
+            ("limit=2&before_id=e", "cd", true),
+            ("limit=5&before_id=c", "ab", false),
+            ("limit=1000&beta=true", "abcde", false),
+        ] {
+            assert_eq!(page(query).unwrap(), (ids.to_string(), more), "{query}");
+        }
     }
 
     #[test]
