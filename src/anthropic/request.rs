@@ -350,10 +350,10 @@ fn image_part(block: &Value, claude: bool) -> Result<Value, String> {
     Ok(marked(part, block, claude))
 }
 
-/// A `tool_result` block as a `tool` message, its content (a string or blocks) as text,
-/// and the images among its blocks (a screenshot, an image file read) as parts for the user
-/// message that follows: an OpenAI `tool` message holds text only, and a vision model
-/// should still see them.
+/// A `tool_result` block as a `tool` message, its content (a string or blocks) as text —
+/// text documents and search results included —, and the images and PDFs among its blocks
+/// (a screenshot, an image or PDF file read) as parts for the user message that follows:
+/// an OpenAI `tool` message holds text only, and the model should still see them.
 ///
 /// For a Claude upstream the block's `cache_control` mark (or, when it has none, the last
 /// mark among its text blocks) goes on the message's text, sent as one text part, as a
@@ -363,7 +363,7 @@ fn tool_result(b: &Value, claude: bool) -> Result<(Value, Vec<Value>), String> {
         .get("tool_use_id")
         .and_then(Value::as_str)
         .ok_or("tool_use_id is required")?;
-    let mut images = Vec::new();
+    let mut moved = Vec::new();
     let mut inner_mark = None;
     let mut text = match b.get("content") {
         None | Some(Value::Null) => String::new(),
@@ -371,27 +371,51 @@ fn tool_result(b: &Value, claude: bool) -> Result<(Value, Vec<Value>), String> {
         Some(Value::Array(blocks)) => {
             let mut lines = Vec::new();
             for c in blocks {
-                lines.push(match c.get("type").and_then(Value::as_str) {
+                let parts = match c.get("type").and_then(Value::as_str) {
                     Some("text") => {
                         inner_mark = mark(c, claude).or(inner_mark);
-                        c["text"].as_str().unwrap_or("").to_string()
+                        lines.push(c["text"].as_str().unwrap_or("").to_string());
+                        continue;
                     }
-                    Some("image") => {
-                        let image = image_part(c, claude)?;
-                        if images.is_empty() {
-                            images.push(json!({"type": "text",
-                                "text": format!("The images the tool call {id} returned:")}));
+                    Some("image") => vec![image_part(c, claude)?],
+                    Some("document") => document(c, claude)?,
+                    Some("search_result") => vec![search_result(c, claude)?],
+                    Some(other) => {
+                        return Err(format!(
+                            "content blocks of type '{other}' in a tool_result are not \
+                             supported by this gateway (supported: text, image, document, \
+                             search_result)"
+                        ));
+                    }
+                    None => return Err("type is required in a tool_result's content".into()),
+                };
+                // Text stays in the tool message; what a tool message cannot hold (an
+                // image, a PDF) goes to the user message that follows.
+                for part in parts {
+                    match (part["type"].as_str(), part["text"].as_str()) {
+                        (Some("text"), Some(t)) => lines.push(t.to_string()),
+                        (kind, _) => {
+                            let what = if kind == Some("file") {
+                                "document"
+                            } else {
+                                "image"
+                            };
+                            lines.push(format!("[{what}: in the next message]"));
+                            moved.push(part);
                         }
-                        images.push(image);
-                        "[image: in the next message]".to_string()
                     }
-                    _ => c.to_string(),
-                });
+                }
             }
             lines.join("\n")
         }
         Some(_) => return Err("content must be a string or a list of blocks".into()),
     };
+    if !moved.is_empty() {
+        let files = moved.iter().any(|p| p["type"] == "file");
+        let what = if files { "files" } else { "images" };
+        let heading = format!("The {what} the tool call {id} returned:");
+        moved.insert(0, json!({"type": "text", "text": heading}));
+    }
     if b.get("is_error") == Some(&Value::Bool(true)) {
         text = format!("Error: {text}");
     }
@@ -404,7 +428,7 @@ fn tool_result(b: &Value, claude: bool) -> Result<(Value, Vec<Value>), String> {
     };
     Ok((
         json!({"role": "tool", "tool_call_id": id, "content": content}),
-        images,
+        moved,
     ))
 }
 

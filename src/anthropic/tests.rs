@@ -901,3 +901,30 @@ fn documents_and_search_results_reach_the_model() {
         (&json!("document.pdf"), &json!("ephemeral"))
     );
 }
+
+#[test]
+fn documents_in_a_tool_result_go_as_text_or_after_it_never_as_base64_text() {
+    let result = json!({"type": "tool_result", "tool_use_id": "call_r", "content": [
+        {"type": "text", "text": "read report.pdf and notes.txt"},
+        {"type": "document", "title": "report.pdf",
+         "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Lyon."}},
+        {"type": "search_result", "title": "Weather", "source": "w", "content": [{"type": "text", "text": "Sunny."}]}]});
+    let out = chat(json!({"max_tokens": 9, "messages": [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "call_r", "name": "read", "input": {}}]},
+        {"role": "user", "content": [result]}]}));
+    let tool = &out["messages"][1];
+    assert_eq!(
+        tool["content"],
+        "read report.pdf and notes.txt\n[document: in the next message]\nLyon.\nWeather (w)\nSunny."
+    );
+    assert_eq!(
+        out["messages"][2]["content"],
+        json!([{"type": "text", "text": "The files the tool call call_r returned:"},
+            {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0x", "filename": "report.pdf"}}])
+    );
+    let unknown = json!({"max_tokens": 9, "messages": [{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "c", "content": [{"type": "blob", "data": "AAAA"}]}]}]});
+    let e = to_chat(&obj(unknown), false).unwrap_err();
+    assert!(e.to_string().contains("'blob' in a tool_result"), "{e}");
+}
