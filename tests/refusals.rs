@@ -327,3 +327,68 @@ fn refusals_of_the_client_rules_come_before_the_line_and_take_no_place_in_it() {
     );
     assert_eq!(fake.request_count(), 2, "A and B called, the refused never");
 }
+
+/// Sends `Expect: 100-continue` with a head announcing `body` from `source`, and returns
+/// the first answer's status line; after a `100`, sends the body and returns both lines.
+fn expecting(source: &str, gw: &Gateway, path: &str, auth: &str, body: &[u8]) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&from.into()).unwrap();
+    socket.connect(&gw.http.into()).unwrap();
+    let mut s: std::net::TcpStream = socket.into();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nExpect: 100-continue\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    lines.push(line.trim_end().to_string());
+    if line.starts_with("HTTP/1.1 100") {
+        line.clear();
+        r.read_line(&mut line).unwrap(); // the blank line after the interim answer
+        s.write_all(body).unwrap();
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        lines.push(line.trim_end().to_string());
+    }
+    lines
+}
+
+#[test]
+fn a_client_waiting_to_send_its_body_hears_a_refusal_before_it_sends_it() {
+    let fake = FakeUpstream::start();
+    let gw = Gateway::start(
+        Options::default()
+            .upstream(&fake.base_url())
+            .keys(&line("alice", ALICE, "*", "", ""))
+            .ip_limit(1, 3),
+    );
+    let body = br#"{"model": "gpt41", "messages": [{"role": "user", "content": "hi"}]}"#;
+    let from = "127.0.0.3";
+    let status = |path: &str, auth: &str| expecting(from, &gw, path, auth, body);
+    // Refused from the head alone: no `100 Continue`, so no body sent for nothing.
+    assert_eq!(
+        status("/v1/chat/completions", &bearer(WRONG)),
+        ["HTTP/1.1 401 Unauthorized"]
+    );
+    assert_eq!(
+        status("/v1/chat/completion", &bearer(ALICE)),
+        ["HTTP/1.1 404 Not Found"]
+    );
+    // A request that may go on is asked for its body, and its head's check is not made
+    // twice: the bucket of 3 (2 spent by the 401 and the 404 above) still has this one.
+    assert_eq!(
+        status("/v1/chat/completions", &bearer(ALICE)),
+        ["HTTP/1.1 100 Continue", "HTTP/1.1 200 OK"]
+    );
+    assert_eq!(
+        status("/v1/chat/completions", &bearer(ALICE)),
+        ["HTTP/1.1 429 Too Many Requests"]
+    );
+    assert_eq!(fake.requests().len(), 1);
+}

@@ -21,7 +21,7 @@ use rustls::ServerConnection;
 use super::access::AllowList;
 use super::budget::Lease;
 use super::gate::{Entering, Full, Place};
-use super::parse::{InBuf, ReadError, Rejection, read_body, read_head};
+use super::parse::{Framing, InBuf, ReadError, Rejection, read_body, read_head};
 use super::pipe::{BlockingSink, Pipe};
 use super::shared::{Shared, Slot, Tracking, handler_failed, panic_message, stream_panicked};
 use super::watch::Watch;
@@ -232,6 +232,13 @@ async fn read_request(
         };
         // The request is under way: a shutdown lets it finish.
         tracking.set_waiting(false);
+        let mut checked_early = false;
+        if head.expect_continue && !matches!(head.framing, Framing::Empty | Framing::Length(0)) {
+            match judge_head(shared, conn, &head) {
+                Judged::Answered(resp) => return Ok(Read::Answered(head, *resp)),
+                Judged::Passed { checked } => checked_early = checked,
+            }
+        }
         let mut reserve = |n: usize| lease.grow(n);
         let body = read_body(
             &mut conn.stream,
@@ -242,10 +249,24 @@ async fn read_request(
             &mut reserve,
         )
         .await?;
-        Ok((head, body))
+        Ok(Read::Request(head, body, checked_early))
     };
-    let (head, body) = match read.await {
-        Ok(r) => r,
+    let (head, body, checked_early) = match read.await {
+        Ok(Read::Request(head, body, checked)) => (head, body, checked),
+        Ok(Read::Answered(head, resp)) => {
+            // Boxed: rare, and it would grow every connection's future.
+            let (method, path) = (Some(head.method), Some(head.path));
+            Box::pin(answer_and_close(
+                shared,
+                conn,
+                resp,
+                method,
+                path,
+                Some(began),
+            ))
+            .await;
+            return None;
+        }
         Err(ReadError::Reject(rejection)) => {
             // Boxed: rare, and it would grow every connection's future.
             Box::pin(refuse(shared, conn, *rejection, Some(began))).await;
@@ -277,9 +298,52 @@ async fn read_request(
         tls: conn.stream.is_tls(),
         received: Instant::now(),
         hangup: Hangup::default(),
-        checked_early: false,
+        checked_early,
     };
     Some((req, reply, lease))
+}
+
+/// What reading a request gave: the request (its head, its body, and whether
+/// [`Handler::before_queue`](super::Handler::before_queue) has let it through already),
+/// or a head answered before its body was read.
+enum Read {
+    Request(super::parse::Head, Vec<u8>, bool),
+    Answered(super::parse::Head, Response),
+}
+
+enum Judged {
+    Answered(Box<Response>),
+    Passed { checked: bool },
+}
+
+/// A client that sends `Expect: 100-continue` waits for `100 Continue` before it sends its
+/// body (curl does for bodies over 1 KiB): a request the head alone decides — a path or
+/// method the gateway does not serve, a missing or unknown key, the per-IP limit — is
+/// answered before the body is asked for (RFC 9110 §10.1.1), so that a client with a stale
+/// key does not upload up to 32 MiB to be told so. Quick answers (404, 405, the lists) need
+/// no body; any other request is judged by [`Handler::before_queue`], which then is not
+/// asked again.
+fn judge_head(shared: &Shared, conn: &Conn, head: &super::parse::Head) -> Judged {
+    let early = Request {
+        method: head.method.clone(),
+        path: head.path.clone(),
+        query: head.query.clone(),
+        version: head.version,
+        headers: head.headers.clone(),
+        body: Vec::new(),
+        peer: conn.peer,
+        tls: conn.stream.is_tls(),
+        received: Instant::now(),
+        hangup: Hangup::default(),
+        checked_early: false,
+    };
+    if shared.handler.is_quick(&early) {
+        return Judged::Answered(Box::new(shared.call_handler(&early)));
+    }
+    match shared.handler.before_queue(&early) {
+        Some(refused) => Judged::Answered(Box::new(refused)),
+        None => Judged::Passed { checked: true },
+    }
 }
 
 /// Answers a request: a quick one at once, any other once it has a worker's place (503
@@ -344,7 +408,9 @@ async fn handle(
     hangup: &Hangup,
 ) -> (Response, Option<Place>) {
     let tcp = conn.stream.tcp();
-    if let Some(refused) = shared.handler.before_queue(&req) {
+    if !req.checked_early
+        && let Some(refused) = shared.handler.before_queue(&req)
+    {
         return (refused, None);
     }
     req.checked_early = true;
@@ -512,7 +578,6 @@ pub(crate) fn run_stream(body: StreamBody, pipe: Pipe) {
 /// lingering read. `since`: when the request began, for its access log line (`None`: no
 /// line — a refused peer is logged by the accept loop).
 async fn refuse(shared: &Shared, conn: &mut Conn, rejection: Rejection, since: Option<Instant>) {
-    let t = &shared.timeouts;
     let Rejection {
         error,
         method,
@@ -526,6 +591,23 @@ async fn refuse(shared: &Shared, conn: &mut Conn, rejection: Rejection, since: O
             .overloaded_total
             .fetch_add(1, Ordering::Relaxed);
     }
+    let resp = shared
+        .handler
+        .error_response(path.as_deref().unwrap_or(""), &error);
+    answer_and_close(shared, conn, resp, method, path, since).await;
+}
+
+/// Writes a complete answer to a request whose body was not read, logs it (with `since`)
+/// and closes the connection.
+async fn answer_and_close(
+    shared: &Shared,
+    conn: &mut Conn,
+    resp: Response,
+    method: Option<String>,
+    path: Option<String>,
+    since: Option<Instant>,
+) {
+    let t = &shared.timeouts;
     let reply = Reply {
         version: Version::Http11,
         head_only: method.as_deref() == Some("HEAD"),
@@ -533,9 +615,6 @@ async fn refuse(shared: &Shared, conn: &mut Conn, rejection: Rejection, since: O
         write_timeout: t.write,
         stall: t.stall,
     };
-    let resp = shared
-        .handler
-        .error_response(path.as_deref().unwrap_or(""), &error);
     let out = write_full(&mut conn.stream, &reply, resp).await;
     if let Some(since) = since {
         let method = method.as_deref().unwrap_or("-");
