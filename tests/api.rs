@@ -226,3 +226,44 @@ fn a_memory_file_that_does_not_parse_stops_start_up_naming_line_and_column() {
     let msg = err.to_string();
     assert!(msg.contains("memory.json:3:"), "{msg}");
 }
+
+#[test]
+fn every_call_to_a_provider_carries_a_request_id_of_its_own() {
+    let fake = FakeUpstream::start();
+    let gw = Gateway::start(Options::default().upstream(&fake.base_url()));
+    let id = |r: &crate::support::gateway::Reply, name: &str| {
+        let id = r
+            .header(name)
+            .unwrap_or_else(|| panic!("no {name}: {}", r.text()));
+        assert!(id.starts_with("req_") && id.len() > 12, "{id}");
+        id.to_string()
+    };
+    let ok = gw.chat("gpt41", "hi", json!({}));
+    let streamed = gw.chat("gpt41", "hi", json!({"stream": true}));
+    let failed = gw.chat("no-such-model", "hi", json!({}));
+    let responses = gw.post_json("/v1/responses", &json!({"model": "gpt41", "input": "hi"}));
+    assert_eq!(
+        (ok.status, streamed.status, failed.status, responses.status),
+        (200, 200, 404, 200)
+    );
+    let ids = [
+        id(&ok, "x-request-id"),
+        id(&streamed, "x-request-id"),
+        id(&failed, "x-request-id"),
+        id(&responses, "x-request-id"),
+    ];
+    let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "{ids:?}");
+    // Anthropic's clients get Anthropic's header, once.
+    let messages = gw.send(
+        "POST",
+        "/v1/messages",
+        Some(br#"{"model": "gpt41", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]}"#),
+        &[("anthropic-version", "2023-06-01")],
+    );
+    assert_eq!(messages.status, 200);
+    id(&messages, "request-id");
+    assert_eq!(messages.header("x-request-id"), None);
+    // The lists and the admin endpoints are not calls.
+    assert_eq!(gw.get("/v1/models").header("x-request-id"), None);
+}

@@ -554,8 +554,27 @@ impl Router {
             Err(e) => render(&e),
         };
         keyed.apply(&mut resp);
+        if route.is_some_and(|r| r.label != route::OTHER) {
+            name_request(&mut resp);
+        }
         resp
     }
+}
+
+/// Every answer of a call to a provider, error or not, carries an id that its client can
+/// quote and that the access line holds (`request_id=`): Anthropic's `request-id`, which
+/// the Messages endpoint sets, or else OpenAI's `x-request-id` (the openai SDK reads it into
+/// `_request_id`, as the anthropic SDK reads the other).
+fn name_request(resp: &mut Response) {
+    let given = resp
+        .header(crate::anthropic::REQUEST_ID)
+        .map(str::to_string);
+    let id = given.unwrap_or_else(|| {
+        let id = crate::anthropic::request_id();
+        resp.headers.push(("x-request-id".to_string(), id.clone()));
+        id
+    });
+    resp.log.push(("request_id", id));
 }
 
 /// `/{model}/v1/...`: the model named in the path (percent-decoded), for tools that cannot

@@ -294,6 +294,7 @@ def check_keys(binary):
                   "a model the key may not use raises PermissionDeniedError (403 model_not_allowed)")
         resp = client.chat.completions.create(model="gpt41", messages=user)
         check(resp.choices[0].message.content == "echo: hi", "the key's model answers")
+        check((resp._request_id or "").startswith("req_"), f"with a request id: {resp._request_id}")
         try:
             client.chat.completions.create(model="gpt41", messages=user)
             check(False, "over rpm raises RateLimitError")
