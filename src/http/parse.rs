@@ -416,6 +416,7 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
     };
     let (path, query) = split_target(target).map_err(with_names)?;
     let framing = framing(version, &headers).map_err(with_names)?;
+    coded_body(&headers, &framing).map_err(with_names)?;
     let expect_continue = version == Version::Http11
         && headers
             .iter()
@@ -432,6 +433,30 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Head, ReadError> {
         keep_alive,
     };
     Ok(head)
+}
+
+/// A body sent compressed (`Content-Encoding: gzip`, which some SDKs and proxies can be
+/// told to do) is refused before it is read, with the reason — not a 400 about the bytes
+/// not being UTF-8 once the body's JSON is read. `identity` is no encoding.
+fn coded_body(headers: &Headers, framing: &Framing) -> Result<(), ReadError> {
+    if matches!(framing, Framing::Empty | Framing::Length(0)) {
+        return Ok(());
+    }
+    let coding = headers
+        .iter()
+        .filter(|(n, _)| *n == "content-encoding")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"));
+    match coding {
+        Some(c) => {
+            let c: String = c.chars().take(32).collect();
+            Err(invalid(&format!(
+                "Content-Encoding '{c}' is not supported: send the body uncompressed"
+            )))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Splits a request target into path and query. Origin form (`/p?q`), absolute form

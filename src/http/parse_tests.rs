@@ -529,3 +529,27 @@ fn a_head_refused_as_too_big_names_its_request_line_when_it_is_whole() {
         }
     }
 }
+
+#[test]
+fn a_compressed_body_is_refused_with_its_reason_before_it_is_read() {
+    let gz = b"POST /v1/chat/completions HTTP/1.1\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\n\x1f\x8b\x08\x00";
+    match read(gz) {
+        Err(ReadError::Reject(r)) => {
+            assert_eq!(r.error.status(), 400);
+            assert!(
+                r.error
+                    .to_string()
+                    .contains("Content-Encoding 'gzip' is not supported"),
+                "{}",
+                r.error
+            );
+            assert_eq!(r.path.as_deref(), Some("/v1/chat/completions"));
+        }
+        other => panic!("{:?}", other.map(|(h, _)| h.path)),
+    }
+    // No body, or the identity coding: nothing to refuse.
+    let none = b"GET /v1/models HTTP/1.1\r\nContent-Encoding: gzip\r\n\r\n";
+    assert!(read(none).is_ok());
+    let identity = b"POST /x HTTP/1.1\r\nContent-Encoding: Identity\r\nContent-Length: 2\r\n\r\n{}";
+    assert_eq!(read(identity).map(|(_, b)| b).ok(), Some(b"{}".to_vec()));
+}
