@@ -232,12 +232,11 @@ async fn read_request(
         };
         // The request is under way: a shutdown lets it finish.
         tracking.set_waiting(false);
-        let mut checked_early = false;
-        if head.expect_continue && !matches!(head.framing, Framing::Empty | Framing::Length(0)) {
-            match judge_head(shared, conn, &head) {
-                Judged::Answered(resp) => return Ok(Read::Answered(head, *resp)),
-                Judged::Passed { checked } => checked_early = checked,
-            }
+        // With `Expect: 100-continue`, the pre-queue check is made now and not again.
+        let checked_early =
+            head.expect_continue && !matches!(head.framing, Framing::Empty | Framing::Length(0));
+        if checked_early && let Some(resp) = judge_head(shared, conn, &head) {
+            return Ok(Read::Answered(head, resp));
         }
         let mut reserve = |n: usize| lease.grow(n);
         let body = read_body(
@@ -259,7 +258,7 @@ async fn read_request(
             Box::pin(answer_and_close(
                 shared,
                 conn,
-                resp,
+                *resp,
                 method,
                 path,
                 Some(began),
@@ -308,12 +307,7 @@ async fn read_request(
 /// or a head answered before its body was read.
 enum Read {
     Request(super::parse::Head, Vec<u8>, bool),
-    Answered(super::parse::Head, Response),
-}
-
-enum Judged {
-    Answered(Box<Response>),
-    Passed { checked: bool },
+    Answered(super::parse::Head, Box<Response>),
 }
 
 /// A client that sends `Expect: 100-continue` waits for `100 Continue` before it sends its
@@ -322,8 +316,8 @@ enum Judged {
 /// answered before the body is asked for (RFC 9110 §10.1.1), so that a client with a stale
 /// key does not upload up to 32 MiB to be told so. Quick answers (404, 405, the lists) need
 /// no body; any other request is judged by [`Handler::before_queue`], which then is not
-/// asked again.
-fn judge_head(shared: &Shared, conn: &Conn, head: &super::parse::Head) -> Judged {
+/// asked again. `None`: the request may go on.
+fn judge_head(shared: &Shared, conn: &Conn, head: &super::parse::Head) -> Option<Box<Response>> {
     let early = Request {
         method: head.method.clone(),
         path: head.path.clone(),
@@ -338,12 +332,9 @@ fn judge_head(shared: &Shared, conn: &Conn, head: &super::parse::Head) -> Judged
         checked_early: false,
     };
     if shared.handler.is_quick(&early) {
-        return Judged::Answered(Box::new(shared.call_handler(&early)));
+        return Some(Box::new(shared.call_handler(&early)));
     }
-    match shared.handler.before_queue(&early) {
-        Some(refused) => Judged::Answered(Box::new(refused)),
-        None => Judged::Passed { checked: true },
-    }
+    shared.handler.before_queue(&early).map(Box::new)
 }
 
 /// Answers a request: a quick one at once, any other once it has a worker's place (503
