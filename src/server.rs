@@ -201,6 +201,7 @@ fn listeners(
         });
     }
     if let Some(addr) = https_addr {
+        crate::http::tls::check_dirs(&config.cert, &config.key)?;
         let cert = ServedCert::load_or_generate(&config.cert, &config.key, &config.cert_hosts)?;
         listeners.push(ListenerConfig {
             addr,

@@ -1,7 +1,9 @@
 //! The HTTPS certificate replaced while the gateway runs: a new handshake gets the new one,
 //! a connection already open keeps its own, broken files keep the old one; in-process
-//! through the SIGHUP path, and with a real SIGHUP to the binary.
+//! through the SIGHUP path, and with a real SIGHUP to the binary. A `-cert` or `-key` in a
+//! directory that does not exist stops start-up.
 
+use std::ffi::OsStr;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use crate::http::Client;
 use crate::support::client::tls_connect_trusting;
 use crate::support::gateway::{Gateway, Options, TempDir};
-use crate::support::process::{Server, free_port};
+use crate::support::process::{Server, free_port, run_to_exit};
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
@@ -117,4 +119,46 @@ fn sighup_puts_new_files_in_use_and_broken_ones_keep_the_old_certificate() {
     let (tls, peer) = connect(addr, &trusted);
     assert_eq!(peer, der(users_cert.as_bytes()));
     assert_eq!(Client::new(tls).get("/api/health").status, 200);
+}
+
+#[test]
+fn a_cert_or_key_in_a_missing_directory_stops_start_up_and_creates_nothing() {
+    let dir = TempDir::new("certtypo");
+    let https = free_port().to_string();
+    let (good_cert, good_key) = (dir.join("server.crt"), dir.join("server.key"));
+    let (typo_cert, typo_key) = (dir.join("tsl/server.crt"), dir.join("tsl/server.key"));
+    for (cert, key, named) in [
+        (&typo_cert, &typo_key, &typo_cert),
+        (&good_cert, &typo_key, &typo_key),
+    ] {
+        let flags = [
+            "-http-port",
+            "0",
+            "-https-port",
+            &https,
+            "-bind",
+            "127.0.0.1",
+        ];
+        let mut args: Vec<&OsStr> = flags.iter().map(OsStr::new).collect();
+        args.extend([OsStr::new("-cert"), cert.as_os_str()]);
+        args.extend([OsStr::new("-key"), key.as_os_str()]);
+        let (status, err) = run_to_exit(dir.path(), &args, Duration::from_secs(10));
+        assert_eq!(status.code(), Some(2), "{err}");
+        let last = err.trim().lines().last().unwrap_or("");
+        assert_eq!(
+            last,
+            format!(
+                "sigorest: {}: the directory {} does not exist; sigorest creates only ./certs \
+                 (the default), so create it or correct the path",
+                named.display(),
+                dir.join("tsl").display()
+            ),
+            "{err}"
+        );
+    }
+    assert!(!dir.join("tsl").exists(), "no directory created");
+    assert!(
+        !good_cert.exists() && !good_key.exists(),
+        "no pair generated"
+    );
 }

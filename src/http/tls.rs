@@ -47,6 +47,39 @@ pub fn load_or_generate(cert: &Path, key: &Path, extra_hosts: &[String]) -> Resu
     load_or_generate_at(cert, key, &names, extra_hosts, unix_now())
 }
 
+/// The directory a generated pair may be created in when it is missing: `certs` in the
+/// working directory, where the default `-cert` and `-key` point.
+const DEFAULT_DIR: &str = "certs";
+
+/// At start-up, before [`ServedCert::load_or_generate`]: an [`Error::File`] naming `cert`
+/// or `key` when the directory it is in does not exist (or is not a directory), unless that
+/// is the default `certs`. A mistyped `-cert` would otherwise get a directory tree created
+/// and a new self-signed pair in it, without a word; the checks on SIGHUP and once a day
+/// still create what they must (the directory existed at start).
+pub fn check_dirs(cert: &Path, key: &Path) -> Result<(), Error> {
+    for path in [cert, key] {
+        let dir = crate::util::fs::parent_dir(path);
+        let default = dir.strip_prefix(".").unwrap_or(dir) == Path::new(DEFAULT_DIR);
+        let why = match std::fs::metadata(dir) {
+            _ if default => continue,
+            Ok(m) if m.is_dir() => continue,
+            Ok(_) => "is not a directory",
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist",
+            // Unreadable: the load that follows says what is wrong with the file itself.
+            Err(_) => continue,
+        };
+        return Err(file_error(
+            path,
+            format!(
+                "the directory {} {why}; sigorest creates only ./{DEFAULT_DIR} (the default), \
+                 so create it or correct the path",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// [`load_or_generate`] for the certificate names `names` (from [`cert_names`]) at the
 /// time `now` (Unix seconds): the clock is a parameter so that tests need not wait years.
 fn load_or_generate_at(

@@ -152,6 +152,45 @@ fn generates_writes_and_then_loads_without_regenerating() {
 }
 
 #[test]
+fn a_missing_directory_is_an_error_unless_it_is_the_default_certs() {
+    let dir = TempDir::new("dirs");
+    // Both in a directory that exists (not there yet, files are generated in it).
+    let (cert, key) = (dir.0.join("server.crt"), dir.0.join("server.key"));
+    check_dirs(&cert, &key).unwrap();
+    // A mistyped directory: refused, naming the path; nothing created.
+    let typo = dir.0.join("tsl/sub/server.crt");
+    let e = check_dirs(&typo, &key).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: the directory {} does not exist; sigorest creates only ./certs (the \
+             default), so create it or correct the path",
+            typo.display(),
+            dir.0.join("tsl/sub").display()
+        )
+    );
+    let e = check_dirs(&cert, &dir.0.join("nokeys/server.key")).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}/nokeys/server.key: ", dir.0.display())),
+        "{e}"
+    );
+    // A file where the directory should be.
+    std::fs::write(dir.0.join("file"), b"x").unwrap();
+    let e = check_dirs(&dir.0.join("file/server.crt"), &key).unwrap_err();
+    assert!(e.to_string().contains("is not a directory"), "{e}");
+    // The default place, however written, may be created (relative to the working
+    // directory, which the tests do not change).
+    for (c, k) in [
+        ("./certs/server.crt", "./certs/server.key"),
+        ("certs/server.crt", "certs/other.key"),
+    ] {
+        check_dirs(Path::new(c), Path::new(k)).unwrap();
+    }
+    assert!(!dir.0.join("tsl").exists() && !dir.0.join("nokeys").exists());
+}
+
+#[test]
 fn exactly_one_file_missing_is_an_error_naming_it() {
     let dir = TempDir::new("one");
     let (cert, key) = dir.paths();

@@ -189,6 +189,11 @@ impl Gateway {
         if let Some(csv) = &opts.keys_csv {
             std::fs::write(dir.join("keys.csv"), csv).expect("write keys.csv");
         }
+        if opts.https {
+            // The certificate's directory, given explicitly below, must exist (only the
+            // default `./certs` is created).
+            std::fs::create_dir(dir.join("certs")).expect("create certs");
+        }
         // New settings get their defaults (`..Config::default()`) unless a test sets them.
         #[allow(clippy::needless_update)]
         let mut config = Config {
