@@ -188,6 +188,34 @@ fn bad_memory_puts_are_400_and_change_nothing() {
 }
 
 #[test]
+fn a_memory_put_over_1_mib_of_content_is_413_and_changes_nothing() {
+    let gw = Gateway::start(Options::default().memory(r#"{"content": "keep me", "cache": true}"#));
+    let before = std::fs::read(gw.dir.join("memory.json")).unwrap();
+    let r = gw.put_json(
+        "/api/memory",
+        &json!({"content": "a".repeat((1 << 20) + 1)}),
+    );
+    let msg = r.assert_error(413, "memory_too_large");
+    assert!(
+        msg.contains("1048577 bytes") && msg.contains("the limit is 1 MiB"),
+        "{msg}"
+    );
+    assert_eq!(r.json()["error"]["param"], "content");
+    assert_eq!(gw.get("/api/memory").json()["content"], "keep me");
+    assert_eq!(std::fs::read(gw.dir.join("memory.json")).unwrap(), before);
+    // The cap itself is allowed, and read back by a reload.
+    let r = gw.put_json("/api/memory", &json!({"content": "a".repeat(1 << 20)}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    gw.running().reload();
+    assert_eq!(
+        gw.get("/api/memory").json()["content"]
+            .as_str()
+            .map(str::len),
+        Some(1 << 20)
+    );
+}
+
+#[test]
 fn memory_put_only_from_admin_addresses() {
     let gw = Gateway::start(Options {
         admin_allow: "10.0.0.0/8".into(),

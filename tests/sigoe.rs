@@ -546,6 +546,18 @@ fn bad_usage_exits_2_with_one_line() {
     .unwrap();
     let line = direct(&fake, &dir, &["hi"], None).failed(2).to_string();
     assert!(line.contains("memory.json:2:"), "{line}");
+    // One over the gateway's cap on the content: refused as the gateway refuses it.
+    let content = "a".repeat((1 << 20) + 1);
+    std::fs::write(
+        dir.join("memory.json"),
+        format!(r#"{{"content": "{content}"}}"#),
+    )
+    .unwrap();
+    let line = direct(&fake, &dir, &["hi"], None).failed(2).to_string();
+    assert!(
+        line.contains("memory.json: memory content too large"),
+        "{line}"
+    );
     assert_eq!(fake.request_count(), 0);
 }
 

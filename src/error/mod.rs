@@ -31,6 +31,9 @@ pub enum Error {
     MethodNotAllowed { method: String, allow: &'static str },
     /// The body is larger than the limit.
     BodyTooLarge { limit: usize },
+    /// A memory block (`PUT /api/memory`) whose content is larger than the limit, in bytes
+    /// of UTF-8: it would go with every request.
+    MemoryTooLarge { bytes: usize, limit: usize },
     /// The request head is larger than the limit.
     HeadTooLarge { limit: usize },
     /// The request head has more header lines than the limit.
@@ -157,7 +160,7 @@ impl Error {
             Error::InvalidApiKey { .. } => 401,
             Error::ModelNotFound { .. } | Error::NotFound { .. } => 404,
             Error::MethodNotAllowed { .. } => 405,
-            Error::BodyTooLarge { .. } => 413,
+            Error::BodyTooLarge { .. } | Error::MemoryTooLarge { .. } => 413,
             Error::HeadTooLarge { .. } | Error::TooManyHeaders { .. } => 431,
             Error::IpNotAllowed { .. }
             | Error::AdminOnly { .. }
@@ -193,6 +196,7 @@ impl Error {
             Error::NotFound { .. } => "not_found",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::BodyTooLarge { .. } => "body_too_large",
+            Error::MemoryTooLarge { .. } => "memory_too_large",
             Error::HeadTooLarge { .. } | Error::TooManyHeaders { .. } => "header_too_large",
             Error::IpNotAllowed { .. } => "ip_not_allowed",
             Error::AdminOnly { .. } => "admin_only",
@@ -229,6 +233,7 @@ impl Error {
             | Error::NotFound { .. }
             | Error::MethodNotAllowed { .. }
             | Error::BodyTooLarge { .. }
+            | Error::MemoryTooLarge { .. }
             | Error::HeadTooLarge { .. }
             | Error::TooManyHeaders { .. }
             | Error::ClientGone
@@ -263,6 +268,7 @@ impl Error {
             Error::InvalidRequest { param, .. } | Error::UpstreamClient { param, .. } => {
                 param.as_deref()
             }
+            Error::MemoryTooLarge { .. } => Some("content"),
             _ => None,
         }
     }
@@ -410,6 +416,12 @@ impl fmt::Display for Error {
                     limit / (1024 * 1024)
                 )
             }
+            Error::MemoryTooLarge { bytes, limit } => write!(
+                f,
+                "memory content too large: {bytes} bytes of UTF-8, and the limit is {} (the \
+                 block goes with every request)",
+                crate::util::fs::human_size(*limit as u64)
+            ),
             Error::TooManyHeaders { limit } => {
                 write!(f, "too many header lines: the limit is {limit}")
             }

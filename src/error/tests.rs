@@ -16,6 +16,10 @@ fn all() -> Vec<Error> {
             allow: "GET, PUT",
         },
         Error::BodyTooLarge { limit: 32 << 20 },
+        Error::MemoryTooLarge {
+            bytes: 2 << 20,
+            limit: 1 << 20,
+        },
         Error::HeadTooLarge { limit: 64 << 10 },
         Error::TooManyHeaders { limit: 100 },
         Error::IpNotAllowed { ip },
@@ -125,6 +129,11 @@ fn design_table_statuses_and_codes() {
             "model_not_found",
         ),
         (Error::BodyTooLarge { limit: 1 }, 413, "body_too_large"),
+        (
+            Error::MemoryTooLarge { bytes: 2, limit: 1 },
+            413,
+            "memory_too_large",
+        ),
         (Error::IpNotAllowed { ip }, 403, "ip_not_allowed"),
         (Error::MetricsOnly { ip }, 403, "metrics_not_allowed"),
         (

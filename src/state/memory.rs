@@ -8,6 +8,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::util::fs::without_bom;
 
+/// The largest memory content, in bytes of UTF-8: it goes with every request, and 1 MiB
+/// (some 250,000 tokens) is already more than any model's context. Only a mistake is that
+/// large (a log pasted instead of a note); refused, it costs nothing, while taken, it would
+/// fail or bill every request.
+pub const MAX_CONTENT: usize = 1 << 20;
+
 /// The memory block. Its `Deserialize` is the strict form [`Memory::parse`] documents
 /// (written by hand: serde's derive would also take `["text", true]`), so a
 /// `PUT /api/memory` body and the file obey the same rules.
@@ -32,8 +38,20 @@ impl Default for Memory {
 impl Memory {
     /// Parses a memory document. `content` is required (a string), `cache` optional (a bool,
     /// default true); unknown fields are an error. Errors name line and column (1-based)
-    /// and, as `path`, the `origin` given.
+    /// and, as `path`, the `origin` given. A content over [`MAX_CONTENT`] bytes is
+    /// [`Error::MemoryTooLarge`].
     pub fn parse(bytes: &[u8], origin: &Path) -> Result<Memory, Error> {
+        let memory = Memory::parse_any_size(bytes, origin)?;
+        if memory.content.len() > MAX_CONTENT {
+            return Err(Error::MemoryTooLarge {
+                bytes: memory.content.len(),
+                limit: MAX_CONTENT,
+            });
+        }
+        Ok(memory)
+    }
+
+    fn parse_any_size(bytes: &[u8], origin: &Path) -> Result<Memory, Error> {
         // serde_json checks UTF-8 only inside strings and would call a bad byte elsewhere
         // "expected value"; checking first names the real problem and its place.
         let text = match std::str::from_utf8(bytes) {
@@ -70,10 +88,20 @@ impl Memory {
     }
 
     /// Reads the file: `Ok(None)` when it does not exist (the embedded default applies),
-    /// an [`Error::File`] naming file, line and column when it does not parse.
+    /// an [`Error::File`] naming file, line and column when it does not parse, and naming
+    /// the file when it holds a content over [`MAX_CONTENT`] (as a file that does not
+    /// parse: a start is refused, a reload keeps the block in use).
     pub fn load(path: &Path) -> Result<Option<Memory>, Error> {
         match std::fs::read(path) {
-            Ok(bytes) => Memory::parse(&without_bom(bytes), path).map(Some),
+            Ok(bytes) => match Memory::parse(&without_bom(bytes), path) {
+                Err(e @ Error::MemoryTooLarge { .. }) => Err(Error::File {
+                    path: path.to_path_buf(),
+                    line: 0,
+                    column: 0,
+                    message: e.to_string(),
+                }),
+                other => other.map(Some),
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(path, &e)),
         }
@@ -292,6 +320,46 @@ mod tests {
         // Outside a string too, where serde_json would say something else.
         let (l, c, _) = where_(b"\xff");
         assert_eq!((l, c), (1, 1));
+    }
+
+    #[test]
+    fn content_over_the_cap_is_refused() {
+        let body = |n: usize| format!(r#"{{"content": "{}"}}"#, "a".repeat(n));
+        assert_eq!(
+            parse(&body(MAX_CONTENT)).unwrap().content.len(),
+            MAX_CONTENT
+        );
+        assert_eq!(
+            parse(&body(MAX_CONTENT + 1)),
+            Err(Error::MemoryTooLarge {
+                bytes: MAX_CONTENT + 1,
+                limit: MAX_CONTENT
+            })
+        );
+        // Bytes of UTF-8, as the block goes upstream: 'é' is two.
+        let accents = format!(r#"{{"content": "{}"}}"#, "é".repeat(MAX_CONTENT / 2 + 1));
+        assert!(matches!(
+            parse(&accents),
+            Err(Error::MemoryTooLarge { bytes, .. }) if bytes == MAX_CONTENT + 2
+        ));
+    }
+
+    #[test]
+    fn a_file_over_the_cap_is_an_error_naming_it() {
+        let d = TestDir::new("memory-cap");
+        let p = d.path().join("memory.json");
+        // One byte more content: refused, naming the file.
+        std::fs::write(
+            &p,
+            format!(r#"{{"content": "{}"}}"#, "a".repeat(MAX_CONTENT + 1)),
+        )
+        .unwrap();
+        let e = Memory::load(&p).unwrap_err();
+        assert!(
+            matches!(&e, Error::File { path, line: 0, .. } if *path == p),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("memory content too large"), "{e}");
     }
 
     #[test]

@@ -89,6 +89,19 @@ fn link_target(link: &Path) -> Option<PathBuf> {
     None
 }
 
+/// `4 MiB`, `512 KiB`, `100 bytes`: a limit as people say it.
+pub fn human_size(bytes: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * KIB;
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
+        format!("{} KiB", bytes / KIB)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
 /// The bytes of a text file without the UTF-8 byte order mark that Windows editors
 /// (Notepad) put first, which would otherwise be read as part of the first name or value.
 pub fn without_bom(mut bytes: Vec<u8>) -> Vec<u8> {
@@ -364,6 +377,13 @@ mod tests {
                 .is_symlink()
         );
         assert_eq!(fs::read(elsewhere.join("later.json")).unwrap(), b"made");
+    }
+
+    #[test]
+    fn sizes_read_as_people_say_them() {
+        assert_eq!(human_size(4 << 20), "4 MiB");
+        assert_eq!(human_size(8 << 10), "8 KiB");
+        assert_eq!(human_size(99), "99 bytes");
     }
 
     #[test]
