@@ -8,6 +8,7 @@ mod api;
 mod certificates;
 mod chat;
 mod fake_upstream;
+mod files;
 mod hardening;
 mod http;
 mod keys;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use ring::digest::{SHA256, digest};
 
 use crate::error::Error;
-use crate::util::fs::without_bom;
+use crate::util::fs::{read_config, without_bom};
 
 /// What a generated key starts with, so that people recognise one.
 pub const KEY_PREFIX: &str = "sk-sigo-";
@@ -26,6 +26,9 @@ pub const KEY_PREFIX: &str = "sk-sigo-";
 pub const MAX_LIMIT: u32 = 10_000;
 /// The longest key name.
 const MAX_NAME: usize = 64;
+/// The largest `keys.csv` read: some 40,000 keys of 100 bytes, far beyond any real list; a
+/// larger file is refused as one that does not parse (not read whole into memory).
+pub const MAX_FILE: u64 = 4 << 20;
 
 /// One client key, as `keys.csv` describes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,9 +123,10 @@ impl Keys {
     /// Not so when it is a symbolic link to a missing file, or its directory is missing (an
     /// unmounted volume, a moved file, a typo): someone set keys up there, and turning them
     /// off would open every model to every client — an error instead (a reload keeps the
-    /// keys in use, a start is refused).
+    /// keys in use, a start is refused). A path that is not a regular file, or a file over
+    /// [`MAX_FILE`], is an error too (see [`read_config`]).
     pub fn load(path: &Path) -> Result<Option<Keys>, Error> {
-        let bytes = match std::fs::read(path) {
+        let bytes = match read_config(path, MAX_FILE) {
             Ok(bytes) => without_bom(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return match missing_on_purpose(path) {

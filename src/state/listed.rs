@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::catalog::{self, Catalog, Model};
 use crate::error::Error;
-use crate::util::fs::without_bom;
+use crate::util::fs::{read_config, without_bom};
 
 /// The cloud models on offer, in whitelist order. Shared: a request takes its model
 /// without copying it.
@@ -29,9 +29,10 @@ impl Listed {
     /// Reads the whitelist file (or the embedded default when it does not exist) and applies
     /// it to the catalog. Unknown short codes are ignored with a WARN naming them (the
     /// first [`NAMED_UNKNOWN`]; one more line counts the rest, so that a file of junk does
-    /// not fill a small box's journal at every reload).
+    /// not fill a small box's journal at every reload). A path that is not a regular file,
+    /// or a file over [`MAX_FILE`], is an error (see [`read_config`]).
     pub fn load(catalog: &Catalog, path: &Path) -> Result<Listed, Error> {
-        let text = match std::fs::read(path) {
+        let text = match read_config(path, MAX_FILE) {
             Ok(bytes) => String::from_utf8(without_bom(bytes)).map_err(|e| Error::File {
                 path: path.to_path_buf(),
                 line: 0,
@@ -69,6 +70,10 @@ impl Listed {
             .collect()
     }
 }
+
+/// The largest `models.csv` read: hundreds of thousands of short codes, far beyond the
+/// catalog; a larger file is refused (not read whole into memory).
+pub const MAX_FILE: u64 = 4 << 20;
 
 /// How many unknown short codes of `models.csv` get a WARN line each.
 pub const NAMED_UNKNOWN: usize = 10;

@@ -6,13 +6,18 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::util::fs::without_bom;
+use crate::util::fs::{read_config, without_bom};
 
 /// The largest memory content, in bytes of UTF-8: it goes with every request, and 1 MiB
 /// (some 250,000 tokens) is already more than any model's context. Only a mistake is that
 /// large (a log pasted instead of a note); refused, it costs nothing, while taken, it would
 /// fail or bill every request.
 pub const MAX_CONTENT: usize = 1 << 20;
+
+/// The largest `memory.json` read: [`MAX_CONTENT`] written as JSON may take up to six bytes
+/// a byte (a control character is `\u0001`), plus the rest of the object; a larger file
+/// cannot hold an acceptable block and is not read whole.
+pub const MAX_FILE: u64 = 8 << 20;
 
 /// The memory block. Its `Deserialize` is the strict form [`Memory::parse`] documents
 /// (written by hand: serde's derive would also take `["text", true]`), so a
@@ -89,10 +94,11 @@ impl Memory {
 
     /// Reads the file: `Ok(None)` when it does not exist (the embedded default applies),
     /// an [`Error::File`] naming file, line and column when it does not parse, and naming
-    /// the file when it holds a content over [`MAX_CONTENT`] (as a file that does not
-    /// parse: a start is refused, a reload keeps the block in use).
+    /// the file when it is not a regular file, is over [`MAX_FILE`] bytes or holds a
+    /// content over [`MAX_CONTENT`] (as a file that does not parse: a start is refused, a
+    /// reload keeps the block in use).
     pub fn load(path: &Path) -> Result<Option<Memory>, Error> {
-        match std::fs::read(path) {
+        match read_config(path, MAX_FILE) {
             Ok(bytes) => match Memory::parse(&without_bom(bytes), path) {
                 Err(e @ Error::MemoryTooLarge { .. }) => Err(Error::File {
                     path: path.to_path_buf(),
@@ -345,9 +351,17 @@ mod tests {
     }
 
     #[test]
-    fn a_file_over_the_cap_is_an_error_naming_it() {
-        let d = TestDir::new("memory-cap");
+    fn a_file_over_the_caps_is_an_error_naming_it() {
+        let d = TestDir::new("memory-caps");
         let p = d.path().join("memory.json");
+        // The largest content, written the longest way JSON allows: still read.
+        let widest = Memory {
+            content: "\u{1}".repeat(MAX_CONTENT),
+            cache: true,
+        };
+        widest.save(&p).unwrap();
+        assert!(std::fs::metadata(&p).unwrap().len() > 6 * MAX_CONTENT as u64);
+        assert_eq!(Memory::load(&p).unwrap(), Some(widest));
         // One byte more content: refused, naming the file.
         std::fs::write(
             &p,
@@ -360,6 +374,10 @@ mod tests {
             "{e:?}"
         );
         assert!(e.to_string().contains("memory content too large"), "{e}");
+        // A file larger than any acceptable one is not read whole.
+        std::fs::write(&p, vec![b' '; MAX_FILE as usize + 1]).unwrap();
+        let e = Memory::load(&p).unwrap_err();
+        assert!(e.to_string().contains("too large ("), "{e}");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -87,6 +87,112 @@ fn link_target(link: &Path) -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// `O_NONBLOCK`: std has no name for it and the crate does not depend on libc. The values
+/// are the kernels' (libc's `O_NONBLOCK` for each target); elsewhere 0, and only the check
+/// before the open guards against a FIFO.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const O_NONBLOCK: i32 = if cfg!(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "mips32r6",
+    target_arch = "mips64r6"
+)) {
+    0o200
+} else if cfg!(any(target_arch = "sparc", target_arch = "sparc64")) {
+    0x4000
+} else {
+    0o4000
+};
+#[cfg(any(
+    target_vendor = "apple",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "netbsd",
+    target_os = "dragonfly"
+))]
+const O_NONBLOCK: i32 = 0x4;
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_vendor = "apple",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "netbsd",
+    target_os = "dragonfly"
+)))]
+const O_NONBLOCK: i32 = 0;
+
+/// Reads a file the administrator edits (`models.csv`, `keys.csv`, `memory.json`): at most
+/// `limit` bytes, and only from a regular file (a symbolic link is followed). A FIFO, a
+/// device, a socket or a directory is refused without being read, so a start or a SIGHUP
+/// never waits for a writer that does not come (`open` on a FIFO waits for one); a larger
+/// file is refused without reading it all. Both refusals are [`io::Error`]s whose message
+/// says what is wrong (`InvalidInput`, `FileTooLarge`); a missing file is `NotFound`, as
+/// from [`fs::read`].
+pub fn read_config(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    // Looked at before it is opened: opening a device may do something of its own.
+    regular_within(&fs::metadata(path)?, limit)?;
+    read_opened(path, limit)
+}
+
+/// The second half of [`read_config`]. The name may have been given to a FIFO since it was
+/// looked at: opened without waiting for a writer, and what was opened looked at again
+/// (reads of a regular file ignore the flag).
+fn read_opened(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NONBLOCK)
+        .open(path)?;
+    let len = regular_within(&file.metadata()?, limit)?;
+    // The file may grow while it is read: one byte past the limit says so.
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(None, limit));
+    }
+    Ok(bytes)
+}
+
+/// The file's length when it is a regular file of at most `limit` bytes.
+fn regular_within(meta: &fs::Metadata, limit: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else if t.is_char_device() || t.is_block_device() {
+        Some("a device")
+    } else {
+        Some("neither a file nor a directory")
+    };
+    if let Some(what) = what {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not a regular file: it is {what}; give the path of a file"),
+        ));
+    }
+    if meta.len() > limit {
+        return Err(too_large(Some(meta.len()), limit));
+    }
+    Ok(meta.len())
+}
+
+fn too_large(len: Option<u64>, limit: u64) -> io::Error {
+    let size = len.map_or(String::new(), |n| format!(" ({n} bytes)"));
+    io::Error::new(
+        io::ErrorKind::FileTooLarge,
+        format!(
+            "too large{size}: such a file may have at most {}",
+            human_size(limit)
+        ),
+    )
 }
 
 /// `4 MiB`, `512 KiB`, `100 bytes`: a limit as people say it.
@@ -377,6 +483,70 @@ mod tests {
                 .is_symlink()
         );
         assert_eq!(fs::read(elsewhere.join("later.json")).unwrap(), b"made");
+    }
+
+    /// A FIFO at `path` (std cannot make one; coreutils' `mkfifo` can).
+    fn mkfifo(path: &Path) {
+        let made = std::process::Command::new("mkfifo").arg(path).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", path.display());
+    }
+
+    /// `read` on another thread, so that a regression blocks that thread, not the test.
+    fn within_5_s(
+        read: impl FnOnce() -> io::Result<Vec<u8>> + Send + 'static,
+    ) -> io::Result<Vec<u8>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let _ = tx.send(read());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the read returns at once, without waiting for a writer")
+    }
+
+    #[test]
+    fn read_config_refuses_what_is_not_a_regular_file_without_waiting() {
+        let d = TestDir::new("fs-notfile");
+        let fifo = d.path().join("models.csv");
+        mkfifo(&fifo);
+        let link = d.path().join("link.csv");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        for path in [fifo.clone(), link] {
+            let err = within_5_s(move || read_config(&path, 100)).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+            assert!(
+                err.to_string().contains("not a regular file: it is a FIFO"),
+                "{err}"
+            );
+        }
+        // Replaced by a FIFO after the first look: the open does not wait either.
+        let err = within_5_s(move || read_opened(&fifo, 100)).unwrap_err();
+        assert!(err.to_string().contains("FIFO"), "{err}");
+        for (path, what) in [
+            (Path::new("/dev/zero"), "a device"),
+            (d.path(), "a directory"),
+        ] {
+            let err = read_config(path, 100).unwrap_err();
+            assert!(err.to_string().contains(what), "{err}");
+        }
+        let err = read_config(&d.path().join("nope"), 100).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn read_config_reads_up_to_the_limit_and_refuses_more() {
+        let d = TestDir::new("fs-limit");
+        let p = d.path().join("keys.csv");
+        fs::write(&p, [b'x'; 100]).unwrap();
+        assert_eq!(read_config(&p, 100).unwrap().len(), 100);
+        let link = d.path().join("link.csv");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert_eq!(read_config(&link, 100).unwrap().len(), 100);
+        let err = read_config(&p, 99).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::FileTooLarge);
+        assert_eq!(
+            err.to_string(),
+            "too large (100 bytes): such a file may have at most 99 bytes"
+        );
     }
 
     #[test]
