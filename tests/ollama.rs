@@ -290,6 +290,37 @@ mod registry {
     }
 
     #[test]
+    fn implausible_context_lengths_are_not_reported() {
+        let names = ["zero:1b", "negative:1b", "huge:1b", "max:1b", "good:1b"];
+        let fake = fake_ollama(&names);
+        fake.route("POST", "/api/show", |req: &Recorded| {
+            let name = req.json.as_ref().and_then(|j| j["model"].as_str());
+            let context = match name.unwrap_or("") {
+                "zero:1b" => json!(0),
+                "negative:1b" => json!(-4096),
+                "huge:1b" => json!(1e30),
+                "max:1b" => json!(u64::MAX),
+                _ => json!(8192),
+            };
+            Reply::json(
+                200,
+                json!({"model_info": {"general.architecture": "x", "x.context_length": context}}),
+            )
+        });
+        let o = registry(&fake);
+        assert_eq!(o.discover(), Ok(5));
+        assert_eq!(fake.requests_to("/api/show").len(), 5, "every one asked");
+        for m in o.models() {
+            let expected = if m.name == "good:1b" { 8192 } else { 0 };
+            assert_eq!(
+                m.context, expected,
+                "{}: as when Ollama reports none",
+                m.name
+            );
+        }
+    }
+
+    #[test]
     fn the_background_thread_finds_models_and_stop_ends_it() {
         let fake = fake_ollama(&["gemma3:4b"]);
         let o = Arc::new(registry(&fake));
@@ -428,6 +459,52 @@ mod gateway {
         // The health counts them as available.
         let health = gw.get("/api/health").json();
         assert!(health["available_models"].as_u64() >= Some(3));
+    }
+
+    #[test]
+    fn implausible_context_lengths_are_shown_as_not_reported() {
+        let names = ["zero:1b", "negative:1b", "huge:1b", "max:1b", "good:1b"];
+        let fake = fake_ollama(&names);
+        fake.route("POST", "/api/show", |req: &Recorded| {
+            let name = req.json.as_ref().and_then(|j| j["model"].as_str());
+            let context = match name.unwrap_or("") {
+                "zero:1b" => json!(0),
+                "negative:1b" => json!(-4096),
+                "huge:1b" => json!(1e30),
+                "max:1b" => json!(u64::MAX),
+                _ => json!(8192),
+            };
+            Reply::json(
+                200,
+                json!({"model_info": {"general.architecture": "x", "x.context_length": context}}),
+            )
+        });
+        let (gw, _cloud) = gateway_with(&fake.url(""));
+        wait_for_discovery(&gw);
+        eventually("every context length read", || {
+            (fake.requests_to("/api/show").len() >= names.len()).then_some(())
+        });
+        let contexts = eventually("the good model's context", || {
+            let v = gw.get("/api/models").json();
+            let ours: Vec<(String, Value)> = v["data"]
+                .as_array()?
+                .iter()
+                .filter(|m| m["provider"] == "ollama")
+                .map(|m| {
+                    (
+                        m["id"].as_str().unwrap_or("").to_string(),
+                        m["context_tokens"].clone(),
+                    )
+                })
+                .collect();
+            ours.iter()
+                .any(|(id, c)| id == "good:1b" && c == 8192)
+                .then_some(ours)
+        });
+        for (id, context) in contexts {
+            let expected = if id == "good:1b" { 8192 } else { 0 };
+            assert_eq!(context, expected, "{id}: as when Ollama reports none");
+        }
     }
 
     #[test]

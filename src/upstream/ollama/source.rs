@@ -64,9 +64,16 @@ pub fn parse_tags(body: &[u8]) -> Result<Vec<Tag>, String> {
     Ok(tags)
 }
 
+/// The context lengths believed from Ollama, in tokens: the smallest real models have a few
+/// hundred, the largest ten million. A value outside (0, a negative number, 1e30, 2^64-1
+/// from a broken model file or a mad server) is not reported: shown as a fact, it would
+/// also refuse every request as too long, or let any through.
+pub const PLAUSIBLE_CONTEXT: std::ops::RangeInclusive<u64> = 1..=100_000_000;
+
 /// The context length in an `/api/show` answer: `model_info["<arch>.context_length"]` where
 /// `<arch>` is `general.architecture`, else the first key ending in `.context_length`. An
-/// answer without one gives 0 (known to be unknown); one that is not a JSON object is an error.
+/// answer without one, or with only values outside [`PLAUSIBLE_CONTEXT`], gives 0 (known to
+/// be unknown); one that is not a JSON object is an error.
 pub fn parse_context_length(body: &[u8]) -> Result<u64, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("answer is not JSON ({e})"))?;
     if !v.is_object() {
@@ -75,12 +82,15 @@ pub fn parse_context_length(body: &[u8]) -> Result<u64, String> {
     let Some(info) = v.get("model_info").and_then(Value::as_object) else {
         return Ok(0);
     };
+    // An implausible value counts as no value, as one that is not a number does.
     let as_len = |v: &Value| {
-        v.as_u64().or_else(|| {
-            v.as_f64()
-                .filter(|f| f.is_finite() && *f >= 0.0)
-                .map(|f| f as u64)
-        })
+        v.as_u64()
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.is_finite() && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
+            .filter(|n| PLAUSIBLE_CONTEXT.contains(n))
     };
     let by_arch = info
         .get("general.architecture")

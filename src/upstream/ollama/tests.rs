@@ -280,6 +280,34 @@ fn context_length_comes_from_model_info() {
 }
 
 #[test]
+fn implausible_context_lengths_are_not_reported() {
+    let with = |v: &str| {
+        let body =
+            format!(r#"{{"model_info":{{"general.architecture":"x","x.context_length":{v}}}}}"#);
+        parse_context_length(body.as_bytes()).unwrap()
+    };
+    for v in [
+        "0",
+        "-1",
+        "-4096",
+        "1e30",
+        "18446744073709551615",
+        "100000001",
+        "0.5",
+    ] {
+        assert_eq!(with(v), 0, "{v}");
+    }
+    for (v, n) in [
+        ("1", 1),
+        ("512", 512),
+        ("100000000", 100_000_000),
+        ("1e7", 10_000_000),
+    ] {
+        assert_eq!(with(v), n, "{v}");
+    }
+}
+
+#[test]
 fn models_carry_the_real_name_upstream_and_zero_prices() {
     let m = OllamaModel {
         short: "ollama-gemma3-4b".into(),
