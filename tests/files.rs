@@ -151,3 +151,31 @@ fn a_fifo_or_a_memory_over_the_cap_on_sighup_keeps_the_old_configuration() {
     assert_eq!(ids(&server), ["kimi"]);
     assert_eq!(server.get("/api/memory").json()["content"], "new");
 }
+
+#[test]
+fn a_fifo_in_place_of_the_certificate_stops_start_up_at_once() {
+    let dir = TempDir::new("fifo-cert");
+    std::fs::create_dir(dir.join("certs")).unwrap();
+    mkfifo(&dir.join("certs/server.crt"));
+    mkfifo(&dir.join("certs/server.key"));
+    let (http, https) = (free_port().to_string(), free_port().to_string());
+    let args = [
+        "-http-port",
+        &http,
+        "-https-port",
+        &https,
+        "-bind",
+        "127.0.0.1",
+        "-cert",
+        "certs/server.crt",
+        "-key",
+        "certs/server.key",
+    ];
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let (status, stderr) = run_to_exit(dir.path(), &args, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("not a regular file: it is a FIFO"),
+        "{stderr}"
+    );
+}

@@ -553,9 +553,11 @@ fn file_error(path: &Path, message: String) -> Error {
 }
 
 /// A PEM file's bytes, without the UTF-8 byte order mark a Windows editor may put first
-/// (OpenSSL reads past it; the PEM parser would not find the first `BEGIN` line).
+/// (OpenSSL reads past it; the PEM parser would not find the first `BEGIN` line). Only from
+/// a regular file of at most 1 MiB (a chain is a few KiB), so that a FIFO or a device in
+/// its place never holds up a start, a SIGHUP or the daily check.
 fn read_pem(path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path)
+    crate::util::fs::read_config(path, 1 << 20)
         .map(without_bom)
         .map_err(|e| Error::io(path, &e))
 }
