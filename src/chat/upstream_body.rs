@@ -271,13 +271,8 @@ impl Serialize for Messages<'_> {
             .take_while(|m| matches!(m["role"].as_str(), Some("system" | "developer")))
             .count();
         let (lead, rest) = self.client.split_at(lead);
-        let client = |seq: &mut S::SerializeSeq, m: &Value| {
-            if self.unmark {
-                seq.serialize_element(&Unmarked(m))
-            } else {
-                seq.serialize_element(m)
-            }
-        };
+        let client =
+            |seq: &mut S::SerializeSeq, m: &Value| seq.serialize_element(&Client(m, self.unmark));
         for m in lead {
             client(&mut seq, m)?;
         }
@@ -294,6 +289,33 @@ impl Serialize for Messages<'_> {
             client(&mut seq, m)?;
         }
         seq.end()
+    }
+}
+
+/// A client's message as it goes upstream (no copy is made): without its `cache_control`
+/// marks when `.1`, and a `developer` message as `system`. OpenAI's reasoning models read a
+/// `system` message as a `developer` one, but other providers, and the chat templates of
+/// local models, may not know `developer` (the Responses API sends it as `system` too).
+struct Client<'a>(&'a Value, bool);
+
+impl Serialize for Client<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Client(m, unmark) = *self;
+        match m {
+            Value::Object(o) if o.get("role").and_then(Value::as_str) == Some("developer") => {
+                let mut map = s.serialize_map(None)?;
+                for (k, v) in o.iter().filter(|(k, _)| !(unmark && *k == "cache_control")) {
+                    match k.as_str() {
+                        "role" => map.serialize_entry(k, "system")?,
+                        _ if unmark => map.serialize_entry(k, &Unmarked(v))?,
+                        _ => map.serialize_entry(k, v)?,
+                    }
+                }
+                map.end()
+            }
+            m if unmark => Unmarked(m).serialize(s),
+            m => m.serialize(s),
+        }
     }
 }
 
@@ -510,6 +532,33 @@ mod tests {
 
     fn hello(model: &str) -> Value {
         json!({"model": model, "messages": [{"role": "user", "content": "hello"}]})
+    }
+
+    #[test]
+    fn developer_messages_go_as_system_messages_marks_kept_or_not() {
+        let mark = json!({"type": "ephemeral"});
+        let body = json!({"model": "claude-h", "messages": [
+            {"role": "developer", "content": [{"type": "text", "text": "Be brief.", "cache_control": mark}]},
+            {"role": "user", "content": "hi"},
+            {"role": "developer", "content": "Now in French.", "name": "ops"}]});
+        let mut req = parse(body).unwrap();
+        // Marks a translated request (Anthropic's) carried are left out for other models.
+        for (translated, marked) in [(false, true), (true, false)] {
+            req.cache_marks = translated;
+            let up = req.upstream_body(&model("gpt41"), &mem("", false), &[]);
+            let part = json!({"type": "text", "text": "Be brief."});
+            let part = if marked {
+                json!({"type": "text", "text": "Be brief.", "cache_control": mark})
+            } else {
+                part
+            };
+            assert_eq!(
+                up["messages"],
+                json!([{"role": "system", "content": [part]}, {"role": "user", "content": "hi"},
+                    {"role": "system", "content": "Now in French.", "name": "ops"}]),
+                "translated: {translated}"
+            );
+        }
     }
 
     #[test]
