@@ -19,10 +19,24 @@ use crate::state::session::Message;
 pub enum StreamEnd {
     /// `[DONE]`, or a clean end after the model said it had finished.
     Done,
-    /// The provider failed: an error event, a cut, a timeout, garbage. One line.
+    /// The provider failed: an error event, a cut, garbage. One line.
     Failed(String),
+    /// No event within the request's `timeout` of the one before ([`NO_EVENT`]): a
+    /// timeout, which a client that chose a short `timeout` may have brought on itself.
+    TimedOut,
     /// The consumer of the events stopped (the client went away, stdout closed).
     Stopped(io::Error),
+}
+
+/// Why a stream timed out between two events.
+pub const NO_EVENT: &str = "no event within the timeout";
+
+/// Whether a read ended because its wait ran out.
+pub fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
 }
 
 /// Most text and tool-call bytes kept from one stream for its session turn. Far beyond any
@@ -59,14 +73,7 @@ pub fn take_event(
         Ok(None) => Some(StreamEnd::Failed(
             "stream ended before it was complete".into(),
         )),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-            ) =>
-        {
-            Some(StreamEnd::Failed("no event within the timeout".into()))
-        }
+        Err(e) if timed_out(&e) => Some(StreamEnd::TimedOut),
         Err(e) => Some(StreamEnd::Failed(format!("stream broken: {e}"))),
     }
 }
