@@ -194,3 +194,19 @@ fn a_finish_reason_without_its_usage_is_still_waited_for() {
     );
     assert_ne!(s.payloads().last(), Some(&"[DONE]"));
 }
+
+#[test]
+fn a_whole_answer_whose_connection_breaks_before_done_is_complete() {
+    // The same whole answer, then the connection dropped in the middle of the chunked
+    // body instead of `[DONE]`: nothing of the answer is missing.
+    let (fake, gw) = setup();
+    fake.push(Reply::stream(whole_answer()).cut_after(4));
+    let (path, body) = endpoints("gpt41", &json!({}))[0].clone();
+    let s = stream(&gw, path, &body);
+    assert_eq!(s.text(), "Hello");
+    assert_eq!(s.payloads().last(), Some(&"[DONE]"), "{:?}", s.payloads());
+    let after = scrape_until(&gw, |s| {
+        s.get("sigorest_tokens_total{model=\"gpt41\",kind=\"completion\",key=\"\"}") == Some(&2.0)
+    });
+    assert_eq!(after.get(STREAM_FAILED), None, "{after:#?}");
+}

@@ -135,13 +135,18 @@ pub async fn read_open_stream(
 ) -> StreamEnd {
     let mut event = Ok(Some(std::mem::replace(&mut stream.first, Event::Done)));
     loop {
-        if gathered.complete() && event.as_ref().is_err_and(timed_out) {
-            // The answer is whole and the provider sends neither `[DONE]` nor the end of
-            // its body: the answer ends all the same. The connection, its body still open,
-            // is closed with the stream, not pooled.
-            log::debug!(
-                "the provider's stream was complete without [DONE]; its connection is closed"
-            );
+        if let Err(e) = &event
+            && gathered.complete()
+        {
+            // The answer is whole, and the provider sends neither `[DONE]` nor the end of
+            // its body in time, or breaks the connection instead: the answer ends all the
+            // same. The connection is closed with the stream, not pooled.
+            let after = if timed_out(e) {
+                "silence"
+            } else {
+                "a broken body"
+            };
+            log::debug!(after = after; "a whole answer ended without [DONE]; the provider's connection is closed");
             return StreamEnd::Done;
         }
         if let Some(end) = take_event(event, gathered, &mut each) {
