@@ -22,5 +22,6 @@ mod responses;
 mod routing;
 mod service;
 mod sigoe;
+mod silent_streams;
 mod streaming;
 mod usage_file;

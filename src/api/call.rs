@@ -21,7 +21,7 @@ use super::caller::Caller;
 use crate::chat::answer::{Answer, Usage};
 use crate::chat::prepared::Prepared;
 use crate::chat::request::{ChatRequest, DEFAULT_TIMEOUT};
-use crate::chat::stream::{Chunk, Gathered, StreamEnd};
+use crate::chat::stream::{Chunk, Gathered, NO_EVENT, StreamEnd};
 use crate::chat::tokens;
 use crate::error::Error;
 use crate::gateway::{Gateway, Resolved};
@@ -80,6 +80,8 @@ pub(crate) struct Streaming {
     hangup: Hangup,
     /// Silence after which the client gets a keep-alive (`-stream-keepalive`).
     keepalive: Duration,
+    /// The request's `timeout`, which bounds each gap between events.
+    timeout: Duration,
 }
 
 /// How an API front turns an upstream stream into its own events.
@@ -653,6 +655,7 @@ impl Upcall<'_> {
                     pending: None,
                     hangup: Hangup::default(),
                     keepalive: gw.settings.stream_keepalive,
+                    timeout: chat.timeout,
                 })))
             }
             Err(f) => Err(fail(
@@ -829,6 +832,7 @@ impl Streaming {
             pending,
             hangup,
             keepalive,
+            timeout,
         } = *self;
         let mut log = LogFields::new();
         // The request body is not needed any more; a stream may run for minutes.
@@ -871,6 +875,19 @@ impl Streaming {
                 save_turn(&prepared, &sessions, gathered.assistant()).await;
                 let sent = front.done(usage, &mut sink);
                 (if sent.is_ok() { 200 } else { CLIENT_GONE }, sent)
+            }
+            // Silence between two events: a timeout, counted as one before the first event
+            // is (see `timeout_outcome`).
+            StreamEnd::TimedOut => {
+                permit.finish(timeout_outcome(timeout));
+                log.push(("error", "upstream_timeout".to_string()));
+                let error = Error::UpstreamTimeout {
+                    message: format!("{}: {NO_EVENT}", model.short),
+                };
+                if let Some(p) = pending.as_mut() {
+                    p.call.upstream_error = Some(UpstreamError::Timeout);
+                }
+                (error.status(), front.failed(&error, &mut sink))
             }
             StreamEnd::Failed(message) => {
                 permit.finish(Outcome::Failure);
@@ -991,7 +1008,7 @@ pub(super) fn fail(
     } else {
         tried.error = Some(UpstreamError::of(&failure));
         match failure {
-            Failure::Timeout(_) if call.timeout < DEFAULT_TIMEOUT => Outcome::Neutral,
+            Failure::Timeout(_) => timeout_outcome(call.timeout),
             _ => failure.breaker_outcome(),
         }
     };
@@ -1008,6 +1025,19 @@ pub(super) fn fail(
         warn_refused_key(short, status);
     }
     failure.into_error(short)
+}
+
+/// How a timeout counts for the model's breaker, before a stream's first event or between
+/// two: not at all when the client set its `timeout` below the default (it chose to wait
+/// less than the model may take; three `"timeout": 5` streams from a model that thinks for
+/// 30 s after its first chunk would otherwise disable it for everyone), as a failure
+/// otherwise (a provider silent for the default 180 s is failing).
+fn timeout_outcome(timeout: Duration) -> Outcome {
+    if timeout < DEFAULT_TIMEOUT {
+        Outcome::Neutral
+    } else {
+        Outcome::Failure
+    }
 }
 
 /// A provider's 401 or 403 goes to the client as it came (the design's "upstream 4xx: same
@@ -1033,5 +1063,27 @@ fn log_tokens(log: &mut LogFields, usage: &Usage) {
     }
     if let Some(n) = usage.completion_tokens {
         log.push(("completion_tokens", n.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_timeout_the_client_chose_short_is_neutral_for_the_breaker() {
+        for (secs, outcome) in [
+            (1, Outcome::Neutral),
+            (179, Outcome::Neutral),
+            (180, Outcome::Failure),
+            (600, Outcome::Failure),
+        ] {
+            assert_eq!(
+                timeout_outcome(Duration::from_secs(secs)),
+                outcome,
+                "{secs}"
+            );
+        }
+        assert_eq!(timeout_outcome(DEFAULT_TIMEOUT), Outcome::Failure);
     }
 }

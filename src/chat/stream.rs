@@ -19,10 +19,24 @@ use crate::state::session::Message;
 pub enum StreamEnd {
     /// `[DONE]`, or a clean end after the model said it had finished.
     Done,
-    /// The provider failed: an error event, a cut, a timeout, garbage. One line.
+    /// The provider failed: an error event, a cut, garbage. One line.
     Failed(String),
+    /// No event within the request's `timeout` of the one before ([`NO_EVENT`]): a
+    /// timeout, which a client that chose a short `timeout` may have brought on itself.
+    TimedOut,
     /// The consumer of the events stopped (the client went away, stdout closed).
     Stopped(io::Error),
+}
+
+/// Why a stream timed out between two events.
+pub const NO_EVENT: &str = "no event within the timeout";
+
+/// Whether a read ended because its wait ran out.
+pub fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
 }
 
 /// Most text and tool-call bytes kept from one stream for its session turn. Far beyond any
@@ -59,14 +73,7 @@ pub fn take_event(
         Ok(None) => Some(StreamEnd::Failed(
             "stream ended before it was complete".into(),
         )),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-            ) =>
-        {
-            Some(StreamEnd::Failed("no event within the timeout".into()))
-        }
+        Err(e) if timed_out(&e) => Some(StreamEnd::TimedOut),
         Err(e) => Some(StreamEnd::Failed(format!("stream broken: {e}"))),
     }
 }
@@ -229,6 +236,9 @@ pub struct Gathered {
     /// Each call's id, name and arguments, in the order the calls started.
     tool_calls: Vec<TurnCall>,
     finished: bool,
+    /// A usage-only chunk came after the finish reason: the answer is whole, `[DONE]` or
+    /// not (OpenAI's usage chunk is the last before `[DONE]`, after every choice's end).
+    complete: bool,
     usage: Usage,
     /// A surrogate pair's first half at the end of the text, until the next delta.
     halves: Halves,
@@ -251,6 +261,7 @@ impl Gathered {
             order: CallOrder::default(),
             tool_calls: Vec::new(),
             finished: false,
+            complete: false,
             usage: Usage::default(),
             halves: Halves::default(),
         }
@@ -260,6 +271,9 @@ impl Gathered {
     pub fn take(&mut self, chunk: &Chunk) -> Result<(), String> {
         if let Some(u) = &chunk.usage {
             self.usage.merge(u);
+        }
+        if self.finished && chunk.usage_only() {
+            self.complete = true;
         }
         let Some(choice) = chunk.choice() else {
             return Ok(());
@@ -332,6 +346,12 @@ impl Gathered {
     /// Whether a chunk carried a `finish_reason`.
     pub fn finished(&self) -> bool {
         self.finished
+    }
+
+    /// Whether the answer is whole: its finish reason, then its usage chunk, have come.
+    /// Only `[DONE]` (or the end of the body) may follow.
+    pub fn complete(&self) -> bool {
+        self.complete
     }
 
     /// The token usage, as far as the stream reported it.
@@ -516,6 +536,39 @@ mod tests {
         assert_eq!(g.text(), "");
         assert!(g.finished());
         assert_eq!(g.usage().completion_tokens, Some(2));
+    }
+
+    #[test]
+    fn an_answer_is_complete_once_its_usage_chunk_follows_its_finish_reason() {
+        let usage = r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#;
+        let finish = |i: u32| {
+            format!(r#"{{"choices":[{{"index":{i},"delta":{{}},"finish_reason":"stop"}}]}}"#)
+        };
+        // A usage chunk before the end (some providers send usage as they go) is not it.
+        let mut g = Gathered::keeping(false);
+        feed(&mut g, r#"{"choices":[{"delta":{"content":"a"}}]}"#);
+        feed(&mut g, usage);
+        assert!(!g.complete());
+        feed(&mut g, &finish(0));
+        assert!(
+            !g.complete(),
+            "the finish reason alone: the usage may follow"
+        );
+        feed(&mut g, usage);
+        assert!(g.complete());
+        // n > 1: the usage chunk comes after every choice's end.
+        let mut g = Gathered::keeping(false);
+        for payload in [finish(0), finish(1), usage.to_string()] {
+            feed(&mut g, &payload);
+        }
+        assert!(g.complete());
+        // Moonshot's usage rides in the finishing choice: not a usage chunk of its own.
+        let mut g = Gathered::keeping(false);
+        feed(
+            &mut g,
+            r#"{"choices":[{"delta":{},"finish_reason":"stop","usage":{"prompt_tokens":1}}]}"#,
+        );
+        assert!(g.finished() && !g.complete());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::chat::halves::Halves;
 use crate::chat::prepared::Prepared;
 use crate::chat::provider_error::ProviderError;
 use crate::chat::request::{ChatRequest, MAX_TIMEOUT};
-use crate::chat::stream::{Gathered, StreamEnd};
+use crate::chat::stream::{Gathered, NO_EVENT, StreamEnd};
 use crate::config::quote;
 use crate::env::Env;
 use crate::error::Error;
@@ -606,14 +606,18 @@ fn print_stream(
     if last.is_some_and(|c| c != '\n') && !matches!(end, StreamEnd::Stopped(_)) {
         let _ = out.write_all(b"\n").and_then(|()| out.flush());
     }
-    match end {
-        StreamEnd::Done => Ok(Some(gathered)),
-        StreamEnd::Failed(message) => Err(Stop::Failed(Error::Upstream {
+    let failed = |message: &str| {
+        Err(Stop::Failed(Error::Upstream {
             message: match gateway {
                 None => format!("{short}: {message}"),
-                Some(at) => through_gateway(short, &message, at),
+                Some(at) => through_gateway(short, message, at),
             },
-        })),
+        }))
+    };
+    match end {
+        StreamEnd::Done => Ok(Some(gathered)),
+        StreamEnd::Failed(message) => failed(&message),
+        StreamEnd::TimedOut => failed(NO_EVENT),
         StreamEnd::Stopped(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(None),
         StreamEnd::Stopped(e) => Err(Stop::Failed(Error::io(Path::new("stdout"), &e))),
     }

@@ -72,7 +72,8 @@ pub enum UpstreamError {
     ClientError,
     /// A 2xx that was not a completion or a stream.
     BadAnswer,
-    /// A stream that failed after its first event (an error event, a cut, a gap too long).
+    /// A stream that failed after its first event (an error event, a cut, garbage); a gap
+    /// too long between two events is a `Timeout`.
     StreamFailed,
 }
 

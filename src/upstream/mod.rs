@@ -443,4 +443,29 @@ mod tests {
         drop(upstream);
         server.join().unwrap();
     }
+    #[test]
+    fn a_whole_answer_ends_without_done_and_its_connection_is_closed() {
+        // The finish reason, then the usage chunk, then neither `[DONE]` nor the end of the
+        // body (until the test says so, after the reader has returned): the answer is whole,
+        // so the reader ends it after its short grace rather than the 5-s gap. The body is
+        // still open: the connection cannot serve another request and is not pooled.
+        const FINISH: &str = r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#;
+        const USAGE: &str = r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+        let (url, end_body, server) = scripted_stream(&[FIRST, FINISH, USAGE], &[]);
+        let upstream = Upstream::new();
+        let (end, text, idle) = crate::rt::block_on(async {
+            let (end, text) = read_whole_stream(&upstream, url, || ()).await;
+            (end, text, client::idle_here())
+        })
+        .unwrap();
+        end_body.send(()).unwrap();
+        assert!(
+            matches!(end, crate::chat::stream::StreamEnd::Done),
+            "{end:?}"
+        );
+        assert_eq!(text, "a");
+        assert_eq!(idle, 0, "the connection was not pooled");
+        drop(upstream);
+        server.join().unwrap();
+    }
 }

@@ -3,11 +3,12 @@
 //!
 //! The first event is due within the request's `timeout` (connecting and sending included),
 //! and each later event within `timeout` of the one before — keep-alive comments in between
-//! do not count. After `[DONE]` the stream's reading ends at once, so that the client gets
-//! the end of its answer without waiting for the provider's; the rest of the body is read
-//! (briefly) in a task of its own, so that the connection goes back to the pool for the
-//! next request. A client that leaves ends the reading at once (its hang-up is raced against
-//! every wait).
+//! do not count; once the answer is whole (its finish reason, then its usage chunk),
+//! `[DONE]` is waited for only briefly ([`COMPLETE_GRACE`]). After `[DONE]` the stream's
+//! reading ends at once, so that the client gets the end of its answer without waiting for
+//! the provider's; the rest of the body is read (briefly) in a task of its own, so that the
+//! connection goes back to the pool for the next request. A client that leaves ends the
+//! reading at once (its hang-up is raced against every wait).
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use super::retry::Failure;
 use super::target::{Attempted, Target};
 use crate::chat::provider_error::{error_in, reported};
 use crate::chat::sse::{Event, EventParser};
-use crate::chat::stream::{Chunk, Gathered, StreamEnd, take_event};
+use crate::chat::stream::{Chunk, Gathered, StreamEnd, take_event, timed_out};
 use crate::rt::time::timeout_at;
 use crate::util::Hangup;
 
@@ -26,6 +27,13 @@ use crate::util::Hangup;
 /// connection is dropped instead of pooled. The client does not wait for it.
 const DRAIN_TIME: Duration = Duration::from_secs(1);
 const DRAIN_BYTES: usize = 64 * 1024;
+
+/// Once the answer is whole (its finish reason, then its usage chunk): how long `[DONE]`
+/// or the end of the body may take before the stream is ended without them. The provider
+/// wrote both at once with the usage chunk, if at all; a second is the time already given
+/// to the end of a body after `[DONE]` ([`DRAIN_TIME`]), and it is all a client waits for
+/// a provider that sends neither (it waited the whole `timeout` before, then got an error).
+const COMPLETE_GRACE: Duration = DRAIN_TIME;
 
 /// A stream whose first event has arrived.
 pub struct OpenStream {
@@ -114,8 +122,9 @@ pub struct Keepalive<'a> {
 /// Reads an opened stream to its end (see [`take_event`]): each data event goes to `each`,
 /// and before the next is read `room` may hold the reading back (a client that reads
 /// slowly); while the provider is silent, `keepalive` tells the client that the stream
-/// lives. A complete stream's connection goes back to the pool; any other is closed. The
-/// client's hang-up ends the reading at once ([`StreamEnd::Stopped`]).
+/// lives. A stream that ended with `[DONE]` or its body gives its connection back to the
+/// pool; any other is closed, a whole answer whose `[DONE]` did not come in time included.
+/// The client's hang-up ends the reading at once ([`StreamEnd::Stopped`]).
 pub async fn read_open_stream(
     mut stream: OpenStream,
     gathered: &mut Gathered,
@@ -126,6 +135,20 @@ pub async fn read_open_stream(
 ) -> StreamEnd {
     let mut event = Ok(Some(std::mem::replace(&mut stream.first, Event::Done)));
     loop {
+        if let Err(e) = &event
+            && gathered.complete()
+        {
+            // The answer is whole, and the provider sends neither `[DONE]` nor the end of
+            // its body in time, or breaks the connection instead: the answer ends all the
+            // same. The connection is closed with the stream, not pooled.
+            let after = if timed_out(e) {
+                "silence"
+            } else {
+                "a broken body"
+            };
+            log::debug!(after = after; "a whole answer ended without [DONE]; the provider's connection is closed");
+            return StreamEnd::Done;
+        }
         if let Some(end) = take_event(event, gathered, &mut each) {
             if matches!(end, StreamEnd::Done) {
                 // Whatever the rest of the body does, the answer is complete.
@@ -135,6 +158,9 @@ pub async fn read_open_stream(
         }
         if let Err(e) = room().await {
             return StreamEnd::Stopped(e);
+        }
+        if gathered.complete() {
+            stream.next = Some(Instant::now() + COMPLETE_GRACE.min(stream.gap));
         }
         let next = std::pin::pin!(stream_next(&mut stream, hangup));
         event = match keeping_alive(next, keepalive.as_mut()).await {
