@@ -398,7 +398,9 @@ fn requests_arriving_while_workers_end_each_get_a_worker_at_once() {
     for burst in 0..12 {
         // Gaps from 0 to 5 ms: the extra workers are ending, or about to, when it comes.
         thread::sleep(Duration::from_millis(burst % 6));
-        answered(burst_of_eight(&h, 250, Duration::from_millis(200), burst));
+        // Each request takes 600 ms: all eight busy within 450 ms means none waited for
+        // another to end (with room for a machine busy with other work).
+        answered(burst_of_eight(&h, 600, Duration::from_millis(450), burst));
     }
     let started = stats.workers_started.load(Ordering::Acquire);
     assert!((4..=8).contains(&started), "{started} workers");
