@@ -179,6 +179,72 @@ fn a_stream_falls_back_before_its_first_event() {
 }
 
 #[test]
+fn a_fallback_reached_with_no_time_left_is_not_called_nor_blamed() {
+    let (fake, gw) = setup(Options::default().models(ALL));
+    // gpt41 hangs until the request's timeout runs out: kimi is reached with no time left.
+    let user = json!([{"role": "user", "content": "x"}]);
+    let ext = json!({"timeout": 0.5, "retries": 1, "fallbacks": ["kimi"]});
+    let calls = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt41", "messages": user}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt41", "stream": true, "messages": user}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "gpt41", "max_tokens": 10, "messages": user}),
+        ),
+        ("/v1/responses", json!({"model": "gpt41", "input": "x"})),
+    ];
+    for (path, mut body) in calls {
+        for (k, v) in ext.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        fake.push(Reply::hang());
+        let r = gw.post_json(path, &body);
+        assert_eq!(r.status, 504, "{path}: {}", r.text());
+        assert!(
+            r.text().contains("gpt41") && !r.text().contains("kimi"),
+            "{path}: the timeout is gpt41's: {}",
+            r.text()
+        );
+    }
+    assert_eq!(models_asked(&fake), ["gpt-4.1"; 4], "kimi never called");
+    let metrics = gw.get("/metrics").text();
+    let lines = |prefix: &str| -> Vec<String> {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_string)
+            .collect()
+    };
+    let requests = lines("sigorest_requests_total{");
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    assert!(
+        requests
+            .iter()
+            .all(|l| l.contains(r#"model="gpt41""#) && l.contains(r#"status="504""#)),
+        "{requests:?}"
+    );
+    assert_eq!(
+        lines("sigorest_upstream_errors_total{"),
+        [r#"sigorest_upstream_errors_total{provider="mammouth",kind="timeout"} 4"#],
+        "none for kimi's provider"
+    );
+    let usage = gw.get("/api/usage").json();
+    let rows: Vec<(&str, u64)> = usage["today"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["model"].as_str().unwrap(), r["errors"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(rows, [("gpt41", 4)]);
+}
+
+#[test]
 fn the_session_is_the_one_of_the_model_asked_for() {
     let (fake, gw) = setup(Options::default().models(ALL));
     fake.push(Reply::status(503));

@@ -465,6 +465,22 @@ fn the_access_line_names_the_models_called_apart_from_those_skipped() {
     assert_eq!(v["model"], "gpt41", "{v}");
     assert!(v.get("tried").is_none(), "{v}");
     assert_eq!(v["attempts"], 1, "{v}");
+    // gpt41 hangs through the request's whole timeout: claude-h, reached with no time
+    // left, is not called but passed over, and the timeout is gpt41's.
+    fake.push(Reply::hang());
+    let r = chat(json!({
+        "model": "gpt41",
+        "messages": [{"role": "user", "content": "x"}],
+        "timeout": 0.5,
+        "retries": 1,
+        "fallbacks": ["claude-h"],
+    }));
+    assert_eq!(r.status, 504, "{}", r.text());
+    let v = access_line("\"status\":504");
+    assert_eq!(v["model"], "gpt41", "{v}");
+    assert!(v.get("tried").is_none(), "{v}");
+    assert_eq!(v["skipped"], "claude-h", "{v}");
+    assert_eq!(v["attempts"], 1, "{v}");
 }
 
 #[test]

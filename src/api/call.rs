@@ -212,7 +212,7 @@ pub(crate) async fn run(
     let mut attempts = 0;
     // For the access log: the models called (a request sent to their provider), in order,
     // and those passed over without a call (not offered, not this key's, breaker open, no
-    // provider key, context too small, no local slot in time).
+    // provider key, context too small, no local slot in time, no time left).
     let mut tried: Vec<String> = Vec::new();
     let mut passed_over: Vec<String> = Vec::new();
     let mut outcome: Option<(Result<Answered, Error>, &str)> = None;
@@ -222,6 +222,13 @@ pub(crate) async fn run(
     // was. The answer, the access log and the books all name its model.
     let mut kept: Option<Kept<'_>> = None;
     for (i, name) in candidates.iter().enumerate() {
+        if i > 0 && Instant::now() >= plan.deadline {
+            // The models before used up the request's time (one hung until it): this one
+            // is not called, and nothing of it is counted — not its breaker, not its
+            // provider's errors, not the books. The answer stays the failure before.
+            passed_over.push(gw.short_code(name));
+            continue;
+        }
         let more = i + 1 < candidates.len();
         let (result, t) = attempt(gw, req, caller, chat, name, more, &plan).await;
         attempts += t.attempts;
@@ -988,9 +995,9 @@ pub(super) struct Failed<'a> {
 
 /// Records a failed call with the breaker and the model's score, and turns it into the
 /// client's error. A call that failed because its client left says nothing about the model,
-/// and neither does one that ran out of a `timeout` the client set below the default: a
-/// client that gives a model that thinks for 30 s only 5 would otherwise open its breaker
-/// for everyone.
+/// nor does one that never reached it (no time left), nor one that ran out of a `timeout`
+/// the client set below the default: a client that gives a model that thinks for 30 s
+/// only 5 would otherwise open its breaker for everyone.
 pub(super) fn fail(
     gw: &Gateway,
     permit: Permit,
@@ -1003,7 +1010,9 @@ pub(super) fn fail(
         permit.finish(Outcome::Neutral);
         return Error::ShuttingDown;
     }
-    let outcome = if call.hangup.is_fired() {
+    // No attempt: the request's time was gone before anything was sent (a fallback reached
+    // after the models before it used it all), and a model never asked did nothing wrong.
+    let outcome = if call.hangup.is_fired() || tried.attempts == 0 {
         Outcome::Neutral
     } else {
         tried.error = Some(UpstreamError::of(&failure));

@@ -33,7 +33,10 @@ pub(super) async fn unless_gone<T, F: Future<Output = Result<T, Failure>> + ?Siz
 }
 
 /// Runs `attempt` up to `retries` times within `deadline`, backing off between attempts;
-/// the client's hang-up ends it all at once.
+/// the client's hang-up ends it all at once. Nothing is sent once the deadline has passed:
+/// with no time left before the first attempt the result is a timeout with no attempt (the
+/// provider was not called, and nothing of it is to be counted), before a later one the
+/// failure of the attempt before.
 pub(super) async fn with_retries<T, F, Fut>(
     deadline: Instant,
     retries: u32,
@@ -45,6 +48,7 @@ where
     Fut: Future<Output = Result<T, Failure>>,
 {
     let mut attempts = 0;
+    let mut last = None;
     loop {
         if hangup.is_fired() {
             return Attempted {
@@ -53,14 +57,17 @@ where
             };
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            let failure = last.unwrap_or_else(|| {
+                Failure::Timeout("no time left within the request's timeout".into())
+            });
+            return Attempted {
+                result: Err(failure),
+                attempts,
+            };
+        }
         attempts += 1;
-        let result = if remaining.is_zero() {
-            Err(Failure::Timeout(
-                "no answer within the request's timeout".into(),
-            ))
-        } else {
-            unless_gone(hangup, std::pin::pin!(attempt(remaining))).await
-        };
+        let result = unless_gone(hangup, std::pin::pin!(attempt(remaining))).await;
         let failure = match result {
             Ok(v) => {
                 return Attempted {
@@ -99,6 +106,7 @@ where
                 attempts,
             };
         }
+        last = Some(failure);
     }
 }
 
@@ -334,6 +342,19 @@ mod tests {
             "Retry-After beyond the deadline: give up at once"
         );
         assert!(started.elapsed() < Duration::from_millis(40));
+    }
+
+    #[test]
+    fn nothing_is_sent_once_the_deadline_has_passed() {
+        let hangup = Hangup::default();
+        let past = Instant::now();
+        let mut calls = 0;
+        let r: Attempted<()> = run(past, 3, &hangup, |_| {
+            calls += 1;
+            Ok(())
+        });
+        assert_eq!((r.attempts, calls), (0, 0), "no attempt is counted or made");
+        assert!(matches!(r.result, Err(Failure::Timeout(_))), "{r:?}");
     }
 
     #[test]
