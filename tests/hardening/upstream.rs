@@ -270,3 +270,74 @@ fn a_2xx_that_is_not_a_completion_is_not_asked_for_again() {
     r.assert_error(502, "upstream_error");
     assert_eq!(fake.requests_to("/v1/chat/completions").len(), 1);
 }
+
+/// A client that keeps its connection to the gateway between requests, so that they run
+/// on one event loop and share its pooled connection to the provider.
+fn keeping_client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .new_agent()
+}
+
+fn post_with(agent: &ureq::Agent, gw: &Gateway, body: &[u8]) -> (u16, String) {
+    let mut resp = agent
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .send(body)
+        .unwrap_or_else(|e| panic!("POST: {e}"));
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (resp.status().as_u16(), text)
+}
+
+#[test]
+fn a_pooled_connection_dropped_after_the_provider_took_the_request_is_not_resent() {
+    for stream in [false, true] {
+        let (fake, gw) = setup(Options::default());
+        // The provider takes the request, works on it for longer than a stale connection
+        // takes to end, then drops the connection without an answer.
+        fake.push(Reply::chat("warm"));
+        fake.push(Reply::close().delay(Duration::from_millis(1500)));
+        let agent = keeping_client();
+        let (status, _) = post_with(&agent, &gw, &chat_body("gpt41", json!({})));
+        assert_eq!(status, 200);
+        let (status, text) = post_with(
+            &agent,
+            &gw,
+            &chat_body("gpt41", json!({"stream": stream, "retries": 1})),
+        );
+        assert_eq!(status, 502, "stream={stream}: {text}");
+        let seen = fake.requests_to("/v1/chat/completions");
+        assert_eq!(
+            seen.len(),
+            2,
+            "stream={stream}: asked once, as retries=1 says"
+        );
+        assert_eq!(
+            seen[0].conn_id, seen[1].conn_id,
+            "the second request went on the pooled connection"
+        );
+    }
+}
+
+#[test]
+fn a_pooled_connection_closed_as_it_is_reused_is_replaced() {
+    let (fake, gw) = setup(Options::default());
+    // The provider closes the kept connection as the next request arrives: a stale
+    // connection, whose request goes again on a new one.
+    fake.push(Reply::chat("warm"));
+    fake.push(Reply::close());
+    let agent = keeping_client();
+    assert_eq!(
+        post_with(&agent, &gw, &chat_body("gpt41", json!({}))).0,
+        200
+    );
+    let (status, text) = post_with(&agent, &gw, &chat_body("gpt41", json!({"retries": 1})));
+    assert_eq!(status, 200, "{text}");
+    let seen = fake.requests_to("/v1/chat/completions");
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0].conn_id, seen[1].conn_id, "reused");
+    assert_ne!(seen[1].conn_id, seen[2].conn_id, "sent again on a new one");
+}

@@ -7,8 +7,9 @@
 //! answer's head is parsed with httparse, its body framed by `Content-Length`, chunks or
 //! the connection's end. A body read to its end gives the connection back to the pool; one
 //! dropped before (a stream the client left, a deadline) closes it. A pooled connection
-//! that turns out closed by the server before any byte of the answer is replaced by a new
-//! one, once.
+//! that turns out closed by the server — the request cannot be written, or the connection
+//! ends at once after it ([`STALE_WITHIN`]) with nothing of an answer — is replaced by a
+//! new one, once; a later end is the provider's failure, not sent again here.
 //!
 //! Deadlines are the caller's: it bounds a call with [`crate::rt::time::timeout_at`];
 //! the client itself only bounds connecting ([`CONNECT_TIMEOUT`], split between a name's
@@ -52,6 +53,14 @@ pub(crate) const HOST_NOT_FOUND: &str = "host not found";
 const PREALLOCATE: usize = 256 * 1024;
 /// The shortest time one of several addresses is given to connect.
 const MIN_PER_ADDRESS: Duration = Duration::from_millis(10);
+/// A reused connection that ends (a reset, a close) this soon after the request was
+/// written, with nothing of an answer, was closed by the server while it sat idle: the
+/// server's close crossed the request, or its reset answers it within a round trip, which
+/// is well under a second even over a satellite link. A provider that took the request,
+/// worked on it, then dropped the connection ends it later — an LLM provider takes longer
+/// than that to answer anything, and what it did in less is little — and must not get the
+/// request a second time (it may bill each, and the client's `retries` would not hold).
+const STALE_WITHIN: Duration = Duration::from_secs(1);
 
 static CLIENTS: AtomicU64 = AtomicU64::new(0);
 
@@ -191,9 +200,11 @@ impl Client {
                     let body = Body::new(conn, &head, key);
                     return Ok(Response { head, body });
                 }
-                // The server closed the idle connection just before: a new one.
+                // The server closed the idle connection just before: a new one. Said at
+                // INFO, since the request goes out twice (though the first never reached
+                // the provider's work).
                 Err(e) if was_reused && e.stale => {
-                    log::debug!(error:% = e.error; "a pooled connection had been closed; reconnecting");
+                    log::info!(host:% = req.url.host, error:% = e.error; "the provider had closed a pooled connection; the request was sent again on a new one");
                 }
                 Err(e) => return Err(e.error),
             }
@@ -336,7 +347,8 @@ async fn tunnel(conn: &mut Conn, url: &Url, proxy: &Proxy) -> Result<(), Connect
 }
 
 /// A failed exchange, and whether it looks like a pooled connection the server had
-/// closed (nothing of an answer came back).
+/// closed: the request could not be written, or the connection ended within
+/// [`STALE_WITHIN`] of it with nothing of an answer.
 struct Failed {
     error: Error,
     stale: bool,
@@ -363,18 +375,28 @@ async fn exchange(
             stale,
         });
     }
+    let written = Instant::now();
+    // An interim answer (100 Continue) says the server has the request.
+    let mut interim = false;
     loop {
-        let head = read_head(conn, head_only).await.map_err(|e| match e {
-            HeadError::Io(e) => Failed {
-                stale: is_reset(&e),
-                error: Error::Receive(e),
-            },
-            HeadError::Protocol(m) => Failed {
-                error: Error::Protocol(m),
-                stale: false,
-            },
-        })?;
+        let head = match read_head(conn, head_only).await {
+            Ok(head) => head,
+            Err(HeadError::Io(e)) => {
+                let nothing = !interim && conn.buffered().is_empty();
+                return Err(Failed {
+                    stale: is_reset(&e) && nothing && written.elapsed() < STALE_WITHIN,
+                    error: Error::Receive(e),
+                });
+            }
+            Err(HeadError::Protocol(m)) => {
+                return Err(Failed {
+                    error: Error::Protocol(m),
+                    stale: false,
+                });
+            }
+        };
         if (100..200).contains(&head.status) && head.status != 101 {
+            interim = true;
             continue;
         }
         return Ok(head);

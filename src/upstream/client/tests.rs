@@ -456,3 +456,42 @@ fn tls_with_given_roots_and_sessions_resumed() {
 fn client_untrusting() -> Client {
     client()
 }
+
+#[test]
+fn a_pooled_connection_that_ends_late_is_the_servers_failure_not_sent_again() {
+    // The server answers the first request, takes the second, works on it past
+    // STALE_WITHIN, then closes without an answer.
+    let (url, conns, heads) = server(
+        |_, body| {
+            if body == b"slow" {
+                thread::sleep(STALE_WITHIN + Duration::from_millis(300));
+                Vec::new()
+            } else {
+                json_answer("{}")
+            }
+        },
+        2,
+    );
+    let client = client();
+    block_on(async {
+        let mut resp = client.send(&post(&url, b"{}")).await.unwrap();
+        assert_eq!(resp.body.read_all(100).await.unwrap(), b"{}");
+        drop(resp);
+        // (Bounded: sent again, the request would wait for an answer that never comes.)
+        let slow = post(&url, b"slow");
+        let sent = crate::rt::time::timeout(Duration::from_secs(5), client.send(&slow));
+        match sent.await {
+            Ok(Err(Error::Receive(e))) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
+            Ok(Err(e)) => panic!("{e}"),
+            Ok(Ok(_)) => panic!("answered"),
+            Err(_) => panic!("sent again on a new connection"),
+        }
+    })
+    .unwrap();
+    assert_eq!(conns.load(Ordering::SeqCst), 1, "no second connection");
+    assert_eq!(
+        heads.try_iter().count(),
+        2,
+        "the slow request was received once"
+    );
+}
