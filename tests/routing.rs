@@ -242,6 +242,15 @@ fn a_fallback_reached_with_no_time_left_is_not_called_nor_blamed() {
         .map(|r| (r["model"].as_str().unwrap(), r["errors"].as_u64().unwrap()))
         .collect();
     assert_eq!(rows, [("gpt41", 4)]);
+    // The same under `auto`, whose list is its fallbacks (untried, in its order).
+    let auto =
+        |c: &mut sigorest::config::Config| c.routing.auto = vec!["gpt41".into(), "kimi".into()];
+    let (fake, gw) = setup(Options::default().models(ALL).configure(auto));
+    fake.push(Reply::hang());
+    let r = gw.chat("auto", "x", json!({"timeout": 0.5, "retries": 1}));
+    let message = r.assert_error(504, "upstream_timeout");
+    assert!(message.contains("gpt41"), "{message}");
+    assert_eq!(models_asked(&fake), ["gpt-4.1"]);
 }
 
 #[test]
