@@ -41,6 +41,28 @@ fn context_of(name: &str) -> u64 {
 }
 
 /// A fake Ollama reporting these models, answering `/api/show` and chat completions.
+/// An Ollama with five models whose `/api/show` gives context lengths of 0, -4096, 1e30,
+/// 2^64-1 and (`good:1b`) 8192.
+fn implausible_contexts() -> FakeUpstream {
+    let names = ["zero:1b", "negative:1b", "huge:1b", "max:1b", "good:1b"];
+    let fake = fake_ollama(&names);
+    fake.route("POST", "/api/show", |req: &Recorded| {
+        let name = req.json.as_ref().and_then(|j| j["model"].as_str());
+        let context = match name.unwrap_or("") {
+            "zero:1b" => json!(0),
+            "negative:1b" => json!(-4096),
+            "huge:1b" => json!(1e30),
+            "max:1b" => json!(u64::MAX),
+            _ => json!(8192),
+        };
+        Reply::json(
+            200,
+            json!({"model_info": {"general.architecture": "x", "x.context_length": context}}),
+        )
+    });
+    fake
+}
+
 fn fake_ollama(names: &[&str]) -> FakeUpstream {
     let fake = FakeUpstream::start();
     fake.route("GET", "/api/tags", Reply::json(200, tags(names)));
@@ -291,22 +313,7 @@ mod registry {
 
     #[test]
     fn implausible_context_lengths_are_not_reported() {
-        let names = ["zero:1b", "negative:1b", "huge:1b", "max:1b", "good:1b"];
-        let fake = fake_ollama(&names);
-        fake.route("POST", "/api/show", |req: &Recorded| {
-            let name = req.json.as_ref().and_then(|j| j["model"].as_str());
-            let context = match name.unwrap_or("") {
-                "zero:1b" => json!(0),
-                "negative:1b" => json!(-4096),
-                "huge:1b" => json!(1e30),
-                "max:1b" => json!(u64::MAX),
-                _ => json!(8192),
-            };
-            Reply::json(
-                200,
-                json!({"model_info": {"general.architecture": "x", "x.context_length": context}}),
-            )
-        });
+        let fake = implausible_contexts();
         let o = registry(&fake);
         assert_eq!(o.discover(), Ok(5));
         assert_eq!(fake.requests_to("/api/show").len(), 5, "every one asked");
@@ -463,26 +470,11 @@ mod gateway {
 
     #[test]
     fn implausible_context_lengths_are_shown_as_not_reported() {
-        let names = ["zero:1b", "negative:1b", "huge:1b", "max:1b", "good:1b"];
-        let fake = fake_ollama(&names);
-        fake.route("POST", "/api/show", |req: &Recorded| {
-            let name = req.json.as_ref().and_then(|j| j["model"].as_str());
-            let context = match name.unwrap_or("") {
-                "zero:1b" => json!(0),
-                "negative:1b" => json!(-4096),
-                "huge:1b" => json!(1e30),
-                "max:1b" => json!(u64::MAX),
-                _ => json!(8192),
-            };
-            Reply::json(
-                200,
-                json!({"model_info": {"general.architecture": "x", "x.context_length": context}}),
-            )
-        });
+        let fake = implausible_contexts();
         let (gw, _cloud) = gateway_with(&fake.url(""));
         wait_for_discovery(&gw);
         eventually("every context length read", || {
-            (fake.requests_to("/api/show").len() >= names.len()).then_some(())
+            (fake.requests_to("/api/show").len() >= 5).then_some(())
         });
         let contexts = eventually("the good model's context", || {
             let v = gw.get("/api/models").json();

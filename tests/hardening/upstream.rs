@@ -271,15 +271,10 @@ fn a_2xx_that_is_not_a_completion_is_not_asked_for_again() {
     assert_eq!(fake.requests_to("/v1/chat/completions").len(), 1);
 }
 
-/// A client that keeps its connection to the gateway between requests, so that they run
-/// on one event loop and share its pooled connection to the provider.
+/// A client that keeps its connection to the gateway between requests (a ureq agent), so
+/// that they run on one event loop and share its pooled connection to the provider.
 fn keeping_client() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .new_agent()
+    crate::support::gateway::client()
 }
 
 fn post_with(agent: &ureq::Agent, gw: &Gateway, body: &[u8]) -> (u16, String) {

@@ -358,7 +358,9 @@ impl Reply {
     }
 }
 
-fn client() -> ureq::Agent {
+/// The tests' ureq agent: statuses as answers, no proxy, 30 s at most; it keeps its
+/// connections for the requests after.
+pub fn client() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .proxy(None)
