@@ -392,3 +392,35 @@ fn a_client_waiting_to_send_its_body_hears_a_refusal_before_it_sends_it() {
     );
     assert_eq!(fake.requests().len(), 1);
 }
+
+#[test]
+fn refusals_of_calls_carry_a_request_id_too() {
+    let fake = FakeUpstream::start();
+    let gw = Gateway::start(
+        Options::default()
+            .upstream(&fake.base_url())
+            .keys(&line("alice", ALICE, "*", "", "")),
+    );
+    let body = br#"{"model": "gpt41", "messages": [{"role": "user", "content": "hi"}]}"#;
+    let r = gw.send(
+        "POST",
+        "/v1/chat/completions",
+        Some(body),
+        &[("authorization", &bearer(WRONG))],
+    );
+    assert_eq!(r.status, 401);
+    assert!(
+        r.header("x-request-id")
+            .is_some_and(|id| id.starts_with("req_")),
+        "{:?}",
+        r.header("x-request-id")
+    );
+    // Not the lists: they are not calls.
+    let r = gw.send(
+        "GET",
+        "/v1/models",
+        None,
+        &[("authorization", &bearer(WRONG))],
+    );
+    assert_eq!((r.status, r.header("x-request-id")), (401, None));
+}

@@ -464,7 +464,11 @@ impl Handler for Router {
         });
         let e = refused.err()?;
         self.count_refusal(req, Some(route), None, &e);
-        Some(render_for_request(req)(&e))
+        let mut resp = render_for_request(req)(&e);
+        if route.label != route::OTHER {
+            name_request(&mut resp);
+        }
+        Some(resp)
     }
 
     /// A call to a provider whose client left while it waited for a place (or that a
@@ -479,6 +483,7 @@ impl Handler for Router {
             return resp;
         };
         resp.log.insert(0, ("attempts", "0".to_string()));
+        name_request(&mut resp);
         let key = self.known_key(req);
         if let Some(name) = &key {
             resp.log.insert(0, ("key", name.clone()));
