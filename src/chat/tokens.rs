@@ -9,7 +9,11 @@ use serde_json::Value;
 
 /// Tokens the framing of one message costs (role, separators), as OpenAI documents it.
 const PER_MESSAGE: u64 = 4;
-/// Tokens an image is counted as (the providers' own counts vary with its size).
+/// Tokens an image is counted as (the providers' own counts vary with its size), and so a
+/// file (a PDF) or a clip of audio: their size in tokens cannot be told from their bytes,
+/// and their base64 counted as text (a 700 KB PDF as 233,000 tokens) would skip a model for
+/// "context too small" that the provider would take. Counting low leaves that to the
+/// provider's own check.
 const PER_IMAGE: u64 = 765;
 
 /// The estimated tokens of a list of OpenAI chat messages and, when given, its tools.
@@ -30,7 +34,14 @@ fn text_tokens(v: &Value) -> u64 {
     match v {
         Value::String(s) => bytes_to_tokens(s.len()),
         Value::Array(items) => items.iter().map(text_tokens).sum(),
-        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("image_url") => PER_IMAGE,
+        Value::Object(o)
+            if matches!(
+                o.get("type").and_then(Value::as_str),
+                Some("image_url" | "file" | "input_audio")
+            ) =>
+        {
+            PER_IMAGE
+        }
         Value::Object(o) => o
             .iter()
             .filter(|(k, _)| k.as_str() != "type" && k.as_str() != "role")
@@ -65,6 +76,15 @@ mod tests {
             None,
         );
         assert_eq!(parts, 3 + 4 + 1 + PER_IMAGE);
+        // A file's or a clip's base64 is not text: each counts as an image does.
+        let pdf = "JVBE".repeat(100_000);
+        let files = estimate(
+            [&json!({"role": "user", "content": [
+                {"type": "file", "file": {"filename": "a.pdf", "file_data": format!("data:application/pdf;base64,{pdf}")}},
+                {"type": "input_audio", "input_audio": {"data": pdf, "format": "wav"}}]})],
+            None,
+        );
+        assert_eq!(files, 3 + 4 + 2 * PER_IMAGE);
         let tools = json!([{"type": "function", "function": {"name": "f"}}]);
         assert!(estimate(&[], Some(&tools)) > 3);
         assert_eq!(estimate(&[], None), 3);
