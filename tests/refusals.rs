@@ -424,3 +424,71 @@ fn refusals_of_calls_carry_a_request_id_too() {
     );
     assert_eq!((r.status, r.header("x-request-id")), (401, None));
 }
+
+#[test]
+fn the_request_id_of_a_refusal_finds_its_access_line() {
+    use crate::support::gateway::{TempDir, request};
+    use crate::support::process::Server;
+    let fake = FakeUpstream::start();
+    let env = [
+        ("MAMMOUTH_API_KEY", "sk-provider".to_string()),
+        ("MAMMOUTH_BASE_URL", fake.base_url()),
+        ("OLLAMA_HOST", "127.0.0.1:9".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dir = TempDir::new("refusal-ids");
+    std::fs::write(dir.join("keys.csv"), line("alice", ALICE, "*", "", "")).unwrap();
+    let server = Server::start(dir, &[], &env);
+    let body =
+        br#"{"model": "gpt41", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]}"#;
+    let wrong = bearer(WRONG);
+    let alice = bearer(ALICE);
+    let anthropic = [
+        ("authorization", alice.as_str()),
+        ("anthropic-version", "2023-06-01"),
+    ];
+    for (path, headers, header, status) in [
+        // Refused before its place: no key of keys.csv.
+        (
+            "/v1/chat/completions",
+            vec![("authorization", wrong.as_str())],
+            "x-request-id",
+            401,
+        ),
+        // Refused by the HTTP layer, before the body is read.
+        (
+            "/v1/responses",
+            vec![
+                ("authorization", alice.as_str()),
+                ("content-encoding", "gzip"),
+            ],
+            "x-request-id",
+            400,
+        ),
+        (
+            "/v1/messages",
+            vec![
+                ("authorization", wrong.as_str()),
+                ("anthropic-version", "2023-06-01"),
+            ],
+            "request-id",
+            401,
+        ),
+        // Not a call, but Anthropic names its answers: the line holds the id too.
+        (
+            "/v1/messages/count_tokens",
+            anthropic.to_vec(),
+            "request-id",
+            200,
+        ),
+    ] {
+        let r = request(&server.url(path), "POST", Some(body), &headers);
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        let id = r
+            .header(header)
+            .unwrap_or_else(|| panic!("{path}: no {header}"))
+            .to_string();
+        let logged = server.wait_for_line(&format!("request_id={id}"), Duration::from_secs(10));
+        assert!(logged.contains(&format!("path={path}")), "{logged}");
+    }
+}

@@ -433,9 +433,13 @@ impl Handler for Router {
 
     /// Anthropic's shape under `/v1/messages` (also with the model in the path), OpenAI's
     /// elsewhere.
+    /// A call's (a body too large, a compressed body, a malformed head...) carries its
+    /// request id as any answer of a call does.
     fn error_response(&self, path: &str, e: &Error) -> Response {
         let path = model_in_path(path).map_or(path, |(_, path)| path);
-        render_for(path)(e)
+        let mut resp = render_for(path)(e);
+        name_request(&mut resp, is_call(Router::find(path)));
+        resp
     }
 
     /// The per-IP limit, and whether the request has a key of `keys.csv` at all, before it
@@ -465,9 +469,7 @@ impl Handler for Router {
         let e = refused.err()?;
         self.count_refusal(req, Some(route), None, &e);
         let mut resp = render_for_request(req)(&e);
-        if route.label != route::OTHER {
-            name_request(&mut resp);
-        }
+        name_request(&mut resp, is_call(Some(route)));
         Some(resp)
     }
 
@@ -483,7 +485,7 @@ impl Handler for Router {
             return resp;
         };
         resp.log.insert(0, ("attempts", "0".to_string()));
-        name_request(&mut resp);
+        name_request(&mut resp, true);
         let key = self.known_key(req);
         if let Some(name) = &key {
             resp.log.insert(0, ("key", name.clone()));
@@ -559,26 +561,31 @@ impl Router {
             Err(e) => render(&e),
         };
         keyed.apply(&mut resp);
-        if route.is_some_and(|r| r.label != route::OTHER) {
-            name_request(&mut resp);
-        }
+        name_request(&mut resp, is_call(route));
         resp
     }
 }
 
+/// Whether the route is a call to a provider (its answers, refusals included, are named).
+fn is_call(route: Option<Route>) -> bool {
+    route.is_some_and(|r| r.label != route::OTHER)
+}
+
 /// Every answer of a call to a provider, error or not, carries an id that its client can
 /// quote and that the access line holds (`request_id=`): Anthropic's `request-id`, which
-/// the Messages endpoint sets, or else OpenAI's `x-request-id` (the openai SDK reads it into
-/// `_request_id`, as the anthropic SDK reads the other).
-fn name_request(resp: &mut Response) {
-    let given = resp
-        .header(crate::anthropic::REQUEST_ID)
-        .map(str::to_string);
-    let id = given.unwrap_or_else(|| {
-        let id = crate::anthropic::request_id();
-        resp.headers.push(("x-request-id".to_string(), id.clone()));
-        id
-    });
+/// the Messages endpoints set (`count_tokens` too), or else, for a call (`fresh`), OpenAI's
+/// `x-request-id` (the openai SDK reads it into `_request_id`, as the anthropic SDK reads
+/// the other).
+fn name_request(resp: &mut Response, fresh: bool) {
+    let id = match resp.header(crate::anthropic::REQUEST_ID) {
+        Some(id) => id.to_string(),
+        None if fresh => {
+            let id = crate::anthropic::request_id();
+            resp.headers.push(("x-request-id".to_string(), id.clone()));
+            id
+        }
+        None => return,
+    };
     resp.log.push(("request_id", id));
 }
 
