@@ -380,11 +380,19 @@ fn tool_result(b: &Value, claude: bool) -> Result<(Value, Vec<Value>), String> {
                     Some("image") => vec![image_part(c, claude)?],
                     Some("document") => document(c, claude)?,
                     Some("search_result") => vec![search_result(c, claude)?],
+                    // What a client-side tool search found: a tool the model may now call
+                    // (every tool goes upstream from the start, so a name says it all).
+                    Some("tool_reference") => {
+                        let name = c.get("tool_name").and_then(Value::as_str);
+                        let name = name.ok_or("tool_reference: tool_name is required")?;
+                        lines.push(format!("[tool: {name}]"));
+                        continue;
+                    }
                     Some(other) => {
                         return Err(format!(
                             "content blocks of type '{other}' in a tool_result are not \
                              supported by this gateway (supported: text, image, document, \
-                             search_result)"
+                             search_result, tool_reference)"
                         ));
                     }
                     None => return Err("type is required in a tool_result's content".into()),

@@ -909,14 +909,15 @@ fn documents_in_a_tool_result_go_as_text_or_after_it_never_as_base64_text() {
         {"type": "document", "title": "report.pdf",
          "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}},
         {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Lyon."}},
-        {"type": "search_result", "title": "Weather", "source": "w", "content": [{"type": "text", "text": "Sunny."}]}]});
+        {"type": "search_result", "title": "Weather", "source": "w", "content": [{"type": "text", "text": "Sunny."}]},
+        {"type": "tool_reference", "tool_name": "get_weather"}]});
     let out = chat(json!({"max_tokens": 9, "messages": [
         {"role": "assistant", "content": [{"type": "tool_use", "id": "call_r", "name": "read", "input": {}}]},
         {"role": "user", "content": [result]}]}));
     let tool = &out["messages"][1];
     assert_eq!(
         tool["content"],
-        "read report.pdf and notes.txt\n[document: in the next message]\nLyon.\nWeather (w)\nSunny."
+        "read report.pdf and notes.txt\n[document: in the next message]\nLyon.\nWeather (w)\nSunny.\n[tool: get_weather]"
     );
     assert_eq!(
         out["messages"][2]["content"],
