@@ -15,6 +15,13 @@ use crate::metrics::{WAIT, moved, scrape, scrape_until};
 use crate::support::gateway::{Gateway, Options};
 use crate::support::upstream::{FakeUpstream, Reply};
 
+/// Options for a gateway in front of `fake` whose keys.csv holds alice's key (any model).
+fn alice_only(fake: &FakeUpstream) -> Options {
+    Options::default()
+        .upstream(&fake.base_url())
+        .keys(&line("alice", ALICE, "*", "", ""))
+}
+
 /// A `sigorest_requests_total` series.
 fn series(route: &str, model: &str, provider: &str, status: u16, key: &str) -> String {
     format!(
@@ -163,12 +170,7 @@ fn status_from(source: &str, gw: &Gateway, method: &str, path: &str, auth: &str)
 #[test]
 fn per_ip_refusals_are_counted_under_their_route_without_a_key() {
     let fake = FakeUpstream::start();
-    let gw = Gateway::start(
-        Options::default()
-            .upstream(&fake.base_url())
-            .keys(&line("alice", ALICE, "*", "", ""))
-            .ip_limit(1, 2),
-    );
+    let gw = Gateway::start(alice_only(&fake).ip_limit(1, 2));
     let alice = bearer(ALICE);
     // 127.0.0.1 scrapes; 127.0.0.2 spends its bucket of 2, then is refused.
     let before = scrape(&gw);
@@ -205,12 +207,7 @@ fn per_ip_refusals_are_counted_under_their_route_without_a_key() {
 #[test]
 fn a_client_that_leaves_the_queue_counts_under_its_key_without_a_model() {
     let fake = FakeUpstream::start();
-    let gw = Gateway::start(
-        Options::default()
-            .upstream(&fake.base_url())
-            .keys(&line("alice", ALICE, "*", "", ""))
-            .workers(1, 1),
-    );
+    let gw = Gateway::start(alice_only(&fake).workers(1, 1));
     fake.push(Reply::hang());
     let send = || {
         let body = br#"{"model": "gpt41", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}"#;
@@ -362,12 +359,7 @@ fn expecting(source: &str, gw: &Gateway, path: &str, auth: &str, body: &[u8]) ->
 #[test]
 fn a_client_waiting_to_send_its_body_hears_a_refusal_before_it_sends_it() {
     let fake = FakeUpstream::start();
-    let gw = Gateway::start(
-        Options::default()
-            .upstream(&fake.base_url())
-            .keys(&line("alice", ALICE, "*", "", ""))
-            .ip_limit(1, 3),
-    );
+    let gw = Gateway::start(alice_only(&fake).ip_limit(1, 3));
     let body = br#"{"model": "gpt41", "messages": [{"role": "user", "content": "hi"}]}"#;
     let from = "127.0.0.3";
     let status = |path: &str, auth: &str| expecting(from, &gw, path, auth, body);
@@ -396,11 +388,7 @@ fn a_client_waiting_to_send_its_body_hears_a_refusal_before_it_sends_it() {
 #[test]
 fn refusals_of_calls_carry_a_request_id_too() {
     let fake = FakeUpstream::start();
-    let gw = Gateway::start(
-        Options::default()
-            .upstream(&fake.base_url())
-            .keys(&line("alice", ALICE, "*", "", "")),
-    );
+    let gw = Gateway::start(alice_only(&fake));
     let body = br#"{"model": "gpt41", "messages": [{"role": "user", "content": "hi"}]}"#;
     let r = gw.send(
         "POST",

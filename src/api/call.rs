@@ -883,27 +883,32 @@ impl Streaming {
                 let sent = front.done(usage, &mut sink);
                 (if sent.is_ok() { 200 } else { CLIENT_GONE }, sent)
             }
-            // Silence between two events: a timeout, counted as one before the first event
-            // is (see `timeout_outcome`).
-            StreamEnd::TimedOut => {
-                permit.finish(timeout_outcome(timeout));
-                log.push(("error", "upstream_timeout".to_string()));
-                let error = Error::UpstreamTimeout {
-                    message: format!("{}: {NO_EVENT}", model.short),
+            // Silence between two events is a timeout, counted as one before the first
+            // event is (see `timeout_outcome`); any other failure counts against the model.
+            StreamEnd::TimedOut | StreamEnd::Failed(_) => {
+                let short = &model.short;
+                let (outcome, code, error, kind) = match end {
+                    StreamEnd::Failed(message) => (
+                        Outcome::Failure,
+                        "upstream_error",
+                        Error::Upstream {
+                            message: format!("{short}: {message}"),
+                        },
+                        UpstreamError::StreamFailed,
+                    ),
+                    _ => (
+                        timeout_outcome(timeout),
+                        "upstream_timeout",
+                        Error::UpstreamTimeout {
+                            message: format!("{short}: {NO_EVENT}"),
+                        },
+                        UpstreamError::Timeout,
+                    ),
                 };
+                permit.finish(outcome);
+                log.push(("error", code.to_string()));
                 if let Some(p) = pending.as_mut() {
-                    p.call.upstream_error = Some(UpstreamError::Timeout);
-                }
-                (error.status(), front.failed(&error, &mut sink))
-            }
-            StreamEnd::Failed(message) => {
-                permit.finish(Outcome::Failure);
-                log.push(("error", "upstream_error".to_string()));
-                let error = Error::Upstream {
-                    message: format!("{}: {message}", model.short),
-                };
-                if let Some(p) = pending.as_mut() {
-                    p.call.upstream_error = Some(UpstreamError::StreamFailed);
+                    p.call.upstream_error = Some(kind);
                 }
                 (error.status(), front.failed(&error, &mut sink))
             }
