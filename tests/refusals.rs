@@ -140,16 +140,23 @@ fn refusals_of_the_client_rules_are_counted_without_a_model_and_are_not_usage() 
     assert_eq!(usage["today"]["total"]["requests"], 3);
 }
 
-/// Sends a request from `source` (another loopback address than the test's other clients,
-/// so that it has a per-IP bucket of its own) and returns the status.
-fn status_from(source: &str, gw: &Gateway, method: &str, path: &str, auth: &str) -> u16 {
-    use std::io::{Read, Write};
+/// A connection to the gateway from `source`, another loopback address than the test's
+/// other clients (so that it has a per-IP bucket of its own).
+fn connect_from(source: &str, gw: &Gateway) -> std::net::TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
     socket.bind(&from.into()).unwrap();
     socket.connect(&gw.http.into()).unwrap();
-    let mut s: std::net::TcpStream = socket.into();
+    let s: std::net::TcpStream = socket.into();
     s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+/// Sends a request from `source` (another loopback address than the test's other clients,
+/// so that it has a per-IP bucket of its own) and returns the status.
+fn status_from(source: &str, gw: &Gateway, method: &str, path: &str, auth: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = connect_from(source, gw);
     let body = br#"{"model": "gpt41", "messages": [{"role": "user", "content": "hi"}]}"#;
     let body: &[u8] = if method == "POST" { body } else { b"" };
     let head = format!(
@@ -329,12 +336,7 @@ fn refusals_of_the_client_rules_come_before_the_line_and_take_no_place_in_it() {
 /// the first answer's status line; after a `100`, sends the body and returns both lines.
 fn expecting(source: &str, gw: &Gateway, path: &str, auth: &str, body: &[u8]) -> Vec<String> {
     use std::io::{BufRead, BufReader, Write};
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
-    socket.bind(&from.into()).unwrap();
-    socket.connect(&gw.http.into()).unwrap();
-    let mut s: std::net::TcpStream = socket.into();
-    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut s = connect_from(source, gw);
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nExpect: 100-continue\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
