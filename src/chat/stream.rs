@@ -221,6 +221,9 @@ impl Chunk {
     }
 }
 
+/// Most choices of a stream told apart (OpenAI's `n` is at most 128).
+const MAX_CHOICES: usize = 128;
+
 /// Most tool calls kept from one stream for its session turn; the ones after are left out.
 const MAX_TURN_CALLS: usize = 128;
 
@@ -235,7 +238,11 @@ pub struct Gathered {
     order: CallOrder,
     /// Each call's id, name and arguments, in the order the calls started.
     tool_calls: Vec<TurnCall>,
+    /// Every choice seen has its finish reason (at least one choice seen).
     finished: bool,
+    /// The choices seen by index, and whether each has finished (at most
+    /// [`MAX_CHOICES`]: `n` is at most 128).
+    choices: Vec<(u64, bool)>,
     /// A usage-only chunk came after the finish reason: the answer is whole, `[DONE]` or
     /// not (OpenAI's usage chunk is the last before `[DONE]`, after every choice's end).
     complete: bool,
@@ -261,6 +268,7 @@ impl Gathered {
             order: CallOrder::default(),
             tool_calls: Vec::new(),
             finished: false,
+            choices: Vec::new(),
             complete: false,
             usage: Usage::default(),
             halves: Halves::default(),
@@ -275,12 +283,12 @@ impl Gathered {
         if self.finished && chunk.usage_only() {
             self.complete = true;
         }
+        for c in &chunk.choices {
+            self.note_choice(c);
+        }
         let Some(choice) = chunk.choice() else {
             return Ok(());
         };
-        if choice.finish_reason.is_some() {
-            self.finished = true;
-        }
         let Some(delta) = choice.delta.as_ref().filter(|_| self.keep) else {
             return Ok(());
         };
@@ -342,8 +350,22 @@ impl Gathered {
         text
     }
 
+    /// Notes a choice's piece: the answer has finished when every choice seen has its
+    /// finish reason — with `n` > 1 one choice's end is not the answer's. An empty
+    /// `finish_reason` (`""`, as some servers write for "not yet") is none.
+    fn note_choice(&mut self, c: &ChunkChoice) {
+        let index = c.index.as_u64().unwrap_or(0);
+        let ends = c.finish_reason.as_deref().is_some_and(|r| !r.is_empty());
+        if let Some((_, done)) = self.choices.iter_mut().find(|(i, _)| *i == index) {
+            *done |= ends;
+        } else if self.choices.len() < MAX_CHOICES {
+            self.choices.push((index, ends));
+        }
+        self.finished = self.choices.iter().all(|&(_, done)| done);
+    }
+
     #[cfg(test)]
-    /// Whether a chunk carried a `finish_reason`.
+    /// Whether every choice seen has its `finish_reason`.
     pub fn finished(&self) -> bool {
         self.finished
     }
@@ -562,6 +584,24 @@ mod tests {
             feed(&mut g, &payload);
         }
         assert!(g.complete());
+        // n > 1 with one choice still going: a usage chunk as it goes is not the end.
+        let mut g = Gathered::keeping(false);
+        let piece =
+            |i: u32| format!(r#"{{"choices":[{{"index":{i},"delta":{{"content":"x"}}}}]}}"#);
+        for payload in [piece(0), piece(1), finish(0), usage.to_string()] {
+            feed(&mut g, &payload);
+        }
+        assert!(!g.finished() && !g.complete(), "choice 1 has not finished");
+        feed(&mut g, &finish(1));
+        assert!(g.finished());
+        // An empty finish reason (`""`, some servers' "not yet") is none.
+        let mut g = Gathered::keeping(false);
+        feed(
+            &mut g,
+            r#"{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":""}]}"#,
+        );
+        feed(&mut g, usage);
+        assert!(!g.finished() && !g.complete());
         // Moonshot's usage rides in the finishing choice: not a usage chunk of its own.
         let mut g = Gathered::keeping(false);
         feed(
