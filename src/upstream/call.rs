@@ -153,8 +153,9 @@ pub(super) async fn send_as(
     let sent = timeout_at(deadline, std::pin::pin!(client.send(&req))).await;
     let mut resp = match sent {
         Err(_) => {
+            // After retries, what was left is less than the client's `timeout`: said so.
             return Err(Failure::Timeout(format!(
-                "no answer within {}",
+                "no answer in the {} left of the request's timeout",
                 secs(remaining)
             )));
         }
