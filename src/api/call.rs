@@ -266,7 +266,7 @@ pub(crate) async fn run(
             }
         };
         if let Some(f) = failure {
-            if more {
+            if more && Instant::now() < plan.deadline {
                 log::info!(model = name.as_str(), error = f.error.code(); "model cannot answer; trying the next one");
             }
             // A failure of a model that was called replaces the one kept; one of a model
