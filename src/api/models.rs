@@ -87,6 +87,11 @@ impl Page {
             data.iter()
                 .position(|e| e["id"].as_str() == Some(id))
                 .ok_or_else(|| {
+                    // (Echoed as far as a model name goes: the cursor is the client's text.)
+                    let id: String = id
+                        .chars()
+                        .take(crate::chat::request::MAX_MODEL_NAME)
+                        .collect();
                     Error::invalid_param(param, format!("{param}: no model {id:?} in this list"))
                 })
         };
@@ -260,5 +265,10 @@ mod tests {
         }
         let e = page("after_id=zz").unwrap_err();
         assert!(e.to_string().contains("after_id"), "{e}");
+        let long = page(&format!("after_id={}", "a".repeat(20_000))).unwrap_err();
+        assert!(
+            long.to_string().len() < 400,
+            "the cursor is not echoed whole"
+        );
     }
 }
