@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::client::{self, Call, Streamed};
+use crate::support::client::{self, Streamed};
 use crate::support::gateway::{Gateway, Options, Reply as Answer, request};
 use crate::support::upstream::{FakeUpstream, Reply};
 
@@ -33,12 +33,8 @@ fn hello(model: &str) -> Value {
 }
 
 /// `body` as a stream to `path` (`/v1/messages`, with or without a query).
-fn stream_at(gw: &Gateway, path: &'static str, mut body: Value) -> Streamed {
-    body["stream"] = json!(true);
-    let bytes = serde_json::to_vec(&body).unwrap();
-    let mut call = Call::post(&bytes);
-    call.path = path;
-    client::stream(gw.http, &call)
+fn stream_at(gw: &Gateway, path: &'static str, body: Value) -> Streamed {
+    client::stream_json(gw.http, path, &body)
 }
 
 /// Asserts Anthropic's error shape with this status and type; returns the message.

@@ -552,12 +552,7 @@ fn usage_seen(gw: &Gateway, path: &'static str, body: Value, stream: bool) -> Va
         assert_eq!(r.status, 200, "{}", r.text());
         return r.json()["usage"].clone();
     }
-    let mut body = body;
-    body["stream"] = json!(true);
-    let bytes = serde_json::to_vec(&body).unwrap();
-    let mut call = Call::post(&bytes);
-    call.path = path;
-    let s = client::stream(gw.http, &call);
+    let s = client::stream_json(gw.http, path, &body);
     assert_eq!(s.status, 200);
     let events = s.chunks();
     let last = events

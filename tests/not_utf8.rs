@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::client::{self, Call, Streamed};
+use crate::support::client::{self, Streamed};
 use crate::support::gateway::{Gateway, Options};
 use crate::support::upstream::{FakeUpstream, Reply};
 
@@ -86,12 +86,8 @@ fn stream_reply() -> Reply {
 const STREAMED: &str = "ok bad \u{fffd}\u{fffd} here caf\u{fffd}\u{fffd} end";
 
 /// `body` streamed to `path`: a 200 whose events are UTF-8.
-fn stream(gw: &Gateway, path: &'static str, mut body: Value) -> Streamed {
-    body["stream"] = json!(true);
-    let bytes = serde_json::to_vec(&body).unwrap();
-    let mut call = Call::post(&bytes);
-    call.path = path;
-    let s = client::stream(gw.http, &call);
+fn stream(gw: &Gateway, path: &'static str, body: Value) -> Streamed {
+    let s = client::stream_json(gw.http, path, &body);
     assert_eq!(s.status, 200);
     assert!(std::str::from_utf8(&s.body).is_ok(), "the stream is UTF-8");
     s

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::client::{self, Call, Streamed};
+use crate::support::client::{self, Streamed};
 use crate::support::gateway::{Gateway, Options, Reply as Answer};
 use crate::support::upstream::{FakeUpstream, Reply};
 
@@ -22,12 +22,7 @@ fn post(gw: &Gateway, body: &Value) -> Answer {
 }
 
 fn stream(gw: &Gateway, body: &Value) -> Streamed {
-    let mut body = body.clone();
-    body["stream"] = json!(true);
-    let bytes = serde_json::to_vec(&body).unwrap();
-    let mut call = Call::post(&bytes);
-    call.path = "/v1/responses";
-    client::stream(gw.http, &call)
+    client::stream_json(gw.http, "/v1/responses", body)
 }
 
 fn types(s: &Streamed) -> Vec<String> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::metrics::scrape_until;
-use crate::support::client::{self, Call, Streamed};
+use crate::support::client::{self, Streamed};
 use crate::support::gateway::{Gateway, Options};
 use crate::support::upstream::{FakeUpstream, Reply};
 
@@ -46,10 +46,7 @@ fn endpoints(model: &str, extra: &Value) -> [(&'static str, Value); 3] {
 }
 
 fn stream(gw: &Gateway, path: &'static str, body: &Value) -> Streamed {
-    let bytes = serde_json::to_vec(body).unwrap();
-    let mut call = Call::post(&bytes);
-    call.path = path;
-    client::stream(gw.http, &call)
+    client::stream_json(gw.http, path, body)
 }
 
 /// The last event's payload.

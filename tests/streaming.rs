@@ -244,12 +244,9 @@ fn a_silent_provider_gets_keepalives_to_the_client_and_still_times_out() {
     );
     // ...and as `ping` events under /v1/messages.
     fake.push(Reply::chat_stream(&["Hel", "lo"]).gap(Duration::from_millis(450)));
-    let b = json!({"model": "gpt41", "max_tokens": 64, "stream": true,
+    let b = json!({"model": "gpt41", "max_tokens": 64,
                    "messages": [{"role": "user", "content": "hi"}]});
-    let bytes = serde_json::to_vec(&b).unwrap();
-    let mut call = Call::post(&bytes);
-    call.path = "/v1/messages";
-    let s = client::stream(gw.http, &call);
+    let s = client::stream_json(gw.http, "/v1/messages", &b);
     assert_eq!(s.status, 200);
     let text: String = s
         .chunks()

@@ -83,6 +83,16 @@ impl<'a> Call<'a> {
     }
 }
 
+/// POSTs `body` to `path` with `"stream": true` set, and reads the streamed answer.
+pub fn stream_json(addr: SocketAddr, path: &str, body: &serde_json::Value) -> Streamed {
+    let mut body = body.clone();
+    body["stream"] = serde_json::Value::Bool(true);
+    let bytes = serde_json::to_vec(&body).expect("a JSON body");
+    let mut call = Call::post(&bytes);
+    call.path = path;
+    stream(addr, &call)
+}
+
 /// POSTs over plain TCP and reads the streamed answer.
 pub fn stream(addr: SocketAddr, call: &Call) -> Streamed {
     let sock = TcpStream::connect(addr).expect("connect");
