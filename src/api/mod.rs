@@ -14,9 +14,9 @@
 //! The `/v1` routes also answer without the prefix (clients set with a bare base URL), and
 //! under `/{model}/v1/...` with the model taken from the path (tools that cannot set a model
 //! name: their base URL names it). Every handler takes the shared [`Gateway`], the request
-//! and the [`Caller`] and returns a response; errors are rendered here, once, by the route's
-//! [`Render`] function, in the shape of the route's API family (Anthropic's for
-//! `/v1/messages`, also for its unknown sub-paths). The routes that call a provider
+//! and the [`Caller`] and returns a response; errors are rendered here, once, in the shape
+//! of the path's API family ([`render_for`]: Anthropic's for `/v1/messages`, also for its
+//! unknown sub-paths, and for the model list asked by an Anthropic client). The routes that call a provider
 //! (chat, messages, responses, embeddings) answer on the event loop, awaiting their upstream
 //! ([`Handler::answers_on_loop`]); a write of a file (`PUT /api/memory`) goes to a worker
 //! thread; reading a list or the health is answered at once.
@@ -95,8 +95,6 @@ struct Route {
     endpoint: Endpoint,
     /// Its `route` label in the metrics ([`route::OTHER`]: only its refusals are counted).
     label: &'static str,
-    /// Its errors' shape.
-    render: Render,
     /// Open to every client on the listener's allow list: no key.
     open: bool,
     /// Not counted by the per-IP limit (`/api/health`, which monitors poll).
@@ -114,7 +112,6 @@ impl Route {
             allow,
             endpoint: Endpoint::Now(endpoint),
             label: route::OTHER,
-            render: openai_error,
             open: false,
             unlimited: false,
         }
@@ -130,7 +127,6 @@ impl Route {
             allow,
             endpoint: Endpoint::Later(endpoint),
             label,
-            render: openai_error,
             open: false,
             unlimited: false,
         }
@@ -204,14 +200,8 @@ impl Router {
         Some(match path {
             "/chat/completions" => Route::upstream("POST", chat_completions, route::CHAT),
             "/embeddings" => Route::upstream("POST", embeddings_create, route::EMBEDDINGS),
-            "/messages" => Route {
-                render: anthropic_error,
-                ..Route::upstream("POST", messages_create, route::MESSAGES)
-            },
-            "/messages/count_tokens" => Route {
-                render: anthropic_error,
-                ..Route::new("POST", messages::count_tokens)
-            },
+            "/messages" => Route::upstream("POST", messages_create, route::MESSAGES),
+            "/messages/count_tokens" => Route::new("POST", messages::count_tokens),
             "/responses" => Route::upstream("POST", responses_create, route::RESPONSES),
             "/responses/input_tokens" => Route::new("POST", responses::input_tokens),
             "/models" => Route::new("GET, HEAD", models::openai),
@@ -551,10 +541,7 @@ impl Router {
 
     async fn answer_route(&self, req: &Request) -> Response {
         let route = Router::find(&req.path);
-        let render = match route {
-            Some(r) if !anthropic_listing(req) => r.render,
-            _ => render_for_request(req),
-        };
+        let render = render_for_request(req);
         let mut keyed = Keyed::default();
         let mut resp = match self.route(req, route, &mut keyed).await {
             Ok(resp) => resp,
