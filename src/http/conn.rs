@@ -286,7 +286,17 @@ async fn read_request(
         write_timeout: t.write,
         stall: t.stall,
     };
-    let req = Request {
+    Some((request_of(head, body, conn, checked_early), reply, lease))
+}
+
+/// The handler's view of a request read on `conn`.
+fn request_of(
+    head: super::parse::Head,
+    body: Vec<u8>,
+    conn: &Conn,
+    checked_early: bool,
+) -> Request {
+    Request {
         method: head.method,
         path: head.path,
         query: head.query,
@@ -298,8 +308,7 @@ async fn read_request(
         received: Instant::now(),
         hangup: Hangup::default(),
         checked_early,
-    };
-    Some((req, reply, lease))
+    }
 }
 
 /// What reading a request gave: the request (its head, its body, and whether
@@ -318,19 +327,7 @@ enum Read {
 /// no body; any other request is judged by [`Handler::before_queue`], which then is not
 /// asked again. `None`: the request may go on.
 fn judge_head(shared: &Shared, conn: &Conn, head: &super::parse::Head) -> Option<Box<Response>> {
-    let early = Request {
-        method: head.method.clone(),
-        path: head.path.clone(),
-        query: head.query.clone(),
-        version: head.version,
-        headers: head.headers.clone(),
-        body: Vec::new(),
-        peer: conn.peer,
-        tls: conn.stream.is_tls(),
-        received: Instant::now(),
-        hangup: Hangup::default(),
-        checked_early: false,
-    };
+    let early = request_of(head.clone(), Vec::new(), conn, false);
     if shared.handler.is_quick(&early) {
         return Some(Box::new(shared.call_handler(&early)));
     }

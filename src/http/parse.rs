@@ -100,7 +100,7 @@ pub(crate) enum Framing {
 }
 
 /// A parsed request head.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Head {
     pub method: String,
     pub path: String,
