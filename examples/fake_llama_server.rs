@@ -20,6 +20,9 @@
 //! | `FILE.ignore-term` | at start: SIGTERM is ignored (only SIGKILL ends it) |
 //! | `FILE.pids` | it appends its pid when it starts |
 //! | `FILE.args` | it writes its arguments, one a line, when it starts |
+//!
+//! With `LLAMA_API_KEY` in its environment (llama-server's other way to get `--api-key`),
+//! `POST /v1/...` needs `Authorization: Bearer <that key>`: 401 otherwise, as llama-server.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,6 +37,8 @@ use serde_json::{Value, json};
 
 struct Fake {
     model: PathBuf,
+    /// The key `/v1/` requests must bring.
+    key: Option<String>,
     loaded: AtomicBool,
     hung: AtomicBool,
     requests: AtomicUsize,
@@ -76,6 +81,9 @@ fn main() {
     };
     let fake = Arc::new(Fake {
         model: PathBuf::from(model),
+        key: std::env::var("LLAMA_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty()),
         loaded: AtomicBool::new(false),
         hung: AtomicBool::new(false),
         requests: AtomicUsize::new(0),
@@ -144,6 +152,7 @@ fn serve(fake: &Fake, stream: TcpStream) {
             parts.next().unwrap_or("").to_string(),
         );
         let mut length = 0usize;
+        let mut authorization = String::new();
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).unwrap_or(0) == 0 {
@@ -153,10 +162,12 @@ fn serve(fake: &Fake, stream: TcpStream) {
             if h.is_empty() {
                 break;
             }
-            if let Some((n, v)) = h.split_once(':')
-                && n.eq_ignore_ascii_case("content-length")
-            {
-                length = v.trim().parse().unwrap_or(0);
+            if let Some((n, v)) = h.split_once(':') {
+                if n.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                } else if n.eq_ignore_ascii_case("authorization") {
+                    authorization = v.trim().to_string();
+                }
             }
         }
         let mut body = vec![0; length];
@@ -166,7 +177,15 @@ fn serve(fake: &Fake, stream: TcpStream) {
         while fake.hung.load(Ordering::Acquire) {
             thread::sleep(Duration::from_secs(1));
         }
+        let refused = fake.key.as_ref().is_some_and(|key| {
+            path.starts_with("/v1/") && authorization != format!("Bearer {key}")
+        });
         let ok = match (method.as_str(), path.as_str()) {
+            _ if refused => send_json(
+                &mut out,
+                401,
+                &json!({"error": {"code": 401, "message": "Invalid API Key", "type": "authentication_error"}}),
+            ),
             ("GET", "/health") if fake.loading() => send_json(&mut out, 503, &loading()),
             ("GET", "/health") => send_json(&mut out, 200, &json!({"status": "ok"})),
             ("GET", "/stats") => send_json(

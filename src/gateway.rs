@@ -26,6 +26,7 @@ use crate::state::memory::Memory;
 use crate::state::session::SessionStore;
 use crate::upstream::breaker::{Breakers, State};
 use crate::upstream::llama::Llama;
+use crate::upstream::llama::process::KEY_ENV;
 use crate::upstream::llama::slots::SlotGuard;
 use crate::upstream::ollama::{Lookup, Ollama, OllamaModel};
 use crate::upstream::scores::Scores;
@@ -158,7 +159,15 @@ impl Gateway {
                 // Started again and ready: its breaker forgets the crashed predecessor.
                 let (b, name) = (breakers.clone(), config.name.clone());
                 let on_ready = Box::new(move || b.reset(&name));
-                Some(Llama::new(config.clone(), clock.clone(), on_ready)?)
+                let mut config = config.clone();
+                if config.api_key.is_none() {
+                    config.api_key = settings
+                        .env
+                        .get(KEY_ENV)
+                        .filter(|k| !k.is_empty())
+                        .map(String::from);
+                }
+                Some(Llama::new(config, clock.clone(), on_ready)?)
             }
             None => None,
         };

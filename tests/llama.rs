@@ -161,6 +161,45 @@ fn loading_then_ready_then_answers() {
     assert_eq!(m["key_set"], true);
 }
 
+/// The key reaches llama-server in its environment, never in its arguments (which `ps`
+/// shows every user), and sigorest sends it with each request: from `-llama-args`, or from
+/// sigorest's own `LLAMA_API_KEY`.
+#[test]
+fn the_key_goes_to_llama_server_in_its_environment_and_with_each_request() {
+    for (key, from_env) in [("sk-from-args", false), ("sk-from-env", true)] {
+        let model = ModelFile::new("llama-key");
+        let mut config = model.config();
+        config.args = vec!["-c".into(), "2048".into()];
+        let mut options = Options::default().var("OLLAMA_HOST", "127.0.0.1:9");
+        if from_env {
+            options = options.var("LLAMA_API_KEY", key);
+        } else {
+            // What `-llama-args "-c 2048 --api-key KEY"` parses into.
+            config.api_key = Some(key.to_string());
+        }
+        let gw = Gateway::start(options.llama(config));
+        ready(&gw);
+        let r = gw.chat("local", "hi", json!({}));
+        assert_eq!(r.status, 200, "{key}: {}", r.text());
+        assert_eq!(
+            r.json()["choices"][0]["message"]["content"],
+            "llama says: hi"
+        );
+        let args = model.args();
+        assert!(!args.iter().any(|a| a.contains(key)), "{args:?}");
+        assert_eq!(args[args.len() - 2..], ["-c", "2048"]);
+        // The fake does check it: straight to its port, without the key, is a 401.
+        let port = health(&gw)["llama"]["port"].as_u64().unwrap();
+        let direct = request(
+            &format!("http://127.0.0.1:{port}/v1/chat/completions"),
+            "POST",
+            Some(&chat_body("local", "hi", false)),
+            &[],
+        );
+        assert_eq!(direct.status, 401, "{key}");
+    }
+}
+
 #[test]
 fn a_stream_holds_its_slot_until_it_ends() {
     let model = ModelFile::new("llama-stream");

@@ -32,8 +32,14 @@ pub struct LlamaConfig {
     pub server: PathBuf,
     /// The model file (`-llama-model`), passed as `-m`.
     pub model: PathBuf,
-    /// Passed through after sigorest's own `--host`, `--port` and `-m` (`-llama-args`).
+    /// Passed through after sigorest's own `--host`, `--port` and `-m` (`-llama-args`,
+    /// without its `--api-key`).
     pub args: Vec<String>,
+    /// The key llama-server asks for: the `--api-key` of `-llama-args`, else sigorest's own
+    /// `LLAMA_API_KEY`. It reaches llama-server as `LLAMA_API_KEY` in its environment, which
+    /// only its user can read, never in its arguments, which `ps` shows to everyone; sigorest
+    /// sends it with each request.
+    pub api_key: Option<String>,
     /// The model name clients use (`-llama-name`, default `local`).
     pub name: String,
     /// Its port on 127.0.0.1 (`-llama-port`); `None`: a free port chosen at start.
@@ -96,6 +102,7 @@ impl LlamaConfig {
             server: server.into(),
             model: model.into(),
             args: Vec::new(),
+            api_key: None,
             name: "local".to_string(),
             port: None,
             parallel: 1,
@@ -103,11 +110,6 @@ impl LlamaConfig {
             queue_wait: Duration::from_secs(60),
             timing: LlamaTiming::default(),
         }
-    }
-
-    /// The `--api-key` given in `-llama-args`: sigorest then sends it with each request.
-    pub fn api_key(&self) -> Option<&str> {
-        last_value(&self.args, &["--api-key"])
     }
 
     /// The context size given in `-llama-args` (`-c`, `--ctx-size`), 0 when not given.
@@ -128,22 +130,12 @@ impl LlamaConfig {
 
 impl std::fmt::Debug for LlamaConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // An `--api-key` in the arguments stays out of every debug print.
-        let mut args = self.args.clone();
-        let mut hide = false;
-        for a in &mut args {
-            if std::mem::take(&mut hide) {
-                *a = "***".to_string();
-            } else if a == "--api-key" {
-                hide = true;
-            } else if a.starts_with("--api-key=") {
-                *a = "--api-key=***".to_string();
-            }
-        }
+        // The key stays out of every debug print.
         f.debug_struct("LlamaConfig")
             .field("server", &self.server)
             .field("model", &self.model)
-            .field("args", &args)
+            .field("args", &self.args)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
             .field("name", &self.name)
             .field("port", &self.port)
             .field("parallel", &self.parallel)
@@ -199,7 +191,7 @@ pub(super) fn parse(p: &mut pico_args::Arguments) -> Result<Option<LlamaConfig>,
     };
     let mut c = LlamaConfig::new(server, model);
     if let Some(v) = args {
-        c.args = passed_args(&v)?;
+        (c.args, c.api_key) = take_api_key(passed_args(&v)?);
     }
     if let Some(v) = name {
         c.name = model_name(&v)?;
@@ -244,18 +236,38 @@ fn passed_args(v: &OsString) -> Result<Vec<String>, Error> {
     let args = split_args(text).map_err(|m| bad(format!("-llama-args: {m}")))?;
     for a in &args {
         let key = a.split('=').next().unwrap_or(a);
-        let instead = match key {
-            "--host" => "it listens on 127.0.0.1, where only sigorest reaches it",
-            "--port" => "use -llama-port",
-            "-m" | "--model" => "use -llama-model",
+        let why = match key {
+            "--host" => {
+                "is set by sigorest; it listens on 127.0.0.1, where only sigorest reaches it"
+            }
+            "--port" => "is set by sigorest; use -llama-port",
+            "-m" | "--model" => "is set by sigorest; use -llama-model",
+            "--api-key-file" => {
+                "cannot be used: sigorest must know the key to send it (give --api-key KEY, \
+                 or LLAMA_API_KEY in sigorest's environment)"
+            }
             _ => continue,
         };
-        return Err(bad(format!(
-            "-llama-args: {} is set by sigorest; {instead}",
-            quote(key)
-        )));
+        return Err(bad(format!("-llama-args: {} {why}", quote(key))));
     }
     Ok(args)
+}
+
+/// Takes every `--api-key KEY` / `--api-key=KEY` out of the arguments; the last one is the key.
+fn take_api_key(args: Vec<String>) -> (Vec<String>, Option<String>) {
+    let mut kept = Vec::with_capacity(args.len());
+    let mut key = None;
+    let mut args = args.into_iter();
+    while let Some(a) = args.next() {
+        if a == "--api-key" {
+            key = args.next().or(key);
+        } else if let Some(v) = a.strip_prefix("--api-key=") {
+            key = Some(v.to_string());
+        } else {
+            kept.push(a);
+        }
+    }
+    (kept, key)
 }
 
 /// A model name: 1-64 of `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`.
@@ -531,16 +543,55 @@ mod tests {
     #[test]
     fn values_read_from_the_passed_arguments() {
         let mut c = LlamaConfig::new("llama-server", "/m/qwen.gguf");
-        assert_eq!((c.context(), c.api_key()), (0, None));
-        c.args = split_args("-c 4096 --api-key sk-local --ctx-size=8192").unwrap();
+        assert_eq!(c.context(), 0);
+        c.args = split_args("-c 4096 --ctx-size=8192").unwrap();
         assert_eq!(c.context(), 8192);
-        assert_eq!(c.api_key(), Some("sk-local"));
         assert_eq!(c.model_id(), "qwen.gguf");
+    }
+
+    #[test]
+    fn the_api_key_is_taken_out_of_the_arguments_and_never_shown() {
+        let parse = |line: &str| {
+            let argv = [
+                "-llama-server",
+                "ls",
+                "-llama-model",
+                "/m/q.gguf",
+                "-llama-args",
+                line,
+            ];
+            match super::super::parse_args(argv.iter().map(OsString::from).collect()) {
+                Ok(super::super::Command::Run(c)) => c.llama.unwrap(),
+                other => panic!("{line}: {other:?}"),
+            }
+        };
+        let c = parse("-c 4096 --api-key sk-local -t 4");
+        assert_eq!(c.args, ["-c", "4096", "-t", "4"]);
+        assert_eq!(c.api_key.as_deref(), Some("sk-local"));
         let shown = format!("{c:?}");
-        assert!(!shown.contains("sk-local"), "{shown}");
-        c.args = vec!["--api-key=sk-2".into()];
-        assert!(!format!("{c:?}").contains("sk-2"));
-        assert_eq!(c.api_key(), Some("sk-2"));
+        assert!(
+            !shown.contains("sk-local") && shown.contains("***"),
+            "{shown}"
+        );
+        // The last one wins, in either form; a lone `--api-key` at the end changes nothing.
+        let c = parse("--api-key=sk-1 --api-key sk-2 --api-key");
+        assert_eq!((c.args.len(), c.api_key.as_deref()), (0, Some("sk-2")));
+        let c = parse("-c 4096");
+        assert_eq!(c.api_key, None);
+        let argv = [
+            "-llama-server",
+            "ls",
+            "-llama-model",
+            "m",
+            "-llama-args",
+            "--api-key-file k",
+        ];
+        let refused = super::super::parse_args(argv.iter().map(OsString::from).collect());
+        assert!(
+            matches!(&refused, Err(Error::Usage { message }) if message.contains("'--api-key-file' cannot be used")),
+            "{refused:?}"
+        );
+        assert!(format!("{c:?}").contains("api_key: None"));
     }
 
     #[test]

@@ -169,13 +169,13 @@ impl Llama {
         }
     }
 
-    /// Where a chat request goes: direct, with the `--api-key` from `-llama-args` if any.
+    /// Where a chat request goes: direct, with its key if it has one.
     /// 503 `model_loading` until it is ready.
     pub fn chat_target(&self) -> Result<Target, Error> {
         match self.api_base() {
             Some(base) if self.is_ready() => Ok(Target::with(
                 format!("{base}/chat/completions"),
-                self.shared.config.api_key().map(str::to_string),
+                self.shared.config.api_key.clone(),
                 true,
             )),
             _ => Err(self.loading()),
@@ -314,7 +314,12 @@ impl Shared {
         let started = port.and_then(|port| {
             self.port.store(port, Ordering::Release);
             let args = process::server_args(&self.config, port);
-            process::spawn(&self.program, &args, self.config.timing.stop_grace)
+            process::spawn(
+                &self.program,
+                &args,
+                self.config.api_key.as_deref(),
+                self.config.timing.stop_grace,
+            )
         });
         let now = self.clock.now();
         match started {

@@ -102,8 +102,19 @@ pub fn server_args(config: &LlamaConfig, port: u16) -> Vec<OsString> {
     args
 }
 
+/// The variable llama-server reads its key from when `--api-key` is not given (llama.cpp's
+/// `common/arg.cpp`).
+pub const KEY_ENV: &str = "LLAMA_API_KEY";
+
 /// Starts `program` with these arguments under the shim, and the thread that logs its output.
-pub fn spawn(program: &Path, args: &[OsString], grace: Duration) -> io::Result<Proc> {
+/// `key` goes in its environment as [`KEY_ENV`] (an inherited one is removed without it), so
+/// that it is never in an argument list `ps` shows every user.
+pub fn spawn(
+    program: &Path,
+    args: &[OsString],
+    key: Option<&str>,
+    grace: Duration,
+) -> io::Result<Proc> {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(SHIM)
@@ -120,6 +131,10 @@ pub fn spawn(program: &Path, args: &[OsString], grace: Duration) -> io::Result<P
             cmd.env_remove(var);
         }
     }
+    match key {
+        Some(key) => cmd.env(KEY_ENV, key),
+        None => cmd.env_remove(KEY_ENV),
+    };
     let mut child = cmd.spawn()?;
     let lifeline = child.stdin.take();
     if let Some(out) = child.stderr.take() {
@@ -292,7 +307,7 @@ mod tests {
     #[test]
     fn the_shim_stops_its_program_when_the_lifeline_closes() {
         let args = ["-c".into(), "exec sleep 30".into()];
-        let p = spawn(Path::new("/bin/sh"), &args, Duration::from_secs(1)).unwrap();
+        let p = spawn(Path::new("/bin/sh"), &args, None, Duration::from_secs(1)).unwrap();
         let started = Instant::now();
         let how = p.stop(Duration::from_secs(1));
         assert_eq!(how, "killed by signal 15");
@@ -308,6 +323,7 @@ mod tests {
         let p = spawn(
             Path::new("/bin/sh"),
             &["-c".into(), script.into()],
+            None,
             Duration::from_secs(1),
         )
         .unwrap();
@@ -325,7 +341,7 @@ mod tests {
     #[test]
     fn the_shim_reports_the_exit_status() {
         let args = ["-c".into(), "exit 7".into()];
-        let mut p = spawn(Path::new("/bin/sh"), &args, Duration::from_secs(1)).unwrap();
+        let mut p = spawn(Path::new("/bin/sh"), &args, None, Duration::from_secs(1)).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         let how = loop {
             if let Some(how) = p.try_wait() {
@@ -335,5 +351,29 @@ mod tests {
             thread::sleep(POLL);
         };
         assert_eq!(how, "exited with status 7");
+    }
+
+    /// The key goes in the environment, never in the arguments.
+    #[test]
+    fn the_key_reaches_the_program_in_its_environment() {
+        let dir = crate::util::fs::testdir::TestDir::new("key");
+        let seen = dir.path().join("seen");
+        let script = format!(
+            "printf '%s|%s' \"${{{KEY_ENV}-unset}}\" \"$*\" > '{}'",
+            seen.display()
+        );
+        let run = |key: Option<&str>| {
+            let _ = std::fs::remove_file(&seen);
+            let args = ["-c".into(), script.clone().into(), "sh".into(), "-x".into()];
+            let mut p = spawn(Path::new("/bin/sh"), &args, key, Duration::from_secs(1)).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while p.try_wait().is_none() {
+                assert!(Instant::now() < deadline, "the program did not end");
+                thread::sleep(POLL);
+            }
+            std::fs::read_to_string(&seen).unwrap()
+        };
+        assert_eq!(run(Some("sk-local")), "sk-local|-x");
+        assert_eq!(run(None), "unset|-x");
     }
 }
