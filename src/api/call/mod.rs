@@ -9,9 +9,11 @@
 //!
 //! A client that goes away is never held against the model: an attempt cut short by the
 //! client's hang-up leaves the breaker as it was.
+//!
+//! Here: the call up to its answer (or a stream's first event). In `plan`: the models it
+//! tries and when the next one may answer; in `relay`: a stream after its first event; in
+//! `front`: the fronts' side of a stream.
 
-use std::cell::RefCell;
-use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,19 +23,26 @@ use super::caller::Caller;
 use crate::chat::answer::{Answer, Usage};
 use crate::chat::prepared::Prepared;
 use crate::chat::request::{ChatRequest, DEFAULT_TIMEOUT};
-use crate::chat::stream::{Chunk, Gathered, NO_EVENT, StreamEnd};
 use crate::chat::tokens;
 use crate::error::Error;
 use crate::gateway::{Gateway, Resolved};
-use crate::http::{Body, Hangup, LogFields, Pipe, Request, Response, Sink};
-use crate::ledger::{CLIENT_GONE, CallRecord, PendingCall, UpstreamError};
+use crate::http::{Body, Hangup, LogFields, Request, Response};
+use crate::ledger::{CallRecord, PendingCall, UpstreamError};
 use crate::rt::blocking;
 use crate::state::catalog::Model;
 use crate::state::session::{Message, SessionStore};
+use crate::upstream::OpenStream;
 use crate::upstream::breaker::{Outcome, Permit};
 use crate::upstream::llama::slots::SlotGuard;
 use crate::upstream::retry::Failure;
-use crate::upstream::{Keepalive, OpenStream, read_open_stream};
+
+mod front;
+mod plan;
+mod relay;
+
+pub(crate) use front::{CannotGoOn, Framed, StreamFront, Translate};
+pub(in crate::api) use plan::check_model;
+use plan::{candidates, falls_back, skipped, usable};
 
 /// The response header naming the model that answered (its short code).
 pub(crate) const MODEL_HEADER: &str = "x-sigorest-model";
@@ -82,111 +91,6 @@ pub(crate) struct Streaming {
     keepalive: Duration,
     /// The request's `timeout`, which bounds each gap between events.
     timeout: Duration,
-}
-
-/// How an API front turns an upstream stream into its own events.
-pub(crate) trait StreamFront: Send {
-    /// One upstream chunk: `raw` as received, `chunk` its parse.
-    fn chunk(&mut self, raw: &str, chunk: &Chunk, sink: &mut dyn Sink) -> io::Result<()>;
-    /// The stream is complete; `usage` is what the upstream reported.
-    fn done(&mut self, usage: &Usage, sink: &mut dyn Sink) -> io::Result<()>;
-    /// The upstream failed after the first event: the front's final error event.
-    fn failed(&mut self, error: &Error, sink: &mut dyn Sink) -> io::Result<()>;
-    /// The provider has been silent for a while: something that tells the client (and any
-    /// proxy between) that the stream lives, and that it ignores. An SSE comment here.
-    fn keepalive(&mut self, sink: &mut dyn Sink) -> io::Result<()> {
-        sink.send(KEEPALIVE_COMMENT)
-    }
-}
-
-/// The keep-alive of a stream in the OpenAI shapes: an SSE comment, which clients skip.
-const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
-
-/// An API front's translator of chat chunks into its own events, written into a buffer.
-pub(crate) trait Translate: Send {
-    /// One upstream chunk. `Err` with a reason: the answer cannot go on (it has grown past
-    /// a limit); the front ends it with its failure event and the reading stops.
-    fn chunk(&mut self, chunk: &Chunk, out: &mut Vec<u8>) -> Result<(), String>;
-    /// The stream is complete; `usage` is what the upstream reported.
-    fn done(&mut self, usage: &Usage, out: &mut Vec<u8>);
-    /// The upstream failed after the first event.
-    fn failed(&mut self, error: &Error, out: &mut Vec<u8>);
-    /// See [`StreamFront::keepalive`].
-    fn keepalive(&mut self, out: &mut Vec<u8>) {
-        out.extend_from_slice(KEEPALIVE_COMMENT);
-    }
-}
-
-/// A [`Translate`] as a [`StreamFront`]: the frames of one upstream chunk go to the client
-/// in one piece.
-pub(crate) struct Framed<T> {
-    translator: T,
-    buf: Vec<u8>,
-}
-
-impl<T> Framed<T> {
-    pub(crate) fn new(translator: T) -> Framed<T> {
-        Framed {
-            translator,
-            buf: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, sink: &mut dyn Sink) -> io::Result<()> {
-        let result = if self.buf.is_empty() {
-            Ok(())
-        } else {
-            sink.send(&self.buf)
-        };
-        self.buf.clear();
-        result
-    }
-}
-
-/// Why a front stopped reading on its own: the answer grew past a limit (its failure event
-/// is out), which is neither the client leaving nor the provider failing.
-#[derive(Debug)]
-pub(crate) struct CannotGoOn;
-
-impl std::fmt::Display for CannotGoOn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the answer cannot go on")
-    }
-}
-
-impl std::error::Error for CannotGoOn {}
-
-impl CannotGoOn {
-    fn is(e: &io::Error) -> bool {
-        e.get_ref().is_some_and(|inner| inner.is::<CannotGoOn>())
-    }
-}
-
-impl<T: Translate> StreamFront for Framed<T> {
-    fn chunk(&mut self, _raw: &str, chunk: &Chunk, sink: &mut dyn Sink) -> io::Result<()> {
-        if let Err(message) = self.translator.chunk(chunk, &mut self.buf) {
-            self.translator
-                .failed(&Error::Upstream { message }, &mut self.buf);
-            self.send(sink)?;
-            return Err(io::Error::other(CannotGoOn));
-        }
-        self.send(sink)
-    }
-
-    fn done(&mut self, usage: &Usage, sink: &mut dyn Sink) -> io::Result<()> {
-        self.translator.done(usage, &mut self.buf);
-        self.send(sink)
-    }
-
-    fn failed(&mut self, error: &Error, sink: &mut dyn Sink) -> io::Result<()> {
-        self.translator.failed(error, &mut self.buf);
-        self.send(sink)
-    }
-
-    fn keepalive(&mut self, sink: &mut dyn Sink) -> io::Result<()> {
-        self.translator.keepalive(&mut self.buf);
-        self.send(sink)
-    }
 }
 
 /// Runs one call up to its answer (for a stream: up to its first event): the model asked
@@ -435,125 +339,6 @@ struct Plan {
     session_model: String,
 }
 
-/// The models to try, in order: the one asked for (or, for `auto`, the `-auto` list
-/// healthiest first, open breakers left out), then the request's `fallbacks` or, without
-/// them, the server's (`-fallback`). Each model once.
-fn candidates(
-    gw: &Gateway,
-    caller: &Caller,
-    chat: &ChatRequest,
-    short: &str,
-) -> Result<Vec<String>, Error> {
-    let routing = &gw.settings.routing;
-    let mut list: Vec<String> = if chat.model.eq_ignore_ascii_case("auto") {
-        if routing.auto.is_empty() {
-            return Err(no_auto_list(&chat.model));
-        }
-        let (mut ranked, mut blocked) = gw.auto_order();
-        // Only the models the caller's key may use.
-        ranked.retain(|m| caller.allows(m));
-        blocked.retain(|m| caller.allows(m));
-        // Every breaker open: try them all the same, to answer with their errors.
-        if ranked.is_empty() { blocked } else { ranked }
-    } else {
-        let server = match routing.fallbacks_of(&chat.model) {
-            [] => routing.fallbacks_of(short),
-            list => list,
-        };
-        // `"fallbacks": []` asks for none, the server's included.
-        let next = chat.fallbacks.as_deref().unwrap_or(server);
-        if next.is_empty() {
-            // The usual call: one model, nothing to weed out.
-            return Ok(vec![chat.model.clone()]);
-        }
-        std::iter::once(chat.model.clone())
-            .chain(next.iter().cloned())
-            .collect()
-    };
-    let mut kept = 0;
-    for i in 0..list.len() {
-        let repeated = list[..kept]
-            .iter()
-            .any(|m| m.eq_ignore_ascii_case(&list[i]));
-        if !repeated {
-            list.swap(kept, i);
-            kept += 1;
-        }
-    }
-    list.truncate(kept);
-    Ok(list)
-}
-
-/// `auto` asked of a gateway without an `-auto` list: 404.
-fn no_auto_list(name: &str) -> Error {
-    Error::ModelNotFound {
-        model: name.to_string(),
-        reason: "no -auto list is configured on this gateway".into(),
-    }
-}
-
-/// Whether a call could ask for the model `name` at all, checked as a call checks it
-/// before any provider is asked: 404 for a model that does not exist (or `auto` without an
-/// `-auto` list), 403 for one the caller's key may not use, 400 for an embedding model. A
-/// model that exists but cannot answer just now (its breaker open, its provider's key
-/// missing, a local model loading) passes. For the token counts, which call no model; it
-/// may wait for an Ollama discovery, so it runs on a worker thread.
-pub(super) fn check_model(gw: &Gateway, caller: &Caller, name: &str) -> Result<(), Error> {
-    if name.eq_ignore_ascii_case("auto") {
-        if gw.settings.routing.auto.is_empty() {
-            return Err(no_auto_list(name));
-        }
-        return Ok(());
-    }
-    match gw.resolve(name) {
-        Ok(resolved) => usable(caller, &resolved.model),
-        // The local model exists; it is only not ready.
-        Err(Error::ModelLoading { model, .. }) => caller.may_use_code(&model),
-        Err(e) => Err(e),
-    }
-}
-
-/// The caller's right to a resolved model, and a chat model it must be: 403, 400.
-fn usable(caller: &Caller, model: &Model) -> Result<(), Error> {
-    caller.may_use(model)?;
-    if model.embedding {
-        return Err(Error::invalid_param(
-            "model",
-            format!(
-                "'{}' is an embedding model: use POST /v1/embeddings",
-                model.short
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Whether the next model may answer instead, after the `index`-th failed with `e`: not
-/// for an error of the request itself (a 4xx), and not for a model asked for that does
-/// not exist (a typo must not be answered by another model).
-fn falls_back(e: &Error, index: usize) -> bool {
-    match e {
-        Error::CircuitOpen { .. }
-        | Error::ProviderNotConfigured { .. }
-        | Error::Upstream { .. }
-        | Error::UpstreamTimeout { .. }
-        | Error::RateLimited { .. }
-        | Error::ModelLoading { .. }
-        | Error::ModelBusy { .. }
-        | Error::ContextTooLong { .. } => true,
-        Error::ModelNotFound { .. } | Error::ModelNotAllowed { .. } => index > 0,
-        _ => false,
-    }
-}
-
-/// A fallback that is not offered, or not to this key: passed over.
-fn skipped(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::ModelNotFound { .. } | Error::ModelNotAllowed { .. }
-    )
-}
-
 /// One model's turn: resolved, checked, its breaker asked, called. Returns the attempts
 /// made at the provider.
 async fn attempt(
@@ -797,148 +582,6 @@ impl Completed {
     /// A 200 with this body, naming the model that answered in [`MODEL_HEADER`].
     pub(crate) fn respond(&self, content_type: &str, body: Vec<u8>) -> Response {
         Response::full(200, content_type, body).with_header(MODEL_HEADER, self.model.short.clone())
-    }
-}
-
-impl Streaming {
-    /// The 200 whose body relays the rest of the stream through `front`, then does the
-    /// bookkeeping: the breaker told how it went, the session turn kept when the stream
-    /// completed, the tokens logged.
-    pub(crate) fn respond(
-        self: Box<Self>,
-        content_type: &str,
-        front: impl StreamFront + 'static,
-    ) -> Response {
-        let mut this = self;
-        let short = this.model.short.clone();
-        let held = std::mem::take(&mut this.held);
-        let body = Box::new(move |pipe: Pipe| -> crate::http::Producer {
-            Box::pin(this.relay(front, pipe))
-        });
-        Response::piped(200, content_type, body)
-            .with_header(MODEL_HEADER, short)
-            .with_header("Cache-Control", "no-cache")
-            .with_header("X-Accel-Buffering", "no")
-            .keep_until_sent(held)
-    }
-
-    /// The rest of the stream, through `front` into the pipe, as the client takes it; then
-    /// the books.
-    async fn relay(
-        self: Box<Self>,
-        mut front: impl StreamFront,
-        pipe: Pipe,
-    ) -> (io::Result<()>, LogFields) {
-        let Streaming {
-            stream,
-            permit,
-            mut prepared,
-            sessions,
-            model,
-            held: _,
-            pending,
-            hangup,
-            keepalive,
-            timeout,
-        } = *self;
-        let mut log = LogFields::new();
-        // The request body is not needed any more; a stream may run for minutes.
-        prepared.body = Vec::new();
-        let relaying = Instant::now();
-        let mut pending = pending;
-        let mut gathered = Gathered::keeping(prepared.keeps_session());
-        // The events and the keep-alives go through the same front into the same pipe.
-        let relay = RefCell::new((&mut front, pipe.clone()));
-        let mut quiet = || {
-            let (front, sink) = &mut *relay.borrow_mut();
-            front.keepalive(sink)
-        };
-        let end = read_open_stream(
-            stream,
-            &mut gathered,
-            &hangup,
-            |raw, chunk| {
-                let (front, sink) = &mut *relay.borrow_mut();
-                front.chunk(raw, chunk, sink)
-            },
-            async || pipe.room().await,
-            Some(Keepalive {
-                every: keepalive,
-                send: &mut quiet,
-            }),
-        )
-        .await;
-        let mut sink = pipe;
-        let usage = gathered.usage();
-        log_tokens(&mut log, usage);
-        if let Some(p) = pending.as_mut() {
-            p.call.prompt_tokens = usage.prompt_tokens;
-            p.call.completion_tokens = usage.completion_tokens;
-            p.call.upstream_time = p.call.upstream_time.map(|t| t + relaying.elapsed());
-        }
-        let (status, result) = match end {
-            StreamEnd::Done => {
-                permit.finish(Outcome::Success);
-                save_turn(&prepared, &sessions, gathered.assistant()).await;
-                let sent = front.done(usage, &mut sink);
-                (if sent.is_ok() { 200 } else { CLIENT_GONE }, sent)
-            }
-            // Silence between two events is a timeout, counted as one before the first
-            // event is (see `timeout_outcome`); any other failure counts against the model.
-            StreamEnd::TimedOut | StreamEnd::Failed(_) => {
-                let short = &model.short;
-                let (outcome, code, error, kind) = match end {
-                    StreamEnd::Failed(message) => (
-                        Outcome::Failure,
-                        "upstream_error",
-                        Error::Upstream {
-                            message: format!("{short}: {message}"),
-                        },
-                        UpstreamError::StreamFailed,
-                    ),
-                    _ => (
-                        timeout_outcome(timeout),
-                        "upstream_timeout",
-                        Error::UpstreamTimeout {
-                            message: format!("{short}: {NO_EVENT}"),
-                        },
-                        UpstreamError::Timeout,
-                    ),
-                };
-                permit.finish(outcome);
-                log.push(("error", code.to_string()));
-                if let Some(p) = pending.as_mut() {
-                    p.call.upstream_error = Some(kind);
-                }
-                (error.status(), front.failed(&error, &mut sink))
-            }
-            // The answer grew past a limit: the client has its failure event, and the
-            // provider did nothing wrong.
-            StreamEnd::Stopped(e) if CannotGoOn::is(&e) => {
-                permit.finish(Outcome::Neutral);
-                log.push(("error", "answer_too_long".to_string()));
-                if let Some(p) = pending.as_mut() {
-                    p.call.upstream_error = Some(UpstreamError::BadAnswer);
-                }
-                (502, Ok(()))
-            }
-            // The server's shutdown grace ran out: the client gets a last error event.
-            StreamEnd::Stopped(_) if hangup.stopped_by_server() => {
-                permit.finish(Outcome::Neutral);
-                log.push(("error", "shutting_down".to_string()));
-                let error = Error::ShuttingDown;
-                (error.status(), front.failed(&error, &mut sink))
-            }
-            StreamEnd::Stopped(e) => {
-                permit.finish(Outcome::Neutral);
-                log.push(("error", "client_gone".to_string()));
-                (CLIENT_GONE, Err(e))
-            }
-        };
-        if let Some(p) = pending {
-            p.finish(status);
-        }
-        (result, log)
     }
 }
 
