@@ -301,6 +301,24 @@ fn errors_are_in_anthropics_shape() {
         "invalid_request_error",
     );
     assert!(msg.contains("prompt is too long"), "{msg}");
+    // OpenAI's wording of the same: told in Anthropic's words first (Claude Code acts on
+    // them), the provider's kept after them.
+    let openai = "This model's maximum context length is 128000 tokens. However, your \
+                  messages resulted in 130532 tokens. Please reduce the length of the messages.";
+    fake.push(Reply::json(
+        400,
+        json!({"error": {"message": openai, "type": "invalid_request_error",
+            "param": "messages", "code": "context_length_exceeded"}}),
+    ));
+    let msg = assert_anthropic_error(
+        &post(&gw, "/v1/messages", &hello("gpt41")),
+        400,
+        "invalid_request_error",
+    );
+    assert_eq!(
+        msg,
+        format!("prompt is too long: 130532 tokens > 128000 maximum. {openai}")
+    );
     // An unconfigured provider is not retried by the SDKs.
     let gw2 = Gateway::start(
         Options::default()

@@ -1,7 +1,11 @@
 //! Errors in Anthropic's shape: `{"type": "error", "error": {"type", "message"}}` with the
 //! statuses its SDKs and Claude Code expect — an open breaker or a full queue is 529
 //! `overloaded_error` — and a `request-id` header. The message is the same as in the
-//! OpenAI shape, the provider's own wording kept (Claude Code's recovery matches on it).
+//! OpenAI shape, the provider's own wording kept (Claude Code's recovery matches on it),
+//! except that a prompt longer than the model's context starts as Anthropic's does:
+//! `prompt is too long: N tokens > M maximum`. Claude Code recognises that wording (it offers
+//! to compact the conversation); behind a model of another provider it would otherwise get
+//! `This model's maximum context length is…` and stop with an error it cannot act on.
 
 use serde_json::{Value, json};
 
@@ -34,7 +38,76 @@ pub fn kind(status: u16) -> &'static str {
 
 /// The error object, as a response body or an `error` event's data.
 pub fn body(e: &Error) -> Value {
-    json!({"type": "error", "error": {"type": kind(status(e)), "message": e.to_string()}})
+    json!({"type": "error", "error": {"type": kind(status(e)), "message": message(e)}})
+}
+
+/// Anthropic's opening of a prompt too long for the context.
+const TOO_LONG: &str = "prompt is too long";
+
+/// The message: as in the OpenAI shape, with Anthropic's opening before a prompt too long
+/// for the model's context (the gateway's estimate, or the provider's 4xx saying so), and
+/// the counts in Anthropic's form when they are known.
+fn message(e: &Error) -> String {
+    let text = e.to_string();
+    let counts = match e {
+        Error::ContextTooLong { tokens, limit, .. } => Some((*tokens, *limit)),
+        Error::UpstreamClient { code, message, .. } if says_too_long(code.as_deref(), message) => {
+            if message.to_ascii_lowercase().starts_with(TOO_LONG) {
+                return text;
+            }
+            provider_counts(message)
+        }
+        _ => return text,
+    };
+    match counts {
+        Some((tokens, limit)) => format!("{TOO_LONG}: {tokens} tokens > {limit} maximum. {text}"),
+        None => format!("{TOO_LONG}: {text}"),
+    }
+}
+
+/// Whether a provider's 4xx says the prompt is longer than the model's context: OpenAI's
+/// code, or the wordings of the OpenAI-compatible servers (vLLM, llama.cpp, Ollama,
+/// Mistral, Moonshot...).
+fn says_too_long(code: Option<&str>, message: &str) -> bool {
+    if matches!(
+        code,
+        Some("context_length_exceeded" | "context_window_exceeded")
+    ) {
+        return true;
+    }
+    let m = message.to_ascii_lowercase();
+    [
+        "maximum context length",
+        "context length exceeded",
+        "context_length_exceeded",
+        "exceeds the context",
+        "exceed context",
+        "context window",
+        TOO_LONG,
+        "input is too long",
+        "too many tokens",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
+}
+
+/// The prompt's tokens and the model's limit, from OpenAI's wording ("This model's maximum
+/// context length is 128000 tokens. However, your messages resulted in 130532 tokens"), or
+/// `None`.
+fn provider_counts(message: &str) -> Option<(u64, u64)> {
+    let m = message.to_ascii_lowercase();
+    let limit = number_after(&m, "maximum context length is ")?;
+    let tokens = number_after(&m, "resulted in ").or_else(|| number_after(&m, "requested "))?;
+    Some((tokens, limit))
+}
+
+/// The whole number right after the first `phrase` in `text`.
+fn number_after(text: &str, phrase: &str) -> Option<u64> {
+    let rest = &text[text.find(phrase)? + phrase.len()..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 /// The whole response, with the headers of the OpenAI rendering (`Retry-After`,

@@ -929,3 +929,52 @@ fn documents_in_a_tool_result_go_as_text_or_after_it_never_as_base64_text() {
     let e = to_chat(&obj(unknown), false).unwrap_err();
     assert!(e.to_string().contains("'blob' in a tool_result"), "{e}");
 }
+
+/// A prompt too long for the context is told in Anthropic's words, which Claude Code acts
+/// on (it offers to compact), with the counts where they are known and the provider's own
+/// wording kept after them.
+#[test]
+fn a_prompt_too_long_is_told_in_anthropics_words() {
+    let message = |e: &Error| {
+        error::body(e)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let upstream = |code: Option<&str>, text: &str| Error::UpstreamClient {
+        status: 400,
+        message: text.to_string(),
+        kind: Some("invalid_request_error".into()),
+        code: code.map(str::to_string),
+        param: None,
+    };
+    let openai = "This model's maximum context length is 128000 tokens. However, your messages \
+                  resulted in 130532 tokens. Please reduce the length of the messages.";
+    assert_eq!(
+        message(&upstream(Some("context_length_exceeded"), openai)),
+        format!("prompt is too long: 130532 tokens > 128000 maximum. {openai}")
+    );
+    // Another wording, without a code: the opening, the counts left out.
+    let vllm = "Input is too long for the model's context window";
+    assert_eq!(
+        message(&upstream(None, vllm)),
+        format!("prompt is too long: {vllm}")
+    );
+    // Already Anthropic's (a Claude model behind an OpenAI-compatible API): as it is.
+    let claude = "prompt is too long: 210118 tokens > 200000 maximum";
+    assert_eq!(message(&upstream(None, claude)), claude);
+    // The gateway's own estimate.
+    let own = Error::ContextTooLong {
+        model: "kimi".into(),
+        tokens: 140000,
+        limit: 131072,
+    };
+    assert_eq!(
+        message(&own),
+        format!("prompt is too long: 140000 tokens > 131072 maximum. {own}")
+    );
+    assert_eq!(error::body(&own)["error"]["type"], "invalid_request_error");
+    // Other 4xx are left as they are.
+    let other = upstream(Some("invalid_value"), "Invalid 'temperature': too high");
+    assert_eq!(message(&other), "Invalid 'temperature': too high");
+}
