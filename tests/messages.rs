@@ -208,9 +208,12 @@ fn a_streamed_tool_call_is_a_tool_use_block() {
 }
 
 #[test]
-fn parallel_tool_calls_without_an_index_are_separate_tool_use_blocks() {
+fn parallel_tool_calls_without_an_index_or_interleaved_are_separate_tool_use_blocks() {
     let (fake, gw) = setup(Options::default());
-    for reply in Reply::two_calls_without_an_index() {
+    let shapes = Reply::two_calls_without_an_index()
+        .into_iter()
+        .chain([Reply::two_calls_interleaved()]);
+    for reply in shapes {
         fake.push(reply.clone());
         let ev = stream_at(&gw, "/v1/messages", hello("gpt41")).chunks();
         // Each block with its name and the JSON of its own arguments.

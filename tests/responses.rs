@@ -284,9 +284,12 @@ fn a_streamed_tool_call_is_a_function_call_item() {
 }
 
 #[test]
-fn parallel_tool_calls_without_an_index_are_separate_function_call_items() {
+fn parallel_tool_calls_without_an_index_or_interleaved_are_separate_function_call_items() {
     let (fake, gw) = setup(Options::default());
-    for reply in Reply::two_calls_without_an_index() {
+    let shapes = Reply::two_calls_without_an_index()
+        .into_iter()
+        .chain([Reply::two_calls_interleaved()]);
+    for reply in shapes {
         fake.push(reply.clone());
         let s = stream(&gw, &json!({"model": "gpt41", "input": "Two calls"}));
         let ev = s.chunks();

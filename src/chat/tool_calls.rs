@@ -6,10 +6,11 @@
 //!
 //! The first piece of a call usually carries its id and name, the next ones fragments of its
 //! arguments; a call is started once its name has come (its argument pieces wait until
-//! then). Providers send calls one after another: a piece for a call that already gave way
-//! to another one (interleaved calls) can no longer be sent, and is dropped.
+//! then). Most providers send calls one after another; a call that starts while the open
+//! one's arguments are not whole yet waits for them (interleaved calls), so each call's
+//! block gets all of its arguments.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use super::stream::ToolCallDelta;
@@ -115,69 +116,97 @@ pub enum Step<'a> {
     Arguments(&'a str),
 }
 
+/// Argument bytes held for calls that wait for the open one, at most: past that they start
+/// as they are, the open call giving way (an upstream gone wrong must not grow memory).
+const MAX_HELD: usize = 4 << 20;
+
 /// The calls of one stream.
+///
+/// One call's block is open at a time. A call that starts while the open call's arguments
+/// are not yet a whole JSON value is held, its pieces kept, until they are (some providers
+/// start every call, then send each one's arguments): its block then starts with what it
+/// has. So interleaved calls come out whole, one after another, and the usual stream (each
+/// call's arguments whole before the next starts) goes out piece by piece as it comes.
 #[derive(Debug, Default)]
 pub struct ToolCalls {
     /// Which call each piece belongs to.
     order: CallOrder,
     /// The call whose block is open.
     open: Option<usize>,
+    /// How far the open call's arguments are.
+    open_args: JsonDepth,
     /// The last call that had its block. Calls begin in the order they started, so every
-    /// call up to this one had its block.
+    /// call up to this one had its block, or gave way.
     begun: Option<usize>,
-    /// A call waiting for its name.
-    pending: Option<NewCall>,
+    /// Calls started but not begun, in order: waiting for their name, or for the open call.
+    held: BTreeMap<usize, NewCall>,
+    /// Their argument bytes.
+    held_bytes: usize,
 }
 
 impl ToolCalls {
     /// Takes one piece, at `position` in its chunk's `tool_calls` array; returns what to do,
-    /// in order (a call waiting for its name goes out as it is when another one starts).
+    /// in order.
     pub fn take<'a>(&mut self, position: usize, piece: &'a ToolCallDelta) -> Vec<Step<'a>> {
         let call = self.order.call_of(position, piece);
         let f = piece.function.as_ref();
         let name = f.and_then(|f| f.name.as_deref()).unwrap_or("");
         let args = f.and_then(|f| f.arguments.as_deref()).unwrap_or("");
         if self.open == Some(call) {
-            return if args.is_empty() {
-                Vec::new()
-            } else {
-                vec![Step::Arguments(args)]
-            };
+            if args.is_empty() {
+                return Vec::new();
+            }
+            self.open_args.feed(args);
+            let mut steps = vec![Step::Arguments(args)];
+            steps.extend(self.ready().into_iter().map(Step::Begin));
+            return steps;
         }
-        if self.begun.is_some_and(|last| call <= last) {
+        if self.begun.is_some_and(|last| call <= last) && !self.held.contains_key(&call) {
             log::debug!(call = call; "tool-call piece for a closed block dropped");
             return Vec::new();
         }
-        let mut steps = Vec::new();
-        let mut p = match self.pending.take() {
-            Some(p) if p.call == call => p,
-            other => {
-                self.pending = other;
-                steps.extend(self.flush().map(Step::Begin));
-                NewCall {
-                    call,
-                    ..NewCall::default()
-                }
-            }
-        };
+        let held = self.held.entry(call).or_insert_with(|| NewCall {
+            call,
+            ..NewCall::default()
+        });
         if let Some(id) = piece.id.as_deref().filter(|id| !id.is_empty()) {
-            p.id = id.to_string();
+            held.id = id.to_string();
         }
-        p.name.push_str(name);
-        p.arguments.push_str(args);
-        if p.name.is_empty() {
-            self.pending = Some(p);
-        } else {
-            steps.push(Step::Begin(self.begun(p)));
+        held.name.push_str(name);
+        held.arguments.push_str(args);
+        self.held_bytes += args.len();
+        if self.held_bytes > MAX_HELD {
+            return self.flush().into_iter().map(Step::Begin).collect();
         }
-        steps
+        self.ready().into_iter().map(Step::Begin).collect()
     }
 
-    /// The call waiting for its name, to start as it is (before something else starts, and
-    /// at the end of the stream).
-    pub fn flush(&mut self) -> Option<NewCall> {
-        let p = self.pending.take()?;
-        Some(self.begun(p))
+    /// The held calls that may start now, in order: while the open call's arguments are
+    /// whole (or none is open), the first held call once it has its name — or as it is, when
+    /// a later one has its name (a call that never gets one must not hold the others).
+    fn ready(&mut self) -> Vec<NewCall> {
+        let mut out = Vec::new();
+        while self.open.is_none() || self.open_args.whole() {
+            let Some(first) = self.held.first_key_value().map(|(_, c)| c) else {
+                break;
+            };
+            let nameless = first.name.is_empty();
+            if nameless && !self.held.values().skip(1).any(|c| !c.name.is_empty()) {
+                break;
+            }
+            let Some((_, c)) = self.held.pop_first() else {
+                break;
+            };
+            out.push(self.begin(c, nameless));
+        }
+        out
+    }
+
+    /// Every held call, to start as it is (before something else starts, and at the end of
+    /// the stream).
+    pub fn flush(&mut self) -> Vec<NewCall> {
+        let held = std::mem::take(&mut self.held);
+        held.into_values().map(|c| self.begin(c, true)).collect()
     }
 
     /// Something else (text) took the open block's place.
@@ -185,10 +214,59 @@ impl ToolCalls {
         self.open = None;
     }
 
-    fn begun(&mut self, p: NewCall) -> NewCall {
-        self.begun = Some(p.call);
-        self.open = Some(p.call);
-        p
+    /// `c` has its block now. One that starts as it is counts as whole: it holds no other.
+    fn begin(&mut self, c: NewCall, as_it_is: bool) -> NewCall {
+        self.held_bytes = self.held_bytes.saturating_sub(c.arguments.len());
+        self.begun = Some(c.call);
+        self.open = Some(c.call);
+        self.open_args = JsonDepth::default();
+        if as_it_is {
+            self.open_args.given_up = true;
+        } else {
+            self.open_args.feed(&c.arguments);
+        }
+        c
+    }
+}
+
+/// Whether a call's arguments, as they come, are a whole JSON object or array yet: the
+/// brackets outside strings, counted.
+#[derive(Debug, Default)]
+struct JsonDepth {
+    depth: u32,
+    opened: bool,
+    in_string: bool,
+    escaped: bool,
+    /// Counts as whole whatever comes.
+    given_up: bool,
+}
+
+impl JsonDepth {
+    fn feed(&mut self, text: &str) {
+        for b in text.bytes() {
+            if self.in_string {
+                match b {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => {
+                    self.depth = self.depth.saturating_add(1);
+                    self.opened = true;
+                }
+                b'}' | b']' => self.depth = self.depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+
+    fn whole(&self) -> bool {
+        self.given_up || (self.opened && self.depth == 0 && !self.in_string)
     }
 }
 
@@ -230,7 +308,7 @@ mod tests {
                 }
             }
         }
-        if let Some(c) = t.flush() {
+        for c in t.flush() {
             add(Step::Begin(c), &mut calls);
         }
         calls
@@ -270,7 +348,7 @@ mod tests {
             json!([{"index": 1, "function": {"arguments": "}"}}]),
         ]);
         assert_eq!(calls, [call("c1", "f", "{\"a\":1}"), call("c2", "g", "{}")]);
-        // Interleaved calls are still told apart (the late piece of the first is dropped).
+        // Interleaved calls are told apart.
         let mut order = CallOrder::default();
         let numbers: Vec<usize> = [
             piece(0, Some("c1"), Some("a"), "{"),
@@ -405,6 +483,71 @@ mod tests {
         // After text interrupted it, the open call takes no more pieces either.
         t.interrupt();
         assert!(t.take(0, &piece(3, None, None, "more")).is_empty());
-        assert_eq!(t.flush(), None);
+        assert_eq!(t.flush(), []);
+    }
+
+    #[test]
+    fn interleaved_calls_come_out_whole_one_after_another() {
+        // Every call started, then each one's arguments.
+        let calls = written(&[
+            json!([{"index": 0, "id": "c1", "function": {"name": "f", "arguments": ""}}]),
+            json!([{"index": 1, "id": "c2", "function": {"name": "g", "arguments": ""}}]),
+            json!([{"index": 0, "function": {"arguments": "{\"a\":"}}]),
+            json!([{"index": 1, "function": {"arguments": "{\"b\":"}}]),
+            json!([{"index": 0, "function": {"arguments": "\"}{\\\"\"}"}}]),
+            json!([{"index": 1, "function": {"arguments": "[2]}"}}]),
+        ]);
+        assert_eq!(
+            calls,
+            [
+                call("c1", "f", r#"{"a":"}{\""}"#),
+                call("c2", "g", r#"{"b":[2]}"#)
+            ]
+        );
+        // Pieces of two calls in one chunk, alternating.
+        let calls = written(&[
+            json!([{"index": 0, "id": "c1", "function": {"name": "f", "arguments": "{"}},
+                   {"index": 1, "id": "c2", "function": {"name": "g", "arguments": "{"}}]),
+            json!([{"index": 0, "function": {"arguments": "}"}},
+                   {"index": 1, "function": {"arguments": "}"}}]),
+        ]);
+        assert_eq!(calls, [call("c1", "f", "{}"), call("c2", "g", "{}")]);
+        // The usual stream goes out piece by piece: nothing is held.
+        let mut t = ToolCalls::default();
+        let first = piece(0, Some("a"), Some("f"), "{\"x\"");
+        let steps = t.take(0, &first);
+        assert!(matches!(&steps[..], [Step::Begin(c)] if c.arguments == "{\"x\""));
+        assert_eq!(
+            t.take(0, &piece(0, None, None, ":1")),
+            [Step::Arguments(":1")]
+        );
+        assert_eq!(
+            t.take(0, &piece(0, None, None, "}")),
+            [Step::Arguments("}")]
+        );
+        let second = piece(1, Some("b"), Some("g"), "{");
+        let steps = t.take(0, &second);
+        assert!(matches!(&steps[..], [Step::Begin(c)] if c.call == 1));
+        // A call whose arguments never become whole holds the next ones to the end.
+        let mut t = ToolCalls::default();
+        assert_eq!(t.take(0, &piece(0, Some("a"), Some("f"), "")).len(), 1);
+        assert!(t.take(0, &piece(1, Some("b"), Some("g"), "{}")).is_empty());
+        let rest = t.flush();
+        assert_eq!((rest.len(), rest[0].arguments.as_str()), (1, "{}"));
+    }
+
+    #[test]
+    fn held_arguments_are_bounded() {
+        let mut t = ToolCalls::default();
+        assert_eq!(t.take(0, &piece(0, Some("a"), Some("f"), "{")).len(), 1);
+        let big = "x".repeat(MAX_HELD / 2 + 1);
+        assert!(t.take(0, &piece(1, Some("b"), Some("g"), &big)).is_empty());
+        // Past the bound the held call starts as it is; the open one gives way.
+        let more = piece(1, None, None, &big);
+        let steps = t.take(0, &more);
+        assert!(
+            matches!(&steps[..], [Step::Begin(c)] if c.call == 1 && c.arguments.len() == 2 * big.len())
+        );
+        assert!(t.take(0, &piece(0, None, None, "}")).is_empty());
     }
 }

@@ -346,7 +346,7 @@ impl Translator {
     }
 
     fn flush_pending(&mut self, out: &mut Vec<u8>) {
-        if let Some(p) = self.calls.flush() {
+        for p in self.calls.flush() {
             self.begin_call(p, out);
         }
     }

@@ -176,6 +176,33 @@ impl Reply {
         ]
     }
 
+    /// The two calls of [`Reply::two_calls_without_an_index`] (`c1` `f` `{"a":1}`, `c2`
+    /// `g` `{"b":2}`), interleaved: both started, then each one's arguments in turn, as
+    /// some providers stream parallel calls.
+    pub fn two_calls_interleaved() -> Reply {
+        let piece = |v: Value| {
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [v]}, "finish_reason": null}]})
+                .to_string()
+        };
+        let args =
+            |index: u32, text: &str| json!({"index": index, "function": {"arguments": text}});
+        Reply::stream([
+            piece(
+                json!({"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}),
+            ),
+            piece(
+                json!({"index": 1, "id": "c2", "type": "function", "function": {"name": "g", "arguments": ""}}),
+            ),
+            piece(args(0, "{\"a\"")),
+            piece(args(1, "{\"b\"")),
+            piece(args(0, ":1}")),
+            piece(args(1, ":2}")),
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+                .to_string(),
+            "[DONE]".to_string(),
+        ])
+    }
+
     /// Waits this long before writing anything.
     pub fn delay(mut self, delay: Duration) -> Reply {
         self.delay = delay;
