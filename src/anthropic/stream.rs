@@ -8,8 +8,8 @@
 //! was started and not yet stopped; the text block is closed before a tool block starts;
 //! each upstream tool call gets its own block; `message_delta` waits for the end of the
 //! stream, because OpenAI's usage chunk comes after the `finish_reason`. Tool calls are
-//! assembled by [`ToolCalls`]: a call's block starts once its name is known, and a piece
-//! for a call whose block was already closed (interleaved calls) is dropped.
+//! assembled by [`ToolCalls`]: a call's block starts once its name is known, and once the
+//! arguments of the call before it are whole (interleaved calls come out one after another).
 
 use serde_json::{Value, json};
 

@@ -18,8 +18,8 @@
 //! the response throughout; each item added once, at the next `output_index`, and done
 //! before the response completes; deltas only for the item being written. Only one item
 //! is open at a time: text after a tool call opens a new message item. Tool calls are
-//! assembled by [`ToolCalls`]: a call's item is added once its name is known, and a piece
-//! of a call whose item was already done (interleaved calls) is dropped.
+//! assembled by [`ToolCalls`]: a call's item is added once its name is known, and once the
+//! arguments of the call before it are whole (interleaved calls come out one after another).
 //! A failure after the first event ends the stream with `response.failed` (the response
 //! with `status: "failed"`, its `error`, and the output so far).
 
