@@ -1,10 +1,12 @@
 //! A chat completion turned into an Anthropic Messages response: the model's reasoning first
 //! (one `thinking` block, when the client enabled thinking and the provider sent its
 //! reasoning apart), the text (one `text` block, when there is any; a refusal is the text),
-//! then one `tool_use` block per tool call with its arguments parsed into an `input` object
-//! (`{}` when the model wrote something that does not parse), `stop_reason` from
+//! then one `tool_use` block per tool call with its arguments as its `input` object, as the
+//! model wrote them (`{}` when they are not a JSON object), `stop_reason` from
 //! `finish_reason` (`refusal` for a refusal), and the usage with cached prompt tokens apart.
 
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::chat::answer::{Answer, Usage, content_text};
@@ -43,12 +45,19 @@ pub fn wants_thinking(body: &serde_json::Map<String, Value>) -> bool {
         .is_some_and(|t| t != "disabled")
 }
 
-/// A tool call's arguments as an `input` object.
-pub fn tool_input(arguments: &str) -> Value {
-    match serde_json::from_str::<Value>(arguments) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => json!({}),
-    }
+/// A tool call's arguments as an `input` object, as the model wrote them: read into a
+/// `Value`, a whole number past 2^53 (an account number, a snowflake id) would come out
+/// changed, or as a float.
+pub fn tool_input(arguments: &str) -> Box<RawValue> {
+    let object = arguments.trim_start().starts_with('{');
+    object
+        .then(|| RawValue::from_string(arguments.trim().to_string()).ok())
+        .flatten()
+        .unwrap_or_else(empty_input)
+}
+
+fn empty_input() -> Box<RawValue> {
+    RawValue::from_string("{}".to_string()).expect("an empty object is JSON")
 }
 
 /// A tool call id the client can send back: the provider's, or a fresh one.
@@ -60,13 +69,43 @@ pub fn tool_id(id: &str) -> String {
     }
 }
 
+/// A Messages response, written as it is serialized.
+#[derive(Serialize)]
+pub struct Message {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    model: String,
+    content: Vec<Block>,
+    stop_reason: &'static str,
+    stop_sequence: Option<String>,
+    usage: Value,
+}
+
+/// A content block: a `tool_use` with its `input` as written, or any other.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Block {
+    ToolUse {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        id: String,
+        name: String,
+        input: Box<RawValue>,
+    },
+    Other(Value),
+}
+
 /// The whole Messages response for `model` (the name the client asked for).
-pub fn message(answer: &Answer, model: &str, thinking: bool) -> Value {
+pub fn message(answer: &Answer, model: &str, thinking: bool) -> Message {
     let mut content = Vec::new();
     if thinking && !answer.reasoning.is_empty() {
         // No signature: one would be Anthropic's, over Anthropic's own thinking. A client
         // sending the block back is fine: thinking blocks are dropped on the way in.
-        content.push(json!({"type": "thinking", "thinking": answer.reasoning, "signature": ""}));
+        content.push(Block::Other(
+            json!({"type": "thinking", "thinking": answer.reasoning, "signature": ""}),
+        ));
     }
     let mut text = content_text(&answer.content);
     if text.is_empty() {
@@ -74,26 +113,31 @@ pub fn message(answer: &Answer, model: &str, thinking: bool) -> Value {
         text.clone_from(&answer.refusal);
     }
     if !text.is_empty() {
-        content.push(json!({"type": "text", "text": text}));
+        content.push(Block::Other(json!({"type": "text", "text": text})));
     }
     for call in &answer.tool_calls {
-        content.push(
-            json!({"type": "tool_use", "id": tool_id(&call.id), "name": call.name,
-            "input": tool_input(&call.arguments)}),
-        );
+        content.push(Block::ToolUse {
+            kind: "tool_use",
+            id: tool_id(&call.id),
+            name: call.name.clone(),
+            input: tool_input(&call.arguments),
+        });
     }
-    json!({
-        "id": random_id("msg_"),
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": if answer.refusal.is_empty() {
-            stop_reason(answer.finish_reason.as_deref(), !answer.tool_calls.is_empty())
+    Message {
+        id: random_id("msg_"),
+        kind: "message",
+        role: "assistant",
+        model: model.to_string(),
+        content,
+        stop_reason: if answer.refusal.is_empty() {
+            stop_reason(
+                answer.finish_reason.as_deref(),
+                !answer.tool_calls.is_empty(),
+            )
         } else {
             "refusal"
         },
-        "stop_sequence": null,
-        "usage": usage(&answer.usage),
-    })
+        stop_sequence: None,
+        usage: usage(&answer.usage),
+    }
 }

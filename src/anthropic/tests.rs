@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::answer::{message, stop_reason, tool_input};
+use super::answer::{self, stop_reason, tool_input};
 use super::request::to_chat;
 use super::stream::Translator;
 use super::{error, request};
@@ -383,7 +383,42 @@ fn answers_become_messages() {
     ] {
         assert_eq!(stop_reason(f, tools), want);
     }
-    assert_eq!(tool_input("[1]"), json!({}));
+    assert_eq!(tool_input("[1]").get(), "{}");
+}
+
+/// The answer as a client reads it.
+fn message(a: &Answer, model: &str, thinking: bool) -> Value {
+    serde_json::to_value(answer::message(a, model, thinking)).unwrap()
+}
+
+/// A tool call's arguments reach the client as the model wrote them: through an f64, a
+/// number past 2^53 would change (or turn into a float).
+#[test]
+fn tool_input_is_what_the_model_wrote() {
+    let written = r#"{"id": 12345678901234567890123, "neg": -9223372036854775809, "e": 1e5}"#;
+    let a = Answer {
+        tool_calls: vec![ToolCall {
+            id: "c1".into(),
+            name: "f".into(),
+            arguments: format!("  {written}\n"),
+        }],
+        ..Answer::default()
+    };
+    let bytes = serde_json::to_vec(&answer::message(&a, "m", false)).unwrap();
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(text.contains(&format!(r#""input":{written}"#)), "{text}");
+    // Not an object, or not JSON at all (one number out of range included): `{}`.
+    for bad in [
+        "[1]",
+        "\"x\"",
+        "{\"a\":",
+        "not json",
+        "",
+        "{\"a\": 1} trailing",
+    ] {
+        assert_eq!(tool_input(bad).get(), "{}", "{bad}");
+    }
+    assert_eq!(tool_input(r#"{"big": 1e400}"#).get(), r#"{"big": 1e400}"#);
 }
 
 /// The events a translator writes for these chunks, then the end.
