@@ -187,6 +187,51 @@ fn a_key_uses_only_its_models_and_lists_only_them() {
     assert_eq!(list(&bob, "/v1/models").len(), 6);
 }
 
+/// Two people who pick the same `session_id` (`sigoe -s notes`) each keep their own
+/// conversation: no key reads or adds to another's session.
+#[test]
+fn each_key_has_sessions_of_its_own() {
+    let fake = FakeUpstream::start();
+    let csv = format!(
+        "{}{}",
+        line("ana", ALICE, "*", "", ""),
+        line("dave", BOB, "*", "", "")
+    );
+    let gw = with_keys(&fake, &csv);
+    let say = |auth: &str, text: &str| {
+        let body = json!({"model": "gpt41", "session_id": "notes",
+            "messages": [{"role": "user", "content": text}]});
+        let r = gw.send(
+            "POST",
+            "/v1/chat/completions",
+            Some(&serde_json::to_vec(&body).unwrap()),
+            &[
+                ("Authorization", auth),
+                ("Content-Type", "application/json"),
+            ],
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let sent = fake.last_json().unwrap();
+        sent["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<String>>()
+    };
+    let (ana, dave) = (bearer(ALICE), bearer(BOB));
+    assert_eq!(say(&ana, "my PIN is 1234"), ["my PIN is 1234"]);
+    assert_eq!(say(&dave, "hello"), ["hello"], "nothing of ana's");
+    let again = say(&ana, "and now?");
+    assert_eq!(
+        again.len(),
+        3,
+        "ana's own turn, then her question: {again:?}"
+    );
+    assert_eq!(again[0], "my PIN is 1234");
+    assert_eq!(say(&dave, "more").len(), 3, "dave's own turn only");
+}
+
 #[test]
 fn rpm_is_a_sliding_minute_with_headers_on_every_answer() {
     let fake = FakeUpstream::start();

@@ -15,6 +15,8 @@ use crate::state::session::{Message, SessionStore};
 pub struct Prepared {
     /// The short code the session file is named after.
     pub short: String,
+    /// The client key whose session it is (with `keys.csv`): each key has its own.
+    owner: Option<String>,
     /// The body for the upstream, serialized.
     pub body: Vec<u8>,
     /// The session id and the client's side of the turn (see
@@ -31,19 +33,21 @@ impl Prepared {
         memory: &Memory,
         sessions: &SessionStore,
     ) -> Result<Prepared, Error> {
-        let history = history(req, &model.short, sessions)?;
-        Prepared::with_history(req, model, memory, &history, &model.short)
+        let history = history(req, None, &model.short, sessions)?;
+        Prepared::with_history(req, model, memory, &history, &model.short, None)
     }
 
     /// Builds the upstream body for `model` from a history already read, for the session of
-    /// `session_model` (a fallback model answers into the session of the model asked for).
-    /// The body is logged at DEBUG only: it holds the user's messages.
+    /// `session_model` (a fallback model answers into the session of the model asked for)
+    /// of the client key `owner`. The body is logged at DEBUG only: it holds the user's
+    /// messages.
     pub fn with_history(
         req: &ChatRequest,
         model: &Model,
         memory: &Memory,
         history: &[Message],
         session_model: &str,
+        owner: Option<&str>,
     ) -> Result<Prepared, Error> {
         let body = req.upstream_bytes(model, memory, history);
         if log::log_enabled!(log::Level::Debug) {
@@ -51,6 +55,7 @@ impl Prepared {
         }
         Ok(Prepared {
             short: session_model.to_string(),
+            owner: owner.map(str::to_string),
             body,
             session: req
                 .session_id
@@ -77,6 +82,7 @@ impl Prepared {
     pub fn turn(&self, assistant: Message) -> Option<Turn> {
         let (id, user) = self.session.as_ref()?;
         Some(Turn {
+            owner: self.owner.clone(),
             short: self.short.clone(),
             id: id.clone(),
             messages: user.iter().cloned().chain(Some(assistant)).collect(),
@@ -87,6 +93,7 @@ impl Prepared {
 /// One turn of a session (the user's message and the answer), to append to its file.
 #[derive(Debug)]
 pub struct Turn {
+    owner: Option<String>,
     short: String,
     id: String,
     messages: Vec<Message>,
@@ -95,20 +102,24 @@ pub struct Turn {
 impl Turn {
     /// Appends it; a failure is logged (see [`Prepared::save_turn`]).
     pub fn save(self, sessions: &SessionStore) {
-        if let Err(e) = sessions.append(&self.short, &self.id, &self.messages) {
+        if let Err(e) =
+            sessions.append(self.owner.as_deref(), &self.short, &self.id, &self.messages)
+        {
             log::error!(model = self.short.as_str(), session = self.id.as_str(), error = e.to_string().as_str(); "session not saved");
         }
     }
 }
 
-/// The history of the request's session with `session_model` (empty without a session).
+/// The history of the request's session with `session_model`, of the client key `owner`
+/// (empty without a session).
 pub fn history(
     req: &ChatRequest,
+    owner: Option<&str>,
     session_model: &str,
     sessions: &SessionStore,
 ) -> Result<Vec<Message>, Error> {
     match &req.session_id {
-        Some(id) => sessions.history(session_model, id),
+        Some(id) => sessions.history(owner, session_model, id),
         None => Ok(Vec::new()),
     }
 }
@@ -162,6 +173,6 @@ mod tests {
         .unwrap();
         let p = Prepared::new(&plain, &model, &Memory::default(), &sessions).unwrap();
         p.save_turn(&sessions, assistant_message(json!("ignored")));
-        assert_eq!(sessions.history("claude-h", "s1").unwrap().len(), 2);
+        assert_eq!(sessions.history(None, "claude-h", "s1").unwrap().len(), 2);
     }
 }

@@ -107,11 +107,14 @@ pub(crate) async fn run(
 ) -> Result<Answered, Error> {
     let session_model = gw.short_code(&chat.model);
     let candidates = candidates(gw, caller, chat, &session_model)?;
-    let history = history(gw, chat, &session_model).await?;
+    // Each client key has sessions of its own: no key reads or adds to another's.
+    let session_owner = caller.key_name().map(str::to_string);
+    let history = history(gw, chat, session_owner.clone(), &session_model).await?;
     let plan = Plan {
         deadline: Instant::now() + chat.timeout,
         history,
         session_model,
+        session_owner,
     };
     let mut attempts = 0;
     // For the access log: the models called (a request sent to their provider), in order,
@@ -337,6 +340,8 @@ struct Plan {
     history: Vec<Message>,
     /// The model whose session the turn goes to.
     session_model: String,
+    /// The client key whose session it is.
+    session_owner: Option<String>,
 }
 
 /// One model's turn: resolved, checked, its breaker asked, called. Returns the attempts
@@ -556,8 +561,14 @@ fn ready(
             });
         }
     }
-    let prepared =
-        Prepared::with_history(chat, model, &memory, &plan.history, &plan.session_model)?;
+    let prepared = Prepared::with_history(
+        chat,
+        model,
+        &memory,
+        &plan.history,
+        &plan.session_model,
+        plan.session_owner.as_deref(),
+    )?;
     let permit = gw
         .breakers
         .admit(&model.short)
@@ -585,11 +596,12 @@ impl Completed {
     }
 }
 
-/// The history of the request's session with `session_model` (empty without a session),
-/// read on a blocking thread: it is a file.
+/// The history of the request's session with `session_model`, of the client key `owner`
+/// (empty without a session), read on a blocking thread: it is a file.
 async fn history(
     gw: &Gateway,
     chat: &ChatRequest,
+    owner: Option<String>,
     session_model: &str,
 ) -> Result<Vec<Message>, Error> {
     let Some(id) = chat.session_id.clone() else {
@@ -597,7 +609,7 @@ async fn history(
     };
     let (sessions, short) = (Arc::clone(&gw.sessions), session_model.to_string());
     blocking::io()
-        .run(move || sessions.history(&short, &id))
+        .run(move || sessions.history(owner.as_deref(), &short, &id))
         .await
         .unwrap_or_else(|| Err(blocking_failed("reading the session")))
 }

@@ -172,11 +172,7 @@ pub(super) fn prune_to(dir: &Path, keep: usize) {
     };
     let mut files: Vec<(SystemTime, PathBuf)> = entries
         .filter_map(Result::ok)
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.ends_with(".json") && !name.starts_with('.')
-        })
+        .filter(|e| super::name::is_session_file(&e.file_name().to_string_lossy()))
         .filter_map(|e| {
             let meta = e.metadata().ok()?;
             meta.is_file()

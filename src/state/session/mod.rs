@@ -1,4 +1,5 @@
-//! Conversation history in files: `<dir>/<model>@<session_id>.json` (see [`name`] for the
+//! Conversation history in files: `<dir>/<model>@<session_id>.json`, or
+//! `<dir>/<key>~<model>@<session_id>.json` for a client key's (see [`name`] for the
 //! encoding, which keeps two sessions from ever sharing a file), holding
 //! `{"history": [{"role": ..., "content": ...}, ...]}`. The server and `sigoe -s` share
 //! these files.
@@ -106,21 +107,28 @@ impl SessionStore {
         &self.dir
     }
 
-    /// The file of one session. `model` is a short code; `id` must have passed
-    /// [`validate_id`].
-    pub fn path(&self, model: &str, id: &str) -> PathBuf {
-        self.dir.join(file_name(model, id))
+    /// The file of one session. `owner` is the client key's name (with `keys.csv`), `model`
+    /// a short code; `id` must have passed [`validate_id`].
+    pub fn path(&self, owner: Option<&str>, model: &str, id: &str) -> PathBuf {
+        self.dir.join(file_name(owner, model, id))
     }
 
     /// The stored history, oldest first; empty when the file does not exist. A file that
     /// does not parse (or is far over the size cap) is moved aside to
     /// `<name>.corrupt-<unix seconds>` with a WARN log line (nothing is lost) and the
     /// session starts empty. Reading creates nothing.
-    pub fn history(&self, model: &str, id: &str) -> Result<Vec<Message>, Error> {
+    pub fn history(
+        &self,
+        owner: Option<&str>,
+        model: &str,
+        id: &str,
+    ) -> Result<Vec<Message>, Error> {
         validate_id(id)?;
-        let path = self.path(model, id);
+        let path = self.path(owner, model, id);
         self.with_lock(&path, || match disk::read(&path)? {
             Stored::History(history) => Ok(history),
+            // (The old naming had no keys' sessions.)
+            Stored::Missing if owner.is_some() => Ok(Vec::new()),
             Stored::Missing => self.legacy_history(model, id),
             Stored::Unusable(_) => {
                 // Another process may be replacing it: look again holding its lock, and
@@ -148,22 +156,31 @@ impl SessionStore {
     /// [`MAX_MESSAGES`] within [`MAX_SESSION_BYTES`], writing the file atomically. The
     /// read-modify-write runs under the session's locks (this process's and the file lock),
     /// so concurrent appends never lose a turn.
-    pub fn append(&self, model: &str, id: &str, messages: &[Message]) -> Result<(), Error> {
+    pub fn append(
+        &self,
+        owner: Option<&str>,
+        model: &str,
+        id: &str,
+        messages: &[Message],
+    ) -> Result<(), Error> {
         validate_id(id)?;
-        let path = self.path(model, id);
+        let path = self.path(owner, model, id);
         self.with_lock(&path, || {
             disk::ensure_dir(&self.dir)?;
             let _held = FileLock::acquire(&path)?;
-            let legacy = self.dir.join(legacy_file_name(model, id));
+            // (The old naming had no keys' sessions: a key never takes over a shared one.)
+            let legacy = owner
+                .is_none()
+                .then(|| self.dir.join(legacy_file_name(model, id)));
             let (mut history, created, migrated) = match disk::read(&path)? {
                 Stored::History(history) => (history, false, false),
                 Stored::Unusable(why) => {
                     disk::set_aside(&path, &why)?;
                     (Vec::new(), true, false)
                 }
-                Stored::Missing => match disk::read(&legacy)? {
-                    Stored::History(history) => (history, true, true),
-                    Stored::Missing | Stored::Unusable(_) => (Vec::new(), true, false),
+                Stored::Missing => match legacy.as_deref().map(disk::read).transpose()? {
+                    Some(Stored::History(history)) => (history, true, true),
+                    _ => (Vec::new(), true, false),
                 },
             };
             history.extend_from_slice(messages);
@@ -182,8 +199,8 @@ impl SessionStore {
                 return Ok(());
             }
             self.write(&path, &history)?;
-            if migrated {
-                let _ = std::fs::remove_file(&legacy);
+            if let Some(legacy) = legacy.filter(|_| migrated) {
+                let _ = std::fs::remove_file(legacy);
             }
             if created {
                 disk::prune(&self.dir);

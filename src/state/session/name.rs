@@ -6,6 +6,10 @@
 //! name splits back at its one `@`, and two sessions never share a file. (The old
 //! `<model>-<id>.json` did not: `kimi` + `thinking-x` and `kimi-thinking` + `x` met in
 //! `kimi-thinking-x.json`.) [`legacy_file_name`] is that old name, still read.
+//!
+//! A session of a client key (with `keys.csv`) is `<key>~<model>@<id>.json`, the key's name
+//! written as the model's is (so without `~` or `@`): each key has sessions of its own, and
+//! no key reaches another's, or those made without a key.
 
 use std::fmt::Write;
 
@@ -105,11 +109,26 @@ fn encode_model(model: &str) -> String {
     out
 }
 
-/// The file name of a session: `<encoded model>@<id>.json`. The id is sanitised too (the
-/// identity on ids that passed [`validate_id`]), so a caller that forgot to validate still
-/// gets one plain file name.
-pub(super) fn file_name(model: &str, id: &str) -> String {
-    format!("{}@{}.json", encode_model(model), sanitize(id))
+/// The file name of a session: `<encoded model>@<id>.json`, or, for a client key's,
+/// `<encoded key>~<encoded model>@<id>.json`. The id is sanitised too (the identity on ids
+/// that passed [`validate_id`]), so a caller that forgot to validate still gets one plain
+/// file name.
+pub(super) fn file_name(owner: Option<&str>, model: &str, id: &str) -> String {
+    match owner {
+        None => format!("{}@{}.json", encode_model(model), sanitize(id)),
+        Some(key) => format!(
+            "{}~{}@{}.json",
+            encode_model(key),
+            encode_model(model),
+            sanitize(id)
+        ),
+    }
+}
+
+/// Whether a file in the sessions directory is a session's (what the bound on their number
+/// may remove): `…@….json`, or the old `…-….json`. Not `usage.json`, kept there too.
+pub(super) fn is_session_file(name: &str) -> bool {
+    name.ends_with(".json") && !name.starts_with('.') && (name.contains('@') || name.contains('-'))
 }
 
 /// The name sigorest used before: `<model>-<id>.json`, both parts sanitised. Ambiguous
@@ -222,7 +241,7 @@ mod tests {
         ];
         for model in names {
             for id in names.iter().copied().chain(["ok"]) {
-                let p = Path::new("/srv/s").join(file_name(model, id));
+                let p = Path::new("/srv/s").join(file_name(None, model, id));
                 assert_eq!(p.parent(), Some(Path::new("/srv/s")), "{model:?} {id:?}");
                 let file = p.file_name().unwrap().to_str().unwrap();
                 assert!(!file.starts_with('.'), "{file}");
@@ -235,18 +254,34 @@ mod tests {
             }
         }
         // Distinct short codes keep distinct files.
-        assert_ne!(file_name("a", "x"), file_name("b", "x"));
+        assert_ne!(file_name(None, "a", "x"), file_name(None, "b", "x"));
     }
 
     #[test]
     fn file_names_are_model_at_id() {
-        assert_eq!(file_name("claude-h", "chat-1"), "claude-h@chat-1.json");
         assert_eq!(
-            file_name("ollama-gemma3:4b", "x"),
+            file_name(None, "claude-h", "chat-1"),
+            "claude-h@chat-1.json"
+        );
+        assert_eq!(
+            file_name(None, "ollama-gemma3:4b", "x"),
             "ollama-gemma3%3A4b@x.json"
         );
-        assert_eq!(file_name(".m", "x"), "%2Em@x.json");
-        assert_eq!(file_name("a%b", "x"), "a%25b@x.json");
+        assert_eq!(file_name(None, ".m", "x"), "%2Em@x.json");
+        assert_eq!(file_name(None, "a%b", "x"), "a%25b@x.json");
+        // A key's own: its name first, encoded as a model's; never one without a key.
+        assert_eq!(
+            file_name(Some("ana"), "gpt41", "notes"),
+            "ana~gpt41@notes.json"
+        );
+        assert_eq!(
+            file_name(Some("bo@home"), "gpt41", "x"),
+            "bo%40home~gpt41@x.json"
+        );
+        assert_eq!(file_name(Some(".k"), "m", "x"), "%2Ek~m@x.json");
+        assert_ne!(file_name(Some("a"), "m", "x"), file_name(None, "a~m", "x"));
+        assert!(is_session_file("ana~gpt41@notes.json") && is_session_file("kimi-x.json"));
+        assert!(!is_session_file("usage.json") && !is_session_file(".x@y.json.tmp"));
         assert_eq!(
             legacy_file_name("claude-h", "chat-1"),
             "claude-h-chat-1.json"
@@ -261,15 +296,15 @@ mod tests {
             legacy_file_name("kimi-thinking", "x")
         );
         assert_ne!(
-            file_name("kimi", "thinking-x"),
-            file_name("kimi-thinking", "x")
+            file_name(None, "kimi", "thinking-x"),
+            file_name(None, "kimi-thinking", "x")
         );
         assert_ne!(
-            file_name("ollama-gemma3", "4b-x"),
-            file_name("ollama-gemma3-4b", "x")
+            file_name(None, "ollama-gemma3", "4b-x"),
+            file_name(None, "ollama-gemma3-4b", "x")
         );
         // Sanitising mapped ':' and '_' alike; the encoding keeps them apart.
-        assert_ne!(file_name("m:1", "x"), file_name("m_1", "x"));
-        assert_ne!(file_name("m@1", "x"), file_name("m", "1@x"));
+        assert_ne!(file_name(None, "m:1", "x"), file_name(None, "m_1", "x"));
+        assert_ne!(file_name(None, "m@1", "x"), file_name(None, "m", "1@x"));
     }
 }
