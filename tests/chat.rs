@@ -141,6 +141,41 @@ fn memory_session_and_clamps_shape_the_upstream_body() {
     );
 }
 
+/// A refusal or a filtered answer (no text, no tool calls) keeps no session turn: an empty
+/// assistant message would go upstream with every later turn, and Anthropic refuses those.
+#[test]
+fn an_empty_answer_keeps_no_session_turn() {
+    let (fake, gw) = setup();
+    let session = json!({"session_id": "empty"});
+    fake.push(Reply::json(
+        200,
+        json!({"id": "x", "object": "chat.completion", "model": "claude-h",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": null, "refusal": "I cannot help"}}]}),
+    ));
+    assert_eq!(gw.chat("claude-h", "q1", session.clone()).status, 200);
+    fake.push(Reply::chat_stream(&[]).model("claude-h"));
+    assert_eq!(
+        gw.chat(
+            "claude-h",
+            "q2",
+            json!({"session_id": "empty", "stream": true})
+        )
+        .status,
+        200
+    );
+    fake.push(Reply::chat("a3"));
+    assert_eq!(gw.chat("claude-h", "q3", session).status, 200);
+    let sent = fake.last_json().unwrap();
+    let texts: Vec<&Value> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["content"])
+        .collect();
+    assert_eq!(texts, [&json!("q3")], "no empty turn before it");
+}
+
 #[test]
 fn gpt5_gets_max_completion_tokens_and_no_max_tokens_is_never_zero() {
     let (fake, gw) = setup();

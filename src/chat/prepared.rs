@@ -3,6 +3,7 @@
 //! with the clamps of [`ChatRequest::upstream_body`]), and the session turn kept after a
 //! success.
 
+use super::answer::content_text;
 use super::request::ChatRequest;
 use crate::error::Error;
 use crate::state::catalog::Model;
@@ -78,9 +79,22 @@ impl Prepared {
         }
     }
 
-    /// The session turn an answer makes (`None` without a session), to save apart.
+    /// The session turn an answer makes (`None` without a session), to save apart. An
+    /// answer with nothing in it — no text but blanks, no tool calls: a refusal, a filtered
+    /// answer — makes none, the question included: kept, it would go upstream with every
+    /// later turn as an empty assistant message, which Anthropic refuses (and the client
+    /// asks again anyway).
     pub fn turn(&self, assistant: Message) -> Option<Turn> {
         let (id, user) = self.session.as_ref()?;
+        let calls = assistant
+            .tool_calls
+            .as_ref()
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|c| !c.is_empty());
+        if !calls && content_text(&assistant.content).trim().is_empty() {
+            log::info!(model = self.short.as_str(), session = id.as_str(); "empty answer: no session turn kept");
+            return None;
+        }
         Some(Turn {
             owner: self.owner.clone(),
             short: self.short.clone(),
@@ -126,6 +140,7 @@ pub fn history(
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
     use crate::chat::answer::assistant_message;
     use crate::chat::request::MAX_TIMEOUT;
@@ -174,5 +189,36 @@ mod tests {
         let p = Prepared::new(&plain, &model, &Memory::default(), &sessions).unwrap();
         p.save_turn(&sessions, assistant_message(json!("ignored")));
         assert_eq!(sessions.history(None, "claude-h", "s1").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_empty_answer_keeps_no_turn() {
+        let dir = TestDir::new("completion-empty-turn");
+        let sessions = SessionStore::new(dir.path());
+        let model = Catalog::embedded().get("claude-h").unwrap().clone();
+        let body = json!({"model": "claude-h", "session_id": "s1",
+            "messages": [{"role": "user", "content": "q"}]});
+        let req = ChatRequest::parse(body.to_string().as_bytes(), MAX_TIMEOUT).unwrap();
+        let p = Prepared::new(&req, &model, &Memory::default(), &sessions).unwrap();
+        for empty in [
+            json!(""),
+            json!(null),
+            json!(" \n"),
+            json!([]),
+            json!([{"type": "text", "text": ""}]),
+        ] {
+            p.save_turn(&sessions, assistant_message(empty.clone()));
+            assert_eq!(
+                sessions.history(None, "claude-h", "s1").unwrap(),
+                [],
+                "{empty}"
+            );
+        }
+        // Tool calls without text are a turn.
+        let calls = crate::chat::answer::assistant_with_calls(String::new(), [("c1", "f", "{}")]);
+        p.save_turn(&sessions, calls);
+        assert_eq!(sessions.history(None, "claude-h", "s1").unwrap().len(), 2);
+        p.save_turn(&sessions, assistant_message(json!("a")));
+        assert_eq!(sessions.history(None, "claude-h", "s1").unwrap().len(), 4);
     }
 }
