@@ -164,7 +164,8 @@ impl Gateway {
                     config.api_key = settings
                         .env
                         .get(KEY_ENV)
-                        .filter(|k| !k.is_empty())
+                        .map(str::trim)
+                        .filter(|k| !k.chars().any(char::is_control))
                         .map(String::from);
                 }
                 Some(Llama::new(config, clock.clone(), on_ready)?)

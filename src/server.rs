@@ -172,6 +172,9 @@ fn log_started(
         workers = config.workers;
         "sigorest started"
     );
+    for var in Provider::unusable_keys(&app.env) {
+        log::warn!(variable = var; "this provider key holds a control character (a line end inside?); it is not used and its models answer 503 provider_not_configured");
+    }
     if let Some(name) = config.llama.as_ref().map(|l| l.name.as_str())
         && let Some(m) = app.catalog.get(name)
     {

@@ -83,9 +83,26 @@ impl Provider {
         format!("{}/chat/completions", self.api_base(env))
     }
 
-    /// The API key in this environment, if set.
+    /// The API key in this environment, if set, without the blanks around it (a key read
+    /// from a file often ends with a line end: `export K=$(cat key)` keeps a `\r`). A key
+    /// with a control character inside is not used (see [`Provider::unusable_keys`]): it
+    /// would end the `Authorization` header line early.
     pub fn key(self, env: &Env) -> Option<&str> {
-        self.key_env().and_then(|v| env.get(v))
+        self.key_env()
+            .and_then(|v| env.get(v))
+            .map(str::trim)
+            .filter(|k| !k.chars().any(char::is_control))
+    }
+
+    /// The variables of the cloud providers' keys that are set but not used (a control
+    /// character inside), for a WARN at start.
+    pub fn unusable_keys(env: &Env) -> Vec<&'static str> {
+        Provider::CLOUD
+            .into_iter()
+            .filter(|p| p.key(env).is_none())
+            .filter_map(Provider::key_env)
+            .filter(|v| env.get(v).is_some())
+            .collect()
     }
 
     fn from_key_env(var: &str) -> Option<Provider> {
@@ -458,5 +475,19 @@ mod tests {
         assert_eq!(ollama_base(Some(":")), "http://127.0.0.1:11434");
         assert_eq!(ollama_base(Some("box:")), "http://box:11434");
         assert_eq!(ollama_base(Some("[::1]:")), "http://[::1]:11434");
+    }
+
+    #[test]
+    fn a_key_is_used_without_blanks_around_it_and_never_with_a_control_character() {
+        let env = |v: &str| Env::from_pairs([("MAMMOUTH_API_KEY", v)]);
+        let m = Provider::Mammouth;
+        assert_eq!(m.key(&env("sk-1")), Some("sk-1"));
+        assert_eq!(m.key(&env(" sk-1\r\n")), Some("sk-1"));
+        for bad in ["sk\r\nX-Injected: 1", "sk\u{7f}", "a\tb"] {
+            assert_eq!(m.key(&env(bad)), None, "{bad:?}");
+            assert_eq!(Provider::unusable_keys(&env(bad)), ["MAMMOUTH_API_KEY"]);
+        }
+        assert!(Provider::unusable_keys(&env("sk-1\n")).is_empty());
+        assert!(Provider::unusable_keys(&Env::default()).is_empty());
     }
 }
