@@ -12,8 +12,8 @@
 //! `response_format`, `strict` and `reasoning_effort`, as the Responses API's do; `top_k`
 //! and other Anthropic-only fields are accepted and not sent (`thinking` only as Z.ai's
 //! switch, set by the Messages front on the chat request and written for a Z.ai model
-//! alone). sigorest's
-//! own extensions (`session_id`, `timeout`, `retries`, `fallbacks`) pass through.
+//! alone). sigorest's own extensions (`session_id`, `timeout`, `retries`, `fallbacks`) pass
+//! through.
 //! `cache_control` marks are kept only for a Claude upstream, which understands them; other
 //! providers could refuse the unknown key (the chat request's `cache_marks` then leaves them
 //! out for a fallback to another provider). A kept mark goes on the part or object its block
@@ -602,6 +602,15 @@ fn options(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<()
         .and_then(Value::as_str)
     {
         out.insert("user".into(), json!(upstream_user(user)));
+    }
+    if !matches!(
+        body.get("output_config"),
+        None | Some(Value::Null | Value::Object(_))
+    ) {
+        return Err(Error::invalid_param(
+            "output_config",
+            "output_config: must be an object",
+        ));
     }
     if let Some(format) = output_format(body)? {
         out.insert("response_format".into(), format);

@@ -145,6 +145,10 @@ fn bad_output_settings_are_refused_by_name() {
             json!({"output_config": {"effort": 2}}),
             "output_config.effort: must be a string",
         ),
+        (
+            json!({"output_config": "low"}),
+            "output_config: must be an object",
+        ),
     ] {
         let e = to_chat(&obj(with(extra.clone())), false).unwrap_err();
         assert_eq!(e.status(), 400, "{extra}");
