@@ -1,7 +1,8 @@
 //! `POST /v1/messages`, the Anthropic Messages API: what the upstream receives (memory
 //! first, system, translated blocks), the answer and the stream in Anthropic's shapes and
 //! order, errors in Anthropic's shape (529 for an open breaker), sessions, count_tokens,
-//! and the model list as Anthropic clients see it.
+//! and the model list as Anthropic clients see it. [`request_fields`]: the fields beside
+//! the messages (`metadata.user_id`, structured outputs, effort, `tool_choice`).
 
 use std::time::Duration;
 
@@ -10,6 +11,8 @@ use serde_json::{Value, json};
 use crate::support::client::{self, Streamed};
 use crate::support::gateway::{Gateway, Options, Reply as Answer, request};
 use crate::support::upstream::{FakeUpstream, Reply};
+
+mod request_fields;
 
 const ANTHROPIC: [(&str, &str); 3] = [
     ("x-api-key", "sk-ant-whatever"),

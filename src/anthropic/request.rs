@@ -5,11 +5,15 @@
 //! map onto content parts (`text`, `image` → `image_url`), assistant `tool_use` blocks onto
 //! `tool_calls`, user `tool_result` blocks onto `role: "tool"` messages placed before the
 //! rest of that turn; `thinking` blocks are dropped. Tools become function tools (server
-//! tools are skipped); `tool_choice`, `max_tokens`, `stop_sequences`, `temperature`,
-//! `top_p` and `metadata.user_id` map onto their OpenAI names; `top_k` and other
-//! Anthropic-only fields are accepted and not sent (`thinking` only as Z.ai's switch, set by
-//! the Messages front on the chat request and written for a Z.ai model alone). sigorest's
-//! own extensions (`session_id`, `timeout`, `retries`, `fallbacks`) pass through.
+//! tools are skipped, and so is a `tool_choice` naming one); `tool_choice`, `max_tokens`,
+//! `stop_sequences`, `temperature`, `top_p` and `metadata.user_id` map onto their OpenAI
+//! names (a `user_id` over OpenAI's 64 characters as its SHA-256); structured outputs
+//! (`output_config.format`, a tool's `strict`) and `output_config.effort` onto
+//! `response_format`, `strict` and `reasoning_effort`, as the Responses API's do; `top_k`
+//! and other Anthropic-only fields are accepted and not sent (`thinking` only as Z.ai's
+//! switch, set by the Messages front on the chat request and written for a Z.ai model
+//! alone). sigorest's own extensions (`session_id`, `timeout`, `retries`, `fallbacks`) pass
+//! through.
 //! `cache_control` marks are kept only for a Claude upstream, which understands them; other
 //! providers could refuse the unknown key (the chat request's `cache_marks` then leaves them
 //! out for a fallback to another provider). A kept mark goes on the part or object its block
@@ -20,11 +24,16 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::chat::fields;
 use crate::chat::request::sampling;
 use crate::error::Error;
+use crate::util::digest::{hex, sha256};
 
 /// OpenAI takes at most this many stop sequences.
 const MAX_STOP: usize = 4;
+
+/// OpenAI refuses a `user` longer than this many characters.
+const MAX_USER: usize = 64;
 
 /// Translates a Messages body. `claude`: the upstream is a Claude model (marks kept).
 pub fn to_chat(body: &Map<String, Value>, claude: bool) -> Result<Map<String, Value>, Error> {
@@ -482,14 +491,17 @@ fn assistant_turn(i: usize, blocks: &[Value]) -> Result<Option<Value>, Error> {
 }
 
 /// `tools` and `tool_choice`. Server tools (typed, without an `input_schema`: web search,
-/// code execution...) have no OpenAI form and are skipped. A tool's `cache_control` mark
-/// goes on its function tool, beside `function`, when the upstream is Claude.
+/// code execution...) have no OpenAI form and are skipped, and so is a choice naming one
+/// (as the Responses API's hosted tools' choices are). `strict: true` goes on the function.
+/// A tool's `cache_control` mark goes on its function tool, beside `function`, when the
+/// upstream is Claude.
 fn tools(
     body: &Map<String, Value>,
     claude: bool,
     out: &mut Map<String, Value>,
 ) -> Result<(), Error> {
     let mut functions = Vec::new();
+    let mut skipped = Vec::new();
     match body.get("tools") {
         None | Some(Value::Null) => {}
         Some(Value::Array(list)) => {
@@ -497,6 +509,7 @@ fn tools(
                 let custom = t.get("input_schema").is_some()
                     || matches!(t.get("type").and_then(Value::as_str), None | Some("custom"));
                 if !custom {
+                    skipped.extend(t.get("name").and_then(Value::as_str));
                     continue;
                 }
                 let name = t.get("name").and_then(Value::as_str).ok_or_else(|| {
@@ -507,6 +520,7 @@ fn tools(
                 if let Some(d) = t.get("description") {
                     f["description"] = d.clone();
                 }
+                fields::strict(t, &mut f);
                 functions.push(marked(
                     json!({"type": "function", "function": f}),
                     t,
@@ -524,11 +538,17 @@ fn tools(
         return Ok(());
     };
     let mapped = match choice.get("type").and_then(Value::as_str) {
-        Some("auto") => json!("auto"),
-        Some("any") => json!("required"),
-        Some("none") => json!("none"),
+        Some("auto") => Some(json!("auto")),
+        Some("any") => Some(json!("required")),
+        Some("none") => Some(json!("none")),
         Some("tool") => match choice.get("name").and_then(Value::as_str) {
-            Some(name) => json!({"type": "function", "function": {"name": name}}),
+            // A skipped server tool's choice would name a function the upstream was not
+            // given, which it refuses; the other tools are offered with no choice (`auto`).
+            Some(name) if skipped.contains(&name) => {
+                log::debug!(tool = name; "the choice of a skipped server tool is not sent");
+                None
+            }
+            Some(name) => Some(json!({"type": "function", "function": {"name": name}})),
             None => {
                 return Err(Error::invalid_param(
                     "tool_choice",
@@ -545,7 +565,9 @@ fn tools(
     };
     // Without tools upstream (only server tools were given), a choice would be refused.
     if any {
-        out.insert("tool_choice".into(), mapped);
+        if let Some(mapped) = mapped {
+            out.insert("tool_choice".into(), mapped);
+        }
         if choice.get("disable_parallel_tool_use") == Some(&Value::Bool(true)) {
             out.insert("parallel_tool_calls".into(), Value::Bool(false));
         }
@@ -553,7 +575,10 @@ fn tools(
     Ok(())
 }
 
-/// The sampling options, `metadata.user_id`, `stream`, and sigorest's extensions.
+/// The sampling options, `metadata.user_id`, the output format and effort, `stream`, and
+/// sigorest's extensions. `thinking` plays no part in the effort: it decides whether the
+/// reasoning comes back (and Z.ai's switch), `output_config.effort` how hard the model
+/// works; given both, each does its own part, as on Anthropic's API.
 fn options(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), Error> {
     sampling(body, out)?;
     match body.get("stop_sequences") {
@@ -576,12 +601,74 @@ fn options(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<()
         .and_then(|m| m.get("user_id"))
         .and_then(Value::as_str)
     {
-        out.insert("user".into(), json!(user));
+        out.insert("user".into(), json!(upstream_user(user)));
     }
+    if !matches!(
+        body.get("output_config"),
+        None | Some(Value::Null | Value::Object(_))
+    ) {
+        return Err(Error::invalid_param(
+            "output_config",
+            "output_config: must be an object",
+        ));
+    }
+    if let Some(format) = output_format(body)? {
+        out.insert("response_format".into(), format);
+    }
+    let effort = body.get("output_config").and_then(|c| c.get("effort"));
+    fields::reasoning_effort(effort, ("output_config", "output_config.effort"), out)?;
     for field in ["stream", "session_id", "timeout", "retries", "fallbacks"] {
         if let Some(v) = body.get(field) {
             out.insert(field.into(), v.clone());
         }
     }
     Ok(())
+}
+
+/// `metadata.user_id` as OpenAI's `user`: as it is up to 64 characters, else the lower-case
+/// hex SHA-256 of it, exactly 64. Claude Code's id (`user_<64 hex>_account_<uuid>_session_
+/// <uuid>`, or a JSON object) is about 150 characters, which OpenAI refuses; the hash still
+/// tells the provider's abuse tracking and caching one user from another, always the same.
+fn upstream_user(user_id: &str) -> String {
+    if user_id.chars().count() <= MAX_USER {
+        user_id.to_string()
+    } else {
+        hex(&sha256(user_id.as_bytes()))
+    }
+}
+
+/// Structured outputs: `output_config.format` (or the older beta's top-level
+/// `output_format`, the same shape), `{"type": "json_schema", "schema": ...}`, as chat's
+/// `response_format`, named `output` (chat needs a name, Anthropic has none) and `strict`:
+/// Anthropic's format is a guarantee that the answer follows the schema, which is what
+/// OpenAI's strict mode gives. Another type is a 400: the model would answer in prose,
+/// unaware.
+fn output_format(body: &Map<String, Value>) -> Result<Option<Value>, Error> {
+    let given = |v: Option<&Value>| v.filter(|f| !f.is_null()).cloned();
+    let (format, param, path) = match given(body.get("output_config").and_then(|c| c.get("format")))
+    {
+        Some(format) => (format, "output_config", "output_config.format"),
+        None => match given(body.get("output_format")) {
+            Some(format) => (format, "output_format", "output_format"),
+            None => return Ok(None),
+        },
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("json_schema") => {}
+        Some(other) => {
+            return Err(Error::invalid_param(
+                param,
+                format!("{path}.type: '{other}' is not supported (supported: json_schema)"),
+            ));
+        }
+        None => {
+            return Err(Error::invalid_param(
+                param,
+                format!("{path}.type: Field required (json_schema)"),
+            ));
+        }
+    }
+    let schema = format.get("schema").cloned().unwrap_or(Value::Null);
+    let spec = json!({"type": "json_schema", "name": "output", "schema": schema, "strict": true});
+    fields::response_format(&spec, param, path)
 }

@@ -12,6 +12,7 @@ use crate::chat::stream::Chunk;
 use crate::error::Error;
 
 mod cache_marks;
+mod options;
 
 fn obj(v: Value) -> Map<String, Value> {
     v.as_object().cloned().unwrap()

@@ -3,6 +3,7 @@
 //! error read, and Server-Sent Events framed. The server's endpoints and `sigoe` share it.
 
 pub mod answer;
+pub mod fields;
 pub mod halves;
 pub mod prepared;
 pub mod provider_error;

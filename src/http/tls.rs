@@ -208,7 +208,7 @@ pub fn record_path(cert: &Path) -> std::path::PathBuf {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    use crate::state::keys::{hex, sha256};
+    use crate::util::digest::{hex, sha256};
     hex(&sha256(bytes))
 }
 
@@ -604,7 +604,7 @@ fn load(cert: &Path, key: &Path) -> Result<Loaded, Error> {
         )
     })?;
     let files = {
-        use crate::state::keys::sha256;
+        use crate::util::digest::sha256;
         let mut both = sha256(&cert_pem).to_vec();
         both.extend_from_slice(&sha256(&key_pem));
         sha256(&both)

@@ -19,6 +19,7 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::chat::fields;
 use crate::chat::request::sampling;
 use crate::error::Error;
 
@@ -382,8 +383,7 @@ fn tools(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), 
     Ok(())
 }
 
-/// A flat function tool as a chat tool. `strict` goes only when it is `true` (some
-/// providers refuse the unknown key; `false` is everyone's default).
+/// A flat function tool as a chat tool (`strict` only when true: see [`fields::strict`]).
 fn function_tool(i: usize, t: &Value) -> Result<Value, Error> {
     let name = t
         .get("name")
@@ -398,9 +398,7 @@ fn function_tool(i: usize, t: &Value) -> Result<Value, Error> {
     if let Some(d) = t.get("description").filter(|d| d.is_string()) {
         f["description"] = d.clone();
     }
-    if t.get("strict") == Some(&Value::Bool(true)) {
-        f["strict"] = json!(true);
-    }
+    fields::strict(t, &mut f);
     Ok(json!({"type": "function", "function": f}))
 }
 
@@ -450,18 +448,8 @@ fn options(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<()
     // `reasoning.effort` is chat's `reasoning_effort` (OpenAI's reasoning models, Gemini,
     // Grok); a model that has no such setting says so, as OpenAI itself would. The summary
     // has no chat form.
-    match body.get("reasoning").map(|r| r.get("effort")) {
-        None | Some(None | Some(Value::Null)) => {}
-        Some(Some(v @ Value::String(_))) => {
-            out.insert("reasoning_effort".into(), v.clone());
-        }
-        Some(Some(_)) => {
-            return Err(Error::invalid_param(
-                "reasoning",
-                "reasoning.effort: must be a string ('minimal', 'low', 'medium' or 'high')",
-            ));
-        }
-    }
+    let effort = body.get("reasoning").and_then(|r| r.get("effort"));
+    fields::reasoning_effort(effort, ("reasoning", "reasoning.effort"), out)?;
     match body.get("max_output_tokens") {
         None | Some(Value::Null) => {}
         Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v > 0) => {
@@ -504,31 +492,9 @@ fn options(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<()
 
 /// `text.format` as chat's `response_format` (`None` for plain text).
 fn response_format(text: Option<&Value>) -> Result<Option<Value>, Error> {
-    let bad = |what: &str| Error::invalid_param("text", format!("text.format: {what}"));
-    let Some(format) = text.and_then(|t| t.get("format")).filter(|f| !f.is_null()) else {
-        return Ok(None);
-    };
-    match format.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(None),
-        Some("json_object") => Ok(Some(json!({"type": "json_object"}))),
-        Some("json_schema") => {
-            let name = format
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("name is required for json_schema"))?;
-            let schema = format
-                .get("schema")
-                .filter(|s| s.is_object())
-                .ok_or_else(|| bad("schema is required for json_schema"))?;
-            let mut spec = json!({"name": name, "schema": schema});
-            for key in ["strict", "description"] {
-                if let Some(v) = format.get(key).filter(|v| !v.is_null()) {
-                    spec[key] = v.clone();
-                }
-            }
-            Ok(Some(json!({"type": "json_schema", "json_schema": spec})))
-        }
-        _ => Err(bad("type must be 'text', 'json_object' or 'json_schema'")),
+    match text.and_then(|t| t.get("format")).filter(|f| !f.is_null()) {
+        Some(format) => fields::response_format(format, "text", "text.format"),
+        None => Ok(None),
     }
 }
 

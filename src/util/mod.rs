@@ -1,12 +1,13 @@
 //! Small helpers that every other module may use and that use nothing of the crate: mutex
 //! locking that survives poisoning, the wall clock in Unix seconds, the replaceable clock,
-//! atomic file writes, the hang-up signal of a request, a throttle for recurring warnings,
-//! and a concurrency limit with a queue.
+//! atomic file writes, SHA-256 and hex, the hang-up signal of a request, a throttle for
+//! recurring warnings, and a concurrency limit with a queue.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub mod clock;
+pub mod digest;
 pub mod fs;
 mod hangup;
 

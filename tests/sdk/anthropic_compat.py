@@ -3,7 +3,8 @@
 
 Starts a fake OpenAI-compatible upstream and the sigorest binary given as argv[1], then
 drives sigorest's Messages API with `anthropic`: create, streams of text and of tool use, a
-tool_result round trip, count_tokens, models.list, and the errors an SDK user meets
+tool_result round trip, a structured output (messages.parse), count_tokens, models.list,
+and the errors an SDK user meets
 (NotFoundError for an unknown model, BadRequestError without max_tokens,
 InternalServerError without the SDK's own retries). Exit status 0 when everything holds.
 """
@@ -13,6 +14,7 @@ import sys
 import time
 
 import anthropic
+import pydantic
 
 from harness import Upstream, check, chunk, gateway, usage_chunk
 
@@ -34,6 +36,9 @@ class FakeUpstream(Upstream):
         else:
             said = last["content"] if isinstance(last["content"], str) else f"{len(last['content'])} parts"
             text, calls = ("Hello SDK" if body.get("stream") else "echo: " + said), []
+        if body.get("response_format"):
+            # Structured outputs: an answer that follows the schema.
+            text, calls = json.dumps({"city": "Lyon", "celsius": 21}), []
         finish = "tool_calls" if calls else "stop"
         # A thinking model (GLM, Kimi, DeepSeek): its reasoning apart, before the answer.
         reasoning = ["Let me ", "see."] if "think" in json.dumps(last["content"]) else []
@@ -153,6 +158,23 @@ def main():
         check(parts[0] == {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0xLjQK",
                                                     "filename": "a.pdf"}},
               f"a PDF document block goes as a file part: {parts[0]}")
+
+        class Weather(pydantic.BaseModel):
+            city: str
+            celsius: int
+
+        parsed = client.messages.parse(model="gpt41", max_tokens=100, output_format=Weather,
+                                       metadata={"user_id": "user_" + "a" * 64 + "_account_x_session_y"},
+                                       messages=[{"role": "user", "content": "Weather in Lyon as JSON"}])
+        check(parsed.parsed_output == Weather(city="Lyon", celsius=21),
+              f"messages.parse() reads a structured output: {parsed.parsed_output}")
+        sent = RECEIVED[-1]["body"]
+        fmt = sent.get("response_format") or {}
+        check(fmt.get("type") == "json_schema" and fmt["json_schema"]["name"] == "output"
+              and fmt["json_schema"]["strict"] is True
+              and set(fmt["json_schema"]["schema"]["properties"]) == {"city", "celsius"},
+              f"the SDK's output format goes as a strict response_format: {fmt}")
+        check(len(sent["user"]) == 64, f"a user_id over 64 characters goes as 64: {sent['user']}")
 
         counted = client.messages.count_tokens(model="claude-h", messages=ask)
         check(counted.input_tokens > 0, f"count_tokens estimates: {counted.input_tokens}")
