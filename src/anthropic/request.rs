@@ -8,9 +8,9 @@
 //! tools are skipped, and so is a `tool_choice` naming one); `tool_choice`, `max_tokens`,
 //! `stop_sequences`, `temperature`, `top_p` and `metadata.user_id` map onto their OpenAI
 //! names (a `user_id` over OpenAI's 64 characters as its SHA-256); structured outputs
-//! (`output_config.format`, a tool's `strict`) and `output_config.effort` onto
-//! `response_format`, `strict` and `reasoning_effort`, as the Responses API's do; `top_k`
-//! and other Anthropic-only fields are accepted and not sent (`thinking` only as Z.ai's
+//! (`output_config.format`, a tool's `strict`) onto `response_format` and `strict`, as the
+//! Responses API's do; `output_config.effort`, `top_k` and other Anthropic-only fields are
+//! accepted and not sent (`thinking` only as Z.ai's
 //! switch, set by the Messages front on the chat request and written for a Z.ai model
 //! alone). sigorest's own extensions (`session_id`, `timeout`, `retries`, `fallbacks`) pass
 //! through.
@@ -575,10 +575,8 @@ fn tools(
     Ok(())
 }
 
-/// The sampling options, `metadata.user_id`, the output format and effort, `stream`, and
-/// sigorest's extensions. `thinking` plays no part in the effort: it decides whether the
-/// reasoning comes back (and Z.ai's switch), `output_config.effort` how hard the model
-/// works; given both, each does its own part, as on Anthropic's API.
+/// The sampling options, `metadata.user_id`, the output format, `stream`, and sigorest's
+/// extensions (`output_config.effort` is checked, not sent: see below).
 fn options(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), Error> {
     sampling(body, out)?;
     match body.get("stop_sequences") {
@@ -615,8 +613,18 @@ fn options(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<()
     if let Some(format) = output_format(body)? {
         out.insert("response_format".into(), format);
     }
-    let effort = body.get("output_config").and_then(|c| c.get("effort"));
-    fields::reasoning_effort(effort, ("output_config", "output_config.effort"), out)?;
+    // `output_config.effort` is not sent: Claude Code sends one with every request, and a
+    // model without `reasoning_effort` (GPT-4.1 and most non-reasoning models) answers a
+    // 400 that Claude Code does not recognise as "effort unsupported" — every turn would
+    // fail. A wrong type is still the client's mistake.
+    if let Some(effort) = body.get("output_config").and_then(|c| c.get("effort"))
+        && !matches!(effort, Value::Null | Value::String(_))
+    {
+        return Err(Error::invalid_param(
+            "output_config",
+            "output_config.effort: must be a string (such as 'low', 'medium' or 'high')",
+        ));
+    }
     for field in ["stream", "session_id", "timeout", "retries", "fallbacks"] {
         if let Some(v) = body.get(field) {
             out.insert(field.into(), v.clone());
