@@ -17,6 +17,7 @@ mod messages;
 mod metrics;
 mod not_utf8;
 mod ollama;
+mod provider_shapes;
 mod refusals;
 mod responses;
 mod routing;

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use crate::chat::answer::{Answer, Usage, content_text};
+use crate::chat::answer::{Answer, Usage};
 use crate::util::random_id;
 
 /// Anthropic's `stop_reason` for an OpenAI `finish_reason`. `had_tools`: the answer holds
@@ -107,7 +107,7 @@ pub fn message(answer: &Answer, model: &str, thinking: bool) -> Message {
             json!({"type": "thinking", "thinking": answer.reasoning, "signature": ""}),
         ));
     }
-    let mut text = content_text(&answer.content);
+    let mut text = answer.text();
     if text.is_empty() {
         // A refusal (OpenAI's, with structured outputs) is what the model said.
         text.clone_from(&answer.refusal);

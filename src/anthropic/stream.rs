@@ -137,7 +137,7 @@ impl Translator {
                 }
                 None => {}
             }
-            let text = self.halves.text(delta.content.as_ref());
+            let text = self.halves.text(delta.text());
             if !text.is_empty() {
                 self.text(&text, out);
             }

@@ -12,6 +12,7 @@ use crate::chat::stream::Chunk;
 use crate::error::Error;
 
 mod cache_marks;
+mod content_parts;
 mod options;
 
 fn obj(v: Value) -> Map<String, Value> {

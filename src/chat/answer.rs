@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
+use super::parts::{Parts, holds_thinking};
 use crate::state::session::Message;
 
 /// Visitor methods giving `$none` for the values a lenient usage reader does not use (an
@@ -315,11 +316,17 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
         .and_then(|c| c.finish_reason.as_str())
         .map(str::to_string);
     let message = choice.and_then(|c| c.message);
-    let reasoning = message
-        .as_ref()
-        .and_then(|m| reasoning_text(&m.reasoning_content, &m.reasoning))
-        .unwrap_or("")
-        .to_string();
+    // Reasoning sent apart, else as `thinking` parts of a content list (as a stream's).
+    let reasoning = match message.as_ref() {
+        Some(m) => match reasoning_text(&m.reasoning_content, &m.reasoning) {
+            Some(r) => r.to_string(),
+            None => m
+                .content
+                .as_array()
+                .map_or_else(String::new, |parts| Parts::read(parts).thinking),
+        },
+        None => String::new(),
+    };
     let refusal = message
         .as_ref()
         .and_then(|m| m.refusal.as_str())
@@ -442,18 +449,40 @@ pub(crate) fn reasoning_text<'a>(
 }
 
 impl Answer {
-    /// The assistant's turn for the session: the content as it came; with tool calls, its
-    /// text and the calls (sent upstream again as calls, or as text lines, see
-    /// `chat::upstream_body`).
+    /// The assistant's text: the content string, or the text of its text parts (see
+    /// [`Parts`]; `thinking` parts are its [`Answer::reasoning`]).
+    pub fn text(&self) -> String {
+        match &self.content {
+            Value::String(s) => s.clone(),
+            Value::Array(parts) => Parts::read(parts).text,
+            _ => String::new(),
+        }
+    }
+
+    /// The content of the assistant's turn for the session: as it came, but as its text
+    /// when it holds `thinking` parts — the reasoning is not kept (no more than a
+    /// `reasoning_content`), and parts of Mistral's own shape could be refused by the
+    /// provider the session goes to next.
+    pub fn turn_content(&self) -> Value {
+        if holds_thinking(&self.content) {
+            Value::String(self.text())
+        } else {
+            self.content.clone()
+        }
+    }
+
+    /// The assistant's turn for the session: the content as it came (see
+    /// [`Answer::turn_content`]); with tool calls, its text and the calls (sent upstream
+    /// again as calls, or as text lines, see `chat::upstream_body`).
     pub fn assistant(&self) -> Message {
         if self.tool_calls.is_empty() {
-            return assistant_message(self.content.clone());
+            return assistant_message(self.turn_content());
         }
         let calls = self
             .tool_calls
             .iter()
             .map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str()));
-        assistant_with_calls(content_text(&self.content), calls)
+        assistant_with_calls(self.text(), calls)
     }
 }
 
@@ -709,6 +738,36 @@ mod tests {
                 .contains("not a chat completion")
         );
         assert!(parse_answer(b"").is_err());
+    }
+
+    #[test]
+    fn content_as_a_list_of_parts_is_text_and_reasoning() {
+        let a = parse_answer(
+            br#"{"choices":[{"message":{"content":[{"type":"thinking","thinking":[{"type":"text","text":"hmm"}]},
+            {"type":"text","text":"Hello world"}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (a.text().as_str(), a.reasoning.as_str()),
+            ("Hello world", "hmm")
+        );
+        assert_eq!(
+            a.assistant().content,
+            json!("Hello world"),
+            "the thinking not kept"
+        );
+        // Reasoning sent apart wins; text parts alone are kept as they came.
+        let a = parse_answer(
+            br#"{"choices":[{"message":{"reasoning_content":"r","content":[{"type":"thinking","thinking":"t"},{"type":"text","text":"x"}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!((a.text().as_str(), a.reasoning.as_str()), ("x", "r"));
+        let a = parse_answer(
+            br#"{"choices":[{"message":{"content":[{"type":"text","text":"x"}],
+            "tool_calls":[{"id":"c","function":{"name":"w","arguments":"{}"}}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(a.assistant().content, json!("x"));
     }
 
     #[test]

@@ -42,7 +42,7 @@ impl From<&str> for Text {
 impl Text {
     /// From a JSON string's bytes as serde_json gives them for a byte buffer: UTF-8, with
     /// each lone surrogate escape in WTF-8 (three bytes `ED A0..BF 80..BF`).
-    fn from_wtf8(bytes: &[u8]) -> Text {
+    pub(super) fn from_wtf8(bytes: &[u8]) -> Text {
         if let Ok(s) = std::str::from_utf8(bytes) {
             return Text::from(s);
         }

@@ -5,6 +5,7 @@
 pub mod answer;
 pub mod fields;
 pub mod halves;
+pub mod parts;
 pub mod prepared;
 pub mod provider_error;
 pub mod request;

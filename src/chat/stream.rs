@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::answer::{assistant_message, assistant_with_calls, reasoning_text};
 use super::halves::{Halves, Text};
+use super::parts::Content;
 use super::provider_error::{error_in, member_message, reported};
 use super::sse::Event;
 use super::tool_calls::CallOrder;
@@ -113,9 +114,10 @@ pub struct ChunkChoice {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Delta {
-    /// The text; see [`Text`] for halves of a surrogate pair cut apart by the stream.
+    /// The text (see [`Text`] for halves of a surrogate pair cut apart by the stream), and
+    /// the reasoning of `thinking` parts when it came as a list of parts (Mistral).
     #[serde(default)]
-    pub content: Option<Text>,
+    content: Option<Content>,
     #[serde(default)]
     pub tool_calls: Vec<ToolCallDelta>,
     /// The model's reasoning, as DeepSeek, Kimi, GLM, vLLM and llama-server send it (any
@@ -131,9 +133,20 @@ pub struct Delta {
 }
 
 impl Delta {
-    /// The piece of reasoning this delta carries, if any.
+    /// The text this delta carries: its `content` string, or the text of its text parts.
+    pub fn text(&self) -> Option<&Text> {
+        self.content.as_ref().map(|c| &c.text)
+    }
+
+    /// The piece of reasoning this delta carries, if any: `reasoning_content` or
+    /// `reasoning`, else the reasoning of `thinking` parts in its `content`.
     pub fn reasoning(&self) -> Option<&str> {
-        reasoning_text(&self.reasoning_content, &self.reasoning)
+        reasoning_text(&self.reasoning_content, &self.reasoning).or_else(|| {
+            self.content
+                .as_ref()
+                .map(|c| c.thinking.as_str())
+                .filter(|t| !t.is_empty())
+        })
     }
 
     /// The piece of a refusal this delta carries, if any.
@@ -208,11 +221,11 @@ impl Chunk {
         self.content().map_or("", |t| t)
     }
 
-    /// The `content` of the first choice's delta, when there is one.
+    /// The text of the first choice's delta, when it has some.
     pub fn content(&self) -> Option<&Text> {
         self.choice()
             .and_then(|c| c.delta.as_ref())
-            .and_then(|d| d.content.as_ref())
+            .and_then(Delta::text)
     }
 
     /// It carries only the usage (`choices: []`).
@@ -292,7 +305,7 @@ impl Gathered {
         let Some(delta) = choice.delta.as_ref().filter(|_| self.keep) else {
             return Ok(());
         };
-        let added = delta.content.as_ref().map_or(0, |c| c.len())
+        let added = delta.text().map_or(0, |c| c.len())
             + delta
                 .tool_calls
                 .iter()
@@ -311,8 +324,7 @@ impl Gathered {
                 MAX_KEPT / (1024 * 1024)
             ));
         }
-        self.text
-            .push_str(&self.halves.text(delta.content.as_ref()));
+        self.text.push_str(&self.halves.text(delta.text()));
         for (position, tc) in delta.tool_calls.iter().enumerate() {
             let call = self.order.call_of(position, tc);
             if call >= MAX_TURN_CALLS {
@@ -429,6 +441,43 @@ mod tests {
         }
         assert_eq!(g.text(), "A\u{fffd}B\u{fffd}C\u{fffd}");
         assert_eq!(g.assistant().content, json!("A\u{fffd}B\u{fffd}C\u{fffd}"));
+    }
+
+    #[test]
+    fn content_as_a_list_of_parts_is_text_and_reasoning() {
+        // Mistral's Magistral: text parts, thinking parts, then plain strings.
+        let chunks = [
+            r#"{"choices":[{"delta":{"content":[{"type":"text","text":"Hello "}]}}]}"#,
+            r#"{"choices":[{"delta":{"content":[{"type":"thinking","thinking":[{"type":"text","text":"hmm"}]}]}}]}"#,
+            r#"{"choices":[{"delta":{"content":"world"}}]}"#,
+        ];
+        let mut g = Gathered::default();
+        let mut seen = Vec::new();
+        for payload in chunks {
+            let chunk = Chunk::parse(payload).unwrap();
+            let delta = chunk.choice().and_then(|c| c.delta.as_ref()).unwrap();
+            seen.push((
+                chunk.text().to_string(),
+                delta.reasoning().map(str::to_string),
+            ));
+            g.take(&chunk).unwrap();
+        }
+        assert_eq!(
+            seen,
+            [
+                ("Hello ".to_string(), None),
+                (String::new(), Some("hmm".to_string())),
+                ("world".to_string(), None)
+            ]
+        );
+        assert_eq!(g.assistant().content, json!("Hello world"));
+        // A reasoning sent apart goes first.
+        let both = Chunk::parse(
+            r#"{"choices":[{"delta":{"reasoning_content":"a","content":[{"type":"thinking","thinking":"b"}]}}]}"#,
+        )
+        .unwrap();
+        let delta = both.choice().and_then(|c| c.delta.as_ref()).unwrap();
+        assert_eq!(delta.reasoning(), Some("a"));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-use crate::chat::answer::{assistant_message, content_text};
+use crate::chat::answer::assistant_message;
 use crate::chat::halves::Halves;
 use crate::chat::prepared::Prepared;
 use crate::chat::provider_error::ProviderError;
@@ -434,8 +434,8 @@ fn ask_provider(opts: &Options, env: &Env, upstream: &Upstream) -> Result<(), St
     .result
     .map_err(fail)?;
     let (answer, parsed) = (done.body, done.answer);
-    let text = content_text(&parsed.content);
-    prepared.save_turn(&sessions, assistant_message(parsed.content));
+    let text = parsed.text();
+    prepared.save_turn(&sessions, assistant_message(parsed.turn_content()));
     print_answer(opts, &answer, &text)
 }
 
@@ -466,7 +466,7 @@ fn ask_gateway(opts: &Options, g: &Gateway, upstream: &Upstream) -> Result<(), S
     .result
     .map_err(|f| gateway_failure(f, g))?;
     let (answer, parsed) = (done.body, done.answer);
-    print_answer(opts, &answer, &content_text(&parsed.content))
+    print_answer(opts, &answer, &parsed.text())
 }
 
 /// A stream's failure that the gateway reported in its last event — whose message already

@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::chat::answer::{Answer, Usage, content_text};
+use crate::chat::answer::{Answer, Usage};
 use crate::util::{random_id, unix_now};
 
 /// The response's `status` and `incomplete_details` for an OpenAI `finish_reason`.
@@ -155,7 +155,7 @@ pub fn response(answer: &Answer, envelope: &Envelope) -> Value {
             item_status,
         ));
     }
-    let text = content_text(&answer.content);
+    let text = answer.text();
     if !text.is_empty() || (answer.tool_calls.is_empty() && answer.refusal.is_empty()) {
         output.push(message_item(&random_id("msg_"), Some(&text), item_status));
     }

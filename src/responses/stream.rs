@@ -193,7 +193,7 @@ impl Translator {
             return Ok(());
         };
         if let Some(delta) = &choice.delta {
-            let text = self.halves.text(delta.content.as_ref());
+            let text = self.halves.text(delta.text());
             let reasoning = delta.reasoning().unwrap_or("");
             let refusal = delta.refusal().map_or(0, str::len);
             self.kept += text.len() + reasoning.len() + refusal;

@@ -394,6 +394,33 @@ fn reasoning_is_an_item_of_its_own_before_the_message() {
 }
 
 #[test]
+fn content_parts_are_a_reasoning_item_and_the_message() {
+    // Mistral's Magistral streams its content as lists of parts.
+    let delta = |d: Value| json!({"choices": [{"index": 0, "delta": d}]});
+    let ev = events(
+        &[
+            delta(
+                json!({"content": [{"type": "thinking", "thinking": [{"type": "text", "text": "hmm"}]}]}),
+            ),
+            delta(json!({"content": [{"type": "text", "text": "Hello "}]})),
+            delta(json!({"content": "world"})),
+            finish("stop"),
+        ],
+        Usage::default(),
+    );
+    let last = assert_well_formed(&ev);
+    assert_eq!(
+        (&last["output"][0]["type"], &last["output"][0]["content"]),
+        (
+            &json!("reasoning"),
+            &json!([{"type": "reasoning_text", "text": "hmm"}])
+        )
+    );
+    assert_eq!(last["output"][1]["content"][0]["text"], "Hello world");
+    assert_eq!(last["output"].as_array().unwrap().len(), 2);
+}
+
+#[test]
 fn a_refusal_is_a_message_with_a_refusal_part() {
     let refuse = |r: &str| json!({"choices": [{"index": 0, "delta": {"refusal": r}}]});
     let ev = events(

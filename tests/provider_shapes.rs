@@ -1,0 +1,159 @@
+//! Providers' own shapes of an OpenAI answer, as each endpoint's client receives them:
+//! `content` as a list of text and thinking parts (Mistral's Magistral).
+
+use serde_json::{Value, json};
+
+use crate::support::client::{self, Streamed};
+use crate::support::gateway::{Gateway, Options};
+use crate::support::upstream::{FakeUpstream, Reply};
+
+fn setup() -> (FakeUpstream, Gateway) {
+    let fake = FakeUpstream::start();
+    let gw = Gateway::start(Options::default().upstream(&fake.base_url()));
+    (fake, gw)
+}
+
+/// The assistant's turn kept in a session (`model@session`).
+fn kept_turn(gw: &Gateway, model: &str, session: &str) -> Value {
+    let file = gw.dir.join(&format!("sessions/{model}@{session}.json"));
+    let stored: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    stored["history"][1]["content"].clone()
+}
+
+fn chunk(delta: Value) -> String {
+    json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": null}]})
+    .to_string()
+}
+
+/// Magistral's stream: a text part, a thinking part, then a plain string.
+fn parts_stream() -> Vec<String> {
+    vec![
+        chunk(json!({"role": "assistant", "content": ""})),
+        chunk(json!({"content": [{"type": "text", "text": "Hello "}]})),
+        chunk(
+            json!({"content": [{"type": "thinking", "thinking": [{"type": "text", "text": "hmm"}]}]}),
+        ),
+        chunk(json!({"content": "world"})),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}).to_string(),
+        json!({"choices": [], "usage": {"prompt_tokens": 20, "completion_tokens": 9}}).to_string(),
+        "[DONE]".to_string(),
+    ]
+}
+
+/// Magistral's complete answer: a thinking part, then a text part.
+fn parts_answer() -> Reply {
+    Reply::json(
+        200,
+        json!({"id": "j", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
+                "content": [{"type": "thinking", "thinking": [{"type": "text", "text": "hmm"}]},
+                    {"type": "text", "text": "Hello world"}]}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 5}}),
+    )
+}
+
+/// The content blocks an Anthropic SDK puts together from a stream: (type, text).
+fn anthropic_blocks(s: &Streamed) -> Vec<(String, String)> {
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    for e in s.chunks() {
+        match e["type"].as_str() {
+            Some("content_block_start") => blocks.push((
+                e["content_block"]["type"].as_str().unwrap().to_string(),
+                String::new(),
+            )),
+            Some("content_block_delta") => {
+                let i = e["index"].as_u64().unwrap() as usize;
+                let d = &e["delta"];
+                let piece = d["text"].as_str().or(d["thinking"].as_str()).unwrap_or("");
+                blocks[i].1.push_str(piece);
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn content_parts_reach_a_messages_client_as_text_and_thinking() {
+    let (fake, gw) = setup();
+    let body = |stream: bool| {
+        json!({"model": "gpt41", "max_tokens": 50, "stream": stream, "session_id": "mistral",
+            "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "messages": [{"role": "user", "content": "hi"}]})
+    };
+    fake.push(Reply::stream(parts_stream()));
+    let s = client::stream_json(gw.http, "/v1/messages", &body(true));
+    assert!(s.complete, "{:?}", s.payloads());
+    assert_eq!(
+        anthropic_blocks(&s),
+        pairs(&[("text", "Hello "), ("thinking", "hmm"), ("text", "world")])
+    );
+    assert_eq!(kept_turn(&gw, "gpt41", "mistral"), "Hello world");
+    fake.push(parts_answer());
+    let m = gw.post_json("/v1/messages", &body(false)).json();
+    assert_eq!(
+        m["content"],
+        json!([{"type": "thinking", "thinking": "hmm", "signature": ""},
+            {"type": "text", "text": "Hello world"}])
+    );
+}
+
+#[test]
+fn content_parts_reach_a_responses_client_as_reasoning_and_text() {
+    let (fake, gw) = setup();
+    let body = |stream: bool| json!({"model": "gpt41", "input": "hi", "stream": stream, "session_id": "mistral"});
+    fake.push(Reply::stream(parts_stream()));
+    let s = client::stream_json(gw.http, "/v1/responses", &body(true));
+    assert!(s.complete, "{:?}", s.payloads());
+    let ev = s.chunks();
+    let deltas = |kind: &str| -> String {
+        ev.iter()
+            .filter(|e| e["type"] == kind)
+            .filter_map(|e| e["delta"].as_str())
+            .collect()
+    };
+    assert_eq!(deltas("response.output_text.delta"), "Hello world");
+    assert_eq!(deltas("response.reasoning_text.delta"), "hmm");
+    let done = &ev.last().unwrap()["response"];
+    let kinds: Vec<&str> = done["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["message", "reasoning", "message"]);
+    assert_eq!(kept_turn(&gw, "gpt41", "mistral"), "Hello world");
+    fake.push(parts_answer());
+    let r = gw.post_json("/v1/responses", &body(false)).json();
+    assert_eq!(r["output"][0]["type"], "reasoning");
+    assert_eq!(r["output"][0]["content"][0]["text"], "hmm");
+    assert_eq!(r["output"][1]["content"][0]["text"], "Hello world");
+}
+
+#[test]
+fn content_parts_are_relayed_to_a_chat_client_as_they_came_and_kept_as_text() {
+    let (fake, gw) = setup();
+    let sent = parts_stream();
+    fake.push(Reply::stream(sent.clone()));
+    let body = json!({"model": "gpt41", "stream": true, "session_id": "streamed",
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "hi"}]});
+    let s = client::stream_json(gw.http, "/v1/chat/completions", &body);
+    assert!(s.complete);
+    assert_eq!(s.payloads(), sent, "byte for byte");
+    assert_eq!(kept_turn(&gw, "gpt41", "streamed"), "Hello world");
+    fake.push(parts_answer());
+    let r = gw.chat("gpt41", "hi", json!({"session_id": "whole"}));
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"][1]["text"],
+        "Hello world"
+    );
+    assert_eq!(kept_turn(&gw, "gpt41", "whole"), "Hello world");
+}
