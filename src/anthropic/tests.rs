@@ -7,8 +7,9 @@ use super::answer::{self, stop_reason, tool_input};
 use super::request::to_chat;
 use super::stream::Translator;
 use super::{error, request};
-use crate::chat::answer::{Answer, PromptDetails, ToolCall, Usage};
+use crate::chat::answer::{Answer, ToolCall, Usage};
 use crate::chat::stream::Chunk;
+use crate::chat::usage::PromptDetails;
 use crate::error::Error;
 
 mod cache_marks;

@@ -14,3 +14,4 @@ pub mod stream;
 pub mod tokens;
 pub mod tool_calls;
 pub mod upstream_body;
+pub mod usage;

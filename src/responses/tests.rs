@@ -5,7 +5,8 @@ use serde_json::{Map, Value, json};
 
 use super::answer::{self, Envelope};
 use super::request::{echo, to_chat};
-use crate::chat::answer::{Answer, PromptDetails, ToolCall, Usage};
+use crate::chat::answer::{Answer, ToolCall, Usage};
+use crate::chat::usage::PromptDetails;
 use crate::error::Error;
 
 fn obj(v: Value) -> Map<String, Value> {
