@@ -1,5 +1,6 @@
 //! Providers' own shapes of an OpenAI answer, as each endpoint's client receives them:
-//! `content` as a list of text and thinking parts (Mistral's Magistral).
+//! `content` as a list of text and thinking parts (Mistral's Magistral), prompt-cache
+//! writes in the usage (OpenRouter, Anthropic-compatible endpoints).
 
 use serde_json::{Value, json};
 
@@ -156,4 +157,78 @@ fn content_parts_are_relayed_to_a_chat_client_as_they_came_and_kept_as_text() {
         "Hello world"
     );
     assert_eq!(kept_turn(&gw, "gpt41", "whole"), "Hello world");
+}
+
+/// A stream and an answer reporting 100 prompt tokens, 20 read from the cache and 30
+/// written to it, in the shape `usage` gives.
+fn cache_replies(usage: &Value) -> (Reply, Reply) {
+    let stream = Reply::stream([
+        chunk(json!({"role": "assistant", "content": "ok"})),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}).to_string(),
+        json!({"choices": [], "usage": usage}).to_string(),
+        "[DONE]".to_string(),
+    ]);
+    let answer = Reply::json(
+        200,
+        json!({"id": "j", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "ok"}}],
+            "usage": usage}),
+    );
+    (stream, answer)
+}
+
+#[test]
+fn cache_writes_reach_messages_and_responses_clients() {
+    let (fake, gw) = setup();
+    let openrouter = json!({"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105,
+        "prompt_tokens_details": {"cached_tokens": 20, "cache_write_tokens": 30}});
+    let anthropic_like = json!({"prompt_tokens": 100, "completion_tokens": 5,
+        "cache_creation_input_tokens": 30, "prompt_tokens_details": {"cached_tokens": 20}});
+    let messages = json!({"model": "claude-h", "max_tokens": 50,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let responses = json!({"model": "claude-h", "input": "hi"});
+    let want_messages = json!({"input_tokens": 50, "output_tokens": 5,
+        "cache_creation_input_tokens": 30, "cache_read_input_tokens": 20});
+    let want_responses = json!({"cached_tokens": 20, "cache_write_tokens": 30});
+    for usage in [openrouter, anthropic_like] {
+        let (stream, answer) = cache_replies(&usage);
+        fake.push(answer.clone());
+        let m = gw.post_json("/v1/messages", &messages).json();
+        assert_eq!(m["usage"], want_messages, "{usage}");
+        fake.push(stream.clone());
+        let mut body = messages.clone();
+        body["stream"] = json!(true);
+        let s = client::stream_json(gw.http, "/v1/messages", &body);
+        let delta = s
+            .chunks()
+            .into_iter()
+            .find(|e| e["type"] == "message_delta")
+            .expect("a message_delta");
+        assert_eq!(delta["usage"], want_messages, "{usage}");
+
+        fake.push(answer);
+        let r = gw.post_json("/v1/responses", &responses).json();
+        assert_eq!(r["usage"]["input_tokens"], 100, "{usage}");
+        assert_eq!(
+            r["usage"]["input_tokens_details"], want_responses,
+            "{usage}"
+        );
+        fake.push(stream);
+        let mut body = responses.clone();
+        body["stream"] = json!(true);
+        let s = client::stream_json(gw.http, "/v1/responses", &body);
+        let done = s.chunks().pop().expect("events");
+        assert_eq!(done["type"], "response.completed");
+        assert_eq!(
+            done["response"]["usage"]["input_tokens_details"], want_responses,
+            "{usage}"
+        );
+    }
+    // The books count the prompt as reported, the cached and written tokens in it.
+    let metrics = gw.get("/metrics").text();
+    assert!(
+        metrics.contains(r#"sigorest_tokens_total{model="claude-h",kind="prompt",key=""} 800"#),
+        "{metrics}"
+    );
 }

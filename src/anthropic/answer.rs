@@ -25,13 +25,15 @@ pub fn stop_reason(finish_reason: Option<&str>, had_tools: bool) -> &'static str
     }
 }
 
-/// `usage` in Anthropic's terms: input without the cached part, which is reported apart.
+/// `usage` in Anthropic's terms: input without the parts read from and written to the
+/// cache, which are reported apart (an OpenAI `prompt_tokens` holds all three).
 pub fn usage(u: &Usage) -> Value {
     let cached = u.cached_tokens();
+    let written = u.cache_write_tokens();
     json!({
-        "input_tokens": u.prompt_tokens.unwrap_or(0).saturating_sub(cached),
+        "input_tokens": u.prompt_tokens.unwrap_or(0).saturating_sub(cached).saturating_sub(written),
         "output_tokens": u.completion_tokens.unwrap_or(0),
-        "cache_creation_input_tokens": 0,
+        "cache_creation_input_tokens": written,
         "cache_read_input_tokens": cached,
     })
 }
@@ -139,5 +141,37 @@ pub fn message(answer: &Answer, model: &str, thinking: bool) -> Message {
         },
         stop_sequence: None,
         usage: usage(&answer.usage),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_reads_and_writes_are_apart_from_the_input() {
+        let read = |v: Value| usage(&serde_json::from_value(v).unwrap());
+        let u = read(json!({"prompt_tokens": 100, "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 20, "cache_write_tokens": 30}}));
+        assert_eq!(
+            u,
+            json!({"input_tokens": 50, "output_tokens": 5,
+                "cache_creation_input_tokens": 30, "cache_read_input_tokens": 20})
+        );
+        let u = read(json!({"prompt_tokens": 100, "cache_creation_input_tokens": 30}));
+        assert_eq!(
+            (&u["input_tokens"], &u["cache_creation_input_tokens"]),
+            (&json!(70), &json!(30))
+        );
+        // Garbage never goes below 0.
+        let u = read(
+            json!({"prompt_tokens": 10, "cache_creation_input_tokens": 30,
+            "prompt_tokens_details": {"cached_tokens": 8}}),
+        );
+        assert_eq!(
+            u,
+            json!({"input_tokens": 0, "output_tokens": 0,
+                "cache_creation_input_tokens": 2, "cache_read_input_tokens": 8})
+        );
     }
 }

@@ -332,6 +332,7 @@ fn answers_become_messages() {
             completion_tokens: Some(7),
             prompt_tokens_details: Some(PromptDetails {
                 cached_tokens: Some(60),
+                ..PromptDetails::default()
             }),
         },
         reasoning: "Let me think.".into(),

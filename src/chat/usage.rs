@@ -50,8 +50,11 @@ pub const MAX_PLAUSIBLE_TOKENS: u64 = 1_000_000_000;
 /// negative one, as o3 has been seen to send; a string of digits is read as its number; a
 /// fraction is cut to its whole part), or is past [`MAX_PLAUSIBLE_TOKENS`], is taken as
 /// not reported, and a `usage` that is not an object as no usage. Moonshot's top-level
-/// `cached_tokens` counts as `prompt_tokens_details.cached_tokens`; cached tokens are
-/// never more than the prompt's ([`Usage::cached_tokens`]).
+/// `cached_tokens` counts as `prompt_tokens_details.cached_tokens`, and the top-level
+/// `cache_creation_input_tokens` of Anthropic-compatible endpoints as
+/// `prompt_tokens_details.cache_write_tokens` (OpenRouter's); cached and written tokens
+/// are never more than the prompt's ([`Usage::cached_tokens`],
+/// [`Usage::cache_write_tokens`]).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Usage {
     pub prompt_tokens: Option<u64>,
@@ -63,6 +66,9 @@ pub struct Usage {
 pub struct PromptDetails {
     /// Prompt tokens read from the provider's prompt cache.
     pub cached_tokens: Option<u64>,
+    /// Prompt tokens written to the provider's prompt cache (a Claude model's prefix
+    /// marked with `cache_control`, billed at more than the input price).
+    pub cache_write_tokens: Option<u64>,
 }
 
 /// The members of a usage object the gateway reads (all others skipped unread).
@@ -73,6 +79,8 @@ enum UsageField {
     CompletionTokens,
     PromptTokensDetails,
     CachedTokens,
+    CacheWriteTokens,
+    CacheCreationInputTokens,
     #[serde(other)]
     Other,
 }
@@ -87,7 +95,7 @@ impl<'de> Deserialize<'de> for Usage {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Usage, A::Error> {
                 let mut usage = Usage::default();
-                let mut cached = None;
+                let (mut cached, mut written) = (None, None);
                 while let Some(field) = map.next_key::<UsageField>()? {
                     match field {
                         UsageField::PromptTokens => {
@@ -100,15 +108,19 @@ impl<'de> Deserialize<'de> for Usage {
                             usage.prompt_tokens_details = map.next_value::<Details>()?.0
                         }
                         UsageField::CachedTokens => cached = map.next_value::<Count>()?.0,
+                        UsageField::CacheWriteTokens | UsageField::CacheCreationInputTokens => {
+                            written = map.next_value::<Count>()?.0
+                        }
                         UsageField::Other => {
                             map.next_value::<IgnoredAny>()?;
                         }
                     }
                 }
-                if usage.prompt_tokens_details.is_none() && cached.is_some() {
-                    usage.prompt_tokens_details = Some(PromptDetails {
-                        cached_tokens: cached,
-                    });
+                // Counts beside the others stand for those the details leave out.
+                if cached.is_some() || written.is_some() {
+                    let details = usage.prompt_tokens_details.get_or_insert_default();
+                    details.cached_tokens = details.cached_tokens.or(cached);
+                    details.cache_write_tokens = details.cache_write_tokens.or(written);
                 }
                 Ok(usage)
             }
@@ -130,18 +142,21 @@ impl<'de> Deserialize<'de> for Details {
                 f.write_str("prompt token details")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Details, A::Error> {
-                let mut cached = None;
+                let mut details = PromptDetails::default();
                 while let Some(field) = map.next_key::<UsageField>()? {
                     match field {
-                        UsageField::CachedTokens => cached = map.next_value::<Count>()?.0,
+                        UsageField::CachedTokens => {
+                            details.cached_tokens = map.next_value::<Count>()?.0
+                        }
+                        UsageField::CacheWriteTokens | UsageField::CacheCreationInputTokens => {
+                            details.cache_write_tokens = map.next_value::<Count>()?.0
+                        }
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }
                     }
                 }
-                Ok(Details(Some(PromptDetails {
-                    cached_tokens: cached,
-                })))
+                Ok(Details(Some(details)))
             }
             otherwise!(Details(None), numbers);
         }
@@ -213,5 +228,70 @@ impl Usage {
             .unwrap_or(0);
         self.prompt_tokens
             .map_or(cached, |prompt| cached.min(prompt))
+    }
+
+    /// Prompt tokens written to the cache, 0 when not reported; never more than the prompt
+    /// tokens left once the cached ones are taken out (OpenRouter's `prompt_tokens` holds
+    /// the cached and the written ones), so that Anthropic's `input_tokens` (the prompt
+    /// without either) is never negative.
+    pub fn cache_write_tokens(&self) -> u64 {
+        let written = self
+            .prompt_tokens_details
+            .as_ref()
+            .and_then(|d| d.cache_write_tokens)
+            .unwrap_or(0);
+        self.prompt_tokens.map_or(written, |prompt| {
+            written.min(prompt.saturating_sub(self.cached_tokens()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn read(usage: serde_json::Value) -> Usage {
+        serde_json::from_value(usage).unwrap()
+    }
+
+    #[test]
+    fn cache_writes_are_read_in_both_shapes_and_never_more_than_the_prompt_left() {
+        // OpenRouter: in the details, beside the cached tokens.
+        let u = read(json!({"prompt_tokens": 100,
+            "prompt_tokens_details": {"cached_tokens": 20, "cache_write_tokens": 30}}));
+        assert_eq!((u.cached_tokens(), u.cache_write_tokens()), (20, 30));
+        // Anthropic-compatible endpoints: beside the counts.
+        let u = read(
+            json!({"prompt_tokens": 100, "cache_creation_input_tokens": 30,
+            "prompt_tokens_details": {"cached_tokens": 20}}),
+        );
+        assert_eq!((u.cached_tokens(), u.cache_write_tokens()), (20, 30));
+        let u = read(json!({"prompt_tokens": 100, "cache_creation_input_tokens": 30}));
+        assert_eq!((u.cached_tokens(), u.cache_write_tokens()), (0, 30));
+        // The details win over the same count beside them.
+        let u = read(
+            json!({"prompt_tokens": 100, "cache_creation_input_tokens": 5,
+            "prompt_tokens_details": {"cache_write_tokens": 30}}),
+        );
+        assert_eq!(u.cache_write_tokens(), 30);
+        // Garbage: more written than the prompt holds once the cached part is out, odd
+        // types, counts past the bound. Nothing wraps.
+        let u = read(json!({"prompt_tokens": 100,
+            "prompt_tokens_details": {"cached_tokens": 90, "cache_write_tokens": 30}}));
+        assert_eq!((u.cached_tokens(), u.cache_write_tokens()), (90, 10));
+        let u = read(json!({"prompt_tokens": 10,
+            "prompt_tokens_details": {"cached_tokens": 25, "cache_write_tokens": 30}}));
+        assert_eq!((u.cached_tokens(), u.cache_write_tokens()), (10, 0));
+        let u = read(
+            json!({"prompt_tokens": 10, "cache_creation_input_tokens": -3,
+            "prompt_tokens_details": {"cache_write_tokens": "x"}}),
+        );
+        assert_eq!(u.cache_write_tokens(), 0);
+        let u = read(json!({"cache_creation_input_tokens": u64::MAX}));
+        assert_eq!(u.cache_write_tokens(), 0);
+        // Without a prompt count, the written one is all there is.
+        let u = read(json!({"cache_creation_input_tokens": 7}));
+        assert_eq!(u.cache_write_tokens(), 7);
     }
 }

@@ -19,14 +19,16 @@ pub fn status(finish_reason: Option<&str>) -> (&'static str, Value) {
     }
 }
 
-/// `usage` in the Responses terms: input tokens include the cached ones, which are also
-/// reported apart. Counts the provider did not report are 0.
+/// `usage` in the Responses terms: input tokens include those read from and written to the
+/// cache, which are also reported apart (`cache_write_tokens` as Azure's Responses API and
+/// OpenRouter name it; OpenAI's own has none). Counts the provider did not report are 0.
 pub fn usage(u: &Usage) -> Value {
     let input = u.prompt_tokens.unwrap_or(0);
     let output = u.completion_tokens.unwrap_or(0);
     json!({
         "input_tokens": input,
-        "input_tokens_details": {"cached_tokens": u.cached_tokens(), "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": u.cached_tokens(),
+            "cache_write_tokens": u.cache_write_tokens()},
         "output_tokens": output,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input.saturating_add(output),

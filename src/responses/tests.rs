@@ -468,6 +468,7 @@ fn answers_become_response_objects() {
             completion_tokens: Some(7),
             prompt_tokens_details: Some(PromptDetails {
                 cached_tokens: Some(60),
+                ..PromptDetails::default()
             }),
         },
         ..Answer::default()
@@ -588,6 +589,18 @@ fn answers_become_response_objects() {
         refused["output"],
         json!([{"type": "message", "id": refused["output"][0]["id"], "status": "completed",
             "role": "assistant", "content": [{"type": "refusal", "refusal": "No."}]}])
+    );
+}
+
+#[test]
+fn cache_writes_are_reported_apart_and_in_the_input() {
+    let u: Usage = serde_json::from_value(json!({"prompt_tokens": 100, "completion_tokens": 5,
+        "prompt_tokens_details": {"cached_tokens": 20, "cache_write_tokens": 30}}))
+    .unwrap();
+    assert_eq!(
+        answer::usage(&u),
+        json!({"input_tokens": 100, "input_tokens_details": {"cached_tokens": 20, "cache_write_tokens": 30},
+            "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 105})
     );
 }
 
