@@ -1,6 +1,7 @@
 //! Providers' own shapes of an OpenAI answer, as each endpoint's client receives them:
 //! `content` as a list of text and thinking parts (Mistral's Magistral), prompt-cache
-//! writes in the usage (OpenRouter, Anthropic-compatible endpoints).
+//! writes in the usage (OpenRouter, Anthropic-compatible endpoints), tool-call pieces that
+//! repeat their call's id and name (Fireworks).
 
 use serde_json::{Value, json};
 
@@ -230,5 +231,88 @@ fn cache_writes_reach_messages_and_responses_clients() {
     assert!(
         metrics.contains(r#"sigorest_tokens_total{model="claude-h",kind="prompt",key=""} 800"#),
         "{metrics}"
+    );
+}
+
+/// What the openai SDK's stream helper makes of tool-call pieces: per `index`, the id, name
+/// and arguments of every piece joined (its `type` is taken as it is).
+fn sdk_calls(s: &Streamed) -> Vec<(String, String, String)> {
+    let mut calls: Vec<(String, String, String)> = Vec::new();
+    for piece in s
+        .chunks()
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array().cloned())
+        .flatten()
+    {
+        let i = piece["index"].as_u64().expect("an index on every piece") as usize;
+        if i == calls.len() {
+            calls.push(Default::default());
+        }
+        let call = &mut calls[i];
+        call.0 += piece["id"].as_str().unwrap_or("");
+        call.1 += piece["function"]["name"].as_str().unwrap_or("");
+        call.2 += piece["function"]["arguments"].as_str().unwrap_or("");
+    }
+    calls
+}
+
+#[test]
+fn a_calls_id_and_name_repeated_in_every_piece_reach_a_chat_client_once() {
+    let (fake, gw) = setup();
+    let piece = |index: u64, id: &str, name: &str, args: &str| {
+        chunk(
+            json!({"tool_calls": [{"index": index, "id": id, "type": "function",
+            "function": {"name": name, "arguments": args}}]}),
+        )
+    };
+    fake.push(Reply::stream([
+        chunk(json!({"role": "assistant", "content": ""})),
+        piece(0, "rep1", "get_weather", "{\"ci"),
+        piece(0, "rep1", "get_weather", "ty\":"),
+        piece(0, "rep1", "get_weather", "\"Paris\"}"),
+        piece(1, "rep2", "get_time", "{}"),
+        piece(1, "rep2", "get_time", ""),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}).to_string(),
+        "[DONE]".to_string(),
+    ]));
+    let body = json!({"model": "gpt41", "stream": true, "session_id": "fireworks",
+        "messages": [{"role": "user", "content": "weather?"}]});
+    let s = client::stream_json(gw.http, "/v1/chat/completions", &body);
+    assert!(s.complete);
+    let want = [
+        ("rep1", "get_weather", "{\"city\":\"Paris\"}"),
+        ("rep2", "get_time", "{}"),
+    ]
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()));
+    assert_eq!(sdk_calls(&s), want);
+    // The first piece of a call as it came; the others with their arguments only.
+    let pieces: Vec<Value> = s
+        .chunks()
+        .iter()
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["tool_calls"][0]
+                .as_object()
+                .cloned()
+        })
+        .map(Value::Object)
+        .collect();
+    assert_eq!(
+        pieces[0],
+        json!({"index": 0, "id": "rep1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"ci"}})
+    );
+    assert_eq!(
+        pieces[1],
+        json!({"index": 0, "function": {"arguments": "ty\":"}})
+    );
+    let stored: Value = serde_json::from_slice(
+        &std::fs::read(gw.dir.join("sessions/gpt41@fireworks.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        stored["history"][1]["tool_calls"],
+        json!([{"id": "rep1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+            {"id": "rep2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}])
     );
 }

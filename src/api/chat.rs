@@ -61,7 +61,8 @@ async fn answer(
     })
 }
 
-/// OpenAI's events relayed as they came — but for the numbers of tool-call pieces.
+/// OpenAI's events relayed as they came — but for the numbers of tool-call pieces and what
+/// they repeat of their call.
 struct Relay {
     /// The client asked for the usage chunk itself (the gateway always asks the upstream).
     wants_usage: bool,
@@ -92,19 +93,22 @@ impl StreamFront for Relay {
 impl Relay {
     /// The chunk with each tool-call piece of its first choice numbered by the call it
     /// belongs to (see [`CallOrder`]), when a piece's `index` is missing or is not that
-    /// number: OpenAI's clients (the SDKs' stream helpers, most chat front ends) put a
-    /// call together by its `index`, and Gemini sends none, while some providers give
-    /// every call `index: 0`. `None`: the chunk goes as it came (every well-formed chunk).
+    /// number, and without the `id`, `type` and name a piece repeats of its call: OpenAI's
+    /// clients (the SDKs' stream helpers, most chat front ends) put a call together by its
+    /// `index`, joining the strings of its pieces, and Gemini sends no index, some
+    /// providers give every call `index: 0`, and Fireworks repeats a call's id and name in
+    /// every piece (`rep1rep1rep1`). `None`: the chunk goes as it came (every chunk without
+    /// tool calls, every well-formed one), not parsed again.
     fn renumbered(&mut self, raw: &str, chunk: &Chunk) -> Option<String> {
         let pieces = &chunk.choice()?.delta.as_ref()?.tool_calls;
-        let mut numbers = Vec::with_capacity(pieces.len());
+        let mut places = Vec::with_capacity(pieces.len());
         for (position, piece) in pieces.iter().enumerate() {
-            numbers.push(self.calls.call_of(position, piece));
+            places.push(self.calls.place(position, piece));
         }
         let same = pieces
             .iter()
-            .zip(&numbers)
-            .all(|(p, n)| p.index == Some(*n));
+            .zip(&places)
+            .all(|(p, place)| p.index == Some(place.call) && !place.repeats.any());
         if same {
             return None;
         }
@@ -112,9 +116,22 @@ impl Relay {
         let list = value
             .pointer_mut("/choices/0/delta/tool_calls")?
             .as_array_mut()?;
-        for (piece, number) in list.iter_mut().zip(numbers) {
-            if let Some(piece) = piece.as_object_mut() {
-                piece.insert("index".into(), number.into());
+        for (piece, place) in list.iter_mut().zip(places) {
+            let Some(piece) = piece.as_object_mut() else {
+                continue;
+            };
+            piece.insert("index".into(), place.call.into());
+            let repeats = place.repeats;
+            if repeats.id {
+                piece.remove("id");
+            }
+            if repeats.kind {
+                piece.remove("type");
+            }
+            if repeats.name
+                && let Some(function) = piece.get_mut("function").and_then(Value::as_object_mut)
+            {
+                function.remove("name");
             }
         }
         Some(value.to_string())

@@ -164,6 +164,9 @@ pub struct ToolCallDelta {
     pub index: Option<usize>,
     #[serde(default)]
     pub id: Option<String>,
+    /// `"function"` (any type read: only a string is used).
+    #[serde(default, rename = "type")]
+    pub kind: Value,
     #[serde(default)]
     pub function: Option<FunctionDelta>,
 }
@@ -326,7 +329,8 @@ impl Gathered {
         }
         self.text.push_str(&self.halves.text(delta.text()));
         for (position, tc) in delta.tool_calls.iter().enumerate() {
-            let call = self.order.call_of(position, tc);
+            let place = self.order.place(position, tc);
+            let call = place.call;
             if call >= MAX_TURN_CALLS {
                 continue;
             }
@@ -338,7 +342,10 @@ impl Gathered {
                 slot.id.push_str(id);
             }
             if let Some(f) = &tc.function {
-                slot.name.push_str(f.name.as_deref().unwrap_or(""));
+                // A name repeated in every piece (Fireworks) is the call's name once.
+                if !place.repeats.name {
+                    slot.name.push_str(f.name.as_deref().unwrap_or(""));
+                }
                 slot.arguments
                     .push_str(f.arguments.as_deref().unwrap_or(""));
             }
@@ -562,8 +569,15 @@ mod tests {
     #[test]
     fn a_session_turn_keeps_calls_without_an_index_apart() {
         // Gemini (a call per chunk, no index), older Ollama (all calls in one chunk, no
-        // index), and an upstream repeating index 0 with a new id.
+        // index), an upstream repeating index 0 with a new id, and Fireworks (the id, type
+        // and name again in every piece).
         let streams = [
+            vec![
+                r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"f","arguments":"{\"a\""}}]}}]}"#,
+                r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"f","arguments":":1}"}}]}}]}"#,
+                r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"id":"c2","type":"function","function":{"name":"g","arguments":"{\"b\":2}"}}]}}]}"#,
+                r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"id":"c2","type":"function","function":{"name":"g","arguments":""}}]}}]}"#,
+            ],
             vec![
                 r#"{"choices":[{"delta":{"tool_calls":[{"id":"c1","function":{"name":"f","arguments":"{\"a\":1}"}}]}}]}"#,
                 r#"{"choices":[{"delta":{"tool_calls":[{"id":"c2","function":{"name":"g","arguments":"{\"b\":2}"}}]}}]}"#,

@@ -40,6 +40,11 @@ pub const MAX_CALLS: usize = 1024;
 /// So a well-formed stream (an index on every piece, the id and name only on a call's first
 /// piece, the arguments split over many pieces) keeps its calls as the upstream numbered
 /// them, and index-less pieces without an id or a name go on with the call at their place.
+///
+/// A piece that goes on with a call may repeat what the call already had: Fireworks sends
+/// the id, `type` and name again in every piece of a call. [`CallOrder::place`] says so
+/// ([`Repeats`]), for the chat relay to take them out and the session turn to skip them
+/// (OpenAI's clients join a call's pieces: `rep1rep1rep1`, `get_weatherget_weather`).
 #[derive(Debug, Default)]
 pub struct CallOrder {
     /// The call that holds each slot.
@@ -48,51 +53,110 @@ pub struct CallOrder {
     started: usize,
 }
 
-/// The call that holds a slot, as far as the rule needs to know it.
+/// The call that holds a slot, as far as the rule needs to know it. Only hashes are kept,
+/// so that a stream with many calls holds a few bytes per call whatever the length of the
+/// ids and names an upstream sends; two ids with the same hash would make one call, as
+/// before this rule.
 #[derive(Debug)]
 struct Held {
     call: usize,
-    /// A hash of the call's id, once one came. Only a hash is kept, so that a stream with
-    /// many calls holds a few bytes per call whatever the length of the ids an upstream
-    /// sends; two ids with the same hash would make one call, as before this rule.
+    /// A hash of the call's id, once one came.
     id: Option<u64>,
-    named: bool,
+    /// A hash of the call's name, once one came (the first: names come whole).
+    name: Option<u64>,
+    /// A hash of the call's `type`, once one came.
+    kind: Option<u64>,
+}
+
+/// Where a piece goes: its call, and what it repeats of that call.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Place {
+    /// The call's number (see [`CallOrder`]).
+    pub call: usize,
+    pub repeats: Repeats,
+}
+
+/// The members of a piece equal to those its call already had from its earlier pieces
+/// (never on the piece that starts a call).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Repeats {
+    pub id: bool,
+    pub name: bool,
+    /// `type`.
+    pub kind: bool,
+}
+
+impl Repeats {
+    pub fn any(self) -> bool {
+        self.id || self.name || self.kind
+    }
+}
+
+/// A hash of a member's text, when it has some.
+fn hash_of(text: Option<&str>) -> Option<u64> {
+    text.filter(|t| !t.is_empty()).map(|t| {
+        let mut h = DefaultHasher::new();
+        t.hash(&mut h);
+        h.finish()
+    })
 }
 
 impl CallOrder {
     /// The number of the call `piece` belongs to; `position` is its place in its chunk's
     /// `tool_calls` array.
     pub fn call_of(&mut self, position: usize, piece: &ToolCallDelta) -> usize {
+        self.place(position, piece).call
+    }
+
+    /// The call `piece` belongs to, and what it repeats of it; `position` is its place in
+    /// its chunk's `tool_calls` array.
+    pub fn place(&mut self, position: usize, piece: &ToolCallDelta) -> Place {
         let slot = piece.index.unwrap_or(position);
-        let id = piece.id.as_deref().filter(|id| !id.is_empty()).map(|id| {
-            let mut h = DefaultHasher::new();
-            id.hash(&mut h);
-            h.finish()
-        });
-        let named = piece
-            .function
-            .as_ref()
-            .and_then(|f| f.name.as_deref())
-            .is_some_and(|name| !name.is_empty());
+        let id = hash_of(piece.id.as_deref());
+        let name = hash_of(piece.function.as_ref().and_then(|f| f.name.as_deref()));
+        let kind = hash_of(piece.kind.as_str());
         let goes_on = |held: &Held| match (id, held.id) {
             (Some(id), Some(held_id)) => id == held_id,
-            (Some(_), None) => piece.index.is_some() || !held.named,
-            (None, _) => piece.index.is_some() || !(named && held.named),
+            (Some(_), None) => piece.index.is_some() || held.name.is_none(),
+            (None, _) => piece.index.is_some() || name.is_none() || held.name.is_none(),
         };
         if let Some(held) = self.slots.get_mut(&slot).filter(|held| goes_on(held)) {
+            let repeats = Repeats {
+                id: id.is_some() && held.id == id,
+                name: name.is_some() && held.name == name,
+                kind: kind.is_some() && held.kind == kind,
+            };
             held.id = held.id.or(id);
-            held.named |= named;
-            return held.call;
+            held.name = held.name.or(name);
+            held.kind = held.kind.or(kind);
+            return Place {
+                call: held.call,
+                repeats,
+            };
         }
         if self.started >= MAX_CALLS {
             // An upstream that makes calls without end: no memory grows for the rest; a
             // piece with an index keeps it, the others count as one more call.
-            return piece.index.unwrap_or(MAX_CALLS);
+            return Place {
+                call: piece.index.unwrap_or(MAX_CALLS),
+                repeats: Repeats::default(),
+            };
         }
         let call = self.started;
         self.started += 1;
-        self.slots.insert(slot, Held { call, id, named });
-        call
+        self.slots.insert(
+            slot,
+            Held {
+                call,
+                id,
+                name,
+                kind,
+            },
+        );
+        Place {
+            call,
+            repeats: Repeats::default(),
+        }
     }
 }
 
@@ -284,6 +348,7 @@ mod tests {
                 name: name.map(str::to_string),
                 arguments: Some(args.to_string()),
             }),
+            ..ToolCallDelta::default()
         }
     }
 
@@ -331,7 +396,7 @@ mod tests {
         let bare = ToolCallDelta {
             index: None,
             id: Some("x".into()),
-            function: None,
+            ..ToolCallDelta::default()
         };
         assert_eq!(order.call_of(0, &bare), MAX_CALLS);
     }
@@ -439,6 +504,61 @@ mod tests {
             json!([{"id": "c1", "function": {"arguments": ""}}]),
         ]);
         assert_eq!(calls, [call("c1", "f", "{}")]);
+    }
+
+    #[test]
+    fn what_a_piece_repeats_of_its_call_is_told() {
+        // Fireworks: the id, type and name again in every piece of a call.
+        let pieces: Vec<ToolCallDelta> = serde_json::from_value(json!([
+            {"index": 0, "id": "rep1", "type": "function", "function": {"name": "get_weather", "arguments": "{"}},
+            {"index": 0, "id": "rep1", "type": "function", "function": {"name": "get_weather", "arguments": "}"}},
+            {"index": 0, "function": {"arguments": ""}},
+            {"index": 1, "id": "rep2", "type": "function", "function": {"name": "f"}},
+            {"index": 1, "type": "function", "function": {"name": "g"}},
+        ]))
+        .unwrap();
+        let mut order = CallOrder::default();
+        let places: Vec<Place> = pieces.iter().map(|p| order.place(0, p)).collect();
+        let all = Repeats {
+            id: true,
+            name: true,
+            kind: true,
+        };
+        assert_eq!(
+            places,
+            [
+                Place::default(),
+                Place {
+                    call: 0,
+                    repeats: all
+                },
+                Place::default(),
+                Place {
+                    call: 1,
+                    repeats: Repeats::default()
+                },
+                Place {
+                    call: 1,
+                    repeats: Repeats {
+                        kind: true,
+                        ..Repeats::default()
+                    }
+                },
+            ],
+            "a name other than the call's is no repeat"
+        );
+        assert!(all.any() && !Repeats::default().any());
+        // A call whose first piece had no name: the name that follows is no repeat.
+        let mut order = CallOrder::default();
+        order.place(0, &piece(0, Some("a"), None, "{"));
+        let named = order.place(0, &piece(0, Some("a"), Some("f"), "}"));
+        assert_eq!(
+            named.repeats,
+            Repeats {
+                id: true,
+                ..Repeats::default()
+            }
+        );
     }
 
     #[test]
