@@ -126,6 +126,7 @@ impl<'de> Deserialize<'de> for Content {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::stream::{Chunk, Gathered};
     use serde_json::json;
 
     fn content(json: &str) -> Content {
@@ -172,5 +173,42 @@ mod tests {
             serde_json::from_str::<Text>(r#""a\ud83d""#).unwrap()
         );
         assert!(serde_json::from_str::<Content>("12").is_err());
+    }
+
+    #[test]
+    fn a_stream_of_parts_is_read_as_text_and_reasoning() {
+        // Mistral's Magistral: text parts, thinking parts, then plain strings.
+        let chunks = [
+            r#"{"choices":[{"delta":{"content":[{"type":"text","text":"Hello "}]}}]}"#,
+            r#"{"choices":[{"delta":{"content":[{"type":"thinking","thinking":[{"type":"text","text":"hmm"}]}]}}]}"#,
+            r#"{"choices":[{"delta":{"content":"world"}}]}"#,
+        ];
+        let mut g = Gathered::default();
+        let mut seen = Vec::new();
+        for payload in chunks {
+            let chunk = Chunk::parse(payload).unwrap();
+            let delta = chunk.choice().and_then(|c| c.delta.as_ref()).unwrap();
+            seen.push((
+                chunk.text().to_string(),
+                delta.reasoning().map(str::to_string),
+            ));
+            g.take(&chunk).unwrap();
+        }
+        assert_eq!(
+            seen,
+            [
+                ("Hello ".to_string(), None),
+                (String::new(), Some("hmm".to_string())),
+                ("world".to_string(), None)
+            ]
+        );
+        assert_eq!(g.assistant().content, json!("Hello world"));
+        // A reasoning sent apart goes first.
+        let both = Chunk::parse(
+            r#"{"choices":[{"delta":{"reasoning_content":"a","content":[{"type":"thinking","thinking":"b"}]}}]}"#,
+        )
+        .unwrap();
+        let delta = both.choice().and_then(|c| c.delta.as_ref()).unwrap();
+        assert_eq!(delta.reasoning(), Some("a"));
     }
 }

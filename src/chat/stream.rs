@@ -451,43 +451,6 @@ mod tests {
     }
 
     #[test]
-    fn content_as_a_list_of_parts_is_text_and_reasoning() {
-        // Mistral's Magistral: text parts, thinking parts, then plain strings.
-        let chunks = [
-            r#"{"choices":[{"delta":{"content":[{"type":"text","text":"Hello "}]}}]}"#,
-            r#"{"choices":[{"delta":{"content":[{"type":"thinking","thinking":[{"type":"text","text":"hmm"}]}]}}]}"#,
-            r#"{"choices":[{"delta":{"content":"world"}}]}"#,
-        ];
-        let mut g = Gathered::default();
-        let mut seen = Vec::new();
-        for payload in chunks {
-            let chunk = Chunk::parse(payload).unwrap();
-            let delta = chunk.choice().and_then(|c| c.delta.as_ref()).unwrap();
-            seen.push((
-                chunk.text().to_string(),
-                delta.reasoning().map(str::to_string),
-            ));
-            g.take(&chunk).unwrap();
-        }
-        assert_eq!(
-            seen,
-            [
-                ("Hello ".to_string(), None),
-                (String::new(), Some("hmm".to_string())),
-                ("world".to_string(), None)
-            ]
-        );
-        assert_eq!(g.assistant().content, json!("Hello world"));
-        // A reasoning sent apart goes first.
-        let both = Chunk::parse(
-            r#"{"choices":[{"delta":{"reasoning_content":"a","content":[{"type":"thinking","thinking":"b"}]}}]}"#,
-        )
-        .unwrap();
-        let delta = both.choice().and_then(|c| c.delta.as_ref()).unwrap();
-        assert_eq!(delta.reasoning(), Some("a"));
-    }
-
-    #[test]
     fn half_an_emoji_in_a_chunk_keeps_its_text() {
         let chunk = Chunk::parse(r#"{"choices":[{"delta":{"content":"x\ud83d"}}]}"#).unwrap();
         assert_eq!(chunk.text(), "x\u{fffd}");
