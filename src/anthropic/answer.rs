@@ -99,8 +99,11 @@ enum Block {
     Other(Value),
 }
 
-/// The whole Messages response for `model` (the name the client asked for).
-pub fn message(answer: &Answer, model: &str, thinking: bool) -> Message {
+/// The whole Messages response for `model` (the name the client asked for). `estimate`:
+/// the prompt's tokens as the gateway estimated them, the `input_tokens` when the provider
+/// reported none (as a stream's `message_start` has them): a 0 there made Claude Code
+/// believe the context empty.
+pub fn message(answer: &Answer, model: &str, thinking: bool, estimate: u64) -> Message {
     let mut content = Vec::new();
     if thinking && !answer.reasoning.is_empty() {
         // No signature: one would be Anthropic's, over Anthropic's own thinking. A client
@@ -140,7 +143,13 @@ pub fn message(answer: &Answer, model: &str, thinking: bool) -> Message {
             "refusal"
         },
         stop_sequence: None,
-        usage: usage(&answer.usage),
+        usage: {
+            let mut u = usage(&answer.usage);
+            if answer.usage.prompt_tokens.is_none() {
+                u["input_tokens"] = json!(estimate);
+            }
+            u
+        },
     }
 }
 

@@ -374,6 +374,9 @@ fn answers_become_messages() {
     assert_eq!(thought["content"][1], m["content"][0]);
     let empty = message(&Answer::default(), "x", true);
     assert_eq!(empty["content"], json!([]));
+    // No usage reported: the gateway's estimate, never 0.
+    let unreported = serde_json::to_value(answer::message(&Answer::default(), "x", false, 42));
+    assert_eq!(unreported.unwrap()["usage"]["input_tokens"], 42);
     assert_eq!(empty["stop_reason"], "end_turn");
     for (f, tools, want) in [
         (Some("stop"), false, "end_turn"),
@@ -392,7 +395,7 @@ fn answers_become_messages() {
 
 /// The answer as a client reads it.
 fn message(a: &Answer, model: &str, thinking: bool) -> Value {
-    serde_json::to_value(answer::message(a, model, thinking)).unwrap()
+    serde_json::to_value(answer::message(a, model, thinking, 0)).unwrap()
 }
 
 /// A tool call's arguments reach the client as the model wrote them: through an f64, a
@@ -408,7 +411,7 @@ fn tool_input_is_what_the_model_wrote() {
         }],
         ..Answer::default()
     };
-    let bytes = serde_json::to_vec(&answer::message(&a, "m", false)).unwrap();
+    let bytes = serde_json::to_vec(&answer::message(&a, "m", false, 0)).unwrap();
     let text = String::from_utf8(bytes).unwrap();
     assert!(text.contains(&format!(r#""input":{written}"#)), "{text}");
     // Not an object, or not JSON at all (one number out of range included): `{}`.

@@ -50,7 +50,7 @@ async fn answer(
     let thinking = chat.thinking == Some(true);
     let resp = match call::run(gw, req, caller, &chat, log, rec).await? {
         Answered::Complete(done) => {
-            let message = answer::message(&done.answer, &chat.model, thinking);
+            let message = answer::message(&done.answer, &chat.model, thinking, estimate);
             done.respond(
                 "application/json",
                 serde_json::to_vec(&message).unwrap_or_default(),
