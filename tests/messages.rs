@@ -859,3 +859,21 @@ fn answers_carry_a_request_id_as_errors_do() {
         .count();
     assert_eq!((failed.status, named), (404, 1));
 }
+
+/// A provider that reports no usage: the answer's `input_tokens` is the gateway's estimate,
+/// as a stream's `message_start` has it, never 0 (Claude Code reads 0 as an empty context).
+#[test]
+fn an_answer_without_the_providers_usage_counts_the_estimate() {
+    let (fake, gw) = setup(Options::default());
+    fake.push(Reply::json(
+        200,
+        json!({"id": "x", "object": "chat.completion", "model": "gpt-4.1",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "hi"}}]}),
+    ));
+    let r = post(&gw, "/v1/messages", &hello("gpt41"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let usage = &r.json()["usage"];
+    assert!(usage["input_tokens"].as_u64().unwrap() > 0, "{usage}");
+    assert_eq!(usage["output_tokens"], 0);
+}
