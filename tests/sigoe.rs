@@ -850,3 +850,48 @@ fn https_to_a_gateway_with_its_self_signed_certificate() {
     );
     assert!(run.failed(2).contains("no certificate"));
 }
+
+// ---- stdin, stdout ------------------------------------------------------------------------
+
+/// A pipe whose reading end is already closed: every write gets EPIPE.
+fn closed_pipe() -> Stdio {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    Stdio::from(writer)
+}
+
+fn dev_full() -> Stdio {
+    Stdio::from(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full"),
+    )
+}
+
+#[test]
+fn help_and_version_end_quietly_on_a_closed_stdout_and_say_a_full_one() {
+    for bin in [BIN, env!("CARGO_BIN_EXE_sigorest")] {
+        for flag in ["-h", "-help", "-version"] {
+            let run = |out: Stdio| {
+                let out = Command::new(bin)
+                    .env_clear()
+                    .arg(flag)
+                    .stdout(out)
+                    .stderr(Stdio::piped())
+                    .output()
+                    .expect("runs");
+                (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            };
+            let (code, stderr) = run(closed_pipe());
+            assert_eq!((code, stderr.as_str()), (Some(0), ""), "{bin} {flag}");
+            let (code, stderr) = run(dev_full());
+            assert_eq!(code, Some(1), "{bin} {flag}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{bin} {flag}: {stderr}");
+            assert!(stderr.contains("cannot write to stdout"), "{stderr}");
+        }
+    }
+}
