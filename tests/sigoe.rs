@@ -851,6 +851,31 @@ fn https_to_a_gateway_with_its_self_signed_certificate() {
     assert!(run.failed(2).contains("no certificate"));
 }
 
+// ---- the gateway's limits, its URL, its key ------------------------------------------------
+
+#[test]
+fn without_t_a_gateway_applies_its_own_timeout() {
+    let fake = FakeUpstream::start();
+    let gw = Gateway::start(
+        Options::default()
+            .upstream(&fake.base_url())
+            .configure(|c| c.max_timeout = Duration::from_secs(120)),
+    );
+    let dir = TempDir::new("sigoe-gateway-timeout");
+    let url = gw.url("");
+    fake.push(Reply::chat("fine"));
+    let run = sigoe(dir.path(), &[], &["-server", &url, "hi"], None);
+    assert_eq!(run.ok(), "fine\n");
+    // With -t it goes, and the gateway's refusal is said.
+    let run = sigoe(dir.path(), &[], &["-server", &url, "-t", "300", "hi"], None);
+    let line = run.failed(1);
+    assert!(line.contains("400") && line.contains("120"), "{line}");
+    fake.push(Reply::chat("fine"));
+    let run = sigoe(dir.path(), &[], &["-server", &url, "-t", "60", "hi"], None);
+    assert_eq!(run.ok(), "fine\n");
+    assert_eq!(fake.request_count(), 2);
+}
+
 // ---- stdin, stdout ------------------------------------------------------------------------
 
 /// A pipe whose reading end is already closed: every write gets EPIPE.

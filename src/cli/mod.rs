@@ -23,7 +23,7 @@ use crate::chat::answer::{assistant_message, content_text};
 use crate::chat::halves::Halves;
 use crate::chat::prepared::Prepared;
 use crate::chat::provider_error::ProviderError;
-use crate::chat::request::{ChatRequest, MAX_TIMEOUT};
+use crate::chat::request::{ChatRequest, DEFAULT_TIMEOUT, MAX_TIMEOUT};
 use crate::chat::stream::{Gathered, NO_EVENT, StreamEnd};
 use crate::config::quote;
 use crate::env::Env;
@@ -207,7 +207,7 @@ pub fn assemble_prompt(args: &[String], stdin: Option<&str>) -> Option<String> {
 }
 
 /// The chat-completions body sigoe sends: one user message, the options that were given,
-/// and the gateway's extensions (`session_id`, `timeout`, `retries`). In direct mode it
+/// and the gateway's extensions (`session_id`, `timeout` when `-t` was given, `retries`). In direct mode it
 /// goes through [`ChatRequest::parse`] like any client's body, which takes the extensions
 /// out again.
 pub fn request_body(opts: &Options, prompt: &str, stream: bool) -> Value {
@@ -226,7 +226,11 @@ pub fn request_body(opts: &Options, prompt: &str, stream: bool) -> Value {
     if let Some(s) = &opts.session {
         body.insert("session_id".into(), json!(s));
     }
-    body.insert("timeout".into(), json!(opts.timeout.as_secs_f64()));
+    // Without `-t`, no timeout: the server's parser applies its default (direct mode), a
+    // gateway its own.
+    if let Some(t) = opts.timeout {
+        body.insert("timeout".into(), json!(t.as_secs_f64()));
+    }
     body.insert("retries".into(), json!(opts.retries));
     if stream {
         body.insert("stream".into(), json!(true));
@@ -446,7 +450,7 @@ fn ask_gateway(opts: &Options, g: &Gateway, upstream: &Upstream) -> Result<(), S
     let stream = streams(opts);
     let body = request_body(opts, &prompt, stream).to_string();
     let target = g.target("/v1/chat/completions");
-    let wait = opts.timeout + GATEWAY_GRACE;
+    let wait = opts.timeout.unwrap_or(DEFAULT_TIMEOUT) + GATEWAY_GRACE;
     let hangup = Hangup::default();
     if stream {
         let opened =

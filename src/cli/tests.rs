@@ -32,7 +32,7 @@ fn defaults() {
     let o = opts(&[]);
     assert_eq!(o, Options::default());
     assert_eq!(o.model, "gpt41");
-    assert_eq!((o.timeout, o.retries), (Duration::from_secs(180), 3));
+    assert_eq!((o.timeout, o.retries), (None, 3));
     assert_eq!(o.log_level, log::LevelFilter::Warn);
     assert_eq!(o.memory, PathBuf::from("./memory.json"));
     assert_eq!(o.sessions, PathBuf::from("./.sessions"));
@@ -61,7 +61,7 @@ fn every_flag_in_go_style_and_with_two_dashes() {
         assert_eq!(o.session.as_deref(), Some("notes"));
         assert_eq!(o.max_tokens, Some(100));
         assert_eq!(o.temperature, Some(0.5));
-        assert_eq!(o.timeout, Duration::from_secs(20));
+        assert_eq!(o.timeout, Some(Duration::from_secs(20)));
         assert_eq!(o.retries, 2);
     }
     for args in [
@@ -97,7 +97,10 @@ fn every_flag_in_go_style_and_with_two_dashes() {
     assert!(opts(&["-stream"]).stream);
     assert!(opts(&["--stream"]).stream);
     assert_eq!(opts(&["-i", "kimi"]).info.as_deref(), Some("kimi"));
-    assert_eq!(opts(&["-t", "2.5"]).timeout, Duration::from_millis(2500));
+    assert_eq!(
+        opts(&["-t", "2.5"]).timeout,
+        Some(Duration::from_millis(2500))
+    );
     assert_eq!(
         opts(&["-T", "-0.5"]).temperature,
         Some(-0.5),
@@ -340,9 +343,18 @@ fn request_bodies_carry_what_was_given() {
             "retries": 2, "stream": true})
     );
     let plain = request_body(&Options::default(), "q", false);
-    for k in ["max_tokens", "temperature", "session_id", "stream"] {
+    // Without -t no timeout goes: a gateway applies its own (ours could pass its maximum).
+    for k in [
+        "max_tokens",
+        "temperature",
+        "session_id",
+        "timeout",
+        "stream",
+    ] {
         assert!(plain.get(k).is_none(), "{k}");
     }
+    let req = ChatRequest::parse(plain.to_string().as_bytes(), MAX_TIMEOUT).unwrap();
+    assert_eq!(req.timeout, DEFAULT_TIMEOUT, "direct mode waits as before");
     // What sigoe builds, the server's parser takes.
     let req = ChatRequest::parse(b.to_string().as_bytes(), MAX_TIMEOUT).unwrap();
     assert_eq!(
