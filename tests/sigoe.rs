@@ -876,6 +876,28 @@ fn without_t_a_gateway_applies_its_own_timeout() {
     assert_eq!(fake.request_count(), 2);
 }
 
+#[test]
+fn a_gateway_url_with_a_path_is_bad_usage() {
+    let dir = TempDir::new("sigoe-server-path");
+    for url in [
+        "http://127.0.0.1:9/claude-h",
+        "http://127.0.0.1:9/api",
+        "http://127.0.0.1:9/v1/chat/completions",
+    ] {
+        let run = sigoe(dir.path(), &[], &["-server", url, "hello"], None);
+        let line = run.failed(2);
+        assert!(
+            line.starts_with("sigoe: -server: ") && line.contains("/v1"),
+            "{line}"
+        );
+        let env = [("SIGOREST_URL", url.to_string())];
+        let line = sigoe(dir.path(), &env, &["hello"], None)
+            .failed(2)
+            .to_string();
+        assert!(line.starts_with("sigoe: SIGOREST_URL: "), "{line}");
+    }
+}
+
 // ---- stdin, stdout ------------------------------------------------------------------------
 
 /// A pipe whose reading end is already closed: every write gets EPIPE.

@@ -316,7 +316,7 @@ Flags (one dash or two; the value after a space or '='):
                    and model (with -server: its GET /api/usage; else the file
                    usage.json in -sessions); -j prints the JSON
   -server URL      ask the sigorest gateway at URL (http://host:9080 or
-                   https://host:9443) instead of the provider; default
+                   https://host:9443, no path but /v1) instead of the provider; default
                    ${server_env}; -server '' forces direct mode
   -cacert PATH     trust this PEM certificate (the gateway's self-signed
                    certs/server.crt) for an https:// -server

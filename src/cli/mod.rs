@@ -104,7 +104,7 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Accepts `http(s)://host[:port]`, with or without a trailing `/` or `/v1`. A query, a
+    /// Accepts `http(s)://host[:port]`, with or without a trailing `/`, `/v1` or `/v1/`. A query, a
     /// fragment or a `user:password@` is refused: sigoe would send neither, and the query
     /// would be glued into every path. Messages never show the password.
     pub fn parse(url: &str) -> Result<Gateway, String> {
@@ -134,11 +134,18 @@ impl Gateway {
                 quote(url)
             ));
         }
-        let mut base = url.trim_end_matches('/');
-        if let Some(stripped) = base.strip_suffix("/v1") {
-            base = stripped.trim_end_matches('/');
+        let (scheme, rest) = url.split_once("://").unwrap_or((url, ""));
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        // sigoe adds the paths itself. Any other path would be glued before them: `/claude-h`
+        // would silently pick the gateway's model route over -m, `/api` or a pasted
+        // `/v1/chat/completions` would end in a puzzling 404.
+        if !matches!(path, "" | "/" | "/v1" | "/v1/") {
+            return Err(format!(
+                "{} has a path: give the gateway's address, with nothing after it                  but / or /v1 (e.g. http://host:9080)",
+                quote(url)
+            ));
         }
-        let host = base.split_once("://").map_or("", |(_, rest)| rest);
+        let base = &url[..scheme.len() + 3 + host.len()];
         if host.is_empty() || host.contains(char::is_whitespace) {
             return Err(format!("{} has no host", quote(url)));
         }

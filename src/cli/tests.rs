@@ -396,6 +396,21 @@ fn gateway_urls() {
     assert!(Gateway::parse("http://[::1/").is_err());
     assert!(Gateway::parse("http://").unwrap_err().contains("no host"));
     assert!(Gateway::parse("http:///v1").is_err());
+    // A path is glued before sigoe's own paths: only / and /v1 mean the gateway itself.
+    for path in [
+        "/claude-h",
+        "/claude-h/v1",
+        "/api",
+        "/v1/chat/completions",
+        "/v1/v1",
+        "//",
+        "/v1//",
+        "/V1",
+    ] {
+        let url = format!("http://127.0.0.1:9080{path}");
+        let e = Gateway::parse(&url).unwrap_err();
+        assert!(e.contains("has a path") && e.contains("/v1"), "{url}: {e}");
+    }
     assert!(
         Gateway::parse("http://127.0.0.1:9080")
             .unwrap()
