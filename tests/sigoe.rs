@@ -898,6 +898,20 @@ fn a_gateway_url_with_a_path_is_bad_usage() {
     }
 }
 
+#[test]
+fn a_key_with_a_control_character_inside_is_bad_usage() {
+    let dir = TempDir::new("sigoe-key-crlf");
+    let env = [
+        ("SIGOREST_URL", "http://127.0.0.1:9".to_string()),
+        ("SIGOREST_API_KEY", "sk-1\r\nX-Evil: 1".to_string()),
+    ];
+    let line = sigoe(dir.path(), &env, &["hello"], None)
+        .failed(2)
+        .to_string();
+    assert!(line.starts_with("sigoe: SIGOREST_API_KEY: "), "{line}");
+    assert!(!line.contains("sk-1"), "the key is not shown: {line}");
+}
+
 // ---- stdin, stdout ------------------------------------------------------------------------
 
 /// A pipe whose reading end is already closed: every write gets EPIPE.

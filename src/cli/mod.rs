@@ -166,13 +166,16 @@ impl Gateway {
         format!("{}{path}", self.base)
     }
 
-    /// The same gateway, sending this client key (an empty one counts as none).
-    pub fn with_key(mut self, key: Option<&str>) -> Gateway {
-        self.key = key
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .map(str::to_string);
-        self
+    /// The same gateway, sending this client key (an empty one counts as none). White space
+    /// around it goes (`export K=$(cat key)` keeps a CRLF file's `\r`); a control character
+    /// inside is refused, since it would end up raw in the request's head.
+    pub fn with_key(mut self, key: Option<&str>) -> Result<Gateway, String> {
+        let key = key.map(str::trim).filter(|k| !k.is_empty());
+        if key.is_some_and(|k| k.chars().any(char::is_control)) {
+            return Err("holds a control character (a line break?): give the key alone".into());
+        }
+        self.key = key.map(str::to_string);
+        Ok(self)
     }
 
     fn target(&self, path: &str) -> Target {
@@ -259,7 +262,8 @@ pub fn run(opts: &Options, env: &Env) -> Result<(), Stop> {
         Some(url) => Some(
             Gateway::parse(url)
                 .map_err(|m| usage_error(format!("{source}: {m}")))?
-                .with_key(env.get(KEY_ENV)),
+                .with_key(env.get(KEY_ENV))
+                .map_err(|m| usage_error(format!("{KEY_ENV}: {m}")))?,
         ),
     };
     let upstream = match &opts.cacert {
@@ -524,9 +528,15 @@ fn gateway_failure(failure: Failure, g: &Gateway) -> Stop {
                 .message
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
             let not_found = said.code.as_deref() == Some("model_not_found");
+            // The gateway's words are for any client; sigoe's only way to send a key is this.
+            let hint = match (status, &g.key) {
+                (401, None) => format!(" (sigoe sends the client key set in {KEY_ENV})"),
+                (401, Some(_)) => format!(" (the key in {KEY_ENV} was refused)"),
+                _ => String::new(),
+            };
             let error = Error::UpstreamClient {
                 status,
-                message: format!("the gateway answered {status}: {message}"),
+                message: format!("the gateway answered {status}: {message}{hint}"),
                 kind: said.kind,
                 code: said.code,
                 param: None,

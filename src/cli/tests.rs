@@ -733,12 +733,14 @@ fn newkey_takes_a_name_and_nothing_else() {
 fn the_gateway_key_goes_in_the_target_and_never_in_debug() {
     let g = Gateway::parse("http://127.0.0.1:9080")
         .unwrap()
-        .with_key(Some(" sk-sigo-abc "));
+        .with_key(Some(" sk-sigo-abc "))
+        .unwrap();
     assert_eq!(g.target("/v1/models").key(), Some("sk-sigo-abc"));
     assert!(!format!("{g:?}").contains("sk-sigo-abc"), "{g:?}");
     let none = Gateway::parse("http://127.0.0.1:9080")
         .unwrap()
-        .with_key(Some(""));
+        .with_key(Some(""))
+        .unwrap();
     assert!(none.target("/x").key().is_none());
 }
 
@@ -749,4 +751,22 @@ fn usage_is_a_switch_that_goes_with_j_and_server() {
     let o = opts(&["--usage", "-j", "-server", "http://gw:9080"]);
     assert!(o.usage && o.json);
     assert!(!opts(&[]).usage);
+}
+
+#[test]
+fn a_gateway_key_is_trimmed_and_may_hold_no_control_character() {
+    let g = || Gateway::parse("http://box:9080").unwrap();
+    for (given, key) in [
+        (Some("sk-1\r\n"), Some("sk-1")),
+        (Some(" sk-1 "), Some("sk-1")),
+        (Some(" \r\n"), None),
+        (None, None),
+    ] {
+        let with = g().with_key(given).unwrap();
+        assert_eq!(with.key.as_deref(), key, "{given:?}");
+    }
+    for given in ["sk-1\r\nX-Evil: 1", "sk\u{0}1", "sk\t1"] {
+        let e = g().with_key(Some(given)).unwrap_err();
+        assert!(e.contains("control character") && !e.contains("sk"), "{e}");
+    }
 }
