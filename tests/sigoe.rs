@@ -914,6 +914,16 @@ fn a_key_with_a_control_character_inside_is_bad_usage() {
 
 // ---- stdin, stdout ------------------------------------------------------------------------
 
+#[test]
+fn stdin_over_32_mib_is_bad_usage() {
+    let fake = FakeUpstream::start();
+    let dir = TempDir::new("sigoe-stdin-cap");
+    let big = "y\n".repeat(16 * 1024 * 1024 + 1);
+    let run = direct(&fake, &dir, &["summarize"], Some(&big));
+    assert!(run.failed(2).contains("over 32 MiB"), "{run:#?}");
+    assert_eq!(fake.request_count(), 0);
+}
+
 /// A pipe whose reading end is already closed: every write gets EPIPE.
 fn closed_pipe() -> Stdio {
     let (reader, writer) = std::io::pipe().expect("pipe");

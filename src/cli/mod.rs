@@ -52,6 +52,10 @@ pub use terminal::{Shown, json_escaped};
 const GATEWAY_GRACE: Duration = Duration::from_secs(5);
 /// How long `-l` and `-i` wait for a gateway's model list.
 const LIST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes of prompt read from stdin: a gateway's largest request body (its
+/// `http::Limits::body_bytes`), so more could not be asked anyway — and an endless stdin
+/// would otherwise grow sigoe until the machine runs out of memory.
+pub const MAX_STDIN_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Why sigoe ends without an answer. The variant decides the exit status.
 #[derive(Debug)]
@@ -558,11 +562,7 @@ fn read_prompt(opts: &Options) -> Result<String, Stop> {
         if terminal && opts.log_level >= log::LevelFilter::Warn {
             eprintln!("sigoe: reading the prompt from the terminal; end it with Ctrl-D");
         }
-        let mut bytes = Vec::new();
-        stdin
-            .lock()
-            .read_to_end(&mut bytes)
-            .map_err(|e| usage_error(format!("cannot read the prompt from stdin: {e}")))?;
+        let bytes = read_limited(stdin.lock(), MAX_STDIN_BYTES)?;
         // Piped text is taken as it comes: a byte that is not UTF-8 becomes U+FFFD.
         Some(String::from_utf8_lossy(&bytes).into_owned())
     } else {
@@ -570,6 +570,23 @@ fn read_prompt(opts: &Options) -> Result<String, Stop> {
     };
     assemble_prompt(&opts.prompt, text.as_deref())
         .ok_or_else(|| usage_error("no prompt: give it as arguments or on stdin (see -h)".into()))
+}
+
+/// Reads `input` to its end, or refuses it as soon as it holds more than `limit` bytes,
+/// without reading the rest (`yes | sigoe …` never ends).
+pub fn read_limited(input: impl Read, limit: u64) -> Result<Vec<u8>, Stop> {
+    let mut bytes = Vec::new();
+    input
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| usage_error(format!("cannot read the prompt from stdin: {e}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(usage_error(format!(
+            "the prompt on stdin is over {} MiB, more than a gateway takes in a request",
+            limit / (1024 * 1024)
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Runs an upstream call to its end on this thread (sigoe has nothing else to do meanwhile).

@@ -770,3 +770,16 @@ fn a_gateway_key_is_trimmed_and_may_hold_no_control_character() {
         assert!(e.contains("control character") && !e.contains("sk"), "{e}");
     }
 }
+
+#[test]
+fn stdin_is_read_up_to_the_gateways_body_limit() {
+    assert_eq!(
+        MAX_STDIN_BYTES,
+        crate::http::Limits::default().body_bytes as u64
+    );
+    assert_eq!(read_limited(&b"abc"[..], 3).unwrap(), b"abc");
+    // An endless stdin is refused after limit + 1 bytes.
+    let stop = read_limited(std::io::repeat(b'y'), 1024 * 1024).unwrap_err();
+    assert_eq!(stop.exit_status(), 2);
+    assert!(stop.reason().contains("over 1 MiB"), "{}", stop.reason());
+}
