@@ -924,6 +924,21 @@ fn stdin_over_32_mib_is_bad_usage() {
     assert_eq!(fake.request_count(), 0);
 }
 
+/// Runs sigoe with stdout on `out` (a closed pipe, /dev/full); returns the status and stderr.
+fn sigoe_to(out: Stdio, args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(Stdio::piped());
+    let out = cmd.output().expect("sigoe runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A pipe whose reading end is already closed: every write gets EPIPE.
 fn closed_pipe() -> Stdio {
     let (reader, writer) = std::io::pipe().expect("pipe");
@@ -964,5 +979,15 @@ fn help_and_version_end_quietly_on_a_closed_stdout_and_say_a_full_one() {
             assert_eq!(stderr.lines().count(), 1, "{bin} {flag}: {stderr}");
             assert!(stderr.contains("cannot write to stdout"), "{stderr}");
         }
+    }
+}
+
+#[test]
+fn newkey_shows_the_key_only_once_its_line_is_written() {
+    for out in [dev_full(), closed_pipe()] {
+        let (code, stderr) = sigoe_to(out, &["-newkey", "ana"]);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(!stderr.contains("sk-sigo-"), "no key shown: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
 }

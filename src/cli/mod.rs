@@ -330,23 +330,27 @@ fn usage_error(message: String) -> Stop {
 
 /// `-newkey NAME`: a fresh key on stderr, shown this once, and its `keys.csv` line on
 /// stdout — so `sigoe -newkey ana >> keys.csv` puts the hash in the file and the key on the
-/// terminal, never the key in the file.
+/// terminal, never the key in the file. The line is written and flushed first: a key is
+/// shown only once its line is safe, since a key without its line is of no use (and a full
+/// disk or a closed pipe, even a reader that went away, is then a failure: exit 1).
 fn print_new_key(name: &str) -> Result<(), Stop> {
     let key = keys::generate().map_err(Stop::Failed)?;
+    let line = format!("{}\n", keys::line_for(name, &key));
+    let mut out = std::io::stdout().lock();
+    out.write_all(line.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| Stop::Failed(Error::io(Path::new("stdout"), &e)))?;
     let notice = format!(
         "sigoe: a new client key for {name}, shown this once (the gateway keeps only its hash):\n\n    {key}\n\n\
-         Clients send it as 'Authorization: Bearer <key>' (OpenAI SDKs: api_key) or 'x-api-key'.\n\
+         Clients send it as 'Authorization: Bearer <key>' (OpenAI SDKs: api_key) or 'x-api-key';\n\
+         sigoe sends it from {KEY_ENV}.\n\
          The line for keys.csv is on stdout: add it, set models, rpm and concurrency, then\n\
          reload sigorest (SIGHUP, or systemctl reload sigorest).\n"
     );
     std::io::stderr()
         .lock()
         .write_all(notice.as_bytes())
-        .map_err(|e| Stop::Failed(Error::io(Path::new("stderr"), &e)))?;
-    print_out(
-        format!("{}\n", keys::line_for(name, &key)).as_bytes(),
-        false,
-    )
+        .map_err(|e| Stop::Failed(Error::io(Path::new("stderr"), &e)))
 }
 
 /// Every catalog model, with whether its key is set here.
