@@ -851,6 +851,145 @@ fn https_to_a_gateway_with_its_self_signed_certificate() {
     assert!(run.failed(2).contains("no certificate"));
 }
 
+// ---- answers without text, refusals --------------------------------------------------------
+
+fn refusal_body() -> Value {
+    json!({"id": "r", "object": "chat.completion", "model": "gpt-4.1",
+        "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": null, "refusal": "I cannot help"}}]})
+}
+
+fn filtered_body() -> Value {
+    json!({"id": "f", "object": "chat.completion", "model": "gpt-4.1",
+        "choices": [{"index": 0, "finish_reason": "content_filter",
+            "message": {"role": "assistant", "content": ""}}]})
+}
+
+fn refusal_stream() -> Reply {
+    Reply::stream([
+        r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":null,"refusal":""}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"refusal":"I cannot "}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"refusal":"help"}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+        "[DONE]",
+    ])
+}
+
+fn filtered_stream() -> Reply {
+    Reply::stream([
+        r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{},"finish_reason":"content_filter"}]}"#,
+        "[DONE]",
+    ])
+}
+
+fn history(dir: &TempDir, name: &str) -> Option<Value> {
+    let bytes = std::fs::read(dir.join(&format!(".sessions/{name}"))).ok()?;
+    Some(serde_json::from_slice::<Value>(&bytes).unwrap()["history"].clone())
+}
+
+#[test]
+fn a_refusal_is_the_answer_and_is_kept_as_the_assistants_text() {
+    let fake = FakeUpstream::start();
+    let dir = TempDir::new("sigoe-refusal");
+    fake.push(Reply::json(200, refusal_body()));
+    let run = direct(&fake, &dir, &["-s", "r", "x"], None);
+    assert_eq!(run.ok(), "I cannot help\n");
+    fake.push(refusal_stream());
+    let run = direct(&fake, &dir, &["-s", "r", "-stream", "y"], None);
+    assert_eq!(run.ok(), "I cannot help\n");
+    assert_eq!(
+        history(&dir, "gpt41@r.json").unwrap(),
+        json!([{"role": "user", "content": "x"},
+            {"role": "assistant", "content": "I cannot help"},
+            {"role": "user", "content": "y"},
+            {"role": "assistant", "content": "I cannot help"}])
+    );
+
+    // Through a gateway, the same words.
+    let gw = gateway(&fake);
+    let url = gw.url("");
+    fake.push(Reply::json(200, refusal_body()));
+    let run = sigoe(dir.path(), &[], &["-server", &url, "x"], None);
+    assert_eq!(run.ok(), "I cannot help\n");
+    fake.push(refusal_stream());
+    let run = sigoe(dir.path(), &[], &["-server", &url, "-stream", "x"], None);
+    assert_eq!(run.ok(), "I cannot help\n");
+}
+
+#[test]
+fn an_answer_without_text_fails_saying_why_and_keeps_no_turn() {
+    let fake = FakeUpstream::start();
+    let dir = TempDir::new("sigoe-no-text");
+    let cases: [(Reply, &[&str], &str); 4] = [
+        (
+            Reply::json(200, filtered_body()),
+            &[],
+            "gpt41: the provider filtered the answer (finish_reason content_filter)",
+        ),
+        (
+            filtered_stream(),
+            &["-stream"],
+            "gpt41: the provider filtered the answer (finish_reason content_filter)",
+        ),
+        (
+            Reply::chat(" \n"),
+            &[],
+            "gpt41: the model answered nothing (finish_reason stop)",
+        ),
+        (
+            Reply::chat_stream(&[""]),
+            &["-stream"],
+            "gpt41: the model answered nothing (finish_reason stop)",
+        ),
+    ];
+    for (reply, flags, why) in cases {
+        fake.push(reply);
+        let mut args = vec!["-s", "e"];
+        args.extend_from_slice(flags);
+        args.push("q");
+        let run = direct(&fake, &dir, &args, None);
+        assert_eq!(run.failed(1), format!("sigoe: {why}"), "{flags:?}");
+        assert_eq!(run.stdout.trim(), "", "{flags:?}");
+        assert_eq!(
+            history(&dir, "gpt41@e.json"),
+            None,
+            "no turn kept: {flags:?}"
+        );
+    }
+    // The next question of the session goes without the empty turn.
+    fake.push(Reply::chat("Hi."));
+    direct(&fake, &dir, &["-s", "e", "again"], None).ok();
+    assert_eq!(messages(&fake.last_json().unwrap()), [user("again")]);
+
+    // -j prints the response all the same, and fails.
+    fake.push(Reply::json(200, filtered_body()));
+    let run = direct(&fake, &dir, &["-j", "q"], None);
+    assert!(run.failed(1).contains("content_filter"));
+    let printed: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(printed["choices"][0]["finish_reason"], "content_filter");
+
+    // Through a gateway, the same.
+    let gw = gateway(&fake);
+    let url = gw.url("");
+    for (reply, stream) in [
+        (Reply::json(200, filtered_body()), false),
+        (filtered_stream(), true),
+    ] {
+        fake.push(reply);
+        let mut args = vec!["-server", &url];
+        if stream {
+            args.push("-stream");
+        }
+        args.push("q");
+        let run = sigoe(dir.path(), &[], &args, None);
+        assert!(
+            run.failed(1).ends_with("(finish_reason content_filter)"),
+            "{run:#?}"
+        );
+    }
+}
+
 // ---- the gateway's limits, its URL, its key ------------------------------------------------
 
 #[test]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-use crate::chat::answer::{assistant_message, content_text};
+use crate::chat::answer::{Answer, assistant_message, content_text};
 use crate::chat::halves::Halves;
 use crate::chat::prepared::Prepared;
 use crate::chat::provider_error::ProviderError;
@@ -35,7 +35,9 @@ use crate::state::memory::Memory;
 use crate::state::session::SessionStore;
 use crate::upstream::retry::Failure;
 use crate::upstream::{OpenStream, Target, Upstream};
+use answer::{Outcome, Streamed, whole_outcome};
 
+mod answer;
 mod args;
 mod models;
 mod terminal;
@@ -64,13 +66,16 @@ pub enum Stop {
     Usage(Error),
     /// The model, the network or the machine failed: exit status 1.
     Failed(Error),
+    /// The model's answer held no text (filtered, empty): why, after the model's short name.
+    /// Exit status 1.
+    NoAnswer { short: String, why: String },
 }
 
 impl Stop {
     pub fn exit_status(&self) -> u8 {
         match self {
             Stop::Usage(_) => 2,
-            Stop::Failed(_) => 1,
+            Stop::Failed(_) | Stop::NoAnswer { .. } => 1,
         }
     }
 
@@ -81,6 +86,7 @@ impl Stop {
                 format!("provider not configured: set {env}, or use -server URL")
             }
             Stop::Usage(e) | Stop::Failed(e) => e.to_string(),
+            Stop::NoAnswer { short, why } => format!("{short}: {why}"),
         };
         text.chars()
             .map(|c| if c.is_control() { ' ' } else { c })
@@ -439,10 +445,17 @@ fn ask_provider(opts: &Options, env: &Env, upstream: &Upstream) -> Result<(), St
             req.retries,
             &hangup,
         ))?;
-        let Some(gathered) = print_stream(opened.result.map_err(fail)?, &model.short, None)? else {
+        let Some(streamed) = print_stream(opened.result.map_err(fail)?, &model.short, None)? else {
             return Ok(());
         };
-        prepared.save_turn(&sessions, gathered.assistant());
+        // A turn without an answer is not kept, its question neither: an empty assistant
+        // message would be sent again with the session's next request.
+        let assistant = match streamed.outcome() {
+            Outcome::Text => streamed.gathered.assistant(),
+            Outcome::Refusal(words) => assistant_message(json!(words)),
+            Outcome::Nothing(why) => return Err(no_answer(&model.short, why)),
+        };
+        prepared.save_turn(&sessions, assistant);
         return Ok(());
     }
     let deadline = Instant::now() + req.timeout;
@@ -458,8 +471,16 @@ fn ask_provider(opts: &Options, env: &Env, upstream: &Upstream) -> Result<(), St
     .map_err(fail)?;
     let (answer, parsed) = (done.body, done.answer);
     let text = content_text(&parsed.content);
-    prepared.save_turn(&sessions, assistant_message(parsed.content));
-    print_answer(opts, &answer, &text)
+    let assistant = match whole_outcome(&parsed, &text) {
+        Outcome::Text => Some(assistant_message(parsed.content.clone())),
+        Outcome::Refusal(words) => Some(assistant_message(json!(words))),
+        // Not kept, see the streamed case.
+        Outcome::Nothing(_) => None,
+    };
+    if let Some(assistant) = assistant {
+        prepared.save_turn(&sessions, assistant);
+    }
+    print_answer(opts, &model.short, &answer, &parsed, &text)
 }
 
 /// Server mode: the gateway does memory, sessions, clamps and retries; sigoe makes one
@@ -475,7 +496,11 @@ fn ask_gateway(opts: &Options, g: &Gateway, upstream: &Upstream) -> Result<(), S
         let opened =
             self::wait(upstream.open_stream(&target, body.as_bytes(), wait, wait, 1, &hangup))?;
         let stream = opened.result.map_err(|f| gateway_failure(f, g))?;
-        print_stream(stream, &opts.model, Some(&g.base))?;
+        if let Some(streamed) = print_stream(stream, &opts.model, Some(&g.base))?
+            && let Outcome::Nothing(why) = streamed.outcome()
+        {
+            return Err(no_answer(&opts.model, why));
+        }
         return Ok(());
     }
     let done = self::wait(upstream.complete(
@@ -489,7 +514,15 @@ fn ask_gateway(opts: &Options, g: &Gateway, upstream: &Upstream) -> Result<(), S
     .result
     .map_err(|f| gateway_failure(f, g))?;
     let (answer, parsed) = (done.body, done.answer);
-    print_answer(opts, &answer, &content_text(&parsed.content))
+    let text = content_text(&parsed.content);
+    print_answer(opts, &opts.model, &answer, &parsed, &text)
+}
+
+fn no_answer(short: &str, why: String) -> Stop {
+    Stop::NoAnswer {
+        short: short.to_string(),
+        why,
+    }
 }
 
 /// A stream's failure that the gateway reported in its last event — whose message already
@@ -602,15 +635,16 @@ fn wait<F: std::future::Future>(call: F) -> Result<F::Output, Stop> {
     })
 }
 
-/// Prints a stream's text as it arrives, flushing each piece. `None` when stdout went away
-/// (a reader like `head` that stopped early): sigoe ends quietly then, without keeping the
-/// turn.
+/// Prints a stream's text as it arrives, flushing each piece; a refusal is printed as text
+/// (it is what the model said). `None` when stdout went away (a reader like `head` that
+/// stopped early): sigoe ends quietly then, without keeping the turn.
 fn print_stream(
     stream: OpenStream,
     short: &str,
     gateway: Option<&str>,
-) -> Result<Option<Gathered>, Stop> {
+) -> Result<Option<Streamed>, Stop> {
     let mut gathered = Gathered::default();
+    let (mut any_text, mut refusal, mut finish_reason) = (false, String::new(), None);
     let mut out = std::io::stdout().lock();
     let mut shown = Shown::new(out.is_terminal());
     let mut last = None;
@@ -622,7 +656,19 @@ fn print_stream(
         &mut gathered,
         &hangup,
         |_, chunk| {
-            let text = halves.text(chunk.content());
+            let choice = chunk.choice();
+            if let Some(reason) = choice.and_then(|c| c.finish_reason.as_deref()) {
+                finish_reason = Some(reason.to_string());
+            }
+            let refused = choice
+                .and_then(|c| c.delta.as_ref())
+                .and_then(|d| d.refusal());
+            let mut text = halves.text(chunk.content());
+            any_text |= !text.trim().is_empty();
+            if let Some(words) = refused {
+                refusal.push_str(words);
+                text.to_mut().push_str(words);
+            }
             if text.is_empty() {
                 return Ok(());
             }
@@ -657,7 +703,12 @@ fn print_stream(
         }))
     };
     match end {
-        StreamEnd::Done => Ok(Some(gathered)),
+        StreamEnd::Done => Ok(Some(Streamed {
+            gathered,
+            text: any_text,
+            refusal,
+            finish_reason,
+        })),
         StreamEnd::Failed(message) => failed(&message),
         StreamEnd::TimedOut => failed(NO_EVENT),
         StreamEnd::Stopped(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(None),
@@ -665,17 +716,31 @@ fn print_stream(
     }
 }
 
-/// Prints a whole answer: the response JSON with `-j`, else the assistant's text.
-fn print_answer(opts: &Options, answer: &[u8], text: &str) -> Result<(), Stop> {
-    let mut out = if opts.json {
-        answer.to_vec()
-    } else {
-        text.as_bytes().to_vec()
+/// Prints a whole answer: the response JSON with `-j`, else the assistant's text, or its
+/// refusal. An answer without either fails after that (the JSON, with `-j`, is printed all
+/// the same: it says what happened).
+fn print_answer(
+    opts: &Options,
+    short: &str,
+    answer: &[u8],
+    parsed: &Answer,
+    text: &str,
+) -> Result<(), Stop> {
+    let outcome = whole_outcome(parsed, text);
+    let mut out = match (&outcome, opts.json) {
+        (_, true) => answer.to_vec(),
+        (Outcome::Refusal(words), false) => words.as_bytes().to_vec(),
+        (Outcome::Text, false) => text.as_bytes().to_vec(),
+        (Outcome::Nothing(_), false) => Vec::new(),
     };
     if !out.is_empty() && !out.ends_with(b"\n") {
         out.push(b'\n');
     }
-    print_out(&out, opts.json)
+    print_out(&out, opts.json)?;
+    match outcome {
+        Outcome::Nothing(why) => Err(no_answer(short, why)),
+        Outcome::Text | Outcome::Refusal(_) => Ok(()),
+    }
 }
 
 /// Writes text, or JSON with `json`, to stdout: see [`for_stdout`]. A reader that went away
