@@ -36,6 +36,8 @@ mod util;
 
 pub use error::Error;
 pub use gateway::Gateway;
+/// For the binaries' `-h` and `-version`.
+pub use util::stdout::print_to_stdout;
 
 /// Building blocks that the integration tests and the benchmark use on their own.
 pub mod parts {

@@ -4,17 +4,18 @@ use std::process::ExitCode;
 
 use sigorest::Error;
 use sigorest::config::{self, Command};
+use sigorest::print_to_stdout;
 
 fn main() -> ExitCode {
     let config = match config::parse_args(std::env::args_os().skip(1).collect()) {
         Ok(Command::Run(config)) => config,
         Ok(Command::Help) => {
-            println!("{}", config::usage());
-            return ExitCode::SUCCESS;
+            let text = format!("{}\n", config::usage());
+            return ExitCode::from(print_to_stdout("sigorest", &text));
         }
         Ok(Command::Version) => {
-            println!("sigorest {}", sigorest::VERSION);
-            return ExitCode::SUCCESS;
+            let text = format!("sigorest {}\n", sigorest::VERSION);
+            return ExitCode::from(print_to_stdout("sigorest", &text));
         }
         Err(e) => {
             eprintln!("sigorest: {e}");

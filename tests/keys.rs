@@ -636,9 +636,27 @@ fn sigoe_newkey_makes_a_key_that_the_gateway_and_sigoe_accept() {
         &[("SIGOREST_API_KEY", key.clone())],
     );
     assert_eq!(code, Some(0), "{err}");
+    // A key read from a CRLF file (`export K=$(cat key)` keeps the \r) works.
+    let (code, _, err) = sigoe(
+        &["-server", &url, "hello"],
+        &[("SIGOREST_API_KEY", format!("{key}\r\n"))],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    // The 401 names the variable sigoe sends the key from.
     let (code, _, err) = sigoe(&["-server", &url, "hello"], &[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("401") && err.contains("no API key"), "{err}");
+    assert!(err.contains("set in SIGOREST_API_KEY"), "{err}");
+    let (code, _, err) = sigoe(
+        &["-server", &url, "hello"],
+        &[("SIGOREST_API_KEY", WRONG.to_string())],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("401") && err.contains("the key in SIGOREST_API_KEY was refused"),
+        "{err}"
+    );
+    assert!(!err.contains(WRONG), "{err}");
     let v: Value = fake.last_json().unwrap();
     assert_eq!(v["model"], "gpt-4.1");
 }

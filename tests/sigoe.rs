@@ -850,3 +850,283 @@ fn https_to_a_gateway_with_its_self_signed_certificate() {
     );
     assert!(run.failed(2).contains("no certificate"));
 }
+
+// ---- answers without text, refusals --------------------------------------------------------
+
+fn refusal_body() -> Value {
+    json!({"id": "r", "object": "chat.completion", "model": "gpt-4.1",
+        "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": null, "refusal": "I cannot help"}}]})
+}
+
+fn filtered_body() -> Value {
+    json!({"id": "f", "object": "chat.completion", "model": "gpt-4.1",
+        "choices": [{"index": 0, "finish_reason": "content_filter",
+            "message": {"role": "assistant", "content": ""}}]})
+}
+
+fn refusal_stream() -> Reply {
+    Reply::stream([
+        r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":null,"refusal":""}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"refusal":"I cannot "}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"refusal":"help"}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+        "[DONE]",
+    ])
+}
+
+fn filtered_stream() -> Reply {
+    Reply::stream([
+        r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{},"finish_reason":"content_filter"}]}"#,
+        "[DONE]",
+    ])
+}
+
+fn history(dir: &TempDir, name: &str) -> Option<Value> {
+    let bytes = std::fs::read(dir.join(&format!(".sessions/{name}"))).ok()?;
+    Some(serde_json::from_slice::<Value>(&bytes).unwrap()["history"].clone())
+}
+
+#[test]
+fn a_refusal_is_the_answer_and_is_kept_as_the_assistants_text() {
+    let fake = FakeUpstream::start();
+    let dir = TempDir::new("sigoe-refusal");
+    fake.push(Reply::json(200, refusal_body()));
+    let run = direct(&fake, &dir, &["-s", "r", "x"], None);
+    assert_eq!(run.ok(), "I cannot help\n");
+    fake.push(refusal_stream());
+    let run = direct(&fake, &dir, &["-s", "r", "-stream", "y"], None);
+    assert_eq!(run.ok(), "I cannot help\n");
+    assert_eq!(
+        history(&dir, "gpt41@r.json").unwrap(),
+        json!([{"role": "user", "content": "x"},
+            {"role": "assistant", "content": "I cannot help"},
+            {"role": "user", "content": "y"},
+            {"role": "assistant", "content": "I cannot help"}])
+    );
+
+    // Through a gateway, the same words.
+    let gw = gateway(&fake);
+    let url = gw.url("");
+    fake.push(Reply::json(200, refusal_body()));
+    let run = sigoe(dir.path(), &[], &["-server", &url, "x"], None);
+    assert_eq!(run.ok(), "I cannot help\n");
+    fake.push(refusal_stream());
+    let run = sigoe(dir.path(), &[], &["-server", &url, "-stream", "x"], None);
+    assert_eq!(run.ok(), "I cannot help\n");
+}
+
+#[test]
+fn an_answer_without_text_fails_saying_why_and_keeps_no_turn() {
+    let fake = FakeUpstream::start();
+    let dir = TempDir::new("sigoe-no-text");
+    let cases: [(Reply, &[&str], &str); 4] = [
+        (
+            Reply::json(200, filtered_body()),
+            &[],
+            "gpt41: the provider filtered the answer (finish_reason content_filter)",
+        ),
+        (
+            filtered_stream(),
+            &["-stream"],
+            "gpt41: the provider filtered the answer (finish_reason content_filter)",
+        ),
+        (
+            Reply::chat(" \n"),
+            &[],
+            "gpt41: the model answered nothing (finish_reason stop)",
+        ),
+        (
+            Reply::chat_stream(&[""]),
+            &["-stream"],
+            "gpt41: the model answered nothing (finish_reason stop)",
+        ),
+    ];
+    for (reply, flags, why) in cases {
+        fake.push(reply);
+        let mut args = vec!["-s", "e"];
+        args.extend_from_slice(flags);
+        args.push("q");
+        let run = direct(&fake, &dir, &args, None);
+        assert_eq!(run.failed(1), format!("sigoe: {why}"), "{flags:?}");
+        assert_eq!(run.stdout.trim(), "", "{flags:?}");
+        assert_eq!(
+            history(&dir, "gpt41@e.json"),
+            None,
+            "no turn kept: {flags:?}"
+        );
+    }
+    // The next question of the session goes without the empty turn.
+    fake.push(Reply::chat("Hi."));
+    direct(&fake, &dir, &["-s", "e", "again"], None).ok();
+    assert_eq!(messages(&fake.last_json().unwrap()), [user("again")]);
+
+    // -j prints the response all the same, and fails.
+    fake.push(Reply::json(200, filtered_body()));
+    let run = direct(&fake, &dir, &["-j", "q"], None);
+    assert!(run.failed(1).contains("content_filter"));
+    let printed: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(printed["choices"][0]["finish_reason"], "content_filter");
+
+    // Through a gateway, the same.
+    let gw = gateway(&fake);
+    let url = gw.url("");
+    for (reply, stream) in [
+        (Reply::json(200, filtered_body()), false),
+        (filtered_stream(), true),
+    ] {
+        fake.push(reply);
+        let mut args = vec!["-server", &url];
+        if stream {
+            args.push("-stream");
+        }
+        args.push("q");
+        let run = sigoe(dir.path(), &[], &args, None);
+        assert!(
+            run.failed(1).ends_with("(finish_reason content_filter)"),
+            "{run:#?}"
+        );
+    }
+}
+
+// ---- the gateway's limits, its URL, its key ------------------------------------------------
+
+#[test]
+fn without_t_a_gateway_applies_its_own_timeout() {
+    let fake = FakeUpstream::start();
+    let gw = Gateway::start(
+        Options::default()
+            .upstream(&fake.base_url())
+            .configure(|c| c.max_timeout = Duration::from_secs(120)),
+    );
+    let dir = TempDir::new("sigoe-gateway-timeout");
+    let url = gw.url("");
+    fake.push(Reply::chat("fine"));
+    let run = sigoe(dir.path(), &[], &["-server", &url, "hi"], None);
+    assert_eq!(run.ok(), "fine\n");
+    // With -t it goes, and the gateway's refusal is said.
+    let run = sigoe(dir.path(), &[], &["-server", &url, "-t", "300", "hi"], None);
+    let line = run.failed(1);
+    assert!(line.contains("400") && line.contains("120"), "{line}");
+    fake.push(Reply::chat("fine"));
+    let run = sigoe(dir.path(), &[], &["-server", &url, "-t", "60", "hi"], None);
+    assert_eq!(run.ok(), "fine\n");
+    assert_eq!(fake.request_count(), 2);
+}
+
+#[test]
+fn a_gateway_url_with_a_path_is_bad_usage() {
+    let dir = TempDir::new("sigoe-server-path");
+    for url in [
+        "http://127.0.0.1:9/claude-h",
+        "http://127.0.0.1:9/api",
+        "http://127.0.0.1:9/v1/chat/completions",
+    ] {
+        let run = sigoe(dir.path(), &[], &["-server", url, "hello"], None);
+        let line = run.failed(2);
+        assert!(
+            line.starts_with("sigoe: -server: ") && line.contains("/v1"),
+            "{line}"
+        );
+        let env = [("SIGOREST_URL", url.to_string())];
+        let line = sigoe(dir.path(), &env, &["hello"], None)
+            .failed(2)
+            .to_string();
+        assert!(line.starts_with("sigoe: SIGOREST_URL: "), "{line}");
+    }
+}
+
+#[test]
+fn a_key_with_a_control_character_inside_is_bad_usage() {
+    let dir = TempDir::new("sigoe-key-crlf");
+    let env = [
+        ("SIGOREST_URL", "http://127.0.0.1:9".to_string()),
+        ("SIGOREST_API_KEY", "sk-1\r\nX-Evil: 1".to_string()),
+    ];
+    let line = sigoe(dir.path(), &env, &["hello"], None)
+        .failed(2)
+        .to_string();
+    assert!(line.starts_with("sigoe: SIGOREST_API_KEY: "), "{line}");
+    assert!(!line.contains("sk-1"), "the key is not shown: {line}");
+}
+
+// ---- stdin, stdout ------------------------------------------------------------------------
+
+#[test]
+fn stdin_over_32_mib_is_bad_usage() {
+    let fake = FakeUpstream::start();
+    let dir = TempDir::new("sigoe-stdin-cap");
+    let big = "y\n".repeat(16 * 1024 * 1024 + 1);
+    let run = direct(&fake, &dir, &["summarize"], Some(&big));
+    assert!(run.failed(2).contains("over 32 MiB"), "{run:#?}");
+    assert_eq!(fake.request_count(), 0);
+}
+
+/// Runs sigoe with stdout on `out` (a closed pipe, /dev/full); returns the status and stderr.
+fn sigoe_to(out: Stdio, args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(Stdio::piped());
+    let out = cmd.output().expect("sigoe runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A pipe whose reading end is already closed: every write gets EPIPE.
+fn closed_pipe() -> Stdio {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    Stdio::from(writer)
+}
+
+fn dev_full() -> Stdio {
+    Stdio::from(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full"),
+    )
+}
+
+#[test]
+fn help_and_version_end_quietly_on_a_closed_stdout_and_say_a_full_one() {
+    for bin in [BIN, env!("CARGO_BIN_EXE_sigorest")] {
+        for flag in ["-h", "-help", "-version"] {
+            let run = |out: Stdio| {
+                let out = Command::new(bin)
+                    .env_clear()
+                    .arg(flag)
+                    .stdout(out)
+                    .stderr(Stdio::piped())
+                    .output()
+                    .expect("runs");
+                (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            };
+            let (code, stderr) = run(closed_pipe());
+            assert_eq!((code, stderr.as_str()), (Some(0), ""), "{bin} {flag}");
+            let (code, stderr) = run(dev_full());
+            assert_eq!(code, Some(1), "{bin} {flag}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{bin} {flag}: {stderr}");
+            assert!(stderr.contains("cannot write to stdout"), "{stderr}");
+        }
+    }
+}
+
+#[test]
+fn newkey_shows_the_key_only_once_its_line_is_written() {
+    for out in [dev_full(), closed_pipe()] {
+        let (code, stderr) = sigoe_to(out, &["-newkey", "ana"]);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(!stderr.contains("sk-sigo-"), "no key shown: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}

@@ -5,17 +5,17 @@
 use std::process::ExitCode;
 
 use sigorest::cli::{self, Command};
+use sigorest::print_to_stdout;
 
 fn main() -> ExitCode {
     let opts = match cli::parse_args(std::env::args_os().skip(1).collect()) {
         Ok(Command::Run(opts)) => opts,
         Ok(Command::Help) => {
-            print!("{}", cli::usage());
-            return ExitCode::SUCCESS;
+            return ExitCode::from(print_to_stdout("sigoe", &cli::usage()));
         }
         Ok(Command::Version) => {
-            println!("sigoe {}", sigorest::VERSION);
-            return ExitCode::SUCCESS;
+            let text = format!("sigoe {}\n", sigorest::VERSION);
+            return ExitCode::from(print_to_stdout("sigoe", &text));
         }
         Err(e) => {
             eprintln!("sigoe: {e}");

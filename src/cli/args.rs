@@ -26,7 +26,9 @@ pub struct Options {
     pub session: Option<String>,
     pub max_tokens: Option<u64>,
     pub temperature: Option<f64>,
-    pub timeout: Duration,
+    /// `-t` as given. Without it, direct mode waits [`DEFAULT_TIMEOUT`] and a gateway applies
+    /// its own default: sending ours could exceed the gateway's `-max-timeout` (a 400).
+    pub timeout: Option<Duration>,
     pub retries: u32,
     /// `-l`: list the models.
     pub list: bool,
@@ -59,7 +61,7 @@ impl Default for Options {
             session: None,
             max_tokens: None,
             temperature: None,
-            timeout: DEFAULT_TIMEOUT,
+            timeout: None,
             retries: DEFAULT_RETRIES,
             list: false,
             info: None,
@@ -196,7 +198,7 @@ fn question_flags(p: &mut pico_args::Arguments, o: &mut Options) -> Result<(), E
     if let Some(v) = text_value(p, "-t")? {
         let max = MAX_TIMEOUT.as_secs();
         match v.trim().parse::<f64>() {
-            Ok(s) if s > 0.0 && s <= max as f64 => o.timeout = Duration::from_secs_f64(s),
+            Ok(s) if s > 0.0 && s <= max as f64 => o.timeout = Some(Duration::from_secs_f64(s)),
             _ => {
                 return Err(bad(format!(
                     "-t: {} is not a number of seconds above 0 and at most {max}",
@@ -302,7 +304,8 @@ Flags (one dash or two; the value after a space or '='):
   -n MAX_TOKENS    longest answer, clamped to the model's output limit
   -T TEMPERATURE   clamped into the model's range
   -t TIMEOUT       seconds for the whole answer; when streaming, for the first
-                   event and each gap (default {timeout}, at most {max_timeout})
+                   event and each gap (default {timeout}, at most {max_timeout}; with
+                   -server, default and maximum are the gateway's)
   -r RETRIES       attempts in all, 1-{max_retries} (default {retries})
   -stream          stream the answer even when stdout is not a terminal
                    (on a terminal it always streams)
@@ -313,7 +316,7 @@ Flags (one dash or two; the value after a space or '='):
                    and model (with -server: its GET /api/usage; else the file
                    usage.json in -sessions); -j prints the JSON
   -server URL      ask the sigorest gateway at URL (http://host:9080 or
-                   https://host:9443) instead of the provider; default
+                   https://host:9443, no path but /v1) instead of the provider; default
                    ${server_env}; -server '' forces direct mode
   -cacert PATH     trust this PEM certificate (the gateway's self-signed
                    certs/server.crt) for an https:// -server
@@ -336,7 +339,7 @@ stderr), 2 bad usage (a bad flag, no prompt, an unknown model, a file to fix).
 ",
         version = crate::VERSION,
         model = d.model,
-        timeout = d.timeout.as_secs(),
+        timeout = DEFAULT_TIMEOUT.as_secs(),
         max_timeout = MAX_TIMEOUT.as_secs(),
         retries = d.retries,
         max_retries = MAX_RETRIES,

@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-use crate::chat::answer::assistant_message;
+use crate::chat::answer::{Answer, assistant_message};
 use crate::chat::halves::Halves;
 use crate::chat::prepared::Prepared;
 use crate::chat::provider_error::ProviderError;
-use crate::chat::request::{ChatRequest, MAX_TIMEOUT};
+use crate::chat::request::{ChatRequest, DEFAULT_TIMEOUT, MAX_TIMEOUT};
 use crate::chat::stream::{Gathered, NO_EVENT, StreamEnd};
 use crate::config::quote;
 use crate::env::Env;
@@ -35,7 +35,9 @@ use crate::state::memory::Memory;
 use crate::state::session::SessionStore;
 use crate::upstream::retry::Failure;
 use crate::upstream::{OpenStream, Target, Upstream};
+use answer::{Outcome, Streamed, whole_outcome};
 
+mod answer;
 mod args;
 mod models;
 mod terminal;
@@ -52,6 +54,10 @@ pub use terminal::{Shown, json_escaped};
 const GATEWAY_GRACE: Duration = Duration::from_secs(5);
 /// How long `-l` and `-i` wait for a gateway's model list.
 const LIST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes of prompt read from stdin: a gateway's largest request body (its
+/// `http::Limits::body_bytes`), so more could not be asked anyway — and an endless stdin
+/// would otherwise grow sigoe until the machine runs out of memory.
+pub const MAX_STDIN_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Why sigoe ends without an answer. The variant decides the exit status.
 #[derive(Debug)]
@@ -60,13 +66,16 @@ pub enum Stop {
     Usage(Error),
     /// The model, the network or the machine failed: exit status 1.
     Failed(Error),
+    /// The model's answer held no text (filtered, empty): why, after the model's short name.
+    /// Exit status 1.
+    NoAnswer { short: String, why: String },
 }
 
 impl Stop {
     pub fn exit_status(&self) -> u8 {
         match self {
             Stop::Usage(_) => 2,
-            Stop::Failed(_) => 1,
+            Stop::Failed(_) | Stop::NoAnswer { .. } => 1,
         }
     }
 
@@ -77,6 +86,7 @@ impl Stop {
                 format!("provider not configured: set {env}, or use -server URL")
             }
             Stop::Usage(e) | Stop::Failed(e) => e.to_string(),
+            Stop::NoAnswer { short, why } => format!("{short}: {why}"),
         };
         text.chars()
             .map(|c| if c.is_control() { ' ' } else { c })
@@ -104,7 +114,7 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Accepts `http(s)://host[:port]`, with or without a trailing `/` or `/v1`. A query, a
+    /// Accepts `http(s)://host[:port]`, with or without a trailing `/`, `/v1` or `/v1/`. A query, a
     /// fragment or a `user:password@` is refused: sigoe would send neither, and the query
     /// would be glued into every path. Messages never show the password.
     pub fn parse(url: &str) -> Result<Gateway, String> {
@@ -134,11 +144,18 @@ impl Gateway {
                 quote(url)
             ));
         }
-        let mut base = url.trim_end_matches('/');
-        if let Some(stripped) = base.strip_suffix("/v1") {
-            base = stripped.trim_end_matches('/');
+        let (scheme, rest) = url.split_once("://").unwrap_or((url, ""));
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        // sigoe adds the paths itself. Any other path would be glued before them: `/claude-h`
+        // would silently pick the gateway's model route over -m, `/api` or a pasted
+        // `/v1/chat/completions` would end in a puzzling 404.
+        if !matches!(path, "" | "/" | "/v1" | "/v1/") {
+            return Err(format!(
+                "{} has a path: give the gateway's address, with nothing after it                  but / or /v1 (e.g. http://host:9080)",
+                quote(url)
+            ));
         }
-        let host = base.split_once("://").map_or("", |(_, rest)| rest);
+        let base = &url[..scheme.len() + 3 + host.len()];
         if host.is_empty() || host.contains(char::is_whitespace) {
             return Err(format!("{} has no host", quote(url)));
         }
@@ -159,13 +176,16 @@ impl Gateway {
         format!("{}{path}", self.base)
     }
 
-    /// The same gateway, sending this client key (an empty one counts as none).
-    pub fn with_key(mut self, key: Option<&str>) -> Gateway {
-        self.key = key
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .map(str::to_string);
-        self
+    /// The same gateway, sending this client key (an empty one counts as none). White space
+    /// around it goes (`export K=$(cat key)` keeps a CRLF file's `\r`); a control character
+    /// inside is refused, since it would end up raw in the request's head.
+    pub fn with_key(mut self, key: Option<&str>) -> Result<Gateway, String> {
+        let key = key.map(str::trim).filter(|k| !k.is_empty());
+        if key.is_some_and(|k| k.chars().any(char::is_control)) {
+            return Err("holds a control character (a line break?): give the key alone".into());
+        }
+        self.key = key.map(str::to_string);
+        Ok(self)
     }
 
     fn target(&self, path: &str) -> Target {
@@ -207,7 +227,7 @@ pub fn assemble_prompt(args: &[String], stdin: Option<&str>) -> Option<String> {
 }
 
 /// The chat-completions body sigoe sends: one user message, the options that were given,
-/// and the gateway's extensions (`session_id`, `timeout`, `retries`). In direct mode it
+/// and the gateway's extensions (`session_id`, `timeout` when `-t` was given, `retries`). In direct mode it
 /// goes through [`ChatRequest::parse`] like any client's body, which takes the extensions
 /// out again.
 pub fn request_body(opts: &Options, prompt: &str, stream: bool) -> Value {
@@ -226,7 +246,11 @@ pub fn request_body(opts: &Options, prompt: &str, stream: bool) -> Value {
     if let Some(s) = &opts.session {
         body.insert("session_id".into(), json!(s));
     }
-    body.insert("timeout".into(), json!(opts.timeout.as_secs_f64()));
+    // Without `-t`, no timeout: the server's parser applies its default (direct mode), a
+    // gateway its own.
+    if let Some(t) = opts.timeout {
+        body.insert("timeout".into(), json!(t.as_secs_f64()));
+    }
     body.insert("retries".into(), json!(opts.retries));
     if stream {
         body.insert("stream".into(), json!(true));
@@ -248,7 +272,8 @@ pub fn run(opts: &Options, env: &Env) -> Result<(), Stop> {
         Some(url) => Some(
             Gateway::parse(url)
                 .map_err(|m| usage_error(format!("{source}: {m}")))?
-                .with_key(env.get(KEY_ENV)),
+                .with_key(env.get(KEY_ENV))
+                .map_err(|m| usage_error(format!("{KEY_ENV}: {m}")))?,
         ),
     };
     let upstream = match &opts.cacert {
@@ -311,23 +336,27 @@ fn usage_error(message: String) -> Stop {
 
 /// `-newkey NAME`: a fresh key on stderr, shown this once, and its `keys.csv` line on
 /// stdout — so `sigoe -newkey ana >> keys.csv` puts the hash in the file and the key on the
-/// terminal, never the key in the file.
+/// terminal, never the key in the file. The line is written and flushed first: a key is
+/// shown only once its line is safe, since a key without its line is of no use (and a full
+/// disk or a closed pipe, even a reader that went away, is then a failure: exit 1).
 fn print_new_key(name: &str) -> Result<(), Stop> {
     let key = keys::generate().map_err(Stop::Failed)?;
+    let line = format!("{}\n", keys::line_for(name, &key));
+    let mut out = std::io::stdout().lock();
+    out.write_all(line.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| Stop::Failed(Error::io(Path::new("stdout"), &e)))?;
     let notice = format!(
         "sigoe: a new client key for {name}, shown this once (the gateway keeps only its hash):\n\n    {key}\n\n\
-         Clients send it as 'Authorization: Bearer <key>' (OpenAI SDKs: api_key) or 'x-api-key'.\n\
+         Clients send it as 'Authorization: Bearer <key>' (OpenAI SDKs: api_key) or 'x-api-key';\n\
+         sigoe sends it from {KEY_ENV}.\n\
          The line for keys.csv is on stdout: add it, set models, rpm and concurrency, then\n\
          reload sigorest (SIGHUP, or systemctl reload sigorest).\n"
     );
     std::io::stderr()
         .lock()
         .write_all(notice.as_bytes())
-        .map_err(|e| Stop::Failed(Error::io(Path::new("stderr"), &e)))?;
-    print_out(
-        format!("{}\n", keys::line_for(name, &key)).as_bytes(),
-        false,
-    )
+        .map_err(|e| Stop::Failed(Error::io(Path::new("stderr"), &e)))
 }
 
 /// Every catalog model, with whether its key is set here.
@@ -416,10 +445,17 @@ fn ask_provider(opts: &Options, env: &Env, upstream: &Upstream) -> Result<(), St
             req.retries,
             &hangup,
         ))?;
-        let Some(gathered) = print_stream(opened.result.map_err(fail)?, &model.short, None)? else {
+        let Some(streamed) = print_stream(opened.result.map_err(fail)?, &model.short, None)? else {
             return Ok(());
         };
-        prepared.save_turn(&sessions, gathered.assistant());
+        // A turn without an answer is not kept, its question neither: an empty assistant
+        // message would be sent again with the session's next request.
+        let assistant = match streamed.outcome() {
+            Outcome::Text => streamed.gathered.assistant(),
+            Outcome::Refusal(words) => assistant_message(json!(words)),
+            Outcome::Nothing(why) => return Err(no_answer(&model.short, why)),
+        };
+        prepared.save_turn(&sessions, assistant);
         return Ok(());
     }
     let deadline = Instant::now() + req.timeout;
@@ -435,8 +471,16 @@ fn ask_provider(opts: &Options, env: &Env, upstream: &Upstream) -> Result<(), St
     .map_err(fail)?;
     let (answer, parsed) = (done.body, done.answer);
     let text = parsed.text();
-    prepared.save_turn(&sessions, assistant_message(parsed.turn_content()));
-    print_answer(opts, &answer, &text)
+    let assistant = match whole_outcome(&parsed, &text) {
+        Outcome::Text => Some(assistant_message(parsed.turn_content())),
+        Outcome::Refusal(words) => Some(assistant_message(json!(words))),
+        // Not kept, see the streamed case.
+        Outcome::Nothing(_) => None,
+    };
+    if let Some(assistant) = assistant {
+        prepared.save_turn(&sessions, assistant);
+    }
+    print_answer(opts, &model.short, &answer, &parsed, &text)
 }
 
 /// Server mode: the gateway does memory, sessions, clamps and retries; sigoe makes one
@@ -446,13 +490,17 @@ fn ask_gateway(opts: &Options, g: &Gateway, upstream: &Upstream) -> Result<(), S
     let stream = streams(opts);
     let body = request_body(opts, &prompt, stream).to_string();
     let target = g.target("/v1/chat/completions");
-    let wait = opts.timeout + GATEWAY_GRACE;
+    let wait = opts.timeout.unwrap_or(DEFAULT_TIMEOUT) + GATEWAY_GRACE;
     let hangup = Hangup::default();
     if stream {
         let opened =
             self::wait(upstream.open_stream(&target, body.as_bytes(), wait, wait, 1, &hangup))?;
         let stream = opened.result.map_err(|f| gateway_failure(f, g))?;
-        print_stream(stream, &opts.model, Some(&g.base))?;
+        if let Some(streamed) = print_stream(stream, &opts.model, Some(&g.base))?
+            && let Outcome::Nothing(why) = streamed.outcome()
+        {
+            return Err(no_answer(&opts.model, why));
+        }
         return Ok(());
     }
     let done = self::wait(upstream.complete(
@@ -466,7 +514,15 @@ fn ask_gateway(opts: &Options, g: &Gateway, upstream: &Upstream) -> Result<(), S
     .result
     .map_err(|f| gateway_failure(f, g))?;
     let (answer, parsed) = (done.body, done.answer);
-    print_answer(opts, &answer, &parsed.text())
+    let text = parsed.text();
+    print_answer(opts, &opts.model, &answer, &parsed, &text)
+}
+
+fn no_answer(short: &str, why: String) -> Stop {
+    Stop::NoAnswer {
+        short: short.to_string(),
+        why,
+    }
 }
 
 /// A stream's failure that the gateway reported in its last event — whose message already
@@ -513,9 +569,15 @@ fn gateway_failure(failure: Failure, g: &Gateway) -> Stop {
                 .message
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
             let not_found = said.code.as_deref() == Some("model_not_found");
+            // The gateway's words are for any client; sigoe's only way to send a key is this.
+            let hint = match (status, &g.key) {
+                (401, None) => format!(" (sigoe sends the client key set in {KEY_ENV})"),
+                (401, Some(_)) => format!(" (the key in {KEY_ENV} was refused)"),
+                _ => String::new(),
+            };
             let error = Error::UpstreamClient {
                 status,
-                message: format!("the gateway answered {status}: {message}"),
+                message: format!("the gateway answered {status}: {message}{hint}"),
                 kind: said.kind,
                 code: said.code,
                 param: None,
@@ -537,11 +599,7 @@ fn read_prompt(opts: &Options) -> Result<String, Stop> {
         if terminal && opts.log_level >= log::LevelFilter::Warn {
             eprintln!("sigoe: reading the prompt from the terminal; end it with Ctrl-D");
         }
-        let mut bytes = Vec::new();
-        stdin
-            .lock()
-            .read_to_end(&mut bytes)
-            .map_err(|e| usage_error(format!("cannot read the prompt from stdin: {e}")))?;
+        let bytes = read_limited(stdin.lock(), MAX_STDIN_BYTES)?;
         // Piped text is taken as it comes: a byte that is not UTF-8 becomes U+FFFD.
         Some(String::from_utf8_lossy(&bytes).into_owned())
     } else {
@@ -549,6 +607,23 @@ fn read_prompt(opts: &Options) -> Result<String, Stop> {
     };
     assemble_prompt(&opts.prompt, text.as_deref())
         .ok_or_else(|| usage_error("no prompt: give it as arguments or on stdin (see -h)".into()))
+}
+
+/// Reads `input` to its end, or refuses it as soon as it holds more than `limit` bytes,
+/// without reading the rest (`yes | sigoe …` never ends).
+pub fn read_limited(input: impl Read, limit: u64) -> Result<Vec<u8>, Stop> {
+    let mut bytes = Vec::new();
+    input
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| usage_error(format!("cannot read the prompt from stdin: {e}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(usage_error(format!(
+            "the prompt on stdin is over {} MiB, more than a gateway takes in a request",
+            limit / (1024 * 1024)
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Runs an upstream call to its end on this thread (sigoe has nothing else to do meanwhile).
@@ -560,15 +635,16 @@ fn wait<F: std::future::Future>(call: F) -> Result<F::Output, Stop> {
     })
 }
 
-/// Prints a stream's text as it arrives, flushing each piece. `None` when stdout went away
-/// (a reader like `head` that stopped early): sigoe ends quietly then, without keeping the
-/// turn.
+/// Prints a stream's text as it arrives, flushing each piece; a refusal is printed as text
+/// (it is what the model said). `None` when stdout went away (a reader like `head` that
+/// stopped early): sigoe ends quietly then, without keeping the turn.
 fn print_stream(
     stream: OpenStream,
     short: &str,
     gateway: Option<&str>,
-) -> Result<Option<Gathered>, Stop> {
+) -> Result<Option<Streamed>, Stop> {
     let mut gathered = Gathered::default();
+    let (mut any_text, mut refusal, mut finish_reason) = (false, String::new(), None);
     let mut out = std::io::stdout().lock();
     let mut shown = Shown::new(out.is_terminal());
     let mut last = None;
@@ -580,7 +656,19 @@ fn print_stream(
         &mut gathered,
         &hangup,
         |_, chunk| {
-            let text = halves.text(chunk.content());
+            let choice = chunk.choice();
+            if let Some(reason) = choice.and_then(|c| c.finish_reason.as_deref()) {
+                finish_reason = Some(reason.to_string());
+            }
+            let refused = choice
+                .and_then(|c| c.delta.as_ref())
+                .and_then(|d| d.refusal());
+            let mut text = halves.text(chunk.content());
+            any_text |= !text.trim().is_empty();
+            if let Some(words) = refused {
+                refusal.push_str(words);
+                text.to_mut().push_str(words);
+            }
             if text.is_empty() {
                 return Ok(());
             }
@@ -615,7 +703,12 @@ fn print_stream(
         }))
     };
     match end {
-        StreamEnd::Done => Ok(Some(gathered)),
+        StreamEnd::Done => Ok(Some(Streamed {
+            gathered,
+            text: any_text,
+            refusal,
+            finish_reason,
+        })),
         StreamEnd::Failed(message) => failed(&message),
         StreamEnd::TimedOut => failed(NO_EVENT),
         StreamEnd::Stopped(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(None),
@@ -623,17 +716,31 @@ fn print_stream(
     }
 }
 
-/// Prints a whole answer: the response JSON with `-j`, else the assistant's text.
-fn print_answer(opts: &Options, answer: &[u8], text: &str) -> Result<(), Stop> {
-    let mut out = if opts.json {
-        answer.to_vec()
-    } else {
-        text.as_bytes().to_vec()
+/// Prints a whole answer: the response JSON with `-j`, else the assistant's text, or its
+/// refusal. An answer without either fails after that (the JSON, with `-j`, is printed all
+/// the same: it says what happened).
+fn print_answer(
+    opts: &Options,
+    short: &str,
+    answer: &[u8],
+    parsed: &Answer,
+    text: &str,
+) -> Result<(), Stop> {
+    let outcome = whole_outcome(parsed, text);
+    let mut out = match (&outcome, opts.json) {
+        (_, true) => answer.to_vec(),
+        (Outcome::Refusal(words), false) => words.as_bytes().to_vec(),
+        (Outcome::Text, false) => text.as_bytes().to_vec(),
+        (Outcome::Nothing(_), false) => Vec::new(),
     };
     if !out.is_empty() && !out.ends_with(b"\n") {
         out.push(b'\n');
     }
-    print_out(&out, opts.json)
+    print_out(&out, opts.json)?;
+    match outcome {
+        Outcome::Nothing(why) => Err(no_answer(short, why)),
+        Outcome::Text | Outcome::Refusal(_) => Ok(()),
+    }
 }
 
 /// Writes text, or JSON with `json`, to stdout: see [`for_stdout`]. A reader that went away

@@ -32,7 +32,7 @@ fn defaults() {
     let o = opts(&[]);
     assert_eq!(o, Options::default());
     assert_eq!(o.model, "gpt41");
-    assert_eq!((o.timeout, o.retries), (Duration::from_secs(180), 3));
+    assert_eq!((o.timeout, o.retries), (None, 3));
     assert_eq!(o.log_level, log::LevelFilter::Warn);
     assert_eq!(o.memory, PathBuf::from("./memory.json"));
     assert_eq!(o.sessions, PathBuf::from("./.sessions"));
@@ -61,7 +61,7 @@ fn every_flag_in_go_style_and_with_two_dashes() {
         assert_eq!(o.session.as_deref(), Some("notes"));
         assert_eq!(o.max_tokens, Some(100));
         assert_eq!(o.temperature, Some(0.5));
-        assert_eq!(o.timeout, Duration::from_secs(20));
+        assert_eq!(o.timeout, Some(Duration::from_secs(20)));
         assert_eq!(o.retries, 2);
     }
     for args in [
@@ -97,7 +97,10 @@ fn every_flag_in_go_style_and_with_two_dashes() {
     assert!(opts(&["-stream"]).stream);
     assert!(opts(&["--stream"]).stream);
     assert_eq!(opts(&["-i", "kimi"]).info.as_deref(), Some("kimi"));
-    assert_eq!(opts(&["-t", "2.5"]).timeout, Duration::from_millis(2500));
+    assert_eq!(
+        opts(&["-t", "2.5"]).timeout,
+        Some(Duration::from_millis(2500))
+    );
     assert_eq!(
         opts(&["-T", "-0.5"]).temperature,
         Some(-0.5),
@@ -340,9 +343,18 @@ fn request_bodies_carry_what_was_given() {
             "retries": 2, "stream": true})
     );
     let plain = request_body(&Options::default(), "q", false);
-    for k in ["max_tokens", "temperature", "session_id", "stream"] {
+    // Without -t no timeout goes: a gateway applies its own (ours could pass its maximum).
+    for k in [
+        "max_tokens",
+        "temperature",
+        "session_id",
+        "timeout",
+        "stream",
+    ] {
         assert!(plain.get(k).is_none(), "{k}");
     }
+    let req = ChatRequest::parse(plain.to_string().as_bytes(), MAX_TIMEOUT).unwrap();
+    assert_eq!(req.timeout, DEFAULT_TIMEOUT, "direct mode waits as before");
     // What sigoe builds, the server's parser takes.
     let req = ChatRequest::parse(b.to_string().as_bytes(), MAX_TIMEOUT).unwrap();
     assert_eq!(
@@ -384,6 +396,21 @@ fn gateway_urls() {
     assert!(Gateway::parse("http://[::1/").is_err());
     assert!(Gateway::parse("http://").unwrap_err().contains("no host"));
     assert!(Gateway::parse("http:///v1").is_err());
+    // A path is glued before sigoe's own paths: only / and /v1 mean the gateway itself.
+    for path in [
+        "/claude-h",
+        "/claude-h/v1",
+        "/api",
+        "/v1/chat/completions",
+        "/v1/v1",
+        "//",
+        "/v1//",
+        "/V1",
+    ] {
+        let url = format!("http://127.0.0.1:9080{path}");
+        let e = Gateway::parse(&url).unwrap_err();
+        assert!(e.contains("has a path") && e.contains("/v1"), "{url}: {e}");
+    }
     assert!(
         Gateway::parse("http://127.0.0.1:9080")
             .unwrap()
@@ -706,12 +733,14 @@ fn newkey_takes_a_name_and_nothing_else() {
 fn the_gateway_key_goes_in_the_target_and_never_in_debug() {
     let g = Gateway::parse("http://127.0.0.1:9080")
         .unwrap()
-        .with_key(Some(" sk-sigo-abc "));
+        .with_key(Some(" sk-sigo-abc "))
+        .unwrap();
     assert_eq!(g.target("/v1/models").key(), Some("sk-sigo-abc"));
     assert!(!format!("{g:?}").contains("sk-sigo-abc"), "{g:?}");
     let none = Gateway::parse("http://127.0.0.1:9080")
         .unwrap()
-        .with_key(Some(""));
+        .with_key(Some(""))
+        .unwrap();
     assert!(none.target("/x").key().is_none());
 }
 
@@ -722,4 +751,35 @@ fn usage_is_a_switch_that_goes_with_j_and_server() {
     let o = opts(&["--usage", "-j", "-server", "http://gw:9080"]);
     assert!(o.usage && o.json);
     assert!(!opts(&[]).usage);
+}
+
+#[test]
+fn a_gateway_key_is_trimmed_and_may_hold_no_control_character() {
+    let g = || Gateway::parse("http://box:9080").unwrap();
+    for (given, key) in [
+        (Some("sk-1\r\n"), Some("sk-1")),
+        (Some(" sk-1 "), Some("sk-1")),
+        (Some(" \r\n"), None),
+        (None, None),
+    ] {
+        let with = g().with_key(given).unwrap();
+        assert_eq!(with.key.as_deref(), key, "{given:?}");
+    }
+    for given in ["sk-1\r\nX-Evil: 1", "sk\u{0}1", "sk\t1"] {
+        let e = g().with_key(Some(given)).unwrap_err();
+        assert!(e.contains("control character") && !e.contains("sk"), "{e}");
+    }
+}
+
+#[test]
+fn stdin_is_read_up_to_the_gateways_body_limit() {
+    assert_eq!(
+        MAX_STDIN_BYTES,
+        crate::http::Limits::default().body_bytes as u64
+    );
+    assert_eq!(read_limited(&b"abc"[..], 3).unwrap(), b"abc");
+    // An endless stdin is refused after limit + 1 bytes.
+    let stop = read_limited(std::io::repeat(b'y'), 1024 * 1024).unwrap_err();
+    assert_eq!(stop.exit_status(), 2);
+    assert!(stop.reason().contains("over 1 MiB"), "{}", stop.reason());
 }

@@ -5,12 +5,17 @@
 //! is only atomic within one filesystem), fsync it so its data is on disk before its name
 //! is, rename it over the target, then fsync the directory so the rename itself survives a
 //! power cut.
+//!
+//! The new file is given the owner and group of the one it replaces (or, new, of its
+//! directory) when the writer may: root running `sigoe -s` in the directory of a gateway
+//! that runs as its own user (systemd `DynamicUser`) would otherwise leave it a session
+//! file it cannot read.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -32,21 +37,20 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// the directory fsynced. `mode` sets the permission bits of the new file exactly (e.g.
 /// `0o600` for the TLS key and the sessions); `None` keeps those of the file it replaces
 /// (a `chmod 600` of the user's stays), or, for a new file, creates it as any (0666 less
-/// the umask). A `path` that is a symbolic link is written through: the file it names is
-/// replaced, the link stays. Creates missing parent directories. On error the temporary
-/// file is removed and `path` is untouched.
+/// the umask). The file keeps the owner and group of the one it replaces, and a new file
+/// gets its directory's, as far as the writer may ([`give_away`]). A `path` that is a
+/// symbolic link is written through: the file it names is replaced, the link stays. Creates
+/// missing parent directories. On error the temporary file is removed and `path` is
+/// untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
     let linked = fs::symlink_metadata(path)
         .is_ok_and(|m| m.file_type().is_symlink())
         .then(|| link_target(path))
         .flatten();
     let path = linked.as_deref().unwrap_or(path);
-    let mode = mode.or_else(|| {
-        fs::metadata(path)
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| m.permissions().mode() & 0o7777)
-    });
+    let replaced = fs::metadata(path).ok().filter(|m| m.is_file());
+    let mode = mode.or_else(|| replaced.as_ref().map(|m| m.permissions().mode() & 0o7777));
+    let replaced_owner = replaced.as_ref().map(|m| (m.uid(), m.gid()));
     let name = path.file_name().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -57,7 +61,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<
     fs::create_dir_all(dir)?;
 
     let tmp = dir.join(temp_name(name.as_bytes()));
-    let result = write_and_rename(&tmp, path, bytes, mode);
+    let result = write_and_rename(&tmp, path, bytes, mode, replaced_owner);
     if result.is_err() {
         // After a successful rename the name is gone; before it, this is our own file.
         let _ = fs::remove_file(&tmp);
@@ -304,12 +308,25 @@ fn temp_name(target: &[u8]) -> OsString {
     OsString::from_vec(out)
 }
 
-fn write_and_rename(tmp: &Path, path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
+fn write_and_rename(
+    tmp: &Path,
+    path: &Path,
+    bytes: &[u8],
+    mode: Option<u32>,
+    replaced_owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode.unwrap_or(DEFAULT_MODE))
         .open(tmp)?;
+    // Before the mode is set: a change of owner clears the set-id bits.
+    let created = file.metadata()?;
+    let dir_owner = fs::metadata(parent_dir(tmp)).map(|m| (m.uid(), m.gid()));
+    let created_owner = (created.uid(), created.gid());
+    if let Some((uid, gid)) = owner_for(replaced_owner, dir_owner.ok(), created_owner) {
+        give_away(std::os::unix::fs::fchown(&file, Some(uid), Some(gid)))?;
+    }
     if let Some(mode) = mode {
         // The umask may have taken bits away from `mode` at creation; set them as asked.
         file.set_permissions(Permissions::from_mode(mode))?;
@@ -318,6 +335,50 @@ fn write_and_rename(tmp: &Path, path: &Path, bytes: &[u8], mode: Option<u32>) ->
     file.sync_all()?;
     drop(file);
     fs::rename(tmp, path)
+}
+
+/// Whose a file just written should be, as `(uid, gid)`: the replaced file's owner and
+/// group; for a new file, its directory's, when the writer does not own the directory (root
+/// in a service's directory). `None`: it stays as created.
+fn owner_for(
+    replaced: Option<(u32, u32)>,
+    dir: Option<(u32, u32)>,
+    created: (u32, u32),
+) -> Option<(u32, u32)> {
+    let wanted = match replaced {
+        Some(owner) => owner,
+        None => dir.filter(|&(uid, _)| uid != created.0)?,
+    };
+    (wanted != created).then_some(wanted)
+}
+
+/// The result of giving a file to another owner, as far as the writer may: only root may
+/// give a file away (and a filesystem without owners may not take one), so that refusal
+/// leaves the file the writer's, as it was before sigorest tried.
+fn give_away(chown: io::Result<()>) -> io::Result<()> {
+    match chown {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported
+            ) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Gives a file the writer just opened or created (a session's lock file) to the owner and
+/// group of its directory `dir`, when the writer does not own the directory: see
+/// [`owner_for`] and [`give_away`].
+pub fn give_to_dir_owner(file: &File, dir: &Path) -> io::Result<()> {
+    let meta = file.metadata()?;
+    let dir = fs::metadata(dir).map(|m| (m.uid(), m.gid())).ok();
+    match owner_for(None, dir, (meta.uid(), meta.gid())) {
+        Some((uid, gid)) => give_away(std::os::unix::fs::fchown(file, Some(uid), Some(gid))),
+        None => Ok(()),
+    }
 }
 
 /// Test support for the modules that write files.
@@ -654,5 +715,86 @@ mod tests {
         let last = fs::read(&*p).unwrap();
         assert!(is_whole_payload(&last));
         assert_eq!(d.names(), ["shared.json"]);
+    }
+
+    fn owner_of(p: &Path) -> (u32, u32) {
+        let m = fs::metadata(p).unwrap();
+        (m.uid(), m.gid())
+    }
+
+    /// Whether the tests run as root (CI does), who alone may give a file away.
+    fn as_root() -> bool {
+        fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+    }
+
+    #[test]
+    fn the_owner_to_give_is_the_replaced_files_else_the_directorys() {
+        let me = (1000, 1000);
+        // A replaced file's owner and group, whoever the writer is.
+        assert_eq!(owner_for(Some((999, 998)), Some(me), me), Some((999, 998)));
+        assert_eq!(owner_for(Some((1000, 50)), Some(me), me), Some((1000, 50)));
+        assert_eq!(owner_for(Some(me), Some((0, 0)), me), None, "as it is");
+        // A new file: the directory's, when it is someone else's directory.
+        assert_eq!(owner_for(None, Some((999, 998)), (0, 0)), Some((999, 998)));
+        assert_eq!(
+            owner_for(None, Some((1000, 50)), me),
+            None,
+            "the writer's own"
+        );
+        assert_eq!(owner_for(None, None, me), None);
+        // Only root may give a file away: a refusal leaves it as it was.
+        let refused = io::Error::from_raw_os_error(1); // EPERM
+        assert!(give_away(Err(refused)).is_ok());
+        assert!(give_away(Err(io::Error::from(io::ErrorKind::Unsupported))).is_ok());
+        assert!(give_away(Err(io::Error::from(io::ErrorKind::NotFound))).is_err());
+    }
+
+    #[test]
+    fn a_rewrite_by_the_owner_keeps_owner_group_and_mode() {
+        let d = TestDir::new("fs-owner-same");
+        let p = d.path().join("s.json");
+        write_atomic(&p, b"one", Some(0o640)).unwrap();
+        let before = owner_of(&p);
+        write_atomic(&p, b"two", None).unwrap();
+        assert_eq!((owner_of(&p), mode_of(&p)), (before, 0o640));
+        // A writer that may not give the file away (not root) writes it all the same.
+        let other = d.path().join("other.json");
+        write_atomic(&other, b"x", None).unwrap();
+        let lock = fs::File::open(&other).unwrap();
+        give_to_dir_owner(&lock, d.path()).unwrap();
+        assert_eq!(owner_of(&other), owner_of(d.path()));
+    }
+
+    #[test]
+    fn root_leaves_a_replaced_file_to_its_owner_and_a_new_one_to_the_directorys() {
+        if !as_root() {
+            eprintln!("skipped: only root may give a file away");
+            return;
+        }
+        let d = TestDir::new("fs-owner-root");
+        let p = d.path().join("gpt41@s.json");
+        write_atomic(&p, b"one", Some(0o600)).unwrap();
+        std::os::unix::fs::chown(&p, Some(65_534), Some(65_533)).unwrap();
+        write_atomic(&p, b"two", None).unwrap();
+        assert_eq!(
+            owner_of(&p),
+            (65_534, 65_533),
+            "the service's file stays its"
+        );
+        assert_eq!(mode_of(&p), 0o600);
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+
+        // A new file in the service's directory is the service's, as is a lock file.
+        let dir = d.path().join("sessions");
+        fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65_534), Some(65_533)).unwrap();
+        let new = dir.join("gpt41@t.json");
+        write_atomic(&new, b"new", Some(0o600)).unwrap();
+        assert_eq!(owner_of(&new), (65_534, 65_533));
+        assert_eq!(mode_of(&new), 0o600);
+        let lock_path = dir.join(".gpt41@t.json.lock");
+        let lock = fs::File::create(&lock_path).unwrap();
+        give_to_dir_owner(&lock, &dir).unwrap();
+        assert_eq!(owner_of(&lock_path), (65_534, 65_533));
     }
 }

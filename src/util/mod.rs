@@ -1,7 +1,7 @@
 //! Small helpers that every other module may use and that use nothing of the crate: mutex
 //! locking that survives poisoning, the wall clock in Unix seconds, the replaceable clock,
-//! atomic file writes, SHA-256 and hex, the hang-up signal of a request, a throttle for
-//! recurring warnings, and a concurrency limit with a queue.
+//! atomic file writes, SHA-256 and hex, help text on stdout, the hang-up signal of a
+//! request, a throttle for recurring warnings, and a concurrency limit with a queue.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,6 +10,7 @@ pub mod clock;
 pub mod digest;
 pub mod fs;
 mod hangup;
+pub mod stdout;
 
 pub use hangup::Hangup;
 

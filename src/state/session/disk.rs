@@ -111,6 +111,9 @@ impl FileLock {
             .mode(0o600)
             .open(&lock)
             .map_err(|e| Error::io(&lock, &e))?;
+        // Made by root (`sigoe -s` in a service's directory), it must stay the service's.
+        crate::util::fs::give_to_dir_owner(&file, crate::util::fs::parent_dir(&lock))
+            .map_err(|e| Error::io(&lock, &e))?;
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
             match file.try_lock() {

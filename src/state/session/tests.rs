@@ -434,3 +434,22 @@ fn each_key_has_sessions_of_its_own() {
     assert_eq!(s.history(Some("ana"), "kimi", "old").unwrap(), turn(5));
     assert_eq!(s.history(None, "kimi", "old").unwrap(), turn(4));
 }
+
+#[test]
+fn root_leaves_a_sessions_files_to_the_owner_of_its_directory() {
+    use std::os::unix::fs::MetadataExt;
+    if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        eprintln!("skipped: only root may give a file away");
+        return;
+    }
+    // The gateway's directory, its user's (a systemd DynamicUser); sigoe -s runs as root.
+    let d = TestDir::new("session-owner");
+    std::os::unix::fs::chown(d.path(), Some(65_534), Some(65_533)).unwrap();
+    let s = SessionStore::new(d.path());
+    s.append(None, "gpt41", "shared", &turn(1)).unwrap();
+    let path = s.path(None, "gpt41", "shared");
+    for file in [path.clone(), disk::lock_path(&path)] {
+        let m = std::fs::metadata(&file).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65_534, 65_533), "{}", file.display());
+    }
+}
