@@ -278,9 +278,15 @@ fn session_id(value: Option<Value>) -> Result<Option<String>, Error> {
     }
 }
 
+/// The `timeout` of a request that sets none: [`DEFAULT_TIMEOUT`] within the gateway's
+/// maximum (`-max-timeout 120` makes it 120 s).
+pub(crate) fn default_timeout(max_timeout: Duration) -> Duration {
+    DEFAULT_TIMEOUT.min(max_timeout)
+}
+
 pub(crate) fn timeout(value: Option<Value>, max_timeout: Duration) -> Result<Duration, Error> {
     match value {
-        None | Some(Value::Null) => Ok(DEFAULT_TIMEOUT),
+        None | Some(Value::Null) => Ok(default_timeout(max_timeout)),
         Some(Value::Number(n)) => match n.as_f64() {
             Some(s) if s > 0.0 && s <= max_timeout.as_secs_f64() => Ok(Duration::from_secs_f64(s)),
             _ => Err(Error::invalid_param(
@@ -550,6 +556,11 @@ mod tests {
             (d.timeout, d.retries, d.stream, d.session_id),
             (DEFAULT_TIMEOUT, 3, false, None)
         );
+        // Under a -max-timeout below 180 s, a request without `timeout` gets that maximum
+        // (it used to get 180, above what the gateway allows).
+        let lower = Duration::from_secs(120);
+        let body = serde_json::to_vec(&hello("gpt41")).unwrap();
+        assert_eq!(ChatRequest::parse(&body, lower).unwrap().timeout, lower);
     }
 
     #[test]

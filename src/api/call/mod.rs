@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use super::caller::Caller;
 use crate::chat::answer::{Answer, Usage};
 use crate::chat::prepared::Prepared;
-use crate::chat::request::{ChatRequest, DEFAULT_TIMEOUT};
+use crate::chat::request::{ChatRequest, default_timeout};
 use crate::chat::tokens;
 use crate::error::Error;
 use crate::gateway::{Gateway, Resolved};
@@ -89,8 +89,9 @@ pub(crate) struct Streaming {
     hangup: Hangup,
     /// Silence after which the client gets a keep-alive (`-stream-keepalive`).
     keepalive: Duration,
-    /// The request's `timeout`, which bounds each gap between events.
-    timeout: Duration,
+    /// How running out of the request's `timeout`, which bounds each gap between events,
+    /// counts for the breaker (see [`timeout_outcome`]).
+    timeout_counts: Outcome,
 }
 
 /// Runs one call up to its answer (for a stream: up to its first event): the model asked
@@ -452,7 +453,7 @@ impl Upcall<'_> {
                     pending: None,
                     hangup: Hangup::default(),
                     keepalive: gw.settings.stream_keepalive,
-                    timeout: chat.timeout,
+                    timeout_counts: timeout_outcome(chat.timeout, gw.settings.max_timeout),
                 })))
             }
             Err(f) => Err(fail(
@@ -677,7 +678,7 @@ pub(super) fn fail(
     } else {
         tried.error = Some(UpstreamError::of(&failure));
         match failure {
-            Failure::Timeout(_) => timeout_outcome(call.timeout),
+            Failure::Timeout(_) => timeout_outcome(call.timeout, gw.settings.max_timeout),
             _ => failure.breaker_outcome(),
         }
     };
@@ -697,12 +698,13 @@ pub(super) fn fail(
 }
 
 /// How a timeout counts for the model's breaker, before a stream's first event or between
-/// two: not at all when the client set its `timeout` below the default (it chose to wait
-/// less than the model may take; three `"timeout": 5` streams from a model that thinks for
-/// 30 s after its first chunk would otherwise disable it for everyone), as a failure
-/// otherwise (a provider silent for the default 180 s is failing).
-fn timeout_outcome(timeout: Duration) -> Outcome {
-    if timeout < DEFAULT_TIMEOUT {
+/// two: not at all when the client set its `timeout` below the gateway's default (180 s, or
+/// `-max-timeout` when lower: it chose to wait less than the model may take; three
+/// `"timeout": 5` streams from a model that thinks for 30 s after its first chunk would
+/// otherwise disable it for everyone), as a failure otherwise (a provider silent for the
+/// whole default is failing).
+fn timeout_outcome(timeout: Duration, max_timeout: Duration) -> Outcome {
+    if timeout < default_timeout(max_timeout) {
         Outcome::Neutral
     } else {
         Outcome::Failure
@@ -741,6 +743,7 @@ mod tests {
 
     #[test]
     fn only_a_timeout_the_client_chose_short_is_neutral_for_the_breaker() {
+        const MAX: Duration = Duration::from_secs(600);
         for (secs, outcome) in [
             (1, Outcome::Neutral),
             (179, Outcome::Neutral),
@@ -748,11 +751,22 @@ mod tests {
             (600, Outcome::Failure),
         ] {
             assert_eq!(
-                timeout_outcome(Duration::from_secs(secs)),
+                timeout_outcome(Duration::from_secs(secs), MAX),
                 outcome,
                 "{secs}"
             );
         }
-        assert_eq!(timeout_outcome(DEFAULT_TIMEOUT), Outcome::Failure);
+        assert_eq!(
+            timeout_outcome(crate::chat::request::DEFAULT_TIMEOUT, MAX),
+            Outcome::Failure
+        );
+        // Under a -max-timeout below 180 s, the default is that maximum: running out of it
+        // counts, a shorter one the client chose does not.
+        let max = Duration::from_secs(120);
+        assert_eq!(timeout_outcome(max, max), Outcome::Failure);
+        assert_eq!(
+            timeout_outcome(Duration::from_secs(119), max),
+            Outcome::Neutral
+        );
     }
 }

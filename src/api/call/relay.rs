@@ -5,9 +5,7 @@ use std::cell::RefCell;
 use std::io;
 use std::time::Instant;
 
-use super::{
-    CannotGoOn, MODEL_HEADER, StreamFront, Streaming, log_tokens, save_turn, timeout_outcome,
-};
+use super::{CannotGoOn, MODEL_HEADER, StreamFront, Streaming, log_tokens, save_turn};
 use crate::chat::stream::{Gathered, NO_EVENT, StreamEnd};
 use crate::error::Error;
 use crate::http::{LogFields, Pipe, Response};
@@ -54,7 +52,7 @@ impl Streaming {
             pending,
             hangup,
             keepalive,
-            timeout,
+            timeout_counts,
         } = *self;
         let mut log = LogFields::new();
         // The request body is not needed any more; a stream may run for minutes.
@@ -112,7 +110,7 @@ impl Streaming {
                         UpstreamError::StreamFailed,
                     ),
                     _ => (
-                        timeout_outcome(timeout),
+                        timeout_counts,
                         "upstream_timeout",
                         Error::UpstreamTimeout {
                             message: format!("{short}: {NO_EVENT}"),
