@@ -588,7 +588,15 @@ fn counts_no_call_can_reach_are_not_booked_and_cached_tokens_never_pass_the_prom
         } else {
             answer_with_usage(odd)
         });
-        let u = usage_seen(&gw, path, body.clone(), stream);
+        let mut u = usage_seen(&gw, path, body.clone(), stream);
+        if path == "/v1/messages" && !stream {
+            // Unreadable counts are no report: a Messages answer then gives the gateway's
+            // estimate of the prompt (a handful of tokens here), never 0, as its stream's
+            // message_start does.
+            let estimate = u["input_tokens"].as_u64().unwrap_or(0);
+            assert!((1..100).contains(&estimate), "{path}: {u}");
+            u["input_tokens"] = json!(0);
+        }
         let counts: Vec<u64> = ["input_tokens", "output_tokens", "cache_read_input_tokens"]
             .iter()
             .filter_map(|k| u.get(*k).and_then(Value::as_u64))
