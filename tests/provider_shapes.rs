@@ -234,28 +234,6 @@ fn cache_writes_reach_messages_and_responses_clients() {
     );
 }
 
-/// What the openai SDK's stream helper makes of tool-call pieces: per `index`, the id, name
-/// and arguments of every piece joined (its `type` is taken as it is).
-fn sdk_calls(s: &Streamed) -> Vec<(String, String, String)> {
-    let mut calls: Vec<(String, String, String)> = Vec::new();
-    for piece in s
-        .chunks()
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array().cloned())
-        .flatten()
-    {
-        let i = piece["index"].as_u64().expect("an index on every piece") as usize;
-        if i == calls.len() {
-            calls.push(Default::default());
-        }
-        let call = &mut calls[i];
-        call.0 += piece["id"].as_str().unwrap_or("");
-        call.1 += piece["function"]["name"].as_str().unwrap_or("");
-        call.2 += piece["function"]["arguments"].as_str().unwrap_or("");
-    }
-    calls
-}
-
 #[test]
 fn a_calls_id_and_name_repeated_in_every_piece_reach_a_chat_client_once() {
     let (fake, gw) = setup();
@@ -284,7 +262,7 @@ fn a_calls_id_and_name_repeated_in_every_piece_reach_a_chat_client_once() {
         ("rep2", "get_time", "{}"),
     ]
     .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()));
-    assert_eq!(sdk_calls(&s), want);
+    assert_eq!(s.sdk_tool_calls(), want);
     // The first piece of a call as it came; the others with their arguments only.
     let pieces: Vec<Value> = s
         .chunks()

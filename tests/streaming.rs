@@ -462,22 +462,7 @@ fn tool_calls_without_an_index_are_numbered_and_kept_apart_in_the_session() {
         // Relayed with each piece numbered by its call, as OpenAI's clients put calls
         // together by `index` (ids, names and arguments as the upstream sent them).
         assert!(s.complete, "{reply:?}");
-        let mut calls: Vec<(String, String, String)> = Vec::new();
-        for piece in s
-            .chunks()
-            .iter()
-            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array().cloned())
-            .flatten()
-        {
-            let i = piece["index"].as_u64().expect("an index on every piece") as usize;
-            if i == calls.len() {
-                calls.push(Default::default());
-            }
-            let call = &mut calls[i];
-            call.0 += piece["id"].as_str().unwrap_or("");
-            call.1 += piece["function"]["name"].as_str().unwrap_or("");
-            call.2 += piece["function"]["arguments"].as_str().unwrap_or("");
-        }
+        let calls = s.sdk_tool_calls();
         let want = [("c1", "f", "{\"a\":1}"), ("c2", "g", "{\"b\":2}")]
             .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()));
         assert_eq!(calls, want, "{reply:?}");

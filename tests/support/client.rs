@@ -45,6 +45,28 @@ impl Streamed {
             .collect()
     }
 
+    /// The tool calls as the openai SDK's stream helper puts them together: per `index`,
+    /// the id, name and arguments of every piece joined.
+    pub fn sdk_tool_calls(&self) -> Vec<(String, String, String)> {
+        let mut calls: Vec<(String, String, String)> = Vec::new();
+        for piece in self
+            .chunks()
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array().cloned())
+            .flatten()
+        {
+            let i = piece["index"].as_u64().expect("an index on every piece") as usize;
+            if i == calls.len() {
+                calls.push(Default::default());
+            }
+            let call = &mut calls[i];
+            call.0 += piece["id"].as_str().unwrap_or("");
+            call.1 += piece["function"]["name"].as_str().unwrap_or("");
+            call.2 += piece["function"]["arguments"].as_str().unwrap_or("");
+        }
+        calls
+    }
+
     /// The assistant text put together from the deltas.
     pub fn text(&self) -> String {
         self.chunks()
