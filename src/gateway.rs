@@ -24,7 +24,7 @@ use crate::state::keys::{Keys, Models};
 use crate::state::listed::Listed;
 use crate::state::memory::Memory;
 use crate::state::session::SessionStore;
-use crate::upstream::breaker::{Breakers, State};
+use crate::upstream::breaker::{Breakers, Permit, State};
 use crate::upstream::llama::Llama;
 use crate::upstream::llama::process::KEY_ENV;
 use crate::upstream::llama::slots::SlotGuard;
@@ -405,6 +405,16 @@ impl Gateway {
             Some((_, e)) => e.clone(),
             None => Endpoint::of(provider, &self.env),
         }
+    }
+
+    /// A call's place with the model's breaker: 503 `circuit_open` while it is open.
+    pub(crate) fn admit(&self, short: &str) -> Result<Permit, Error> {
+        self.breakers
+            .admit(short)
+            .map_err(|retry_after_s| Error::CircuitOpen {
+                model: short.to_string(),
+                retry_after_s,
+            })
     }
 
     /// Finds a model: the local llama-server's (503 `model_loading` until it is ready), a

@@ -86,13 +86,7 @@ async fn answer(
         message: e.to_string(),
     })?;
     let target = resolved.target.at(format!("{}/embeddings", resolved.base));
-    let permit = gw
-        .breakers
-        .admit(&model.short)
-        .map_err(|retry_after_s| Error::CircuitOpen {
-            model: model.short.clone(),
-            retry_after_s,
-        })?;
+    let permit = gw.admit(&model.short)?;
     let _slot = gw.local_slot(&model, &req.hangup).await?;
     let started = Instant::now();
     let deadline = started + timeout;

@@ -460,12 +460,7 @@ impl Upcall<'_> {
                 gw,
                 permit,
                 f,
-                Failed {
-                    short: &model.short,
-                    hangup: &req.hangup,
-                    started,
-                    timeout: chat.timeout,
-                },
+                failed(&model, req, chat, started),
                 tried,
             )),
         }
@@ -514,12 +509,7 @@ impl Upcall<'_> {
                 gw,
                 permit,
                 f,
-                Failed {
-                    short: &model.short,
-                    hangup: &req.hangup,
-                    started,
-                    timeout: chat.timeout,
-                },
+                failed(&model, req, chat, started),
                 tried,
             )),
         }
@@ -570,13 +560,7 @@ fn ready(
         &plan.session_model,
         plan.session_owner.as_deref(),
     )?;
-    let permit = gw
-        .breakers
-        .admit(&model.short)
-        .map_err(|retry_after_s| Error::CircuitOpen {
-            model: model.short.clone(),
-            retry_after_s,
-        })?;
+    let permit = gw.admit(&model.short)?;
     Ok((prepared, permit))
 }
 
@@ -652,6 +636,21 @@ pub(super) struct Failed<'a> {
     pub(super) hangup: &'a Hangup,
     pub(super) started: Instant,
     pub(super) timeout: Duration,
+}
+
+/// What [`fail`] needs of a chat call to `model` that started at `started`.
+fn failed<'a>(
+    model: &'a Model,
+    req: &'a Request,
+    chat: &ChatRequest,
+    started: Instant,
+) -> Failed<'a> {
+    Failed {
+        short: &model.short,
+        hangup: &req.hangup,
+        started,
+        timeout: chat.timeout,
+    }
 }
 
 /// Records a failed call with the breaker and the model's score, and turns it into the
