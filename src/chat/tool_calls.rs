@@ -212,9 +212,14 @@ impl ToolCalls {
     /// Takes one piece, at `position` in its chunk's `tool_calls` array; returns what to do,
     /// in order.
     pub fn take<'a>(&mut self, position: usize, piece: &'a ToolCallDelta) -> Vec<Step<'a>> {
-        let call = self.order.call_of(position, piece);
+        let place = self.order.place(position, piece);
+        let call = place.call;
         let f = piece.function.as_ref();
-        let name = f.and_then(|f| f.name.as_deref()).unwrap_or("");
+        // A name repeated in every piece (Fireworks) is the call's name once.
+        let name = f
+            .and_then(|f| f.name.as_deref())
+            .filter(|_| !place.repeats.name)
+            .unwrap_or("");
         let args = f.and_then(|f| f.arguments.as_deref()).unwrap_or("");
         if self.open == Some(call) {
             if args.is_empty() {
@@ -654,6 +659,18 @@ mod tests {
         assert!(t.take(0, &piece(1, Some("b"), Some("g"), "{}")).is_empty());
         let rest = t.flush();
         assert_eq!((rest.len(), rest[0].arguments.as_str()), (1, "{}"));
+    }
+
+    #[test]
+    fn a_held_call_whose_pieces_repeat_its_name_keeps_it_once() {
+        // Interleaved, and every piece repeating its call's id and name (Fireworks).
+        let calls = written(&[
+            json!([{"index": 0, "id": "c1", "function": {"name": "f", "arguments": "{"}}]),
+            json!([{"index": 1, "id": "c2", "function": {"name": "g", "arguments": "{"}}]),
+            json!([{"index": 1, "id": "c2", "function": {"name": "g", "arguments": "}"}}]),
+            json!([{"index": 0, "id": "c1", "function": {"name": "f", "arguments": "}"}}]),
+        ]);
+        assert_eq!(calls, [call("c1", "f", "{}"), call("c2", "g", "{}")]);
     }
 
     #[test]
