@@ -104,6 +104,7 @@ fn hash_of(text: Option<&str>) -> Option<u64> {
 impl CallOrder {
     /// The number of the call `piece` belongs to; `position` is its place in its chunk's
     /// `tool_calls` array.
+    #[cfg(test)]
     pub fn call_of(&mut self, position: usize, piece: &ToolCallDelta) -> usize {
         self.place(position, piece).call
     }
