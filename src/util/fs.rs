@@ -232,12 +232,26 @@ pub fn parent_dir(path: &Path) -> &Path {
 
 /// Creates `dir` and its missing parents with mode 0700 (for files that are nobody else's
 /// business: sessions, usage); an existing directory keeps its mode, the administrator's
-/// choice.
+/// choice. A directory made here belongs to the owner of the one it is in, as far as the
+/// writer may (see [`owner_for`]): root running `sigoe -s` first in a service's directory
+/// would otherwise make `.sessions` a 0700 directory the service cannot write in.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let existed = dir.is_dir();
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)
+        .create(dir)?;
+    if existed {
+        return Ok(());
+    }
+    let made = fs::metadata(dir)?;
+    let parent = fs::metadata(parent_dir(dir))
+        .map(|m| (m.uid(), m.gid()))
+        .ok();
+    match owner_for(None, parent, (made.uid(), made.gid())) {
+        Some((uid, gid)) => give_away(std::os::unix::fs::chown(dir, Some(uid), Some(gid))),
+        None => Ok(()),
+    }
 }
 
 /// Renames a file that does not parse to `<name>.corrupt-<unix seconds>` (with `-2`, `-3`…
@@ -796,5 +810,16 @@ mod tests {
         let lock = fs::File::create(&lock_path).unwrap();
         give_to_dir_owner(&lock, &dir).unwrap();
         assert_eq!(owner_of(&lock_path), (65_534, 65_533));
+
+        // So is a private directory made in it (`.sessions`, made by root's sigoe first);
+        // one that exists keeps its owner.
+        let private = dir.join(".sessions");
+        create_private_dir(&private).unwrap();
+        assert_eq!(owner_of(&private), (65_534, 65_533));
+        assert_eq!(mode_of(&private), 0o700);
+        let mine = d.path().join("mine");
+        fs::create_dir(&mine).unwrap();
+        create_private_dir(&mine).unwrap();
+        assert_eq!(owner_of(&mine), (0, 0));
     }
 }
