@@ -540,17 +540,28 @@ fn through_gateway(short: &str, message: &str, at: &str) -> String {
     format!("{short}: {said} (said the gateway at {at})")
 }
 
+/// What to do about a TLS failure with the gateway, by what rustls said: a certificate
+/// nobody vouches for (none given with `-cacert`, or an old copy of one the gateway made
+/// anew), one that does not name the host in the URL, another certificate problem.
+fn tls_hint(message: &str) -> &'static str {
+    if message.contains("UnknownIssuer") {
+        " (-cacert PATH trusts the gateway's certs/server.crt; copy it again after the gateway made a new one)"
+    } else if message.contains("not valid for name") || message.contains("NotValidForName") {
+        " (the gateway's certificate does not name this host: add it to the gateway's -cert-hosts, restart it, and copy its new certs/server.crt)"
+    } else if message.contains("certificate") {
+        " (copy the gateway's current certs/server.crt for -cacert)"
+    } else {
+        ""
+    }
+}
+
 /// A failed call to the gateway, in words about the gateway. Its errors keep their status
 /// and message; its `model_not_found` is bad usage, as in direct mode.
 fn gateway_failure(failure: Failure, g: &Gateway) -> Stop {
     let at = &g.base;
     let error = match failure {
         Failure::Connect(m) => {
-            let hint = if g.is_https() && m.contains("certificate") {
-                " (-cacert PATH trusts the gateway's certs/server.crt)"
-            } else {
-                ""
-            };
+            let hint = if g.is_https() { tls_hint(&m) } else { "" };
             Error::Upstream {
                 message: format!("cannot reach the gateway at {at}: {m}{hint}"),
             }

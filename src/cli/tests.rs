@@ -783,3 +783,18 @@ fn stdin_is_read_up_to_the_gateways_body_limit() {
     assert_eq!(stop.exit_status(), 2);
     assert!(stop.reason().contains("over 1 MiB"), "{}", stop.reason());
 }
+
+#[test]
+fn a_tls_failure_says_what_to_do_about_it() {
+    let unknown = "invalid peer certificate: UnknownIssuer";
+    assert!(super::tls_hint(unknown).contains("-cacert PATH"));
+    let name = "invalid peer certificate: certificate not valid for name \"192.168.1.10\"; \
+                certificate is only valid for DnsName(\"localhost\")";
+    let hint = super::tls_hint(name);
+    assert!(
+        hint.contains("-cert-hosts") && !hint.contains("-cacert PATH"),
+        "{hint}"
+    );
+    assert!(super::tls_hint("invalid peer certificate: Expired").contains("current"));
+    assert_eq!(super::tls_hint("connection refused"), "");
+}
