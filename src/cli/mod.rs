@@ -151,7 +151,8 @@ impl Gateway {
         // `/v1/chat/completions` would end in a puzzling 404.
         if !matches!(path, "" | "/" | "/v1" | "/v1/") {
             return Err(format!(
-                "{} has a path: give the gateway's address, with nothing after it                  but / or /v1 (e.g. http://host:9080)",
+                "{} has a path: give the gateway's address, with nothing after it \
+                 but / or /v1 (e.g. http://host:9080)",
                 quote(url)
             ));
         }
