@@ -51,11 +51,20 @@ fn message(e: &Error) -> String {
     let text = e.to_string();
     let counts = match e {
         Error::ContextTooLong { tokens, limit, .. } => Some((*tokens, *limit)),
-        Error::UpstreamClient { code, message, .. } if says_too_long(code.as_deref(), message) => {
+        Error::UpstreamClient {
+            code,
+            kind,
+            message,
+            ..
+        } if says_too_long(code.as_deref(), kind.as_deref(), message) => {
             if message.to_ascii_lowercase().starts_with(TOO_LONG) {
                 return text;
             }
-            provider_counts(message)
+            match provider_counts(message) {
+                Counts::Known(tokens, limit) => Some((tokens, limit)),
+                Counts::Unknown => None,
+                Counts::PromptFits => return text,
+            }
         }
         _ => return text,
     };
@@ -66,13 +75,14 @@ fn message(e: &Error) -> String {
 }
 
 /// Whether a provider's 4xx says the prompt is longer than the model's context: OpenAI's
-/// code, or the wordings of the OpenAI-compatible servers (vLLM, llama.cpp, Ollama,
-/// Mistral, Moonshot...).
-fn says_too_long(code: Option<&str>, message: &str) -> bool {
+/// code, llama.cpp's error type, or the wordings of the OpenAI-compatible servers (vLLM,
+/// llama.cpp, Ollama, Mistral, Moonshot...).
+fn says_too_long(code: Option<&str>, kind: Option<&str>, message: &str) -> bool {
     if matches!(
         code,
         Some("context_length_exceeded" | "context_window_exceeded")
-    ) {
+    ) || kind == Some("exceed_context_size_error")
+    {
         return true;
     }
     let m = message.to_ascii_lowercase();
@@ -83,6 +93,10 @@ fn says_too_long(code: Option<&str>, message: &str) -> bool {
         "exceeds the context",
         "exceed context",
         "context window",
+        // llama.cpp's llama-server.
+        "exceeds the available context size",
+        "exceeds context size",
+        "than the max context size",
         TOO_LONG,
         "input is too long",
         "too many tokens",
@@ -91,14 +105,45 @@ fn says_too_long(code: Option<&str>, message: &str) -> bool {
     .any(|p| m.contains(p))
 }
 
-/// The prompt's tokens and the model's limit, from OpenAI's wording ("This model's maximum
-/// context length is 128000 tokens. However, your messages resulted in 130532 tokens"), or
-/// `None`.
-fn provider_counts(message: &str) -> Option<(u64, u64)> {
+/// What a provider's message says of the counts.
+#[derive(Debug, PartialEq)]
+enum Counts {
+    /// The prompt's tokens and the model's limit.
+    Known(u64, u64),
+    Unknown,
+    /// The messages fit: the tokens asked for the completion do not ("… 8000 in the
+    /// messages, 132000 in the completion"). Compacting would not help; the message stays
+    /// as the provider wrote it.
+    PromptFits,
+}
+
+/// The counts in OpenAI's wording ("This model's maximum context length is 128000 tokens.
+/// However, your messages resulted in 130532 tokens", or "… you requested 140000 tokens
+/// (8000 in the messages, 132000 in the completion)") or llama.cpp's ("request (5000
+/// tokens) exceeds the available context size (4096 tokens)").
+fn provider_counts(message: &str) -> Counts {
     let m = message.to_ascii_lowercase();
-    let limit = number_after(&m, "maximum context length is ")?;
-    let tokens = number_after(&m, "resulted in ").or_else(|| number_after(&m, "requested "))?;
-    Some((tokens, limit))
+    let limit = number_after(&m, "maximum context length is ")
+        .or_else(|| number_after(&m, "context size ("));
+    let prompt = number_before(&m, " in the messages");
+    let tokens = prompt
+        .or_else(|| number_after(&m, "resulted in "))
+        .or_else(|| number_after(&m, "requested "))
+        .or_else(|| number_after(&m, "request ("))
+        .or_else(|| number_after(&m, "input ("));
+    match (tokens, limit) {
+        (Some(tokens), Some(limit)) if prompt.is_some() && tokens <= limit => Counts::PromptFits,
+        (Some(tokens), Some(limit)) => Counts::Known(tokens, limit),
+        _ => Counts::Unknown,
+    }
+}
+
+/// The whole number right before the first `phrase` in `text`.
+fn number_before(text: &str, phrase: &str) -> Option<u64> {
+    let head = &text[..text.find(phrase)?];
+    // Digits are one byte each: the count is where they start.
+    let digits = head.chars().rev().take_while(char::is_ascii_digit).count();
+    head[head.len() - digits..].parse().ok()
 }
 
 /// The whole number right after the first `phrase` in `text`.

@@ -1019,4 +1019,60 @@ fn a_prompt_too_long_is_told_in_anthropics_words() {
     // Other 4xx are left as they are.
     let other = upstream(Some("invalid_value"), "Invalid 'temperature': too high");
     assert_eq!(message(&other), "Invalid 'temperature': too high");
+    // llama.cpp's llama-server: its wordings, its error type.
+    for (said, counts) in [
+        (
+            "request (5000 tokens) exceeds the available context size (4096 tokens), try increasing it",
+            Some((5000, 4096)),
+        ),
+        (
+            "request (5000 tokens) exceeds context size (4096 tokens)",
+            Some((5000, 4096)),
+        ),
+        (
+            "input (9000 tokens) is larger than the max context size (8192 tokens)",
+            Some((9000, 8192)),
+        ),
+        (
+            "the request exceeds the available context size, try increasing it",
+            None,
+        ),
+    ] {
+        let want = match counts {
+            Some((t, l)) => format!("prompt is too long: {t} tokens > {l} maximum. {said}"),
+            None => format!("prompt is too long: {said}"),
+        };
+        assert_eq!(message(&upstream(None, said)), want);
+    }
+    let typed = Error::UpstreamClient {
+        status: 400,
+        message: "context overflow".into(),
+        kind: Some("exceed_context_size_error".into()),
+        code: None,
+        param: None,
+    };
+    assert_eq!(message(&typed), "prompt is too long: context overflow");
+    // The messages fit and the completion asked for does not: no prompt is too long, and
+    // Claude Code must not compact for it.
+    let completion = "This model's maximum context length is 128000 tokens. However, you requested \
+                      140000 tokens (8000 in the messages, 132000 in the completion).";
+    assert_eq!(
+        message(&upstream(Some("context_length_exceeded"), completion)),
+        completion
+    );
+    // The messages themselves too long: their count, not the total.
+    let both = "This model's maximum context length is 128000 tokens. However, you requested \
+                140000 tokens (130000 in the messages, 10000 in the completion).";
+    assert!(
+        message(&upstream(Some("context_length_exceeded"), both))
+            .starts_with("prompt is too long: 130000 tokens > 128000 maximum. ")
+    );
+    // Not ASCII before a number: no panic.
+    assert!(
+        message(&upstream(
+            None,
+            "maximum context length is 10 tokens; é50 in the messages"
+        ))
+        .starts_with("prompt is too long")
+    );
 }

@@ -409,7 +409,10 @@ fn gateway_urls() {
     ] {
         let url = format!("http://127.0.0.1:9080{path}");
         let e = Gateway::parse(&url).unwrap_err();
-        assert!(e.contains("has a path") && e.contains("/v1") && !e.contains("  "), "{url}: {e}");
+        assert!(
+            e.contains("has a path") && e.contains("/v1") && !e.contains("  "),
+            "{url}: {e}"
+        );
     }
     assert!(
         Gateway::parse("http://127.0.0.1:9080")
