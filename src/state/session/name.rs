@@ -126,9 +126,11 @@ pub(super) fn file_name(owner: Option<&str>, model: &str, id: &str) -> String {
 }
 
 /// Whether a file in the sessions directory is a session's (what the bound on their number
-/// may remove): `…@….json`, or the old `…-….json`. Not `usage.json`, kept there too.
+/// may remove): `…@….json`. Not the usage file (`usage.json`, or any `-usage-file` put
+/// there), nor a file of the old `…-….json` naming, which could be any file with a `-` in
+/// its name (those go when their session is next written, or stay).
 pub(super) fn is_session_file(name: &str) -> bool {
-    name.ends_with(".json") && !name.starts_with('.') && (name.contains('@') || name.contains('-'))
+    name.ends_with(".json") && !name.starts_with('.') && name.contains('@')
 }
 
 /// The name sigorest used before: `<model>-<id>.json`, both parts sanitised. Ambiguous
@@ -280,8 +282,15 @@ mod tests {
         );
         assert_eq!(file_name(Some(".k"), "m", "x"), "%2Ek~m@x.json");
         assert_ne!(file_name(Some("a"), "m", "x"), file_name(None, "a~m", "x"));
-        assert!(is_session_file("ana~gpt41@notes.json") && is_session_file("kimi-x.json"));
-        assert!(!is_session_file("usage.json") && !is_session_file(".x@y.json.tmp"));
+        assert!(is_session_file("ana~gpt41@notes.json") && is_session_file("gpt41@x.json"));
+        for other in [
+            "usage.json",
+            "my-usage.json",
+            "kimi-x.json",
+            ".x@y.json.tmp",
+        ] {
+            assert!(!is_session_file(other), "{other}");
+        }
         assert_eq!(
             legacy_file_name("claude-h", "chat-1"),
             "claude-h-chat-1.json"
