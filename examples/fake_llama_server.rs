@@ -22,7 +22,8 @@
 //! | `FILE.args` | it writes its arguments, one a line, when it starts |
 //!
 //! With `LLAMA_API_KEY` in its environment (llama-server's other way to get `--api-key`),
-//! `POST /v1/...` needs `Authorization: Bearer <that key>`: 401 otherwise, as llama-server.
+//! `POST /v1/...` needs `Authorization: Bearer <that key>` (or one of a list `k1,k2`): 401
+//! otherwise, as llama-server.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -177,8 +178,12 @@ fn serve(fake: &Fake, stream: TcpStream) {
         while fake.hung.load(Ordering::Acquire) {
             thread::sleep(Duration::from_secs(1));
         }
-        let refused = fake.key.as_ref().is_some_and(|key| {
-            path.starts_with("/v1/") && authorization != format!("Bearer {key}")
+        // A list `k1,k2`, as llama-server takes it: any one of them opens it.
+        let refused = fake.key.as_ref().is_some_and(|keys| {
+            path.starts_with("/v1/")
+                && !keys
+                    .split(',')
+                    .any(|key| authorization == format!("Bearer {}", key.trim()))
         });
         let ok = match (method.as_str(), path.as_str()) {
             _ if refused => send_json(

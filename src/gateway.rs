@@ -160,13 +160,16 @@ impl Gateway {
                 let (b, name) = (breakers.clone(), config.name.clone());
                 let on_ready = Box::new(move || b.reset(&name));
                 let mut config = config.clone();
-                if config.api_key.is_none() {
-                    config.api_key = settings
-                        .env
-                        .get(KEY_ENV)
-                        .map(str::trim)
-                        .filter(|k| !k.chars().any(char::is_control))
-                        .map(String::from);
+                if config.api_key.is_none()
+                    && let Some(key) = settings.env.get(KEY_ENV).map(str::trim)
+                {
+                    if key.chars().any(char::is_control) {
+                        // Started without a key, llama-server is open to every local user:
+                        // say so.
+                        log::warn!(variable = KEY_ENV; "this key holds a control character (a line end inside?); it is not used, and llama-server starts without a key");
+                    } else {
+                        config.api_key = Some(key.to_string());
+                    }
                 }
                 Some(Llama::new(config, clock.clone(), on_ready)?)
             }

@@ -166,7 +166,12 @@ fn loading_then_ready_then_answers() {
 /// sigorest's own `LLAMA_API_KEY`.
 #[test]
 fn the_key_goes_to_llama_server_in_its_environment_and_with_each_request() {
-    for (key, from_env) in [("sk-from-args", false), ("sk-from-env", true)] {
+    for (key, from_env) in [
+        ("sk-from-args", false),
+        ("sk-from-env", true),
+        // llama-server's list: sigorest sends one of them.
+        ("sk-one,sk-two", true),
+    ] {
         let model = ModelFile::new("llama-key");
         let mut config = model.config();
         config.args = vec!["-c".into(), "2048".into()];

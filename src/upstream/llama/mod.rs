@@ -175,7 +175,13 @@ impl Llama {
         match self.api_base() {
             Some(base) if self.is_ready() => Ok(Target::with(
                 format!("{base}/chat/completions"),
-                self.shared.config.api_key.clone(),
+                // llama-server takes a list (`k1,k2`); any one of them opens it.
+                self.shared
+                    .config
+                    .api_key
+                    .as_deref()
+                    .and_then(|list| list.split(',').map(str::trim).find(|k| !k.is_empty()))
+                    .map(str::to_string),
                 true,
             )),
             _ => Err(self.loading()),
