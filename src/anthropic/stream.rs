@@ -40,6 +40,8 @@ pub struct Translator {
     calls: ToolCalls,
     finish: Option<String>,
     had_tools: bool,
+    /// The open tool block has had some of its JSON (not only white space).
+    tool_json_begun: bool,
     /// The client enabled thinking: the provider's reasoning goes out as `thinking` blocks.
     thinking: bool,
     /// The model refused (its refusal went out as text).
@@ -68,6 +70,7 @@ impl Translator {
             calls: ToolCalls::default(),
             finish: None,
             had_tools: false,
+            tool_json_begun: false,
             thinking: false,
             refused: false,
             unsent: 0,
@@ -216,7 +219,7 @@ impl Translator {
                 Step::Begin(call) => self.begin_tool(call, out),
                 Step::Arguments(args) => {
                     if let Some(Open::Tool(index)) = self.open {
-                        json_delta(out, index, args);
+                        self.tool_json(index, args, out);
                     }
                 }
             }
@@ -233,10 +236,25 @@ impl Translator {
             &json!({"type": "content_block_start", "index": index,
             "content_block": {"type": "tool_use", "id": tool_id(&p.id), "name": p.name, "input": {}}}),
         );
-        if !p.arguments.is_empty() {
-            json_delta(out, index, &p.arguments);
-        }
         self.open = Some(Open::Tool(index));
+        self.tool_json_begun = false;
+        self.tool_json(index, &p.arguments, out);
+    }
+
+    /// A piece of the open tool block's JSON. White space before the JSON begins is left
+    /// out: the anthropic SDK parses what it has after every delta, and a first delta of
+    /// only a blank fails there ("Unable to parse tool parameter JSON").
+    fn tool_json(&mut self, index: usize, piece: &str, out: &mut Vec<u8>) {
+        let piece = if self.tool_json_begun {
+            piece
+        } else {
+            piece.trim_start()
+        };
+        if piece.is_empty() {
+            return;
+        }
+        self.tool_json_begun = true;
+        json_delta(out, index, piece);
     }
 
     fn flush_pending(&mut self, out: &mut Vec<u8>) {

@@ -1076,3 +1076,28 @@ fn a_prompt_too_long_is_told_in_anthropics_words() {
         .starts_with("prompt is too long")
     );
 }
+
+/// White space before a tool call's JSON is left out of its deltas: the anthropic SDK
+/// parses what it has after each one, and a first delta of only a blank fails there.
+#[test]
+fn a_tool_calls_json_starts_without_blank_deltas() {
+    let tc = |args: &str| {
+        json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": args}}]}}]})
+    };
+    let chunks = [
+        json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "id": "c1", "function": {"name": "f", "arguments": " "}}]}}]}),
+        tc("\n "),
+        tc(" {\"a\": "),
+        tc(" 1}"),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+    ];
+    let ev = events_of(Translator::new("m", 1), &chunks, Usage::default());
+    assert_well_formed(&ev);
+    let partials: Vec<&str> = ev
+        .iter()
+        .filter_map(|(_, e)| e["delta"]["partial_json"].as_str())
+        .collect();
+    assert_eq!(partials, ["{\"a\": ", " 1}"], "blanks inside the JSON stay");
+}
