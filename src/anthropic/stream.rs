@@ -158,6 +158,9 @@ impl Translator {
     }
 
     fn text(&mut self, text: &str, out: &mut Vec<u8>) {
+        if self.blank_inside_a_call(text) {
+            return;
+        }
         let index = match self.open {
             Some(Open::Text(i)) => i,
             _ => self.begin(Open::Text, json!({"type": "text", "text": ""}), out),
@@ -173,6 +176,9 @@ impl Translator {
     /// A piece of the model's reasoning, in a `thinking` block (without a signature: see
     /// [`super::answer::message`]).
     fn reasoning(&mut self, text: &str, out: &mut Vec<u8>) {
+        if self.blank_inside_a_call(text) {
+            return;
+        }
         let index = match self.open {
             Some(Open::Thinking(i)) => i,
             _ => self.begin(
@@ -187,6 +193,14 @@ impl Translator {
             &json!({"type": "content_block_delta", "index": index,
             "delta": {"type": "thinking_delta", "thinking": text}}),
         );
+    }
+
+    /// A blank piece in the middle of a tool call's arguments (see
+    /// [`ToolCalls::mid_arguments`]).
+    fn blank_inside_a_call(&self, piece: &str) -> bool {
+        matches!(self.open, Some(Open::Tool(_)))
+            && piece.trim().is_empty()
+            && self.calls.mid_arguments()
     }
 
     /// Closes what is open (a tool call waiting for its name goes out first) and starts a

@@ -1101,3 +1101,28 @@ fn a_tool_calls_json_starts_without_blank_deltas() {
         .collect();
     assert_eq!(partials, ["{\"a\": ", " 1}"], "blanks inside the JSON stay");
 }
+
+/// A blank piece of text in the middle of a call's arguments (a line break some models
+/// send) neither closes the call's block nor cuts its arguments.
+#[test]
+fn a_blank_between_a_calls_pieces_keeps_the_call_whole() {
+    let tc = |args: &str| {
+        json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": args}}]}}]})
+    };
+    let chunks = [
+        json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "id": "c1", "function": {"name": "f", "arguments": "{\"a\":"}}]}}]}),
+        json!({"choices": [{"index": 0, "delta": {"content": "\n"}}]}),
+        tc("1}"),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+    ];
+    let ev = events_of(Translator::new("m", 1), &chunks, Usage::default());
+    assert_well_formed(&ev);
+    assert_eq!(block_starts(&ev).len(), 1, "the call's block only");
+    let json: String = ev
+        .iter()
+        .filter_map(|(_, e)| e["delta"]["partial_json"].as_str())
+        .collect();
+    assert_eq!(json, "{\"a\":1}");
+}

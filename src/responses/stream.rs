@@ -225,6 +225,9 @@ impl Translator {
     }
 
     fn text(&mut self, text: &str, out: &mut Vec<u8>) {
+        if self.blank_inside_a_call(text) {
+            return;
+        }
         if !matches!(
             (self.open, self.items.last()),
             (true, Some(Item::Message { .. }))
@@ -244,9 +247,21 @@ impl Translator {
         self.emit(out, "response.output_text.delta", data);
     }
 
+    /// A blank piece in the middle of a tool call's arguments (see
+    /// [`ToolCalls::mid_arguments`]).
+    fn blank_inside_a_call(&self, piece: &str) -> bool {
+        self.open
+            && matches!(self.items.last(), Some(Item::Call { .. }))
+            && piece.trim().is_empty()
+            && self.calls.mid_arguments()
+    }
+
     /// A piece of the model's reasoning or refusal, in an item of its own (opened when the
     /// open item is another one).
     fn aside(&mut self, kind: Aside, piece: &str, out: &mut Vec<u8>) {
+        if self.blank_inside_a_call(piece) {
+            return;
+        }
         let open = matches!(
             (self.open, self.items.last()),
             (true, Some(Item::Aside { kind: k, .. })) if *k == kind

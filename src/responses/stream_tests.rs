@@ -492,3 +492,24 @@ fn a_call_without_arguments_has_an_empty_object_for_them() {
         .unwrap();
     assert_eq!(args_done.1["arguments"], "{}", "JSON a client can parse");
 }
+
+/// A blank piece of text or reasoning in the middle of a call's arguments (a line break
+/// some models send) neither closes the call's item nor cuts its arguments.
+#[test]
+fn a_blank_between_a_calls_pieces_keeps_the_call_whole() {
+    let reasoning = json!({"choices": [{"index": 0, "delta": {"reasoning_content": "\n"}}]});
+    let ev = events(
+        &[
+            tool_chunk(0, Some("c1"), Some("f"), "{\"a\":"),
+            text_chunk("\n"),
+            reasoning,
+            tool_chunk(0, None, None, "1}"),
+            finish("tool_calls"),
+        ],
+        Usage::default(),
+    );
+    let last = assert_well_formed(&ev);
+    let output = last["output"].as_array().unwrap().clone();
+    assert_eq!(output.len(), 1, "one item: the call: {output:?}");
+    assert_eq!(output[0]["arguments"], "{\"a\":1}");
+}
