@@ -294,3 +294,55 @@ fn a_calls_id_and_name_repeated_in_every_piece_reach_a_chat_client_once() {
             {"id": "rep2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}])
     );
 }
+
+/// With `n: 2`, each choice's calls are told apart on their own, and the second choice's
+/// repeated id and name reach the client once too.
+#[test]
+fn each_choice_of_n_2_gets_its_calls_repaired() {
+    let (fake, gw) = setup();
+    let piece = |choice: u64, index: u64, args: &str| {
+        json!({"choices": [{"index": choice, "delta": {"tool_calls": [{"index": index,
+            "id": format!("same{choice}"), "type": "function",
+            "function": {"name": "get_weather", "arguments": args}}]}}]})
+        .to_string()
+    };
+    fake.push(Reply::stream([
+        piece(0, 0, "{\"a\":"),
+        piece(1, 0, "{\"b\":"),
+        piece(0, 0, "1}"),
+        piece(1, 0, "2}"),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}).to_string(),
+        json!({"choices": [{"index": 1, "delta": {}, "finish_reason": "tool_calls"}]}).to_string(),
+        "[DONE]".to_string(),
+    ]));
+    let body = json!({"model": "gpt41", "stream": true, "n": 2,
+        "messages": [{"role": "user", "content": "weather?"}]});
+    let s = client::stream_json(gw.http, "/v1/chat/completions", &body);
+    assert!(s.complete);
+    // Per choice, the way the openai SDK joins the pieces.
+    let mut joined = [
+        (String::new(), String::new(), String::new()),
+        Default::default(),
+    ];
+    for c in s.chunks() {
+        let choice = &c["choices"][0];
+        let Some(n) = choice["index"].as_u64() else {
+            continue;
+        };
+        for p in choice["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let call = &mut joined[n as usize];
+            call.0 += p["id"].as_str().unwrap_or("");
+            call.1 += p["function"]["name"].as_str().unwrap_or("");
+            call.2 += p["function"]["arguments"].as_str().unwrap_or("");
+        }
+    }
+    let want = |id: &str, args: &str| (id.to_string(), "get_weather".to_string(), args.to_string());
+    assert_eq!(
+        joined,
+        [want("same0", "{\"a\":1}"), want("same1", "{\"b\":2}")]
+    );
+}

@@ -15,7 +15,7 @@ use crate::chat::answer::Usage;
 use crate::chat::request::ChatRequest;
 use crate::chat::sse;
 use crate::chat::stream::Chunk;
-use crate::chat::tool_calls::CallOrder;
+use crate::chat::tool_calls::{CallOrder, Place};
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::http::{LogFields, Request, Response, Sink};
@@ -55,7 +55,7 @@ async fn answer(
             "text/event-stream",
             Relay {
                 wants_usage: chat.client_wants_usage,
-                calls: CallOrder::default(),
+                calls: Vec::new(),
             },
         ),
     })
@@ -66,9 +66,13 @@ async fn answer(
 struct Relay {
     /// The client asked for the usage chunk itself (the gateway always asks the upstream).
     wants_usage: bool,
-    /// Which call each tool-call piece belongs to.
-    calls: CallOrder,
+    /// Which call each tool-call piece belongs to, per choice (`n` > 1; the first
+    /// [`MAX_CHOICES`] are told apart, the others relayed as they come).
+    calls: Vec<CallOrder>,
 }
+
+/// Choices of an `n` > 1 stream whose tool calls the relay numbers.
+const MAX_CHOICES: usize = 16;
 
 impl StreamFront for Relay {
     fn chunk(&mut self, raw: &str, chunk: &Chunk, sink: &mut dyn Sink) -> io::Result<()> {
@@ -91,47 +95,72 @@ impl StreamFront for Relay {
 }
 
 impl Relay {
-    /// The chunk with each tool-call piece of its first choice numbered by the call it
-    /// belongs to (see [`CallOrder`]), when a piece's `index` is missing or is not that
-    /// number, and without the `id`, `type` and name a piece repeats of its call: OpenAI's
-    /// clients (the SDKs' stream helpers, most chat front ends) put a call together by its
-    /// `index`, joining the strings of its pieces, and Gemini sends no index, some
-    /// providers give every call `index: 0`, and Fireworks repeats a call's id and name in
-    /// every piece (`rep1rep1rep1`). `None`: the chunk goes as it came (every chunk without
-    /// tool calls, every well-formed one), not parsed again.
+    /// The chunk with each tool-call piece numbered by the call it belongs to in its choice
+    /// (see [`CallOrder`]), when a piece's `index` is missing or is not that number, and
+    /// without the `id`, `type` and name a piece repeats of its call: OpenAI's clients (the
+    /// SDKs' stream helpers, most chat front ends) put a call together by its `index`,
+    /// joining the strings of its pieces, and Gemini sends no index, some providers give
+    /// every call `index: 0`, and Fireworks repeats a call's id and name in every piece
+    /// (`rep1rep1rep1`). `None`: the chunk goes as it came (every chunk without tool calls,
+    /// every well-formed one), not parsed again.
     fn renumbered(&mut self, raw: &str, chunk: &Chunk) -> Option<String> {
-        let pieces = &chunk.choice()?.delta.as_ref()?.tool_calls;
-        let mut places = Vec::with_capacity(pieces.len());
-        for (position, piece) in pieces.iter().enumerate() {
-            places.push(self.calls.place(position, piece));
+        // Per choice in the chunk (its place in `choices`, its number): each piece's place.
+        let mut changes: Vec<(usize, Vec<Place>)> = Vec::new();
+        for (at, choice) in chunk.choices.iter().enumerate() {
+            let Some(delta) = choice.delta.as_ref().filter(|d| !d.tool_calls.is_empty()) else {
+                continue;
+            };
+            let number = usize::try_from(choice.number().unwrap_or(0)).unwrap_or(usize::MAX);
+            if number >= MAX_CHOICES {
+                continue;
+            }
+            if self.calls.len() <= number {
+                self.calls.resize_with(number + 1, CallOrder::default);
+            }
+            let order = &mut self.calls[number];
+            let places: Vec<Place> = delta
+                .tool_calls
+                .iter()
+                .enumerate()
+                .map(|(position, piece)| order.place(position, piece))
+                .collect();
+            let same = delta
+                .tool_calls
+                .iter()
+                .zip(&places)
+                .all(|(p, place)| p.index == Some(place.call) && !place.repeats.any());
+            if !same {
+                changes.push((at, places));
+            }
         }
-        let same = pieces
-            .iter()
-            .zip(&places)
-            .all(|(p, place)| p.index == Some(place.call) && !place.repeats.any());
-        if same {
+        if changes.is_empty() {
             return None;
         }
         let mut value: Value = serde_json::from_str(raw).ok()?;
-        let list = value
-            .pointer_mut("/choices/0/delta/tool_calls")?
-            .as_array_mut()?;
-        for (piece, place) in list.iter_mut().zip(places) {
-            let Some(piece) = piece.as_object_mut() else {
+        for (at, places) in changes {
+            let Some(list) = value
+                .pointer_mut(&format!("/choices/{at}/delta/tool_calls"))
+                .and_then(Value::as_array_mut)
+            else {
                 continue;
             };
-            piece.insert("index".into(), place.call.into());
-            let repeats = place.repeats;
-            if repeats.id {
-                piece.remove("id");
-            }
-            if repeats.kind {
-                piece.remove("type");
-            }
-            if repeats.name
-                && let Some(function) = piece.get_mut("function").and_then(Value::as_object_mut)
-            {
-                function.remove("name");
+            for (piece, place) in list.iter_mut().zip(places) {
+                let Some(piece) = piece.as_object_mut() else {
+                    continue;
+                };
+                piece.insert("index".into(), place.call.into());
+                let repeats = place.repeats;
+                if repeats.id {
+                    piece.remove("id");
+                }
+                if repeats.kind {
+                    piece.remove("type");
+                }
+                if repeats.name
+                    && let Some(function) = piece.get_mut("function").and_then(Value::as_object_mut)
+                {
+                    function.remove("name");
+                }
             }
         }
         Some(value.to_string())

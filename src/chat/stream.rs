@@ -132,6 +132,13 @@ pub struct Delta {
     refusal: Value,
 }
 
+impl ChunkChoice {
+    /// Which choice this is (`n` > 1), when the provider said so in a number.
+    pub fn number(&self) -> Option<u64> {
+        self.index.as_u64()
+    }
+}
+
 impl Delta {
     /// The text this delta carries: its `content` string, or the text of its text parts.
     pub fn text(&self) -> Option<&Text> {
@@ -209,7 +216,6 @@ impl Chunk {
         }
     }
 
-    /// The first choice (the gateway reads only the first, `n` > 1 is relayed as it is).
     /// The first choice, when it is choice 0 (a stream with `n` > 1 sends the others in
     /// chunks of their own, which the gateway relays and does not read).
     pub fn choice(&self) -> Option<&ChunkChoice> {
