@@ -111,8 +111,8 @@ enum Counts {
     /// The prompt's tokens and the model's limit.
     Known(u64, u64),
     Unknown,
-    /// The messages fit: the tokens asked for the completion do not ("… 8000 in the
-    /// messages, 132000 in the completion"). Compacting would not help; the message stays
+    /// The messages fit with room to spare: the tokens asked for the completion do not
+    /// ("… 8000 in the messages, 132000 in the completion"). Compacting would not help; the message stays
     /// as the provider wrote it.
     PromptFits,
 }
@@ -132,7 +132,7 @@ fn provider_counts(message: &str) -> Counts {
         .or_else(|| number_after(&m, "request ("))
         .or_else(|| number_after(&m, "input ("));
     match (tokens, limit) {
-        (Some(tokens), Some(limit)) if prompt.is_some() && tokens <= limit => Counts::PromptFits,
+        (Some(tokens), Some(limit)) if prompt.is_some() && tokens < limit => Counts::PromptFits,
         (Some(tokens), Some(limit)) => Counts::Known(tokens, limit),
         _ => Counts::Unknown,
     }

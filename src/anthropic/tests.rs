@@ -1060,6 +1060,13 @@ fn a_prompt_too_long_is_told_in_anthropics_words() {
         message(&upstream(Some("context_length_exceeded"), completion)),
         completion
     );
+    // Messages that fill the window exactly leave no room for any answer: too long.
+    let full = "This model's maximum context length is 128000 tokens. However, you requested \
+                128500 tokens (128000 in the messages, 500 in the completion).";
+    assert!(
+        message(&upstream(Some("context_length_exceeded"), full))
+            .starts_with("prompt is too long: 128000 tokens > 128000 maximum. ")
+    );
     // The messages themselves too long: their count, not the total.
     let both = "This model's maximum context length is 128000 tokens. However, you requested \
                 140000 tokens (130000 in the messages, 10000 in the completion).";
