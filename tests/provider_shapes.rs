@@ -346,3 +346,60 @@ fn each_choice_of_n_2_gets_its_calls_repaired() {
         [want("same0", "{\"a\":1}"), want("same1", "{\"b\":2}")]
     );
 }
+
+/// A JSON schema's `properties` reach the provider in the client's order, whatever the
+/// endpoint: with structured outputs a model writes its answer's keys in that order, and
+/// `reasoning` first, `answer` after is the point of such a schema.
+#[test]
+fn a_schemas_properties_keep_their_order_upstream() {
+    let (fake, gw) = setup();
+    let schema = json!({"type": "object", "additionalProperties": false,
+        "required": ["reasoning", "answer", "aardvark"],
+        "properties": {"reasoning": {"type": "string"}, "answer": {"type": "string"},
+            "aardvark": {"type": "integer"}}});
+    let bodies = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt41", "messages": [{"role": "user", "content": "q"}],
+                "response_format": {"type": "json_schema",
+                    "json_schema": {"name": "r", "strict": true, "schema": schema}},
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}]}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "gpt41", "max_tokens": 100,
+                "messages": [{"role": "user", "content": "q"}],
+                "output_config": {"format": {"type": "json_schema", "schema": schema}},
+                "tools": [{"name": "f", "input_schema": schema}]}),
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "gpt41", "input": "q",
+                "text": {"format": {"type": "json_schema", "name": "r", "schema": schema}},
+                "tools": [{"type": "function", "name": "f", "parameters": schema}]}),
+        ),
+    ];
+    for (path, body) in bodies {
+        fake.push(Reply::chat("{}"));
+        let r = crate::support::gateway::request(
+            &gw.url(path),
+            "POST",
+            Some(&serde_json::to_vec(&body).unwrap()),
+            &[
+                ("Content-Type", "application/json"),
+                ("anthropic-version", "2023-06-01"),
+            ],
+        );
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let sent = String::from_utf8(fake.requests().last().unwrap().body.clone()).unwrap();
+        for schema_at in ["\"response_format\"", "\"tools\""] {
+            let from = sent.find(schema_at).expect(schema_at);
+            let after = &sent[from..];
+            let at = |key: &str| after.find(&format!("\"{key}\":{{")).expect(key);
+            assert!(
+                at("reasoning") < at("answer") && at("answer") < at("aardvark"),
+                "{path} {schema_at}: {after}"
+            );
+        }
+    }
+}

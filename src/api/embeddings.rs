@@ -62,8 +62,8 @@ async fn answer(
             "embeddings take no 'fallbacks': another model's vectors would not compare with this one's",
         ));
     }
-    let timeout = timeout(body.remove("timeout"), gw.settings.max_timeout)?;
-    let retries = retries(body.remove("retries"))?;
+    let timeout = timeout(body.shift_remove("timeout"), gw.settings.max_timeout)?;
+    let retries = retries(body.shift_remove("retries"))?;
     let resolved = super::call::resolve(gw, &name).await?;
     let model = resolved.model;
     log.push(("model", model.short.clone()));

@@ -87,10 +87,10 @@ impl ChatRequest {
     ) -> Result<ChatRequest, Error> {
         let model = model_name(body.get("model"))?;
         check_messages(body.get("messages"))?;
-        let session_id = session_id(body.remove("session_id"))?;
-        let timeout = timeout(body.remove("timeout"), max_timeout)?;
-        let retries = retries(body.remove("retries"))?;
-        let fallbacks = fallbacks(body.remove("fallbacks"))?;
+        let session_id = session_id(body.shift_remove("session_id"))?;
+        let timeout = timeout(body.shift_remove("timeout"), max_timeout)?;
+        let retries = retries(body.shift_remove("retries"))?;
+        let fallbacks = fallbacks(body.shift_remove("fallbacks"))?;
         let stream = match body.get("stream") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
