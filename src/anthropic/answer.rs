@@ -48,7 +48,7 @@ pub fn wants_thinking(body: &serde_json::Map<String, Value>) -> bool {
 }
 
 /// A tool call's arguments as an `input` object, as the model wrote them: read into a
-/// `Value`, a whole number past 2^53 (an account number, a snowflake id) would come out
+/// `Value`, a whole number past 2^64 (a long account number or id) would come out
 /// changed, or as a float.
 pub fn tool_input(arguments: &str) -> Box<RawValue> {
     let object = arguments.trim_start().starts_with('{');

@@ -399,7 +399,7 @@ fn message(a: &Answer, model: &str, thinking: bool) -> Value {
 }
 
 /// A tool call's arguments reach the client as the model wrote them: through an f64, a
-/// number past 2^53 would change (or turn into a float).
+/// number past 2^64 would change (or turn into a float).
 #[test]
 fn tool_input_is_what_the_model_wrote() {
     let written = r#"{"id": 12345678901234567890123, "neg": -9223372036854775809, "e": 1e5}"#;
