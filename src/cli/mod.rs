@@ -472,15 +472,13 @@ fn ask_provider(opts: &Options, env: &Env, upstream: &Upstream) -> Result<(), St
     .map_err(fail)?;
     let (answer, parsed) = (done.body, done.answer);
     let text = parsed.text();
+    // A refusal is kept as the assistant's text; an answer with nothing in it keeps no turn
+    // (`Prepared::turn` leaves it out, as for the gateway).
     let assistant = match whole_outcome(&parsed, &text) {
-        Outcome::Text => Some(assistant_message(parsed.turn_content())),
-        Outcome::Refusal(words) => Some(assistant_message(json!(words))),
-        // Not kept, see the streamed case.
-        Outcome::Nothing(_) => None,
+        Outcome::Refusal(words) => assistant_message(json!(words)),
+        Outcome::Text | Outcome::Nothing(_) => assistant_message(parsed.turn_content()),
     };
-    if let Some(assistant) = assistant {
-        prepared.save_turn(&sessions, assistant);
-    }
+    prepared.save_turn(&sessions, assistant);
     print_answer(opts, &model.short, &answer, &parsed, &text)
 }
 
