@@ -52,9 +52,25 @@ impl Env {
     }
 }
 
+/// A key as it goes into an `Authorization` header: without the blanks around it (a key
+/// read from a file with `$(cat key)` may keep a CRLF file's `\r`); `None` when a control
+/// character is inside, which would end the header line early (or add a line of its own).
+pub fn header_key(raw: &str) -> Option<&str> {
+    let key = raw.trim();
+    (!key.chars().any(char::is_control)).then_some(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_key_is_trimmed_and_never_holds_a_control_character() {
+        assert_eq!(header_key(" sk-1\r\n"), Some("sk-1"));
+        assert_eq!(header_key("  "), Some(""));
+        assert_eq!(header_key("sk\r\nX-Injected: 1"), None);
+        assert_eq!(header_key("a\tb"), None);
+    }
 
     #[test]
     fn empty_values_count_as_unset() {

@@ -161,14 +161,15 @@ impl Gateway {
                 let on_ready = Box::new(move || b.reset(&name));
                 let mut config = config.clone();
                 if config.api_key.is_none()
-                    && let Some(key) = settings.env.get(KEY_ENV).map(str::trim)
+                    && let Some(raw) = settings.env.get(KEY_ENV)
                 {
-                    if key.chars().any(char::is_control) {
+                    match crate::env::header_key(raw) {
+                        Some(key) => config.api_key = Some(key.to_string()),
                         // Started without a key, llama-server is open to every local user:
                         // say so.
-                        log::warn!(variable = KEY_ENV; "this key holds a control character (a line end inside?); it is not used, and llama-server starts without a key");
-                    } else {
-                        config.api_key = Some(key.to_string());
+                        None => {
+                            log::warn!(variable = KEY_ENV; "this key holds a control character (a line end inside?); it is not used, and llama-server starts without a key")
+                        }
                     }
                 }
                 Some(Llama::new(config, clock.clone(), on_ready)?)

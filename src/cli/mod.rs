@@ -181,11 +181,13 @@ impl Gateway {
     /// around it goes (`export K=$(cat key)` keeps a CRLF file's `\r`); a control character
     /// inside is refused, since it would end up raw in the request's head.
     pub fn with_key(mut self, key: Option<&str>) -> Result<Gateway, String> {
-        let key = key.map(str::trim).filter(|k| !k.is_empty());
-        if key.is_some_and(|k| k.chars().any(char::is_control)) {
-            return Err("holds a control character (a line break?): give the key alone".into());
-        }
-        self.key = key.map(str::to_string);
+        self.key = match key.map(crate::env::header_key) {
+            Some(None) => {
+                return Err("holds a control character (a line break?): give the key alone".into());
+            }
+            Some(Some(key)) if !key.is_empty() => Some(key.to_string()),
+            _ => None,
+        };
         Ok(self)
     }
 

@@ -90,8 +90,7 @@ impl Provider {
     pub fn key(self, env: &Env) -> Option<&str> {
         self.key_env()
             .and_then(|v| env.get(v))
-            .map(str::trim)
-            .filter(|k| !k.chars().any(char::is_control))
+            .and_then(crate::env::header_key)
     }
 
     /// The variables of the cloud providers' keys that are set but not used (a control
