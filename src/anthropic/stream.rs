@@ -196,11 +196,9 @@ impl Translator {
     }
 
     /// A blank piece in the middle of a tool call's arguments (see
-    /// [`ToolCalls::mid_arguments`]).
+    /// [`ToolCalls::leaves_out`]).
     fn blank_inside_a_call(&self, piece: &str) -> bool {
-        matches!(self.open, Some(Open::Tool(_)))
-            && piece.trim().is_empty()
-            && self.calls.mid_arguments()
+        matches!(self.open, Some(Open::Tool(_))) && self.calls.leaves_out(piece)
     }
 
     /// Closes what is open (a tool call waiting for its name goes out first) and starts a

@@ -279,11 +279,14 @@ impl ToolCalls {
         held.into_values().map(|c| self.begin(c, true)).collect()
     }
 
-    /// Whether the open call's arguments are under way and not yet whole JSON: a blank
-    /// piece of text or reasoning then (some models send a line break between pieces) is
-    /// left out rather than allowed to close the call's block and cut its arguments.
-    pub fn mid_arguments(&self) -> bool {
-        self.open.is_some() && self.open_args.opened && !self.open_args.whole()
+    /// Whether a piece of text or reasoning is left out: a blank one while the open call's
+    /// arguments are under way and not yet whole JSON (some models send a line break between
+    /// pieces) would close the call's block and cut its arguments.
+    pub fn leaves_out(&self, piece: &str) -> bool {
+        piece.trim().is_empty()
+            && self.open.is_some()
+            && self.open_args.opened
+            && !self.open_args.whole()
     }
 
     /// Something else (text) took the open block's place.

@@ -248,12 +248,11 @@ impl Translator {
     }
 
     /// A blank piece in the middle of a tool call's arguments (see
-    /// [`ToolCalls::mid_arguments`]).
+    /// [`ToolCalls::leaves_out`]).
     fn blank_inside_a_call(&self, piece: &str) -> bool {
         self.open
             && matches!(self.items.last(), Some(Item::Call { .. }))
-            && piece.trim().is_empty()
-            && self.calls.mid_arguments()
+            && self.calls.leaves_out(piece)
     }
 
     /// A piece of the model's reasoning or refusal, in an item of its own (opened when the
